@@ -1,0 +1,69 @@
+"""Shared, tested helpers for the course "How modern LLMs work: from tokens to Mixture-of-Experts routing".
+
+Each chapter's reference implementation lives in a module here (``tokenization``, ``attention``, ``model``,
+``moe``, ...). Notebooks import it instead of pasting code again; solution notebooks may re-derive a piece for
+teaching, and a test proves the two agree.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+
+__version__ = "0.1.0"
+
+__all__ = ["setup", "seed_everything", "in_colab", "is_online"]
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def is_online(host: str = "pypi.org", port: int = 443, timeout: float = 1.0) -> bool:
+    """Whether a package registry answers. The course never needs the network; this is only reported."""
+    if os.environ.get("COURSE_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch so that a notebook gives the same numbers on every run."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
+    """Seed everything, pick a sensible thread count, print one line about the environment, return the device.
+
+    ``threads`` defaults to the number of cores (at most 8): on a 2-core laptop PyTorch's default can
+    oversubscribe when numpy and tokenizers also spawn threads.
+    """
+    import torch
+
+    seed_everything(seed)
+    if threads is None:
+        threads = max(1, min(os.cpu_count() or 1, 8))
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not quiet:
+        where = "Colab" if in_colab() else "local"
+        net = "online" if is_online() else "offline"
+        print(
+            f"Python {sys.version.split()[0]} | torch {torch.__version__} | device {device} "
+            f"| {threads} threads | {where} | {net} | seed {seed}"
+        )
+    return device

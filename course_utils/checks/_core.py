@@ -1,0 +1,159 @@
+"""What every lab check shares: run the learner's function, compare with the reference, explain a difference.
+
+A check prints one ✅ line on success. On failure it raises :class:`CheckFailed` (an ``AssertionError``) whose
+message names the check, the input that exposed the problem, what differed (type, shape, dtype, the first
+mismatching value) and a hint.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+__all__ = ["CheckFailed", "fail", "call", "compare", "passed", "describe"]
+
+
+class CheckFailed(AssertionError):
+    """A lab check found a difference; the message says what differed and how to fix it."""
+
+
+def describe(value: Any, limit: int = 120) -> str:
+    """A short, readable description of an input or output for a failure message."""
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            body = repr(value.detach().flatten()[:6].tolist())[:-1] + (", ...]" if value.numel() > 6 else "]")
+            return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, values={body})"
+    except ImportError:  # pragma: no cover - torch is a hard requirement of the course
+        pass
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return f"array(shape={value.shape}, dtype={value.dtype})"
+    except ImportError:  # pragma: no cover
+        pass
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...]"
+
+
+def fail(check: str, problem: str, *, inputs: dict | None = None, hint: str | None = None) -> None:
+    """Raise :class:`CheckFailed` with a message in the course's standard layout."""
+    lines = [f"{check}: {problem}"]
+    if inputs:
+        shown = ", ".join(f"{k}={describe(v)}" for k, v in inputs.items())
+        lines.append(f"  input: {shown}")
+    if hint:
+        lines.append(f"  hint: {hint}")
+    raise CheckFailed("\n".join(lines))
+
+
+def call(check: str, fn: Callable, *args, inputs: dict | None = None, **kwargs):
+    """Call the learner's ``fn``; turn 'not done yet' and crashes into a clear check failure."""
+    if not callable(fn):
+        fail(check, f"expected a function, got {type(fn).__name__}", hint="pass the function itself, without calling it")
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        fail(check, "your function still raises NotImplementedError", hint="replace the `raise NotImplementedError` line with your code")
+    except CheckFailed:
+        raise
+    except Exception as err:  # the learner's bug: say where it happened, keep the original as the cause
+        fail(check, f"your function raised {type(err).__name__}: {err}", inputs=inputs)
+
+
+def _is_tensor(x) -> bool:
+    try:
+        import torch
+
+        return isinstance(x, torch.Tensor)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _is_array(x) -> bool:
+    try:
+        import numpy as np
+
+        return isinstance(x, np.ndarray)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _compare_arrays(got, expected, what, atol, rtol, check_dtype):
+    """Return a description of the first difference between two tensors/arrays, or None."""
+    import numpy as np
+
+    if _is_tensor(expected) and not _is_tensor(got):
+        return f"{what}: expected a torch.Tensor, got {type(got).__name__}"
+    if _is_array(expected) and not (_is_array(got) or _is_tensor(got)):
+        return f"{what}: expected a numpy array, got {type(got).__name__}"
+    if tuple(got.shape) != tuple(expected.shape):
+        return f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if check_dtype and got.dtype != expected.dtype:
+        return f"{what}: expected dtype {expected.dtype}, got {got.dtype}"
+    g = got.detach().cpu().double().numpy() if _is_tensor(got) else np.asarray(got, dtype=float)
+    e = expected.detach().cpu().double().numpy() if _is_tensor(expected) else np.asarray(expected, dtype=float)
+    bad = ~np.isclose(g, e, atol=atol, rtol=rtol, equal_nan=True)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        n_bad = int(bad.sum())
+        return (
+            f"{what}: {n_bad} of {bad.size} values differ; first at index {idx}: "
+            f"expected {e[idx]:.6g}, got {g[idx]:.6g} (max abs diff {np.nanmax(np.abs(g - e)):.3g})"
+        )
+    return None
+
+
+def _difference(got, expected, what, atol, rtol, check_dtype):
+    if _is_tensor(expected) or _is_array(expected):
+        if not (_is_tensor(got) or _is_array(got)):
+            return f"{what}: expected an array/tensor of shape {tuple(expected.shape)}, got {type(got).__name__}"
+        return _compare_arrays(got, expected, what, atol, rtol, check_dtype)
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return f"{what}: expected a dict, got {type(got).__name__}"
+        missing = [k for k in expected if k not in got]
+        extra = [k for k in got if k not in expected]
+        if missing:
+            return f"{what}: missing key {missing[0]!r} (expected {len(expected)} keys, got {len(got)})"
+        if extra:
+            return f"{what}: unexpected key {extra[0]!r} (expected {len(expected)} keys, got {len(got)})"
+        for k in expected:
+            d = _difference(got[k], expected[k], f"{what}[{k!r}]", atol, rtol, check_dtype)
+            if d:
+                return d
+        return None
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(got, (list, tuple)):
+            return f"{what}: expected a {type(expected).__name__}, got {type(got).__name__}"
+        if len(got) != len(expected):
+            return f"{what}: expected length {len(expected)}, got {len(got)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            d = _difference(g, e, f"{what}[{i}]", atol, rtol, check_dtype)
+            if d:
+                return d
+        return None
+    if isinstance(expected, float) and not isinstance(got, bool) and isinstance(got, (int, float)):
+        if not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol) and not (math.isnan(got) and math.isnan(expected)):
+            return f"{what}: expected {expected:.6g}, got {got:.6g}"
+        return None
+    if _is_tensor(got) and got.numel() == 1 and isinstance(expected, (int, float)):
+        return _difference(float(got), float(expected), what, atol, rtol, check_dtype)
+    if got != expected:
+        return f"{what}: expected {describe(expected)}, got {describe(got)}"
+    return None
+
+
+def compare(check: str, got, expected, *, inputs: dict | None = None, hint: str | None = None,
+            what: str = "result", atol: float = 1e-5, rtol: float = 1e-4, check_dtype: bool = False) -> None:
+    """Fail with the first difference between ``got`` and ``expected`` (nested lists/dicts/tensors allowed)."""
+    diff = _difference(got, expected, what, atol, rtol, check_dtype)
+    if diff:
+        fail(check, diff, inputs=inputs, hint=hint)
+
+
+def passed(check: str, n_cases: int, note: str = "") -> None:
+    """Print the one-line success message."""
+    extra = f" — {note}" if note else ""
+    print(f"✅ {check} passed ({n_cases} cases){extra}")

@@ -1,0 +1,37 @@
+"""One plot style for the whole course, and a helper that refuses an unlabelled plot."""
+from __future__ import annotations
+
+__all__ = ["use_course_style", "label", "COLORS"]
+
+# Colour-blind-safe palette (Okabe & Ito, 2008), used in this order by every chapter.
+COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+
+def use_course_style() -> None:
+    """Apply the course's matplotlib style (readable sizes, light grid, the palette above)."""
+    import matplotlib as mpl
+    from cycler import cycler
+
+    mpl.rcParams.update({
+        "figure.figsize": (7.0, 4.0),
+        "figure.dpi": 100,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.titlesize": 12,
+        "axes.labelsize": 11,
+        "legend.frameon": False,
+        "axes.prop_cycle": cycler(color=COLORS),
+    })
+
+
+def label(ax, title: str, xlabel: str, ylabel: str):
+    """Set title and axis labels; every plot in the course has all three (units in brackets)."""
+    for name, value in (("title", title), ("xlabel", xlabel), ("ylabel", ylabel)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string: every course plot is titled and labelled")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax

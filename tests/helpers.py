@@ -1,0 +1,31 @@
+"""Shared test helpers."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from course_utils.checks import CheckFailed
+
+
+def assert_check_rejects(check, wrong_impl, match: str | None = None) -> str:
+    """Assert that a lab ``check`` rejects ``wrong_impl`` with a helpful message; return the message.
+
+    The meta-test in tests/test_checks_core.py requires one call of this helper per ``check_*`` function, so
+    every check is shown to fail on at least one plausible wrong implementation.
+    """
+    with pytest.raises(CheckFailed) as info:
+        check(wrong_impl)
+    message = str(info.value)
+    assert message.startswith(check.__name__), f"message should name the check: {message!r}"
+    if match is not None:
+        assert re.search(match, message), f"expected /{match}/ in the failure message, got:\n{message}"
+    return message
+
+
+def assert_check_accepts(check, right_impl, capsys=None) -> None:
+    """Assert that ``check`` accepts the reference implementation (prints its ✅ line)."""
+    check(right_impl)
+    if capsys is not None:
+        out = capsys.readouterr().out
+        assert "✅" in out and check.__name__ in out, out
