@@ -54,8 +54,9 @@ def call(check: str, fn: Callable, *args, inputs: dict | None = None, **kwargs):
         fail(check, f"expected a function, got {type(fn).__name__}", hint="pass the function itself, without calling it")
     try:
         return fn(*args, **kwargs)
-    except NotImplementedError:
-        fail(check, "your function still raises NotImplementedError", hint="replace the `raise NotImplementedError` line with your code")
+    except NotImplementedError as err:
+        fail(check, f"your function still raises NotImplementedError({err})",
+             hint="replace the `raise NotImplementedError(...)` line with your code")
     except CheckFailed:
         raise
     except Exception as err:  # the learner's bug: say where it happened, keep the original as the cause

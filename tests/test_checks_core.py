@@ -1,0 +1,97 @@
+"""The lab-check machinery: messages that say what differed, and a proof that every check can fail."""
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from course_utils.checks import CheckFailed, all_checks
+from course_utils.checks._core import call, compare, describe, fail, passed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _message(fn, *args, **kwargs) -> str:
+    with pytest.raises(CheckFailed) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+def test_check_failed_is_an_assertion_error():
+    assert issubclass(CheckFailed, AssertionError)
+
+
+def test_tensor_shape_dtype_and_first_mismatch_are_named():
+    expected = torch.arange(6.0).reshape(2, 3)
+    assert "expected shape (2, 3), got (3, 2)" in _message(compare, "check_x", expected.T, expected)
+    msg = _message(compare, "check_x", expected.double(), expected, check_dtype=True)
+    assert "expected dtype torch.float32, got torch.float64" in msg
+    wrong = expected.clone()
+    wrong[1, 2] = 99
+    msg = _message(compare, "check_x", wrong, expected, inputs={"n": 3}, hint="look at the last column")
+    assert msg.startswith("check_x: result: 1 of 6 values differ; first at index (1, 2): expected 5, got 99")
+    assert "input: n=3" in msg and "hint: look at the last column" in msg
+    assert "expected an array/tensor of shape (1, 1), got list" in _message(compare, "check_x", [[0.0]], torch.zeros(1, 1))
+    assert "expected a torch.Tensor, got ndarray" in _message(compare, "check_x", np.zeros((1, 1)), torch.zeros(1, 1))
+
+
+def test_close_values_pass_and_nan_matches_nan():
+    compare("check_x", torch.tensor([1.0, float("nan")]), torch.tensor([1.0 + 1e-7, float("nan")]))
+    compare("check_x", np.array([0.5]), np.array([0.5]))
+    compare("check_x", 0.1 + 0.2, 0.3)
+
+
+def test_nested_containers_point_at_the_difference():
+    assert "result[(1, 2)]: expected 2, got 1" in _message(compare, "check_x", {(1, 2): 1}, {(1, 2): 2})
+    assert "missing key (3, 4)" in _message(compare, "check_x", {(1, 2): 1}, {(1, 2): 1, (3, 4): 1})
+    assert "unexpected key 'z'" in _message(compare, "check_x", {"a": 1, "z": 2}, {"a": 1})
+    assert "result[2]: expected 3, got 4" in _message(compare, "check_x", [1, 2, 4], [1, 2, 3])
+    assert "expected length 3, got 2" in _message(compare, "check_x", [1, 2], [1, 2, 3])
+    assert "expected 0.3, got 0.4" in _message(compare, "check_x", 0.4, 0.3)
+
+
+def test_call_explains_unfinished_and_crashing_functions():
+    def todo(x):
+        raise NotImplementedError("Exercise 1.1: count pairs")
+
+    msg = _message(call, "check_x", todo, 1)
+    assert "still raises NotImplementedError(Exercise 1.1: count pairs)" in msg
+    msg = _message(call, "check_x", lambda x: [][x], 3, inputs={"x": 3})
+    assert "raised IndexError" in msg and "input: x=3" in msg
+    assert "expected a function" in _message(call, "check_x", 42)
+    assert call("check_x", lambda x: x + 1, 1) == 2
+
+
+def test_fail_and_passed_formats(capsys):
+    assert _message(fail, "check_y", "went wrong") == "check_y: went wrong"
+    passed("check_y", 4, "matches tiktoken")
+    assert capsys.readouterr().out == "✅ check_y passed (4 cases) — matches tiktoken\n"
+    assert describe(torch.zeros(2, 10)).startswith("tensor(shape=(2, 10), dtype=torch.float32")
+    assert len(describe(list(range(1000)))) <= 120
+
+
+def _rejection_tests() -> set[str]:
+    """Names of checks that some test passes to assert_check_rejects(...)."""
+    names = set()
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "assert_check_rejects" and node.args:
+                first = node.args[0]
+                names.add(first.attr if isinstance(first, ast.Attribute) else getattr(first, "id", ""))
+    return names
+
+
+def test_every_check_is_shown_to_reject_a_wrong_implementation():
+    checks = set(all_checks())
+    missing = sorted(checks - _rejection_tests())
+    assert not missing, f"checks without a test that feeds them a wrong implementation: {missing}"
+
+
+def test_every_check_used_in_a_solution_exists():
+    import re
+
+    used = set()
+    for path in (ROOT / "solutions").glob("*.ipynb"):
+        used |= set(re.findall(r"\b(check_\w+)\(", path.read_text(encoding="utf-8")))
+    assert used <= set(all_checks()), f"solutions call unknown checks: {sorted(used - set(all_checks()))}"

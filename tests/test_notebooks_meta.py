@@ -1,0 +1,72 @@
+"""Every notebook: same Colab header, badge pointing at itself, no committed outputs, exercises with checks."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils import labs, nbtools
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL = sorted(p for d in nbtools.NOTEBOOK_DIRS for p in (ROOT / d).glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def _ids(paths):
+    return [p.relative_to(ROOT).as_posix() for p in paths]
+
+
+@pytest.mark.parametrize("path", ALL, ids=_ids(ALL))
+def test_header_badge_and_bootstrap(path):
+    nb = nbformat.read(path, as_version=4)
+    rel = path.relative_to(ROOT).as_posix()
+    assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), f"{rel}: notebooks are named NN_topic.ipynb"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source == nbtools.badge_source(rel)
+    assert nbtools.colab_url(rel).endswith(f"/blob/{nbtools.BRANCH}/{rel}")
+    assert nb.cells[1].cell_type == "code" and nb.cells[1].source == nbtools.BOOTSTRAP_SOURCE
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", ALL, ids=_ids(ALL))
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
+
+
+def test_nbtools_sync_check_passes():
+    result = subprocess.run([sys.executable, "-m", "course_utils.nbtools", "sync", "--check", "--root", str(ROOT)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_lesson_chapter_has_a_lab_and_vice_versa():
+    lessons = {p.name[:2] for p in (ROOT / "notebooks").glob("*.ipynb")} - {"00"}
+    solved = {p.name[:2] for p in SOLUTIONS}
+    assert solved <= lessons, f"solutions without a lesson: {sorted(solved - lessons)}"
+    assert lessons <= solved, f"lessons without a solved lab: {sorted(lessons - solved)}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=_ids(SOLUTIONS))
+def test_each_exercise_is_followed_by_its_check(path):
+    nb = nbformat.read(path, as_version=4)
+    found = labs.exercises(nb, labs.chapter_of(path), where=path.name)
+    assert found, f"{path.name} has no exercises"
+    starts = [e.cell_index for e in found] + [len(nb.cells)]
+    for ex, nxt in zip(found, starts[1:]):
+        between = nb.cells[ex.cell_index + 1: nxt]
+        assert any(c.cell_type == "code" and re.search(r"\bcheck_\w+\(", c.source) for c in between), (
+            f"{path.name}: exercise {ex.number} has no check cell after it")
+        assert ex.cell_index > 1 and nb.cells[ex.cell_index].metadata["nbgrader"]["solution"] is True
+
+
+def test_repository_url_is_written_in_exactly_one_source_file():
+    hits = []
+    for path in ROOT.rglob("*"):
+        if path.is_file() and path.suffix in {".py", ".md", ".txt", ".toml", ".cfg", ".yml", ".yaml"} \
+                and ".venv" not in path.parts and ".git" not in path.parts:
+            if nbtools.REPO_URL in path.read_text(encoding="utf-8", errors="ignore"):
+                hits.append(path.relative_to(ROOT).as_posix())
+    assert hits == ["course_utils/nbtools.py"], hits
