@@ -10,14 +10,17 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
+# Two notebooks run at once on two cores: one thread each, or they fight over the cores (course_utils.setup reads it).
+test e2e: export COURSE_THREADS := 1
 PYTEST_ARGS ?=
 LAB_ARGS ?=
+E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv lab test test-fast labs check-labs sync benchmarks notebook-times clean
+.PHONY: venv lab test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -r requirements.txt -r requirements-instructor.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
 
@@ -27,9 +30,11 @@ lab: venv
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/00_welcome.ipynb
 
 # The whole suite: unit tests, lab sync, every notebook in notebooks/ and solutions/ run top to bottom (nbval).
+# The browser tests (tests/e2e) run when `chromium` is on PATH; otherwise one visible SKIPPED line says so.
 test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
-		tests notebooks solutions $(PYTEST_ARGS)
+		tests $(wildcard notebooks solutions) $(PYTEST_ARGS); rc=$$?; \
+	command -v chromium >/dev/null 2>&1 || echo "$(E2E_SKIPPED)"; exit $$rc
 
 # Unit tests only (no notebook execution): seconds, for the edit-test loop.
 test-fast: venv
@@ -50,3 +55,21 @@ notebook-times: venv
 
 clean:
 	rm -rf $(VENV) .cache test-artifacts
+
+# Just the browser tests: a fresh JupyterLab per test, driven by Playwright through Debian's chromium.
+e2e: venv
+	@command -v chromium >/dev/null 2>&1 || { echo "$(E2E_SKIPPED)"; exit 0; }; \
+	$(BIN)/python -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
+# The static course site from the executed notebooks (_build/site/index.html); fails on a broken link or image.
+site: venv
+	$(BIN)/python docs/site/build.py --out _build/site
+
+# Every wheel the pinned requirements need, for a room without internet (see docs/instructor_guide.md):
+#   pip install --no-index --find-links wheelhouse -r requirements.txt
+wheelhouse: requirements.txt
+	$(PY) -m pip download --dest wheelhouse -r requirements.txt setuptools
+
+# Instructor extras (nbgrader) on top of the course's environment.
+instructor: venv
+	$(PIP) install -q -r requirements-instructor.txt

@@ -1,0 +1,156 @@
+"""Checks for chapter 6 (retrieval-augmented generation): each compares the learner's function with
+:mod:`course_utils.rag` on several inputs, edge cases included."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._core import call, compare, fail, passed
+
+__all__ = ["check_chunk_text", "check_bm25_scores", "check_cosine_top_k", "check_reciprocal_rank_fusion",
+           "check_recall_at_k", "check_mrr"]
+
+_TEXT = ("The with statement is used to wrap the execution of a block with methods defined by a context manager. "
+         "This allows common try/except/finally usage patterns to be encapsulated for convenient reuse.")
+
+
+def check_chunk_text(chunk_text) -> None:
+    """``chunk_text(text, chunk_size, overlap)``: token windows of ``chunk_size``, each ``chunk_size - overlap``
+    tokens after the previous one, stopping at the first window that reaches the end."""
+    from ..rag import chunk_text as ref
+    from ..tokenization import get_encoding
+
+    name = "check_chunk_text"
+    n = len(get_encoding().encode(_TEXT))
+    cases = [(_TEXT, 8, 0), (_TEXT, 8, 3), (_TEXT, 5, 4), (_TEXT, n, 0), (_TEXT, n // 2, 0), (_TEXT, 1000, 10),
+             ("short", 16, 4), ("", 8, 0)]
+    for text, size, overlap in cases:
+        inputs = {"text": text, "chunk_size": size, "overlap": overlap}
+        got = call(name, chunk_text, text, size, overlap, inputs=inputs)
+        expected = ref(text, size, overlap)
+        if isinstance(got, list) and len(got) > len(expected) and got[:len(expected)] == expected:
+            fail(name, f"expected {len(expected)} chunks, got {len(got)}: the extra ones repeat the end of the text",
+                 inputs=inputs, hint="stop after the first window that reaches the last token")
+        compare(name, got, expected, inputs=inputs, what="chunks",
+                hint="step = chunk_size - overlap; decode each window tokens[start:start + chunk_size] with the "
+                     "same encoding; an empty text gives []")
+    try:
+        chunk_text(_TEXT, 8, 8)
+    except ValueError:
+        pass
+    except Exception as err:  # noqa: BLE001 - any other error is the learner's to see
+        fail(name, f"overlap >= chunk_size should raise ValueError, got {type(err).__name__}: {err}",
+             inputs={"chunk_size": 8, "overlap": 8})
+    else:
+        fail(name, "overlap >= chunk_size should raise ValueError (the window would never move forward)",
+             inputs={"chunk_size": 8, "overlap": 8}, hint="check the arguments before the loop")
+    passed(name, len(cases) + 1)
+
+
+def _bm25_cases():
+    docs = [
+        "the with statement calls enter and exit on a context manager".split(),
+        "a for loop iterates over an iterable with a for statement and an else clause and more words here".split(),
+        "exit".split(),
+        "with with with".split(),
+        "context manager protocol enter exit enter exit and the with statement".split(),
+    ]
+    return [
+        (["with", "statement"], docs, 1.5, 0.75),
+        (["exit", "exit", "manager"], docs, 1.5, 0.75),  # a repeated query term counts twice
+        (["for", "nowhere"], docs, 1.2, 0.5),  # a term in no document adds nothing
+        (["statement", "exit"], docs, 0.9, 1.0),
+        (["with"], [["a"], ["with", "b", "c", "d", "e", "f"]], 1.5, 0.75),
+    ]
+
+
+def check_bm25_scores(bm25_scores) -> None:
+    """``bm25_scores(query_tokens, docs_tokens, k1, b)``: BM25 (Lucene variant) of the query against every doc."""
+    from ..rag import bm25_scores as ref
+
+    name = "check_bm25_scores"
+    cases = _bm25_cases()
+    for query, docs, k1, b in cases:
+        inputs = {"query_tokens": query, "docs_tokens": docs, "k1": k1, "b": b}
+        got = call(name, bm25_scores, query, docs, k1=k1, b=b, inputs=inputs)
+        compare(name, np.asarray(got, dtype=float) if isinstance(got, (list, np.ndarray)) else got,
+                ref(query, docs, k1=k1, b=b), inputs=inputs, what="scores", atol=1e-6,
+                hint="idf = ln(1 + (N - df + 0.5) / (df + 0.5)); term part tf / (tf + k1·(1 - b + b·len(doc)/avgdl)); "
+                     "sum over the query tokens, repeats included")
+    passed(name, len(cases))
+
+
+def check_cosine_top_k(cosine_top_k) -> None:
+    """``cosine_top_k(query, matrix, k)`` -> (indices, similarities) of the k most cosine-similar rows."""
+    from ..rag import cosine_top_k as ref
+
+    name = "check_cosine_top_k"
+    rng = np.random.default_rng(6)
+    matrix = rng.normal(size=(12, 5)) * rng.uniform(0.1, 10.0, size=(12, 1))  # rows of very different lengths
+    query = rng.normal(size=5) * 3.0
+    cases = [(query, matrix, 3), (query, matrix, 1), (query, matrix, 12), (-query, matrix[:4], 2)]
+    for q, m, k in cases:
+        inputs = {"query": q, "matrix": m, "k": k}
+        got = call(name, cosine_top_k, q, m, k, inputs=inputs)
+        if not isinstance(got, tuple) or len(got) != 2:
+            fail(name, f"expected a tuple (indices, similarities), got {type(got).__name__}", inputs=inputs)
+        idx, sims = ref(q, m, k)
+        compare(name, [int(i) for i in np.asarray(got[0]).ravel()], idx.tolist(), inputs=inputs, what="indices",
+                hint="cosine = (m/|m|)·(q/|q|): divide both by their norms before the dot product; best first")
+        compare(name, np.asarray(got[1], dtype=float), sims, inputs=inputs, what="similarities", atol=1e-6,
+                hint="return the cosine similarities of the chosen rows, in [-1, 1]")
+    passed(name, len(cases))
+
+
+def check_reciprocal_rank_fusion(reciprocal_rank_fusion) -> None:
+    """``reciprocal_rank_fusion(rankings, k=60)`` -> [(item, score), ...] best first, score = Σ 1/(k + rank)."""
+    from ..rag import reciprocal_rank_fusion as ref
+
+    name = "check_reciprocal_rank_fusion"
+    cases = [
+        ([["a", "b", "c", "d"], ["c", "a", "e"]], 60),
+        ([["a", "b", "c"], ["d", "e", "b"], ["b", "f"]], 60),
+        ([["x", "y", "z"]], 60),
+        ([["a", "b", "c", "d"], ["d", "c", "e", "b", "a"]], 1),
+        ([["a", "b"], ["c", "b"]], 0),
+    ]
+    for rankings, k in cases:
+        inputs = {"rankings": rankings, "k": k}
+        got = call(name, reciprocal_rank_fusion, rankings, k=k, inputs=inputs)
+        expected = ref(rankings, k=k)
+        compare(name, [tuple(pair) for pair in got] if isinstance(got, list) else got, expected, inputs=inputs,
+                what="fused ranking", atol=1e-9,
+                hint="ranks start at 1; each list adds 1/(k + rank); sort by total score, best first")
+    passed(name, len(cases))
+
+
+_RANKINGS = [["b", "a", "c"], ["x", "y", "z", "q"], ["a", "a", "b"], ["z", "y", "x"], ["c", "d", "e", "f", "g"]]
+_RELEVANT = [{"a"}, {"q"}, {"b", "c"}, {"z", "w"}, {"h"}]
+
+
+def check_recall_at_k(recall_at_k) -> None:
+    """``recall_at_k(rankings, relevant, k)``: the fraction of questions with a relevant id in their top k."""
+    from ..rag import recall_at_k as ref
+
+    name = "check_recall_at_k"
+    cases = [(_RANKINGS, _RELEVANT, k) for k in (1, 2, 3, 10)] + [([["a"]], [{"a"}], 1), ([["b", "a"]], [{"a"}], 1)]
+    for rankings, relevant, k in cases:
+        inputs = {"rankings": rankings, "relevant": relevant, "k": k}
+        got = call(name, recall_at_k, rankings, relevant, k, inputs=inputs)
+        compare(name, got, ref(rankings, relevant, k), inputs=inputs, what="recall@k", atol=1e-9,
+                hint="look only at ranking[:k]; a question counts once if any of its relevant ids is there")
+    passed(name, len(cases))
+
+
+def check_mrr(mrr) -> None:
+    """``mrr(rankings, relevant)``: mean over questions of 1/rank of the first relevant result (0 when none)."""
+    from ..rag import mrr as ref
+
+    name = "check_mrr"
+    cases = [(_RANKINGS, _RELEVANT), ([["a", "b"]], [{"a"}]), ([["a", "b", "c"]], [{"c", "b"}]),
+             ([["a"], ["b"]], [{"x"}, {"b"}])]
+    for rankings, relevant in cases:
+        inputs = {"rankings": rankings, "relevant": relevant}
+        got = call(name, mrr, rankings, relevant, inputs=inputs)
+        compare(name, got, ref(rankings, relevant), inputs=inputs, what="MRR", atol=1e-9,
+                hint="rank counts from 1; use the first relevant hit; a question with none adds 0 but still counts")
+    passed(name, len(cases))

@@ -1,0 +1,182 @@
+"""Expert parallelism on a real distributed engine (Chapter 5).
+
+Each of ``world_size`` processes holds the router (replicated) and only ``num_experts / world_size`` experts.
+A step, on every rank at once:
+
+1. route the rank's own tokens (top-k) and sort the token-slots by the rank that owns their expert;
+2. ``all_to_all_single`` the per-rank counts, then the token vectors themselves (uneven splits);
+3. run the local experts on what arrived;
+4. ``all_to_all_single`` the results back (the splits reversed), weight them and sum each token's k slots.
+
+With gloo this runs on CPU processes; the same code runs on GPUs with NCCL under ``torchrun``. Workers started by
+``torch.multiprocessing`` must be importable functions, so they live here and not in a notebook.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from .moe import MoELayer, route, swiglu_expert
+
+__all__ = ["ExpertParallelMoE", "expert_shards", "dispatch_plan", "communication_bytes", "run_expert_parallel",
+           "EPStats"]
+
+
+def expert_shards(num_experts: int, world_size: int) -> list[range]:
+    """Contiguous blocks of experts per rank: rank r owns experts ``[r·E/W, (r+1)·E/W)``."""
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    if num_experts % world_size:
+        raise ValueError(f"num_experts ({num_experts}) must be divisible by world_size ({world_size})")
+    per = num_experts // world_size
+    return [range(r * per, (r + 1) * per) for r in range(world_size)]
+
+
+def dispatch_plan(topk_idx: torch.Tensor, num_experts: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plan one rank's all-to-all: ``(order [T·k], send_counts [world_size])``.
+
+    ``order`` lists the flat token-slots ``t·k + j`` grouped by expert (hence by owning rank, since ranks own
+    contiguous blocks of experts), stable within an expert; ``send_counts[r]`` is how many of them go to rank r.
+    Sending ``x[order // k]`` split by ``send_counts`` delivers every slot to the rank that owns its expert.
+    """
+    per = len(expert_shards(num_experts, world_size)[0])
+    expert = topk_idx.reshape(-1)
+    order = expert.argsort(stable=True)
+    send_counts = torch.bincount(expert // per, minlength=world_size)
+    return order, send_counts
+
+
+class ExpertParallelMoE(nn.Module):
+    """The rank-local part of a :class:`~course_utils.moe.MoELayer`: the router and this rank's experts only."""
+
+    def __init__(self, layer: MoELayer, rank: int, world_size: int):
+        super().__init__()
+        if layer.capacity_factor is not None or layer.shared_expert is not None:
+            raise ValueError("this teaching version supports layers without capacity_factor and shared experts")
+        self.shard = expert_shards(layer.num_experts, world_size)[rank]
+        self.rank, self.world_size = rank, world_size
+        self.num_experts, self.top_k = layer.num_experts, layer.top_k
+        self.route_kwargs = dict(score_func=layer.score_func, norm_topk_prob=layer.norm_topk_prob,
+                                 bias=layer.expert_bias, n_group=layer.n_group, topk_group=layer.topk_group,
+                                 routed_scaling_factor=layer.routed_scaling_factor)
+        self.router = layer.router
+        sl = slice(self.shard.start, self.shard.stop)
+        self.gate_up_proj = nn.Parameter(layer.gate_up_proj.detach()[sl].clone())
+        self.down_proj = nn.Parameter(layer.down_proj.detach()[sl].clone())
+
+    def forward(self, x: torch.Tensor, group=None) -> tuple[torch.Tensor, dict]:
+        """x [T, d_model] (this rank's tokens) → (y [T, d_model], communication stats)."""
+        T, k = x.shape[0], self.top_k
+        topk_weight, topk_idx = route(self.router(x), k, **self.route_kwargs)
+        expert = topk_idx.reshape(-1)  # token-slot t·k + j → expert
+        order, send_counts = dispatch_plan(topk_idx, self.num_experts, self.world_size)  # grouped by owning rank
+        recv_counts = torch.empty_like(send_counts)
+        dist.all_to_all_single(recv_counts, send_counts, group=group)  # 1) who sends how many rows to whom
+        send_split, recv_split = send_counts.tolist(), recv_counts.tolist()
+        x_recv = x.new_empty(sum(recv_split), x.shape[1])
+        dist.all_to_all_single(x_recv, x[order // k].contiguous(), recv_split, send_split, group=group)  # 2) tokens
+        e_recv = expert.new_empty(sum(recv_split))
+        dist.all_to_all_single(e_recv, expert[order].contiguous(), recv_split, send_split, group=group)
+        y_recv = torch.empty_like(x_recv)
+        for local, e in enumerate(self.shard):  # 3) this rank's experts on what arrived
+            rows = (e_recv == e).nonzero().squeeze(1)
+            if rows.numel():
+                y_recv[rows] = swiglu_expert(x_recv[rows], self.gate_up_proj[local], self.down_proj[local])
+        y_sorted = x.new_empty(T * k, x.shape[1])
+        dist.all_to_all_single(y_sorted, y_recv, send_split, recv_split, group=group)  # 4) results go home
+        y_slots = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted)
+        y = torch.einsum("tkh,tk->th", y_slots.view(T, k, -1), topk_weight.to(x.dtype))
+        remote = T * k - send_split[self.rank]
+        stats = {"sent_rows": send_split, "received_rows": recv_split,
+                 "bytes_out": 2 * remote * x.shape[1] * x.element_size()}  # tokens out + results back
+        return y, stats
+
+
+def communication_bytes(num_tokens: int, top_k: int, d_model: int, world_size: int, bytes_per_value: int = 4) -> float:
+    """Expected bytes one rank sends per MoE layer forward with uniform routing: tokens out and results back.
+
+    Each of its T·k token-slots leaves the rank with probability (W-1)/W; each trip carries d_model values.
+    """
+    return 2 * num_tokens * top_k * d_model * bytes_per_value * (world_size - 1) / world_size
+
+
+@dataclass
+class EPStats:
+    world_size: int
+    seconds: float
+    per_rank: list
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, folder: str, repeats: int) -> None:
+    """One process: join the group, run the expert-parallel layer on its tokens, save output and stats."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+    try:
+        spec = torch.load(Path(folder) / "spec.pt", weights_only=True)
+        layer = MoELayer(**spec["config"])
+        layer.load_state_dict(spec["state"])
+        part = ExpertParallelMoE(layer, rank, world_size)
+        x = spec["x"].chunk(world_size)[rank]
+        with torch.no_grad():
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                y, stats = part(x)
+            seconds = (time.perf_counter() - t0) / repeats
+        stats["seconds"] = seconds
+        torch.save({"y": y, "stats": stats}, Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int = 2, *, repeats: int = 1,
+                        timeout_s: float = 120.0) -> tuple[torch.Tensor, EPStats]:
+    """Run ``layer`` expert-parallel on ``world_size`` local processes (gloo); return the output for all of ``x``.
+
+    ``x`` [T, d_model] is split into ``world_size`` contiguous chunks, one per rank (as data parallelism would).
+    Processes are always reaped: on error or after ``timeout_s`` they are terminated and an error is raised.
+    """
+    if x.dim() != 2 or x.shape[1] != layer.d_model:
+        raise ValueError(f"x must have shape (tokens, d_model={layer.d_model}), got {tuple(x.shape)}")
+    if x.shape[0] < world_size:
+        raise ValueError(f"need at least world_size={world_size} tokens, got {x.shape[0]}")
+    expert_shards(layer.num_experts, world_size)  # validates divisibility before any process starts
+    config = dict(d_model=layer.d_model, d_ff=layer.d_ff, num_experts=layer.num_experts, top_k=layer.top_k,
+                  score_func=layer.score_func, norm_topk_prob=layer.norm_topk_prob, n_group=layer.n_group,
+                  topk_group=layer.topk_group, routed_scaling_factor=layer.routed_scaling_factor)
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({"config": config, "state": layer.state_dict(), "x": x.detach()}, Path(folder) / "spec.pt")
+        t0 = time.perf_counter()
+        ctx = mp.start_processes(_worker, args=(world_size, _free_port(), folder, repeats), nprocs=world_size,
+                                 join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not ctx.join(timeout=1.0):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"expert-parallel workers did not finish within {timeout_s} s")
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+                p.join(5)
+        seconds = time.perf_counter() - t0
+        results = [torch.load(Path(folder) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+    y = torch.cat([r["y"] for r in results])
+    return y, EPStats(world_size, seconds, [r["stats"] for r in results])

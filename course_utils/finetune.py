@@ -1,0 +1,605 @@
+"""Chapter 7: fine-tune vs prompt vs RAG, measured — LoRA from scratch, prompting helpers, the tiny base model.
+
+- :class:`LoRALinear` — ``y = x Wᵀ + b + (α/r) · dropout(x) Aᵀ Bᵀ`` with ``W`` frozen, ``A`` random and ``B = 0``
+  so the adapted model starts identical to the base (Hu et al., 2021, "LoRA", §4.1);
+  :func:`apply_lora` swaps chosen ``nn.Linear`` layers for it, :func:`merge_lora` folds ``(α/r)·BA`` into ``W``.
+- prompting: :func:`few_shot_prompt` / :func:`rag_prompt` (one prompt layout, :func:`build_prompt`),
+  :func:`select_examples_by_similarity` (dynamic few-shot: the k pool examples nearest to the question),
+  :func:`exact_match` and :func:`format_compliance` for the behaviour task's template :data:`JSON_TEMPLATE`.
+- the base model: a character-level chapter-3 :class:`~course_utils.model.GPT` pretrained by
+  ``scripts/pretrain_ch7.py`` on the course corpus plus reading-comprehension text about *other* synthetic worlds
+  (:func:`reading_comprehension_text`), shipped as ``assets/ft_base.safetensors`` (sha256-checked).
+- fine-tuning and evaluation: :func:`finetune` (full or LoRA, loss on whole documents or only on the answers),
+  :func:`greedy_answers` (greedy decoding with a KV cache, stopping at the end of the line) and
+  :func:`answer_accuracy`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "VOCAB_SIZE", "encode", "decode", "build_prompt", "few_shot_prompt", "rag_prompt", "JSON_TEMPLATE",
+    "render_json_answer", "normalize_answer", "exact_match", "format_compliance", "parse_json_answer",
+    "select_examples_by_similarity", "memo_embed", "hashing_embed", "reading_comprehension_text", "TextStream",
+    "lora_forward", "LoRALinear", "DEFAULT_TARGETS", "apply_lora", "merge_lora", "count_parameters", "base_config",
+    "BASE_CHECKPOINT", "load_base_model", "sha256_of", "finetune", "greedy_answers", "greedy_exact_match", "answer_accuracy",
+    "PROMPT_METHODS", "fact_retriever", "static_examples", "knowledge_prompts", "knowledge_texts",
+    "behaviour_prompts", "behaviour_texts", "score_behaviour", "knowledge_accuracy",
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BASE_CHECKPOINT = ASSETS / "ft_base.safetensors"
+
+# ----------------------------------------------------------------------------------------------- characters
+VOCAB_SIZE = 128  # ASCII: one token per character keeps "tokens per query" easy to read (= characters)
+
+
+def encode(text: str) -> list[int]:
+    """Character-level ids (ASCII code points); any other character becomes ``?``."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return [o if (o := ord(c)) < VOCAB_SIZE else 63 for c in text]
+
+
+def decode(ids: Sequence[int]) -> str:
+    return "".join(chr(int(i)) for i in ids)
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+def _check_pairs(name: str, pairs) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of (question, answer) pairs, got {type(pairs).__name__}")
+    out = []
+    for i, p in enumerate(pairs):
+        if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(s, str) for s in p)):
+            raise TypeError(f"{name}[{i}] must be a (question, answer) pair of strings, got {p!r}")
+        out.append((p[0], p[1]))
+    return out
+
+
+def build_prompt(question: str, *, facts: Sequence[str] = (), examples: Sequence[tuple[str, str]] = ()) -> str:
+    """The one prompt layout of the chapter: an optional ``Facts:`` block, then Q/A examples, then the question.
+
+    ::
+
+        Facts:
+        Vela Dorrin lives in Quessa.
+        Q: What pet does Ido Brae keep?
+        A: otter
+        Q: Which town is Vela Dorrin from?
+        A:
+
+    The model's answer is what it writes after ``A:`` up to the end of the line.
+    """
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be a non-empty string, got {question!r}")
+    if isinstance(facts, str) or not all(isinstance(f, str) for f in facts):
+        raise TypeError("facts must be a sequence of strings (one fact per line)")
+    head = "Facts:\n" + "".join(f"{f}\n" for f in facts) if len(facts) else ""
+    shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in _check_pairs("examples", examples))
+    return f"{head}{shots}Q: {question}\nA:"
+
+
+def few_shot_prompt(examples: Sequence[tuple[str, str]], question: str) -> str:
+    """``"Q: q1\\nA: a1\\n" … "Q: question\\nA:"`` — k worked examples, then the question (k = 0: zero-shot)."""
+    return build_prompt(question, examples=examples)
+
+
+def rag_prompt(question: str, facts: Sequence[str]) -> str:
+    """The retrieved ``facts`` in a ``Facts:`` block, then the question."""
+    return build_prompt(question, facts=facts)
+
+
+JSON_TEMPLATE = '{{"answer": "{}"}}'  # the behaviour task's required output format
+_JSON_RE = re.compile(r'\{"answer": "([^"\n]*)"\}')
+
+
+def render_json_answer(value: str) -> str:
+    return JSON_TEMPLATE.format(value)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, strip, collapse runs of whitespace to one space, drop one trailing full stop."""
+    if not isinstance(text, str):
+        raise TypeError(f"answer must be a str, got {type(text).__name__}")
+    text = " ".join(text.lower().split())
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """True when the two answers are equal after :func:`normalize_answer` (case, whitespace, a final full stop)."""
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+def format_compliance(output: str) -> bool:
+    """True when ``output`` (stripped) is exactly ``{"answer": "<value>"}`` with a non-empty value."""
+    if not isinstance(output, str):
+        raise TypeError(f"output must be a str, got {type(output).__name__}")
+    m = _JSON_RE.fullmatch(output.strip())
+    return bool(m and m.group(1).strip())
+
+
+def parse_json_answer(output: str) -> str | None:
+    """The value inside a compliant ``{"answer": "..."}`` output, else None."""
+    m = _JSON_RE.fullmatch(output.strip())
+    return m.group(1) if m else None
+
+
+# ----------------------------------------------------------------------------------------------- dynamic few-shot
+def hashing_embed(texts: Sequence[str], dim: int = 256) -> "torch.Tensor":
+    """A cheap deterministic embedder (hashed word counts, L2-normalised) for tests and quick experiments."""
+    out = torch.zeros(len(texts), dim)
+    for i, t in enumerate(texts):
+        for w in re.findall(r"[a-z0-9']+", t.lower()):
+            out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % dim] += 1.0
+    return F.normalize(out, dim=-1)
+
+
+def memo_embed(embed: Callable[[Sequence[str]], object]) -> Callable[[Sequence[str]], torch.Tensor]:
+    """Wrap ``embed`` so each distinct text is embedded once (missing texts in one batch): dynamic few-shot embeds
+    the same pool for every question."""
+    memo: dict[str, torch.Tensor] = {}
+
+    def cached(texts: Sequence[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in memo]
+        if missing:
+            for t, v in zip(missing, embed(missing)):
+                memo[t] = torch.as_tensor(v, dtype=torch.float32)
+        return torch.stack([memo[t] for t in texts])
+
+    return cached
+
+
+def select_examples_by_similarity(question: str, pool: Sequence[tuple[str, str]], k: int,
+                                  embed: Callable[[Sequence[str]], object]) -> list[tuple[str, str]]:
+    """The ``k`` pool examples whose *questions* have the highest cosine similarity to ``question``.
+
+    ``embed(list_of_texts)`` returns one vector per text (tensor or array). Ties keep pool order. The examples are
+    returned most similar *last*, right before the question, where a small model attends to them most.
+    """
+    pool = _check_pairs("pool", pool)
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a str, got {type(question).__name__}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(pool):
+        raise ValueError(f"k must be an int in [0, len(pool)={len(pool)}], got {k!r}")
+    if k == 0:
+        return []
+    vecs = torch.as_tensor(embed([question] + [q for q, _ in pool]), dtype=torch.float64)
+    vecs = F.normalize(vecs, dim=-1)
+    sims = vecs[1:] @ vecs[0]
+    order = sorted(range(len(pool)), key=lambda i: (-float(sims[i]), i))[:k]
+    return [pool[i] for i in reversed(order)]
+
+
+# ----------------------------------------------------------------------------------------------- pretraining text
+def reading_comprehension_text(seed: int, n_examples: int, *, n_entities: int = 12) -> list[str]:
+    """``n_examples`` reading-comprehension documents about freshly generated worlds (never the lesson's world).
+
+    Each holds a context of 1–6 lines (statements in either phrasing and/or Q/A pairs) about one world, then 1–3
+    questions answerable from it. This teaches the base model to *answer from context*, which RAG and few-shot
+    prompting rely on; it never sees the ``{"answer": ...}`` format of the behaviour task.
+    """
+    from .world import make_world
+
+    rng = random.Random(f"rc:{seed}")
+    docs = []
+    for i in range(n_examples):
+        world = make_world(10_000 + seed * 1_000_003 + i, n_entities)
+        # 1-3 people and some of their facts: same-person, other-attribute lines are the usual distractors
+        people = set(rng.sample(world.entities, rng.randint(1, 3)))
+        mine = [f for f in world.facts if f.entity in people]
+        facts = rng.sample(mine, rng.randint(1, min(6, len(mine))))
+        lines = []
+        for f in facts:  # a fact appears as a statement (either phrasing) or as a Q/A pair (either phrasing)
+            if rng.random() < 0.6:
+                lines.append(("fact", f.statement(rng.randint(0, 1))))
+            else:
+                lines.append(("qa", f"Q: {f.question(rng.choice(['train', 'eval']))}\nA: {f.value}"))
+        statements = [t for kind, t in lines if kind == "fact"]
+        shots = [t for kind, t in lines if kind == "qa"]
+        head = "Facts:\n" + "".join(s + "\n" for s in statements) if statements else ""
+        asked = rng.sample(facts, min(len(facts), rng.randint(1, 3)))
+        tail = "".join(f"Q: {f.question(rng.choice(['train', 'eval']))}\nA: {f.value}\n" for f in asked)
+        docs.append(head + "".join(s + "\n" for s in shots) + tail)
+    return docs
+
+
+class TextStream:
+    """Character ids of a train/val text pair with ``get_batch`` — the interface :func:`course_utils.train.train` uses."""
+
+    def __init__(self, train_text: str, val_text: str):
+        self.ids = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text))}
+
+    def get_batch(self, split: str, batch_size: int, block_size: int, generator=None):
+        data = self.ids[split]
+        if block_size + 1 > len(data):
+            raise ValueError(f"block_size {block_size} is too long for the {split} split ({len(data)} tokens)")
+        starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+        window = starts[:, None] + torch.arange(block_size + 1)[None, :]
+        return data[window[:, :-1]], data[window[:, 1:]]
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+def lora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
+                 B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``x Wᵀ + b + scaling · (x Aᵀ) Bᵀ`` with ``W`` [out, in], ``A`` [r, in], ``B`` [out, r], ``scaling = α/r``.
+
+    The low-rank path goes ``x → A → B``: two thin matrix products, never the full ``BA`` [out, in].
+    """
+    if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
+        raise ValueError(f"A must be [r, in] and B [out, r] with the same r, got A {tuple(A.shape)}, B {tuple(B.shape)}")
+    if A.shape[1] != weight.shape[1] or B.shape[0] != weight.shape[0]:
+        raise ValueError(f"A {tuple(A.shape)} / B {tuple(B.shape)} do not fit weight {tuple(weight.shape)} "
+                         "(expected A [r, in], B [out, r])")
+    return F.linear(x, weight, bias) + scaling * F.linear(F.linear(x, A), B)
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``ΔW = (α/r) · B A`` (Hu et al., 2021).
+
+    ``A`` [r, in] starts random (Kaiming-uniform, as in ``peft``), ``B`` [out, r] starts at zero, so at step 0 the
+    layer computes exactly what the base layer computes; only ``A`` and ``B`` receive gradients.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"r must be a positive int, got {r!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=w.dtype, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=w.dtype, device=w.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # dropout acts on the adapter's input only; the frozen path sees x unchanged
+        return self.base(x) + self.scaling * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``W + (α/r)·BA`` (differentiable in A and B), for code that reads ``.weight``
+        directly — e.g. the chapter-3 SwiGLU calls ``F.linear(x, w1.weight)``. (No adapter dropout on this path.)"""
+        return self.base.weight + self.scaling * (self.lora_B @ self.lora_A)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def merged_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ``W + (α/r)·BA``: the same outputs, no extra cost at inference."""
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+                        dtype=self.base.weight.dtype, device=self.base.weight.device)
+        with torch.no_grad():
+            out.weight.copy_(self.weight)
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in={self.base.in_features}, out={self.base.out_features}, r={self.r}, alpha={self.alpha}"
+
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
+
+
+def _matches(name: str, targets: Sequence[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def apply_lora(model: nn.Module, r: int, alpha: float, target_modules: Sequence[str] = DEFAULT_TARGETS,
+               dropout: float = 0.0) -> nn.Module:
+    """Freeze every parameter of ``model`` and wrap each ``nn.Linear`` whose name ends in one of
+    ``target_modules`` (``"q_proj"`` matches ``blocks.0.attn.q_proj``) in a :class:`LoRALinear`. In place;
+    returns ``model``. Raises ``ValueError`` if nothing matched.
+    """
+    if isinstance(target_modules, str) or not target_modules:
+        raise TypeError("target_modules must be a non-empty list of module names, e.g. ['q_proj', 'v_proj']")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, target_modules)]
+    if not chosen:
+        linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"no nn.Linear matched target_modules={list(target_modules)}; this model has {linears}")
+    for name, module in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(module, r, alpha, dropout))
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every :class:`LoRALinear` in ``model`` by its merged ``nn.Linear`` (in place; returns ``model``)."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if not found:
+        raise ValueError("model has no LoRALinear layers to merge (call apply_lora first)")
+    for name, module in found:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.merged_linear())
+    return model
+
+
+def count_parameters(model: nn.Module) -> dict:
+    """``trainable`` and ``total`` parameter counts (a tied weight counted once) and the trainable ``fraction``."""
+    params = list(model.parameters())  # parameters() yields shared tensors once
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return {"trainable": trainable, "total": total, "fraction": trainable / total if total else 0.0}
+
+
+# ----------------------------------------------------------------------------------------------- the base model
+def base_config():
+    """The chapter's base model: a character-level chapter-3 GPT, small enough to fine-tune on a laptop CPU."""
+    from .model import GPTConfig
+
+    return GPTConfig(vocab_size=VOCAB_SIZE, d_model=64, n_layers=4, n_heads=4, max_seq_len=384)
+
+
+def load_base_model(path: str | Path = BASE_CHECKPOINT, *, verify: bool = True):
+    """The pretrained base model from ``scripts/pretrain_ch7.py``; its SHA-256 must match ``<path>.sha256``."""
+    from .model import load_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python scripts/pretrain_ch7.py` to rebuild it")
+    if verify:
+        expected = path.with_suffix(".sha256").read_text().split()[0]
+        got = sha256_of(path)
+        if got != expected:
+            raise ValueError(f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "
+                             "(corrupted or replaced file; rebuild it with scripts/pretrain_ch7.py)")
+    return load_checkpoint(path)
+
+
+GPT_META = {"tokenizer": "ascii-characters", "script": "scripts/pretrain_ch7.py"}
+
+
+# ----------------------------------------------------------------------------------------------- train and evaluate
+def _batch(texts: Sequence[str], answer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded inputs and targets; padding (and, with ``answer_only``, the prompt) is ignored (-1)."""
+    ids = [encode(t) for t in texts]
+    T = max(len(i) for i in ids) - 1
+    x = torch.zeros(len(ids), T, dtype=torch.long)
+    y = torch.full((len(ids), T), -1, dtype=torch.long)
+    for row, (t, seq) in enumerate(zip(texts, ids)):
+        n = len(seq) - 1
+        x[row, :n] = torch.tensor(seq[:-1])
+        y[row, :n] = torch.tensor(seq[1:])
+        if answer_only:  # learn only what follows the last "A:" (the answer), not the prompt
+            start = t.rfind("\nA:") + 3 if "\nA:" in t else t.find("A:") + 2
+            y[row, : max(0, start - 1)] = -1
+    return x, y
+
+
+def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 16,
+             answer_only: bool = False, warmup: int = 10, seed: int = 0, progress: bool = True,
+             desc: str = "fine-tuning") -> dict:
+    """Train the parameters of ``model`` that require grad on ``texts`` (one sample each) with AdamW.
+
+    Samples are drawn epoch by epoch in a seeded order; the learning rate warms up then follows a cosine.
+    Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ...}``.
+    """
+    from tqdm.auto import tqdm
+
+    from .train import lr_at
+
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) and len(t) > 1 for t in texts):
+        raise ValueError("texts must be a non-empty list of strings (each at least 2 characters)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (all requires_grad=False)")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)  # dropout
+    order: list[int] = []
+    losses = []
+    model.train()
+    t0 = time.perf_counter()
+    for step in tqdm(range(steps), desc=desc, disable=not progress, unit="step"):
+        if len(order) < batch_size:
+            epoch = list(range(len(texts)))
+            rng.shuffle(epoch)
+            order += epoch
+        idx, order = order[:batch_size], order[batch_size:]
+        x, y = _batch([texts[i] for i in idx], answer_only)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, lr=lr, warmup=warmup, steps=steps)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+    seconds = time.perf_counter() - t0
+    model.eval()
+    return {"loss": losses, "seconds": seconds, "seconds_per_step": seconds / steps,
+            "trainable": sum(p.numel() for p in params)}
+
+
+@torch.no_grad()
+def greedy_answers(model: nn.Module, prompts: Sequence[str], *, max_new_tokens: int = 16, stop: str = "\n",
+                   progress: bool = False) -> list[str]:
+    """Greedy continuation of each prompt up to ``stop`` (not included) or ``max_new_tokens`` characters.
+
+    One prompt at a time with a KV cache: prompts of different lengths need no padding, and decoding stops as
+    soon as the answer's line ends (a short answer costs a few steps, not ``max_new_tokens``).
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string")
+    stop_id = encode(stop)[0]
+    limit = model.config.max_seq_len
+    model.eval()
+    outs = []
+    for p in tqdm(prompts, desc="answering", disable=not progress, unit="q"):
+        ids = encode(p)
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(f"prompt of {len(ids)} characters + {max_new_tokens} new exceeds max_seq_len {limit}")
+        caches = model.new_caches()
+        logits, _ = model(torch.tensor([ids]), caches=caches)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            nxt = int(logits[0, -1].argmax())
+            if nxt == stop_id:
+                break
+            new.append(nxt)
+            logits, _ = model(torch.tensor([[nxt]]), caches=caches)
+        outs.append(decode(new))
+    return outs
+
+
+@torch.no_grad()
+def greedy_exact_match(model: nn.Module, prompts: Sequence[str], answers: Sequence[str], *,
+                       batch_size: int = 32) -> list[bool]:
+    """Would greedy decoding write exactly ``" " + answer + "\\n"`` after each prompt? One forward pass per batch.
+
+    Feeding the reference answer and checking that it is the argmax at every one of its positions gives the
+    same verdict as decoding greedily (the first wrong character is where greedy decoding would leave the
+    answer), without a decoding loop. Right padding is harmless in a causal model. Strict: case and spacing
+    count, unlike :func:`exact_match`.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"need one answer per prompt, got {len(prompts)} prompts and {len(answers)} answers")
+    model.eval()
+    verdicts = []
+    for s in range(0, len(prompts), batch_size):
+        texts = [f"{p} {a}\n" for p, a in zip(prompts[s:s + batch_size], answers[s:s + batch_size])]
+        x, y = _batch(texts, answer_only=True)
+        logits, _ = model(x)
+        hit = (logits.argmax(-1) == y) | (y < 0)
+        verdicts += hit.all(dim=1).tolist()
+    return verdicts
+
+
+def answer_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of :func:`exact_match` hits."""
+    if len(predictions) != len(references) or not references:
+        raise ValueError(f"need as many predictions as references (> 0), got {len(predictions)} and {len(references)}")
+    return sum(exact_match(p, r) for p, r in zip(predictions, references)) / len(references)
+
+
+# ----------------------------------------------------------------------------------------------- the experiment
+PROMPT_METHODS = ("zero-shot", "few-shot", "dynamic few-shot", "RAG")
+
+
+def fact_retriever(statements: Sequence[str], index=None) -> Callable[[str, int], list[str]]:
+    """``retrieve(question, k)`` over one-statement documents with a chapter-6 index from
+    :mod:`course_utils.rag` (default ``BM25Index()``; ``DenseIndex()`` for MiniLM embeddings)."""
+    from .rag import BM25Index, Document
+
+    index = BM25Index() if index is None else index
+    index.add([Document(str(i), "", s) for i, s in enumerate(statements)])
+    return lambda question, k: [h.text for h in index.search(question, k)]
+
+
+def static_examples(pool: Sequence[tuple[str, str]], k: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The same ``k`` examples for every question (a seeded sample of the pool)."""
+    return random.Random(f"shots:{seed}").sample(list(pool), k)
+
+
+def knowledge_prompts(method: str, world, questions: Sequence[str], *, k: int = 4, embed=None,
+                      retrieve=None) -> list[str]:
+    """The prompt of each ``questions`` for a prompting ``method`` (see :data:`PROMPT_METHODS`).
+
+    Few-shot examples come from the world's Q/A pairs in the *train* phrasing; RAG retrieves ``k`` statements.
+    Fine-tuned models are asked zero-shot (``method="zero-shot"``).
+    """
+    pool = world.qa_pairs("train")
+    if method == "zero-shot":
+        return [few_shot_prompt([], q) for q in questions]
+    if method == "few-shot":
+        shots = static_examples(pool, k)
+        return [few_shot_prompt(shots, q) for q in questions]
+    if method == "dynamic few-shot":
+        if embed is None:
+            raise ValueError("dynamic few-shot needs embed=<function from texts to vectors>")
+        return [few_shot_prompt(select_examples_by_similarity(q, pool, k, embed), q) for q in questions]
+    if method == "RAG":
+        retrieve = retrieve or fact_retriever(world.statements(0))
+        return [rag_prompt(q, retrieve(q, k)) for q in questions]
+    raise ValueError(f"method must be one of {PROMPT_METHODS}, got {method!r}")
+
+
+def knowledge_texts(world) -> list[str]:
+    """Fine-tuning data for the knowledge task: every fact as two statements and as a train-phrasing Q/A."""
+    return world.statements(None) + [f"Q: {q}\nA: {a}\n" for q, a in world.qa_pairs("train")]
+
+
+def behaviour_prompts(method: str, world, questions: Sequence[str], *, k: int = 2, n_facts: int = 3, embed=None,
+                      retrieve=None) -> list[str]:
+    """Behaviour task: the facts are given (RAG), the *format* is the job — JSON-answer examples or none."""
+    retrieve = retrieve or fact_retriever(world.statements(0))
+    pool = [(q, render_json_answer(a)) for q, a in world.qa_pairs("train")]
+    out = []
+    for q in questions:
+        if method == "zero-shot":
+            shots = []
+        elif method == "few-shot":
+            shots = static_examples(pool, k)
+        elif method == "dynamic few-shot":
+            if embed is None:
+                raise ValueError("dynamic few-shot needs embed=<function from texts to vectors>")
+            shots = select_examples_by_similarity(q, pool, k, embed)
+        else:
+            raise ValueError(f"method must be 'zero-shot', 'few-shot' or 'dynamic few-shot', got {method!r}")
+        out.append(build_prompt(q, facts=retrieve(q, n_facts), examples=shots))
+    return out
+
+
+def behaviour_texts(world, *, n_facts: int = 3) -> list[str]:
+    """Behaviour fine-tuning data: a zero-shot RAG prompt (train phrasing) followed by the JSON answer."""
+    questions = [q for q, _ in world.qa_pairs("train")]
+    prompts = behaviour_prompts("zero-shot", world, questions, n_facts=n_facts)
+    return [f"{p} {render_json_answer(a)}\n" for p, (_, a) in zip(prompts, world.qa_pairs("train"))]
+
+
+def score_behaviour(outputs: Sequence[str], references: Sequence[str]) -> dict:
+    """``compliance`` (exact template), ``correct`` (compliant and the right value), ``value_found`` (the right
+    value anywhere in the output, format aside)."""
+    n = len(references)
+    comp = [format_compliance(o) for o in outputs]
+    right = [c and exact_match(parse_json_answer(o) or "", r) for c, o, r in zip(comp, outputs, references)]
+    found = [normalize_answer(r) in normalize_answer(o) for o, r in zip(outputs, references)]
+    return {"compliance": sum(comp) / n, "correct": sum(right) / n, "value_found": sum(found) / n}
+
+
+def knowledge_accuracy(model: nn.Module, world, method: str = "zero-shot", *, k: int = 4, embed=None,
+                       retrieve=None, split: str = "eval") -> dict:
+    """Score ``model`` on every fact of ``world`` (``split`` phrasing) with a prompting ``method``.
+
+    Returns ``accuracy`` (strict greedy exact match), ``tokens_per_query`` (prompt characters) and the per-question
+    ``hits``. Fine-tuned models are scored with ``method="zero-shot"`` (closed book).
+    """
+    questions = [q for q, _ in world.qa_pairs(split)]
+    answers = [a for _, a in world.qa_pairs(split)]
+    prompts = knowledge_prompts(method, world, questions, k=k, embed=embed, retrieve=retrieve)
+    hits = greedy_exact_match(model, prompts, answers)
+    return {"accuracy": sum(hits) / len(hits), "tokens_per_query": sum(map(len, prompts)) / len(prompts), "hits": hits}

@@ -1,0 +1,395 @@
+"""Chapter 3: a tiny decoder-only transformer in the style of Llama / Mixtral.
+
+    tokens ─► embedding ─► [ x + attn(RMSNorm(x)) ; x + ffn(RMSNorm(x)) ] × n_layers ─► RMSNorm ─► lm_head ─► logits
+
+- :func:`rms_norm` / :class:`RMSNorm` — scale by the root mean square, no mean subtraction, no bias
+  (Zhang & Sennrich, 2019).
+- rotary position embeddings and grouped-query attention come from :mod:`course_utils.attention` (chapter 2).
+- :func:`swiglu` / :class:`SwiGLU` — ``w2(silu(w1 x) * w3 x)`` (Shazeer, 2020), with Llama's names:
+  ``w1`` = gate, ``w3`` = up, ``w2`` = down.
+- the feed-forward block is pluggable: ``GPTConfig(ffn="dense")`` uses SwiGLU, ``ffn="moe"`` uses
+  :class:`course_utils.moe.MoELayer` (chapters 4–5) with the options in ``GPTConfig.moe``.
+- the output projection shares its weight with the token embedding (``tie_embeddings``; Press & Wolf, 2017).
+- :func:`sample_next_token` — greedy, temperature, top-k and top-p (nucleus; Holtzman et al., 2020) sampling;
+  :meth:`GPT.generate` with or without a KV cache.
+- :func:`save_checkpoint` / :func:`load_checkpoint` — safetensors weights plus the config as JSON: no pickle,
+  so loading a checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import KVCache, MultiHeadAttention
+
+__all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "sample_next_token", "GPTConfig", "Block",
+           "GPT", "save_checkpoint", "load_checkpoint"]
+
+
+# ----------------------------------------------------------------------------------------------- normalization
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """``x / sqrt(mean(x²) + eps) * weight`` over the last dimension (computed in float32, returned in x's dtype)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if weight is not None and tuple(weight.shape) != (x.shape[-1],):
+        raise ValueError(f"weight must have shape ({x.shape[-1]},) to match x's last dimension, got {tuple(weight.shape)}")
+    x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    y = (x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
+    return y if weight is None else y * weight
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalization with a learned gain (initialised to 1)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+# ----------------------------------------------------------------------------------------------- feed-forward
+def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """SwiGLU feed-forward: ``(silu(x w1ᵀ) ⊙ x w3ᵀ) w2ᵀ``; weights in ``nn.Linear``'s [out, in] layout.
+
+    ``w1`` is the gate (it goes through SiLU), ``w3`` the up projection, ``w2`` the down projection.
+    """
+    if w1.shape != w3.shape:
+        raise ValueError(f"w1 (gate) and w3 (up) must have the same shape, got {tuple(w1.shape)} and {tuple(w3.shape)}")
+    if x.shape[-1] != w1.shape[1] or tuple(w2.shape) != (w1.shape[1], w1.shape[0]):
+        raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}; "
+                         "expected w1/w3 [d_ff, d_model] and w2 [d_model, d_ff]")
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+
+
+class SwiGLU(nn.Module):
+    """The dense feed-forward block of Llama/Mixtral: gate ``w1``, up ``w3``, down ``w2``, no biases."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)  # gate
+        self.w3 = nn.Linear(d_model, d_ff, bias=False)  # up
+        self.w2 = nn.Linear(d_ff, d_model, bias=False)  # down
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(swiglu(x, self.w1.weight, self.w3.weight, self.w2.weight))
+
+
+# ----------------------------------------------------------------------------------------------- KV cache, functional
+def kv_cache_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                  k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None):
+    """One decoding step with a KV cache, written out as plain tensor operations.
+
+    ``q``, ``k_new``, ``v_new``: [B, H, T_new, D] for the new positions; ``k_cache``, ``v_cache``: [B, H, T_past, D]
+    (or ``None`` at the start). The new keys/values are appended to the cache and the new queries attend causally:
+    the query at absolute position ``T_past + i`` sees keys ``0 … T_past + i``. Returns ``(out, k_cache, v_cache)``
+    with ``out`` [B, H, T_new, D]. :class:`course_utils.attention.KVCache` does the same inside the model.
+    """
+    for name, t in (("q", q), ("k_new", k_new), ("v_new", v_new)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [B, H, T, D], got {getattr(t, 'shape', type(t).__name__)}")
+    if q.shape != k_new.shape or k_new.shape != v_new.shape:
+        raise ValueError(f"q, k_new, v_new must have equal shapes, got {tuple(q.shape)}, {tuple(k_new.shape)}, "
+                         f"{tuple(v_new.shape)}")
+    if (k_cache is None) != (v_cache is None):
+        raise ValueError("k_cache and v_cache must both be None or both be tensors")
+    if k_cache is not None:
+        B, H, _, D = q.shape
+        if k_cache.shape != v_cache.shape or (k_cache.shape[0], k_cache.shape[1], k_cache.shape[3]) != (B, H, D):
+            raise ValueError(f"k_cache/v_cache must be [B={B}, H={H}, T_past, D={D}], got {tuple(k_cache.shape)} "
+                             f"and {tuple(v_cache.shape)}")
+        k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    else:
+        k, v = k_new, v_new
+    t_new, t_all = q.shape[2], k.shape[2]
+    # query i sits at absolute position t_all - t_new + i: the causal mask is shifted by the cache length
+    allowed = torch.arange(t_all)[None, :] <= torch.arange(t_all - t_new, t_all)[:, None]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    out = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+    return out, k, v
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token id per row of ``logits`` [B, V]; returns a LongTensor [B].
+
+    ``temperature == 0`` is greedy (argmax). Otherwise the logits are divided by ``temperature``, then ``top_k``
+    keeps the k largest, then ``top_p`` keeps the smallest set of most likely tokens whose probabilities sum to at
+    least ``top_p`` (the token that crosses the threshold is kept), and one token is drawn from what is left.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {getattr(logits, 'shape', type(logits).__name__)}")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass of the strictly more likely tokens
+        drop_sorted = before >= top_p  # keeps the token that crosses top_p (and always the first one)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+@dataclass
+class GPTConfig:
+    vocab_size: int = 512
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None = n_heads (plain multi-head); fewer = grouped-query attention
+    d_ff: int | None = None  # None = the multiple of 32 nearest to 8/3·d_model (Llama's choice for SwiGLU)
+    max_seq_len: int = 256
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    ffn: str = "dense"  # "dense" (SwiGLU) or "moe" (course_utils.moe.MoELayer)
+    moe: dict = field(default_factory=dict)  # MoELayer options: num_experts, top_k, ...
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head_dim = d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
+        if not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads ({self.n_heads}), got {self.n_kv_heads!r}")
+        if self.d_ff is None:
+            self.d_ff = max(32, int(round(8 * self.d_model / 3 / 32)) * 32)
+        if not isinstance(self.d_ff, int) or self.d_ff < 1:
+            raise ValueError(f"d_ff must be a positive int, got {self.d_ff!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.ffn not in ("dense", "moe"):
+            raise ValueError(f"ffn must be 'dense' or 'moe', got {self.ffn!r}")
+        if not isinstance(self.moe, dict):
+            raise TypeError(f"moe must be a dict of MoELayer options, got {type(self.moe).__name__}")
+        if self.ffn == "moe" and not {"num_experts", "top_k"} <= set(self.moe):
+            raise ValueError(f"ffn='moe' needs moe=dict(num_experts=..., top_k=..., ...), got moe={self.moe!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``.
+
+    ``forward`` returns ``(x, aux)``: ``aux`` is the MoE layer's dict (router logits, balancing loss, ...) or None.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        c = config
+        self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
+        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.n_kv_heads, rope=True, rope_base=c.rope_base,
+                                       max_seq_len=c.max_seq_len, dropout=c.dropout, bias=False)
+        self.ffn_norm = RMSNorm(c.d_model, c.norm_eps)
+        if c.ffn == "moe":
+            from .moe import MoELayer  # chapter 4; imported only when needed
+
+            self.ffn = MoELayer(c.d_model, c.d_ff, **c.moe)
+        else:
+            self.ffn = SwiGLU(c.d_model, c.d_ff, c.dropout)
+        self.is_moe = c.ffn == "moe"
+        self.resid_dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None):
+        a = self.attn(self.attn_norm(x), cache=cache)
+        if isinstance(a, tuple):  # (output, weights) when an attention implementation returns both
+            a = a[0]
+        x = x + self.resid_dropout(a)
+        aux = None
+        if self.is_moe:
+            f, aux = self.ffn(self.ffn_norm(x))
+        else:
+            f = self.ffn(self.ffn_norm(x))
+        return x + f, aux
+
+
+class GPT(nn.Module):
+    """A Llama/Mixtral-style decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU (or MoE), tied embeddings."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # one matrix reads tokens in and writes logits out
+        self.last_moe_aux: list[dict] = []
+        self.apply(self._init_weights)
+        # GPT-2's trick: shrink the projections that write into the residual stream, so its variance does not
+        # grow with depth (each block adds two of them).
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "w2.weight")) and p.dim() == 2:
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -------------------------------------------------------------------------------------------- forward
+    def new_caches(self) -> list[KVCache]:
+        """One empty KV cache per layer, for :meth:`forward` (``caches=``) and :meth:`generate`."""
+        return [KVCache() for _ in self.blocks]
+
+    def _check_idx(self, idx, caches) -> int:
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            raise ValueError(f"idx must be a 2-D tensor [batch, time] of token ids, got {getattr(idx, 'shape', type(idx).__name__)}")
+        if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(f"idx holds token ids outside [0, vocab_size={self.config.vocab_size}): "
+                             f"min {int(idx.min())}, max {int(idx.max())}")
+        past = 0
+        if caches is not None:
+            if len(caches) != len(self.blocks):
+                raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
+            past = caches[0].length
+        if past + idx.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"idx has {idx.shape[1]} tokens (+ {past} cached) but max_seq_len is "
+                             f"{self.config.max_seq_len}")
+        return past
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, caches: list | None = None):
+        """Logits [B, T, vocab] for token ids ``idx`` [B, T]; with ``targets`` [B, T] also the mean cross-entropy.
+
+        ``targets`` equal to -1 are ignored. With ``caches`` (from :meth:`new_caches`) the keys/values of earlier
+        calls are reused and ``idx`` holds only the new tokens.
+        """
+        self._check_idx(idx, caches)
+        if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
+            raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, got {getattr(targets, 'shape', None)}")
+        x = self.drop(self.tok_emb(idx.long()))
+        self.last_moe_aux = []
+        for i, block in enumerate(self.blocks):
+            x, aux = block(x, cache=None if caches is None else caches[i])
+            if aux is not None:
+                self.last_moe_aux.append(aux)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=-1)
+        return logits, loss
+
+    # -------------------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, use_cache: bool = True, seed: int | None = None) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` [B, T]; returns [B, T + max_new_tokens].
+
+        ``use_cache=True`` feeds only the newest token each step and reuses the cached keys/values;
+        ``use_cache=False`` recomputes the whole prefix every step (same tokens, much slower).
+        """
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        self._check_idx(idx, None)
+        if idx.shape[1] == 0:
+            raise ValueError("idx must hold at least one token (the prompt)")
+        if idx.shape[1] + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(f"prompt ({idx.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"max_seq_len ({self.config.max_seq_len})")
+        sample_next_token(torch.zeros(1, 2), temperature, top_k, top_p)  # validate the sampling arguments early
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            caches = self.new_caches() if use_cache else None
+            out, step_input = idx.long(), idx.long()
+            for _ in range(max_new_tokens):
+                logits, _ = self(step_input if use_cache else out, caches=caches)
+                nxt = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                step_input = nxt[:, None]
+        finally:
+            self.train(was_training)
+        return out
+
+    # -------------------------------------------------------------------------------------------- bookkeeping
+    def param_counts(self) -> dict:
+        """``total`` (shared weights counted once), ``active`` per token (MoE: only top-k experts), ``embedding``."""
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
+        inactive = 0
+        for block in self.blocks:
+            if block.is_moe:
+                counts = block.ffn.param_counts()
+                inactive += counts["total"] - counts["active"]
+        return {"total": total, "active": total - inactive, "embedding": self.tok_emb.weight.numel()}
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None) -> Path:
+    """Write ``path`` (safetensors weights) and ``path`` with ``.json`` (the config and ``meta``). No pickle."""
+    from safetensors.torch import save_file
+
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"path must end in .safetensors, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # tied weights are one tensor: store it once (safetensors refuses shared storage)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+             if not (model.config.tie_embeddings and k == "lm_head.weight")}
+    save_file(state, str(path), metadata={"format": "course_utils.GPT"})
+    path.with_suffix(".json").write_text(json.dumps({"config": asdict(model.config), "meta": meta or {}}, indent=1))
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> GPT:
+    """Rebuild the :class:`GPT` saved by :func:`save_checkpoint` (config from the JSON, weights from safetensors)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.exists() or not side.exists():
+        raise FileNotFoundError(f"expected {path} and {side} (written by save_checkpoint)")
+    config = GPTConfig(**json.loads(side.read_text())["config"])
+    model = GPT(config)
+    state = load_file(str(path), device=map_location)
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model

@@ -1,0 +1,479 @@
+"""A Mixture-of-Experts feed-forward layer with top-k routing, built from scratch (Chapter 4).
+
+For each token x the layer computes
+
+    y = shared(x) + Σ_{e ∈ TopK(x)} g_e(x) · FFN_e(x)
+
+where ``FFN_e`` are ``num_experts`` SwiGLU MLPs and the router picks the ``top_k`` of them per token. The pieces, in
+the order a token meets them:
+
+1. **route** – router logits ``x Wᵣᵀ`` → scores (softmax: Mixtral, Qwen, OLMoE; sigmoid: DeepSeek-V3) → top-k →
+   optionally renormalise the k weights (``norm_topk_prob``) and scale them (``routed_scaling_factor``).
+   DeepSeek-V3 adds a per-expert bias that only changes *which* experts are chosen, and group-limited routing.
+2. **capacity** – with ``capacity_factor`` each expert takes at most ``ceil(cf · tokens · k / E)`` token-slots;
+   first choices are served before second choices, earlier tokens before later ones; the rest are dropped.
+3. **dispatch / combine** – send each kept (token, slot) to its expert, weight the outputs, add them up per token.
+   Four interchangeable versions below, from the clearest to the fastest.
+4. **balance** – the Switch load-balancing loss and the ST-MoE router z-loss, returned in ``aux``, and DeepSeek-V3's
+   loss-free bias update (:meth:`MoELayer.update_expert_bias`).
+
+Expert weights use transformers' fused layout so that :meth:`MoELayer.from_hf` is a copy, not a reshuffle:
+``gate_up_proj`` [E, 2·d_ff, d_model] holds the gate rows (classic name ``w1``) and then the up rows (``w3``);
+``down_proj`` [E, d_model, d_ff] is ``w2``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "MoELayer", "route", "expert_capacity", "apply_capacity", "load_balancing_loss", "router_z_loss",
+    "expert_choice_routing", "swiglu_expert", "dispatch_per_token", "dispatch_per_expert", "dispatch_sorted",
+    "dispatch_grouped_mm", "DISPATCHERS", "grouped_mm_available", "load_public_configs", "transformer_param_counts",
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    if not ok:
+        allowed = f"an int in {low}..{high}" if high is not None else f"an int >= {low}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+# ================================================================================================ routing
+def route(logits: torch.Tensor, top_k: int, *, score_func: str = "softmax", norm_topk_prob: bool = True,
+          bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
+          routed_scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits [T, E] → (topk_weight [T, k], topk_idx [T, k]), best expert first.
+
+    - Mixtral: softmax, top-k, renormalise (``norm_topk_prob=True``) — the same as a softmax over the k kept logits.
+    - Qwen2/3-MoE, OLMoE: ``norm_topk_prob=False`` keeps the k softmax probabilities as they are (they sum to < 1).
+    - DeepSeek-V3: ``score_func="sigmoid"``; ``bias`` is added to the scores *for choosing only* (the weights use
+      the unbiased scores); ``n_group``/``topk_group``: experts form ``n_group`` groups, each group is scored by
+      the sum of its two best scores, and only the best ``topk_group`` groups may be chosen from; finally the
+      weights are renormalised and multiplied by ``routed_scaling_factor``.
+    """
+    num_experts = logits.shape[-1]
+    scores = logits.float().softmax(dim=-1) if score_func == "softmax" else logits.float().sigmoid()
+    choice = scores if bias is None else scores + bias.float()
+    if n_group > 1:
+        per_group = num_experts // n_group
+        grouped = choice.view(-1, n_group, per_group)
+        group_score = grouped.topk(min(2, per_group), dim=-1).values.sum(dim=-1)  # [T, n_group]
+        best_groups = group_score.topk(topk_group, dim=-1).indices
+        allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best_groups, True)
+        choice = choice.masked_fill(~allowed.repeat_interleave(per_group, dim=1), float("-inf"))
+    topk_idx = choice.topk(top_k, dim=-1).indices
+    topk_weight = scores.gather(1, topk_idx)
+    if norm_topk_prob:
+        topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)  # eps: sigmoid scores can all be ~0
+    return topk_weight * routed_scaling_factor, topk_idx
+
+
+def expert_choice_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert-choice routing (Zhou et al., 2022): each *expert* picks its ``capacity`` best tokens.
+
+    Returns (weight [E, capacity], token_idx [E, capacity]). Load is perfectly balanced by construction, but a
+    token may be picked by many experts or by none, and the choice looks at the whole batch (future tokens too),
+    which is why decoder LLMs use token-choice top-k instead.
+    """
+    _check_int("capacity", capacity, 1, logits.shape[0])
+    affinity = logits.float().softmax(dim=-1)  # token→expert probabilities, as in the paper
+    weight, token_idx = affinity.t().topk(capacity, dim=-1)
+    return weight, token_idx
+
+
+# ================================================================================================ capacity
+def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
+    """Switch/GShard capacity: ``ceil(capacity_factor · tokens · k / experts)`` token-slots per expert."""
+    if not capacity_factor > 0:
+        raise ValueError(f"capacity_factor must be > 0 (or None for no limit), got {capacity_factor!r}")
+    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+
+
+def apply_capacity(topk_idx: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
+    """keep [T, k] (bool): which token-slots fit into their expert's ``capacity``.
+
+    Priority: all first choices (in token order) before any second choice, and so on (GShard's rule): a token
+    loses its second expert before another token loses its first.
+    """
+    _check_int("capacity", capacity, 0)
+    T, k = topk_idx.shape
+    choice_major = topk_idx.t().reshape(-1)  # slot 0 of every token, then slot 1 of every token, ...
+    one_hot = F.one_hot(choice_major, num_experts)  # [k·T, E]
+    position = (one_hot.cumsum(dim=0) * one_hot).sum(dim=-1) - 1  # place in the expert's queue
+    return (position < capacity).view(k, T).t()
+
+
+# ================================================================================================ balance
+def load_balancing_loss(router_logits, num_experts: int, top_k: int) -> torch.Tensor:
+    """Switch Transformer's auxiliary loss, as transformers' ``load_balancing_loss_func`` computes it.
+
+    ``E · Σ_e f_e · P_e`` with ``f_e`` = fraction of tokens whose top-k contains expert e (Σ f = k) and ``P_e`` =
+    mean router probability of e. Uniform routing gives k; all tokens on the same experts gives E. A list/tuple of
+    logits (one per layer) is pooled over all layers' tokens, like transformers does.
+    """
+    if isinstance(router_logits, (list, tuple)):
+        router_logits = torch.cat([t.reshape(-1, t.shape[-1]) for t in router_logits])
+    _check_int("num_experts", num_experts, 1)
+    if router_logits.shape[-1] != num_experts:
+        raise ValueError(f"router_logits must have num_experts={num_experts} columns, got shape {tuple(router_logits.shape)}")
+    _check_int("top_k", top_k, 1, num_experts)
+    probs = router_logits.reshape(-1, num_experts).float().softmax(dim=-1)
+    chosen = probs.topk(top_k, dim=-1).indices
+    f = torch.bincount(chosen.reshape(-1), minlength=num_experts).float() / probs.shape[0]
+    P = probs.mean(dim=0)
+    return num_experts * (f * P).sum()
+
+
+def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's router z-loss (Zoph et al., 2022): mean over tokens of logsumexp(logits)² — keeps logits small."""
+    return torch.logsumexp(router_logits.float(), dim=-1).pow(2).mean()
+
+
+# ================================================================================================ dispatch/combine
+def swiglu_expert(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """One SwiGLU expert in the fused layout: ``gate_up`` [2I, H] (gate rows, then up rows), ``down`` [H, I]."""
+    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, down)
+
+
+def _kept(topk_idx, keep):
+    return torch.ones_like(topk_idx, dtype=torch.bool) if keep is None else keep
+
+
+def dispatch_per_token(x, topk_idx, topk_weight, gate_up, down, keep=None):
+    """The definition, one token-slot at a time: clear, and far too slow for real use."""
+    keep = _kept(topk_idx, keep)
+    rows = []
+    for t in range(x.shape[0]):
+        y_t = torch.zeros_like(x[t])
+        for j in range(topk_idx.shape[1]):
+            if keep[t, j]:
+                e = int(topk_idx[t, j])
+                y_t = y_t + topk_weight[t, j] * swiglu_expert(x[t], gate_up[e], down[e])
+        rows.append(y_t)
+    return torch.stack(rows) if rows else torch.zeros_like(x)
+
+
+def dispatch_per_expert(x, topk_idx, topk_weight, gate_up, down, keep=None):
+    """One batched call per expert on the tokens that chose it (what transformers' eager code does)."""
+    keep = _kept(topk_idx, keep)
+    y = torch.zeros_like(x)
+    for e in range(gate_up.shape[0]):
+        token, slot = torch.where((topk_idx == e) & keep)
+        if token.numel():
+            out = swiglu_expert(x[token], gate_up[e], down[e]) * topk_weight[token, slot, None]
+            y = y.index_add(0, token, out.to(y.dtype))
+    return y
+
+
+def _sort_by_expert(topk_idx, keep, num_experts):
+    """Kept token-slots (flat index t·k + j) grouped by expert, and how many each expert got."""
+    flat_expert = topk_idx.reshape(-1)
+    if keep is None:
+        order = flat_expert.argsort(stable=True)  # stable: within an expert, tokens keep their order
+        counts = torch.bincount(flat_expert, minlength=num_experts)
+        return order, counts
+    slots = keep.reshape(-1).nonzero().squeeze(1)
+    expert_of_slot = flat_expert[slots]
+    order = slots[expert_of_slot.argsort(stable=True)]
+    return order, torch.bincount(expert_of_slot, minlength=num_experts)
+
+
+def _combine(y_sorted, slots, topk_weight, num_tokens):
+    """Un-permute: put each slot's output back at (token, j), weight it, and sum the k slots of every token."""
+    T, k = topk_weight.shape
+    H = y_sorted.shape[-1]
+    y_slots = y_sorted.new_zeros(T * k, H).index_copy(0, slots, y_sorted)
+    return torch.einsum("tkh,tk->th", y_slots.view(T, k, H), topk_weight.to(y_sorted.dtype))
+
+
+def dispatch_sorted(x, topk_idx, topk_weight, gate_up, down, keep=None):
+    """Sort token-slots by expert, run one contiguous matmul per expert, un-permute and sum the k slots."""
+    slots, counts = _sort_by_expert(topk_idx, keep, gate_up.shape[0])
+    x_sorted = x[slots // topk_idx.shape[1]]
+    # unbind once: the backward of E separate `gate_up[e]` would allocate a full-size zero gradient per expert
+    gate_ups, downs = gate_up.unbind(0), down.unbind(0)
+    outputs = []
+    for e, x_e in enumerate(x_sorted.split(counts.tolist())):
+        if x_e.shape[0]:
+            outputs.append(swiglu_expert(x_e, gate_ups[e], downs[e]))
+    y_sorted = torch.cat(outputs) if outputs else x_sorted
+    return _combine(y_sorted, slots, topk_weight, x.shape[0])
+
+
+def _grouped_mm_probe() -> bool:
+    fn = getattr(F, "grouped_mm", None)
+    if fn is None:
+        return False
+    try:  # exists in torch ≥ 2.10; make sure this build also runs it here (CPU, float32, with backward)
+        a = torch.randn(6, 8, requires_grad=True)
+        b = torch.randn(2, 8, 4, requires_grad=True)
+        out = fn(a, b, offs=torch.tensor([2, 6], dtype=torch.int32))
+        out.pow(2).sum().backward()
+        return torch.allclose(out[:2], a[:2] @ b[0], atol=1e-5) and torch.allclose(out[2:], a[2:] @ b[1], atol=1e-5)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+_GROUPED_MM = None
+
+
+def grouped_mm_available() -> bool:
+    """Whether ``torch.nn.functional.grouped_mm`` exists in this torch and works on this device (checked once)."""
+    global _GROUPED_MM
+    if _GROUPED_MM is None:
+        _GROUPED_MM = _grouped_mm_probe()
+    return _GROUPED_MM
+
+
+def _grouped_mm_fits(x, gate_up) -> bool:
+    # The kernel wants 16-byte aligned rows: every width must be a multiple of 16 / element size.
+    align = max(1, 16 // x.element_size())
+    return grouped_mm_available() and x.dtype == gate_up.dtype and all(
+        d % align == 0 for d in (gate_up.shape[1] // 2, gate_up.shape[2]))
+
+
+def dispatch_grouped_mm(x, topk_idx, topk_weight, gate_up, down, keep=None):
+    """Like :func:`dispatch_sorted`, but all experts in one ``F.grouped_mm`` call per projection (no Python loop).
+
+    Falls back to :func:`dispatch_sorted` where grouped_mm is missing or the widths are not 16-byte aligned.
+    """
+    if not _grouped_mm_fits(x, gate_up):
+        return dispatch_sorted(x, topk_idx, topk_weight, gate_up, down, keep)
+    slots, counts = _sort_by_expert(topk_idx, keep, gate_up.shape[0])
+    if slots.numel() == 0:
+        return torch.zeros_like(x)
+    x_sorted = x[slots // topk_idx.shape[1]]
+    offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
+    gate, up = F.grouped_mm(x_sorted, gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+    y_sorted = F.grouped_mm(F.silu(gate) * up, down.transpose(1, 2), offs=offs)
+    return _combine(y_sorted, slots, topk_weight, x.shape[0])
+
+
+DISPATCHERS = {"per_token": dispatch_per_token, "per_expert": dispatch_per_expert, "sorted": dispatch_sorted,
+               "grouped_mm": dispatch_grouped_mm}
+
+
+# ================================================================================================ the layer
+class MoELayer(nn.Module):
+    """A drop-in feed-forward block: ``y, aux = layer(x)`` with x of shape (..., d_model).
+
+    Options (keyword-only) cover Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3 and the classic papers:
+    ``score_func`` ("softmax" | "sigmoid"), ``norm_topk_prob``, ``num_shared_experts`` (one SwiGLU of width
+    ``shared_d_ff``, default ``num_shared_experts · d_ff``), ``shared_expert_gate`` (Qwen2-MoE's per-token sigmoid
+    gate on it), ``n_group``/``topk_group``/``routed_scaling_factor`` (DeepSeek-V3), ``capacity_factor`` (Switch;
+    None = no dropping), ``router_jitter`` (Switch: multiply the router's input by U(1-j, 1+j) in training),
+    ``noisy_gating`` (Shazeer 2017: add N(0,1)·softplus(x W_noise) to the logits in training), ``dispatch`` (a key
+    of :data:`DISPATCHERS`, or "auto" = grouped_mm where it works, else sorted).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int, *, score_func: str = "softmax",
+                 norm_topk_prob: bool = True, num_shared_experts: int = 0, shared_d_ff: int | None = None,
+                 shared_expert_gate: bool = False, n_group: int = 1, topk_group: int = 1,
+                 routed_scaling_factor: float = 1.0, capacity_factor: float | None = None, router_jitter: float = 0.0,
+                 noisy_gating: bool = False, dispatch: str = "auto"):
+        super().__init__()
+        _check_int("d_model", d_model, 1)
+        _check_int("d_ff", d_ff, 1)
+        _check_int("num_experts", num_experts, 1)
+        _check_int("top_k", top_k, 1, num_experts)
+        if score_func not in ("softmax", "sigmoid"):
+            raise ValueError(f"score_func must be 'softmax' or 'sigmoid', got {score_func!r}")
+        _check_int("num_shared_experts", num_shared_experts, 0)
+        _check_int("n_group", n_group, 1, num_experts)
+        if num_experts % n_group:
+            raise ValueError(f"num_experts ({num_experts}) must be divisible by n_group, got n_group={n_group}")
+        _check_int("topk_group", topk_group, 1, n_group)
+        if top_k > topk_group * (num_experts // n_group):
+            raise ValueError(f"top_k must be <= topk_group · experts per group = {topk_group * (num_experts // n_group)}, "
+                             f"got top_k={top_k}")
+        if capacity_factor is not None and not (isinstance(capacity_factor, (int, float)) and capacity_factor > 0):
+            raise ValueError(f"capacity_factor must be a number > 0 or None, got {capacity_factor!r}")
+        if not 0.0 <= router_jitter < 1.0:
+            raise ValueError(f"router_jitter must be in [0, 1), got {router_jitter!r}")
+        if dispatch != "auto" and dispatch not in DISPATCHERS:
+            raise ValueError(f"dispatch must be 'auto' or one of {sorted(DISPATCHERS)}, got {dispatch!r}")
+        if shared_expert_gate and not num_shared_experts:
+            raise ValueError("shared_expert_gate=True needs num_shared_experts >= 1")
+        self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
+        self.score_func, self.norm_topk_prob = score_func, norm_topk_prob
+        self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
+        self.capacity_factor, self.router_jitter, self.dispatch = capacity_factor, router_jitter, dispatch
+
+        self.router = nn.Linear(d_model, num_experts, bias=False)
+        self.noise = nn.Linear(d_model, num_experts, bias=False) if noisy_gating else None
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * d_ff, d_model))  # [gate (w1); up (w3)]
+        self.down_proj = nn.Parameter(torch.empty(num_experts, d_model, d_ff))  # w2
+        # DeepSeek-V3's selection-only bias: a buffer, moved by update_expert_bias, never by gradients.
+        self.register_buffer("expert_bias", torch.zeros(num_experts))
+        self.shared_expert = self.shared_gate = None
+        if num_shared_experts:
+            from .model import SwiGLU  # the same dense block as chapter 3
+
+            self.shared_expert = SwiGLU(d_model, shared_d_ff or num_shared_experts * d_ff)
+            self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_expert_gate else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Each expert starts like an nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        nn.init.uniform_(self.gate_up_proj, -self.d_model ** -0.5, self.d_model ** -0.5)
+        nn.init.uniform_(self.down_proj, -self.d_ff ** -0.5, self.d_ff ** -0.5)
+        if self.noise is not None:
+            nn.init.zeros_(self.noise.weight)  # start with unit-free noise scale softplus(0) ≈ 0.69
+
+    # -------------------------------------------------------------------------------------------- forward
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [T, E] for flat tokens x [T, d_model], with jitter/noise in training mode."""
+        if self.training and self.router_jitter > 0:
+            x = x * torch.empty_like(x).uniform_(1.0 - self.router_jitter, 1.0 + self.router_jitter)
+        logits = self.router(x)
+        if self.training and self.noise is not None:
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
+        return logits
+
+    def forward(self, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.d_model:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (..., d_model={self.d_model}), got {got}")
+        shape = x.shape
+        x = x.reshape(-1, self.d_model)
+        logits = self.router_logits(x)
+        topk_weight, topk_idx = route(logits, self.top_k, score_func=self.score_func,
+                                      norm_topk_prob=self.norm_topk_prob, bias=self.expert_bias, n_group=self.n_group,
+                                      topk_group=self.topk_group, routed_scaling_factor=self.routed_scaling_factor)
+        keep = None
+        if self.capacity_factor is not None:
+            capacity = expert_capacity(x.shape[0], self.top_k, self.num_experts, self.capacity_factor)
+            keep = apply_capacity(topk_idx, self.num_experts, capacity)
+        weight = topk_weight.to(x.dtype)
+        dispatch = self.dispatch if self.dispatch != "auto" else "grouped_mm"
+        y = DISPATCHERS[dispatch](x, topk_idx, weight, self.gate_up_proj, self.down_proj, keep)
+        if self.shared_expert is not None:
+            shared = self.shared_expert(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            y = y + shared
+        kept_idx = topk_idx if keep is None else topk_idx[keep]
+        aux = {
+            "router_logits": logits,
+            "topk_idx": topk_idx,
+            "topk_weight": topk_weight,
+            "tokens_per_expert": torch.bincount(kept_idx.reshape(-1), minlength=self.num_experts),
+            "dropped": torch.zeros_like(topk_idx, dtype=torch.bool) if keep is None else ~keep,
+            "load_balancing_loss": load_balancing_loss(logits, self.num_experts, self.top_k),
+            "z_loss": router_z_loss(logits),
+        }
+        return y.view(shape), aux
+
+    @torch.no_grad()
+    def update_expert_bias(self, tokens_per_expert: torch.Tensor, gamma: float = 1e-3) -> None:
+        """DeepSeek-V3's auxiliary-loss-free balancing: ``b_e += γ · sign(mean load − load_e)`` after each step."""
+        load = tokens_per_expert.float()
+        self.expert_bias += gamma * torch.sign(load.mean() - load)
+
+    # -------------------------------------------------------------------------------------------- bookkeeping
+    def param_counts(self) -> dict:
+        """``total`` parameters and ``active`` per token (router, noise, shared expert and gate, top_k experts)."""
+        per_expert = (self.gate_up_proj.numel() + self.down_proj.numel()) // self.num_experts
+        always = sum(p.numel() for m in (self.router, self.noise, self.shared_expert, self.shared_gate)
+                     if m is not None for p in m.parameters())
+        return {"total": always + self.num_experts * per_expert, "active": always + self.top_k * per_expert}
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={self.num_experts}, top_k={self.top_k}, "
+                f"score_func={self.score_func!r}, capacity_factor={self.capacity_factor}")
+
+    # -------------------------------------------------------------------------------------------- transformers
+    @classmethod
+    def from_hf(cls, block: nn.Module, **options) -> "MoELayer":
+        """Copy a transformers MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3) into a MoELayer.
+
+        The result computes the same function: same routing, same weights (the fused ``gate_up_proj`` /
+        ``down_proj`` tensors are copied as they are). ``options`` (e.g. ``dispatch=``) are passed on.
+        Mixtral's ``router_jitter_noise`` is not copied: transformers multiplies the experts' input by the noise
+        too, while ``router_jitter`` here follows Switch Transformer and jitters only the router's input.
+        """
+        gate, experts = getattr(block, "gate", None), getattr(block, "experts", None)
+        if gate is None or not hasattr(experts, "gate_up_proj") or not hasattr(experts, "down_proj"):
+            raise TypeError(f"block must be a transformers MoE block with .gate and fused .experts, got {type(block).__name__}")
+        if getattr(experts, "act_fn", None) is not None and type(experts.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            raise ValueError(f"only SiLU experts (SwiGLU) are supported, got {type(experts.act_fn).__name__}")
+        num_experts, two_i, d_model = experts.gate_up_proj.shape
+        is_deepseek = hasattr(gate, "e_score_correction_bias")
+        kwargs = dict(score_func="sigmoid" if is_deepseek else "softmax",
+                      norm_topk_prob=bool(getattr(gate, "norm_topk_prob", True)))
+        if is_deepseek:
+            kwargs.update(n_group=gate.num_group, topk_group=gate.topk_group,
+                          routed_scaling_factor=float(gate.routed_scaling_factor))
+        shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None)
+        if shared is not None:
+            kwargs.update(num_shared_experts=1, shared_d_ff=shared.gate_proj.out_features,
+                          shared_expert_gate=getattr(block, "shared_expert_gate", None) is not None)
+        kwargs.update(options)
+        layer = cls(d_model, two_i // 2, num_experts, gate.top_k, **kwargs)
+        with torch.no_grad():
+            layer.router.weight.copy_(gate.weight)
+            layer.gate_up_proj.copy_(experts.gate_up_proj)
+            layer.down_proj.copy_(experts.down_proj)
+            if is_deepseek:
+                layer.expert_bias.copy_(gate.e_score_correction_bias)
+            if shared is not None:
+                layer.shared_expert.w1.weight.copy_(shared.gate_proj.weight)
+                layer.shared_expert.w3.weight.copy_(shared.up_proj.weight)
+                layer.shared_expert.w2.weight.copy_(shared.down_proj.weight)
+                if layer.shared_gate is not None:
+                    layer.shared_gate.weight.copy_(block.shared_expert_gate.weight)
+        return layer.to(experts.gate_up_proj.dtype).train(block.training)
+
+
+# ================================================================================================ public configs
+def load_public_configs() -> dict:
+    """Published configs of real MoE models (course_utils/assets/moe_configs.json), with their sources."""
+    return json.loads((ASSETS / "moe_configs.json").read_text(encoding="utf-8"))["models"]
+
+
+def transformer_param_counts(cfg: dict) -> dict:
+    """Total and per-token active parameters of a decoder-only (MoE) transformer from its config.
+
+    Counts embeddings (and an untied LM head), attention (grouped-query, or DeepSeek's multi-head latent
+    attention), RMSNorm weights, dense MLP layers, routed experts (only ``num_experts_per_tok`` of them active),
+    shared experts and the router. Biases are absent in all these models.
+    """
+    H, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    if cfg.get("kv_lora_rank"):  # multi-head latent attention (DeepSeek-V2/V3)
+        nh, qr, kvr = cfg["num_attention_heads"], cfg["q_lora_rank"], cfg["kv_lora_rank"]
+        qk = cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
+        attn = (H * qr + qr + qr * nh * qk  # q down, its norm, q up
+                + H * (kvr + cfg["qk_rope_head_dim"]) + kvr  # joint kv down (+ shared rope key), its norm
+                + kvr * nh * (cfg["qk_nope_head_dim"] + cfg["v_head_dim"])  # k and v up
+                + nh * cfg["v_head_dim"] * H)  # output
+    else:
+        hd = cfg.get("head_dim") or H // cfg["num_attention_heads"]
+        q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+        attn = H * q + 2 * H * kv + q * H
+        if cfg.get("qk_norm") == "per_head":
+            attn += 2 * hd
+        elif cfg.get("qk_norm") == "full":
+            attn += q + kv
+    norms = 2 * H
+    n_experts, k = cfg["num_experts"], cfg["num_experts_per_tok"]
+    expert = 3 * H * cfg["moe_intermediate_size"]
+    shared = 3 * H * cfg.get("shared_expert_intermediate_size", 0)
+    router = n_experts * H + (n_experts if cfg.get("router_bias") else 0)
+    n_dense = cfg.get("first_k_dense_replace", 0)
+    dense_layer = attn + norms + 3 * H * cfg.get("intermediate_size", 0)
+    moe_total = attn + norms + router + shared + n_experts * expert
+    moe_active = attn + norms + router + shared + k * expert
+    embed = V * H * (1 if cfg.get("tie_word_embeddings") else 2) + H  # + final norm
+    n_moe = L - n_dense
+    return {"total": embed + n_dense * dense_layer + n_moe * moe_total,
+            "active": embed + n_dense * dense_layer + n_moe * moe_active}

@@ -1,0 +1,205 @@
+"""Weight-only quantization from scratch: symmetric absmax int8 per output row, int4 per group packed two per byte.
+
+For a weight row (or a group of ``group_size`` consecutive weights in a row) ``w``:
+
+    scale = max|w| / q_max          (q_max = 127 for int8, 7 for int4)
+    q     = clamp(round(w / scale), -q_max, q_max)
+    ŵ     = q · scale               (|w - ŵ| ≤ scale / 2: half a quantization step)
+
+One large weight inflates its row's scale and wipes out the small weights next to it; a group of 32–128 weights
+keeps that damage local (the reason GPTQ/AWQ and llama.cpp's Q4_0/Q8_0 blocks use groups). Scales are stored in
+float16 (as llama.cpp does), int4 values as ``q + 8`` in a nibble, two per byte. :class:`QuantLinear`
+dequantizes on the fly in ``forward`` — memory is saved, compute is not: without a fused int4 kernel the
+unpacking costs time on CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["QuantizedTensor", "absmax_quantize", "group_dequantize", "quantize_tensor", "pack_int4", "unpack_int4", "QuantLinear", "quantize_model",
+           "fake_quantize_experts_", "model_nbytes", "QMAX"]
+
+QMAX = {8: 127, 4: 7}
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack int values in [-8, 7] two per byte (element 2i in the low nibble, 2i+1 in the high); pads odd lengths."""
+    flat = (q.reshape(-1).to(torch.int16) + 8).to(torch.uint8)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_full((1,), 8)])  # pad with an encoded zero
+    return flat[0::2] | (flat[1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: the first ``numel`` int8 values."""
+    low = (packed & 0x0F).to(torch.int8) - 8
+    high = (packed >> 4).to(torch.int8) - 8
+    return torch.stack([low, high], dim=-1).reshape(-1)[:numel]
+
+
+@dataclass
+class QuantizedTensor:
+    """Packed integer weights plus float16 scales, one per row (or per group of ``group_size`` in a row)."""
+
+    data: torch.Tensor  # int8 values (bits=8) or uint8 with two int4 nibbles per byte (bits=4)
+    scales: torch.Tensor  # float16, shape (rows, groups_per_row)
+    shape: tuple
+    bits: int
+    group_size: int | None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of storage: the packed integers plus the scales."""
+        return self.data.numel() * self.data.element_size() + self.scales.numel() * self.scales.element_size()
+
+    def int_values(self) -> torch.Tensor:
+        """The integers q as int8, in the tensor's shape."""
+        numel = 1
+        for d in self.shape:
+            numel *= d
+        q = unpack_int4(self.data, numel) if self.bits == 4 else self.data.reshape(-1)
+        return q.reshape(self.shape)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """ŵ = q · scale, in ``dtype`` and the original shape."""
+        return group_dequantize(self.int_values(), self.scales, dtype)
+
+
+def _check_quant_args(w, bits, group_size) -> int:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point() or w.ndim < 1 or w.numel() == 0:
+        raise ValueError(f"w must be a non-empty floating-point tensor, got dtype={w.dtype}, shape={tuple(w.shape)}")
+    if bits not in QMAX:
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    cols = w.shape[-1]
+    if group_size is not None:
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+            raise ValueError(f"group_size must be None or a positive int, got {group_size!r}")
+        if cols % group_size:
+            raise ValueError(f"the last dimension ({cols}) must be divisible by group_size={group_size}")
+    return group_size or cols
+
+
+def absmax_quantize(w: torch.Tensor, bits: int = 8, group_size: int | None = None,
+                    scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scales)``: int8 values ``q`` shaped like ``w`` and one scale per row (``[rows, 1]``) or per group
+    (``[rows, cols // group_size]``), rows being everything but the last dimension. An all-zero group gets
+    scale 1 (any positive scale encodes zeros exactly; 0 would divide by zero)."""
+    g = _check_quant_args(w, bits, group_size)
+    qmax = QMAX[bits]
+    cols = w.shape[-1]
+    groups = w.detach().float().reshape(-1, cols // g, g)  # (rows, groups per row, group)
+    scales = (groups.abs().amax(dim=-1) / qmax).to(scale_dtype)
+    # fp16 can also flush a tiny scale to 0; such a group is all ~0, so scale 1 loses nothing.
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    q = torch.round(groups / scales.float().unsqueeze(-1)).clamp_(-qmax, qmax).to(torch.int8)
+    return q.reshape(w.shape), scales
+
+
+def group_dequantize(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """ŵ = q · scale, each scale covering ``cols // scales.shape[-1]`` consecutive values of a row."""
+    rows, n_groups = scales.shape
+    w_hat = q.reshape(rows, n_groups, -1).to(dtype) * scales.to(dtype).unsqueeze(-1)
+    return w_hat.reshape(q.shape)
+
+
+def quantize_tensor(w: torch.Tensor, bits: int = 8, group_size: int | None = None) -> QuantizedTensor:
+    """Symmetric absmax quantization of ``w`` per output row (its last dimension), or per group of that row."""
+    q, scales = absmax_quantize(w, bits, group_size, scale_dtype=torch.float16)
+    data = pack_int4(q) if bits == 4 else q.reshape(-1).contiguous()
+    return QuantizedTensor(data=data, scales=scales, shape=tuple(w.shape), bits=bits, group_size=group_size)
+
+
+class QuantLinear(nn.Module):
+    """``nn.Linear`` with quantized weights, dequantized on the fly in every forward pass."""
+
+    def __init__(self, qweight: QuantizedTensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        if len(qweight.shape) != 2:
+            raise ValueError(f"qweight must be 2-D (out_features, in_features), got shape {qweight.shape}")
+        self.out_features, self.in_features = qweight.shape
+        self.bits, self.group_size = qweight.bits, qweight.group_size
+        # Buffers, not parameters: they are saved in the state dict but never trained.
+        self.register_buffer("qdata", qweight.data)
+        self.register_buffer("scales", qweight.scales)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int | None = None) -> "QuantLinear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        return cls(quantize_tensor(linear.weight, bits, group_size), linear.bias)
+
+    @property
+    def qweight(self) -> QuantizedTensor:
+        return QuantizedTensor(self.qdata, self.scales, (self.out_features, self.in_features), self.bits,
+                               self.group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float32 weight, for code that reads ``layer.weight`` directly (e.g. a fused SwiGLU)."""
+        return self.qweight.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.qweight.dequantize(x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+def quantize_model(model: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:
+    """Replace every ``nn.Linear`` in ``model`` (recursively, in place) by a :class:`QuantLinear`; return it.
+
+    Embeddings stay in float. A linear whose weight is tied to an embedding (GPT's ``lm_head``) becomes a
+    separate quantized copy; the embedding keeps its float weights.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if bits not in QMAX:
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if isinstance(model, nn.Linear):
+        raise TypeError("model is itself an nn.Linear: use QuantLinear.from_linear(linear, bits, group_size)")
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, QuantLinear.from_linear(child, bits, group_size))
+        else:
+            quantize_model(child, bits, group_size)
+    return model
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes of every distinct parameter and buffer (shared tensors counted once): the weights' memory."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+@torch.no_grad()
+def fake_quantize_experts_(model: nn.Module, bits: int, group_size: int | None = None) -> tuple[int, int]:
+    """Round every fused expert tensor (a 3-D ``nn.Parameter`` ``[experts, out, in]``, as in an MoE layer) to
+    its quantized value in place; return ``(float32 bytes, packed bytes)`` of those tensors.
+
+    MoE layers keep their experts in fused tensors, not ``nn.Linear``s, so :func:`quantize_model` does not see
+    them; this measures what quantizing them does to the loss (storage is reported, not saved).
+    """
+    if bits not in QMAX:
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    before = after = 0
+    for p in model.parameters():
+        if p.dim() == 3:
+            qt = quantize_tensor(p, bits, group_size)
+            p.copy_(qt.dequantize(p.dtype))
+            before += p.numel() * 4
+            after += qt.nbytes
+    return before, after

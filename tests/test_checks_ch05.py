@@ -1,0 +1,124 @@
+"""Chapter 5's lab checks accept the reference and reject plausible wrong implementations."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from helpers import assert_check_accepts, assert_check_rejects
+
+from course_utils import moe_lm
+from course_utils.checks.ch05 import (check_add_aux_loss, check_consecutive_same_expert_rate,
+                                      check_expert_parallel_dispatch, check_routing_stats, check_swap_ffn_for_moe)
+from course_utils.distributed import dispatch_plan
+
+
+def add_aux_loss(lm_loss, moe_aux, aux_loss_coef):
+    return moe_lm.moe_training_loss(lm_loss, moe_aux, aux_loss_coef)
+
+
+def test_reference_versions_pass(capsys):
+    assert_check_accepts(check_swap_ffn_for_moe, moe_lm.moe_config, capsys)
+    assert_check_accepts(check_add_aux_loss, add_aux_loss, capsys)
+    assert_check_accepts(check_routing_stats, moe_lm.routing_stats, capsys)
+    assert_check_accepts(check_consecutive_same_expert_rate, moe_lm.consecutive_same_expert_rate, capsys)
+    assert_check_accepts(check_expert_parallel_dispatch, dispatch_plan, capsys)
+
+
+def test_an_expert_plan_in_any_order_within_a_rank_is_accepted(capsys):
+    def by_rank_only(topk_idx, num_experts, world_size):
+        rank = topk_idx.reshape(-1) // (num_experts // world_size)
+        order = (rank * 1000 - torch.arange(rank.numel())).argsort()  # reversed inside each rank
+        return order, torch.bincount(rank, minlength=world_size)
+
+    assert_check_accepts(check_expert_parallel_dispatch, by_rank_only, capsys)
+
+
+# ---------------------------------------------------------------------------------------------- wrong versions
+def test_swap_keeping_the_full_width_is_rejected():
+    def full_width(config, num_experts, top_k):  # 8 full-width experts: top-2 doubles the active FFN
+        return replace(config, ffn="moe", moe=dict(num_experts=num_experts, top_k=top_k))
+
+    assert_check_rejects(check_swap_ffn_for_moe, full_width, match=r"d_ff.*expected 48, got 96")
+
+
+def test_swap_that_mutates_the_dense_config_is_rejected():
+    def in_place(config, num_experts, top_k):
+        config.ffn, config.moe = "moe", dict(num_experts=num_experts, top_k=top_k)
+        config.d_ff //= top_k
+        return config
+
+    assert_check_rejects(check_swap_ffn_for_moe, in_place, match="changed the config")
+
+
+def test_aux_loss_without_the_coefficient_is_rejected():
+    def no_coef(lm_loss, moe_aux, aux_loss_coef):
+        if not moe_aux:
+            return lm_loss
+        return lm_loss + torch.stack([a["load_balancing_loss"] for a in moe_aux]).mean()
+
+    assert_check_rejects(check_add_aux_loss, no_coef, match="total loss: expected")
+
+
+def test_aux_loss_summed_over_layers_is_rejected():
+    def summed(lm_loss, moe_aux, aux_loss_coef):
+        return lm_loss + aux_loss_coef * sum(a["load_balancing_loss"] for a in moe_aux)
+
+    assert_check_rejects(check_add_aux_loss, summed, match="total loss")
+
+
+def test_detached_aux_loss_is_rejected():
+    def detached(lm_loss, moe_aux, aux_loss_coef):  # right value, but .item() cuts the routers out of the graph
+        values = [a["load_balancing_loss"].item() for a in moe_aux]
+        return lm_loss + aux_loss_coef * (sum(values) / len(values) if values else 0.0)
+
+    assert_check_rejects(check_add_aux_loss, detached, match="no gradient reaches the router")
+
+
+def test_routing_stats_normalised_over_the_wrong_axis_is_rejected():
+    def by_column(expert_idx, labels, num_labels, num_experts):
+        counts = moe_lm.routing_stats(expert_idx, labels, num_labels, num_experts)  # rows sum to 1 ...
+        raw = counts * torch.bincount(labels, minlength=num_labels)[:, None]
+        return raw / raw.sum(dim=0, keepdim=True).clamp_min(1e-12)  # ... made to sum to 1 per expert instead
+
+    assert_check_rejects(check_routing_stats, by_column, match="table")
+
+
+def test_routing_stats_with_the_first_choice_only_is_rejected():
+    def top1_only(expert_idx, labels, num_labels, num_experts):
+        first = expert_idx if expert_idx.dim() == 1 else expert_idx[:, 0]
+        return moe_lm.routing_stats(first, labels, num_labels, num_experts)
+
+    assert_check_rejects(check_routing_stats, top1_only, match="table")
+
+
+def test_chance_rate_as_one_over_e_is_rejected():
+    def uniform_chance(expert_ids, num_experts):
+        rate, _ = moe_lm.consecutive_same_expert_rate(expert_ids, num_experts)
+        return rate, 1 / num_experts
+
+    assert_check_rejects(check_consecutive_same_expert_rate, uniform_chance, match="chance rate: expected 0.555556")
+
+
+def test_rate_across_row_boundaries_is_rejected():
+    def flattened(expert_ids, num_experts):
+        _, chance = moe_lm.consecutive_same_expert_rate(expert_ids, num_experts)
+        e = expert_ids.flatten()
+        return float((e[1:] == e[:-1]).float().mean()), chance
+
+    assert_check_rejects(check_consecutive_same_expert_rate, flattened, match="rate: expected 1, got 0.8")
+
+
+def test_counts_per_expert_instead_of_per_rank_are_rejected():
+    def per_expert(topk_idx, num_experts, world_size):
+        flat = topk_idx.reshape(-1)
+        return flat.argsort(stable=True), torch.bincount(flat, minlength=num_experts)
+
+    assert_check_rejects(check_expert_parallel_dispatch, per_expert, match=r"send_counts: expected shape \(2,\)")
+
+
+def test_unsorted_order_is_rejected():
+    def unsorted(topk_idx, num_experts, world_size):
+        _, counts = dispatch_plan(topk_idx, num_experts, world_size)
+        return torch.arange(topk_idx.numel()), counts
+
+    assert_check_rejects(check_expert_parallel_dispatch, unsorted, match="not grouped by destination rank")

@@ -1,0 +1,300 @@
+"""Chapter 7: LoRA from scratch (pinned to peft), prompts, metrics, fine-tuning and decoding."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from course_utils import finetune as ft
+from course_utils.model import GPT, GPTConfig
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.v = nn.Linear(8, 6, bias=False)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.tanh(self.q(x)), self.v(x)], dim=-1))
+
+
+TEXTS = ["Q: Where does Ann live?\nA: Rome\n", "Q: What pet does Bo keep?\nA: owl\n"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: one thread is faster, and avoids OpenMP oversubscription on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_gpt(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=ft.VOCAB_SIZE, d_model=32, n_layers=2, n_heads=2, max_seq_len=64))
+
+
+def randomize_adapters(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, ft.LoRALinear):
+            with torch.no_grad():
+                m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.1)
+
+
+# ------------------------------------------------------------------------------------------------ LoRA
+def test_lora_linear_starts_identical_and_has_zero_B():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 12)
+    layer = ft.LoRALinear(base, r=4, alpha=8)
+    x = torch.randn(3, 5, 16)
+    assert torch.equal(layer(x), base(x))
+    assert torch.count_nonzero(layer.lora_B) == 0 and torch.count_nonzero(layer.lora_A) > 0
+    assert layer.scaling == 2.0 and tuple(layer.lora_A.shape) == (4, 16) and tuple(layer.lora_B.shape) == (12, 4)
+
+
+def test_lora_forward_matches_formula_and_layer():
+    torch.manual_seed(0)
+    x, W, b = torch.randn(4, 10), torch.randn(7, 10), torch.randn(7)
+    A, B = torch.randn(3, 10), torch.randn(7, 3)
+    expected = x @ W.T + b + 0.5 * (x @ (B @ A).T)
+    assert torch.allclose(ft.lora_forward(x, W, b, A, B, 0.5), expected, atol=1e-5)
+    layer = ft.LoRALinear(nn.Linear(10, 7), r=3, alpha=1.5)
+    with torch.no_grad():
+        layer.base.weight.copy_(W), layer.base.bias.copy_(b), layer.lora_A.copy_(A), layer.lora_B.copy_(B)
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="A must be"):
+        ft.lora_forward(x, W, b, torch.randn(3, 10), torch.randn(7, 2), 1.0)
+
+
+def test_apply_lora_gpt_starts_identical_and_only_adapters_get_gradients():
+    model = tiny_gpt()
+    idx = torch.randint(0, ft.VOCAB_SIZE, (2, 20))
+    before = model(idx)[0]
+    ft.apply_lora(model, r=4, alpha=8)
+    assert torch.equal(model(idx)[0], before)
+    _, loss = model(idx, idx)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad and p.grad is not None, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    n_lora = sum(1 for m in model.modules() if isinstance(m, ft.LoRALinear))
+    assert n_lora == 2 * 7  # q, k, v, o + w1, w2, w3 in each of 2 blocks
+    counts = ft.count_parameters(model)
+    expected = sum(m.r * (m.base.in_features + m.base.out_features) for m in model.modules()
+                   if isinstance(m, ft.LoRALinear))
+    assert counts["trainable"] == expected and 0 < counts["fraction"] < 0.2
+
+
+def test_merge_equals_unmerged_and_removes_adapters():
+    model = ft.apply_lora(tiny_gpt(), r=4, alpha=16, target_modules=["q_proj", "v_proj", "w2"])
+    randomize_adapters(model)
+    idx = torch.randint(0, ft.VOCAB_SIZE, (2, 16))
+    with torch.no_grad():
+        unmerged = model(idx)[0]
+        ft.merge_lora(model)
+        merged = model(idx)[0]
+    assert not any(isinstance(m, ft.LoRALinear) for m in model.modules())
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert not torch.allclose(unmerged, tiny_gpt()(idx)[0], atol=1e-3)  # the adapters did change the model
+    with pytest.raises(ValueError, match="no LoRALinear"):
+        ft.merge_lora(model)
+
+
+def test_apply_lora_bad_input():
+    with pytest.raises(ValueError, match="no nn.Linear matched"):
+        ft.apply_lora(Tiny(), 2, 4, ["nope"])
+    with pytest.raises(TypeError, match="target_modules"):
+        ft.apply_lora(Tiny(), 2, 4, "q")
+    with pytest.raises(ValueError, match="r must be"):
+        ft.LoRALinear(nn.Linear(3, 3), 0, 1)
+    with pytest.raises(TypeError, match="base must be"):
+        ft.LoRALinear(nn.Conv1d(3, 3, 1), 2, 1)
+
+
+@pytest.mark.parametrize("r,alpha", [(2, 4), (4, 1), (8, 32)])
+def test_equals_peft_lora(r, alpha):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    base = Tiny()
+    ours = ft.apply_lora(copy.deepcopy(base), r=r, alpha=alpha, target_modules=["q", "v"])
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
+                                                                      target_modules=["q", "v"]))
+    x = torch.randn(5, 8)
+    assert torch.allclose(theirs(x), ours(x), atol=1e-6)  # both start as the base model
+    randomize_adapters(ours)
+    for name in ("q", "v"):  # give peft our adapter weights
+        mine = getattr(ours, name)
+        layer = theirs.base_model.model.get_submodule(name)
+        with torch.no_grad():
+            layer.lora_A["default"].weight.copy_(mine.lora_A)
+            layer.lora_B["default"].weight.copy_(mine.lora_B)
+        assert layer.scaling["default"] == mine.scaling
+    assert torch.allclose(theirs(x), ours(x), atol=1e-6)
+    trainable, total = theirs.get_nb_trainable_parameters()
+    counts = ft.count_parameters(ours)
+    assert (counts["trainable"], counts["total"]) == (trainable, total)
+    merged_theirs = theirs.merge_and_unload()
+    ft.merge_lora(ours)
+    assert torch.allclose(merged_theirs.q.weight, ours.q.weight, atol=1e-6)
+    assert torch.allclose(merged_theirs(x), ours(x), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ prompts and metrics
+def test_prompts_layout():
+    ex = [("Where does Ann live?", "Rome"), ("What pet does Bo keep?", "owl")]
+    assert ft.few_shot_prompt(ex, "Who?") == "Q: Where does Ann live?\nA: Rome\nQ: What pet does Bo keep?\nA: owl\nQ: Who?\nA:"
+    assert ft.few_shot_prompt([], "Who?") == "Q: Who?\nA:"
+    assert ft.rag_prompt("Who?", ["Ann lives in Rome.", "Bo is here."]) == "Facts:\nAnn lives in Rome.\nBo is here.\nQ: Who?\nA:"
+    with pytest.raises(TypeError, match=r"examples\[0\]"):
+        ft.few_shot_prompt(["not a pair"], "Who?")
+    with pytest.raises(ValueError, match="question"):
+        ft.few_shot_prompt(ex, "  ")
+
+
+@pytest.mark.parametrize("pred,ref,ok", [
+    ("Rome", "Rome", True), ("  rome ", "Rome", True), ("Rome.", "rome", True), ("New   York", "new york", True),
+    ("Rom", "Rome", False), ("Rome Rome", "Rome", False), ("", "Rome", False), ("", "", True),
+])
+def test_exact_match(pred, ref, ok):
+    assert ft.exact_match(pred, ref) is ok
+
+
+@pytest.mark.parametrize("out,ok", [
+    ('{"answer": "Rome"}', True), (' {"answer": "Rome"} ', True), ('{"answer": ""}', False),
+    ('{"answer":"Rome"}', False), ("Rome", False), ('{"answer": "Rome"', False), ('{"answer": "Rome"} ok', False),
+])
+def test_format_compliance(out, ok):
+    assert ft.format_compliance(out) is ok
+    assert (ft.parse_json_answer(out) is not None) == (ok or out.strip() == '{"answer": ""}')
+
+
+def test_render_json_round_trip():
+    assert ft.parse_json_answer(ft.render_json_answer("Tekon")) == "Tekon"
+    assert ft.format_compliance(ft.render_json_answer("Tekon"))
+
+
+def test_select_examples_by_similarity():
+    pool = [("Where does Ann live?", "Rome"), ("What pet does Ann keep?", "owl"),
+            ("Where does Bo live?", "Oslo"), ("What colour is the sky?", "blue")]
+    got = ft.select_examples_by_similarity("Where does Bo live now?", pool, k=2, embed=ft.hashing_embed)
+    assert got[-1] == ("Where does Bo live?", "Oslo")  # most similar last, next to the question
+    assert len(got) == 2 and got[0] == ("Where does Ann live?", "Rome")
+    assert ft.select_examples_by_similarity("x", pool, 0, ft.hashing_embed) == []
+    with pytest.raises(ValueError, match="k must be"):
+        ft.select_examples_by_similarity("x", pool, 5, ft.hashing_embed)
+    # ties keep pool order: identical questions, the earlier one ranks first (so it sits nearest the question)
+    twins = [("same q", "a"), ("same q", "b"), ("other", "c")]
+    assert ft.select_examples_by_similarity("same q", twins, 1, ft.hashing_embed) == [("same q", "a")]
+
+
+def test_answer_accuracy():
+    assert ft.answer_accuracy(["Rome", "x"], ["rome", "y"]) == 0.5
+    with pytest.raises(ValueError, match="as many"):
+        ft.answer_accuracy(["a"], [])
+
+
+# ------------------------------------------------------------------------------------------------ training and decoding
+def test_encode_decode_ascii():
+    assert ft.decode(ft.encode("Q: hi\nA:")) == "Q: hi\nA:"
+    assert ft.encode("é") == [63]
+
+
+def test_finetune_lora_learns_and_only_adapters_change():
+    model = tiny_gpt()
+    with torch.no_grad():  # a random model's 0.02-std tied embedding caps its logits; a trained one has larger
+        model.tok_emb.weight.normal_(0, 1)
+    ft.apply_lora(model, r=4, alpha=16)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    hist = ft.finetune(model, TEXTS, steps=60, lr=2e-2, batch_size=2, progress=False)
+    assert sum(hist["loss"][-5:]) / 5 < 0.5 * hist["loss"][0]
+    assert hist["trainable"] == ft.count_parameters(model)["trainable"]
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+
+
+def test_full_finetune_memorises_and_greedy_answers():
+    model = tiny_gpt()
+    hist = ft.finetune(model, TEXTS, steps=60, lr=1e-2, batch_size=2, progress=False)
+    assert hist["trainable"] == ft.count_parameters(model)["total"]
+    assert ft.greedy_answers(model, ["Q: Where does Ann live?\nA:"], max_new_tokens=8) == [" Rome"]
+    with pytest.raises(ValueError, match="no trainable"):
+        ft.finetune(ft.apply_lora(tiny_gpt(), 2, 4).requires_grad_(False), TEXTS, steps=1, lr=1e-3)
+
+
+def test_answer_only_masks_prompt():
+    x, y = ft._batch(["Q: ab\nA: cd\n", "Q: a\nA: x\n"], answer_only=True)
+    kept = ft.decode([int(t) for t in y[0] if t >= 0])
+    assert kept == " cd\n"
+    assert ft.decode([int(t) for t in y[1] if t >= 0]) == " x\n"
+    assert (y[1, len("Q: a\nA: x\n") - 1:] == -1).all()  # padding ignored
+
+
+def test_greedy_answers_matches_generate():
+    model = tiny_gpt(3)
+    prompt = "Q: hello\nA:"
+    full = model.generate(torch.tensor([ft.encode(prompt)]), 6, temperature=0)[0, len(prompt):]
+    text = ft.decode(full.tolist()).split("\n")[0]
+    assert ft.greedy_answers(model, [prompt], max_new_tokens=6) == [text]
+    with pytest.raises(ValueError, match="max_seq_len"):
+        ft.greedy_answers(model, ["x" * 60], max_new_tokens=10)
+
+
+def test_base_checkpoint_sha256(tmp_path):
+    from course_utils.model import save_checkpoint
+
+    path = save_checkpoint(tiny_gpt(), tmp_path / "m.safetensors")
+    path.with_suffix(".sha256").write_text(ft.sha256_of(path) + "  m.safetensors\n")
+    assert isinstance(ft.load_base_model(path), GPT)
+    path.with_suffix(".sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(ValueError, match="sha256"):
+        ft.load_base_model(path)
+
+
+def test_shipped_base_checkpoint_is_small_and_verified():
+    if not ft.BASE_CHECKPOINT.exists():
+        pytest.skip("base checkpoint not built yet")
+    assert ft.BASE_CHECKPOINT.stat().st_size < 5 * 2**20
+    model = ft.load_base_model()
+    assert model.config.vocab_size == ft.VOCAB_SIZE
+
+
+def test_greedy_exact_match_agrees_with_decoding():
+    model = tiny_gpt()
+    ft.finetune(model, TEXTS, steps=60, lr=1e-2, batch_size=2, progress=False)
+    prompts = ["Q: Where does Ann live?\nA:", "Q: What pet does Bo keep?\nA:", "Q: Where does Bo live?\nA:"]
+    decoded = ft.greedy_answers(model, prompts, max_new_tokens=8)
+    for answers in (["Rome", "owl", "Rome"], ["Rome", "cat", "Oslo"], [d.strip() for d in decoded]):
+        strict = [d == " " + a for d, a in zip(decoded, answers)]
+        assert ft.greedy_exact_match(model, prompts, answers, batch_size=2) == strict
+    with pytest.raises(ValueError, match="one answer per prompt"):
+        ft.greedy_exact_match(model, prompts, ["x"])
+
+
+def test_experiment_prompts_and_scores():
+    from course_utils.world import make_world
+
+    w = make_world(0, 6)
+    qs = [q for q, _ in w.qa_pairs("eval")][:5]
+    rag = ft.knowledge_prompts("RAG", w, qs, k=3)
+    assert all(p.startswith("Facts:\n") and p.count("\n") == 3 + 2 for p in rag)
+    assert w.facts[0].statement(0) in rag[0]  # BM25 finds the entity's statements
+    shots = ft.knowledge_prompts("few-shot", w, qs, k=2)
+    assert len({p.split("Q: ")[1] for p in shots}) == 1  # the same examples for every question
+    dyn = ft.knowledge_prompts("dynamic few-shot", w, qs, k=2, embed=ft.hashing_embed)
+    assert all(p.count("Q: ") == 3 for p in dyn)
+    with pytest.raises(ValueError, match="method"):
+        ft.knowledge_prompts("magic", w, qs)
+    beh = ft.behaviour_texts(w)
+    assert all(t.rstrip("\n").endswith('"}') and "Facts:" in t for t in beh)
+    s = ft.score_behaviour(['{"answer": "Rome"}', "Rome", '{"answer": "Oslo"}'], ["rome", "Rome", "Rome"])
+    assert s == {"compliance": 2 / 3, "correct": 1 / 3, "value_found": 2 / 3}
+    assert len(ft.knowledge_texts(w)) == 3 * len(w.facts)

@@ -1,0 +1,293 @@
+"""course_utils.gateway: retries, token bucket, circuit breaker, semantic cache — all on a fake clock."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from course_utils.gateway import (INTENTS, CircuitBreaker, CircuitOpenError, ExactCache, RetryableError,
+                                  SemanticCache, TokenBucket, backoff_delay, call_with_fallback, cascade_curve,
+                                  cascade_outcome, fit_logistic, paraphrase_stream, pick_cascade_threshold,
+                                  predict_logistic, retry_after_of, retry_call, simulate_cache)
+
+
+class FakeClock:
+    def __init__(self, t: float = 100.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+def flaky(n_failures: int, exc=RuntimeError):
+    calls = {"n": 0}
+
+    def fn():
+        calls["n"] += 1
+        if calls["n"] <= n_failures:
+            raise exc(f"failure {calls['n']}")
+        return "ok"
+
+    return fn, calls
+
+
+# ---------------------------------------------------------------- retry_call
+def test_retry_waits_follow_capped_exponential_without_jitter():
+    fn, calls = flaky(5)
+    waits = []
+    assert retry_call(fn, max_attempts=6, base_delay=0.1, max_delay=0.5, jitter="none", sleep=waits.append) == "ok"
+    assert calls["n"] == 6
+    assert waits == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+
+
+def test_retry_full_jitter_is_uniform_below_the_cap():
+    rng = random.Random(0)
+    draws = [backoff_delay(3, base_delay=0.1, max_delay=2.0, rng=rng) for _ in range(4000)]
+    assert 0.0 <= min(draws) and max(draws) <= 0.4
+    assert np.mean(draws) == pytest.approx(0.2, abs=0.01)  # mean of U[0, 0.4]
+    fn, _ = flaky(3)
+    waits = []
+    retry_call(fn, max_attempts=4, base_delay=1.0, max_delay=3.0, sleep=waits.append, rng=random.Random(1))
+    assert all(0 <= w <= c for w, c in zip(waits, [1.0, 2.0, 3.0])) and len(waits) == 3
+
+
+def test_retry_reraises_last_error_and_never_retries_other_errors():
+    fn, calls = flaky(10)
+    with pytest.raises(RuntimeError, match="failure 3"):
+        retry_call(fn, max_attempts=3, sleep=lambda s: None)
+    assert calls["n"] == 3
+    fn, calls = flaky(10, exc=KeyError)
+    with pytest.raises(KeyError):
+        retry_call(fn, max_attempts=5, retry_on=(RuntimeError,), sleep=lambda s: None)
+    assert calls["n"] == 1
+
+
+def test_retry_honours_retry_after():
+    def fn(state={"n": 0}):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise RetryableError("busy", status=429, retry_after=1.5)
+        return 42
+
+    waits = []
+    assert retry_call(fn, base_delay=0.01, jitter="none", sleep=waits.append) == 42
+    assert waits == [1.5]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_retry_rejects_bad_max_attempts(bad):
+    with pytest.raises(ValueError, match="max_attempts"):
+        retry_call(lambda: 1, max_attempts=bad)
+
+
+def test_retry_rejects_bad_jitter():
+    with pytest.raises(ValueError, match="jitter"):
+        retry_call(lambda: 1, jitter="equal")
+
+
+# ---------------------------------------------------------------- TokenBucket
+def test_token_bucket_starts_full_and_refills_at_rate_up_to_capacity():
+    clock = FakeClock()
+    bucket = TokenBucket(2.0, 5, clock=clock)
+    assert all(bucket.try_acquire() for _ in range(5))
+    assert not bucket.try_acquire()
+    assert bucket.wait_time() == pytest.approx(0.5)
+    assert bucket.wait_time(3) == pytest.approx(1.5)
+    clock.advance(0.5)
+    assert bucket.try_acquire() and not bucket.try_acquire()
+    clock.advance(1000.0)
+    assert bucket.tokens == pytest.approx(5.0)  # never above capacity
+    assert bucket.try_acquire(5) and not bucket.try_acquire(0.5)
+    assert bucket.wait_time(6) == float("inf")
+
+
+def test_token_bucket_failed_acquire_takes_nothing():
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, 3, clock=clock)
+    assert not bucket.try_acquire(4)
+    assert bucket.tokens == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("rate,cap,match", [(0, 5, "rate_per_s"), (-1, 5, "rate_per_s"), (1, 0.5, "capacity")])
+def test_token_bucket_rejects_bad_arguments(rate, cap, match):
+    with pytest.raises(ValueError, match=match):
+        TokenBucket(rate, cap)
+
+
+# ---------------------------------------------------------------- CircuitBreaker
+def test_circuit_breaker_opens_half_opens_and_closes():
+    clock = FakeClock()
+    breaker = CircuitBreaker(3, 10.0, clock=clock)
+    boom, _ = flaky(100)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            breaker.call(boom)
+    assert breaker.state == "open"
+    calls = []
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: calls.append(1))
+    assert calls == []  # open means the dependency is not even called
+    clock.advance(10.0)
+    assert breaker.state == "half-open"
+    with pytest.raises(RuntimeError):
+        breaker.call(boom)  # a failed trial re-opens at once
+    assert breaker.state == "open"
+    clock.advance(10.0)
+    assert breaker.call(lambda: "fine") == "fine"
+    assert breaker.state == "closed" and breaker.failures == 0
+
+
+def test_circuit_breaker_counts_consecutive_failures_only():
+    breaker = CircuitBreaker(2, 1.0, clock=FakeClock())
+    boom, _ = flaky(100)
+    with pytest.raises(RuntimeError):
+        breaker.call(boom)
+    breaker.call(lambda: 1)
+    with pytest.raises(RuntimeError):
+        breaker.call(boom)
+    assert breaker.state == "closed"
+
+
+# ---------------------------------------------------------------- SemanticCache
+def bag_of_words(text: str, dim: int = 64) -> np.ndarray:
+    """A cheap deterministic embedder: hashed word counts (crc32, stable across runs)."""
+    import zlib
+
+    v = np.zeros(dim, np.float32)
+    for w in text.lower().split():
+        v[zlib.crc32(w.encode()) % dim] += 1.0
+    return v
+
+
+def test_semantic_cache_hits_paraphrases_above_threshold_only():
+    cache = SemanticCache(bag_of_words, threshold=0.9)
+    cache.put("what is the capital of france", "Paris")
+    assert cache.get("What is the capital of France") == "Paris"  # identical after lowercasing
+    assert cache.get("the capital of france is what") == "Paris"  # same bag of words
+    assert cache.get("how do I bake bread") is None
+    value, sim = cache.lookup("what is the capital of spain")
+    assert value is None and 0.5 < sim < 0.9
+    assert cache.stats() == {"hits": 2, "misses": 1, "hit_rate": pytest.approx(2 / 3), "entries": 1}
+
+
+def test_semantic_cache_never_answers_across_scopes():
+    cache = SemanticCache(bag_of_words, threshold=0.9)
+    cache.put("hello there", "small says hi", scope={"model": "small", "temperature": 0})
+    assert cache.get("hello there", scope={"model": "large", "temperature": 0}) is None
+    assert cache.get("hello there", scope={"temperature": 0, "model": "small"}) == "small says hi"
+    assert cache.get("hello there") is None  # no scope is a scope of its own
+
+
+def test_semantic_cache_ttl_and_eviction():
+    clock = FakeClock()
+    cache = SemanticCache(bag_of_words, threshold=0.99, ttl_s=5.0, max_entries=3, clock=clock)
+    cache.put("alpha", 1)
+    clock.advance(5.01)
+    assert cache.get("alpha") is None
+    for i, w in enumerate(["beta", "gamma", "delta", "epsilon"]):
+        cache.put(w, i)
+    assert len(cache) == 3
+    assert cache.get("beta") is None and cache.get("epsilon") == 3  # oldest evicted first
+
+
+def test_semantic_cache_compacts_instead_of_growing_forever():
+    cache = SemanticCache(bag_of_words, threshold=0.99, max_entries=10)
+    for i in range(500):
+        cache.put(f"query number {i}", i)
+    assert len(cache) == 10
+    assert cache._scopes[None]["vecs"].shape[0] <= 64
+    assert cache.get("query number 499") == 499 and cache.get("query number 480") is None
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.01])
+def test_semantic_cache_rejects_bad_threshold(bad):
+    with pytest.raises(ValueError, match="threshold"):
+        SemanticCache(bag_of_words, threshold=bad)
+
+
+def test_semantic_cache_rejects_non_string_query():
+    with pytest.raises(TypeError, match="query"):
+        SemanticCache(bag_of_words).get(123)
+
+
+def test_exact_cache_only_matches_normalised_text():
+    cache = ExactCache()
+    cache.put("Hello  World", "x", scope="m")
+    assert cache.get("hello world", scope="m") == "x"
+    assert cache.get("hello world!", scope="m") is None and cache.get("hello world", scope="other") is None
+
+
+# ---------------------------------------------------------------- fallback, query stream, cascades
+def test_call_with_fallback_uses_the_first_success_and_reraises_the_last_error():
+    def boom():
+        raise RetryableError("down")
+
+    assert call_with_fallback(boom, lambda: "backup") == "backup"
+    with pytest.raises(RetryableError):
+        call_with_fallback(boom, boom)
+    with pytest.raises(KeyError):  # not in `errors`: no fallback
+        call_with_fallback(lambda: {}["x"], lambda: "backup", errors=(RetryableError,))
+    with pytest.raises(ValueError):
+        call_with_fallback()
+
+
+def test_paraphrase_stream_is_seeded_zipfian_and_labelled():
+    stream = paraphrase_stream(3000, seed=0)
+    assert stream == paraphrase_stream(3000, seed=0) and stream != paraphrase_stream(3000, seed=1)
+    counts = np.bincount([i for _, i in stream], minlength=len(INTENTS))
+    top = np.sort(counts)[::-1]
+    assert top[0] > 5 * top[-1]  # popularity is skewed
+    assert all(INTENTS[i] in text for text, i in stream)
+
+
+def test_simulate_cache_counts_false_hits():
+    stream = [("reset my password", 0), ("reset my username", 1), ("reset my password", 0)]
+    exact = simulate_cache(ExactCache(), stream)
+    assert (exact["hits"], exact["false_hits"]) == (1, 0)
+    loose = simulate_cache(SemanticCache(bag_of_words, threshold=0.5), stream)
+    assert loose["hits"] == 2 and loose["false_hits"] == 1  # "username" answered with "password"'s answer
+
+
+def test_cascade_threshold_and_curve():
+    conf = np.array([-3.0, -2.0, -1.0, -0.5])
+    small = np.array([False, False, True, True])
+    large = np.array([True, True, True, False])
+    assert pick_cascade_threshold(conf, small, large, 0.5) == -np.inf  # the small model alone reaches 50%
+    assert pick_cascade_threshold(conf, small, large, 1.0) == -1.0  # escalate the two unsure ones
+    assert pick_cascade_threshold(conf, small, large, 1.01) == np.inf  # unreachable: always escalate
+    out = cascade_outcome(conf, small, large, -1.0, cost_small=1, cost_large=10)
+    assert out == {"threshold": -1.0, "accuracy": 1.0, "escalation_rate": 0.5, "cost": 6.0}
+    curve = cascade_curve(conf, small, large)
+    assert [c["escalation_rate"] for c in curve] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0]
+    with pytest.raises(ValueError, match="1-D"):
+        cascade_outcome(conf, small[:2], large, 0.0)
+
+
+def test_logistic_router_learns_a_separable_rule():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = X[:, 0] + 0.5 * X[:, 2] > 0
+    params = fit_logistic(X, y)
+    acc = ((predict_logistic(params, X) > 0.5) == y).mean()
+    assert acc > 0.95
+
+
+def test_retry_after_of_reads_attributes_and_headers():
+    class Resp:
+        def __init__(self, headers):
+            self.headers = headers
+
+    class Err(Exception):
+        def __init__(self, headers):
+            super().__init__()
+            self.response = Resp(headers)
+
+    assert retry_after_of(RetryableError(retry_after=2.5)) == 2.5
+    assert retry_after_of(Err({"retry-after-ms": "250", "retry-after": "1"})) == 0.25
+    assert retry_after_of(Err({"retry-after": "3"})) == 3.0
+    assert retry_after_of(Err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
+    assert retry_after_of(ValueError()) is None

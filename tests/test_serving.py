@@ -1,0 +1,496 @@
+"""course_utils.serving: the OpenAI-compatible server, batching, faults, auth, rate limits — on 127.0.0.1 only.
+
+Every server runs inside ``start_server``'s ``with`` block, so it is shut down even when an assertion fails;
+every request loop is bounded in count, and every HTTP client has a timeout.
+"""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+
+from course_utils.gateway import ExactCache, RetryableError, retry_call
+from course_utils.model import GPT, GPTConfig
+from course_utils.serving import (Batcher, ByteTokenizer, FaultError, FaultInjector, GenRequest, GPTBackend,
+                                  RateLimit, create_app, start_server)
+
+KEY, OTHER_KEY = "sk-course-alice-0001", "sk-course-bob-00002"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+
+
+def tiny_gpt(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=96)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: a second thread only adds synchronisation (and the HTTP server needs a core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return GPTBackend(tiny_gpt(), name="tiny-gpt")
+
+
+@pytest.fixture(scope="module")
+def server(backend):
+    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, max_body_bytes=4096,
+                     max_tokens_limit=48)
+    with start_server(app) as url:
+        yield url, app
+
+
+def client(url, key=KEY, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, timeout=30.0, **kw)
+
+
+# ---------------------------------------------------------------- the backend
+def test_batched_generation_equals_unbatched_with_greedy_decoding(backend):
+    prompts = ["hi", "a somewhat longer prompt", "x", "tokens: 1 2 3"]
+    alone = [backend.generate(p, max_tokens=10, temperature=0.0) for p in prompts]
+    reqs = [GenRequest(backend.tokenizer.encode(p), max_tokens=10 - i, temperature=0.0) for i, p in enumerate(prompts)]
+    together = backend.generate_batch(reqs)
+    for i, (a, t) in enumerate(zip(alone, together)):
+        assert t.token_ids == a.token_ids[: 10 - i]
+        assert t.logprobs == pytest.approx(a.logprobs[: 10 - i], abs=1e-4)
+
+
+def test_backend_matches_the_models_own_generate(backend):
+    ids = backend.tokenizer.encode("The cat")
+    ref = backend.model.generate(torch.tensor([ids]), 8, temperature=0.0)[0, len(ids):].tolist()
+    assert backend.generate(ids, max_tokens=8, temperature=0.0).token_ids == ref
+
+
+def test_seeded_sampling_is_reproducible_and_per_request(backend):
+    a = backend.generate("seed me", max_tokens=12, temperature=1.0, seed=7)
+    b = backend.generate("seed me", max_tokens=12, temperature=1.0, seed=7)
+    assert a.token_ids == b.token_ids
+    ids = backend.tokenizer.encode("seed me")
+    other = GenRequest(backend.tokenizer.encode("another prompt"), 12, 1.0, seed=3)
+    batched = backend.generate_batch([other, GenRequest(ids, 12, 1.0, seed=7)])
+    assert batched[1].token_ids == a.token_ids  # a neighbour in the batch does not change my sample
+
+
+def test_batch_too_long_for_one_padded_pass_is_split(backend):
+    long_prompt = [65] * 80
+    reqs = [GenRequest(long_prompt, 4), GenRequest([66], 60)]  # 80 + 60 > 96 together, each fits alone
+    out = backend.generate_batch(reqs)
+    assert [len(g.token_ids) for g in out] == [4, 60]
+
+
+def test_backend_rejects_bad_requests(backend):
+    with pytest.raises(ValueError, match="context"):
+        backend.generate_batch([GenRequest([1] * 90, 10)])
+    with pytest.raises(ValueError, match="max_tokens"):
+        backend.generate_batch([GenRequest([1], 0)])
+    with pytest.raises(TypeError, match="GPT"):
+        GPTBackend(torch.nn.Linear(2, 2))
+
+
+def test_fault_injector_is_seeded_and_hits_its_rate(backend):
+    def fates(seed):
+        inj = FaultInjector(backend, error_rate=0.2, seed=seed)
+        return [inj.draw() is not None for _ in range(2000)]
+
+    assert fates(1) == fates(1) and fates(1) != fates(2)
+    assert 0.17 < sum(fates(1)) / 2000 < 0.23
+    inj = FaultInjector(backend, error_rate=1.0, statuses=(429,), retry_after_s=0.5)
+    with pytest.raises(FaultError) as info:
+        inj.generate("hi", max_tokens=2)
+    assert info.value.status == 429 and info.value.retry_after == 0.5
+    with pytest.raises(ValueError, match="error_rate"):
+        FaultInjector(backend, error_rate=1.5)
+
+
+# ---------------------------------------------------------------- the HTTP API with the official client
+def test_openai_client_round_trip_plain_and_streaming(server, backend):
+    url, _ = server
+    c = client(url, max_retries=0)
+    expected = backend.generate("Hello, server", max_tokens=12, temperature=0.0).text
+    r = c.completions.create(model="tiny-gpt", prompt="Hello, server", max_tokens=12, temperature=0)
+    assert r.object == "text_completion" and r.model == "tiny-gpt"
+    assert r.choices[0].text == expected and r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len("Hello, server") and r.usage.completion_tokens == 12
+    chunks = list(c.completions.create(model="tiny-gpt", prompt="Hello, server", max_tokens=12, temperature=0,
+                                       stream=True))
+    assert len(chunks) >= 2
+    assert "".join(ch.choices[0].text for ch in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "length"
+    models = c.models.list()
+    assert [m.id for m in models.data] == ["tiny-gpt"]
+
+
+def test_logprobs_are_returned_for_a_cascade(server, backend):
+    url, _ = server
+    r = client(url).completions.create(model="tiny-gpt", prompt="abc", max_tokens=5, temperature=0, logprobs=0)
+    ref = backend.generate("abc", max_tokens=5)
+    assert r.choices[0].logprobs.token_logprobs == pytest.approx(ref.logprobs, abs=1e-4)
+
+
+def test_health_models_and_metrics(server):
+    url, _ = server
+    with httpx.Client(timeout=10) as h:
+        assert h.get(url + "/health").json() == {"status": "ok", "models": ["tiny-gpt"]}
+        h.post(url + "/v1/completions", headers=HEADERS, json={"model": "tiny-gpt", "prompt": "m", "max_tokens": 2})
+        m = h.get(url + "/metrics").json()
+    assert m["requests_total"] >= 1 and m["requests_by_status"]["200"] >= 1
+    assert m["latency_ms"]["p50"] > 0 and m["tokens_out"] >= 2
+    assert set(m) >= {"latency_ms", "tokens_in", "tokens_out", "cache_hits", "cache_misses", "batch_sizes"}
+
+
+def _error(r, status, param=None):
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body["error"]) >= {"message", "type", "param", "code"}
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    assert "Traceback" not in r.text
+    return body["error"]
+
+
+def test_missing_or_wrong_key_is_401(server):
+    url, _ = server
+    with httpx.Client(timeout=10) as h:
+        payload = {"model": "tiny-gpt", "prompt": "x"}
+        assert _error(h.post(url + "/v1/completions", json=payload), 401)["type"] == "authentication_error"
+        _error(h.post(url + "/v1/completions", json=payload, headers={"Authorization": "Bearer sk-nope-nope"}), 401)
+        _error(h.post(url + "/v1/completions", json=payload, headers={"Authorization": KEY}), 401)  # no scheme
+        _error(h.get(url + "/v1/models"), 401)
+    with pytest.raises(openai.AuthenticationError):
+        client(url, key="sk-wrong-key-123", max_retries=0).completions.create(model="tiny-gpt", prompt="x")
+
+
+@pytest.mark.parametrize("payload,status,param", [
+    ({"model": "gpt-17", "prompt": "x"}, 404, "model"),
+    ({"prompt": "x"}, 422, "model"),
+    ({"model": "tiny-gpt", "prompt": ""}, 422, "prompt"),
+    ({"model": "tiny-gpt", "prompt": 12}, 422, "prompt"),
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 49}, 422, "max_tokens"),  # above the server's limit
+    ({"model": "tiny-gpt", "prompt": "x" * 60, "max_tokens": 40}, 422, "max_tokens"),  # beyond the context
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": "5"}, 422, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": True}, 422, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "x", "temperature": "hot"}, 422, "temperature"),
+    ({"model": "tiny-gpt", "prompt": "x", "temperature": 3}, 422, "temperature"),
+    ({"model": "tiny-gpt", "prompt": "x", "seed": -1}, 422, "seed"),
+    ({"model": "tiny-gpt", "prompt": "x", "stream": "yes"}, 422, "stream"),
+    ({"model": "tiny-gpt", "prompt": "x", "n": 2}, 422, "n"),
+    ({"model": "tiny-gpt", "prompt": "x" * 200}, 422, "prompt"),
+])
+def test_bad_fields_get_named_4xx_errors(server, payload, status, param):
+    url, _ = server
+    with httpx.Client(timeout=10) as h:
+        _error(h.post(url + "/v1/completions", json=payload, headers=HEADERS), status, param)
+
+
+def test_bad_bodies_get_4xx(server):
+    url, _ = server
+    with httpx.Client(timeout=10) as h:
+        post = lambda content: h.post(url + "/v1/completions", content=content, headers=HEADERS)  # noqa: E731
+        _error(post(b"{not json"), 400)
+        _error(post(b"\xff\xfe\xfd"), 400)
+        _error(post(b'{"model": "tiny-gpt", "prompt": "x", "temperature": NaN}'), 400)
+        _error(post(b"[1, 2, 3]"), 422)
+        _error(post(b"[" * 3000 + b"]" * 3000), 413)
+        _error(post(b'{"model": "tiny-gpt", "prompt": "' + b"a" * 5000 + b'"}'), 413)
+        _error(h.get(url + "/v1/nothing-here"), 404)
+        _error(h.delete(url + "/v1/completions", headers=HEADERS), 405)
+
+
+def test_bounded_fuzz_leaves_the_server_healthy(server):
+    """600 malformed requests (seeded): every one gets a 4xx with a JSON error body, never a 500."""
+    url, _ = server
+    rng = random.Random(0)
+    fields = ["model", "prompt", "max_tokens", "temperature", "seed", "stream", "top_p", "n", "logprobs", "stop"]
+    values = [None, True, -1, 0, 10**30, 1.5e308, "", "x", "tiny-gpt", [], {}, ["a", "b"], [1], "\u0000", "é" * 30,
+              float("inf")]
+    statuses = set()
+    deadline = time.monotonic() + 120
+    with httpx.Client(timeout=10) as h:
+        for i in range(600):
+            assert time.monotonic() < deadline, "fuzz loop took too long"
+            kind = rng.random()
+            if kind < 0.3:  # random bytes
+                content = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+            elif kind < 0.4:  # truncated JSON
+                content = json.dumps({"model": "tiny-gpt", "prompt": "hello"}).encode()[: rng.randrange(1, 30)]
+            else:  # a JSON object with wrong fields/types (always at least one bad one)
+                body = {"model": "tiny-gpt", "prompt": "hi", "max_tokens": 2}
+                for f in rng.sample(fields, rng.randrange(1, 4)):
+                    body[f] = rng.choice(values)
+                body.setdefault("stop", "never")  # 'stop' is unsupported: keeps every body invalid
+                if body["stop"] is None:
+                    body["stop"] = ["x"]
+                content = json.dumps(body, allow_nan=True).encode()
+            r = h.post(url + "/v1/completions", content=content, headers=HEADERS)
+            statuses.add(r.status_code)
+            assert 400 <= r.status_code < 500, (r.status_code, content[:100], r.text[:200])
+            assert "error" in r.json()
+        assert h.get(url + "/health").json()["status"] == "ok"
+        ok = h.post(url + "/v1/completions", headers=HEADERS,
+                    json={"model": "tiny-gpt", "prompt": "still alive?", "max_tokens": 3, "temperature": 0})
+        assert ok.status_code == 200 and len(ok.json()["choices"][0]["text"]) > 0
+    assert {400, 422} <= statuses
+
+
+def test_request_log_is_json_and_never_contains_the_key(server, caplog):
+    url, app = server
+    caplog.set_level("INFO", logger="course_utils.serving.requests")
+    with httpx.Client(timeout=10) as h:
+        h.post(url + "/v1/completions", headers=HEADERS, json={"model": "tiny-gpt", "prompt": "log me", "max_tokens": 2})
+        h.post(url + "/v1/completions", headers={"Authorization": "Bearer sk-bad-key-999"}, json={})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "course_utils.serving.requests"]
+    assert lines and {l["status"] for l in lines[-2:]} == {200, 401}
+    for rec in lines:
+        assert set(rec) >= {"id", "model", "tokens_in", "tokens_out", "latency_ms", "cache_hit", "retries", "status"}
+    assert KEY not in caplog.text and "sk-bad-key-999" not in caplog.text
+    assert lines[-2]["client"] == "alice"
+
+
+# ---------------------------------------------------------------- batching
+def test_concurrent_clients_each_get_their_own_answer_and_are_batched(backend):
+    prompts = [f"client {i} says {'ab' * i}" for i in range(8)]
+    expected = [backend.generate(p, max_tokens=8, temperature=0.0).text for p in prompts]
+    app = create_app({"tiny-gpt": backend}, max_batch=8, max_wait_ms=50)
+    results = [None] * len(prompts)
+    with start_server(app) as url:
+        c = client(url, key="unused", max_retries=0)
+        barrier = threading.Barrier(len(prompts))
+
+        def worker(i):
+            barrier.wait(timeout=10)
+            r = c.completions.create(model="tiny-gpt", prompt=prompts[i], max_tokens=8, temperature=0)
+            results[i] = r.choices[0].text
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        sizes = app.state.batchers["tiny-gpt"].batch_sizes
+    assert results == expected  # no cross-talk between rows of a batch
+    assert max(sizes) > 1, sizes
+
+
+@pytest.mark.parametrize("kw", [dict(max_batch=0), dict(max_wait_ms=-1)])
+def test_batcher_rejects_bad_settings(backend, kw):
+    with pytest.raises(ValueError):
+        Batcher(backend, **kw)
+
+
+# ---------------------------------------------------------------- failures, retries, fallback
+def test_injected_faults_become_429_503_with_retry_after_and_retries_recover(backend):
+    flaky = FaultInjector(backend, error_rate=0.3, retry_after_s=0.05, seed=3)
+    app = create_app({"tiny-gpt": flaky, "backup": backend}, max_wait_ms=0)
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        seen = set()
+        for _ in range(40):
+            r = h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 2})
+            seen.add(r.status_code)
+            if r.status_code != 200:
+                assert r.headers["retry-after"] == "1" and r.headers["retry-after-ms"] == "50"
+                assert r.json()["error"]["code"] == "overloaded"
+        assert seen <= {200, 429, 503} and len(seen) == 3
+
+        c = client(url, key="unused", max_retries=0)
+        sleeps = []
+
+        def once():
+            try:
+                return c.completions.create(model="tiny-gpt", prompt="retry me", max_tokens=2, temperature=0)
+            except openai.APIStatusError as err:
+                if err.status_code in (429, 503):
+                    raise RetryableError(status=err.status_code, retry_after=0.0) from err
+                raise
+
+        ok = 0
+        for _ in range(100):
+            try:
+                retry_call(once, max_attempts=5, retry_on=(RetryableError,), sleep=sleeps.append)
+                ok += 1
+            except RetryableError:
+                pass
+        assert ok >= 99  # 0.3^5 ≈ 0.24% of requests fail five times in a row
+        assert sleeps  # some requests needed a retry
+
+
+def test_openai_clients_own_retries_honour_retry_after_ms(backend):
+    flaky = FaultInjector(backend, error_rate=0.5, retry_after_s=0.01, seed=0)
+    app = create_app({"tiny-gpt": flaky}, max_wait_ms=0)
+    with start_server(app) as url:
+        c = client(url, key="unused", max_retries=6)
+        for _ in range(10):
+            assert c.completions.create(model="tiny-gpt", prompt="x", max_tokens=1).choices[0].text is not None
+        retries = [r["retries"] for r in app.state.request_log]
+    assert max(retries) >= 1  # the client said (x-stainless-retry-count) that it was retrying
+
+
+def test_streaming_error_is_reported_before_the_stream_starts(backend):
+    app = create_app({"tiny-gpt": FaultInjector(backend, error_rate=1.0, statuses=(503,))})
+    with start_server(app) as url:
+        with pytest.raises(openai.InternalServerError):
+            list(client(url, key="unused", max_retries=0).completions.create(
+                model="tiny-gpt", prompt="x", max_tokens=3, stream=True))
+
+
+# ---------------------------------------------------------------- rate limits and cache
+def test_rate_limit_429_with_retry_after_and_no_starvation(backend):
+    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "greedy", OTHER_KEY: "polite"},
+                     rate_limit=RateLimit(requests_per_s=2.0, burst=3), max_wait_ms=0)
+    body = {"model": "tiny-gpt", "prompt": "x", "max_tokens": 1}
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        greedy = [h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+                  for _ in range(10)]
+        polite = h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    codes = [r.status_code for r in greedy]
+    assert codes[:3] == [200] * 3 and codes.count(429) >= 5
+    limited = next(r for r in greedy if r.status_code == 429)
+    assert int(limited.headers["retry-after"]) >= 1 and limited.json()["error"]["type"] == "rate_limit_error"
+    assert polite.status_code == 200  # the greedy key's bucket is not the polite key's
+
+
+def test_token_rate_limit_rejects_requests_bigger_than_the_burst(backend):
+    app = create_app({"tiny-gpt": backend}, rate_limit=RateLimit(100.0, 100, tokens_per_s=10.0, token_burst=20))
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        r = h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 30})
+        _error(r, 422, "max_tokens")
+        codes = [h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 8}).status_code
+                 for _ in range(4)]
+    assert codes[:2] == [200, 200] and 429 in codes  # 2 × 9 tokens fit the burst of 20, the third does not
+
+
+def test_server_cache_hits_identical_greedy_requests_only_in_scope(backend):
+    app = create_app({"tiny-gpt": backend, "other": GPTBackend(tiny_gpt(seed=1), name="other")}, cache=ExactCache())
+    with start_server(app) as url:
+        c = client(url, key="unused", max_retries=0)
+        a = c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=0)
+        b = c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=0)
+        s = "".join(ch.choices[0].text for ch in c.completions.create(
+            model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=0, stream=True))
+        o = c.completions.create(model="other", prompt="cache me", max_tokens=6, temperature=0)
+        c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=1.0)  # sampled: no cache
+        hits = [r["cache_hit"] for r in app.state.request_log]
+    assert a.choices[0].text == b.choices[0].text == s
+    assert o.choices[0].text == GPTBackend(tiny_gpt(seed=1)).generate("cache me", 6).text  # not tiny-gpt's answer
+    assert hits == [False, True, True, False, None]
+
+
+# ---------------------------------------------------------------- lifecycle and CLI
+def test_server_shuts_down_when_the_block_raises(backend):
+    app = create_app({"tiny-gpt": backend})
+    with pytest.raises(RuntimeError, match="boom"):
+        with start_server(app) as url:
+            port = int(url.rsplit(":", 1)[1])
+            raise RuntimeError("boom")
+    with socket.socket() as s:
+        s.settimeout(1)
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nobody listens any more
+
+
+def test_create_app_rejects_bad_arguments(backend):
+    with pytest.raises(TypeError, match="backend"):
+        create_app({"m": object()})
+    with pytest.raises(ValueError, match="api_keys"):
+        create_app({"m": backend}, api_keys=["short"])
+    with pytest.raises(TypeError, match="api_keys"):
+        create_app({"m": backend}, api_keys="sk-a-single-string")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_command_line_serves_on_localhost():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "tiny-gpt", "--port", str(port),
+                             "--api-key", KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not come up within 60 s"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r = client(url, max_retries=0).completions.create(model="tiny-gpt", prompt="cli", max_tokens=3)
+        assert r.usage.completion_tokens == 3
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- the served adders
+def test_addition_data_trains_on_the_answer_only():
+    from course_utils.serving import AdditionData, addition_problems
+
+    q, a = addition_problems(1, seed=5)[0]
+    assert q.endswith("=") and a.endswith("\n") and int(a[:-1][::-1]) == sum(int(x) for x in q[:-1].split("+"))
+    x, y = AdditionData().get_batch("train", 8, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (8, 16)
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        text = bytes(t for t in row_x if t).decode()
+        prompt_len = text.index("=") + 1
+        assert all(t == -1 for t in row_y[: prompt_len - 1])  # no loss on the prompt
+        assert bytes(t for t in row_y if t >= 0).decode() == text[prompt_len:] + "\n"
+    xv, _ = AdditionData().get_batch("val", 8, 16, torch.Generator().manual_seed(0))
+    assert not torch.equal(x, xv)  # the splits draw different problems
+
+
+def test_adder_checkpoints_are_sha256_checked_and_the_large_one_adds(tmp_path, monkeypatch):
+    from course_utils import serving
+    from course_utils.serving import ADDER_SHA256, addition_problems, load_adder
+
+    assert set(ADDER_SHA256) == {"adder-small", "adder-large"}  # recorded digests of the committed files
+    problems = addition_problems(100, seed=31)
+    acc = {}
+    for name in ("adder-small", "adder-large"):
+        be = load_adder(name)
+        gens = be.generate_batch([GenRequest(be.tokenizer.encode(q), 5, 0.0) for q, _ in problems])
+        acc[name] = sum(g.text.split("\n")[0] + "\n" == a for g, (_, a) in zip(gens, problems)) / len(problems)
+    assert acc["adder-large"] >= 0.9 and acc["adder-small"] < acc["adder-large"], acc
+    # a file that differs from the recorded digest is refused
+    for suffix in (".safetensors", ".json"):
+        src = serving.ASSETS / f"serve_adder_small{suffix}"
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    bad = bytearray((tmp_path / "serve_adder_small.safetensors").read_bytes())
+    bad[-1] ^= 1
+    (tmp_path / "serve_adder_small.safetensors").write_bytes(bytes(bad))
+    monkeypatch.setattr(serving, "ASSETS", tmp_path)
+    with pytest.raises(ValueError, match="sha256"):
+        load_adder("adder-small")
+
+
+def test_load_backend_serves_a_checkpoint_without_pickle():
+    from course_utils import serving
+    from course_utils.serving import load_backend
+
+    be = load_backend("adder", serving.ASSETS / "serve_adder_large.safetensors")
+    assert be.name == "adder" and isinstance(be.tokenizer, ByteTokenizer)
+    assert be.generate("12+34=", max_tokens=3).text == "64\n"  # 46, digits reversed
+    with pytest.raises(FileNotFoundError):
+        load_backend("x", serving.ASSETS / "missing.safetensors")
