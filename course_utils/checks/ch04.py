@@ -166,8 +166,10 @@ def _mixtral_block(E, k, H, I, seed):
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-    block = MixtralSparseMoeBlock(MixtralConfig(hidden_size=H, intermediate_size=I, num_local_experts=E,
-                                                num_experts_per_tok=k, router_jitter_noise=0.0)).eval()
+    config = MixtralConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=k,
+                           router_jitter_noise=0.0)
+    config._experts_implementation = "eager"  # a standalone block: name the eager experts, or transformers warns
+    block = MixtralSparseMoeBlock(config).eval()
     g = _gen(seed)
     with torch.no_grad():
         for p in block.parameters():
