@@ -118,7 +118,7 @@ def test_nbgrader_round_trip_on_a_scratch_lab(tmp_path):
 # --- the offline room: `make wheelhouse` and the guide's install command agree with requirements.txt -----------
 
 def test_wheelhouse_target_and_guide_agree_with_requirements():
-    dry = subprocess.run(["make", "-n", "wheelhouse"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "wheelhouse"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     cmd = shlex.split(dry.stdout.strip().splitlines()[-1])
     assert cmd[1:4] == ["-m", "pip", "download"], cmd
