@@ -28,7 +28,7 @@ def mixtral_block(layer: MoELayer, implementation: str | None = None):
 
     config = MixtralConfig(hidden_size=D_MODEL, intermediate_size=D_FF, num_local_experts=EXPERTS,
                            num_experts_per_tok=TOP_K, router_jitter_noise=0.0)
-    config._experts_implementation = implementation
+    config._experts_implementation = implementation or "eager"  # None makes transformers warn on every block
     block = MixtralSparseMoeBlock(config)
     with torch.no_grad():
         block.gate.weight.copy_(layer.router.weight)
