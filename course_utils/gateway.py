@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["RetryableError", "retry_after_of", "backoff_delay", "retry_call", "call_with_fallback", "TokenBucket",
            "CircuitBreaker", "CircuitOpenError", "SemanticCache", "ExactCache", "percentile", "INTENTS",
-           "PARAPHRASES", "paraphrase_stream", "simulate_cache", "cascade_outcome", "pick_cascade_threshold",
+           "PARAPHRASES", "paraphrase_stream", "tail_intent", "intent_text", "simulate_cache", "cascade_outcome", "pick_cascade_threshold",
            "cascade_curve", "fit_logistic", "predict_logistic"]
 
 
@@ -380,17 +380,51 @@ PARAPHRASES = (
 )
 
 
-def paraphrase_stream(n: int, *, seed: int = 0, zipf_s: float = 1.1) -> list[tuple[str, int]]:
+# The long tail: one-off requests built from three slots (10 x 12 x 10 = 1,200 intents). Neighbours differ in one
+# slot ("export my calendar on Android" / "... on an iPhone"), so a loose threshold answers them wrongly.
+TAIL_ACTIONS = ("export", "import", "share", "delete", "rename", "archive", "restore", "duplicate", "print", "sync")
+TAIL_OBJECTS = ("my calendar", "a spreadsheet", "the photo album", "a shared drive", "my contacts", "the project board",
+                "a PDF invoice", "my playlists", "an old backup", "the team wiki", "my browser bookmarks",
+                "a video call recording")
+TAIL_CONTEXTS = ("on Android", "on an iPhone", "from the web app", "on Linux", "in the admin console",
+                 "on a Chromebook", "without losing comments", "in bulk", "for a guest user", "while offline")
+
+
+def tail_intent(i: int) -> str:
+    """The ``i``-th long-tail intent (0 <= i < 1,200), e.g. ``"export my calendar on Android"``."""
+    a, rest = divmod(i, len(TAIL_OBJECTS) * len(TAIL_CONTEXTS))
+    o, c = divmod(rest, len(TAIL_CONTEXTS))
+    return f"{TAIL_ACTIONS[a]} {TAIL_OBJECTS[o]} {TAIL_CONTEXTS[c]}"
+
+
+def intent_text(intent_id: int) -> str:
+    """The words of an intent id from :func:`paraphrase_stream` (head intents first, then the tail)."""
+    return INTENTS[intent_id] if intent_id < len(INTENTS) else tail_intent(intent_id - len(INTENTS))
+
+
+def paraphrase_stream(n: int, *, seed: int = 0, zipf_s: float = 1.1, tail_fraction: float = 0.0) -> list[tuple[str, int]]:
     """``n`` queries ``(text, intent_id)``: intents drawn with Zipf popularity (rank r has weight r^-s), each
-    phrased with a random template. The intent id is the ground truth a cache hit must match."""
+    phrased with a random template. The intent id is the ground truth a cache hit must match.
+
+    ``tail_fraction`` of the queries instead ask a uniformly drawn long-tail intent (ids from ``len(INTENTS)``):
+    real traffic is a popular head plus many requests seen once, which no cache can save.
+    """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if not 0.0 <= tail_fraction <= 1.0:
+        raise ValueError(f"tail_fraction must be in [0, 1], got {tail_fraction!r}")
     rng = random.Random(seed)
     order = list(range(len(INTENTS)))
     rng.shuffle(order)  # popularity rank is not alphabetical
     weights = [1.0 / (r + 1) ** zipf_s for r in range(len(INTENTS))]
     picks = rng.choices(order, weights=weights, k=n)
-    return [(rng.choice(PARAPHRASES).format(INTENTS[i]), i) for i in picks]
+    n_tail = len(TAIL_ACTIONS) * len(TAIL_OBJECTS) * len(TAIL_CONTEXTS)
+    out = []
+    for i in picks:  # the head pick is drawn either way, so tail_fraction=0 gives the same stream as before
+        if tail_fraction and rng.random() < tail_fraction:
+            i = len(INTENTS) + rng.randrange(n_tail)
+        out.append((rng.choice(PARAPHRASES).format(intent_text(i)), i))
+    return out
 
 
 def simulate_cache(cache, stream: list[tuple[str, int]], vectors: dict | None = None) -> dict:

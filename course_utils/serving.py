@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the `request: Request` annotation here
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .gateway import TokenBucket, percentile
@@ -455,6 +455,33 @@ class _Metrics:
             }
 
 
+def prometheus_text(snap: dict) -> str:
+    """A :meth:`_Metrics.snapshot` in Prometheus' text exposition format (counters, and latency quantiles as a
+    summary), so a standard scraper and Grafana can read the server without an extra client library."""
+    def esc(v) -> str:
+        return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    lines = ["# HELP course_requests_total Completed HTTP requests by status code.",
+             "# TYPE course_requests_total counter"]
+    lines += [f'course_requests_total{{status="{esc(k)}"}} {v}' for k, v in sorted(snap["requests_by_status"].items())]
+    lines += ["# HELP course_model_requests_total Requests by model.", "# TYPE course_model_requests_total counter"]
+    lines += [f'course_model_requests_total{{model="{esc(k)}"}} {v}' for k, v in sorted(snap["requests_by_model"].items())
+              if k is not None]
+    lat = snap["latency_ms"]
+    lines += ["# HELP course_request_latency_seconds Request latency over the recent window.",
+              "# TYPE course_request_latency_seconds summary"]
+    for q in ("50", "95", "99"):
+        if lat[f"p{q}"] is not None and math.isfinite(lat[f"p{q}"]):  # no requests yet: no quantiles
+            lines.append(f'course_request_latency_seconds{{quantile="0.{q}"}} {lat[f"p{q}"] / 1e3:.6f}')
+    lines.append(f"course_request_latency_seconds_count {lat['count']}")
+    for name, key, help_ in (("course_tokens_in_total", "tokens_in", "Prompt tokens read."),
+                             ("course_tokens_out_total", "tokens_out", "Tokens generated."),
+                             ("course_cache_hits_total", "cache_hits", "Answers served from the cache."),
+                             ("course_cache_misses_total", "cache_misses", "Cache lookups that missed.")):
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {snap[key]}"]
+    return "\n".join(lines) + "\n"
+
+
 def _as_models(models) -> dict:
     if isinstance(models, dict):
         out = dict(models)
@@ -706,10 +733,14 @@ def create_app(models, *, api_keys=None, rate_limit: RateLimit | None = None, ma
         return {"status": "ok", "models": sorted(models)}
 
     @app.get("/metrics")
-    async def get_metrics():
+    async def get_metrics(format: str = "json"):
         snap = metrics.snapshot(batchers)
         if cache is not None and hasattr(cache, "stats"):
             snap["cache"] = cache.stats()
+        if format == "prometheus":  # what a Prometheus scraper reads: `metrics_path: /metrics?format=prometheus`
+            return PlainTextResponse(prometheus_text(snap), media_type="text/plain; version=0.0.4")
+        if format != "json":
+            raise _ApiError(422, f"format must be 'json' or 'prometheus', got {format!r}", param="format")
         return snap
 
     @app.get("/v1/models")
@@ -838,12 +869,12 @@ async def _sse_stream(rid, created, name, tokenizer, first, queue, task, rec, wr
 # Two GPTs of different sizes that add numbers: a task whose answers can be checked, for the model cascade.
 ASSETS = Path(__file__).parent / "assets"
 ADDER_CONFIGS = {  # name -> (GPTConfig kwargs, training steps)
-    "adder-small": (dict(vocab_size=256, d_model=16, n_layers=2, n_heads=2, max_seq_len=32), 3000),
+    "adder-small": (dict(vocab_size=256, d_model=16, n_layers=2, n_heads=2, max_seq_len=32), 8000),
     "adder-large": (dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=32), 3000),
 }
 # sha256 of the committed checkpoints, written by build_adders(); a mismatch means a stale or altered file.
 ADDER_SHA256 = {
-    "adder-small": "df8b433c88476ea39d2fc64c6431b31f09f7772d15527f592f6ba7f1261b066b",
+    "adder-small": "19a372944f77ce80090dce4370321b9b8a011d2fa28bf2c14f09eb87f9810222",
     "adder-large": "640b65d9d51fe957bd229aa17c81406a56bb0fdcf4190f1191e0779a4b851dab",
 }
 

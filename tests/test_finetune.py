@@ -267,6 +267,21 @@ def test_shipped_base_checkpoint_is_small_and_verified():
     assert model.config.vocab_size == ft.VOCAB_SIZE
 
 
+def test_shipped_base_model_reads_from_its_prompt():
+    # chapters 6 and 7 rest on it: with the right statement in the prompt the base model copies the answer,
+    # and without it (closed book, a fictional world) it mostly cannot
+    from course_utils.world import make_world
+
+    if not ft.BASE_CHECKPOINT.exists():
+        pytest.skip("base checkpoint not built yet")
+    model, world = ft.load_base_model(), make_world(seed=0, n_entities=20)
+    questions, gold = zip(*world.qa_pairs("eval"))
+    given = [ft.rag_prompt(q, [f.statement(1)]) for q, f in zip(questions, world.facts)]
+    reads = sum(ft.greedy_exact_match(model, given, gold)) / len(gold)
+    closed = sum(ft.greedy_exact_match(model, [ft.rag_prompt(q, []) for q in questions], gold)) / len(gold)
+    assert reads > 0.8 and closed < 0.3, (reads, closed)
+
+
 def test_greedy_exact_match_agrees_with_decoding():
     model = tiny_gpt()
     ft.finetune(model, TEXTS, steps=60, lr=1e-2, batch_size=2, progress=False)

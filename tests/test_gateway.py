@@ -244,6 +244,19 @@ def test_paraphrase_stream_is_seeded_zipfian_and_labelled():
     assert all(INTENTS[i] in text for text, i in stream)
 
 
+def test_paraphrase_stream_long_tail():
+    from course_utils.gateway import intent_text
+
+    stream = paraphrase_stream(4000, seed=0, tail_fraction=0.5)
+    tail = [i for _, i in stream if i >= len(INTENTS)]
+    assert 0.45 < len(tail) / len(stream) < 0.55
+    assert len(set(tail)) > 0.4 * len(tail)  # 2,000 draws of 1,200 tail intents: about half are repeats
+    assert all(intent_text(i) in text for text, i in stream)
+    assert paraphrase_stream(100, seed=3) == paraphrase_stream(100, seed=3, tail_fraction=0.0)
+    with pytest.raises(ValueError, match="tail_fraction"):
+        paraphrase_stream(10, tail_fraction=1.5)
+
+
 def test_simulate_cache_counts_false_hits():
     stream = [("reset my password", 0), ("reset my username", 1), ("reset my password", 0)]
     exact = simulate_cache(ExactCache(), stream)

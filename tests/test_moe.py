@@ -345,3 +345,17 @@ def test_expert_choice_routing_balances_by_construction():
     for e in range(4):  # expert e took its 6 highest-affinity tokens
         best = logits.softmax(-1)[:, e].topk(6).indices
         assert set(token_idx[e].tolist()) == set(best.tolist())
+
+
+def test_grouped_mm_probe_works_under_no_grad_and_keeps_the_seed(monkeypatch):
+    # The first caller may be inside torch.no_grad() (inference); the probe needs autograd and must not
+    # consume the global random stream that seeded notebooks rely on.
+    monkeypatch.setattr(moe, "_GROUPED_MM", None)
+    outside = moe.grouped_mm_available()
+    monkeypatch.setattr(moe, "_GROUPED_MM", None)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        inside = moe.grouped_mm_available()
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert inside == outside and torch.equal(after, torch.rand(3))

@@ -85,7 +85,7 @@ def test_paragraph_chunks_keep_paragraphs_whole():
 
 def test_structure_aware_chunks_carry_their_heading_path():
     docs = [d for d in rag.load_python_reference() if d.id in ("compound", "with")]
-    chunks = rag.chunk_documents(docs, 128)
+    chunks = rag.chunk_documents(docs, 128, strategy="paragraphs")
     assert {c.doc_id for c in chunks} == {"compound", "with"}
     for c in chunks:
         assert c.text.startswith(c.title)
@@ -149,6 +149,22 @@ def test_cosine_top_k_matches_brute_force():
     best = sorted(brute, reverse=True)[:5]
     assert idx.tolist() == [i for _, i in best]
     np.testing.assert_allclose(sims, [s for s, _ in best])
+
+
+def test_exact_index_ranks_like_cosine_top_k():
+    # the index skips re-normalising its (unit-length) matrix per query; the ranking must not change
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(200, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[7] = vectors[3]  # a tie: the earlier row first, as a stable sort orders it
+    units = [rag.Chunk(str(i), "", f"chunk {i}") for i in range(200)]
+    index = rag.DenseIndex().add_vectors(units, vectors)
+    for q in [vectors[3] * 0.5, rng.normal(size=384)]:
+        for k in (1, 5, 200):
+            order, sims = rag.cosine_top_k(q, vectors, k)
+            got = index.ranked_by_vector(q / np.linalg.norm(q), k)
+            assert [i for i, _ in got] == order.tolist()
+            np.testing.assert_allclose([s for _, s in got], sims, atol=1e-5)
 
 
 def test_rrf_by_hand():
@@ -303,7 +319,7 @@ def test_retrieval_quality_on_the_course_questions(chunks, dense):
         assert scores["recall@1"] <= scores["recall@5"] <= scores["recall@10"]
         assert 0 < scores["mrr"] <= 1
     best = max(bm25["recall@5"], dense_scores["recall@5"], hybrid["recall@5"])
-    assert best >= 0.85, (bm25, dense_scores, hybrid)
+    assert best >= 0.9, (bm25, dense_scores, hybrid)  # the chapter's target
 
 
 @pytest.mark.slow

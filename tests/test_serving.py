@@ -154,6 +154,25 @@ def test_health_models_and_metrics(server):
     assert set(m) >= {"latency_ms", "tokens_in", "tokens_out", "cache_hits", "cache_misses", "batch_sizes"}
 
 
+def test_metrics_in_prometheus_text_format(server):
+    url, _ = server
+    with httpx.Client(timeout=10) as h:
+        h.post(url + "/v1/completions", headers=HEADERS, json={"model": "tiny-gpt", "prompt": "m", "max_tokens": 2})
+        r = h.get(url + "/metrics", params={"format": "prometheus"})
+        bad = h.get(url + "/metrics", params={"format": "xml"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in r.text.splitlines():  # every line is a comment or `name{labels} value` with a float value
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['course_requests_total{status="200"}'] >= 1
+    assert samples['course_model_requests_total{model="tiny-gpt"}'] >= 1
+    assert 0 < samples['course_request_latency_seconds{quantile="0.50"}'] < 60
+    assert samples["course_tokens_out_total"] >= 2
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "format"
+
+
 def _error(r, status, param=None):
     assert r.status_code == status, (r.status_code, r.text)
     body = r.json()

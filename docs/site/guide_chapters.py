@@ -32,9 +32,10 @@ def goals(nb) -> list[str]:
     for cell in nb.cells[:6]:
         if cell.cell_type == "markdown" and re.search(r"what you will (build|learn)", cell.source, re.I):
             after = re.split(r"what you will (?:build|learn)[^\n]*\n", cell.source, flags=re.I)[-1]
-            items = re.findall(r"^\s*[-*]\s+(.+)$", after, re.M)
+            # a bullet runs on over indented continuation lines; keep all of it, on one line
+            items = re.findall(r"^\s*[-*]\s+(.+(?:\n[ \t]+(?![-*]\s).+)*)", after, re.M)
             if items:
-                return [i.rstrip(";.") for i in items]
+                return [re.sub(r"\s*\n\s*", " ", i).rstrip(";.") for i in items]
     return []
 
 
