@@ -35,8 +35,8 @@ from course_utils.gateway import (RetryableError, SemanticCache, call_with_fallb
                                   pick_cascade_threshold, retry_after_of, retry_call)
 from course_utils.model import GPT, GPTConfig
 from course_utils.quantize import model_nbytes, quantize_model, quantize_tensor
-from course_utils.serving import (FaultInjector, GPTBackend, addition_problems, create_app, load_adder,
-                                  start_server)
+from course_utils.serving import (FaultInjector, GPTBackend, addition_problems, answer_additions, create_app,
+                                  load_adder, start_server)
 
 
 def load_clients(url: str, n_clients: int, n_each: int, max_tokens: int) -> dict:
@@ -183,15 +183,8 @@ def bench_cascade(n_val: int = 1000, n_test: int = 1000, margin: float = 0.01) -
     small, large = load_adder("adder-small"), load_adder("adder-large")
 
     def run(backend, problems):
-        from course_utils.serving import GenRequest
-
-        gens = []
-        for i in range(0, len(problems), 64):
-            chunk = problems[i:i + 64]
-            gens += backend.generate_batch([GenRequest(backend.tokenizer.encode(q), 5, 0.0) for q, _ in chunk])
-        correct = np.array([g.text.split("\n")[0] + "\n" == a for g, (_, a) in zip(gens, problems)])
-        conf = np.array([min(g.logprobs[: len(a)]) for g, (_, a) in zip(gens, problems)])
-        return correct, conf
+        correct, logprobs = answer_additions(backend, problems, batch_size=64)
+        return np.array(correct), np.array([min(lp) for lp in logprobs])
 
     out = {}
     for split, n, seed in (("val", n_val, 101), ("test", n_test, 202)):

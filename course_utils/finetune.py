@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .model import sha256_of  # re-exported: the pretraining scripts and tests read it from here
+
 __all__ = [
     "VOCAB_SIZE", "encode", "decode", "build_prompt", "few_shot_prompt", "rag_prompt", "JSON_TEMPLATE",
     "render_json_answer", "normalize_answer", "exact_match", "format_compliance", "parse_json_answer",
@@ -230,10 +232,6 @@ class TextStream:
         return data[window[:, :-1]], data[window[:, 1:]]
 
 
-def sha256_of(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------- LoRA
 def lora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
                  B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -362,17 +360,13 @@ def base_config():
 
 def load_base_model(path: str | Path = BASE_CHECKPOINT, *, verify: bool = True):
     """The pretrained base model from ``scripts/pretrain_ch7.py``; its SHA-256 must match ``<path>.sha256``."""
-    from .model import load_checkpoint
+    from .model import load_checkpoint, verify_sha256
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python scripts/pretrain_ch7.py` to rebuild it")
     if verify:
-        expected = path.with_suffix(".sha256").read_text().split()[0]
-        got = sha256_of(path)
-        if got != expected:
-            raise ValueError(f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "
-                             "(corrupted or replaced file; rebuild it with scripts/pretrain_ch7.py)")
+        verify_sha256(path, path.with_suffix(".sha256"), rebuild="python scripts/pretrain_ch7.py")
     return load_checkpoint(path)
 
 

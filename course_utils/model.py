@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from .attention import KVCache, MultiHeadAttention
 
 __all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "sample_next_token", "GPTConfig", "Block",
-           "GPT", "save_checkpoint", "load_checkpoint"]
+           "GPT", "save_checkpoint", "load_checkpoint", "sha256_of", "write_sha256", "verify_sha256"]
 
 
 # ----------------------------------------------------------------------------------------------- normalization
@@ -393,3 +394,34 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> GPT:
     model.load_state_dict(state, strict=True)
     model.eval()
     return model
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _record_of(path: Path, record) -> Path:
+    return Path(str(path) + ".sha256") if record is None else Path(record)
+
+
+def write_sha256(path: str | Path, record: str | Path | None = None) -> Path:
+    """Write ``"<sha256>  <name>"`` (the ``sha256sum`` format) to ``record`` (default ``<path>.sha256``)."""
+    path = Path(path)
+    record = _record_of(path, record)
+    record.write_text(f"{sha256_of(path)}  {path.name}\n")
+    return record
+
+
+def verify_sha256(path: str | Path, record: str | Path | None = None, *, rebuild: str) -> Path:
+    """``path`` if its SHA-256 equals the one in ``record`` (default ``<path>.sha256``); otherwise an error that
+    says how to ``rebuild`` the file. Shipped checkpoints and results are checked before anything reads them."""
+    path = Path(path)
+    record = _record_of(path, record)
+    if not path.exists() or not record.exists():
+        raise FileNotFoundError(f"{path.name} or its {record.name} is missing: run `{rebuild}` to rebuild it")
+    expected, got = record.read_text().split()[0], sha256_of(path)
+    if got != expected:
+        raise ValueError(f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "
+                         f"(corrupted or replaced; rebuild it with `{rebuild}`)")
+    return path

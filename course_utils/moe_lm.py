@@ -369,18 +369,9 @@ def run_variant(name: str, data, *, steps: int, seed: int = 0, config: GPTConfig
 
 def verify_asset(path: str | Path) -> Path:
     """``path`` if its SHA-256 equals the one recorded in ``<path>.sha256``; else a clear error."""
-    from .finetune import sha256_of
+    from .model import verify_sha256
 
-    path = Path(path)
-    record = Path(str(path) + ".sha256")
-    if not path.exists() or not record.exists():
-        raise FileNotFoundError(f"{path.name} or its .sha256 is missing: run `python scripts/train_ch5.py`")
-    expected = record.read_text().split()[0]
-    got = sha256_of(path)
-    if got != expected:
-        raise ValueError(f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "
-                         "(corrupted or replaced; rebuild it with `python scripts/train_ch5.py`)")
-    return path
+    return verify_sha256(path, rebuild="python scripts/train_ch5.py")
 
 
 def load_results(path: str | Path = RESULTS) -> dict:

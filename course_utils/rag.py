@@ -308,8 +308,19 @@ def cosine_top_k(query: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndar
     q = query / max(np.linalg.norm(query), 1e-12)
     m = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     sims = m @ q
-    order = np.argsort(-sims, kind="stable")[:k]
+    order = _top_k(sims, k)
     return order, sims[order]
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest ``sims``, best first, ties in index order (what a stable full sort gives),
+    without sorting the whole array: every entry scoring at least the k-th best, then a stable sort of those."""
+    k = min(k, len(sims))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = -np.partition(-sims, k - 1)[k - 1]
+    top = np.flatnonzero(sims >= kth)
+    return top[np.argsort(-sims[top], kind="stable")][:k]
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) -> list[tuple[Hashable, float]]:
@@ -600,11 +611,7 @@ class DenseIndex(_Index):
             # The stored vectors are already unit length, so one product is the cosine (cosine_top_k, the lab's
             # version, re-normalises the whole matrix per query and would double the latency we report).
             sims = self.vectors @ np.asarray(q, dtype=np.float32)
-            # every row scoring at least the k-th best (ties at the cut included), then best first with ties by
-            # position: the order of a stable full sort, without sorting the whole corpus
-            kth = -np.partition(-sims, k - 1)[k - 1]
-            top = np.flatnonzero(sims >= kth)
-            top = top[np.argsort(-sims[top], kind="stable")][:k]
+            top = _top_k(sims, k)
             return list(zip(top.tolist(), sims[top].astype(float).tolist()))
         self.hnsw.hnsw.efSearch = max(self.ef_search, k)
         sims, idx = self.hnsw.search(np.asarray(q, dtype=np.float32)[None, :], k)

@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .gateway import TokenBucket, percentile
 
 __all__ = ["ByteTokenizer", "GenRequest", "Generation", "GPTBackend", "EchoBackend", "addition_problems",
-           "AdditionData", "train_adder", "build_adders", "load_adder", "ADDER_CONFIGS", "FaultError", "FaultInjector", "Batcher",
+           "AdditionData", "answer_additions", "train_adder", "build_adders", "load_adder", "ADDER_CONFIGS", "FaultError", "FaultInjector", "Batcher",
            "RateLimit", "create_app", "start_server", "load_backend", "main"]
 
 log = logging.getLogger("course_utils.serving")
@@ -896,6 +896,23 @@ def addition_problems(n: int, seed: int, max_digits: int = 3) -> list[tuple[str,
     return [addition_problem(rng, max_digits) for _ in range(n)]
 
 
+def answer_additions(backend, problems, *, batch_size: int | None = None) -> tuple[list[bool], list[list[float]]]:
+    """Greedy answers of ``backend`` to ``problems`` (pairs from :func:`addition_problems`): whether each answer
+    line is exactly right, and the log-probabilities of its first ``len(answer)`` tokens (the confidence a cascade
+    reads). ``batch_size`` requests per padded batch (None: all at once)."""
+    if isinstance(problems, (str, bytes)) or not problems or not all(
+            isinstance(p, tuple) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in problems):
+        raise ValueError("problems must be a non-empty list of (prompt, answer) string pairs, e.g. addition_problems(10, 0)")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    step = batch_size or len(problems)
+    gens = []
+    for i in range(0, len(problems), step):
+        gens += backend.generate_batch([GenRequest(backend.tokenizer.encode(q), 5, 0.0) for q, _ in problems[i:i + step]])
+    correct = [g.text.split("\n")[0] + "\n" == a for g, (_, a) in zip(gens, problems)]
+    return correct, [list(g.logprobs[: len(a)]) for g, (_, a) in zip(gens, problems)]
+
+
 class AdditionData:
     """``get_batch(split, batch_size, block_size, generator)`` for :func:`course_utils.train.train`: byte ids,
     loss only on the answer (prompt and padding targets are -1). Train and val draw from different seeds."""
@@ -934,29 +951,25 @@ def build_adders(directory: str | Path = ASSETS, names=tuple(ADDER_CONFIGS)) -> 
 
     ``python -c "from course_utils.serving import build_adders; print(build_adders())"`` rebuilds them.
     """
-    import hashlib
-
-    from .model import save_checkpoint
+    from .model import save_checkpoint, sha256_of
 
     digests = {}
     for name in names:
         path = save_checkpoint(train_adder(name, progress=True), Path(directory) / f"serve_{name.replace('-', '_')}.safetensors",
                                meta={"task": "addition", "built_by": "course_utils.serving.build_adders"})
-        digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        digests[name] = sha256_of(path)
     return digests
 
 
 def load_adder(name: str, *, verify: bool = True) -> GPTBackend:
     """The committed adder checkpoint as a backend (sha256-checked: safetensors, never pickle)."""
-    import hashlib
-
-    from .model import load_checkpoint
+    from .model import load_checkpoint, sha256_of
 
     if name not in ADDER_CONFIGS:
         raise ValueError(f"name must be one of {sorted(ADDER_CONFIGS)}, got {name!r}")
     path = ASSETS / f"serve_{name.replace('-', '_')}.safetensors"
     if verify and name in ADDER_SHA256:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_of(path)
         if digest != ADDER_SHA256[name]:
             raise ValueError(f"{path.name}: sha256 {digest[:12]}… differs from the recorded {ADDER_SHA256[name][:12]}…; "
                              "rebuild with course_utils.serving.build_adders()")

@@ -31,8 +31,8 @@ import torch
 from course_utils import seed_everything
 from course_utils.data import course_corpus
 from course_utils.finetune import (BASE_CHECKPOINT, GPT_META, TextStream, base_config, finetune,
-                                   reading_comprehension_text, sha256_of)
-from course_utils.model import GPT, load_checkpoint, save_checkpoint
+                                   reading_comprehension_text)
+from course_utils.model import GPT, load_checkpoint, save_checkpoint, write_sha256
 from course_utils.train import configure_optimizer, lr_at
 
 
@@ -106,7 +106,7 @@ def stage2(model, meta: dict, args) -> None:
     meta = dict(meta, sft_steps=sum(h["sft_steps"] for h in history), stage2_history=history,
                 sft_final_loss=round(hist["loss"][-1], 4))
     path = save_checkpoint(model, args.out, meta=meta)
-    path.with_suffix(".sha256").write_text(f"{sha256_of(path)}  {path.name}\n")
+    write_sha256(path, path.with_suffix(".sha256"))
     print(f"saved {path} after stage 2 ({args.sft_steps} steps, {hist['seconds']:.0f} s): loss "
           f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}", flush=True)
 
@@ -141,7 +141,7 @@ def stage1(args):
             meta = dict(GPT_META, steps=done, schedule_steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                         block_size=args.block_size, lr=args.lr, val_loss=round(val, 4))
             path = save_checkpoint(model, args.out, meta=meta)
-            path.with_suffix(".sha256").write_text(f"{sha256_of(path)}  {path.name}\n")
+            write_sha256(path, path.with_suffix(".sha256"))
             print(f"saved {path} at step {done}: val loss {val:.3f}", flush=True)
             if args.stop_after is not None and done >= args.stop_after:
                 break

@@ -53,12 +53,6 @@ def one_run(name: str, seed: int, steps: int, out_dir: str) -> dict:
     return result
 
 
-def write_sha256(path: Path) -> None:
-    from course_utils.finetune import sha256_of
-
-    Path(str(path) + ".sha256").write_text(f"{sha256_of(path)}  {path.name}\n")
-
-
 def main() -> None:
     from course_utils.moe_lm import ASSETS
 
@@ -77,8 +71,10 @@ def main() -> None:
     payload = {"script": "scripts/train_ch5.py", "train": TRAIN, "steps": args.steps, "runs": _round(results)}
     results_path = out / "ch5_results.json"
     results_path.write_text(json.dumps(payload, separators=(",", ":")))
+    from course_utils.model import write_sha256
+
     for path in (results_path, out / "ch5_moe.safetensors", out / "ch5_moe.json"):
-        write_sha256(path)
+        write_sha256(path)  # <path>.sha256, which moe_lm.verify_asset checks on load
     print(f"wrote {results_path} ({results_path.stat().st_size / 1e3:.0f} kB)")
 
 

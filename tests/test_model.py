@@ -220,3 +220,18 @@ def test_moe_feed_forward_plugs_in():
     per_expert = 3 * 32 * model.config.d_ff
     assert c["total"] - c["active"] == 2 * 2 * per_expert  # 2 layers x 2 idle experts
     assert tiny().last_moe_aux == []
+
+
+def test_sha256_record_round_trip(tmp_path):
+    from course_utils.model import sha256_of, verify_sha256, write_sha256
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    record = write_sha256(f)
+    assert record.name == "w.bin.sha256" and record.read_text() == f"{sha256_of(f)}  w.bin\n"
+    assert verify_sha256(f, rebuild="make it") == f
+    f.write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="sha256 .* does not match .*make it"):
+        verify_sha256(f, rebuild="make it")
+    with pytest.raises(FileNotFoundError, match="missing.*make it"):
+        verify_sha256(f, tmp_path / "w.sha256", rebuild="make it")

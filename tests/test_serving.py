@@ -488,10 +488,16 @@ def test_adder_checkpoints_are_sha256_checked_and_the_large_one_adds(tmp_path, m
     problems = addition_problems(100, seed=31)
     acc = {}
     for name in ("adder-small", "adder-large"):
-        be = load_adder(name)
-        gens = be.generate_batch([GenRequest(be.tokenizer.encode(q), 5, 0.0) for q, _ in problems])
-        acc[name] = sum(g.text.split("\n")[0] + "\n" == a for g, (_, a) in zip(gens, problems)) / len(problems)
+        correct, logprobs = serving.answer_additions(load_adder(name), problems, batch_size=32)
+        assert [len(lp) for lp in logprobs] == [len(a) for _, a in problems]
+        acc[name] = sum(correct) / len(problems)
     assert acc["adder-large"] >= 0.9 and acc["adder-small"] < acc["adder-large"], acc
+    # one batch or several: the same verdicts
+    assert serving.answer_additions(load_adder("adder-large"), problems[:40])[0] == \
+        serving.answer_additions(load_adder("adder-large"), problems[:40], batch_size=7)[0]
+    for bad, kw in (([], {}), ("1+1=", {}), ([("1+1=", 2)], {}), (problems, {"batch_size": 0})):
+        with pytest.raises(ValueError, match="problems|batch_size"):
+            serving.answer_additions(load_adder("adder-small"), bad, **kw)
     # a file that differs from the recorded digest is refused
     for suffix in (".safetensors", ".json"):
         src = serving.ASSETS / f"serve_adder_small{suffix}"
