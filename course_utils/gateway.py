@@ -23,8 +23,8 @@ import numpy as np
 
 __all__ = ["RetryableError", "retry_after_of", "backoff_delay", "retry_call", "call_with_fallback", "TokenBucket",
            "CircuitBreaker", "CircuitOpenError", "SemanticCache", "ExactCache", "percentile", "INTENTS",
-           "PARAPHRASES", "paraphrase_stream", "tail_intent", "intent_text", "simulate_cache", "cascade_outcome", "pick_cascade_threshold",
-           "cascade_curve", "fit_logistic", "predict_logistic"]
+           "PARAPHRASES", "paraphrase_stream", "tail_intent", "intent_text", "simulate_cache", "cascade_outcome",
+           "pick_cascade_threshold", "cascade_curve", "fit_logistic", "predict_logistic"]
 
 
 class RetryableError(Exception):
@@ -392,6 +392,9 @@ TAIL_CONTEXTS = ("on Android", "on an iPhone", "from the web app", "on Linux", "
 
 def tail_intent(i: int) -> str:
     """The ``i``-th long-tail intent (0 <= i < 1,200), e.g. ``"export my calendar on Android"``."""
+    n_tail = len(TAIL_ACTIONS) * len(TAIL_OBJECTS) * len(TAIL_CONTEXTS)
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_tail:
+        raise ValueError(f"i must be an int in [0, {n_tail}), got {i!r}")
     a, rest = divmod(i, len(TAIL_OBJECTS) * len(TAIL_CONTEXTS))
     o, c = divmod(rest, len(TAIL_CONTEXTS))
     return f"{TAIL_ACTIONS[a]} {TAIL_OBJECTS[o]} {TAIL_CONTEXTS[c]}"
@@ -399,6 +402,8 @@ def tail_intent(i: int) -> str:
 
 def intent_text(intent_id: int) -> str:
     """The words of an intent id from :func:`paraphrase_stream` (head intents first, then the tail)."""
+    if isinstance(intent_id, bool) or not isinstance(intent_id, int) or intent_id < 0:
+        raise ValueError(f"intent_id must be an int >= 0, got {intent_id!r}")
     return INTENTS[intent_id] if intent_id < len(INTENTS) else tail_intent(intent_id - len(INTENTS))
 
 

@@ -245,7 +245,7 @@ def test_paraphrase_stream_is_seeded_zipfian_and_labelled():
 
 
 def test_paraphrase_stream_long_tail():
-    from course_utils.gateway import intent_text
+    from course_utils.gateway import intent_text, tail_intent
 
     stream = paraphrase_stream(4000, seed=0, tail_fraction=0.5)
     tail = [i for _, i in stream if i >= len(INTENTS)]
@@ -255,6 +255,13 @@ def test_paraphrase_stream_long_tail():
     assert paraphrase_stream(100, seed=3) == paraphrase_stream(100, seed=3, tail_fraction=0.0)
     with pytest.raises(ValueError, match="tail_fraction"):
         paraphrase_stream(10, tail_fraction=1.5)
+    for bad in (-1, 1200, 2.0, True):
+        with pytest.raises(ValueError, match="i must be"):
+            tail_intent(bad)
+    with pytest.raises(ValueError, match="intent_id"):
+        intent_text(-1)
+    with pytest.raises(ValueError, match="i must be"):
+        intent_text(len(INTENTS) + 1200)
 
 
 def test_simulate_cache_counts_false_hits():
