@@ -2,13 +2,12 @@
 
     tokens ─► embedding ─► [ x + attn(RMSNorm(x)) ; x + ffn(RMSNorm(x)) ] × n_layers ─► RMSNorm ─► lm_head ─► logits
 
-- :func:`rms_norm` / :class:`RMSNorm` — scale by the root mean square, no mean subtraction, no bias
-  (Zhang & Sennrich, 2019).
+- :func:`rms_norm` / :class:`RMSNorm` and :func:`swiglu` / :class:`SwiGLU` come from :mod:`course_utils.layers`
+  (re-exported here), shared with the MoE layer.
 - rotary position embeddings and grouped-query attention come from :mod:`course_utils.attention` (chapter 2).
-- :func:`swiglu` / :class:`SwiGLU` — ``w2(silu(w1 x) * w3 x)`` (Shazeer, 2020), with Llama's names:
-  ``w1`` = gate, ``w3`` = up, ``w2`` = down.
 - the feed-forward block is pluggable: ``GPTConfig(ffn="dense")`` uses SwiGLU, ``ffn="moe"`` uses
-  :class:`course_utils.moe.MoELayer` (chapters 4–5) with the options in ``GPTConfig.moe``.
+  :class:`course_utils.moe.MoELayer` (chapters 4–5) with the options in ``GPTConfig.moe`` (a
+  :class:`course_utils.moe.MoEConfig`; a dict is converted).
 - the output projection shares its weight with the token embedding (``tie_embeddings``; Press & Wolf, 2017).
 - :func:`sample_next_token` — greedy, temperature, top-k and top-p (nucleus; Holtzman et al., 2020) sampling;
   :meth:`GPT.generate` with or without a KV cache.
@@ -20,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,63 +27,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import KVCache, MultiHeadAttention
+from .layers import RMSNorm, SwiGLU, rms_norm, swiglu  # re-exported: chapter 3's labs and checks import them here
+from .moe import MoEConfig, MoELayer
+from .validate import check_int, positive_int
 
-__all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "sample_next_token", "GPTConfig", "Block",
+__all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "sample_next_token", "GPTConfig", "MoEConfig",
+           "Block",
            "GPT", "save_checkpoint", "load_checkpoint", "sha256_of", "write_sha256", "verify_sha256"]
-
-
-# ----------------------------------------------------------------------------------------------- normalization
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """``x / sqrt(mean(x²) + eps) * weight`` over the last dimension (computed in float32, returned in x's dtype)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if weight is not None and tuple(weight.shape) != (x.shape[-1],):
-        raise ValueError(f"weight must have shape ({x.shape[-1]},) to match x's last dimension, got {tuple(weight.shape)}")
-    x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    y = (x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
-    return y if weight is None else y * weight
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square normalization with a learned gain (initialised to 1)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-# ----------------------------------------------------------------------------------------------- feed-forward
-def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """SwiGLU feed-forward: ``(silu(x w1ᵀ) ⊙ x w3ᵀ) w2ᵀ``; weights in ``nn.Linear``'s [out, in] layout.
-
-    ``w1`` is the gate (it goes through SiLU), ``w3`` the up projection, ``w2`` the down projection.
-    """
-    if w1.shape != w3.shape:
-        raise ValueError(f"w1 (gate) and w3 (up) must have the same shape, got {tuple(w1.shape)} and {tuple(w3.shape)}")
-    if x.shape[-1] != w1.shape[1] or tuple(w2.shape) != (w1.shape[1], w1.shape[0]):
-        raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}; "
-                         "expected w1/w3 [d_ff, d_model] and w2 [d_model, d_ff]")
-    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
-
-
-class SwiGLU(nn.Module):
-    """The dense feed-forward block of Llama/Mixtral: gate ``w1``, up ``w3``, down ``w2``, no biases."""
-
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
-        super().__init__()
-        self.w1 = nn.Linear(d_model, d_ff, bias=False)  # gate
-        self.w3 = nn.Linear(d_model, d_ff, bias=False)  # up
-        self.w2 = nn.Linear(d_ff, d_model, bias=False)  # down
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(swiglu(x, self.w1.weight, self.w3.weight, self.w2.weight))
 
 
 # ----------------------------------------------------------------------------------------------- KV cache, functional
@@ -169,34 +118,36 @@ class GPTConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     ffn: str = "dense"  # "dense" (SwiGLU) or "moe" (course_utils.moe.MoELayer)
-    moe: dict = field(default_factory=dict)  # MoELayer options: num_experts, top_k, ...
+    moe: MoEConfig | None = None  # MoELayer options (num_experts, top_k, ...); a dict is converted; needed for "moe"
     norm_eps: float = 1e-6
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, getattr(self, name))
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"head_dim = d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
-        if not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+        if isinstance(self.n_kv_heads, bool) or not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 \
+                or self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads must be a positive divisor of n_heads ({self.n_heads}), got {self.n_kv_heads!r}")
         if self.d_ff is None:
             self.d_ff = max(32, int(round(8 * self.d_model / 3 / 32)) * 32)
-        if not isinstance(self.d_ff, int) or self.d_ff < 1:
-            raise ValueError(f"d_ff must be a positive int, got {self.d_ff!r}")
+        positive_int("d_ff", self.d_ff)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.ffn not in ("dense", "moe"):
             raise ValueError(f"ffn must be 'dense' or 'moe', got {self.ffn!r}")
-        if not isinstance(self.moe, dict):
-            raise TypeError(f"moe must be a dict of MoELayer options, got {type(self.moe).__name__}")
-        if self.ffn == "moe" and not {"num_experts", "top_k"} <= set(self.moe):
-            raise ValueError(f"ffn='moe' needs moe=dict(num_experts=..., top_k=..., ...), got moe={self.moe!r}")
+        if self.moe is not None and not isinstance(self.moe, (MoEConfig, dict)):
+            raise TypeError(f"moe must be a MoEConfig (or a dict of its fields), got {type(self.moe).__name__}")
+        if self.moe == {}:  # saved configs of dense models wrote the old default, an empty dict
+            self.moe = None
+        if self.ffn == "moe" and self.moe is None:
+            raise ValueError("ffn='moe' needs moe=MoEConfig(num_experts=..., top_k=..., ...) (or the same dict)")
+        if self.moe is not None:
+            self.moe = MoEConfig.from_value(self.moe, "moe")
 
     @property
     def head_dim(self) -> int:
@@ -217,9 +168,8 @@ class Block(nn.Module):
                                        max_seq_len=c.max_seq_len, dropout=c.dropout, bias=False)
         self.ffn_norm = RMSNorm(c.d_model, c.norm_eps)
         if c.ffn == "moe":
-            from .moe import MoELayer  # chapter 4; imported only when needed
-
-            self.ffn = MoELayer(c.d_model, c.d_ff, **c.moe)
+            # from_value: a config whose .moe was replaced by a dict after it was built still works
+            self.ffn = MoELayer(c.d_model, c.d_ff, **MoEConfig.from_value(c.moe, "config.moe").to_dict())
         else:
             self.ffn = SwiGLU(c.d_model, c.d_ff, c.dropout)
         self.is_moe = c.ffn == "moe"
@@ -227,8 +177,6 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None):
         a = self.attn(self.attn_norm(x), cache=cache)
-        if isinstance(a, tuple):  # (output, weights) when an attention implementation returns both
-            a = a[0]
         x = x + self.resid_dropout(a)
         aux = None
         if self.is_moe:
@@ -323,8 +271,7 @@ class GPT(nn.Module):
         ``use_cache=True`` feeds only the newest token each step and reuses the cached keys/values;
         ``use_cache=False`` recomputes the whole prefix every step (same tokens, much slower).
         """
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, 0)
         self._check_idx(idx, None)
         if idx.shape[1] == 0:
             raise ValueError("idx must hold at least one token (the prompt)")

@@ -25,26 +25,23 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import SwiGLU  # the same dense block as chapter 3, for the shared expert
+from .validate import check_int
+
 __all__ = [
-    "MoELayer", "route", "expert_capacity", "apply_capacity", "load_balancing_loss", "router_z_loss",
+    "MoEConfig", "MoELayer", "route", "expert_capacity", "apply_capacity", "load_balancing_loss", "router_z_loss",
     "expert_choice_routing", "swiglu_expert", "dispatch_per_token", "dispatch_per_expert", "dispatch_sorted",
     "dispatch_grouped_mm", "DISPATCHERS", "grouped_mm_available", "load_public_configs", "transformer_param_counts",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-
-
-def _check_int(name: str, value, low: int, high: int | None = None) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        allowed = f"an int in {low}..{high}" if high is not None else f"an int >= {low}"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 # ================================================================================================ routing
@@ -84,7 +81,7 @@ def expert_choice_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Te
     token may be picked by many experts or by none, and the choice looks at the whole batch (future tokens too),
     which is why decoder LLMs use token-choice top-k instead.
     """
-    _check_int("capacity", capacity, 1, logits.shape[0])
+    check_int("capacity", capacity, 1, logits.shape[0])
     affinity = logits.float().softmax(dim=-1)  # token→expert probabilities, as in the paper
     weight, token_idx = affinity.t().topk(capacity, dim=-1)
     return weight, token_idx
@@ -104,7 +101,7 @@ def apply_capacity(topk_idx: torch.Tensor, num_experts: int, capacity: int) -> t
     Priority: all first choices (in token order) before any second choice, and so on (GShard's rule): a token
     loses its second expert before another token loses its first.
     """
-    _check_int("capacity", capacity, 0)
+    check_int("capacity", capacity, 0)
     T, k = topk_idx.shape
     choice_major = topk_idx.t().reshape(-1)  # slot 0 of every token, then slot 1 of every token, ...
     one_hot = F.one_hot(choice_major, num_experts)  # [k·T, E]
@@ -122,10 +119,10 @@ def load_balancing_loss(router_logits, num_experts: int, top_k: int) -> torch.Te
     """
     if isinstance(router_logits, (list, tuple)):
         router_logits = torch.cat([t.reshape(-1, t.shape[-1]) for t in router_logits])
-    _check_int("num_experts", num_experts, 1)
+    check_int("num_experts", num_experts, 1)
     if router_logits.shape[-1] != num_experts:
         raise ValueError(f"router_logits must have num_experts={num_experts} columns, got shape {tuple(router_logits.shape)}")
-    _check_int("top_k", top_k, 1, num_experts)
+    check_int("top_k", top_k, 1, num_experts)
     probs = router_logits.reshape(-1, num_experts).float().softmax(dim=-1)
     chosen = probs.topk(top_k, dim=-1).indices
     f = torch.bincount(chosen.reshape(-1), minlength=num_experts).float() / probs.shape[0]
@@ -270,6 +267,96 @@ DISPATCHERS = {"per_token": dispatch_per_token, "per_expert": dispatch_per_exper
                "grouped_mm": dispatch_grouped_mm}
 
 
+# ================================================================================================ the options
+@dataclass
+class MoEConfig:
+    """The options of a :class:`MoELayer` (everything but its widths), validated when built.
+
+    ``GPTConfig(ffn="moe", moe=MoEConfig(num_experts=8, top_k=2))`` — a dict with the same keys is accepted
+    and converted (:meth:`from_value`), so saved configs and ``moe=dict(...)`` keep working. It also reads like
+    a read-only mapping (``cfg["top_k"]``, ``cfg.get("top_k")``, ``MoELayer(d, f, **cfg)``).
+    """
+
+    num_experts: int
+    top_k: int
+    score_func: str = "softmax"
+    norm_topk_prob: bool = True
+    num_shared_experts: int = 0
+    shared_d_ff: int | None = None
+    shared_expert_gate: bool = False
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    capacity_factor: float | None = None
+    router_jitter: float = 0.0
+    noisy_gating: bool = False
+    dispatch: str = "auto"
+
+    def __post_init__(self):
+        check_int("num_experts", self.num_experts, 1)
+        check_int("top_k", self.top_k, 1, self.num_experts)
+        if self.score_func not in ("softmax", "sigmoid"):
+            raise ValueError(f"score_func must be 'softmax' or 'sigmoid', got {self.score_func!r}")
+        check_int("num_shared_experts", self.num_shared_experts, 0)
+        if self.shared_d_ff is not None:
+            check_int("shared_d_ff", self.shared_d_ff, 1)
+        check_int("n_group", self.n_group, 1, self.num_experts)
+        if self.num_experts % self.n_group:
+            raise ValueError(f"num_experts ({self.num_experts}) must be divisible by n_group, got n_group={self.n_group}")
+        check_int("topk_group", self.topk_group, 1, self.n_group)
+        per_group = self.num_experts // self.n_group
+        if self.top_k > self.topk_group * per_group:
+            raise ValueError(f"top_k must be <= topk_group · experts per group = {self.topk_group * per_group}, "
+                             f"got top_k={self.top_k}")
+        cf = self.capacity_factor
+        if cf is not None and (isinstance(cf, bool) or not isinstance(cf, (int, float)) or not cf > 0):
+            raise ValueError(f"capacity_factor must be a number > 0 or None, got {cf!r}")
+        if not isinstance(self.router_jitter, (int, float)) or not 0.0 <= self.router_jitter < 1.0:
+            raise ValueError(f"router_jitter must be in [0, 1), got {self.router_jitter!r}")
+        if self.dispatch != "auto" and self.dispatch not in DISPATCHERS:
+            raise ValueError(f"dispatch must be 'auto' or one of {sorted(DISPATCHERS)}, got {self.dispatch!r}")
+        if self.shared_expert_gate and not self.num_shared_experts:
+            raise ValueError("shared_expert_gate=True needs num_shared_experts >= 1")
+
+    @classmethod
+    def from_value(cls, value, name: str = "moe") -> "MoEConfig":
+        """A :class:`MoEConfig` from a MoEConfig or a dict of its fields (unknown keys are an error)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"{name} must be a MoEConfig or a dict of its fields, got {type(value).__name__}")
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{name} has unknown MoE options {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        if not {"num_experts", "top_k"} <= set(value):
+            raise ValueError(f"{name} needs num_experts and top_k, got {value!r}")
+        return cls(**value)
+
+    # read-only mapping access, for code written when the options were a dict
+    def keys(self):
+        return [f.name for f in fields(self)]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self.keys() else default
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # ================================================================================================ the layer
 class MoELayer(nn.Module):
     """A drop-in feed-forward block: ``y, aux = layer(x)`` with x of shape (..., d_model).
@@ -289,28 +376,14 @@ class MoELayer(nn.Module):
                  routed_scaling_factor: float = 1.0, capacity_factor: float | None = None, router_jitter: float = 0.0,
                  noisy_gating: bool = False, dispatch: str = "auto"):
         super().__init__()
-        _check_int("d_model", d_model, 1)
-        _check_int("d_ff", d_ff, 1)
-        _check_int("num_experts", num_experts, 1)
-        _check_int("top_k", top_k, 1, num_experts)
-        if score_func not in ("softmax", "sigmoid"):
-            raise ValueError(f"score_func must be 'softmax' or 'sigmoid', got {score_func!r}")
-        _check_int("num_shared_experts", num_shared_experts, 0)
-        _check_int("n_group", n_group, 1, num_experts)
-        if num_experts % n_group:
-            raise ValueError(f"num_experts ({num_experts}) must be divisible by n_group, got n_group={n_group}")
-        _check_int("topk_group", topk_group, 1, n_group)
-        if top_k > topk_group * (num_experts // n_group):
-            raise ValueError(f"top_k must be <= topk_group · experts per group = {topk_group * (num_experts // n_group)}, "
-                             f"got top_k={top_k}")
-        if capacity_factor is not None and not (isinstance(capacity_factor, (int, float)) and capacity_factor > 0):
-            raise ValueError(f"capacity_factor must be a number > 0 or None, got {capacity_factor!r}")
-        if not 0.0 <= router_jitter < 1.0:
-            raise ValueError(f"router_jitter must be in [0, 1), got {router_jitter!r}")
-        if dispatch != "auto" and dispatch not in DISPATCHERS:
-            raise ValueError(f"dispatch must be 'auto' or one of {sorted(DISPATCHERS)}, got {dispatch!r}")
-        if shared_expert_gate and not num_shared_experts:
-            raise ValueError("shared_expert_gate=True needs num_shared_experts >= 1")
+        check_int("d_model", d_model, 1)
+        check_int("d_ff", d_ff, 1)
+        # One place validates the options: the same dataclass GPTConfig(ffn="moe", moe=...) holds.
+        self.config = MoEConfig(num_experts, top_k, score_func=score_func, norm_topk_prob=norm_topk_prob,
+                                num_shared_experts=num_shared_experts, shared_d_ff=shared_d_ff,
+                                shared_expert_gate=shared_expert_gate, n_group=n_group, topk_group=topk_group,
+                                routed_scaling_factor=routed_scaling_factor, capacity_factor=capacity_factor,
+                                router_jitter=router_jitter, noisy_gating=noisy_gating, dispatch=dispatch)
         self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
         self.score_func, self.norm_topk_prob = score_func, norm_topk_prob
         self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
@@ -324,8 +397,6 @@ class MoELayer(nn.Module):
         self.register_buffer("expert_bias", torch.zeros(num_experts))
         self.shared_expert = self.shared_gate = None
         if num_shared_experts:
-            from .model import SwiGLU  # the same dense block as chapter 3
-
             self.shared_expert = SwiGLU(d_model, shared_d_ff or num_shared_experts * d_ff)
             self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_expert_gate else None
         self.reset_parameters()

@@ -235,3 +235,51 @@ def test_sha256_record_round_trip(tmp_path):
         verify_sha256(f, rebuild="make it")
     with pytest.raises(FileNotFoundError, match="missing.*make it"):
         verify_sha256(f, tmp_path / "w.sha256", rebuild="make it")
+
+
+# ---------------------------------------------------------------------------------------------- MoEConfig, layers
+def test_layers_are_shared_not_copied():
+    from course_utils import layers, moe
+
+    assert RMSNorm is layers.RMSNorm and SwiGLU is layers.SwiGLU and rms_norm is layers.rms_norm
+    assert moe.SwiGLU is layers.SwiGLU  # the shared expert is the chapter-3 block
+
+
+def test_moe_config_is_typed_validated_and_accepts_a_dict():
+    from dataclasses import replace
+
+    from course_utils.moe import MoEConfig, MoELayer
+
+    cfg = GPTConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, ffn="moe", moe=dict(num_experts=4, top_k=2))
+    assert isinstance(cfg.moe, MoEConfig) and (cfg.moe.num_experts, cfg.moe["top_k"], cfg.moe.get("n_group")) == (4, 2, 1)
+    assert GPTConfig(ffn="moe", moe=cfg.moe).moe is cfg.moe
+    for bad, field in [(dict(num_experts=4, top_k=5), "top_k"), (dict(num_experts=0, top_k=1), "num_experts"),
+                       (dict(num_experts=4, top_k=2, score_func="relu"), "score_func"),
+                       (dict(num_experts=4, top_k=2, capacity_factor=0), "capacity_factor"),
+                       (dict(num_experts=4, top_k=2, bogus=1), "bogus")]:
+        with pytest.raises(ValueError, match=field):
+            GPTConfig(ffn="moe", moe=bad)
+    with pytest.raises(ValueError, match="moe"):
+        GPTConfig(ffn="moe")  # no options
+    with pytest.raises(TypeError, match="moe"):
+        GPTConfig(ffn="moe", moe=[4, 2])
+    assert GPTConfig(moe={}).moe is None  # the old dense default, as saved checkpoints wrote it
+    assert replace(cfg, ffn="dense").moe == cfg.moe
+    block_ffn = GPT(cfg).blocks[0].ffn
+    assert isinstance(block_ffn, MoELayer) and block_ffn.config == cfg.moe
+    with pytest.raises(ValueError, match="top_k"):  # the layer validates through the same dataclass
+        MoELayer(32, 64, 4, 5)
+
+
+def test_moe_checkpoint_round_trip(tmp_path):
+    import json
+
+    model = tiny(ffn="moe", moe=dict(num_experts=4, top_k=2, capacity_factor=1.5))
+    path = save_checkpoint(model, tmp_path / "moe.safetensors")
+    saved = json.loads(path.with_suffix(".json").read_text())["config"]["moe"]
+    assert saved["num_experts"] == 4 and saved["capacity_factor"] == 1.5  # plain JSON, no pickled class
+    again = load_checkpoint(path)
+    assert again.config == model.config
+    idx = torch.randint(0, model.config.vocab_size, (1, 8))
+    model.eval()
+    torch.testing.assert_close(again(idx)[0], model(idx)[0])

@@ -10,7 +10,7 @@ import torch
 from course_utils import moe_lm
 from course_utils.data import corpus_dataset
 from course_utils.distributed import dispatch_plan
-from course_utils.model import GPT, GPTConfig
+from course_utils.model import GPT, GPTConfig, MoEConfig
 from course_utils.moe_lm import (ExpertLoadRecorder, attach_loss_free_balancing, consecutive_same_expert_rate,
                                  dead_experts, moe_config, moe_training_loss, routing_stats, token_type,
                                  utilisation_entropy)
@@ -26,7 +26,7 @@ def data():
 # ---------------------------------------------------------------------------------------------- building the models
 def test_moe_config_has_equal_active_parameters():
     cfg = moe_config(TINY, 8, 2)
-    assert (cfg.ffn, cfg.d_ff, cfg.moe) == ("moe", TINY.d_ff // 2, {"num_experts": 8, "top_k": 2})
+    assert (cfg.ffn, cfg.d_ff, cfg.moe) == ("moe", TINY.d_ff // 2, MoEConfig(num_experts=8, top_k=2))
     dense, moe = GPT(TINY).param_counts(), GPT(cfg).param_counts()
     router = TINY.n_layers * TINY.d_model * 8
     assert moe["active"] == dense["active"] + router
