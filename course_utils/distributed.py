@@ -14,7 +14,6 @@ With gloo this runs on CPU processes; the same code runs on GPUs with NCCL under
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,15 +26,16 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from .moe import MoELayer, route, swiglu_expert
+from .net import free_port
+from .validate import positive_int
 
 __all__ = ["ExpertParallelMoE", "expert_shards", "dispatch_plan", "communication_bytes", "run_expert_parallel",
-           "EPStats"]
+           "EPStats", "simulate_expert_parallel"]
 
 
 def expert_shards(num_experts: int, world_size: int) -> list[range]:
     """Contiguous blocks of experts per rank: rank r owns experts ``[r·E/W, (r+1)·E/W)``."""
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    positive_int("world_size", world_size)
     if num_experts % world_size:
         raise ValueError(f"num_experts ({num_experts}) must be divisible by world_size ({world_size})")
     per = num_experts // world_size
@@ -110,17 +110,48 @@ def communication_bytes(num_tokens: int, top_k: int, d_model: int, world_size: i
     return 2 * num_tokens * top_k * d_model * bytes_per_value * (world_size - 1) / world_size
 
 
+def simulate_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int, plan) -> torch.Tensor:
+    """Expert parallelism in one process: lists stand in for the ranks, list slicing for ``all_to_all_single``.
+
+    ``plan`` is a :func:`dispatch_plan`-like function (the chapter-5 check passes the learner's). Returns the
+    layer's output for all of ``x``; raises ``RuntimeError`` when a rank receives a token for an expert it does
+    not own (a wrong plan).
+    """
+    shards = expert_shards(layer.num_experts, world_size)
+    k = layer.top_k
+    chunks = x.chunk(world_size)
+    outbox, routes = [], []
+    for xr in chunks:  # every rank routes its own tokens and plans what goes where
+        weight, idx = route(layer.router(xr), k)
+        order, counts = plan(idx, layer.num_experts, world_size)
+        expert = idx.reshape(-1)[order]
+        outbox.append((xr[order // k].split(counts.tolist()), expert.split(counts.tolist()), counts))
+        routes.append((weight, order, xr.shape[0]))
+    results = [[None] * world_size for _ in range(world_size)]
+    for dst, shard in enumerate(shards):  # rank dst receives from every src and runs its own experts
+        for src in range(world_size):
+            rows, experts = outbox[src][0][dst], outbox[src][1][dst]
+            y = torch.zeros_like(rows)
+            for e in shard:
+                mask = experts == e
+                if mask.any():
+                    y[mask] = swiglu_expert(rows[mask], layer.gate_up_proj[e], layer.down_proj[e])
+            if (~torch.isin(experts, torch.tensor(list(shard), dtype=experts.dtype))).any():
+                raise RuntimeError(f"rank {dst} received a token for an expert it does not own")
+            results[src][dst] = y
+    out = []
+    for src, (weight, order, T) in enumerate(routes):  # results go home, un-permute, weight, sum the k slots
+        y_sorted = torch.cat(results[src])
+        y_slots = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted)
+        out.append(torch.einsum("tkh,tk->th", y_slots.view(T, k, -1), weight))
+    return torch.cat(out)
+
+
 @dataclass
 class EPStats:
     world_size: int
     seconds: float
     per_rank: list
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, folder: str, repeats: int) -> None:
@@ -164,7 +195,7 @@ def run_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int = 2, *
     with tempfile.TemporaryDirectory() as folder:
         torch.save({"config": config, "state": layer.state_dict(), "x": x.detach()}, Path(folder) / "spec.pt")
         t0 = time.perf_counter()
-        ctx = mp.start_processes(_worker, args=(world_size, _free_port(), folder, repeats), nprocs=world_size,
+        ctx = mp.start_processes(_worker, args=(world_size, free_port(), folder, repeats), nprocs=world_size,
                                  join=False, start_method="spawn")
         deadline = time.monotonic() + timeout_s
         try:

@@ -4,7 +4,8 @@ import multiprocessing
 import pytest
 import torch
 
-from course_utils.distributed import ExpertParallelMoE, communication_bytes, expert_shards, run_expert_parallel
+from course_utils.distributed import (ExpertParallelMoE, communication_bytes, dispatch_plan, expert_shards,
+                                      run_expert_parallel)
 from course_utils.moe import MoELayer
 
 
@@ -60,3 +61,22 @@ def test_workers_are_reaped_on_timeout():
     with pytest.raises(TimeoutError, match="did not finish"):
         run_expert_parallel(layer, torch.randn(8, 16), timeout_s=0.01)
     assert not multiprocessing.active_children()
+
+
+def test_simulate_expert_parallel_matches_the_layer_and_rejects_a_wrong_plan():
+    from course_utils.distributed import simulate_expert_parallel
+
+    torch.manual_seed(0)
+    layer = MoELayer(16, 24, 8, 2).eval()
+    x = torch.randn(10, 16)
+    with torch.no_grad():
+        want, _ = layer(x)
+        got = simulate_expert_parallel(layer, x, 2, dispatch_plan)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    def unsorted_plan(topk_idx, num_experts, world_size):  # slots in token order: ranks get foreign experts
+        order, counts = dispatch_plan(topk_idx, num_experts, world_size)
+        return torch.arange(order.numel()), counts
+
+    with pytest.raises(RuntimeError, match="does not own"):
+        simulate_expert_parallel(layer, x, 2, unsorted_plan)

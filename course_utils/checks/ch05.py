@@ -11,9 +11,9 @@ from dataclasses import asdict
 import torch
 
 from .. import moe_lm
-from ..distributed import dispatch_plan, expert_shards
+from ..distributed import dispatch_plan, simulate_expert_parallel  # re-exported: tests import it here
 from ..model import GPT, GPTConfig
-from ..moe import MoELayer, load_balancing_loss, route, router_z_loss, swiglu_expert
+from ..moe import MoELayer, load_balancing_loss, router_z_loss
 from ._core import call, compare, fail, passed
 
 __all__ = ["check_swap_ffn_for_moe", "check_add_aux_loss", "check_routing_stats",
@@ -140,38 +140,6 @@ def check_consecutive_same_expert_rate(consecutive_same_expert_rate) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ expert parallel
-def simulate_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int, plan) -> torch.Tensor:
-    """Expert parallelism in one process: lists stand in for the ranks, list slicing for ``all_to_all_single``."""
-    shards = expert_shards(layer.num_experts, world_size)
-    k = layer.top_k
-    chunks = x.chunk(world_size)
-    outbox, routes = [], []
-    for xr in chunks:  # every rank routes its own tokens and plans what goes where
-        weight, idx = route(layer.router(xr), k)
-        order, counts = plan(idx, layer.num_experts, world_size)
-        expert = idx.reshape(-1)[order]
-        outbox.append((xr[order // k].split(counts.tolist()), expert.split(counts.tolist()), counts))
-        routes.append((weight, order, xr.shape[0]))
-    results = [[None] * world_size for _ in range(world_size)]
-    for dst, shard in enumerate(shards):  # rank dst receives from every src and runs its own experts
-        for src in range(world_size):
-            rows, experts = outbox[src][0][dst], outbox[src][1][dst]
-            y = torch.zeros_like(rows)
-            for e in shard:
-                mask = experts == e
-                if mask.any():
-                    y[mask] = swiglu_expert(rows[mask], layer.gate_up_proj[e], layer.down_proj[e])
-            if (~torch.isin(experts, torch.tensor(list(shard), dtype=experts.dtype))).any():
-                raise RuntimeError(f"rank {dst} received a token for an expert it does not own")
-            results[src][dst] = y
-    out = []
-    for src, (weight, order, T) in enumerate(routes):  # results go home, un-permute, weight, sum the k slots
-        y_sorted = torch.cat(results[src])
-        y_slots = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted)
-        out.append(torch.einsum("tkh,tk->th", y_slots.view(T, k, -1), weight))
-    return torch.cat(out)
-
-
 def check_expert_parallel_dispatch(expert_parallel_dispatch) -> None:
     """``expert_parallel_dispatch(topk_idx [T, k], num_experts, world_size) -> (order [T·k], send_counts [W])``."""
     name = "check_expert_parallel_dispatch"

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from jlab import ARTIFACTS, CHROMIUM, ROOT, SKIP_REASON
+from course_utils.net import free_port
 # What the copy leaves out: big, private or irrelevant to a learner's browser session.
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".cache", "test-artifacts", "wheelhouse", "_build",
                                      "__pycache__", ".ipynb_checkpoints", "*.egg-info", ".whl", ".gl")
@@ -43,12 +43,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
             if CHROMIUM is None:
                 item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Lab:
@@ -91,7 +85,7 @@ def lab(tmp_path):
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), PYTHONUNBUFFERED="1")
     env.pop("MPLBACKEND", None)  # the tests' Agg backend would hide every plot; a learner's kernel uses inline
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={course}",
