@@ -311,3 +311,20 @@ def test_retry_after_of_reads_attributes_and_headers():
     assert retry_after_of(Err({"retry-after": "3"})) == 3.0
     assert retry_after_of(Err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
     assert retry_after_of(ValueError()) is None
+
+
+def test_gateway_reexports_every_name_from_its_one_home():
+    import importlib
+
+    from course_utils import gateway
+
+    homes = {name: importlib.import_module(f"course_utils.{name}")
+             for name in ("resilience", "ratelimit", "caches", "cascade", "timing")}
+    owner = {}
+    for mod_name, mod in homes.items():
+        for name in mod.__all__:
+            assert getattr(mod, name).__module__ == mod.__name__ if callable(getattr(mod, name)) else True, name
+            owner[name] = mod
+    for name in gateway.__all__:
+        assert name in owner, f"{name} has no home module"
+        assert getattr(gateway, name) is getattr(owner[name], name)
