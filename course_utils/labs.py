@@ -27,12 +27,11 @@ from pathlib import Path
 
 import nbformat
 
-from .nbtools import sync_notebook
+from . import nbtools
+from .nbtools import BEGIN, END, sync_notebook  # the markers are re-exported: docs and tests import them here
 
-__all__ = ["BEGIN", "END", "make_lab", "lab_path_for", "build", "Exercise", "exercises", "LabError"]
+__all__ = ["BEGIN", "END", "make_lab", "build", "Exercise", "exercises", "LabError", "chapter_of"]
 
-BEGIN = "### BEGIN SOLUTION"
-END = "### END SOLUTION"
 HINT_RE = re.compile(r"^\s*#\s*hint:\s*(?P<hint>.+?)\s*$", re.IGNORECASE)
 MANIFEST = ".generated.json"
 NB_VERSION = 4
@@ -53,10 +52,11 @@ class Exercise:
 
 
 def chapter_of(path: Path) -> int:
-    m = re.match(r"(\d+)_", Path(path).name)
-    if not m:
-        raise LabError(f"{path}: solution notebooks are named NN_topic_lab.ipynb (got {Path(path).name!r})")
-    return int(m.group(1))
+    """:func:`course_utils.nbtools.chapter_of`, failing with a :class:`LabError` (the CLI reports those)."""
+    try:
+        return nbtools.chapter_of(path)
+    except ValueError as err:
+        raise LabError(str(err)) from None
 
 
 def _replace_regions(source: str, chapter: int, counter: list[int], where: str) -> tuple[str, list[tuple[str, str]]]:
@@ -115,10 +115,6 @@ def make_lab(nb, chapter: int, where: str = "notebook"):
     if counter[0] == 0:
         raise LabError(f"{where}: no '{BEGIN}' ... '{END}' exercise found; a solution notebook needs at least one")
     return lab
-
-
-def lab_path_for(solution: Path, labs_dir: Path) -> Path:
-    return Path(labs_dir) / Path(solution).name
 
 
 def serialize(nb) -> str:

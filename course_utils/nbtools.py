@@ -16,7 +16,8 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 __all__ = ["REPO_URL", "BRANCH", "BOOTSTRAP_SOURCE", "badge_source", "colab_url", "md", "code",
-           "write_notebook", "sync_notebook", "NOTEBOOK_DIRS"]
+           "write_notebook", "sync_notebook", "NOTEBOOK_DIRS", "BEGIN", "END", "CHECK_CALL", "check_calls",
+           "chapter_number", "chapter_of"]
 
 # The one place the repository is named. Change it here, then run `python -m course_utils.nbtools sync`.
 REPO_URL = "https://github.com/llm-course-org/llm-from-tokens-to-moe"
@@ -25,6 +26,15 @@ NOTEBOOK_DIRS = ("notebooks", "solutions", "labs")
 COLAB_CLONE_DIR = "/content/course"
 BOOTSTRAP_TAG = "colab-bootstrap"
 BADGE_TAG = "colab-badge"
+
+# The course's notebook conventions, defined once (labs, progress and the nbgrader metadata below read them):
+# an exercise's answer sits between these markers in solutions/ ...
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+# ... and a check cell imports and calls a `check_*` function.
+CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")
+_CHECK_CALL = CHECK_CALL  # the old private name, for code that imported it
+_CHAPTER = re.compile(r"(\d+)_")
 
 BOOTSTRAP_SOURCE = f'''# Colab set-up: installs the course and what Colab lacks; does nothing on your own machine.
 import sys
@@ -63,7 +73,24 @@ def code(source: str, *, tags: list[str] | tuple[str, ...] = ()):
     return cell
 
 
-_CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")
+def check_calls(source: str) -> list[str]:
+    """The ``check_*`` functions a check cell calls (a cell that imports and calls one), else ``[]``."""
+    names = CHECK_CALL.findall(source)
+    return names if names and "import" in source else []
+
+
+def chapter_number(path: str | Path) -> int | None:
+    """The chapter ``NN`` of a notebook named ``NN_topic[_lab].ipynb``; ``None`` when the name has no number."""
+    m = _CHAPTER.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def chapter_of(path: str | Path) -> int:
+    """Like :func:`chapter_number`, but a name without a chapter number is a ``ValueError``."""
+    n = chapter_number(path)
+    if n is None:
+        raise ValueError(f"{path}: chapter notebooks are named NN_topic.ipynb (got {Path(path).name!r})")
+    return n
 
 
 def _nbgrader_metadata(nb, chapter: int | None) -> None:
@@ -73,13 +100,13 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
         cell.metadata.pop("nbgrader", None)
         if cell.cell_type != "code":
             continue
-        if "### BEGIN SOLUTION" in cell.source:
+        if BEGIN in cell.source:
             n_ex += 1
             cell.metadata["nbgrader"] = {"grade": False, "solution": True, "locked": False,
                                          "grade_id": f"ex_{chapter}_{n_ex}", "schema_version": 3}
         else:
-            names = _CHECK_CALL.findall(cell.source)
-            if names and "import" in cell.source:
+            names = check_calls(cell.source)
+            if names:
                 cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": 1,
                                              "grade_id": f"{names[-1]}_{chapter}_{n_ex}", "schema_version": 3}
 
@@ -94,8 +121,7 @@ def sync_notebook(nb, relpath: str):
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}
     if relpath.startswith("solutions/"):  # labs keep the metadata copied from their solution
-        m = re.match(r"(\d+)_", Path(relpath).name)
-        _nbgrader_metadata(nb, int(m.group(1)) if m else None)
+        _nbgrader_metadata(nb, chapter_number(relpath))
     for cell in nb.cells:
         cell.pop("id", None)  # ids churn on every save; notebooks diff better without them
     nb.nbformat, nb.nbformat_minor = 4, 4

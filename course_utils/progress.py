@@ -20,7 +20,8 @@ from pathlib import Path
 
 import nbformat
 
-from .nbtools import _CHECK_CALL  # the one definition of "this cell calls a check" (nbgrader metadata uses it too)
+from .nbtools import chapter_number, check_calls  # the course's conventions, defined once
+from .validate import check_int
 
 __all__ = ["CheckResult", "LabReport", "lab_progress", "progress", "format_table", "main"]
 
@@ -68,8 +69,8 @@ def _check_cells(nb, chapter: int | None = None) -> list[tuple[int, str, str, in
             exercise = f"{gid.group(1)}.{gid.group(2)}" if gid else (m.group(1) if m else f"{chapter or '?'}.{n_seen}")
             ex_cell = i
             continue
-        names = _CHECK_CALL.findall(cell.source)
-        if names and "import" in cell.source:
+        names = check_calls(cell.source)
+        if names:
             found.append((i, names[-1], exercise, ex_cell))
     return found
 
@@ -103,8 +104,7 @@ def lab_progress(lab: Path, *, root: Path, timeout: int = 600) -> LabReport:
                                       f"{str(err).splitlines()[0] if str(err) else ''}). Restore it with "
                                       f"`git checkout {rel}` or rebuild it with "
                                       "`python -m course_utils.labs build --force` (your answers in it are lost).")
-        m = re.match(r"(\d+)_", lab.name)
-        checks = _check_cells(nb, int(m.group(1)) if m else None)
+        checks = _check_cells(nb, chapter_number(lab))
         if not checks:
             return LabReport(rel, [], f"{rel} has no check cells (`from course_utils.checks import check_...`)")
         from nbclient import NotebookClient
@@ -130,11 +130,11 @@ def lab_progress(lab: Path, *, root: Path, timeout: int = 600) -> LabReport:
 def progress(root: Path = Path("."), chapter: int | None = None, *, timeout: int = 600) -> list[LabReport]:
     """A report for every lab in ``root/labs`` (or only chapter ``chapter``)."""
     root = Path(root).resolve()
-    if chapter is not None and (not isinstance(chapter, int) or isinstance(chapter, bool) or chapter < 0):
-        raise ValueError(f"chapter must be a non-negative int, got {chapter!r}")
+    if chapter is not None:
+        check_int("chapter", chapter, 0)
     labs = sorted((root / "labs").glob("[0-9]*_*.ipynb"))
     if chapter is not None:
-        labs = [p for p in labs if int(p.name.split("_")[0]) == chapter]
+        labs = [p for p in labs if chapter_number(p) == chapter]
     return [lab_progress(p, root=root, timeout=timeout) for p in labs]
 
 

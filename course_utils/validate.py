@@ -22,6 +22,8 @@ class ArgumentTypeError(TypeError, ValueError):
 def _int_expectation(low: int | None, high: int | None) -> str:
     if low == 1 and high is None:
         return "a positive int"
+    if low == 0 and high is None:
+        return "a non-negative int"
     if low is not None and high is not None:
         return f"an int in {low}..{high}"
     if low is not None:
@@ -58,7 +60,7 @@ def _interval(low, high, low_open: bool, high_open: bool) -> str:
         return f"{'>' if low_open else '>='} {low}"
     if high is not None:
         return f"{'<' if high_open else '<='} {high}"
-    return "finite"
+    return ""
 
 
 def check_number(name: str, value, low: float | None = None, high: float | None = None, *,
@@ -67,8 +69,7 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
 
     ``low_open``/``high_open`` exclude the bound itself: ``check_number("p", p, 0, 1, low_open=True)`` is (0, 1].
     """
-    expected = f"a finite number {_interval(low, high, low_open, high_open)}".replace("finite number finite",
-                                                                                       "finite number")
+    expected = f"a finite number {_interval(low, high, low_open, high_open)}".rstrip()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name} must be {expected}, got {value!r}")
     v = float(value)
