@@ -31,6 +31,7 @@ __all__ = ["CorpusDoc", "DOMAINS", "STDLIB_FILES", "prose_documents", "code_docu
            "ATTRIBUTES", "Fact", "World", "make_world", "update_world"]
 
 from .world import ATTRIBUTES, Fact, World, make_world, update_world  # noqa: E402
+from .validate import positive_int  # noqa: E402
 
 DOMAINS = ("prose", "code", "arithmetic")
 # Small, self-contained, idiomatic modules; ~400 KB together.
@@ -93,8 +94,8 @@ def corpus_documents(seed: int = 0) -> list[CorpusDoc]:
 
 def course_corpus(max_bytes: int | None = None, seed: int = 0) -> str:
     """The corpus as one string (documents separated by a blank line), cut to at most ``max_bytes`` UTF-8 bytes."""
-    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
-        raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
+    if max_bytes is not None:
+        positive_int("max_bytes (or None)", max_bytes)
     text = "\n\n".join(d.text for d in corpus_documents(seed))
     if max_bytes is not None:
         text = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
@@ -231,8 +232,7 @@ class TokenDataset:
 
         self._check_split(split)
         for name, value in (("batch_size", batch_size), ("block_size", block_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, value)
         data = self.ids[split]
         if block_size + 1 > len(data):
             raise ValueError(f"block_size {block_size} is too long for the {split} split ({len(data)} tokens)")

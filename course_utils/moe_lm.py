@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .model import GPT, GPTConfig
 from .moe import MoELayer
+from .validate import check_int, positive_int
 
 __all__ = ["BASE_CONFIG", "moe_config", "build_model", "moe_training_loss", "attach_loss_free_balancing",
            "ExpertLoadRecorder", "utilisation_entropy", "dead_experts", "TOKEN_TYPES", "token_type", "token_types",
@@ -68,8 +69,7 @@ def moe_config(config: GPTConfig, num_experts: int = 8, top_k: int = 2, **moe_op
     if config.ffn != "dense":
         raise ValueError(f"config must describe a dense model (ffn='dense'), got ffn={config.ffn!r}")
     for name, value in (("num_experts", num_experts), ("top_k", top_k)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(name, value)
     if top_k > num_experts:
         raise ValueError(f"top_k ({top_k}) must be <= num_experts ({num_experts})")
     if config.d_ff % top_k:
@@ -225,8 +225,8 @@ def collect_routing(model, data, split: str = "val", *, n_windows: int = 24, blo
     [L, B, T, k] (each token's chosen experts per MoE layer, best first).
     """
     _moe_layers(model)
-    if not isinstance(n_windows, int) or n_windows < 1 or not isinstance(block_size, int) or block_size < 2:
-        raise ValueError(f"n_windows must be an int >= 1 and block_size an int >= 2, got {n_windows!r}, {block_size!r}")
+    positive_int("n_windows", n_windows)
+    check_int("block_size", block_size, 2)
     tokens, dom = data.ids[split], data.domains[split]
     if len(tokens) <= block_size:
         raise ValueError(f"block_size {block_size} is too long for the {split} split ({len(tokens)} tokens)")

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .validate import positive_int
+
 __all__ = ["QuantizedTensor", "absmax_quantize", "group_dequantize", "quantize_tensor", "pack_int4", "unpack_int4", "QuantLinear", "quantize_model",
            "fake_quantize_experts_", "model_nbytes", "QMAX"]
 
@@ -78,8 +80,7 @@ def _check_quant_args(w, bits, group_size) -> int:
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     cols = w.shape[-1]
     if group_size is not None:
-        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-            raise ValueError(f"group_size must be None or a positive int, got {group_size!r}")
+        positive_int("group_size (or None)", group_size)
         if cols % group_size:
             raise ValueError(f"the last dimension ({cols}) must be divisible by group_size={group_size}")
     return group_size or cols

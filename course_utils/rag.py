@@ -35,6 +35,8 @@ from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
+from .validate import nonnegative_int, positive_int
+
 __all__ = [
     "Document", "Chunk", "Hit", "Question", "DEFAULT_MODEL", "DEFAULT_CHUNK_SIZE", "DEFAULT_OVERLAP", "DEFAULT_STRATEGY",
     "load_python_reference", "load_questions", "chunk_text", "chunk_documents", "default_chunks",
@@ -129,10 +131,8 @@ def load_attacks(path: str | Path | None = None) -> list[dict]:
 # Chunking
 # ---------------------------------------------------------------------------------------------------------------
 def _check_chunk_args(chunk_size, overlap, strategy) -> None:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int (tokens), got {chunk_size!r}")
-    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 0:
-        raise ValueError(f"overlap must be a non-negative int (tokens), got {overlap!r}")
+    positive_int("chunk_size (tokens)", chunk_size)
+    nonnegative_int("overlap (tokens)", overlap)
     if overlap >= chunk_size:
         raise ValueError(f"overlap must be smaller than chunk_size, got overlap={overlap} >= chunk_size={chunk_size}")
     if strategy not in ("tokens", "paragraphs"):
@@ -468,8 +468,7 @@ def _embed_memo(texts: Sequence[str], model: str) -> np.ndarray:
 # Indexes: .add(documents) then .search(query, k) -> list[Hit], best first
 # ---------------------------------------------------------------------------------------------------------------
 def _check_k(k) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    positive_int("k", k)
 
 
 def _check_query(query) -> None:
@@ -862,8 +861,7 @@ def synthetic_enlargement(chunks: Sequence[Chunk], vectors: np.ndarray, factor: 
     """``factor`` times as many chunks for timing: the originals plus copies with ``word_drop`` of their words
     removed (BM25 sees new texts) and unit vectors jittered by Gaussian ``noise`` per dimension (dense sees new
     neighbours). Embedding 10x the corpus for real would take ten minutes; the index cost is what we time."""
-    if not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    positive_int("factor", factor)
     rng = np.random.default_rng(seed)
     out_chunks, out_vecs = list(chunks), [np.asarray(vectors, dtype=np.float32)]
     for copy in range(1, factor):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from .validate import check_int
+
 __all__ = ["ATTRIBUTES", "Fact", "World", "make_world", "update_world"]
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "th", "qu", "sh")
@@ -91,8 +93,7 @@ def make_world(seed: int = 0, n_entities: int = 30) -> World:
     """A world of ``n_entities`` fictional people with 4 facts each (``4 · n_entities`` facts), from ``seed``."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not isinstance(n_entities, int) or isinstance(n_entities, bool) or not 1 <= n_entities <= 2000:
-        raise ValueError(f"n_entities must be an int in [1, 2000], got {n_entities!r}")
+    check_int("n_entities", n_entities, 1, 2000)
     rng = random.Random(f"world:{seed}")
     towns: set[str] = set()
     while len(towns) < N_TOWNS:
