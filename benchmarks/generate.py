@@ -10,20 +10,11 @@ with a cache it runs over one token and attends to the t cached keys.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from course_utils.model import GPT, GPTConfig
-
-
-def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+from course_utils.timing import best_of
 
 
 def main(argv=None) -> None:
@@ -46,9 +37,11 @@ def main(argv=None) -> None:
     for batch in args.batch:
         prompt = torch.randint(0, cfg.vocab_size, (batch, args.prompt), generator=torch.Generator().manual_seed(1))
         model.generate(prompt, 8, temperature=0.0)  # warm-up
-        t_cache, out_cache = best_time(lambda: model.generate(prompt, args.new_tokens, temperature=0.0), args.repeats)
-        t_full, out_full = best_time(
-            lambda: model.generate(prompt, args.new_tokens, temperature=0.0, use_cache=False), args.repeats)
+        t_cache, out_cache = best_of(lambda: model.generate(prompt, args.new_tokens, temperature=0.0), args.repeats,
+                                     with_result=True)
+        t_full, out_full = best_of(
+            lambda: model.generate(prompt, args.new_tokens, temperature=0.0, use_cache=False), args.repeats,
+            with_result=True)
         assert torch.equal(out_cache, out_full), "KV-cache and full-recompute generation disagree"
         n = batch * args.new_tokens
         rows.append((batch, n / t_full, n / t_cache, t_full / t_cache))

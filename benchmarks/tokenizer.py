@@ -11,23 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 os.environ.setdefault("COURSE_OFFLINE", "1")
 
 from course_utils.data import course_corpus, prose_documents  # noqa: E402
+from course_utils.timing import best_of  # noqa: E402
 from course_utils.tokenization import (GPT4_SPLIT_PATTERN, BPETokenizer, get_encoding,  # noqa: E402
                                        train_bpe_naive)
 
 
 def timed(fn, *args, repeat: int = 1, **kwargs):
-    """Best of ``repeat`` wall-clock timings (the minimum is the least disturbed by other processes)."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+    """Best of ``repeat`` wall-clock timings and the result (:func:`course_utils.timing.best_of`)."""
+    return best_of(lambda: fn(*args, **kwargs), repeat, with_result=True)
 
 
 def main(argv=None) -> None:

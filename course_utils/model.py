@@ -9,6 +9,7 @@
   :class:`course_utils.moe.MoELayer` (chapters 4–5) with the options in ``GPTConfig.moe`` (a
   :class:`course_utils.moe.MoEConfig`; a dict is converted).
 - the output projection shares its weight with the token embedding (``tie_embeddings``; Press & Wolf, 2017).
+- :func:`kv_cache_bytes` — the memory a KV cache holds (``2 · layers · kv_heads · head_dim · bytes · tokens``).
 - :func:`sample_next_token` — greedy, temperature, top-k and top-p (nucleus; Holtzman et al., 2020) sampling;
   :meth:`GPT.generate` with or without a KV cache.
 - :func:`save_checkpoint` / :func:`load_checkpoint` — safetensors weights plus the config as JSON: no pickle,
@@ -29,11 +30,10 @@ import torch.nn.functional as F
 from .attention import KVCache, MultiHeadAttention
 from .layers import RMSNorm, SwiGLU, rms_norm, swiglu  # re-exported: chapter 3's labs and checks import them here
 from .moe import MoEConfig, MoELayer
-from .validate import check_int, positive_int
+from .validate import check_int, positive_float, positive_int
 
-__all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "sample_next_token", "GPTConfig", "MoEConfig",
-           "Block",
-           "GPT", "save_checkpoint", "load_checkpoint", "sha256_of", "write_sha256", "verify_sha256"]
+__all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "kv_cache_bytes", "kv_cache_bytes_for",
+           "sample_next_token", "GPTConfig", "MoEConfig", "Block", "GPT", "save_checkpoint", "load_checkpoint", "sha256_of", "write_sha256", "verify_sha256"]
 
 
 # ----------------------------------------------------------------------------------------------- KV cache, functional
@@ -68,6 +68,46 @@ def kv_cache_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     out = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
     return out, k, v
+
+
+# ----------------------------------------------------------------------------------------------- KV cache, memory
+def kv_cache_bytes(n_tokens: int, n_layers: int, n_kv_heads: int | None = None, head_dim: int | None = None,
+                   bytes_per_number: float = 2, *, latent_dim: int | None = None) -> float:
+    """Memory the KV cache holds for ``n_tokens`` tokens of context.
+
+    ``2 (K and V) · n_layers · n_kv_heads · head_dim · bytes_per_number · n_tokens``: every layer keeps one key
+    and one value vector per KV head and token (grouped-query attention shrinks ``n_kv_heads``). With
+    ``latent_dim`` (DeepSeek's multi-head latent attention caches one compressed vector of ``kv_lora_rank`` plus
+    a RoPE key of ``qk_rope_head_dim`` per layer and token) it is ``n_layers · latent_dim · bytes · n_tokens``.
+    ``bytes_per_number``: 4 for float32, 2 for bf16/fp16, 1 for int8.
+    """
+    check_int("n_tokens", n_tokens, 0)
+    positive_int("n_layers", n_layers)
+    positive_float("bytes_per_number", bytes_per_number)
+    if latent_dim is not None:
+        if n_kv_heads is not None or head_dim is not None:
+            raise ValueError("give either latent_dim (MLA) or n_kv_heads and head_dim, not both")
+        per_layer = positive_int("latent_dim", latent_dim)
+    else:
+        per_layer = 2 * positive_int("n_kv_heads", n_kv_heads) * positive_int("head_dim", head_dim)
+    total = n_layers * per_layer * bytes_per_number * n_tokens
+    return int(total) if float(total).is_integer() else total
+
+
+def kv_cache_bytes_for(config, n_tokens: int = 1, bytes_per_number: float = 2) -> float:
+    """:func:`kv_cache_bytes` of a :class:`GPTConfig` or a transformers-style config dict (``num_hidden_layers``,
+    ``num_key_value_heads``, ``head_dim`` or ``hidden_size / num_attention_heads``; ``kv_lora_rank`` for MLA)."""
+    if isinstance(config, GPTConfig):
+        return kv_cache_bytes(n_tokens, config.n_layers, config.n_kv_heads, config.head_dim, bytes_per_number)
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a GPTConfig or a config dict, got {type(config).__name__}")
+    layers = config["num_hidden_layers"]
+    if config.get("kv_lora_rank"):  # multi-head latent attention: one latent + one shared RoPE key per layer
+        return kv_cache_bytes(n_tokens, layers, bytes_per_number=bytes_per_number,
+                              latent_dim=config["kv_lora_rank"] + config["qk_rope_head_dim"])
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    return kv_cache_bytes(n_tokens, layers, kv_heads, head_dim, bytes_per_number)
 
 
 # ----------------------------------------------------------------------------------------------- sampling

@@ -283,3 +283,24 @@ def test_moe_checkpoint_round_trip(tmp_path):
     idx = torch.randint(0, model.config.vocab_size, (1, 8))
     model.eval()
     torch.testing.assert_close(again(idx)[0], model(idx)[0])
+
+
+def test_kv_cache_bytes_formula_and_real_configs():
+    from course_utils.model import kv_cache_bytes, kv_cache_bytes_for
+    from course_utils.moe import load_public_configs
+
+    # Mixtral 8x7B (32 layers, 8 KV heads, head_dim 128, bf16): 128 KiB per token, 4 GiB at 32k tokens
+    assert kv_cache_bytes(1, 32, 8, 128) == 128 * 2**10
+    assert kv_cache_bytes(32_768, 32, 8, 128) == 4 * 2**30
+    cfgs = load_public_configs()
+    assert kv_cache_bytes_for(cfgs["Mixtral-8x7B"]) == 128 * 2**10
+    # DeepSeek-V3's MLA: 61 layers x (512 latent + 64 RoPE key) x 2 bytes per token
+    assert kv_cache_bytes_for(cfgs["DeepSeek-V3"]) == 61 * (512 + 64) * 2
+    cfg = GPTConfig(d_model=64, n_heads=4, n_kv_heads=2, n_layers=3)
+    assert kv_cache_bytes_for(cfg, 10, 4) == 2 * 3 * 2 * 16 * 4 * 10
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        kv_cache_bytes(1, 32, 0, 128)
+    with pytest.raises(ValueError, match="latent_dim"):
+        kv_cache_bytes(1, 32, 8, 128, latent_dim=576)
+    with pytest.raises(TypeError, match="config"):
+        kv_cache_bytes_for([32, 8])
