@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv lab test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor
+.PHONY: venv lab lint test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor
 
 $(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,9 +29,15 @@ venv: $(STAMP)
 lab: venv
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/00_welcome.ipynb
 
+# Lint (ruff, configured in pyproject.toml): errors and formatting; `make test` runs it first.
+LINT_PATHS := course_utils tests benchmarks scripts docs
+lint: venv
+	$(BIN)/python -m ruff check $(LINT_PATHS)
+	$(BIN)/python -m ruff format --check $(LINT_PATHS)
+
 # The whole suite: unit tests, lab sync, every notebook in notebooks/ and solutions/ run top to bottom (nbval).
 # The browser tests (tests/e2e) run when `chromium` is on PATH; otherwise one visible SKIPPED line says so.
-test: venv
+test: venv lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
 		tests $(wildcard notebooks solutions) $(PYTEST_ARGS); rc=$$?; \
 	command -v chromium >/dev/null 2>&1 || echo "$(E2E_SKIPPED)"; exit $$rc

@@ -37,10 +37,10 @@ def main(argv=None) -> None:
     for batch in args.batch:
         prompt = torch.randint(0, cfg.vocab_size, (batch, args.prompt), generator=torch.Generator().manual_seed(1))
         model.generate(prompt, 8, temperature=0.0)  # warm-up
-        t_cache, out_cache = best_of(lambda: model.generate(prompt, args.new_tokens, temperature=0.0), args.repeats,
-                                     with_result=True)
+        t_cache, out_cache = best_of(lambda p=prompt: model.generate(p, args.new_tokens, temperature=0.0),
+                                     args.repeats, with_result=True)
         t_full, out_full = best_of(
-            lambda: model.generate(prompt, args.new_tokens, temperature=0.0, use_cache=False), args.repeats,
+            lambda p=prompt: model.generate(p, args.new_tokens, temperature=0.0, use_cache=False), args.repeats,
             with_result=True)
         assert torch.equal(out_cache, out_full), "KV-cache and full-recompute generation disagree"
         n = batch * args.new_tokens

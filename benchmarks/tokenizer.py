@@ -16,8 +16,7 @@ os.environ.setdefault("COURSE_OFFLINE", "1")
 
 from course_utils.data import course_corpus, prose_documents  # noqa: E402
 from course_utils.timing import best_of  # noqa: E402
-from course_utils.tokenization import (GPT4_SPLIT_PATTERN, BPETokenizer, get_encoding,  # noqa: E402
-                                       train_bpe_naive)
+from course_utils.tokenization import GPT4_SPLIT_PATTERN, BPETokenizer, get_encoding, train_bpe_naive  # noqa: E402
 
 
 def timed(fn, *args, repeat: int = 1, **kwargs):

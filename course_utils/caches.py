@@ -13,7 +13,8 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +56,10 @@ class SemanticCache:
         if ttl_s is not None and (not isinstance(ttl_s, (int, float)) or ttl_s <= 0):
             raise ValueError(f"ttl_s must be None or a number > 0, got {ttl_s!r}")
         check_int("max_entries", max_entries, 1)
-        self.embed, self.threshold, self.ttl_s, self.max_entries, self.clock = embed, float(threshold), ttl_s, max_entries, clock
-        self._scopes: dict = {}  # scope -> {"vecs": (cap, d) array, "n": int, "values": list, "times": list, "queries": list}
+        self.embed, self.threshold, self.ttl_s = embed, float(threshold), ttl_s
+        self.max_entries, self.clock = max_entries, clock
+        # scope -> {"vecs": (cap, d) array, "n": int, "values": list, "times": list, "queries": list}
+        self._scopes: dict = {}
         self._order: OrderedDict = OrderedDict()  # (scope, slot) in insertion order, for eviction
         self.hits = self.misses = 0
         self._lock = threading.Lock()
@@ -214,7 +217,8 @@ def intent_text(intent_id: int) -> str:
     return INTENTS[intent_id] if intent_id < len(INTENTS) else tail_intent(intent_id - len(INTENTS))
 
 
-def paraphrase_stream(n: int, *, seed: int = 0, zipf_s: float = 1.1, tail_fraction: float = 0.0) -> list[tuple[str, int]]:
+def paraphrase_stream(n: int, *, seed: int = 0, zipf_s: float = 1.1,
+                      tail_fraction: float = 0.0) -> list[tuple[str, int]]:
     """``n`` queries ``(text, intent_id)``: intents drawn with Zipf popularity (rank r has weight r^-s), each
     phrased with a random template. The intent id is the ground truth a cache hit must match.
 

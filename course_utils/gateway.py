@@ -15,12 +15,27 @@ the modules above.
 """
 from __future__ import annotations
 
-from .caches import (INTENTS, PARAPHRASES, TAIL_ACTIONS, TAIL_CONTEXTS, TAIL_OBJECTS, ExactCache, SemanticCache,
-                     intent_text, paraphrase_stream, simulate_cache, tail_intent)
+from .caches import (
+                     INTENTS,
+                     PARAPHRASES,
+                     ExactCache,
+                     SemanticCache,
+                     intent_text,
+                     paraphrase_stream,
+                     simulate_cache,
+                     tail_intent,
+)
 from .cascade import cascade_curve, cascade_outcome, fit_logistic, pick_cascade_threshold, predict_logistic
 from .ratelimit import TokenBucket
-from .resilience import (CircuitBreaker, CircuitOpenError, RetryableError, backoff_delay, call_with_fallback,
-                         retry_after_of, retry_call)
+from .resilience import (
+                     CircuitBreaker,
+                     CircuitOpenError,
+                     RetryableError,
+                     backoff_delay,
+                     call_with_fallback,
+                     retry_after_of,
+                     retry_call,
+)
 from .timing import percentile
 
 __all__ = ["RetryableError", "retry_after_of", "backoff_delay", "retry_call", "call_with_fallback", "TokenBucket",

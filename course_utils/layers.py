@@ -25,7 +25,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if weight is not None and tuple(weight.shape) != (x.shape[-1],):
-        raise ValueError(f"weight must have shape ({x.shape[-1]},) to match x's last dimension, got {tuple(weight.shape)}")
+        raise ValueError(f"weight must have shape ({x.shape[-1]},) to match x's last dimension, "
+                         f"got {tuple(weight.shape)}")
     x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     y = (x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
     return y if weight is None else y * weight

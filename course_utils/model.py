@@ -33,7 +33,8 @@ from .moe import MoEConfig, MoELayer
 from .validate import check_int, positive_float, positive_int
 
 __all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "kv_cache_bytes", "kv_cache_bytes_for",
-           "sample_next_token", "GPTConfig", "MoEConfig", "Block", "GPT", "save_checkpoint", "load_checkpoint", "sha256_of", "write_sha256", "verify_sha256"]
+           "sample_next_token", "GPTConfig", "MoEConfig", "Block", "GPT", "save_checkpoint", "load_checkpoint",
+           "sha256_of", "write_sha256", "verify_sha256"]
 
 
 # ----------------------------------------------------------------------------------------------- KV cache, functional
@@ -120,7 +121,8 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     least ``top_p`` (the token that crosses the threshold is kept), and one token is drawn from what is left.
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {getattr(logits, 'shape', type(logits).__name__)}")
+        got = getattr(logits, "shape", type(logits).__name__)
+        raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {got}")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
@@ -172,7 +174,8 @@ class GPTConfig:
             raise ValueError(f"head_dim = d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
         if isinstance(self.n_kv_heads, bool) or not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 \
                 or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads ({self.n_heads}), got {self.n_kv_heads!r}")
+            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads ({self.n_heads}), "
+                             f"got {self.n_kv_heads!r}")
         if self.d_ff is None:
             self.d_ff = max(32, int(round(8 * self.d_model / 3 / 32)) * 32)
         positive_int("d_ff", self.d_ff)
@@ -265,7 +268,8 @@ class GPT(nn.Module):
 
     def _check_idx(self, idx, caches) -> int:
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be a 2-D tensor [batch, time] of token ids, got {getattr(idx, 'shape', type(idx).__name__)}")
+            got = getattr(idx, "shape", type(idx).__name__)
+            raise ValueError(f"idx must be a 2-D tensor [batch, time] of token ids, got {got}")
         if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):

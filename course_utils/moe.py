@@ -121,7 +121,8 @@ def load_balancing_loss(router_logits, num_experts: int, top_k: int) -> torch.Te
         router_logits = torch.cat([t.reshape(-1, t.shape[-1]) for t in router_logits])
     check_int("num_experts", num_experts, 1)
     if router_logits.shape[-1] != num_experts:
-        raise ValueError(f"router_logits must have num_experts={num_experts} columns, got shape {tuple(router_logits.shape)}")
+        raise ValueError(f"router_logits must have num_experts={num_experts} columns, "
+                         f"got shape {tuple(router_logits.shape)}")
     check_int("top_k", top_k, 1, num_experts)
     probs = router_logits.reshape(-1, num_experts).float().softmax(dim=-1)
     chosen = probs.topk(top_k, dim=-1).indices
@@ -302,7 +303,8 @@ class MoEConfig:
             check_int("shared_d_ff", self.shared_d_ff, 1)
         check_int("n_group", self.n_group, 1, self.num_experts)
         if self.num_experts % self.n_group:
-            raise ValueError(f"num_experts ({self.num_experts}) must be divisible by n_group, got n_group={self.n_group}")
+            raise ValueError(f"num_experts ({self.num_experts}) must be divisible by n_group, "
+                             f"got n_group={self.n_group}")
         check_int("topk_group", self.topk_group, 1, self.n_group)
         per_group = self.num_experts // self.n_group
         if self.top_k > self.topk_group * per_group:
@@ -319,7 +321,7 @@ class MoEConfig:
             raise ValueError("shared_expert_gate=True needs num_shared_experts >= 1")
 
     @classmethod
-    def from_value(cls, value, name: str = "moe") -> "MoEConfig":
+    def from_value(cls, value, name: str = "moe") -> MoEConfig:
         """A :class:`MoEConfig` from a MoEConfig or a dict of its fields (unknown keys are an error)."""
         if isinstance(value, cls):
             return value
@@ -327,7 +329,8 @@ class MoEConfig:
             raise TypeError(f"{name} must be a MoEConfig or a dict of its fields, got {type(value).__name__}")
         unknown = set(value) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"{name} has unknown MoE options {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+            known = [f.name for f in fields(cls)]
+            raise ValueError(f"{name} has unknown MoE options {sorted(unknown)}; known: {known}")
         if not {"num_experts", "top_k"} <= set(value):
             raise ValueError(f"{name} needs num_experts and top_k, got {value!r}")
         return cls(**value)
@@ -472,7 +475,7 @@ class MoELayer(nn.Module):
 
     # -------------------------------------------------------------------------------------------- transformers
     @classmethod
-    def from_hf(cls, block: nn.Module, **options) -> "MoELayer":
+    def from_hf(cls, block: nn.Module, **options) -> MoELayer:
         """Copy a transformers MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3) into a MoELayer.
 
         The result computes the same function: same routing, same weights (the fused ``gate_up_proj`` /
@@ -482,8 +485,10 @@ class MoELayer(nn.Module):
         """
         gate, experts = getattr(block, "gate", None), getattr(block, "experts", None)
         if gate is None or not hasattr(experts, "gate_up_proj") or not hasattr(experts, "down_proj"):
-            raise TypeError(f"block must be a transformers MoE block with .gate and fused .experts, got {type(block).__name__}")
-        if getattr(experts, "act_fn", None) is not None and type(experts.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            raise TypeError("block must be a transformers MoE block with .gate and fused .experts, "
+                            f"got {type(block).__name__}")
+        act = getattr(experts, "act_fn", None)
+        if act is not None and type(act).__name__ not in ("SiLU", "SiLUActivation"):
             raise ValueError(f"only SiLU experts (SwiGLU) are supported, got {type(experts.act_fn).__name__}")
         num_experts, two_i, d_model = experts.gate_up_proj.shape
         is_deepseek = hasattr(gate, "e_score_correction_bias")

@@ -47,7 +47,7 @@ if "google.colab" in sys.modules:
     sys.path.insert(0, "{COLAB_CLONE_DIR}")  # the running kernel does not see a fresh editable install
     from google.colab import output
     output.enable_custom_widget_manager()  # ipywidgets need Colab's custom widget manager
-    os.chdir("{COLAB_CLONE_DIR}")'''
+    os.chdir("{COLAB_CLONE_DIR}")'''  # noqa: E501 (the cell users see; one command per line)
 
 
 def colab_url(relpath: str) -> str:

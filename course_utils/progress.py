@@ -115,7 +115,8 @@ def lab_progress(lab: Path, *, root: Path, timeout: int = 600) -> LabReport:
         try:
             client.execute()
         except Exception as err:  # a kernel that died or a cell over the timeout: report what ran so far
-            error = f"{rel}: the run stopped early ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            first = str(err).splitlines()[0] if str(err) else ""
+            error = f"{rel}: the run stopped early ({type(err).__name__}: {first})"
         else:
             error = ""
         results = []

@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .validate import check_int, nonnegative_float
 
@@ -53,7 +54,8 @@ def retry_after_of(err: BaseException) -> float | None:
 
 def backoff_delay(n: int, *, base_delay: float = 0.1, max_delay: float = 2.0, jitter: str = "full",
                   rng: random.Random | None = None) -> float:
-    """The wait before retry number ``n`` (1, 2, ...): ``min(max_delay, base_delay·2^(n-1))``, full jitter → U[0, that]."""
+    """The wait before retry number ``n`` (1, 2, ...): ``min(max_delay, base_delay·2^(n-1))``; full jitter draws
+    from U[0, that]."""
     check_int("n (the retry number)", n, 1)
     if jitter not in ("full", "none"):
         raise ValueError(f"jitter must be 'full' or 'none', got {jitter!r}")

@@ -4,8 +4,13 @@ import multiprocessing
 import pytest
 import torch
 
-from course_utils.distributed import (ExpertParallelMoE, communication_bytes, dispatch_plan, expert_shards,
-                                      run_expert_parallel)
+from course_utils.distributed import (
+    ExpertParallelMoE,
+    communication_bytes,
+    dispatch_plan,
+    expert_shards,
+    run_expert_parallel,
+)
 from course_utils.moe import MoELayer
 
 

@@ -6,10 +6,26 @@ import random
 import numpy as np
 import pytest
 
-from course_utils.gateway import (INTENTS, CircuitBreaker, CircuitOpenError, ExactCache, RetryableError,
-                                  SemanticCache, TokenBucket, backoff_delay, call_with_fallback, cascade_curve,
-                                  cascade_outcome, fit_logistic, paraphrase_stream, pick_cascade_threshold,
-                                  predict_logistic, retry_after_of, retry_call, simulate_cache)
+from course_utils.gateway import (
+    INTENTS,
+    CircuitBreaker,
+    CircuitOpenError,
+    ExactCache,
+    RetryableError,
+    SemanticCache,
+    TokenBucket,
+    backoff_delay,
+    call_with_fallback,
+    cascade_curve,
+    cascade_outcome,
+    fit_logistic,
+    paraphrase_stream,
+    pick_cascade_threshold,
+    predict_logistic,
+    retry_after_of,
+    retry_call,
+    simulate_cache,
+)
 
 
 class FakeClock:
@@ -67,7 +83,9 @@ def test_retry_reraises_last_error_and_never_retries_other_errors():
 
 
 def test_retry_honours_retry_after():
-    def fn(state={"n": 0}):
+    state = {"n": 0}
+
+    def fn():
         state["n"] += 1
         if state["n"] == 1:
             raise RetryableError("busy", status=429, retry_after=1.5)
@@ -321,7 +339,7 @@ def test_gateway_reexports_every_name_from_its_one_home():
     homes = {name: importlib.import_module(f"course_utils.{name}")
              for name in ("resilience", "ratelimit", "caches", "cascade", "timing")}
     owner = {}
-    for mod_name, mod in homes.items():
+    for mod in homes.values():
         for name in mod.__all__:
             obj = getattr(mod, name)
             if callable(obj):  # defined there, not imported from elsewhere

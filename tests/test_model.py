@@ -5,8 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.model import (GPT, GPTConfig, RMSNorm, SwiGLU, kv_cache_step, load_checkpoint, rms_norm,
-                                sample_next_token, save_checkpoint, swiglu)
+from course_utils.model import (
+    GPT,
+    GPTConfig,
+    RMSNorm,
+    SwiGLU,
+    kv_cache_step,
+    load_checkpoint,
+    rms_norm,
+    sample_next_token,
+    save_checkpoint,
+    swiglu,
+)
 
 
 def tiny(**kw) -> GPT:
@@ -251,7 +261,8 @@ def test_moe_config_is_typed_validated_and_accepts_a_dict():
     from course_utils.moe import MoEConfig, MoELayer
 
     cfg = GPTConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, ffn="moe", moe=dict(num_experts=4, top_k=2))
-    assert isinstance(cfg.moe, MoEConfig) and (cfg.moe.num_experts, cfg.moe["top_k"], cfg.moe.get("n_group")) == (4, 2, 1)
+    assert isinstance(cfg.moe, MoEConfig)
+    assert (cfg.moe.num_experts, cfg.moe["top_k"], cfg.moe.get("n_group")) == (4, 2, 1)
     assert GPTConfig(ffn="moe", moe=cfg.moe).moe is cfg.moe
     for bad, field in [(dict(num_experts=4, top_k=5), "top_k"), (dict(num_experts=0, top_k=1), "num_experts"),
                        (dict(num_experts=4, top_k=2, score_func="relu"), "score_func"),

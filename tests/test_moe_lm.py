@@ -11,9 +11,17 @@ from course_utils import moe_lm
 from course_utils.data import corpus_dataset
 from course_utils.distributed import dispatch_plan
 from course_utils.model import GPT, GPTConfig, MoEConfig
-from course_utils.moe_lm import (ExpertLoadRecorder, attach_loss_free_balancing, consecutive_same_expert_rate,
-                                 dead_experts, moe_config, moe_training_loss, routing_stats, token_type,
-                                 utilisation_entropy)
+from course_utils.moe_lm import (
+    ExpertLoadRecorder,
+    attach_loss_free_balancing,
+    consecutive_same_expert_rate,
+    dead_experts,
+    moe_config,
+    moe_training_loss,
+    routing_stats,
+    token_type,
+    utilisation_entropy,
+)
 
 TINY = GPTConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)
 

@@ -4,8 +4,17 @@ import math
 import numpy as np
 import pytest
 
-from course_utils.validate import (ArgumentTypeError, check_int, check_number, finite_float, nonnegative_float,
-                                   nonnegative_int, positive_float, positive_int, probability)
+from course_utils.validate import (
+    ArgumentTypeError,
+    check_int,
+    check_number,
+    finite_float,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 
 
 def test_ints_in_range_pass_through():

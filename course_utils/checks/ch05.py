@@ -32,7 +32,8 @@ def check_swap_ffn_for_moe(swap_ffn_for_moe) -> None:
              (GPTConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, d_ff=96), 4, 1),
              (GPTConfig(vocab_size=80, d_model=16, n_layers=3, n_heads=2, d_ff=48, max_seq_len=32), 6, 3)]
     hint = ("keep every field of the dense config, set ffn='moe', moe=dict(num_experts=..., top_k=...), and make each "
-            "expert d_ff / top_k wide: a token then runs through top_k · d_ff/top_k = d_ff FFN units, like the dense model")
+            "expert d_ff / top_k wide: a token then runs through top_k · d_ff/top_k = d_ff FFN units, like the "
+            "dense model")
     for config, E, k in cases:
         inputs = {"config": config, "num_experts": E, "top_k": k}
         before, expected = asdict(config), moe_lm.moe_config(config, E, k)
@@ -65,7 +66,8 @@ def _aux_case(n_layers: int, tokens: int, E: int, k: int, seed: int):
 
 
 def check_add_aux_loss(add_aux_loss) -> None:
-    """``add_aux_loss(lm_loss, moe_aux, aux_loss_coef) -> total``: lm_loss + coef · mean over layers of the balancing loss."""
+    """``add_aux_loss(lm_loss, moe_aux, aux_loss_coef) -> total``: lm_loss + coef · mean over layers of the
+    balancing loss."""
     name = "check_add_aux_loss"
     cases = [(3, 10, 8, 2, 0.01, 0), (1, 7, 4, 1, 0.5, 1), (2, 12, 6, 3, 0.0, 2), (0, 5, 4, 2, 0.01, 3)]
     hint = ("total = lm_loss + aux_loss_coef * mean over layers of aux['load_balancing_loss']; keep it a tensor "
@@ -162,7 +164,8 @@ def check_expert_parallel_dispatch(expert_parallel_dispatch) -> None:
                  inputs=inputs, hint=hint)
         rank_of_slot = idx.reshape(-1)[order] // (E // W)
         if (rank_of_slot[1:] < rank_of_slot[:-1]).any():
-            fail(name, f"the slots are not grouped by destination rank: ranks in your order are {rank_of_slot.tolist()}",
+            fail(name, "the slots are not grouped by destination rank: ranks in your order are "
+                 f"{rank_of_slot.tolist()}",
                  inputs=inputs, hint=hint)
     torch.manual_seed(0)
     layer = MoELayer(16, 24, 8, 2).eval()
