@@ -21,9 +21,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from jlab import ARTIFACTS, CHROMIUM, ROOT, SKIP_REASON
+
 from course_utils.net import free_port
+
 # What the copy leaves out: big, private or irrelevant to a learner's browser session.
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".cache", "test-artifacts", "wheelhouse", "_build",
                                      "__pycache__", ".ipynb_checkpoints", "*.egg-info", ".whl", ".gl")
