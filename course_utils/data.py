@@ -30,8 +30,9 @@ __all__ = ["CorpusDoc", "DOMAINS", "STDLIB_FILES", "prose_documents", "code_docu
            # chapter 7's synthetic knowledge world lives in world.py; it is course data too
            "ATTRIBUTES", "Fact", "World", "make_world", "update_world"]
 
-from .world import ATTRIBUTES, Fact, World, make_world, update_world  # noqa: E402
+from .tokenization import BPETokenizer  # noqa: E402
 from .validate import positive_int  # noqa: E402
+from .world import ATTRIBUTES, Fact, World, make_world, update_world  # noqa: E402
 
 DOMAINS = ("prose", "code", "arithmetic")
 # Small, self-contained, idiomatic modules; ~400 KB together.
@@ -155,8 +156,6 @@ def corpus_tokenizer(vocab_size: int = 512, *, seed: int = 0, retrain: bool = Fa
     special token ``<|endoftext|>``. Looked up in order: the copy shipped in ``course_utils/assets``
     (``corpus_bpe{vocab_size}.json``), the run-time cache, else trained (under a second) and cached.
     """
-    from .tokenization import BPETokenizer
-
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 258:
         raise ValueError(f"vocab_size must be an int >= 258 (256 bytes + 1 merge + <|endoftext|>), got {vocab_size!r}")
     name = f"corpus_bpe{vocab_size}" + ("" if seed == 0 else f"_seed{seed}") + ".json"

@@ -39,8 +39,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .model import GPT, GPTConfig
+from .data import DOMAINS
+from .model import GPT, GPTConfig, load_checkpoint, verify_sha256
 from .moe import MoELayer
+from .plotting import COLORS
+from .train import train
 from .validate import check_int, positive_int
 
 __all__ = ["BASE_CONFIG", "moe_config", "build_model", "moe_training_loss", "attach_loss_free_balancing",
@@ -297,8 +300,6 @@ def consecutive_same_expert_rate(expert_ids: torch.Tensor, num_experts: int) -> 
 
 def expert_colored_html(pieces: list[str], experts, num_experts: int = 8) -> str:
     """HTML with each decoded token on a background of its expert's colour (hover shows the expert)."""
-    from .plotting import COLORS
-
     palette = COLORS + ["#999999", "#66CC99", "#FFB6C1", "#8B4513"]
     spans = []
     for piece, e in zip(pieces, torch.as_tensor(experts).tolist()):
@@ -314,8 +315,6 @@ def expert_colored_html(pieces: list[str], experts, num_experts: int = 8) -> str
 def domain_losses(model, data, split: str = "val", *, iters: int = 10, batch_size: int = 16, block_size: int = 128,
                   seed: int = 1234) -> dict:
     """Mean next-token cross-entropy [nats/token] per domain (the domain of the input token) on fixed batches."""
-    from .data import DOMAINS
-
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -348,8 +347,6 @@ def run_variant(name: str, data, *, steps: int, seed: int = 0, config: GPTConfig
     (:class:`ExpertLoadRecorder`: ``steps``, ``loads`` [intervals][layers][experts]). Everything else (optimiser,
     schedule, batches) is :func:`course_utils.train.train`'s, seeded by ``seed`` — identical across variants.
     """
-    from .train import train
-
     if name not in VARIANTS:
         raise ValueError(f"name must be one of {sorted(VARIANTS)}, got {name!r}")
     kind, coef, gamma = VARIANTS[name]
@@ -369,8 +366,6 @@ def run_variant(name: str, data, *, steps: int, seed: int = 0, config: GPTConfig
 
 def verify_asset(path: str | Path) -> Path:
     """``path`` if its SHA-256 equals the one recorded in ``<path>.sha256``; else a clear error."""
-    from .model import verify_sha256
-
     return verify_sha256(path, rebuild="python scripts/train_ch5.py")
 
 
@@ -381,8 +376,6 @@ def load_results(path: str | Path = RESULTS) -> dict:
 
 def load_moe_checkpoint(path: str | Path = MOE_CHECKPOINT) -> GPT:
     """The trained MoE model (aux-loss 0.01, seed 0) from ``scripts/train_ch5.py`` (both files sha256-checked)."""
-    from .model import load_checkpoint
-
     verify_asset(path)
     verify_asset(Path(path).with_suffix(".json"))
     return load_checkpoint(path)

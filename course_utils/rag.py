@@ -35,6 +35,8 @@ from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
+from .data import prose_documents
+from .tokenization import get_encoding
 from .validate import nonnegative_int, positive_int
 
 __all__ = [
@@ -108,8 +110,6 @@ def _title_of(text: str) -> str:
 def load_python_reference() -> list[Document]:
     """The Python Language Reference topics shipped with CPython, sorted by topic key (79 on Python 3.11): the
     course corpus's prose domain, with the topic key as a stable id and the first heading as the title."""
-    from .data import prose_documents
-
     return [Document(d.name, _title_of(d.text), d.text.strip()) for d in prose_documents()]
 
 
@@ -142,8 +142,6 @@ def _check_chunk_args(chunk_size, overlap, strategy) -> None:
 
 
 def _token_windows(text: str, chunk_size: int, overlap: int) -> list[str]:
-    from .tokenization import get_encoding
-
     enc = get_encoding()
     ids = enc.encode(text, disallowed_special=())
     step, out = chunk_size - overlap, []
@@ -160,8 +158,6 @@ def _paragraphs(text: str) -> list[str]:
 
 def _pack_paragraphs(text: str, chunk_size: int) -> list[str]:
     """Greedily pack whole paragraphs into chunks of at most ``chunk_size`` tokens; split only oversize ones."""
-    from .tokenization import get_encoding
-
     enc = get_encoding()
     chunks, current, used = [], [], 0
     for para in _paragraphs(text):
@@ -681,8 +677,6 @@ def answer_in_context(index: _Index, questions: Sequence[Question], budget: int 
     """Fraction of questions whose evidence phrase is inside the context a prompt would get: the top hits'
     texts, best first, cut at ``budget`` cl100k tokens. Unlike recall@k it sees a chunk that cuts the answer in
     two, and a whole document too long to fit."""
-    from .tokenization import get_encoding
-
     _check_k(budget)
     enc = get_encoding()
     found = 0
