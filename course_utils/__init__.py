@@ -12,6 +12,8 @@ import random
 import socket
 import sys
 
+from .validate import positive_int
+
 # transformers imports torchao when it is installed; torchao then logs that its CUDA-only kernels cannot load on a
 # CPU machine, and registers enums that torch's pytree warns about. Harmless, but it floods every notebook's stderr
 # (and nbgrader scores a graded cell with stderr output as failed).
@@ -64,8 +66,7 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
     if threads is None:
         env = os.environ.get("COURSE_THREADS", "")
         threads = int(env) if env.isdigit() else max(1, min(os.cpu_count() or 1, 8))
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    positive_int("threads", threads)
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not quiet:
