@@ -59,7 +59,7 @@ def route(logits: torch.Tensor, top_k: int, *, score_func: str = "softmax", norm
     """
     num_experts = logits.shape[-1]
     scores = logits.float().softmax(dim=-1) if score_func == "softmax" else logits.float().sigmoid()
-    choice = scores if bias is None else scores + bias.float()
+    choice = scores if bias is None else scores + bias  # in the bias's dtype if wider, as transformers does
     if n_group > 1:
         per_group = num_experts // n_group
         grouped = choice.view(-1, n_group, per_group)
@@ -67,10 +67,15 @@ def route(logits: torch.Tensor, top_k: int, *, score_func: str = "softmax", norm
         best_groups = group_score.topk(topk_group, dim=-1).indices
         allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best_groups, True)
         choice = choice.masked_fill(~allowed.repeat_interleave(per_group, dim=1), float("-inf"))
-    topk_idx = choice.topk(top_k, dim=-1).indices
+    # The k weights are summed in the order transformers sums them (sorted for softmax routers, topk's unsorted
+    # order for DeepSeek-V3's sigmoid router), so that from_hf is exact to the last bit; then best first.
+    topk_idx = choice.topk(top_k, dim=-1, sorted=score_func == "softmax").indices
     topk_weight = scores.gather(1, topk_idx)
     if norm_topk_prob:
         topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)  # eps: sigmoid scores can all be ~0
+    if score_func != "softmax":
+        order = choice.gather(1, topk_idx).argsort(dim=-1, descending=True, stable=True)
+        topk_idx, topk_weight = topk_idx.gather(1, order), topk_weight.gather(1, order)
     return topk_weight * routed_scaling_factor, topk_idx
 
 
@@ -240,17 +245,22 @@ def grouped_mm_available() -> bool:
     return _GROUPED_MM
 
 
+# F.grouped_mm on CPU takes these only (float64 raises): other dtypes use the sorted loop, which takes any.
+GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _grouped_mm_fits(x, gate_up) -> bool:
     # The kernel wants 16-byte aligned rows: every width must be a multiple of 16 / element size.
     align = max(1, 16 // x.element_size())
-    return grouped_mm_available() and x.dtype == gate_up.dtype and all(
+    return grouped_mm_available() and x.dtype == gate_up.dtype and x.dtype in GROUPED_MM_DTYPES and all(
         d % align == 0 for d in (gate_up.shape[1] // 2, gate_up.shape[2]))
 
 
 def dispatch_grouped_mm(x, topk_idx, topk_weight, gate_up, down, keep=None):
     """Like :func:`dispatch_sorted`, but all experts in one ``F.grouped_mm`` call per projection (no Python loop).
 
-    Falls back to :func:`dispatch_sorted` where grouped_mm is missing or the widths are not 16-byte aligned.
+    Falls back to :func:`dispatch_sorted` where grouped_mm is missing, the dtype is not one it takes (float64), or
+    the widths are not 16-byte aligned.
     """
     if not _grouped_mm_fits(x, gate_up):
         return dispatch_sorted(x, topk_idx, topk_weight, gate_up, down, keep)
@@ -292,6 +302,7 @@ class MoEConfig:
     router_jitter: float = 0.0
     noisy_gating: bool = False
     dispatch: str = "auto"
+    router_fp32: bool = False  # DeepSeek-V3 computes its router logits in float32 whatever the model's dtype
 
     def __post_init__(self):
         check_int("num_experts", self.num_experts, 1)
@@ -310,9 +321,13 @@ class MoEConfig:
         if self.top_k > self.topk_group * per_group:
             raise ValueError(f"top_k must be <= topk_group · experts per group = {self.topk_group * per_group}, "
                              f"got top_k={self.top_k}")
+        rsf = self.routed_scaling_factor
+        if isinstance(rsf, bool) or not isinstance(rsf, (int, float)) or not math.isfinite(rsf) or rsf <= 0:
+            raise ValueError(f"routed_scaling_factor must be a finite number > 0, got {rsf!r}")
         cf = self.capacity_factor
-        if cf is not None and (isinstance(cf, bool) or not isinstance(cf, (int, float)) or not cf > 0):
-            raise ValueError(f"capacity_factor must be a number > 0 or None, got {cf!r}")
+        if cf is not None and (isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf)
+                               or not cf > 0):
+            raise ValueError(f"capacity_factor must be a finite number > 0 or None, got {cf!r}")
         if not isinstance(self.router_jitter, (int, float)) or not 0.0 <= self.router_jitter < 1.0:
             raise ValueError(f"router_jitter must be in [0, 1), got {self.router_jitter!r}")
         if self.dispatch != "auto" and self.dispatch not in DISPATCHERS:
@@ -370,14 +385,15 @@ class MoELayer(nn.Module):
     gate on it), ``n_group``/``topk_group``/``routed_scaling_factor`` (DeepSeek-V3), ``capacity_factor`` (Switch;
     None = no dropping), ``router_jitter`` (Switch: multiply the router's input by U(1-j, 1+j) in training),
     ``noisy_gating`` (Shazeer 2017: add N(0,1)·softplus(x W_noise) to the logits in training), ``dispatch`` (a key
-    of :data:`DISPATCHERS`, or "auto" = grouped_mm where it works, else sorted).
+    of :data:`DISPATCHERS`, or "auto" = grouped_mm where it works, else sorted), ``router_fp32`` (DeepSeek-V3:
+    router logits in float32 whatever the layer's dtype).
     """
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int, *, score_func: str = "softmax",
                  norm_topk_prob: bool = True, num_shared_experts: int = 0, shared_d_ff: int | None = None,
                  shared_expert_gate: bool = False, n_group: int = 1, topk_group: int = 1,
                  routed_scaling_factor: float = 1.0, capacity_factor: float | None = None, router_jitter: float = 0.0,
-                 noisy_gating: bool = False, dispatch: str = "auto"):
+                 noisy_gating: bool = False, dispatch: str = "auto", router_fp32: bool = False):
         super().__init__()
         check_int("d_model", d_model, 1)
         check_int("d_ff", d_ff, 1)
@@ -386,11 +402,13 @@ class MoELayer(nn.Module):
                                 num_shared_experts=num_shared_experts, shared_d_ff=shared_d_ff,
                                 shared_expert_gate=shared_expert_gate, n_group=n_group, topk_group=topk_group,
                                 routed_scaling_factor=routed_scaling_factor, capacity_factor=capacity_factor,
-                                router_jitter=router_jitter, noisy_gating=noisy_gating, dispatch=dispatch)
+                                router_jitter=router_jitter, noisy_gating=noisy_gating, dispatch=dispatch,
+                                router_fp32=router_fp32)
         self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
         self.score_func, self.norm_topk_prob = score_func, norm_topk_prob
         self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
         self.capacity_factor, self.router_jitter, self.dispatch = capacity_factor, router_jitter, dispatch
+        self.router_fp32 = router_fp32
 
         self.router = nn.Linear(d_model, num_experts, bias=False)
         self.noise = nn.Linear(d_model, num_experts, bias=False) if noisy_gating else None
@@ -416,7 +434,8 @@ class MoELayer(nn.Module):
         """Logits [T, E] for flat tokens x [T, d_model], with jitter/noise in training mode."""
         if self.training and self.router_jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.router_jitter, 1.0 + self.router_jitter)
-        logits = self.router(x)
+        # float32 logits (DeepSeek-V3): in bf16 the router's rounding alone can change which experts a token gets
+        logits = F.linear(x.float(), self.router.weight.float()) if self.router_fp32 else self.router(x)
         if self.training and self.noise is not None:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
         return logits
@@ -495,7 +514,7 @@ class MoELayer(nn.Module):
         kwargs = dict(score_func="sigmoid" if is_deepseek else "softmax",
                       norm_topk_prob=bool(getattr(gate, "norm_topk_prob", True)))
         if is_deepseek:
-            kwargs.update(n_group=gate.num_group, topk_group=gate.topk_group,
+            kwargs.update(n_group=gate.num_group, topk_group=gate.topk_group, router_fp32=True,
                           routed_scaling_factor=float(gate.routed_scaling_factor))
         shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None)
         if shared is not None:

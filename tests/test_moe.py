@@ -359,3 +359,44 @@ def test_grouped_mm_probe_works_under_no_grad_and_keeps_the_seed(monkeypatch):
     after = torch.rand(3)
     torch.manual_seed(0)
     assert inside == outside and torch.equal(after, torch.rand(3))
+
+
+# ---------------------------------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_from_hf_is_exact_in_float64_with_the_default_dispatcher(name):
+    # grouped_mm takes no float64: the default dispatcher must fall back, not crash; parity to round-off of float64
+    block = BLOCKS[name]().eval().double()
+    layer = MoELayer.from_hf(block)
+    assert layer.gate_up_proj.dtype == torch.float64
+    x = torch.randn(2, 9, block.experts.gate_up_proj.shape[-1], generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)
+    y, _ = layer(x)
+    with torch.no_grad():
+        expected = block(x.clone())
+    assert y.dtype == torch.float64 and (y - expected).abs().max() <= 1e-12
+
+
+def test_deepseek_routes_like_transformers_in_bfloat16():
+    # transformers computes DeepSeek-V3's router logits in float32 whatever the model dtype; so must we, or bf16
+    # rounding of the logits alone sends some tokens to other experts
+    differ = 0
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        E, groups = (16, 4) if seed % 2 else (8, 2)
+        block = deepseek(E, 4, groups, 2, H=32, seed=seed).eval().to(torch.bfloat16)
+        layer = MoELayer.from_hf(block)
+        x = torch.randn(64, 32, generator=g).to(torch.bfloat16)
+        with torch.no_grad():
+            ours = layer(x)[1]["topk_idx"].sort(dim=-1).values
+            theirs = block.gate(x)[2].sort(dim=-1).values  # (router_logits, topk_weights, topk_indices)
+        assert layer.router_logits(x).dtype == torch.float32
+        differ += int((ours != theirs).any(dim=-1).sum())
+    assert differ == 0, f"{differ} tokens routed differently"
+
+
+def test_routed_scaling_factor_and_capacity_must_be_finite():
+    for bad in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="routed_scaling_factor"):
+            MoELayer(8, 8, 4, 2, routed_scaling_factor=bad)
+        with pytest.raises(ValueError, match="capacity_factor"):
+            MoELayer(8, 8, 4, 2, capacity_factor=bad)
