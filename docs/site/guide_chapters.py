@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from course_utils.labs import BEGIN, END, exercises  # noqa: E402
+from course_utils.labs import BEGIN, END, HEADING_RE, exercise_markdown, exercises  # noqa: E402
 
 
 def goals(nb) -> list[str]:
@@ -125,7 +125,12 @@ def chapter_section(path: Path, measure: bool) -> str:
         said = "<br>".join(f"“{m}”" for m in msgs.get(check, []))
         hints = list(dict.fromkeys(msgs.get(f"hint:{check}", [])))
         said = (said + "".join(f"<br>*hint given:* {h}" for h in hints)).replace("|", "\\|") or "—"
-        out.append(f"| {ex.number} {ex.hint.replace('|', '/')} | `{check}` | {difficulty(n)} | {said} |")
+        md_at = exercise_markdown(snb, ex)
+        heading = HEADING_RE.search(snb.cells[md_at].source) if md_at is not None else None
+        # the lab's own title for the exercise ("## Exercise 1.3 — training"), else its task line
+        line = snb.cells[md_at].source[heading.end():].split("\n", 1)[0] if heading else ""
+        what = (line.strip(" —–-:") if heading and heading.group("number") == ex.number else "") or ex.task
+        out.append(f"| {ex.number} {what.replace('|', '/')} | `{check}` | {difficulty(n)} | {said} |")
     out.append("")
     return "\n".join(out)
 
