@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import attention as ref
-from ._core import call, compare, exercise, fail, passed
+from ._core import call, compare, describe, exercise, fail, passed
 
 __all__ = [
     "check_scaled_dot_product_attention",
@@ -65,7 +65,7 @@ def check_scaled_dot_product_attention(fn) -> None:
         if isinstance(weights, torch.Tensor) and weights.shape == want_w.shape:
             sums = weights.sum(-1)
             if not torch.allclose(sums, torch.ones_like(sums), atol=1e-6):
-                fail(name, f"each query's weights should sum to 1 over the keys; row sums are {sums.flatten()[:4].tolist()}",
+                fail(name, f"each query's weights should sum to 1 over the keys; row sums are {describe(sums.flatten()[:4])}",
                      inputs=inputs, hint="softmax over the last axis (the keys): torch.softmax(scores, dim=-1)")
         compare(name, weights, want_w, inputs=inputs, what="weights", atol=1e-8, rtol=1e-6,
                 hint="scores are q·k over √d (transpose only k's last two axes); a boolean mask turns False into "
