@@ -175,3 +175,24 @@ def test_describe_rounds_floats_and_keeps_ints():
     assert describe({"a": 0.3333333333}) == "{'a': 0.3333}"
     assert describe(torch.tensor([[1, 2], [3, 4]])) == "tensor(shape=(2, 2), dtype=torch.int64, values=[1, 2, 3, 4])"
     assert describe("short text") == "'short text'"
+
+
+@pytest.mark.slow
+def test_a_notebook_kernel_shows_the_box():
+    """In a real Jupyter kernel, the error output of a failed check is the short box, not the checking code."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from course_utils.checks import check_get_stats\n"
+        "def get_stats(ids):\n"
+        "    return {pair: 1 for pair in zip(ids, ids[1:])}  # counts each distinct pair once\n"
+        "check_get_stats(get_stats)")])
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    error = next(o for o in nb.cells[0].outputs if o.output_type == "error")
+    shown = "\n".join(error.traceback)
+    assert error.ename == "CheckFailed" and len(error.traceback) <= 8, shown
+    assert "Exercise 1.1" in error.traceback[0] and "input: ids=" in shown and "hint:" in shown
+    assert "_core.py" not in shown and "ch01.py" not in shown

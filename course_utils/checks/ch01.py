@@ -29,7 +29,8 @@ def check_get_stats(get_stats) -> None:
 
     cases = [[1, 2, 1, 2, 3], [5, 5, 5], [], [7], list("hello world".encode()), list("naïve 🤖".encode())]
     _same_as_reference("check_get_stats", get_stats, ref, [((ids,), {"ids": ids}) for ids in cases],
-                       hint="walk zip(ids, ids[1:]) and add 1 per pair; every adjacent pair counts, even overlapping ones")
+                       hint="every adjacent pair counts, even overlapping ones ([5, 5, 5] has (5, 5) twice): look at each "
+                            "element with the next one and add 1 for that pair")
 
 @exercise("1.2")
 def check_merge(merge) -> None:
@@ -39,8 +40,8 @@ def check_merge(merge) -> None:
     cases = [([1, 2, 3, 1, 2], (1, 2), 99), ([5, 5, 5], (5, 5), 9), ([5, 5, 5, 5], (5, 5), 9),
              ([1, 2, 3], (3, 4), 9), ([], (1, 2), 9), ([4], (4, 4), 9), ([1, 2, 1, 2, 1], (2, 1), 7)]
     _same_as_reference("check_merge", merge, ref, [(c, dict(zip(("ids", "pair", "idx"), c))) for c in cases],
-                       hint="when ids[i:i+2] == pair, append idx and skip 2; otherwise append ids[i] and move 1 "
-                            "(do not forget the last element)")
+                       hint="scan left to right: where the pair starts, emit the new id and jump past both; elsewhere copy "
+                            "one id and step once (the last id too)")
 
 @exercise("1.3")
 def check_train_bpe(train_bpe) -> None:
@@ -96,8 +97,8 @@ def check_encode(encode) -> None:
     cases += [("abc", toy, repr(toy)), ("xabcab", toy, repr(toy))]
     _same_as_reference("check_encode", encode, encode_with_merges,
                        [((text, table), {"text": text, "merges": label}) for text, table, label in cases],
-                       hint="start from list(text.encode('utf-8')); repeatedly merge the present pair with the lowest "
-                            "merge id (min over pairs by merges.get(p, inf)); stop when no present pair was learned")
+                       hint="start from the text's UTF-8 bytes; repeatedly merge the present pair with the lowest merge id "
+                            "(the earliest learned); stop when no present pair was learned")
 
 @exercise("1.5")
 def check_decode(decode) -> None:

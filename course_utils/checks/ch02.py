@@ -116,8 +116,8 @@ def check_split_heads(fn) -> None:
         inputs = {"x": x, "n_heads": n_heads}
         got = call(name, fn, x, n_heads, inputs=inputs)
         compare(name, got, ref.split_heads(x, n_heads), inputs=inputs, what="split_heads(x, n_heads)", atol=0, rtol=0,
-                hint="head h must be x[..., h*d:(h+1)*d]: view(B, T, H, d) then transpose(1, 2); a plain "
-                     "view(B, H, T, d) mixes positions into heads")
+                hint="head h must be x[..., h*d:(h+1)*d]: split the last axis first, then move the head axis in "
+                     "front of time; a plain view(B, H, T, d) mixes positions into heads")
     passed(name, len(_HEAD_CASES), "head h = slice h of the model dimension")
 
 
@@ -131,8 +131,8 @@ def check_merge_heads(fn) -> None:
         inputs = {"x": heads}
         got = call(name, fn, heads, inputs=inputs)
         compare(name, got, x, inputs=inputs, what="merge_heads(split_heads(x))", atol=0, rtol=0,
-                hint="undo the split: transpose(1, 2) back to [B, T, H, d], then reshape(B, T, H*d); a plain "
-                     "reshape of [B, H, T, d] puts heads where positions belong")
+                hint="undo the split in reverse order: heads back behind time ([B, T, H, d]), then join the last two "
+                     "axes; a plain reshape of [B, H, T, d] puts heads where positions belong")
     passed(name, len(_HEAD_CASES), "merge_heads(split_heads(x)) == x")
 
 
