@@ -64,6 +64,8 @@ def code(source: str, *, tags: list[str] | tuple[str, ...] = ()):
 
 
 _CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")
+# a check cell whose check reuses earlier answers says so in a comment, and is graded with 0 points (no double penalty)
+NO_POINTS = re.compile(r"^\s*#.*\bno points of its own\b", re.M)
 
 
 def _nbgrader_metadata(nb, chapter: int | None) -> None:
@@ -80,7 +82,8 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
         else:
             names = _CHECK_CALL.findall(cell.source)
             if names and "import" in cell.source:
-                cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": 1,
+                points = 0 if NO_POINTS.search(cell.source) else 1
+                cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": points,
                                              "grade_id": f"{names[-1]}_{chapter}_{n_ex}", "schema_version": 3}
 
 

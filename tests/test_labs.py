@@ -281,3 +281,12 @@ def test_every_check_names_the_exercise_it_grades(path):
                     wrong.append(f"{name} follows Exercise {current} but declares "
                                  f"{getattr(checks[name], 'exercise', None)}")
     assert not wrong, f"{path.name}: {wrong}"
+
+
+def test_a_check_that_reuses_earlier_answers_carries_no_points(tmp_path):
+    reuse = code("from course_utils.checks import check_add\n# reuses Exercise 3.1: no points of its own\ncheck_add(add)")
+    root = _course(tmp_path, [code(SOLVED), code("from course_utils.checks import check_add\ncheck_add(add)"),
+                              code(SOLVED.replace("add(", "add2(")), reuse])
+    nb = nbformat.read(root / "solutions" / "03_demo_lab.ipynb", 4)
+    points = [c.metadata["nbgrader"]["points"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert points == [1, 0]
