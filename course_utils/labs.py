@@ -44,7 +44,7 @@ import nbformat
 from .nbtools import sync_notebook
 
 __all__ = ["BEGIN", "END", "make_lab", "lab_path_for", "build", "Exercise", "exercises", "LabError",
-           "nbgrader_source", "lint", "leaked_lines", "solution_lines"]
+           "nbgrader_source", "lint", "leaked_lines", "solution_lines", "exercise_markdown", "stub_comment"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
