@@ -4,16 +4,30 @@ In a solution notebook each exercise's answer sits between nbgrader's markers::
 
     def get_stats(ids):
         ### BEGIN SOLUTION
-        # hint: zip(ids, ids[1:]) walks the adjacent pairs
+        # task: count every adjacent pair of ids
         ...
         ### END SOLUTION
 
-The generated lab keeps everything else byte-for-byte and replaces the marked region with
-``raise NotImplementedError("Exercise N.M: <hint>")`` (N = the notebook's chapter number, M = the exercise's
-order in it). Outputs are cleared. ``labs/.generated.json`` records a hash of what was last written, so a lab a
-learner has edited is never overwritten without ``--force``.
+The first line of the region is ``# task: ...`` (``# hint: ...`` is accepted too): it says *what* to implement,
+never the code. The generated lab keeps everything else byte-for-byte and replaces the marked region with::
 
-Usage: ``python -m course_utils.labs build [--check] [--force] [--root DIR]``
+        # Exercise N.M — <task>
+        raise NotImplementedError("Exercise N.M: <task>")
+
+(N = the notebook's chapter number, M = the exercise's order in it). Outputs are cleared.
+``labs/.generated.json`` records a hash of what was last written, so a lab a learner has edited is never
+overwritten without ``--force``.
+
+The markdown cell above each exercise holds its heading ``## Exercise N.M — title``, a short spec (inputs,
+outputs, shapes, the rule) and three graded hints, each ``<details><summary>Hint k</summary> ... </details>``
+(k = 1: the idea; 2: the steps or the formula; 3: close to code, never the code). :func:`lint` reports what a
+solution notebook lacks; :func:`leaked_lines` finds solution lines that a lab shows verbatim.
+
+For nbgrader, :func:`nbgrader_source` moves each task line just above ``### BEGIN SOLUTION``, so that nbgrader's
+student version keeps it above its own ``# YOUR CODE HERE`` stub.
+
+Usage: ``python -m course_utils.labs build [--check] [--force] [--root DIR]``,
+``python -m course_utils.labs nbgrader-source OUT_DIR [--root DIR]``
 """
 from __future__ import annotations
 
@@ -30,9 +44,10 @@ import nbformat
 from . import nbtools
 from .nbtools import BEGIN, END, sync_notebook  # the markers are re-exported: docs and tests import them here
 
-__all__ = ["BEGIN", "END", "make_lab", "build", "Exercise", "exercises", "LabError", "chapter_of"]
+__all__ = ["BEGIN", "END", "make_lab", "build", "Exercise", "exercises", "LabError", "chapter_of",
+           "nbgrader_source", "lint", "leaked_lines", "solution_lines", "exercise_markdown", "stub_comment"]
 
-HINT_RE = re.compile(r"^\s*#\s*hint:\s*(?P<hint>.+?)\s*$", re.IGNORECASE)
+HINT_RE = re.compile(r"^\s*#\s*(?:task|hint):\s*(?P<hint>.+?)\s*$", re.IGNORECASE)
 MANIFEST = ".generated.json"
 NB_VERSION = 4
 
@@ -42,10 +57,14 @@ class LabError(ValueError):
 
 
 class Exercise:
-    """One marked region: its number (``"1.3"``), hint, and the cell it sits in."""
+    """One marked region: its number (``"1.3"``), task line (``hint``, also ``task``), and the cell it sits in."""
 
     def __init__(self, number: str, hint: str, cell_index: int):
         self.number, self.hint, self.cell_index = number, hint, cell_index
+
+    @property
+    def task(self) -> str:
+        return self.hint
 
     def __repr__(self) -> str:
         return f"Exercise({self.number!r}, hint={self.hint!r}, cell={self.cell_index})"
@@ -59,8 +78,17 @@ def chapter_of(path: Path) -> int:
         raise LabError(str(err)) from None
 
 
-def _replace_regions(source: str, chapter: int, counter: list[int], where: str) -> tuple[str, list[tuple[str, str]]]:
-    """Replace each BEGIN/END region in one cell's source; return the new source and (number, hint) pairs."""
+def stub_comment(number: str, task: str) -> str:
+    """The comment line the lab (and nbgrader's student version) shows in place of the answer."""
+    return f"# Exercise {number} — {task}"
+
+
+def _replace_regions(source: str, chapter: int, counter: list[int], where: str,
+                     nbgrader: bool = False) -> tuple[str, list[tuple[str, str]]]:
+    """Replace each BEGIN/END region in one cell's source; return the new source and (number, hint) pairs.
+
+    With ``nbgrader`` the region is kept and only its task line moves above ``### BEGIN SOLUTION``.
+    """
     out, found = [], []
     lines = source.split("\n")
     i = 0
@@ -82,13 +110,19 @@ def _replace_regions(source: str, chapter: int, counter: list[int], where: str) 
         body = [b for b in lines[i + 1 : j] if b.strip()]
         m = HINT_RE.match(body[0]) if body else None
         if not m:
-            raise LabError(f"{where}: the first line inside an exercise must be '# hint: ...' (the lab shows it)")
+            raise LabError(f"{where}: the first line inside an exercise must be '# task: ...' (what to implement; "
+                           "the lab shows it)")
         counter[0] += 1
         number = f"{chapter}.{counter[0]}"
         hint = m.group("hint")
         found.append((number, hint))
-        out.append(f"{indent}# Exercise {number} — hint: {hint}")
-        out.append(f"{indent}raise NotImplementedError({json.dumps(f'Exercise {number}: {hint}', ensure_ascii=False)})")
+        out.append(f"{indent}{stub_comment(number, hint)}")
+        if nbgrader:
+            task_at = lines.index(body[0], i + 1)
+            out += [line, *lines[i + 1:task_at], *lines[task_at + 1:j + 1]]
+        else:
+            out.append(f"{indent}raise NotImplementedError("
+                       f"{json.dumps(f'Exercise {number}: {hint}', ensure_ascii=False)})")
         i = j + 1
     return "\n".join(out), found
 
@@ -115,6 +149,104 @@ def make_lab(nb, chapter: int, where: str = "notebook"):
     if counter[0] == 0:
         raise LabError(f"{where}: no '{BEGIN}' ... '{END}' exercise found; a solution notebook needs at least one")
     return lab
+
+
+def nbgrader_source(nb, chapter: int, where: str = "notebook"):
+    """The solution notebook as nbgrader's source: each task line moved above its ``### BEGIN SOLUTION``.
+
+    nbgrader replaces the whole region with its fixed ``# YOUR CODE HERE`` stub; with the task line outside the
+    region, the student version keeps ``# Exercise N.M — <task>`` above that stub, as the lab does.
+    """
+    src = copy.deepcopy(nb)
+    counter = [0]
+    for idx, cell in enumerate(src.cells):
+        if cell.cell_type == "code":
+            cell.source, _ = _replace_regions(cell.source, chapter, counter, f"{where} cell {idx}", nbgrader=True)
+    return src
+
+
+# ---- what a solution notebook's exercises must have -------------------------------------------------------
+HEADING_RE = re.compile(r"^#{1,6}\s.*?\bExercise\s+(?P<number>\d+\.\d+)\b", re.M)
+HINT_BLOCK_RE = re.compile(r"<details>\s*<summary>[^<]*?Hint\s+(?P<k>\d+)[^<]*</summary>(?P<body>.*?)</details>",
+                           re.S | re.I)
+# lines a lab may show although the solution has them too: they give nothing away
+_TRIVIAL = re.compile(r"^(return|pass|break|continue|else:|try:|finally:|[)\]}]+[,:]?|[\"']{3}|\.\.\.)$")
+MIN_SPEC_CHARS = 60
+
+
+def exercise_markdown(nb, ex: Exercise) -> int | None:
+    """Index of the markdown cell just above an exercise (its heading, spec and hints), or None."""
+    for i in range(ex.cell_index - 1, -1, -1):
+        cell = nb.cells[i]
+        if cell.cell_type == "markdown":
+            return i
+        if cell.cell_type == "code" and BEGIN in cell.source:
+            return None
+    return None
+
+
+def lint(nb, chapter: int, where: str = "notebook") -> dict[str, list[str]]:
+    """Problems of each exercise's markdown, by exercise number: heading, spec, graded hints.
+
+    The markdown cell above exercise N.M must have a heading naming ``Exercise N.M``, a spec of at least
+    :data:`MIN_SPEC_CHARS` characters outside the heading and the hints, and hints 1, 2 and 3 in that order, each
+    ``<details><summary>Hint k</summary> ... </details>`` with a non-empty body.
+    """
+    found: dict[str, list[str]] = {}
+    for ex in exercises(nb, chapter, where):
+        problems = found.setdefault(ex.number, [])
+        i = exercise_markdown(nb, ex)
+        if i is None:
+            problems.append("no markdown cell above the exercise")
+            continue
+        text = nb.cells[i].source
+        heading = HEADING_RE.search(text)
+        if not heading:
+            problems.append(f"markdown cell {i} has no heading '## Exercise {ex.number} — ...'")
+        elif heading.group("number") != ex.number:
+            problems.append(f"markdown cell {i}'s heading says Exercise {heading.group('number')}, the stub says "
+                            f"Exercise {ex.number}")
+        hints = HINT_BLOCK_RE.findall(text)
+        if [k for k, _ in hints] != ["1", "2", "3"]:
+            problems.append(f"markdown cell {i} has hints {[k for k, _ in hints]}, expected Hint 1, Hint 2, Hint 3 "
+                            "as <details><summary>Hint k</summary> ... </details>")
+        if any(not body.strip() for _, body in hints):
+            problems.append(f"markdown cell {i} has an empty hint")
+        spec = HINT_BLOCK_RE.sub("", text)
+        spec = re.sub(r"^#{1,6}\s.*$", "", spec, flags=re.M).strip()
+        if len(spec) < MIN_SPEC_CHARS:
+            problems.append(f"markdown cell {i} has no spec (inputs, outputs, shapes, the rule): "
+                            f"{len(spec)} characters outside the heading and hints")
+    return {n: p for n, p in found.items() if p}
+
+
+def solution_lines(source: str) -> list[str]:
+    """The non-trivial lines of the solution regions of one cell, stripped (task line, comments, blanks dropped)."""
+    out, inside = [], False
+    for line in source.split("\n"):
+        s = line.strip()
+        if s == BEGIN:
+            inside = True
+            continue
+        if s == END:
+            inside = False
+            continue
+        if not inside or not s or s.startswith("#") or _TRIVIAL.match(s):
+            continue
+        out.append(s)
+    return out
+
+
+def leaked_lines(solution_nb, lab_nb) -> list[tuple[int, str]]:
+    """(cell index, line) for each solution line that the lab's exercise cell shows verbatim."""
+    leaks = []
+    for idx, (sol, lab) in enumerate(zip(solution_nb.cells, lab_nb.cells)):
+        if sol.cell_type != "code" or BEGIN not in sol.source:
+            continue
+        for line in solution_lines(sol.source):
+            if line in lab.source:
+                leaks.append((idx, line))
+    return leaks
 
 
 def serialize(nb) -> str:
@@ -188,8 +320,22 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--check", action="store_true", help="only verify; exit 1 when labs/ is stale")
     b.add_argument("--force", action="store_true", help="overwrite labs a learner has edited")
     b.add_argument("--root", default=".", help="the course folder (holds solutions/ and labs/)")
+    n = sub.add_parser("nbgrader-source", help="write solutions/ as nbgrader source notebooks (task lines kept)")
+    n.add_argument("out", help="the folder to write to, e.g. mycourse/source/ch04")
+    n.add_argument("--root", default=".", help="the course folder (holds solutions/)")
+    n.add_argument("--chapter", type=int, default=None, help="only this chapter's solution notebook")
     args = parser.parse_args(argv)
     try:
+        if args.command == "nbgrader-source":
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for sol in sorted((Path(args.root) / "solutions").glob("*.ipynb")):
+                if args.chapter is None or chapter_of(sol) == args.chapter:
+                    nb = nbformat.read(sol, as_version=NB_VERSION)
+                    (out / sol.name).write_text(serialize(nbgrader_source(nb, chapter_of(sol), str(sol))),
+                                                encoding="utf-8")
+                    print(f"wrote {out / sol.name}")
+            return 0
         return build(Path(args.root), check=args.check, force=args.force)
     except LabError as err:
         print(f"error: {err}", file=sys.stderr)

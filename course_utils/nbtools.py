@@ -91,6 +91,8 @@ def chapter_of(path: str | Path) -> int:
     if n is None:
         raise ValueError(f"{path}: chapter notebooks are named NN_topic.ipynb (got {Path(path).name!r})")
     return n
+# a check cell whose check reuses earlier answers says so in a comment, and is graded with 0 points (no double penalty)
+NO_POINTS = re.compile(r"^\s*#.*\bno points of its own\b", re.M)
 
 
 def _nbgrader_metadata(nb, chapter: int | None) -> None:
@@ -107,7 +109,8 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
         else:
             names = check_calls(cell.source)
             if names:
-                cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": 1,
+                points = 0 if NO_POINTS.search(cell.source) else 1
+                cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": points,
                                              "grade_id": f"{names[-1]}_{chapter}_{n_ex}", "schema_version": 3}
 
 

@@ -95,3 +95,104 @@ def test_every_check_used_in_a_solution_exists():
     for path in (ROOT / "solutions").glob("*.ipynb"):
         used |= set(re.findall(r"\b(check_\w+)\(", path.read_text(encoding="utf-8")))
     assert used <= set(all_checks()), f"solutions call unknown checks: {sorted(used - set(all_checks()))}"
+
+
+# --- what the learner sees: the exercise number, a short box instead of a traceback, readable inputs ----------
+
+def _registered_check():
+    from course_utils.checks._core import exercise
+
+    @exercise("9.4")
+    def check_demo_sum(fn):
+        xs = torch.linspace(0, 1, 50, dtype=torch.float64)
+        compare("check_demo_sum", call("check_demo_sum", fn, xs, inputs={"xs": xs}), xs.sum().item(),
+                inputs={"xs": xs, "weights": [0.123456789, 2.0, 1e-9]}, hint="add every element")
+        passed("check_demo_sum", 1)
+
+    return check_demo_sum
+
+
+def test_exercise_number_appears_in_failures_and_success(capsys):
+    check = _registered_check()
+    assert check.exercise == "9.4"
+    msg = _message(check, lambda xs: xs[:-1].sum().item())
+    assert msg.startswith("check_demo_sum (Exercise 9.4): result: expected 25")
+    check(lambda xs: float(xs.sum()))
+    assert capsys.readouterr().out.startswith("✅ check_demo_sum passed (Exercise 9.4, 1 cases)")
+    from course_utils.checks._core import exercise
+
+    with pytest.raises(ValueError, match="N.M"):
+        exercise("4")
+
+
+def test_a_failure_renders_as_a_short_box_not_a_traceback():
+    check = _registered_check()
+    with pytest.raises(CheckFailed) as info:
+        check(lambda xs: xs[:-1].sum().item())
+    box = info.value._render_traceback_()
+    text = "\n".join(box)
+    assert 3 <= len(box) <= 8, text
+    assert "Exercise 9.4" in box[0] and "expected 25" in box[0]
+    assert "hint: add every element" in text
+    # the input: shape and a few values at 4 significant digits, not 16-digit floats or 50 values
+    assert "xs=tensor(shape=(50,), dtype=torch.float64, values=[0.0, 0.02041, 0.04082," in text
+    assert "weights=[0.1235, 2.0, 1e-09]" in text
+    assert "0.0204081632" not in text and "0.123456789" not in text
+    assert "Traceback" not in text and "_core.py" not in text
+
+
+def test_a_crash_in_the_learners_code_points_at_their_line():
+    check = _registered_check()
+
+    def buggy(xs):
+        total = xs.sum()
+        return total.item() + xs[100].item()  # out of range: the learner's own bug
+
+    with pytest.raises(CheckFailed) as info:
+        check(buggy)
+    box = info.value._render_traceback_()
+    text = "\n".join(box)
+    assert "raised IndexError" in box[0]
+    assert "in buggy: return total.item() + xs[100].item()" in text, text
+    assert len(box) <= 8
+
+
+def test_the_box_is_what_ipython_shows():
+    """IPython renders an exception through its _render_traceback_: the learner sees the box, nothing more."""
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    check = _registered_check()
+    ip.user_ns.update(check_demo_sum=check, wrong=lambda xs: 0.0)
+    shown = []
+    ip._showtraceback = lambda etype, evalue, stb: shown.append(stb)
+    ip.run_cell("check_demo_sum(wrong)")
+    assert shown and len(shown[-1]) <= 8 and "Exercise 9.4" in shown[-1][0], shown
+
+
+def test_describe_rounds_floats_and_keeps_ints():
+    assert describe([1, 2, 3]) == "[1, 2, 3]"
+    assert describe({"a": 0.3333333333}) == "{'a': 0.3333}"
+    assert describe(torch.tensor([[1, 2], [3, 4]])) == "tensor(shape=(2, 2), dtype=torch.int64, values=[1, 2, 3, 4])"
+    assert describe("short text") == "'short text'"
+
+
+@pytest.mark.slow
+def test_a_notebook_kernel_shows_the_box():
+    """In a real Jupyter kernel, the error output of a failed check is the short box, not the checking code."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from course_utils.checks import check_get_stats\n"
+        "def get_stats(ids):\n"
+        "    return {pair: 1 for pair in zip(ids, ids[1:])}  # counts each distinct pair once\n"
+        "check_get_stats(get_stats)")])
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    error = next(o for o in nb.cells[0].outputs if o.output_type == "error")
+    shown = "\n".join(error.traceback)
+    assert error.ename == "CheckFailed" and len(error.traceback) <= 8, shown
+    assert "Exercise 1.1" in error.traceback[0] and "input: ids=" in shown and "hint:" in shown
+    assert "_core.py" not in shown and "ch01.py" not in shown

@@ -1,5 +1,6 @@
 """The labs generator: solutions/ is the single source of labs/."""
 import io
+import re
 import json
 from pathlib import Path
 
@@ -10,11 +11,22 @@ from course_utils import labs
 from course_utils.nbtools import code, md, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
+SOLUTION_PATHS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+# Chapters whose labs are not yet rewritten with task lines, spec + graded hints and "Exercise N.M" headings.
+# Remove as chapters are rewritten.
+NOT_YET_REWRITTEN = [3, 4, 5, 6, 7, 8]
+
+
+def _per_lab(paths=SOLUTION_PATHS):
+    """Parametrize over solution notebooks; chapters in NOT_YET_REWRITTEN are expected to fail (not strictly)."""
+    return [pytest.param(p, id=p.name, marks=pytest.mark.xfail(reason="chapter not rewritten yet", strict=False)
+                         if labs.chapter_of(p) in NOT_YET_REWRITTEN else ()) for p in paths]
 
 SOLVED = '''def add(a, b):
     """Add two numbers."""
     ### BEGIN SOLUTION
-    # hint: Python has an operator for this
+    # task: add the two numbers
     total = a + b
     return total
     ### END SOLUTION'''
@@ -38,7 +50,8 @@ def test_region_becomes_not_implemented_with_numbered_hint(tmp_path):
     src = lab.cells[3].source
     assert "return total" not in src and "BEGIN SOLUTION" not in src
     assert src.splitlines()[:2] == ["def add(a, b):", '    """Add two numbers."""']
-    assert '    raise NotImplementedError("Exercise 3.1: Python has an operator for this")' in src
+    assert "    # Exercise 3.1 — add the two numbers" in src
+    assert '    raise NotImplementedError("Exercise 3.1: add the two numbers")' in src
     # everything else is identical, including the check cell and the nbgrader metadata
     sol = nbformat.read(tmp_path / "solutions" / "03_demo_lab.ipynb", 4)
     assert lab.cells[4].source == sol.cells[4].source
@@ -47,12 +60,12 @@ def test_region_becomes_not_implemented_with_numbered_hint(tmp_path):
 
 
 def test_exercises_are_numbered_across_cells(tmp_path):
-    second = SOLVED.replace("add", "add2").replace("Python has an operator for this", "same again")
+    second = SOLVED.replace("add(", "add2(").replace("add the two numbers", "same again")
     _build(_course(tmp_path, [code(SOLVED), code(second)]))
     lab = nbformat.read(tmp_path / "labs" / "03_demo_lab.ipynb", 4)
     assert "Exercise 3.1:" in lab.cells[2].source and "Exercise 3.2: same again" in lab.cells[3].source
     found = labs.exercises(nbformat.read(tmp_path / "solutions" / "03_demo_lab.ipynb", 4), 3)
-    assert [(e.number, e.hint) for e in found] == [("3.1", "Python has an operator for this"), ("3.2", "same again")]
+    assert [(e.number, e.task) for e in found] == [("3.1", "add the two numbers"), ("3.2", "same again")]
 
 
 def test_generated_lab_raises_the_hint(tmp_path):
@@ -60,7 +73,7 @@ def test_generated_lab_raises_the_hint(tmp_path):
     lab = nbformat.read(tmp_path / "labs" / "03_demo_lab.ipynb", 4)
     scope: dict = {}
     exec(lab.cells[3].source, scope)
-    with pytest.raises(NotImplementedError, match=r"Exercise 3\.1: Python has an operator"):
+    with pytest.raises(NotImplementedError, match=r"Exercise 3\.1: add the two numbers"):
         scope["add"](1, 2)
 
 
@@ -77,7 +90,7 @@ def test_outputs_are_cleared(tmp_path):
 
 
 @pytest.mark.parametrize("source, message", [
-    ("x = 1\n### BEGIN SOLUTION\nx = 2\n### END SOLUTION", "hint"),
+    ("x = 1\n### BEGIN SOLUTION\nx = 2\n### END SOLUTION", "task"),
     ("### BEGIN SOLUTION\n# hint: h\nx = 2", "never closed"),
     ("x = 1\n### END SOLUTION", "without"),
     ("### BEGIN SOLUTION\n# hint: h\n### BEGIN SOLUTION\n### END SOLUTION", "second"),
@@ -158,3 +171,122 @@ def test_cli_exit_codes(tmp_path, capsys):
 def test_repository_labs_are_in_sync_with_solutions():
     out = io.StringIO()
     assert labs.build(ROOT, check=True, out=out) == 0, out.getvalue()
+
+
+def test_the_old_hint_line_is_still_accepted(tmp_path):
+    _build(_course(tmp_path, [code(SOLVED.replace("# task:", "# hint:"))]))
+    lab = nbformat.read(tmp_path / "labs" / "03_demo_lab.ipynb", 4)
+    assert "# Exercise 3.1 — add the two numbers" in lab.cells[2].source
+
+
+def test_nbgrader_source_keeps_the_task_line_outside_the_region():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SOLVED)])
+    src = labs.nbgrader_source(nb, 3).cells[0].source.splitlines()
+    at = src.index("    ### BEGIN SOLUTION")
+    assert src[at - 1] == "    # Exercise 3.1 — add the two numbers"  # nbgrader replaces only what follows
+    assert src[at + 1:] == ["    total = a + b", "    return total", "    ### END SOLUTION"]
+    assert nb.cells[0].source == SOLVED  # the input is not modified
+
+
+GOOD_MD = """## Exercise 3.1 — addition
+
+`add(a, b)` takes two numbers and returns their sum; ints stay ints, floats stay floats.
+
+<details><summary>Hint 1</summary>
+
+Python already knows how to do this.
+
+</details>
+<details><summary>Hint 2</summary>
+
+$a + b$
+
+</details>
+<details><summary>Hint 3</summary>
+
+One binary operator between the two arguments.
+
+</details>"""
+
+
+@pytest.mark.parametrize("markdown, problem", [
+    (GOOD_MD, None),
+    (GOOD_MD.replace("Exercise 3.1", "Exercise 3.2"), "heading says Exercise 3.2, the stub says Exercise 3.1"),
+    (GOOD_MD.replace("## Exercise 3.1 — addition", "## Addition"), "no heading"),
+    (GOOD_MD.replace("<summary>Hint 3</summary>", "<summary>More</summary>"), r"hints \['1', '2'\]"),
+    (GOOD_MD.replace("Python already knows how to do this.", ""), "empty hint"),
+    (GOOD_MD.replace("`add(a, b)` takes two numbers and returns their sum; ints stay ints, floats stay floats.", "Add."),
+     "no spec"),
+])
+def test_lint_finds_missing_heading_spec_and_hints(markdown, problem):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(markdown), nbformat.v4.new_code_cell(SOLVED)])
+    found = labs.lint(nb, 3)
+    if problem is None:
+        assert found == {}
+    else:
+        assert len(found["3.1"]) == 1 and re.search(problem, found["3.1"][0]), found
+
+
+def test_leaked_lines_finds_a_solution_line_in_the_stub():
+    leaky = SOLVED.replace("# task: add the two numbers", "# task: write total = a + b then return it")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(leaky)])
+    assert labs.leaked_lines(nb, labs.make_lab(nb, 3)) == [(0, "total = a + b")]
+    clean = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SOLVED)])
+    assert labs.leaked_lines(clean, labs.make_lab(clean, 3)) == []
+    # trivial lines give nothing away, whatever the stub says
+    assert labs.solution_lines("### BEGIN SOLUTION\n# task: t\nx = 1\n# why\n\nreturn\n)\npass\n### END SOLUTION") == ["x = 1"]
+
+
+@pytest.mark.parametrize("path", _per_lab())
+def test_no_solution_line_appears_in_the_lab(path):
+    """No line of an answer (beyond `return`, `pass`, brackets) is shown in the lab's exercise cell."""
+    nb = nbformat.read(path, 4)
+    leaks = labs.leaked_lines(nb, labs.make_lab(nb, labs.chapter_of(path)))
+    assert not leaks, f"{path.name}: the lab shows solution lines verbatim: {leaks}"
+
+
+@pytest.mark.parametrize("path", _per_lab())
+def test_exercise_heading_and_stub_agree(path):
+    nb = nbformat.read(path, 4)
+    bad = {n: [p for p in ps if "heading" in p or "no markdown" in p]
+           for n, ps in labs.lint(nb, labs.chapter_of(path)).items()}
+    bad = {n: ps for n, ps in bad.items() if ps}
+    assert not bad, f"{path.name}: headings should read '## Exercise N.M — title' with the stub's N.M: {bad}"
+
+
+@pytest.mark.parametrize("path", _per_lab())
+def test_every_exercise_has_a_spec_and_three_graded_hints(path):
+    nb = nbformat.read(path, 4)
+    bad = labs.lint(nb, labs.chapter_of(path))
+    assert not bad, f"{path.name}: {bad}"
+
+
+@pytest.mark.parametrize("path", _per_lab())
+def test_every_check_names_the_exercise_it_grades(path):
+    """A check cell after exercise N.M calls a check declared with @exercise("N.M") (course_utils.checks._core)."""
+    import re
+
+    from course_utils.checks import all_checks
+
+    checks = all_checks()
+    nb = nbformat.read(path, 4)
+    by_cell = {e.cell_index: e.number for e in labs.exercises(nb, labs.chapter_of(path))}
+    current, wrong = None, []
+    for i, cell in enumerate(nb.cells):
+        if i in by_cell:
+            current = by_cell[i]
+        elif cell.cell_type == "code" and current:
+            for name in re.findall(r"\b(check_\w+)\(", cell.source):
+                if name in checks and getattr(checks[name], "exercise", None) != current:
+                    wrong.append(f"{name} follows Exercise {current} but declares "
+                                 f"{getattr(checks[name], 'exercise', None)}")
+    assert not wrong, f"{path.name}: {wrong}"
+
+
+def test_a_check_that_reuses_earlier_answers_carries_no_points(tmp_path):
+    reuse = code("from course_utils.checks import check_add\n# reuses Exercise 3.1: no points of its own\ncheck_add(add)")
+    root = _course(tmp_path, [code(SOLVED), code("from course_utils.checks import check_add\ncheck_add(add)"),
+                              code(SOLVED.replace("add(", "add2(")), reuse])
+    nb = nbformat.read(root / "solutions" / "03_demo_lab.ipynb", 4)
+    points = [c.metadata["nbgrader"]["points"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert points == [1, 0]

@@ -18,13 +18,14 @@ import nbformat
 import pytest
 from nbformat.v4 import new_markdown_cell, new_notebook
 
-from course_utils.labs import make_lab
+from course_utils.labs import chapter_of, make_lab, nbgrader_source
 from course_utils.nbtools import sync_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
-STUB = re.compile(r"^(?P<indent>[ \t]*)# (?:YOUR CODE HERE|Exercise \d+\.\d+ — hint: .*)\n(?P=indent)raise NotImplementedError\(.*\)$",
-                  re.M)
+# the lab's `raise NotImplementedError("Exercise N.M: ...")` and nbgrader's `# YOUR CODE HERE` + bare raise; the
+# `# Exercise N.M — <task>` line above both is compared as is (nbgrader_source keeps it outside the region)
+STUB = re.compile(r"^(?P<indent>[ \t]*)(?:# YOUR CODE HERE\n(?P=indent))?raise NotImplementedError\(.*\)$", re.M)
 NBGRADER_KEYS = {"nbgrader", "deletable", "editable", "trusted"}
 ASSIGNMENT = "lab"
 GUIDE_INSTALL = "pip install --no-index --find-links wheelhouse -r requirements.txt"
@@ -63,7 +64,8 @@ def round_trip(tmp_path: Path, name: str, solution, lab, extra_files=()) -> None
     (course / "source" / ASSIGNMENT).mkdir(parents=True)
     (course / "nbgrader_config.py").write_text(
         f"c = get_config()\nc.CourseDirectory.root = {str(course)!r}\nc.ExecutePreprocessor.timeout = 600\n")
-    nbformat.write(solution, str(course / "source" / ASSIGNMENT / name))
+    # the source is the solution with each task line just above its region, as `labs nbgrader-source` writes it
+    nbformat.write(nbgrader_source(solution, chapter_of(Path(name))), str(course / "source" / ASSIGNMENT / name))
     for f in extra_files:
         (course / "source" / ASSIGNMENT / f.name).write_bytes(f.read_bytes())
     nbgrader(course, "generate_assignment", ASSIGNMENT)
@@ -74,6 +76,9 @@ def round_trip(tmp_path: Path, name: str, solution, lab, extra_files=()) -> None
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == w, f"{name} cell {i}: nbgrader's student version differs from the lab:\n{g}\n---\n{w}"
     assert sum("<exercise stub>" in src for _, src, _ in got) >= 1
+    stubs = [src for _, src, _ in got if "<exercise stub>" in src]
+    assert all(re.search(r"# Exercise \d+\.\d+ — .+\n[ \t]*<exercise stub>", src) for src in stubs), \
+        f"{name}: nbgrader's student version lost a task line: {stubs}"
 
     for student, nb in (("solution", solution), ("untouched-lab", lab)):
         folder = course / "submitted" / student / ASSIGNMENT

@@ -1,28 +1,97 @@
 """What every lab check shares: run the learner's function, compare with the reference, explain a difference.
 
 A check prints one ✅ line on success. On failure it raises :class:`CheckFailed` (an ``AssertionError``) whose
-message names the check, the input that exposed the problem, what differed (type, shape, dtype, the first
-mismatching value) and a hint.
+message names the check and its exercise, the input that exposed the problem, what differed (type, shape, dtype,
+the first mismatching value) and a hint. In a notebook the failure renders as that short box only
+(:meth:`CheckFailed._render_traceback_`, IPython's hook), not as a traceback through the checking code.
+
+Each check declares the exercise it grades with ``@exercise("N.M")``; the number then appears in its messages,
+as it does in the lab's heading, stub and hints.
 """
 from __future__ import annotations
 
 import math
+import traceback
+from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["CheckFailed", "fail", "call", "compare", "passed", "describe"]
+__all__ = ["CheckFailed", "fail", "call", "compare", "passed", "describe", "exercise", "EXERCISE_OF"]
+
+EXERCISE_OF: dict[str, str] = {}  # check name -> "N.M", filled by @exercise
+_CHECKS_DIR = str(Path(__file__).resolve().parent)
+
+
+def exercise(number: str):
+    """Declare which lab exercise a check grades: ``@exercise("1.3")`` above ``def check_train_bpe``."""
+    if not isinstance(number, str) or not number.replace(".", "", 1).isdigit() or "." not in number:
+        raise ValueError(f"number must be 'N.M' (chapter.exercise), got {number!r}")
+
+    def register(check: Callable) -> Callable:
+        EXERCISE_OF[check.__name__] = number
+        check.exercise = number
+        return check
+
+    return register
 
 
 class CheckFailed(AssertionError):
     """A lab check found a difference; the message says what differed and how to fix it."""
 
+    def _where(self) -> str | None:
+        """The learner's line that raised, when the check failed because their function crashed."""
+        cause = self.__cause__ or self.__context__
+        if cause is None or isinstance(cause, (NotImplementedError, CheckFailed)):
+            return None
+        frames = [f for f in traceback.extract_tb(cause.__traceback__)
+                  if not str(Path(f.filename).resolve()).startswith(_CHECKS_DIR)]
+        if not frames:
+            return None
+        f = frames[-1]
+        place = f"line {f.lineno}" + ("" if f.filename.startswith("<ipython-input") or "ipykernel" in f.filename
+                                      else f" of {Path(f.filename).name}")
+        return f"  where: {place}, in {f.name}: {(f.line or '').strip()}"
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook: show the learner the failure box, not the checking code's traceback."""
+        lines = str(self).splitlines()
+        where = self._where()
+        if where:
+            lines.insert(1, where)
+        width = min(100, max(len(ln) for ln in lines) + 2)
+        red, reset = "\x1b[31m", "\x1b[0m"
+        return [f"{red}❌ {lines[0]}{reset}", *lines[1:], "─" * width]
+
+
+def _num(x: float) -> str:
+    """4 significant digits, still visibly a float (``2.0``, not ``2``)."""
+    text = f"{x:.4g}"
+    return text + ".0" if text.lstrip("-").isdigit() else text
+
+
+def _short(value: Any, limit: int) -> str:
+    """repr with floats at 4 significant digits, nested lists/tuples/dicts cut to a few items."""
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, (list, tuple)):
+        items = [_short(v, limit) for v in value[:8]]
+        more = ", ..." if len(value) > 8 else ""
+        body = ", ".join(items) + more
+        return f"[{body}]" if isinstance(value, list) else f"({body}{',' if len(value) == 1 else ''})"
+    if isinstance(value, dict):
+        items = [f"{_short(k, limit)}: {_short(v, limit)}" for k, v in list(value.items())[:6]]
+        return "{" + ", ".join(items) + (", ..." if len(value) > 6 else "") + "}"
+    return repr(value)
+
 
 def describe(value: Any, limit: int = 120) -> str:
-    """A short, readable description of an input or output for a failure message."""
+    """A short, readable description of an input or output for a failure message: shapes and a few values."""
     try:
         import torch
 
         if isinstance(value, torch.Tensor):
-            body = repr(value.detach().flatten()[:6].tolist())[:-1] + (", ...]" if value.numel() > 6 else "]")
+            flat = value.detach().flatten()[:6].tolist()
+            body = "[" + ", ".join(_num(v) if isinstance(v, float) else repr(v) for v in flat)
+            body += ", ...]" if value.numel() > 6 else "]"
             return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, values={body})"
     except ImportError:  # pragma: no cover - torch is a hard requirement of the course
         pass
@@ -33,13 +102,16 @@ def describe(value: Any, limit: int = 120) -> str:
             return f"array(shape={value.shape}, dtype={value.dtype})"
     except ImportError:  # pragma: no cover
         pass
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + " ...]"
+    text = _short(value, limit)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 5] + " ...]" if text[:1] in "[(" else text[: limit - 4] + " ..."
 
 
 def fail(check: str, problem: str, *, inputs: dict | None = None, hint: str | None = None) -> None:
     """Raise :class:`CheckFailed` with a message in the course's standard layout."""
-    lines = [f"{check}: {problem}"]
+    number = EXERCISE_OF.get(check)
+    lines = [f"{check} (Exercise {number}): {problem}" if number else f"{check}: {problem}"]
     if inputs:
         shown = ", ".join(f"{k}={describe(v)}" for k, v in inputs.items())
         lines.append(f"  input: {shown}")
@@ -157,4 +229,5 @@ def compare(check: str, got, expected, *, inputs: dict | None = None, hint: str 
 def passed(check: str, n_cases: int, note: str = "") -> None:
     """Print the one-line success message."""
     extra = f" — {note}" if note else ""
-    print(f"✅ {check} passed ({n_cases} cases){extra}")
+    number = EXERCISE_OF.get(check)
+    print(f"✅ {check} passed ({f'Exercise {number}, ' if number else ''}{n_cases} cases){extra}")
