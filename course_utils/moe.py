@@ -113,12 +113,15 @@ def apply_capacity(topk_idx: torch.Tensor, num_experts: int, capacity: int) -> t
 
 
 # ================================================================================================ balance
-def load_balancing_loss(router_logits, num_experts: int, top_k: int) -> torch.Tensor:
+def load_balancing_loss(router_logits, num_experts: int, top_k: int,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Switch Transformer's auxiliary loss, as transformers' ``load_balancing_loss_func`` computes it.
 
     ``E · Σ_e f_e · P_e`` with ``f_e`` = fraction of tokens whose top-k contains expert e (Σ f = k) and ``P_e`` =
     mean router probability of e. Uniform routing gives k; all tokens on the same experts gives E. A list/tuple of
-    logits (one per layer) is pooled over all layers' tokens, like transformers does.
+    logits (one per layer, each ``[B·S, E]``) is pooled over all layers' tokens, like transformers does.
+    ``attention_mask`` ``[B, S]`` (1 = real token, 0 = padding) leaves padding out of both averages, so that a
+    batch padded to one length is balanced on its real tokens only.
     """
     if isinstance(router_logits, (list, tuple)):
         router_logits = torch.cat([t.reshape(-1, t.shape[-1]) for t in router_logits])
@@ -128,9 +131,21 @@ def load_balancing_loss(router_logits, num_experts: int, top_k: int) -> torch.Te
     _check_int("top_k", top_k, 1, num_experts)
     probs = router_logits.reshape(-1, num_experts).float().softmax(dim=-1)
     chosen = probs.topk(top_k, dim=-1).indices
-    f = torch.bincount(chosen.reshape(-1), minlength=num_experts).float() / probs.shape[0]
-    P = probs.mean(dim=0)
-    return num_experts * (f * P).sum()
+    if attention_mask is None:
+        f = torch.bincount(chosen.reshape(-1), minlength=num_experts).float() / probs.shape[0]
+        return num_experts * (f * probs.mean(dim=0)).sum()
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be a [batch, seq] tensor, got {getattr(attention_mask, 'shape', attention_mask)!r}")
+    per_layer = attention_mask.numel()
+    if probs.shape[0] % per_layer:
+        raise ValueError(f"router_logits has {probs.shape[0]} token rows, not a multiple of attention_mask's "
+                         f"{tuple(attention_mask.shape)} = {per_layer} tokens per layer")
+    keep = attention_mask.reshape(-1).to(probs.dtype).repeat(probs.shape[0] // per_layer)  # the same mask per layer
+    n_real = keep.sum()
+    if n_real == 0:
+        raise ValueError("attention_mask masks every token: there is nothing to balance")
+    f = torch.zeros(num_experts, dtype=probs.dtype).index_add_(0, chosen.reshape(-1), keep.repeat_interleave(top_k))
+    return num_experts * ((f / n_real) * ((probs * keep[:, None]).sum(dim=0) / n_real)).sum()
 
 
 def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:

@@ -151,6 +151,31 @@ def test_load_balancing_loss_equals_transformers(E, k):
     assert torch.allclose(moe.load_balancing_loss(two, E, k), load_balancing_loss_func(two, E, k), atol=1e-6)
 
 
+@pytest.mark.parametrize("E,k,layers", [(4, 1, 1), (8, 2, 3), (6, 3, 2)])
+def test_load_balancing_loss_with_a_padding_mask_equals_transformers(E, k, layers):
+    g = torch.Generator().manual_seed(E * 10 + k)
+    B, S = 3, 5
+    logits = tuple(torch.randn(B * S, E, generator=g) for _ in range(layers))
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[0, 3:], mask[2, :2] = 0, 0  # right- and left-padding
+    ours = moe.load_balancing_loss(logits, E, k, attention_mask=mask)
+    assert torch.allclose(ours, load_balancing_loss_func(logits, E, k, mask), atol=1e-6)
+    # padding really is left out: the loss equals the loss on real tokens only, and differs from the unmasked one
+    real = tuple(t[mask.reshape(-1).bool()] for t in logits)
+    assert torch.allclose(ours, moe.load_balancing_loss(real, E, k), atol=1e-6)
+    assert not torch.allclose(ours, moe.load_balancing_loss(logits, E, k), atol=1e-6)
+
+
+def test_load_balancing_loss_rejects_a_mask_that_does_not_fit():
+    logits = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="attention_mask"):
+        moe.load_balancing_loss(logits, 4, 2, attention_mask=torch.ones(3, 3))
+    with pytest.raises(ValueError, match="attention_mask"):
+        moe.load_balancing_loss(logits, 4, 2, attention_mask=torch.ones(10))
+    with pytest.raises(ValueError, match="every token"):
+        moe.load_balancing_loss(logits, 4, 2, attention_mask=torch.zeros(2, 5))
+
+
 @pytest.mark.parametrize("E,k", [(8, 2), (4, 1), (6, 3)])
 def test_load_balancing_loss_uniform_is_k_and_collapse_is_E(E, k):
     # Uniform: every expert gets the same share of tokens and probability mass → loss = k.
