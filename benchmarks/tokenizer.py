@@ -16,7 +16,8 @@ os.environ.setdefault("COURSE_OFFLINE", "1")
 
 from course_utils.data import course_corpus, prose_documents  # noqa: E402
 from course_utils.timing import best_of  # noqa: E402
-from course_utils.tokenization import GPT4_SPLIT_PATTERN, BPETokenizer, get_encoding, train_bpe_naive  # noqa: E402
+from course_utils.tokenization import (GPT4_SPLIT_PATTERN, BPETokenizer, bpe_with_ranks,  # noqa: E402
+                                       get_encoding, train_bpe_naive)
 
 
 def timed(fn, *args, repeat: int = 1, **kwargs):
@@ -63,6 +64,19 @@ def main(argv=None) -> None:
     rows.append(("encode 200 KB English", "tiktoken encode_ordinary (Rust)", t_tik, "1.0×"))
     rows.append(("encode 200 KB English", "from_tiktoken, empty cache", t_cold, f"{t_cold / t_tik:.1f}× slower"))
     rows.append(("encode 200 KB English", "from_tiktoken, warm cache", t_warm, f"{t_warm / t_tik:.1f}× slower"))
+
+    # 4. one 100,000-character pre-token chunk (a run of letters): the textbook loop is quadratic in it
+    for name, chunk in (("100,000 × 'a'", "a" * 100_000),
+                        ("100,000 letters, cycled", "".join(chr(97 + (i * 7) % 26) for i in range(100_000)))):
+        t_tik, ids_tik = timed(enc.encode_ordinary, chunk, repeat=3)
+        t_ours, ids_ours = timed(cold, chunk, repeat=3)
+        assert ids_ours == ids_tik, "from-scratch ids must equal tiktoken's"
+        rows.append((f"encode one chunk: {name}", "tiktoken encode_ordinary (Rust)", t_tik, "1.0×"))
+        rows.append((f"encode one chunk: {name}", "from_tiktoken (heap merge)", t_ours,
+                     f"{t_ours / t_tik:.1f}× slower; target ≤ 10×"))
+    t_text, _ = timed(bpe_with_ranks, b"a" * 8000, scratch.ranks)
+    rows.append(("encode one chunk: 8,000 × 'a'", "textbook bpe_with_ranks (rescans every pair)", t_text,
+                 "quadratic: why the class uses the heap"))
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}\n")

