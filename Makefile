@@ -16,10 +16,19 @@ PYTEST_ARGS ?=
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv lab test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor
+.PHONY: venv lab test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor doctor
+
+# Linux gets the CPU build of torch: on the public index torch==$(TORCH_VERSION) is the CUDA build plus ~2 GB of
+# nvidia wheels. A CPU wheel already at hand (a wheelhouse, pip's find-links) is used without asking any index;
+# otherwise it comes from PyTorch's CPU index. macOS and Windows get the standard wheel from requirements.txt.
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_CPU = $(PIP) install -q --no-deps --no-index torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
+	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu
 
 $(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@if [ "$$(uname -s)" = Linux ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then $(TORCH_CPU); fi
 	$(PIP) install -q -r requirements.txt -r requirements-instructor.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
@@ -39,6 +48,10 @@ test: venv
 # Unit tests only (no notebook execution): seconds, for the edit-test loop.
 test-fast: venv
 	$(BIN)/python -m pytest -n 2 tests -m "not slow" $(PYTEST_ARGS)
+
+# Is this machine ready? Python, pinned packages, offline assets, free disk; advises, never fails.
+doctor: venv
+	$(BIN)/python -m course_utils.doctor
 
 labs: venv
 	$(BIN)/python -m course_utils.labs build
