@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import in_colab
 
-__all__ = ["Finding", "check_python", "check_packages", "check_assets", "check_disk", "run", "main"]
+__all__ = ["Finding", "check_python", "check_packages", "check_assets", "check_disk", "run", "main", "colab_upgrade"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -163,6 +163,30 @@ def run(*, quiet: bool = False) -> list[Finding]:
         bad = [f for f in findings if f.status == "fail"]
         print("Ready for the course." if not bad else f"{len(bad)} problem(s) to fix before the notebooks will run.")
     return findings
+
+
+def colab_upgrade(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
+    """Colab's bootstrap step: upgrade each package older than :data:`MINIMUM` to the course's pin, and say so if
+    the running kernel already imported it (then only a restart loads the new version). Returns what it upgraded."""
+    import subprocess
+
+    run_pip = run_pip or (lambda args: subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True))
+    loaded = sys.modules if loaded is None else loaded
+    pins, upgraded = pinned_requirements(), []
+    for name, minimum in MINIMUM.items():
+        try:
+            too_old = _release(lookup(name)) < _release(minimum)
+        except PackageNotFoundError:
+            too_old = True
+        if too_old:
+            run_pip([f"{name}=={pins[name]}" if name in pins else f"{name}>={minimum}"])
+            upgraded.append(name)
+            if name.replace("-", "_") in loaded:
+                print(f"{name} was upgraded after this kernel imported it: restart the runtime "
+                      "(Runtime > Restart session), then run this cell again.")
+            else:
+                print(f"{name} upgraded to the course's version (Colab's was older than {minimum}).")
+    return upgraded
 
 
 def main(argv: list[str] | None = None) -> int:

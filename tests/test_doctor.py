@@ -63,3 +63,15 @@ def test_this_machine_is_ready_and_main_never_fails(capsys):
     assert [f for f in findings if f.status == "fail"] == [], out
     assert "Ready for the course." in out and doctor.main([]) == 0
     assert doctor.check_disk(min_free_gb=1e9)[0].status == "warn"
+
+
+def test_colab_upgrade_installs_the_pin_and_asks_for_a_restart_only_if_already_imported(capsys):
+    calls = []
+    old = fake_lookup({"transformers": "4.57.1"})
+    assert doctor.colab_upgrade(lookup=old, run_pip=calls.append, loaded={}) == ["transformers"]
+    pin = doctor.pinned_requirements()["transformers"]
+    assert calls == [[f"transformers=={pin}"]] and "restart" not in capsys.readouterr().out
+    doctor.colab_upgrade(lookup=old, run_pip=calls.append, loaded={"transformers": object()})
+    assert "restart the runtime" in capsys.readouterr().out
+    assert doctor.colab_upgrade(lookup=fake_lookup({"transformers": pin}), run_pip=calls.append, loaded={}) == []
+    assert len(calls) == 2
