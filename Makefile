@@ -16,11 +16,25 @@ PYTEST_ARGS ?=
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv lab lint test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor
+.PHONY: venv lab lint test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor doctor
+
+# Linux gets the CPU build of torch: on the public index torch==$(TORCH_VERSION) is the CUDA build plus ~2 GB of
+# nvidia wheels. A CPU wheel already at hand (a wheelhouse, pip's find-links) is used without asking any index;
+# otherwise it comes from PyTorch's CPU index. macOS and Windows get the standard wheel from requirements.txt.
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# An offline room: when wheelhouse/ holds wheels (`make wheelhouse`), every install reads only from it.
+WHEELHOUSE := wheelhouse
+FIND_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--find-links $(WHEELHOUSE),)
+OFFLINE_PIP := $(if $(FIND_WHEELHOUSE),--no-index $(FIND_WHEELHOUSE),)
+TORCH_CPU = $(PIP) install -q --no-deps --no-index $(FIND_WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
+	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu
 
 $(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q -r requirements.txt -r requirements-instructor.txt
+	@if [ "$$(uname -s)" = Linux ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then $(TORCH_CPU); fi
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt
+	$(PIP) install -q $(OFFLINE_PIP) setuptools  # Python >= 3.12 venvs come without it; the editable install needs it
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
 
@@ -45,6 +59,10 @@ test: venv lint
 # Unit tests only (no notebook execution): seconds, for the edit-test loop.
 test-fast: venv
 	$(BIN)/python -m pytest -n 2 tests -m "not slow" $(PYTEST_ARGS)
+
+# Is this machine ready? Python, pinned packages, offline assets, free disk; advises, never fails.
+doctor: venv
+	$(BIN)/python -m course_utils.doctor
 
 labs: venv
 	$(BIN)/python -m course_utils.labs build
@@ -71,10 +89,14 @@ e2e: venv
 site: venv
 	$(BIN)/python docs/site/build.py --out _build/site
 
-# Every wheel the pinned requirements need, for a room without internet (see docs/instructor_guide.md):
-#   pip install --no-index --find-links wheelhouse -r requirements.txt
-wheelhouse: requirements.txt
-	$(PY) -m pip download --dest wheelhouse -r requirements.txt setuptools
+# Every wheel that `make lab`, `make test` and `make instructor` install, for a room without internet (see
+# docs/instructor_guide.md); once wheelhouse/ holds them, the install steps above read only from it. On Linux the
+# CPU torch goes in first, so that torch==X resolves to it instead of the CUDA build.
+wheelhouse: requirements.txt requirements-instructor.txt
+	@if [ "$$(uname -s)" = Linux ]; then \
+		$(PY) -m pip download -q --no-deps --no-index --dest $(WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
+		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
+	$(PY) -m pip download --dest wheelhouse --find-links wheelhouse -r requirements.txt -r requirements-instructor.txt setuptools
 
 # Instructor extras (nbgrader) on top of the course's environment.
 instructor: venv

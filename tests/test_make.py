@@ -65,3 +65,21 @@ def test_make_lab_serves_jupyterlab(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_linux_installs_the_cpu_torch_without_asking_an_index_first(tmp_path):
+    # On a real Linux laptop torch==X from the public index is the CUDA build (~2 GB of nvidia wheels).
+    dry = subprocess.run(["make", "-n", f"VENV={tmp_path / 'v'}", "venv"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    pin = re.search(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+    torch_line = next(line for line in dry.splitlines() if f"torch=={pin}+cpu" in line)
+    assert 'uname -s)" = Linux' in torch_line
+    local, _, remote = torch_line.partition("||")
+    assert "--no-index" in local and "download.pytorch.org/whl/cpu" in remote  # local wheel first, then the CPU index
+    assert dry.index(f"torch=={pin}+cpu") < dry.index("-r requirements.txt")  # before anything can pull torch
+
+
+def test_make_doctor_runs_the_doctor():
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed-stamp", "doctor"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "-m course_utils.doctor" in dry

@@ -1,0 +1,77 @@
+"""course_utils.doctor: says what is wrong and what to do, and never raises."""
+from importlib.metadata import PackageNotFoundError
+from pathlib import Path
+import shutil
+
+from course_utils import doctor
+
+PINS = {"torch": "2.13.0", "numpy": "2.4.6", "jupyterlab": "4.6.6", "transformers": "5.23.0"}
+
+
+def fake_lookup(installed):
+    def lookup(name):
+        if name not in installed:
+            raise PackageNotFoundError(name)
+        return installed[name]
+    return lookup
+
+
+def by_name(findings):
+    return {f.what.split()[0]: f.status for f in findings}
+
+
+def test_missing_is_a_failure_another_version_a_warning_and_cpu_builds_match():
+    found = doctor.check_packages(PINS, colab=False, lookup=fake_lookup(
+        {"torch": "2.13.0+cpu", "numpy": "2.3.0", "transformers": "5.23.0"}))
+    assert by_name(found) == {"torch": "ok", "numpy": "warn", "jupyterlab": "fail", "transformers": "ok"}
+    assert all(f.advice for f in found if f.status != "ok")
+
+
+def test_colab_needs_no_jupyterlab_accepts_its_own_builds_but_not_transformers_4():
+    found = doctor.check_packages(PINS, colab=True, lookup=fake_lookup(
+        {"torch": "2.9.0+cu126", "numpy": "2.0.2", "transformers": "4.57.1"}))
+    assert by_name(found) == {"torch": "ok", "numpy": "ok", "transformers": "fail"}
+    assert "restart" in next(f.advice for f in found if f.status == "fail")
+
+
+def test_python_versions():
+    assert doctor.check_python((3, 9))[0].status == "fail"
+    assert doctor.check_python((3, 11))[0].status == "ok"
+    assert doctor.check_python((3, 13))[0].status == "warn"
+
+
+def test_requirements_pins_are_read(tmp_path):
+    req = tmp_path / "r.txt"
+    req.write_text("# comment\ntorch==2.13.0\nnumpy == 2.4.6  # why\nfoo>=1\nbar==1.0 ; sys_platform == 'linux'\n")
+    assert doctor.pinned_requirements(req) == {"torch": "2.13.0", "numpy": "2.4.6", "bar": "1.0"}
+    assert doctor.check_packages({}, colab=False)[0].status == "warn"
+
+
+def test_a_changed_checkpoint_is_reported_not_raised(tmp_path):
+    assets = tmp_path / "assets"
+    shutil.copytree(doctor.ASSETS, assets)
+    assert "match their sha256" in doctor._checkpoints(assets)
+    target = assets / Path((assets / "ft_base.sha256").read_text().split()[1])
+    target.write_bytes(target.read_bytes()[:-1] + b"\x00")
+    finding = doctor._check("course checkpoints", lambda: doctor._checkpoints(assets), "advice")
+    assert finding.status == "fail" and "does not match" in finding.what
+
+
+def test_this_machine_is_ready_and_main_never_fails(capsys):
+    findings = doctor.run()
+    out = capsys.readouterr().out
+    assert [f for f in findings if f.status == "fail"] == [], out
+    assert "Ready for the course." in out and doctor.main([]) == 0
+    assert doctor.check_disk(min_free_gb=1e9)[0].status == "warn"
+
+
+def test_colab_upgrade_installs_the_pin_and_asks_for_a_restart_only_if_already_imported(capsys):
+    calls = []
+    old = fake_lookup({"transformers": "4.57.1"})
+    assert doctor.colab_upgrade(lookup=old, run_pip=calls.append, loaded={}) == ["transformers"]
+    pin = doctor.pinned_requirements()["transformers"]
+    assert calls == [[f"transformers=={pin}"]] and "restart" not in capsys.readouterr().out
+    doctor.colab_upgrade(lookup=old, run_pip=calls.append, loaded={"transformers": object()})
+    assert "restart the runtime" in capsys.readouterr().out
+    assert doctor.colab_upgrade(lookup=fake_lookup({"transformers": pin}), run_pip=calls.append, loaded={}) == []
+    assert len(calls) == 2
