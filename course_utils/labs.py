@@ -46,7 +46,8 @@ import nbformat
 from .nbtools import sync_notebook
 
 __all__ = ["BEGIN", "END", "make_lab", "lab_path_for", "build", "Exercise", "exercises", "LabError",
-           "nbgrader_source", "lint", "leaked_lines", "solution_lines", "exercise_markdown", "stub_comment", "chapter_arg", "BACKUP_DIR"]
+           "nbgrader_source", "lint", "leaked_lines", "solution_lines", "exercise_markdown", "stub_comment",
+           "chapter_arg", "BACKUP_DIR"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
