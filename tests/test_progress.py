@@ -162,3 +162,17 @@ def test_bad_chapter_flag_is_an_argparse_error(capsys, value):
     with pytest.raises(SystemExit) as exc:
         main(["--chapter", value])
     assert exc.value.code == 2 and "--chapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ename, evalue, expected", [
+    ("IndentationError", "unexpected indent (3609324318.py, line 2)",
+     "IndentationError in this cell, line 2: unexpected indent\n    return x"),
+    ("SyntaxError", "invalid syntax (3609324318.py, line 1)", "SyntaxError in this cell, line 1: invalid syntax\n"
+                                                               "    def f(x)"),
+])
+def test_a_syntax_error_is_named_with_its_line(ename, evalue, expected):
+    from course_utils.progress import _status
+
+    cell = new_code_cell("def f(x)\n        return x", execution_count=3,
+                         outputs=[nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])])
+    assert _status(cell) == ("failed", expected)
