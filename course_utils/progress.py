@@ -88,7 +88,11 @@ def _check_cells(nb, chapter: int | None = None) -> list[tuple[int, str, str, in
 def _error_text(cell, out, where: str = "this cell") -> str:
     """An error output as the learner should read it: a check's whole message; a syntax error with its line."""
     ename, evalue = str(out.get("ename", "")), _ANSI.sub("", str(out.get("evalue", ""))).rstrip()
-    if ename == "CheckFailed":
+    if ename == "CheckFailed":  # the box the learner sees in the notebook: message, where it crashed, inputs, hint
+        box = _ANSI.sub("", "\n".join(out.get("traceback", []))).splitlines()
+        box = [ln for ln in box if ln.strip().strip("─")]
+        if box and box[0].startswith("❌ "):
+            return "\n".join([box[0][2:], *box[1:]])
         return evalue  # already starts with the check's name and holds inputs and hint
     if ename in _SYNTAX:
         m = re.search(r"\s*\([^()]*, line (\d+)\)$", evalue)

@@ -176,3 +176,14 @@ def test_a_syntax_error_is_named_with_its_line(ename, evalue, expected):
     cell = new_code_cell("def f(x)\n        return x", execution_count=3,
                          outputs=[nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])])
     assert _status(cell) == ("failed", expected)
+
+
+def test_a_failed_check_keeps_the_where_line_of_its_box():
+    from course_utils.progress import _status
+
+    box = ["\x1b[31m❌ check_x: your function raised ZeroDivisionError\x1b[0m", "  where: line 2, in f: return 1 / x",
+           "  input: x=0", "  hint: guard against zero", "─" * 40]
+    cell = new_code_cell("check_x(f)", execution_count=4, outputs=[nbformat.v4.new_output(
+        "error", ename="CheckFailed", evalue="check_x: your function raised ZeroDivisionError\n  input: x=0", traceback=box)])
+    assert _status(cell) == ("failed", "check_x: your function raised ZeroDivisionError\n"
+                                       "  where: line 2, in f: return 1 / x\n  input: x=0\n  hint: guard against zero")
