@@ -16,7 +16,8 @@ never the code. The generated lab keeps everything else byte-for-byte and replac
 
 (N = the notebook's chapter number, M = the exercise's order in it). Outputs are cleared.
 ``labs/.generated.json`` records a hash of what was last written, so a lab a learner has edited is never
-overwritten without ``--force``.
+overwritten without ``--force``; with ``--force`` each lab whose content changes is first copied to
+``labs/.backup/<name>.<UTC timestamp>.ipynb`` (ignored by git and by ``--check``). ``--only CHAPTER`` builds one lab.
 
 The markdown cell above each exercise holds its heading ``## Exercise N.M — title``, a short spec (inputs,
 outputs, shapes, the rule) and three graded hints, each ``<details><summary>Hint k</summary> ... </details>``
@@ -26,7 +27,7 @@ solution notebook lacks; :func:`leaked_lines` finds solution lines that a lab sh
 For nbgrader, :func:`nbgrader_source` moves each task line just above ``### BEGIN SOLUTION``, so that nbgrader's
 student version keeps it above its own ``# YOUR CODE HERE`` stub.
 
-Usage: ``python -m course_utils.labs build [--check] [--force] [--root DIR]``,
+Usage: ``python -m course_utils.labs build [--check] [--force] [--only CHAPTER] [--root DIR]``,
 ``python -m course_utils.labs nbgrader-source OUT_DIR [--root DIR]``
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ import hashlib
 import json
 import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
@@ -45,10 +47,12 @@ from . import nbtools
 from .nbtools import BEGIN, END, sync_notebook  # the markers are re-exported: docs and tests import them here
 
 __all__ = ["BEGIN", "END", "make_lab", "build", "Exercise", "exercises", "LabError", "chapter_of",
-           "nbgrader_source", "lint", "leaked_lines", "solution_lines", "exercise_markdown", "stub_comment"]
+           "nbgrader_source", "lint", "leaked_lines", "solution_lines", "exercise_markdown", "stub_comment",
+           "chapter_arg", "BACKUP_DIR"]
 
 HINT_RE = re.compile(r"^\s*#\s*(?:task|hint):\s*(?P<hint>.+?)\s*$", re.IGNORECASE)
 MANIFEST = ".generated.json"
+BACKUP_DIR = ".backup"  # inside labs/; not a lab (the build, --check and progress only look at labs/*.ipynb)
 NB_VERSION = 4
 
 
@@ -253,63 +257,117 @@ def serialize(nb) -> str:
     return nbformat.writes(nb, version=NB_VERSION) + "\n"
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _sha(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
 
 
-def build(root: Path, *, check: bool = False, force: bool = False, out=sys.stdout) -> int:
-    """Generate (or with ``check`` only verify) every lab. Returns a process exit code."""
+def chapter_arg(text: str) -> int:
+    """argparse type for a chapter number: ``3`` or ``03`` (a non-negative integer)."""
+    if not re.fullmatch(r"\s*\d{1,3}\s*", str(text)):
+        raise argparse.ArgumentTypeError(f"expected a chapter number such as 3 or 03, got {text!r}")
+    return int(text)
+
+
+def _read_manifest(path: Path, out) -> dict[str, str]:
+    """The manifest, or ``{}`` with a one-line explanation when it is unreadable (every differing lab then counts
+    as edited: the build refuses it without ``--force``, so nothing is lost)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"is not valid JSON ({type(err).__name__}: {str(err).splitlines()[0]})"
+    else:
+        if isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            return data
+        problem = "is not a JSON object of lab name → sha256"
+    print(f"warning: labs/{MANIFEST} {problem}; ignoring it (labs that differ from the solutions count as edited: "
+          "rebuild them with --force, which backs them up first) and writing a new one", file=out)
+    return {}
+
+
+def _backup(target: Path, labs_dir: Path, stamp: str) -> Path:
+    """Copy ``target`` to ``labs/.backup/<stem>.<stamp>.ipynb`` (a new name, never an existing file)."""
+    folder = labs_dir / BACKUP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    dest, n = folder / f"{target.stem}.{stamp}{target.suffix}", 1
+    while dest.exists():  # two builds within one second
+        dest, n = folder / f"{target.stem}.{stamp}-{n}{target.suffix}", n + 1
+    dest.write_bytes(target.read_bytes())
+    return dest
+
+
+def build(root: Path, *, check: bool = False, force: bool = False, only: int | None = None, out=sys.stdout) -> int:
+    """Generate (or with ``check`` only verify) every lab, or only chapter ``only``'s. Returns a process exit code.
+
+    With ``force`` a lab a learner has edited is overwritten too; every lab whose content changes is first copied
+    to ``labs/.backup/`` and the copy is named in ``out``. Labs of other chapters are untouched with ``only``.
+    """
     root = Path(root)
+    if only is not None and (not isinstance(only, int) or isinstance(only, bool) or only < 0):
+        raise ValueError(f"only must be a chapter number (a non-negative int) or None, got {only!r}")
     sol_dir, labs_dir = root / "solutions", root / "labs"
     solutions = sorted(sol_dir.glob("*.ipynb"))
+    if only is not None:
+        solutions = [s for s in solutions if chapter_of(s) == only]
+        if not solutions:
+            raise LabError(f"no solution notebook for chapter {only} (solutions/{only:02d}_topic_lab.ipynb)")
     manifest_path = labs_dir / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    expected: dict[str, str] = {}
+    expected: dict[str, bytes] = {}
     for sol in solutions:
         nb = nbformat.read(sol, as_version=NB_VERSION)
         lab = make_lab(nb, chapter_of(sol), where=str(sol.relative_to(root)))
         sync_notebook(lab, f"labs/{sol.name}")  # the lab's badge points at the lab, not the solution
-        expected[sol.name] = serialize(lab)
+        expected[sol.name] = serialize(lab).encode("utf-8")
     stale = []
-    for name, text in expected.items():
+    for name, data in expected.items():
         target = labs_dir / name
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
+        # bytes, not text: a lab saved in another encoding is simply "different", never a crash
+        if not target.exists() or target.read_bytes() != data:
             stale.append(name)
-    orphans = sorted(p.name for p in labs_dir.glob("*.ipynb") if p.name not in expected)
+    orphans = [] if only is not None else sorted(p.name for p in labs_dir.glob("*.ipynb") if p.name not in expected)
+    up_to_date = (f"labs/{solutions[0].name} is up to date" if only is not None
+                  else f"labs/ is up to date ({len(expected)} labs)")
     if check:
         for name in stale:
             print(f"labs/{name} is stale or missing: run `python -m course_utils.labs build`", file=out)
         for name in orphans:
             print(f"labs/{name} has no solutions/{name}: delete it or add the solution", file=out)
         if not stale and not orphans:
-            print(f"labs/ is up to date ({len(expected)} labs)", file=out)
+            print(up_to_date, file=out)
         return 1 if (stale or orphans) else 0
+    manifest = _read_manifest(manifest_path, out)
     refused = []
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for name in stale:
         target = labs_dir / name
         if target.exists() and not force:
-            current = _sha(target.read_text(encoding="utf-8"))
-            if manifest.get(name) != current:
+            if manifest.get(name) != _sha(target.read_bytes()):
                 refused.append(name)
                 print(
                     f"refusing to overwrite labs/{name}: it differs from what this tool last generated "
-                    "(a learner's work?). Copy it somewhere safe, or re-run with --force.",
+                    f"(a learner's work?). Re-run with --force (add --only {chapter_of(target)} for this lab alone); "
+                    f"the current file is first copied to labs/{BACKUP_DIR}/.",
                     file=out,
                 )
                 continue
         labs_dir.mkdir(parents=True, exist_ok=True)
-        target.write_text(expected[name], encoding="utf-8")
+        if target.exists() and force:
+            saved = _backup(target, labs_dir, stamp)
+            print(f"backed up labs/{name} to {saved.relative_to(root).as_posix()}", file=out)
+        target.write_bytes(expected[name])
         print(f"wrote labs/{name}", file=out)
     for name in expected:
         if name not in refused:
             manifest[name] = _sha(expected[name])
-    for name in list(manifest):
-        if name not in expected:
-            del manifest[name]
+    if only is None:
+        for name in list(manifest):
+            if name not in expected:
+                del manifest[name]
     labs_dir.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     if not stale:
-        print(f"labs/ is up to date ({len(expected)} labs)", file=out)
+        print(up_to_date, file=out)
     return 1 if refused else 0
 
 
@@ -318,13 +376,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write labs/ from solutions/")
     b.add_argument("--check", action="store_true", help="only verify; exit 1 when labs/ is stale")
-    b.add_argument("--force", action="store_true", help="overwrite labs a learner has edited")
+    b.add_argument("--force", action="store_true",
+                   help=f"overwrite labs a learner has edited (each changed lab is first copied to labs/{BACKUP_DIR}/)")
+    b.add_argument("--only", type=chapter_arg, metavar="CHAPTER",
+                   help="build only this chapter's lab (e.g. 3 or 03); the other labs are untouched")
     b.add_argument("--root", default=".", help="the course folder (holds solutions/ and labs/)")
     n = sub.add_parser("nbgrader-source", help="write solutions/ as nbgrader source notebooks (task lines kept)")
     n.add_argument("out", help="the folder to write to, e.g. mycourse/source/ch04")
     n.add_argument("--root", default=".", help="the course folder (holds solutions/)")
     n.add_argument("--chapter", type=int, default=None, help="only this chapter's solution notebook")
     args = parser.parse_args(argv)
+    if args.command == "build" and args.only is not None:
+        names = [p.name for p in (Path(args.root) / "solutions").glob("*.ipynb")]
+        if not any(re.match(rf"0*{args.only}_", n) for n in names):
+            b.error(f"argument --only: no solution notebook for chapter {args.only} in "
+                    f"{Path(args.root) / 'solutions'} (chapters: "
+                    f"{', '.join(sorted({n.split('_')[0] for n in names if re.match(r'[0-9]+_', n)})) or 'none'})")
     try:
         if args.command == "nbgrader-source":
             out = Path(args.out)
@@ -336,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 encoding="utf-8")
                     print(f"wrote {out / sol.name}")
             return 0
-        return build(Path(args.root), check=args.check, force=args.force)
+        return build(Path(args.root), check=args.check, force=args.force, only=args.only)
     except LabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -290,3 +290,108 @@ def test_a_check_that_reuses_earlier_answers_carries_no_points(tmp_path):
     nb = nbformat.read(root / "solutions" / "03_demo_lab.ipynb", 4)
     points = [c.metadata["nbgrader"]["points"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert points == [1, 0]
+
+
+# ---- learner files: backups, --only, damaged manifest or lab (issue #18) ---------------------------------------
+def _revise(root, name="03_demo_lab.ipynb", text="# Demo, revised"):
+    path = root / "solutions" / name
+    nb = nbformat.read(path, 4)
+    nb.cells[2].source = text
+    nbformat.write(nb, path)
+
+
+def test_force_backs_up_every_lab_whose_content_changes(tmp_path):
+    root = _course(tmp_path)
+    _course(root, name="04_other_lab.ipynb")
+    _build(root)
+    lab_path, other = root / "labs" / "03_demo_lab.ipynb", root / "labs" / "04_other_lab.ipynb"
+    learner = lab_path.read_bytes().replace(b"raise NotImplementedError", b"return a + b  #")
+    lab_path.write_bytes(learner)
+    _revise(root)
+    code_, out = _build(root, force=True)
+    assert code_ == 0 and "Demo, revised" in lab_path.read_text()
+    [saved] = sorted((root / "labs" / labs.BACKUP_DIR).iterdir())
+    assert saved.read_bytes() == learner, "the backup holds the learner's bytes"
+    assert re.fullmatch(r"03_demo_lab\.\d{8}T\d{6}Z\.ipynb", saved.name), saved.name
+    assert f"backed up labs/03_demo_lab.ipynb to labs/.backup/{saved.name}" in out
+    assert "04_other" not in out, "an unchanged lab is neither rewritten nor backed up"
+    # a second forced build in the same second never overwrites the first backup
+    lab_path.write_bytes(learner)
+    _build(root, force=True)
+    assert len(list((root / "labs" / labs.BACKUP_DIR).iterdir())) == 2 and saved.read_bytes() == learner
+    # backups are not labs: --check and the manifest ignore them
+    code_, out = _build(root, check=True)
+    assert code_ == 0 and "up to date" in out and "backup" not in out
+    manifest = json.loads((root / "labs" / labs.MANIFEST).read_text())
+    assert set(manifest) == {"03_demo_lab.ipynb", "04_other_lab.ipynb"}
+    assert other.exists()
+
+
+def test_backups_are_ignored_by_git():
+    lines = (ROOT / ".gitignore").read_text().splitlines()
+    assert "labs/.backup/" in lines, "labs/.backup/ must be in .gitignore"
+
+
+def test_only_rebuilds_one_lab_and_leaves_the_others_untouched(tmp_path):
+    root = _course(tmp_path)
+    _course(root, name="04_other_lab.ipynb")
+    _build(root)
+    other = root / "labs" / "04_other_lab.ipynb"
+    other.write_text(other.read_text().replace("raise NotImplementedError", "return a - b  #"))  # learner work
+    before = (other.read_bytes(), other.stat().st_mtime_ns)
+    _revise(root)
+    _revise(root, "04_other_lab.ipynb")
+    for only in ("3", "03"):  # as the CLI reads it
+        assert labs.main(["build", "--root", str(root), "--only", only, "--force"]) == 0
+    assert "Demo, revised" in (root / "labs" / "03_demo_lab.ipynb").read_text()
+    assert (other.read_bytes(), other.stat().st_mtime_ns) == before, "--only 3 must not touch chapter 4's lab"
+    assert not list((root / "labs" / labs.BACKUP_DIR).glob("04_*")), "nor back it up"
+    manifest = json.loads((root / "labs" / labs.MANIFEST).read_text())
+    assert set(manifest) == {"03_demo_lab.ipynb", "04_other_lab.ipynb"}, "other labs keep their manifest entry"
+    code_, out = _build(root, check=True, only=3)
+    assert code_ == 0 and out.strip() == "labs/03_demo_lab.ipynb is up to date"
+    assert _build(root, check=True)[0] == 1  # chapter 4 is still stale
+
+
+@pytest.mark.parametrize("value, message", [("x", "chapter number"), ("-1", "chapter number"),
+                                            ("9", "no solution notebook for chapter 9")])
+def test_bad_only_is_an_argparse_error_naming_the_flag(tmp_path, capsys, value, message):
+    root = _course(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        labs.main(["build", "--root", str(root), "--only", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only" in err and message in err, err
+    with pytest.raises(ValueError, match="only must be"):
+        labs.build(root, only="3")
+
+
+@pytest.mark.parametrize("manifest", [b'{"03_demo_lab.ipynb": "ab', b"\xff\xfe[]", b"[1, 2]"])
+def test_a_corrupt_manifest_gets_one_line_and_no_learner_work_is_lost(tmp_path, manifest):
+    root = _course(tmp_path)
+    _build(root)
+    lab_path = root / "labs" / "03_demo_lab.ipynb"
+    learner = lab_path.read_text().replace("raise NotImplementedError", "return a + b  #")
+    lab_path.write_text(learner)
+    (root / "labs" / labs.MANIFEST).write_bytes(manifest)
+    _revise(root)
+    code_, out = _build(root)
+    [warning] = [ln for ln in out.splitlines() if ".generated.json" in ln]
+    assert warning.startswith("warning: labs/.generated.json is not") and "Traceback" not in out
+    assert code_ == 1 and lab_path.read_text() == learner, "without a manifest an edited lab is refused"
+    assert json.loads((root / "labs" / labs.MANIFEST).read_text()) == {}  # rewritten, the refused lab left out
+    assert _build(root, force=True)[0] == 0
+
+
+def test_a_lab_that_is_not_utf8_is_refused_or_backed_up_not_a_traceback(tmp_path):
+    root = _course(tmp_path)
+    _build(root)
+    lab_path = root / "labs" / "03_demo_lab.ipynb"
+    latin1 = lab_path.read_bytes().replace(b"raise NotImplementedError", b"return 'caf\xe9'  #")  # a Latin-1 save
+    lab_path.write_bytes(latin1)
+    code_, out = _build(root, check=True)
+    assert code_ == 1 and "03_demo_lab.ipynb is stale" in out
+    code_, out = _build(root)
+    assert code_ == 1 and "refusing to overwrite labs/03_demo_lab.ipynb" in out and lab_path.read_bytes() == latin1
+    code_, out = _build(root, force=True)
+    assert code_ == 0 and [p.read_bytes() for p in (root / "labs" / labs.BACKUP_DIR).iterdir()] == [latin1]

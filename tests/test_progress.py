@@ -87,6 +87,9 @@ def test_cli_chapter_filter_and_a_lab_that_does_not_parse(tmp_path):
     assert run.returncode == 1, run.stdout + run.stderr
     assert "labs/98_broken_lab.ipynb" in run.stdout and "not a valid notebook" in run.stdout, run.stdout
     assert "git checkout labs/98_broken_lab.ipynb" in run.stdout
+    # rebuild only the broken lab, and say that the build backs it up first
+    assert "`python -m course_utils.labs build --only 98 --force`" in run.stdout and "labs/.backup/" in run.stdout
+    assert run.stdout.count("labs/98_broken_lab.ipynb") == 2, "the heading, and once inside the git command"
     assert "97_scratch" not in run.stdout, "--chapter 98 must not run chapter 97"
     run = subprocess.run([sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path), "--chapter", "5"],
                          capture_output=True, text=True, timeout=60)
@@ -97,3 +100,90 @@ def test_cli_chapter_filter_and_a_lab_that_does_not_parse(tmp_path):
 def test_bad_chapter_argument():
     with pytest.raises(ValueError, match="chapter must be a non-negative int"):
         progress(Path("."), chapter=-1)
+
+
+# ---- what the learner sees (issue #18) -----------------------------------------------------------------------
+LONG_HINT = ("negation flips the sign of every input, so a positive number becomes negative and a negative one "
+             "positive; zero stays zero, and the function must not print or round anything on the way")
+
+
+@pytest.mark.slow
+def test_cli_names_a_syntax_error_shows_whole_messages_and_hides_kernel_noise(tmp_path):
+    lab = make_course(tmp_path)
+    checks = tmp_path / "labs" / "scratch_checks.py"
+    checks.write_text(checks.read_text().replace('hint="-x"', f'hint="{LONG_HINT}"'))
+    nb = nbformat.read(str(lab), 4)
+    nb.cells[5].source = "def square(x):\n    y = (x\n    return x * x"  # 97.2: an unclosed parenthesis
+    nbformat.write(nb, str(lab))
+    run = subprocess.run([sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    assert run.stderr == "", f"kernel warnings reached the learner's screen: {run.stderr!r}"
+    assert out.count("labs/97_scratch_lab.ipynb") == 1, out
+    assert "SyntaxError in your code for exercise 97.2, line 2: '(' was never closed" in out, out
+    assert "y = (x" in out and "NameError" not in out, out
+    assert "expected -3, got 3" in out and "input: x=3" in out
+    assert f"hint: {LONG_HINT}" in " ".join(out.split()), "the whole hint, wrapped but not cut"
+    assert max(len(line) for line in out.splitlines()) <= 110, out
+
+
+def test_failures_are_shown_whole_below_the_table_and_the_path_once():
+    from course_utils.progress import CheckResult, LabReport
+
+    detail = "check_negate: result: expected -3, got 3\n  input: x=3\n  hint: " + LONG_HINT
+    report = LabReport("labs/97_scratch_lab.ipynb", [CheckResult("97.1", "check_double", "passed"),
+                                                     CheckResult("97.3", "check_negate", "failed", detail)])
+    table = format_table([report])
+    assert table.count("labs/97_scratch_lab.ipynb") == 1, table
+    assert "| 97.3 | `check_negate` | ❌ failed (details below) |" in table
+    words = table.split()
+    for word in LONG_HINT.split():
+        assert word in words, f"{word!r} was cut: {table}"
+    assert "1 of 2 checks pass." in table
+
+
+def test_a_lab_that_is_not_utf8_gets_one_line(tmp_path):
+    from course_utils.progress import lab_progress
+
+    (tmp_path / "labs").mkdir()
+    lab = tmp_path / "labs" / "03_tiny_gpt_lab.ipynb"
+    lab.write_bytes('{"cells": [], "metadata": {}, "source": "café"}'.encode("latin-1"))
+    report = lab_progress(lab, root=tmp_path)
+    assert report.results == [] and "\n" not in report.error
+    assert "not UTF-8" in report.error and "0xe9" in report.error, report.error
+    assert "`python -m course_utils.labs build --only 3 --force`" in report.error and "labs/.backup/" in report.error
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_bad_chapter_flag_is_an_argparse_error(capsys, value):
+    from course_utils.progress import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--chapter", value])
+    assert exc.value.code == 2 and "--chapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ename, evalue, expected", [
+    ("IndentationError", "unexpected indent (3609324318.py, line 2)",
+     "IndentationError in this cell, line 2: unexpected indent\n    return x"),
+    ("SyntaxError", "invalid syntax (3609324318.py, line 1)", "SyntaxError in this cell, line 1: invalid syntax\n"
+                                                               "    def f(x)"),
+])
+def test_a_syntax_error_is_named_with_its_line(ename, evalue, expected):
+    from course_utils.progress import _status
+
+    cell = new_code_cell("def f(x)\n        return x", execution_count=3,
+                         outputs=[nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])])
+    assert _status(cell) == ("failed", expected)
+
+
+def test_a_failed_check_keeps_the_where_line_of_its_box():
+    from course_utils.progress import _status
+
+    box = ["\x1b[31m❌ check_x: your function raised ZeroDivisionError\x1b[0m", "  where: line 2, in f: return 1 / x",
+           "  input: x=0", "  hint: guard against zero", "─" * 40]
+    cell = new_code_cell("check_x(f)", execution_count=4, outputs=[nbformat.v4.new_output(
+        "error", ename="CheckFailed", evalue="check_x: your function raised ZeroDivisionError\n  input: x=0", traceback=box)])
+    assert _status(cell) == ("failed", "check_x: your function raised ZeroDivisionError\n"
+                                       "  where: line 2, in f: return 1 / x\n  input: x=0\n  hint: guard against zero")
