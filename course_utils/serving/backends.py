@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
+from ..sampling import SamplingParams, sample_token
 
 log = logging.getLogger("course_utils.serving")
 
@@ -50,6 +51,13 @@ class GenRequest:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     top_logprobs: int = 0  # alternatives reported per token
+    stop_token_ids: tuple[int, ...] = ()  # e.g. the chat template's END_OF_TURN: finish_reason "stop"
+
+    def params(self) -> SamplingParams:
+        """The request's :class:`~course_utils.sampling.SamplingParams` (validated there)."""
+        return SamplingParams(self.max_tokens, self.temperature, 1.0 if self.top_p is None else self.top_p, self.seed,
+                              self.presence_penalty, self.frequency_penalty, dict(self.logit_bias),
+                              self.top_logprobs or None, tuple(self.stop_token_ids))
 
 
 @dataclass
@@ -88,19 +96,6 @@ def check_requests(reqs, max_context: int) -> None:
         if len(r.prompt_ids) + r.max_tokens > max_context:
             raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_tokens ({r.max_tokens}) exceeds the "
                              f"context of {max_context}")
-
-
-def adjust_logits(logits: torch.Tensor, req: GenRequest, counts: dict[int, int]) -> torch.Tensor:
-    """OpenAI's penalties on one row ``[V]``: ``- presence·[count > 0] - frequency·count + logit_bias``."""
-    if not (req.presence_penalty or req.frequency_penalty or req.logit_bias):
-        return logits
-    logits = logits.clone()
-    for tok, n in counts.items():
-        logits[tok] -= req.presence_penalty + req.frequency_penalty * n
-    for tok, bias in req.logit_bias.items():
-        if 0 <= tok < logits.shape[-1]:
-            logits[tok] += bias
-    return logits
 
 
 class GPTBackend:
@@ -163,10 +158,9 @@ class GPTBackend:
     def _generate(self, reqs, T, steps, on_token):
         logits, caches, valid, padded = self._prefill(reqs, T)
         rows = [_Row(r) for r in reqs]
-        for step in range(steps):
-            logp = F.log_softmax(logits.float(), dim=-1)
-            nxt = [row.step(b, step, logits[b], logp[b], on_token) for b, row in enumerate(rows)]
-            if step == steps - 1:
+        for _ in range(steps):
+            nxt = [row.step(b, logits[b], on_token) for b, row in enumerate(rows)]
+            if all(row.finish is not None for row in rows):
                 break
             valid = torch.cat([valid, torch.ones(len(reqs), 1, dtype=torch.bool)], dim=1)
             step_mask = valid[:, None, None, :] if padded else None
@@ -184,31 +178,30 @@ class _Row:
     """One request's decoding state inside a static batch."""
 
     def __init__(self, req: GenRequest):
-        self.req, self.out, self.lps, self.tops, self.counts = req, [], [], [], {}
+        self.req, self.params = req, req.params()
+        self.out, self.lps, self.tops, self.finish = [], [], [], None
         self.gen = None if req.seed is None else torch.Generator().manual_seed(req.seed)
 
-    def step(self, b, step, logits, logp, on_token) -> int:
-        from ..model import sample_next_token
-
-        if step >= self.req.max_tokens:
+    def step(self, b, logits, on_token) -> int:
+        if self.finish is not None:
             return 0  # a finished row rides along until the longest one is done (static batching's waste)
-        adjusted = adjust_logits(logits, self.req, self.counts)
-        tok = int(sample_next_token(adjusted[None], self.req.temperature, None, self.req.top_p, self.gen))
-        top = None
-        if self.req.top_logprobs:
-            v, i = logp.topk(min(self.req.top_logprobs, logp.shape[-1]))
-            top = {int(t): float(x) for t, x in zip(i, v)}
-        self.out.append(tok)
-        self.lps.append(float(logp[tok]))
+        choice = sample_token(logits, self.out, self.params, self.gen)
+        top = dict(choice.top_logprobs) if self.req.top_logprobs else None
+        self.out.append(choice.token_id)
+        self.lps.append(choice.logprob)
         self.tops.append(top)
-        self.counts[tok] = self.counts.get(tok, 0) + 1
         if on_token is not None:
-            on_token(b, tok, self.lps[-1], top)
-        return tok
+            on_token(b, choice.token_id, choice.logprob, top)
+        if choice.token_id in self.params.stop_token_ids:
+            self.finish = "stop"
+        elif len(self.out) >= self.req.max_tokens:
+            self.finish = "length"
+        return choice.token_id
 
     def result(self, tokenizer) -> Generation:
         tops = self.tops if self.req.top_logprobs else None
-        return Generation(self.out, self.lps, tokenizer.decode(self.out), len(self.req.prompt_ids), top_logprobs=tops)
+        return Generation(self.out, self.lps, tokenizer.decode(self.out), len(self.req.prompt_ids),
+                          self.finish or "length", tops)
 
 
 class EchoBackend:

@@ -41,12 +41,15 @@ def error_body(status, message, param=None, code=None, type_="invalid_request_er
     return {"error": {"message": message, "type": type_, "param": param, "code": code, "status": status}}
 
 
+_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none"}
+
+
 def validation_error(err: ValidationError) -> ApiError:
     """The first pydantic error as a 400 naming the field (``messages.1.role``)."""
     first = err.errors(include_url=False)[0]
-    loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "tagged-union"))]
-    # a union reports which member failed (`str`, `list[int]`): keep the field path only
-    loc = [p for p in loc if not (p.startswith(("list[", "str", "int", "dict[")) or p in ("str", "int"))]
+    # a union reports which member failed (`constrained-str`, `list[constrained-int]`): keep the field path only
+    loc = [str(p) for p in first.get("loc", ())
+           if not (isinstance(p, str) and ("[" in p or "-" in p or p in _TYPE_TAGS))]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
     return ApiError(400, f"invalid '{param}': {msg}" if param else msg, param=param)
