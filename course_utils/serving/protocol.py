@@ -137,7 +137,7 @@ class EmbeddingRequest(_Strict):
     model: Annotated[str, Field(min_length=1)]
     input: Union[Annotated[str, Field(min_length=1)],
                  Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=256)]]
-    encoding_format: Literal["float"] | None = "float"
+    encoding_format: Literal["float", "base64"] | None = "float"  # base64: float32 little-endian
     user: str | None = None
 
     def texts(self) -> list[str]:
