@@ -18,9 +18,9 @@ E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
 .PHONY: venv lab test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor
 
-$(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
+$(STAMP): requirements.txt requirements-instructor.txt requirements-test.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q -r requirements.txt -r requirements-instructor.txt
+	$(PIP) install -q -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
 

@@ -20,7 +20,7 @@ import torch
 
 from course_utils.gateway import ExactCache, RetryableError, retry_call
 from course_utils.model import GPT, GPTConfig
-from course_utils.serving import (Batcher, ByteTokenizer, FaultError, FaultInjector, GenRequest, GPTBackend,
+from course_utils.serving import (Batcher, ByteTokenizer, EchoBackend, FaultError, FaultInjector, GenRequest, GPTBackend,
                                   RateLimit, create_app, start_server)
 
 KEY, OTHER_KEY = "sk-course-alice-0001", "sk-course-bob-00002"
@@ -460,7 +460,10 @@ def _free_port() -> int:
 
 def test_command_line_serves_on_localhost():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "tiny-gpt", "--port", str(port),
+    from course_utils.adder import ASSETS
+
+    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "adder", "--checkpoint",
+                             str(ASSETS / "serve_adder_large.safetensors"), "--no-embeddings", "--port", str(port),
                              "--api-key", KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -473,8 +476,8 @@ def test_command_line_serves_on_localhost():
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        r = client(url, max_retries=0).completions.create(model="tiny-gpt", prompt="cli", max_tokens=3)
-        assert r.usage.completion_tokens == 3
+        r = client(url, max_retries=0).completions.create(model="adder", prompt="12+34=", max_tokens=3, temperature=0)
+        assert r.choices[0].text == "64\n"  # a trained model: 46, digits reversed
     finally:
         proc.terminate()
         try:
@@ -540,3 +543,148 @@ def test_load_backend_serves_a_checkpoint_without_pickle():
     assert be.generate("12+34=", max_tokens=3).text == "64\n"  # 46, digits reversed
     with pytest.raises(FileNotFoundError):
         load_backend("x", serving.ASSETS / "missing.safetensors")
+
+
+# ---------------------------------------------------------------- hardening (issue 18): each check failed before
+def test_metrics_need_the_key_unless_public_and_prometheus_survives_anonymous_requests(backend):
+    for public in (False, True):
+        app = create_app({"tiny-gpt": backend}, api_keys=[KEY], public_metrics=public)
+        with start_server(app) as url, httpx.Client(timeout=10) as h:
+            h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x"})  # 401: a record without model
+            r = h.get(url + "/metrics", params={"format": "prometheus"})
+            keyed = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS)
+        assert r.status_code == (200 if public else 401)
+        assert keyed.status_code == 200 and 'course_requests_total{status="401"} ' in keyed.text
+        assert "model=\"None\"" not in keyed.text
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--rate", "0"], "--rate"), (["--rate", "nan"], "--rate"), (["--rate", "-1"], "--rate"),
+    (["--rate", "inf"], "--rate"), (["--max-batch", "0"], "--max-batch"), (["--max-batch", "2.5"], "--max-batch"),
+    (["--max-wait-ms", "nan"], "--max-wait-ms"), (["--max-wait-ms", "-5"], "--max-wait-ms"),
+    (["--api-key", "short"], "--api-key"), (["--host", "0.0.0.0"], "--allow-anonymous"),
+    (["--host", "192.168.1.20", "--api-key", KEY, "--max-batch", "-3"], "--max-batch"),
+])
+def test_command_line_settings_are_checked_before_start(argv, flag, capsys):
+    from course_utils.serving import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and flag in capsys.readouterr().err  # argparse's exit, naming the flag
+
+
+def test_misconfigured_fault_injector_is_a_server_error(backend):
+    flaky = FaultInjector(backend, error_rate=0.0)
+    app = create_app({"tiny-gpt": flaky})
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        flaky.error_rate = 2.0  # changed on the fly to an impossible value: the operator's fault, not the client's
+        r = h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 2})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error" and "Traceback" not in r.text
+
+
+def test_only_json_bodies_are_accepted(server):
+    url, _ = server
+    with httpx.Client(timeout=10) as h:  # a web page's "simple" cross-site POST is text/plain
+        r = h.post(url + "/v1/completions", headers={**HEADERS, "Content-Type": "text/plain"},
+                   content=json.dumps({"model": "tiny-gpt", "prompt": "x"}))
+        form = h.post(url + "/v1/completions", headers=HEADERS, data={"model": "tiny-gpt", "prompt": "x"})
+    assert _error(r, 415)["code"] == "unsupported_media_type" and form.status_code == 415
+
+
+def test_failed_authentication_is_rate_limited_per_address(backend):
+    app = create_app({"tiny-gpt": backend}, api_keys=[KEY], failed_auth_per_s=0.01, failed_auth_burst=3)
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        codes = [h.get(url + "/v1/models", headers={"Authorization": f"Bearer sk-guess-{i:04d}"}).status_code
+                 for i in range(5)]
+        last = h.get(url + "/v1/models", headers={"Authorization": "Bearer sk-guess-9999"})
+    assert codes == [401, 401, 401, 429, 429] and int(last.headers["retry-after"]) >= 1
+
+
+def test_cache_is_scoped_per_api_key(backend):
+    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, cache=ExactCache())
+    body = {"model": "tiny-gpt", "prompt": "tenant secret", "max_tokens": 4, "temperature": 0}
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        for key in (KEY, OTHER_KEY, OTHER_KEY):
+            assert h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        hits = [r["cache_hit"] for r in app.state.request_log]
+    assert hits == [False, False, True]  # bob never receives alice's cached answer
+
+
+class _Gated(EchoBackend):
+    """An echo backend whose batches wait for ``release`` and whose tokens take ``token_s`` each."""
+
+    def __init__(self, token_s: float = 0.0):
+        super().__init__("tiny-gpt")
+        self.started, self.release, self.calls, self.tokens, self.token_s = threading.Event(), threading.Event(), 0, 0, token_s
+
+    def generate_batch(self, reqs, on_token=None):
+        self.calls += len(reqs)
+        self.started.set()
+        assert self.release.wait(30)
+
+        def slow(row, *a):
+            self.tokens += 1
+            time.sleep(self.token_s)
+            return on_token(row, *a) if on_token else None
+
+        return super().generate_batch(reqs, slow)
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_a_client_that_leaves_is_cancelled_and_never_computed(backend):
+    gated = _Gated()
+    app = create_app({"tiny-gpt": gated}, max_batch=1, max_wait_ms=0)
+    body = {"model": "tiny-gpt", "prompt": "abc", "max_tokens": 3}
+    with start_server(app) as url:
+        first = threading.Thread(target=lambda: httpx.post(url + "/v1/completions", json=body, timeout=30))
+        first.start()
+        assert gated.started.wait(20)  # the first request occupies the only slot
+        with pytest.raises(httpx.ReadTimeout):  # the second waits in the queue; its client gives up
+            httpx.post(url + "/v1/completions", json=body, timeout=0.5)
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        gated.release.set()
+        first.join(timeout=30)
+        _wait_for(lambda: len(app.state.request_log) == 2)
+    assert gated.calls == 1  # the abandoned request was dropped from the queue, not computed
+    assert sorted(r["status"] for r in app.state.request_log) == [200, 499]
+
+
+def test_a_stream_whose_client_leaves_stops_decoding(backend):
+    gated = _Gated(token_s=0.05)
+    gated.release.set()
+    app = create_app({"tiny-gpt": gated}, max_wait_ms=0)
+    with start_server(app) as url:
+        with httpx.stream("POST", url + "/v1/completions", timeout=30,
+                          json={"model": "tiny-gpt", "prompt": "abcdef", "max_tokens": 200, "stream": True}) as r:
+            next(r.iter_lines())  # one event, then hang up
+        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
+        time.sleep(0.3)
+    assert gated.tokens < 100  # 200 tokens take 10 s; the row was cancelled soon after the client left
+
+
+def _raw(url: str, data: bytes, wait_reply: bool, timeout: float = 10.0) -> bytes:
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        return s.recv(4096) if wait_reply else b""
+
+
+def test_aborted_and_stalled_uploads(backend, caplog):
+    caplog.set_level("INFO")
+    app = create_app({"tiny-gpt": backend}, body_timeout_s=0.5)
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    with start_server(app) as url:
+        _raw(url, head, wait_reply=False)  # the client hangs up mid-body
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        stalled = _raw(url, head, wait_reply=True)  # the body never completes: dropped after body_timeout_s
+    assert stalled.startswith(b"HTTP/1.1 408")
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+    aborted = [r for r in app.state.request_log if r["status"] == 499]
+    assert len(aborted) == 1 and aborted[0]["endpoint"] == "/v1/completions"

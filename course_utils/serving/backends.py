@@ -7,7 +7,8 @@
 - :class:`EmbeddingBackend` — chapter 6's all-MiniLM-L6-v2 (384-dim, unit-length vectors), loaded on first use.
 - :func:`load_backend` — a backend by name (``tiny-gpt``, ``course-chat``) or from a checkpoint.
 
-``on_token(row, token_id, logprob, top)`` is called as tokens appear (``top``: ``{id: logprob}`` or None).
+``on_token(row, token_id, logprob, top)`` is called as tokens appear (``top``: ``{id: logprob}`` or None); when it
+returns ``False`` the row is cancelled (its client went away) and decoding stops for it.
 """
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ class GPTBackend:
         if len(reqs) > 1 and longest + steps > self.max_context:
             # A long prompt and a long answer do not fit one padded batch: split it (rows keep their order).
             half = len(reqs) // 2
-            shift = (lambda row, *a: on_token(row + half, *a)) if on_token else None
+            shift = (lambda row, *a: on_token(row + half, *a)) if on_token else None  # noqa: E731
             return self.generate_batch(reqs[:half], on_token) + self.generate_batch(reqs[half:], shift)
         with self._lock:
             return self._generate(reqs, longest, steps, on_token)
@@ -190,9 +191,9 @@ class _Row:
         self.out.append(choice.token_id)
         self.lps.append(choice.logprob)
         self.tops.append(top)
-        if on_token is not None:
-            on_token(b, choice.token_id, choice.logprob, top)
-        if choice.token_id in self.params.stop_token_ids:
+        if on_token is not None and on_token(b, choice.token_id, choice.logprob, top) is False:
+            self.finish = "cancelled"  # nobody waits for this row any more: stop computing it
+        elif choice.token_id in self.params.stop_token_ids:
             self.finish = "stop"
         elif len(self.out) >= self.req.max_tokens:
             self.finish = "length"
@@ -215,9 +216,10 @@ class EchoBackend:
         out = []
         for row, r in enumerate(reqs):
             ids = (list(r.prompt_ids) * r.max_tokens)[: r.max_tokens]
-            for tok in ids:
-                if on_token is not None:
-                    on_token(row, tok, 0.0, None)
+            for i, tok in enumerate(ids):
+                if on_token is not None and on_token(row, tok, 0.0, None) is False:
+                    ids = ids[: i + 1]  # cancelled
+                    break
             out.append(Generation(ids, [0.0] * len(ids), self.tokenizer.decode(ids), len(r.prompt_ids)))
         return out
 

@@ -245,13 +245,14 @@ async def _events(request: Request, job: cmp.Job, deltas, first, rec: dict):
     try:
         while (event := await queue.get()) is not None:
             yield event
-    finally:
+    finally:  # reached early when the client left (our watcher, or the ASGI server cancelling the body)
+        completed = producer.done() and not left.is_set()
         producer.cancel()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await producer
         with contextlib.suppress(Exception):
             await deltas.aclose()
-        if left.is_set():
+        if not completed:
             rec["status"] = 499
         server_of(request).finish(rec)

@@ -93,9 +93,12 @@ class Batcher:
             self.batch_sizes[len(batch)] += 1
 
             def on_token(row, tok, logprob=0.0, top=None, batch=batch):
-                q = batch[row].stream
-                if q is not None:
-                    loop.call_soon_threadsafe(q.put_nowait, (tok, logprob, top))
+                p = batch[row]
+                if p.future.cancelled():
+                    return False  # the client went away: the backend stops decoding this row
+                if p.stream is not None:
+                    loop.call_soon_threadsafe(p.stream.put_nowait, (tok, logprob, top))
+                return True
 
             try:
                 results = await loop.run_in_executor(
