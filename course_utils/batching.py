@@ -21,6 +21,8 @@ queue and later recomputes its cache from prompt + generated tokens — vLLM's "
   in a background thread), ``cancel``, ``stats``, ``close``; ``policy="static"`` runs the same engine as a static
   batcher (admit only into an empty batch, keep finished rows computing until the batch ends) for comparisons.
 - :class:`TokenEvent` (what ``on_token`` receives) and :class:`EngineResult` (what ``handle.result()`` returns).
+- :func:`run_clients` — a closed-loop load (each client thread sends its requests back to back) for the
+  benchmark and the notebook: throughput, latency percentiles, KV memory waste.
 
 The forward pass is the model's own (:meth:`~course_utils.model.GPT.forward`); sampling is
 :func:`course_utils.sampling.sample_token`, one row at a time with the request's own seeded generator.
@@ -40,7 +42,11 @@ import torch
 from .attention import PagedKVCache
 from .sampling import SamplingParams, TokenChoice, sample_token
 
-__all__ = ["Engine", "RequestHandle", "TokenEvent", "EngineResult", "BlockAllocator"]
+__all__ = ["Engine", "RequestHandle", "TokenEvent", "EngineResult", "BlockAllocator", "run_clients", "POLICIES"]
+
+#: the three ways of serving that chapter 8 compares: name -> Engine options
+POLICIES = {"continuous": {"policy": "continuous"}, "static": {"policy": "static"},
+            "one-at-a-time": {"policy": "continuous", "max_batch": 1}}
 
 FINISH_REASONS = ("length", "stop", "cancelled")
 
@@ -469,3 +475,37 @@ class Engine:
                 time.perf_counter(), seq.preemptions)
         seq.handle._done.set()
         self._cond.notify_all()
+
+
+def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_clients: int,
+                timeout: float = 600.0) -> dict:
+    """Send ``jobs`` ``(prompt_ids, params)`` from ``n_clients`` threads, each one request at a time (job ``i`` goes
+    to client ``i % n_clients``); returns ``tokens_per_s``, ``p50_s``/``p95_s`` latency (submit → last token
+    delivered), ``wall_s``, ``tokens``, the engine's ``stats()`` and the results in job order."""
+    from .gateway import percentile
+
+    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
+        raise ValueError(f"n_clients must be a positive int, got {n_clients!r}")
+    if not jobs:
+        raise ValueError("jobs must hold at least one (prompt_ids, params) pair")
+    results: list[EngineResult | None] = [None] * len(jobs)
+    barrier = threading.Barrier(n_clients)
+
+    def client(c: int) -> None:
+        barrier.wait(timeout)
+        for i in range(c, len(jobs), n_clients):
+            results[i] = engine.submit(*jobs[i]).result(timeout)
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(n_clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    wall = time.perf_counter() - start
+    if any(r is None for r in results):
+        raise RuntimeError("some requests did not finish (see the engine's errors)")
+    latencies = [r.finished_at - r.submitted_at for r in results]
+    tokens = sum(r.completion_tokens for r in results)
+    return {"tokens_per_s": tokens / wall, "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
+            "wall_s": wall, "tokens": tokens, "stats": engine.stats(), "results": results}
