@@ -688,3 +688,27 @@ def test_aborted_and_stalled_uploads(backend, caplog):
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
     aborted = [r for r in app.state.request_log if r["status"] == 499]
     assert len(aborted) == 1 and aborted[0]["endpoint"] == "/v1/completions"
+
+
+class _SlowGPT(GPT):
+    """A GPT whose every forward pass takes at least 20 ms more: long enough to leave in the middle."""
+
+    def forward(self, *args, **kwargs):
+        time.sleep(0.02)
+        return super().forward(*args, **kwargs)
+
+
+def test_continuous_batching_frees_a_leaving_clients_slot_and_blocks():
+    torch.manual_seed(0)
+    slow = _SlowGPT(GPTConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=96))
+    app = create_app({"tiny-gpt": GPTBackend(slow)}, max_wait_ms=0)
+    scheduler = app.state.batchers["tiny-gpt"]
+    assert type(scheduler).__name__ == "EngineScheduler"  # a course GPT is served with continuous batching
+    with start_server(app) as url:
+        with httpx.stream("POST", url + "/v1/completions", timeout=30,
+                          json={"model": "tiny-gpt", "prompt": "abc", "max_tokens": 90, "stream": True}) as r:
+            next(r.iter_lines())  # one event, then hang up (90 tokens take >= 1.8 s)
+        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
+        _wait_for(lambda: scheduler.engine.stats()["running"] == 0)
+        stats = scheduler.engine.stats()
+    assert stats["blocks_used"] == 0 and stats["tokens_generated"] < 90

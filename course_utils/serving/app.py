@@ -24,7 +24,7 @@ from .backends import EmbeddingBackend
 from .metrics import Metrics, RequestLog
 from .protocol import ApiError, error_body
 from .routes import router
-from .scheduler import Batcher
+from .scheduler import Batcher, default_scheduler
 
 log = logging.getLogger("course_utils.serving")
 
@@ -153,7 +153,8 @@ def create_app(models, *, api_keys=None, rate_limit: RateLimit | None = None, ma
     :class:`RateLimit` applied per key. ``cache``: a :class:`~course_utils.gateway.SemanticCache` or ``ExactCache``
     consulted for deterministic requests (temperature 0, or a fixed seed), scoped by model, settings and client.
     ``embeddings``: ``True`` (chapter 6's all-MiniLM-L6-v2), an :class:`EmbeddingBackend`, or a list of them.
-    ``scheduler_factory(backend)``: how requests are scheduled (default a static :class:`Batcher`). Each request
+    ``scheduler_factory(backend)``: how requests are scheduled (default: continuous batching with
+    :class:`~.scheduler.EngineScheduler` for a course GPT, the static :class:`Batcher` for other backends). Each request
     writes one JSON line to the ``course_utils.serving.requests`` logger (and ``log_path``) and to
     ``app.state.request_log``.
     """
@@ -164,7 +165,9 @@ def create_app(models, *, api_keys=None, rate_limit: RateLimit | None = None, ma
     _positive("max_tokens_limit", max_tokens_limit, integer=True, minimum=1, closed=True)
     _positive("body_timeout_s", body_timeout_s)
     embedders = _as_embedders(embeddings)
-    make = scheduler_factory or (lambda b: Batcher(b, max_batch=max_batch, max_wait_ms=max_wait_ms))
+    if scheduler_factory is None:
+        Batcher(models[next(iter(models))], max_batch=max_batch, max_wait_ms=max_wait_ms)  # checks the settings
+    make = scheduler_factory or (lambda b: default_scheduler(b, max_batch=max_batch, max_wait_ms=max_wait_ms))
     schedulers = {name: make(b) for name, b in models.items()}
     metrics = Metrics(log_window)
     server = Server(models, embedders, schedulers, auth=auth, limiter=limiter, cache=cache,

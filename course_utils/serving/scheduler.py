@@ -113,3 +113,86 @@ class Batcher:
                         p.future.set_result(r)
                 if p.stream is not None:
                     p.stream.put_nowait(None)  # end of stream; the future says how it ended
+
+
+class EngineScheduler:
+    """Continuous batching: requests join and leave a :class:`course_utils.batching.Engine`'s running batch at every
+    decode step, their KV cache in fixed-size blocks freed the moment they finish or their client leaves.
+
+    Same interface as :class:`Batcher`. A :class:`~course_utils.serving.FaultInjector` in front of the model still
+    decides each request's fate (and latency) before it reaches the engine. ``batch_sizes`` counts how many
+    requests were running when each one was submitted.
+    """
+
+    POLL_S = 0.5  # how often a waiting request checks that the engine has not failed it silently
+
+    def __init__(self, backend, *, max_batch: int = 16, block_size: int = 16, num_blocks: int | None = None,
+                 policy: str = "continuous"):
+        if not hasattr(backend, "model") or not hasattr(backend, "tokenizer"):
+            raise TypeError(f"backend must serve a course GPT (have .model), got {type(backend).__name__}")
+        self.backend, self.options = backend, dict(max_batch=max_batch, block_size=block_size,
+                                                    num_blocks=num_blocks, policy=policy)
+        self.max_batch = max_batch
+        self.engine = None
+        self.batch_sizes: Counter = Counter()
+
+    async def start(self) -> None:
+        from ..batching import Engine
+
+        self.engine = Engine(self.backend.model, **self.options)
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
+
+    async def submit(self, req: GenRequest, stream: asyncio.Queue | None = None) -> Generation:
+        if self.engine is None:
+            raise RuntimeError("EngineScheduler.start() has not run (is the app running under its lifespan?)")
+        try:
+            return await self._run(req, stream)
+        finally:
+            if stream is not None:
+                stream.put_nowait(None)  # end of stream, also after a fault or a cancellation
+
+    async def _run(self, req: GenRequest, stream: asyncio.Queue | None) -> Generation:
+        await self._inject_fault()
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+
+        def on_token(ev):  # the engine's thread
+            if ev.token_id is not None and stream is not None:
+                top = dict(ev.top_logprobs) if req.top_logprobs else None
+                loop.call_soon_threadsafe(stream.put_nowait, (ev.token_id, ev.logprob, top))
+            if ev.finish_reason is not None:
+                loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+        self.batch_sizes[self.engine.stats()["running"] + 1] += 1
+        handle = self.engine.submit(req.prompt_ids, req.params(), on_token)  # ValueError: the request is refused
+        try:
+            while not handle.done():
+                await asyncio.wait({finished}, timeout=self.POLL_S)
+            res = handle.result(timeout=0)
+        except BaseException:
+            self.engine.cancel(handle)  # the client went away (or a stop string ended it): free slot and blocks
+            raise
+        tops = [dict(t) for t in res.top_logprobs] if req.top_logprobs else None
+        return Generation(res.token_ids, res.logprobs, self.backend.tokenizer.decode(res.token_ids),
+                          res.prompt_tokens, res.finish_reason, tops)
+
+    async def _inject_fault(self) -> None:
+        draw = getattr(self.backend, "draw", None)  # a FaultInjector around the model
+        if draw is None:
+            return
+        fault = draw()
+        latency = getattr(self.backend, "latency_s", 0.0)
+        if latency:
+            await asyncio.sleep(latency)
+        if fault is not None:
+            raise fault
+
+
+def default_scheduler(backend, *, max_batch: int = 8, max_wait_ms: float = 5.0):
+    """Continuous batching (:class:`EngineScheduler`) for a course GPT, else the static :class:`Batcher`."""
+    if hasattr(backend, "model") and hasattr(getattr(backend, "model"), "blocks"):
+        return EngineScheduler(backend, max_batch=max_batch)
+    return Batcher(backend, max_batch=max_batch, max_wait_ms=max_wait_ms)
