@@ -261,3 +261,25 @@ def test_langchain_chat_openai_invoke_and_stream(url, backend):
     expected = chat_ref(backend, MESSAGES, 6)[0]
     assert llm.invoke(msgs).content == expected
     assert "".join(ch.content for ch in llm.stream(msgs)) == expected
+
+
+# ---------------------------------------------------------------- the trained models, as the command line serves them
+def test_course_chat_answers_held_out_questions_through_chat_completions():
+    from course_utils.served_models import chat_examples, wilson_interval
+    from course_utils.serving import load_backend
+
+    app = create_app({n: load_backend(n) for n in ("tiny-gpt", "course-chat")}, api_keys=[KEY])
+    convs = chat_examples(40, split="eval")
+    with start_server(app) as base:
+        c = sync(base)
+        answers = [c.chat.completions.create(model="course-chat", messages=m, temperature=0, max_tokens=24)
+                   for m, _ in convs]
+        lc = pytest.importorskip("langchain_openai").ChatOpenAI(
+            model="course-chat", base_url=base + "/v1", api_key=KEY, temperature=0, max_tokens=24, timeout=60,
+            max_retries=0)
+        via_langchain = lc.invoke([("system", convs[0][0][0]["content"]), ("human", convs[0][0][1]["content"])])
+    right = sum(a.choices[0].message.content == want for a, (_, want) in zip(answers, convs))
+    low, high = wilson_interval(right, len(convs))  # 95% interval: 40 questions are a small sample
+    assert low > 0.7, (right, len(convs), low, high)  # the engine's own test measures 93.0% on 300
+    assert all(a.choices[0].finish_reason == "stop" for a in answers)  # the model closes its turn
+    assert via_langchain.content == answers[0].choices[0].message.content

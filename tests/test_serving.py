@@ -459,12 +459,12 @@ def _free_port() -> int:
 
 
 def test_command_line_serves_on_localhost():
-    port = _free_port()
-    from course_utils.adder import ASSETS
+    from course_utils.served_models import chat_examples
 
-    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "adder", "--checkpoint",
-                             str(ASSETS / "serve_adder_large.safetensors"), "--no-embeddings", "--port", str(port),
-                             "--api-key", KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "tiny-gpt", "--model",
+                             "course-chat", "--port", str(port), "--api-key", KEY],  # the README's command
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -476,8 +476,11 @@ def test_command_line_serves_on_localhost():
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        r = client(url, max_retries=0).completions.create(model="adder", prompt="12+34=", max_tokens=3, temperature=0)
-        assert r.choices[0].text == "64\n"  # a trained model: 46, digits reversed
+        c = client(url, max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["course-chat", "tiny-gpt", "all-MiniLM-L6-v2"]
+        messages, answer = chat_examples(1, split="eval")[0]  # a held-out question the trained model answers
+        r = c.chat.completions.create(model="course-chat", temperature=0, max_tokens=16, messages=messages)
+        assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == answer, (r, answer)
     finally:
         proc.terminate()
         try:

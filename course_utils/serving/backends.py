@@ -249,29 +249,23 @@ class EmbeddingBackend:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-TRAINED = {"tiny-gpt", "course-chat"}  # names the course trains; their checkpoints ship in course_utils/assets
-
-
-def _checkpoint_of(name: str) -> Path:
-    from ..data import ASSETS
-
-    return Path(ASSETS) / f"serve_{name.replace('-', '_')}.safetensors"
-
-
 def load_backend(name: str = "tiny-gpt", checkpoint: str | Path | None = None, *, seed: int = 0,
                  allow_untrained: bool = False) -> GPTBackend:
     """A backend for the command line: ``checkpoint`` (safetensors + JSON, no pickle), else the course's trained
-    model called ``name`` (``tiny-gpt``, ``course-chat``) from ``course_utils/assets``. A seeded untrained GPT
-    over bytes (it answers noise, but every piece of the server works) only with ``allow_untrained=True``."""
+    model called ``name`` (``tiny-gpt``, ``course-chat``: :data:`course_utils.served_models.SERVED_MODELS`,
+    sha256-checked). A seeded untrained GPT over bytes (it answers noise, but every piece of the server works) only
+    with ``allow_untrained=True`` and a name that is not a trained model."""
     from ..model import GPT, GPTConfig, load_checkpoint
+    from ..served_models import SERVED_MODELS, load_served_model
 
-    if checkpoint is None and name in TRAINED and _checkpoint_of(name).exists():
-        checkpoint = _checkpoint_of(name)
     if checkpoint is not None:
         model = load_checkpoint(checkpoint)
         return GPTBackend(model, _tokenizer_for(model.config.vocab_size), name=name)
+    if name in SERVED_MODELS:
+        model, tokenizer = load_served_model(name)
+        return GPTBackend(model, tokenizer, name=name)
     if not allow_untrained:
-        raise FileNotFoundError(f"no trained checkpoint for {name!r} ({_checkpoint_of(name).name}); pass "
+        raise FileNotFoundError(f"{name!r} is not a trained course model ({', '.join(sorted(SERVED_MODELS))}): pass "
                                 "--checkpoint PATH, or --untrained to serve noise from a random network")
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=256))
@@ -280,7 +274,11 @@ def load_backend(name: str = "tiny-gpt", checkpoint: str | Path | None = None, *
 
 
 def _tokenizer_for(vocab_size: int):
-    """Bytes for a byte-level model, else chapter 1's corpus BPE of the model's vocabulary size."""
+    """Bytes for a byte-level model, chapter 7's characters for a 128-id model, else chapter 1's corpus BPE of the
+    model's vocabulary size."""
     from ..data import corpus_tokenizer
+    from ..served_models import AsciiTokenizer
 
+    if vocab_size == AsciiTokenizer.vocab_size:
+        return AsciiTokenizer()
     return ByteTokenizer() if vocab_size <= 256 else corpus_tokenizer(vocab_size)
