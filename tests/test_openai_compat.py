@@ -166,7 +166,8 @@ def test_completions_echo_list_prompts_and_token_ids(url, backend):
         assert r.choices[i].text == prompt + backend.generate(prompt, max_tokens=4).text
     assert r.usage.prompt_tokens == 5 and r.usage.completion_tokens == 16
     ids = c.completions.create(model=MODEL, prompt=[104, 105], max_tokens=4, temperature=0)
-    assert ids.choices[0].text == c.completions.create(model=MODEL, prompt="hi", max_tokens=4, temperature=0).choices[0].text
+    hi = c.completions.create(model=MODEL, prompt="hi", max_tokens=4, temperature=0)
+    assert ids.choices[0].text == hi.choices[0].text
     many = c.completions.create(model=MODEL, prompt=[[104, 105], [120]], max_tokens=2, temperature=0)
     assert len(many.choices) == 2
 

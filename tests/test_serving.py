@@ -20,8 +20,8 @@ import torch
 
 from course_utils.gateway import ExactCache, RetryableError, retry_call
 from course_utils.model import GPT, GPTConfig
-from course_utils.serving import (Batcher, ByteTokenizer, EchoBackend, FaultError, FaultInjector, GenRequest, GPTBackend,
-                                  RateLimit, create_app, start_server)
+from course_utils.serving import (Batcher, ByteTokenizer, EchoBackend, FaultError, FaultInjector, GenRequest,
+                                  GPTBackend, RateLimit, create_app, start_server)
 
 KEY, OTHER_KEY = "sk-course-alice-0001", "sk-course-bob-00002"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -608,7 +608,8 @@ def test_cache_is_scoped_per_api_key(backend):
     body = {"model": "tiny-gpt", "prompt": "tenant secret", "max_tokens": 4, "temperature": 0}
     with start_server(app) as url, httpx.Client(timeout=10) as h:
         for key in (KEY, OTHER_KEY, OTHER_KEY):
-            assert h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+            r = h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200
         hits = [r["cache_hit"] for r in app.state.request_log]
     assert hits == [False, False, True]  # bob never receives alice's cached answer
 
@@ -618,7 +619,8 @@ class _Gated(EchoBackend):
 
     def __init__(self, token_s: float = 0.0):
         super().__init__("tiny-gpt")
-        self.started, self.release, self.calls, self.tokens, self.token_s = threading.Event(), threading.Event(), 0, 0, token_s
+        self.started, self.release = threading.Event(), threading.Event()
+        self.calls, self.tokens, self.token_s = 0, 0, token_s
 
     def generate_batch(self, reqs, on_token=None):
         self.calls += len(reqs)

@@ -37,4 +37,4 @@ __all__ = ["ByteTokenizer", "GenRequest", "Generation", "GPTBackend", "EchoBacke
            "addition_problem", "addition_problems", "AdditionData", "answer_additions", "train_adder",
            "build_adders", "load_adder", "ADDER_CONFIGS", "ADDER_SHA256", "FaultError", "FaultInjector", "Batcher",
            "RateLimit", "Metrics", "prometheus_text", "create_app", "start_server", "load_backend", "main",
-           "MAX_SEED"]
+           "MAX_SEED", "ASSETS"]

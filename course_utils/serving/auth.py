@@ -41,7 +41,8 @@ def as_keys(api_keys) -> dict | None:
 
 def _too_many(message: str, wait: float, code: str = "rate_limit_exceeded") -> ApiError:
     return ApiError(429, message, code=code, type_="rate_limit_error",
-                    headers={"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, int(wait * 1000)))})
+                    headers={"Retry-After": str(max(1, math.ceil(wait))),
+                             "retry-after-ms": str(max(1, int(wait * 1000)))})
 
 
 class Auth:

@@ -119,14 +119,9 @@ class GPTBackend:
         self._lock = threading.Lock()  # one forward pass at a time: the weights are shared, torch uses all cores
 
     def _forward(self, idx: torch.Tensor, caches, attn_mask):
-        """The model's forward pass with a padding mask (``GPT.forward`` takes none): logits ``[B, T, V]``."""
-        m = self.model
-        x = m.tok_emb(idx)
-        for block, cache in zip(m.blocks, caches):
-            x = x + block.attn(block.attn_norm(x), cache=cache, attn_mask=attn_mask)
-            f = block.ffn(block.ffn_norm(x))
-            x = x + (f[0] if isinstance(f, tuple) else f)  # an MoE layer returns (output, aux)
-        return m.lm_head(m.norm(x))
+        """The model's own forward pass with a padding mask: logits ``[B, T, V]``."""
+        logits, _ = self.model(idx, caches=caches, attn_mask=attn_mask)
+        return logits
 
     @torch.no_grad()
     def generate_batch(self, reqs: list[GenRequest], on_token: Callable | None = None) -> list:

@@ -56,7 +56,8 @@ def prompt_ids(backend, prompt, param: str = "prompt") -> list[int]:
         ids = list(prompt)
         vocab = getattr(backend.tokenizer, "vocab_size", None)
         if vocab is not None and max(ids) >= vocab:
-            raise ApiError(400, f"'{param}' holds token id {max(ids)}, outside the vocabulary [0, {vocab})", param=param)
+            raise ApiError(400, f"'{param}' holds token id {max(ids)}, outside the vocabulary [0, {vocab})",
+                           param=param)
     if not ids or len(ids) >= backend.max_context:
         raise ApiError(400, f"'{param}' has {len(ids)} tokens; this model's context is {backend.max_context}",
                        param=param)

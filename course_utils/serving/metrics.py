@@ -64,10 +64,11 @@ def prometheus_text(snap: dict) -> str:
 
     lines = ["# HELP course_requests_total Completed HTTP requests by status code.",
              "# TYPE course_requests_total counter"]
-    lines += [f'course_requests_total{{status="{esc(k)}"}} {v}' for k, v in sorted(snap["requests_by_status"].items(), key=str)]
+    lines += [f'course_requests_total{{status="{esc(k)}"}} {v}'
+              for k, v in sorted(snap["requests_by_status"].items(), key=str)]
     lines += ["# HELP course_model_requests_total Requests by model.", "# TYPE course_model_requests_total counter"]
-    lines += [f'course_model_requests_total{{model="{esc(k)}"}} {v}' for k, v in sorted(snap["requests_by_model"].items(), key=str)
-              if k is not None]
+    lines += [f'course_model_requests_total{{model="{esc(k)}"}} {v}'
+              for k, v in sorted(snap["requests_by_model"].items(), key=str) if k is not None]
     lat = snap["latency_ms"]
     lines += ["# HELP course_request_latency_seconds Request latency over the recent window.",
               "# TYPE course_request_latency_seconds summary"]

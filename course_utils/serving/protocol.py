@@ -181,6 +181,7 @@ def chat_logprobs(tokens: list[str], logprobs: list[float], tops: list[dict] | N
     """Chat's logprobs: one entry per token with its bytes and the ``top_logprobs`` alternatives."""
     content = []
     for i, (t, lp) in enumerate(zip(tokens, logprobs)):
-        alts = [{"token": a, "logprob": v, "bytes": list(a.encode("utf-8"))} for a, v in (tops[i] if tops else {}).items()]
+        alts = [{"token": a, "logprob": v, "bytes": list(a.encode("utf-8"))}
+                for a, v in (tops[i] if tops else {}).items()]
         content.append({"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")), "top_logprobs": alts})
     return {"content": content, "refusal": None}
