@@ -67,6 +67,15 @@ def test_chat_completion_round_trip_and_envelope(url, backend):
     assert r.usage.prompt_tokens == len(render_chat(MESSAGES).encode()) and 1 <= r.usage.completion_tokens <= 12
 
 
+def test_content_parts_are_read_as_text(url):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Capital of "}, {"type": "text", "text": "Veltria?"}]}]
+    c = sync(url)
+    a = c.chat.completions.create(model=MODEL, messages=parts, max_tokens=6, temperature=0)
+    b = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Capital of Veltria?"}],
+                                  max_tokens=6, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
 def test_max_completion_tokens_wins_over_max_tokens(url):
     r = sync(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, max_completion_tokens=3,
                                           temperature=0, logit_bias={"65": 100})  # "A" forever: no early stop
@@ -189,6 +198,7 @@ def test_completion_logprobs_k_plain_and_streamed(url, backend):
 @pytest.mark.parametrize("kw,param", [
     (dict(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
     (dict(messages=[]), "messages"),
+    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages"),
     (dict(messages=MESSAGES, temperature=5), "temperature"),
     (dict(messages=MESSAGES, n=0), "n"),
     (dict(messages=MESSAGES, top_logprobs=21, logprobs=True), "top_logprobs"),

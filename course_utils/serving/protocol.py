@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -113,7 +113,7 @@ class CompletionRequest(_Sampling):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: str | None = None
+    content: str | list[dict[str, Any]] | None = None  # a string, or OpenAI's content parts (text parts only)
     name: str | None = None
 
 

@@ -188,7 +188,7 @@ async def chat_completions(request: Request, rec: dict = Depends(record), who: s
     server = server_of(request)
     backend = server.backend(req.model)
     try:
-        text = render_chat([m.model_dump(exclude_none=True) | {"content": m.content or ""} for m in req.messages])
+        text = render_chat([{"role": m.role, "content": "" if m.content is None else m.content} for m in req.messages])
     except (ValueError, TypeError) as err:
         raise ApiError(400, str(err), param="messages") from None
     ids = cmp.prompt_ids(backend, text, "messages")
