@@ -282,6 +282,13 @@ def test_bounded_fuzz_leaves_the_server_healthy(server):
             assert r.status_code < 500, (path, r.status_code, content[:100], r.text[:200])
             if r.status_code >= 400:
                 assert "error" in r.json() and "Traceback" not in r.text
+        for i in range(20):  # clients that hang up mid-upload, and streams abandoned after one event
+            head = (f"POST {rng.choice(sorted(FUZZ_FIELDS))} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n").encode()
+            _raw(url, head + json.dumps(FUZZ_BASE["/v1/completions"]).encode()[: rng.randrange(1, 40)], False)
+            with h.stream("POST", url + "/v1/chat/completions", headers=HEADERS,
+                          json={**FUZZ_BASE["/v1/chat/completions"], "max_tokens": 40, "stream": True}) as r:
+                next(r.iter_lines())
         assert h.get(url + "/health").json()["status"] == "ok"
         ok = h.post(url + "/v1/completions", headers=HEADERS,
                     json={"model": "tiny-gpt", "prompt": "still alive?", "max_tokens": 3, "temperature": 0})
