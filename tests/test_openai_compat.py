@@ -179,6 +179,12 @@ def test_completions_echo_list_prompts_and_token_ids(url, backend):
     assert ids.choices[0].text == hi.choices[0].text
     many = c.completions.create(model=MODEL, prompt=[[104, 105], [120]], max_tokens=2, temperature=0)
     assert len(many.choices) == 2
+    streamed = c.completions.create(model=MODEL, prompt=["ab", "xyz"], n=2, max_tokens=4, temperature=0, echo=True,
+                                    stream=True)
+    texts = ["", "", "", ""]
+    for ch in streamed:
+        texts[ch.choices[0].index] += ch.choices[0].text
+    assert texts == [ch.text for ch in r.choices]
 
 
 def test_completion_logprobs_k_plain_and_streamed(url, backend):

@@ -171,6 +171,8 @@ def test_metrics_in_prometheus_text_format(server):
     assert samples['course_model_requests_total{model="tiny-gpt"}'] >= 1
     assert 0 < samples['course_request_latency_seconds{quantile="0.50"}'] < 60
     assert samples["course_tokens_out_total"] >= 2
+    assert samples['course_engine_running{model="tiny-gpt"}'] == 0  # continuous batching: nothing left running
+    assert samples['course_engine_blocks_free{model="tiny-gpt"}'] > 0
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "format"
 
 

@@ -53,6 +53,8 @@ class Metrics:
                 "cache_hits": self.cache_hits, "cache_misses": self.cache_misses,
                 "batch_sizes": {name: {str(k): v for k, v in sorted(b.batch_sizes.items())}
                                 for name, b in batchers.items()},
+                "engines": {name: b.engine.stats() for name, b in batchers.items()  # continuous batching
+                            if getattr(b, "engine", None) is not None},
             }
 
 
@@ -81,7 +83,19 @@ def prometheus_text(snap: dict) -> str:
                              ("course_cache_hits_total", "cache_hits", "Answers served from the cache."),
                              ("course_cache_misses_total", "cache_misses", "Cache lookups that missed.")):
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {snap[key]}"]
+    lines += _engine_lines(snap.get("engines", {}), esc)
     return "\n".join(lines) + "\n"
+
+
+def _engine_lines(engines: dict, esc) -> list[str]:
+    """Gauges of each continuous-batching engine: running and waiting requests, KV blocks used and free."""
+    lines = []
+    for key, help_ in (("running", "Requests in the running batch."), ("waiting", "Requests waiting to join."),
+                       ("blocks_used", "KV-cache blocks held by running requests."),
+                       ("blocks_free", "KV-cache blocks free.")):
+        lines += [f"# HELP course_engine_{key} {help_}", f"# TYPE course_engine_{key} gauge"]
+        lines += [f'course_engine_{key}{{model="{esc(m)}"}} {s[key]}' for m, s in sorted(engines.items())]
+    return lines
 
 
 class RequestLog:
