@@ -239,3 +239,21 @@ def test_broken_callback_fails_only_its_request(model):
             bad.result(TIMEOUT)
         assert good.result(TIMEOUT).token_ids == reference(model, [4, 5, 6], 5)
         assert eng.stats()["blocks_used"] == 0
+
+
+def test_attention_with_positions_and_paged_cache_checks_its_inputs(model):
+    attn = model.blocks[0].attn
+    x = torch.zeros(1, 2, attn.d_model)
+    pool = torch.zeros(16, attn.n_kv_heads, attn.head_dim)
+    cache = PagedKVCache(pool, pool.clone(), torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="positions"):
+        attn(x, cache=cache)
+    with pytest.raises(ValueError, match="positions must have shape"):
+        attn(x, positions=torch.tensor([[0, 1, 2]]))
+    with pytest.raises(TypeError, match="positions"):
+        attn(x, positions=torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="paged caches need positions"):
+        model(torch.tensor([[1, 2]]), caches=[cache] * len(model.blocks))
+    # positions 0, 1 through the paged cache give what the plain forward gives
+    out = attn(x, cache=cache, positions=torch.tensor([[0, 1]]))
+    assert torch.allclose(out, attn(x), atol=1e-6)
