@@ -29,6 +29,7 @@ The forward pass is the model's own (:meth:`~course_utils.model.GPT.forward`); s
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -202,6 +203,7 @@ class Engine:
         self._running: list[_Seq] = []
         self._ids = itertools.count()
         self._closed = False
+        self._held = False  # hold(): queue requests without starting them
         self._cpu, self._iter_start = 0.0, None  # CPU seconds the loop has computed for; start of this iteration
         self._totals = {"steps": 0, "prefills": 0, "tokens": 0, "used": 0, "reserved": 0, "maxlen": 0,
                         "preemptions": 0}
@@ -275,6 +277,19 @@ class Engine:
                     "kv_waste": 1 - t["used"] / t["reserved"] if t["reserved"] else 0.0,
                     "kv_waste_maxlen": 1 - t["used"] / t["maxlen"] if t["maxlen"] else 0.0}
 
+    @contextlib.contextmanager
+    def hold(self):
+        """``with engine.hold():`` — requests submitted inside are queued and start together when the block ends
+        (a burst that arrives at one instant, reproducibly; the loop finishes its current step first)."""
+        with self._cond:
+            self._held = True
+        try:
+            yield self
+        finally:
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
+
     @property
     def cpu_seconds(self) -> float:
         """CPU time the engine's loop has spent computing so far (``time.thread_time`` of its thread).
@@ -309,7 +324,7 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._waiting and not self._running:
+                while not self._closed and (self._held or not self._waiting and not self._running):
                     self._cond.wait()
                 if self._closed:
                     return
@@ -501,10 +516,10 @@ class Engine:
         self._cond.notify_all()
 
 
-def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_clients: int,
+def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_clients: int | None,
                 timeout: float = 600.0) -> dict:
     """Send ``jobs`` ``(prompt_ids, params)`` from ``n_clients`` threads, each one request at a time (job ``i`` goes
-    to client ``i % n_clients``).
+    to client ``i % n_clients``); ``n_clients=None``: all jobs arrive at once, in order (:meth:`Engine.hold`).
 
     Returns ``tokens_per_s``, ``p50_s``/``p95_s`` latency (submit → result delivered) and ``wall_s`` on the wall
     clock; the same on the engine's CPU clock (``tokens_per_cpu_s``, ``p50_cpu_s``, ``p95_cpu_s``, ``cpu_s``:
@@ -512,24 +527,29 @@ def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_
     ``stats()`` and the results in job order."""
     from .gateway import percentile
 
-    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
-        raise ValueError(f"n_clients must be a positive int, got {n_clients!r}")
+    if n_clients is not None and (isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1):
+        raise ValueError(f"n_clients must be a positive int or None (a burst), got {n_clients!r}")
     if not jobs:
         raise ValueError("jobs must hold at least one (prompt_ids, params) pair")
     results: list[EngineResult | None] = [None] * len(jobs)
-    barrier = threading.Barrier(n_clients)
+    barrier = threading.Barrier(n_clients or 1)
 
     def client(c: int) -> None:
         barrier.wait(timeout)
         for i in range(c, len(jobs), n_clients):
             results[i] = engine.submit(*jobs[i]).result(timeout)
 
-    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(n_clients)]
     start, cpu_start = time.perf_counter(), engine.cpu_seconds
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
+    if n_clients is None:
+        with engine.hold():
+            handles = [engine.submit(*job) for job in jobs]
+        results = [h.result(timeout) for h in handles]
+    else:
+        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
     wall, cpu = time.perf_counter() - start, engine.cpu_seconds - cpu_start
     if any(r is None for r in results):
         raise RuntimeError("some requests did not finish (see the engine's errors)")
