@@ -284,22 +284,27 @@ def main(argv=None) -> None:
                      f"{100 * k['escalation']:.1f}% (reaches {100 * k['of_large']:.1f}% of large's accuracy)",
                      "≤ 50%", k["escalation"] <= 0.5 and k["of_large"] >= 0.95))
     if "continuous" not in args.skip:
+        # throughput and latency on the engine's CPU clock (Engine.cpu_seconds): other work on a shared machine
+        # stretches the wall clock, not the engine's own compute; the wall-clock numbers are printed as well
         for r in bench_continuous(args.continuous_clients):
             print(f"clients={r['clients']:>2}: " + " | ".join(
-                f"{name} {r[name]['tokens_per_s']:.0f} tok/s (p50 {r[name]['p50_s']:.2f}s, p95 {r[name]['p95_s']:.2f}s)"
+                f"{name} {r[name]['tokens_per_cpu_s']:.0f} tok/cpu-s (p50 {r[name]['p50_cpu_s']:.2f}s, p95 "
+                f"{r[name]['p95_cpu_s']:.2f}s; wall {r[name]['tokens_per_s']:.0f} tok/s, p95 {r[name]['p95_s']:.2f}s)"
                 for name in POLICIES), flush=True)
             cont, stat, one = r["continuous"], r["static"], r["one-at-a-time"]
             n = r["clients"]
-            rows.append((f"Continuous batching, {n} clients, mixed lengths 16–256: tokens/s (p50 / p95 latency)",
-                         f"{cont['tokens_per_s']:.0f} ({cont['p50_s']:.2f} / {cont['p95_s']:.2f} s) vs static "
-                         f"{stat['tokens_per_s']:.0f} ({stat['p50_s']:.2f} / {stat['p95_s']:.2f} s) vs one-at-a-time "
-                         f"{one['tokens_per_s']:.0f} ({one['p50_s']:.2f} / {one['p95_s']:.2f} s)",
+            ratio = cont["tokens_per_cpu_s"] / stat["tokens_per_cpu_s"]
+            rows.append((f"Continuous batching, {n} client{'s' * (n > 1)}, mixed lengths 16–256: tokens per "
+                         "engine-CPU-second (p50 / p95 latency)",
+                         f"continuous {cont['tokens_per_cpu_s']:.0f} ({cont['p50_cpu_s']:.2f} / {cont['p95_cpu_s']:.2f}"
+                         f" s), ×{ratio:.2f} static {stat['tokens_per_cpu_s']:.0f} ({stat['p50_cpu_s']:.2f} / "
+                         f"{stat['p95_cpu_s']:.2f} s), one-at-a-time {one['tokens_per_cpu_s']:.0f} "
+                         f"({one['p50_cpu_s']:.2f} / {one['p95_cpu_s']:.2f} s)",
                          "≥ 1.5× static, lower p95" if n == 8 else "—",
-                         cont["tokens_per_s"] >= 1.5 * stat["tokens_per_s"] and cont["p95_s"] < stat["p95_s"]
-                         if n == 8 else "—"))
+                         ratio >= 1.5 and cont["p95_cpu_s"] < stat["p95_cpu_s"] if n == 8 else "—"))
             if n == 8:
                 s = cont["stats"]
-                rows.append(("KV memory wasted (reserved but unused, averaged over decode steps), 8 clients",
+                rows.append(("KV memory reserved but unused (averaged over decode steps), continuous, 8 clients",
                              f"block cache (16 tokens/block) {100 * s['kv_waste']:.1f}% vs per-request "
                              f"prompt + max_tokens reservation {100 * s['kv_waste_maxlen']:.1f}%", "< 10%",
                              s["kv_waste"] < 0.10))

@@ -25,10 +25,11 @@ queue and later recomputes its cache from prompt + generated tokens — vLLM's "
   benchmark and the notebook: throughput, latency percentiles, KV memory waste.
 
 The forward pass is the model's own (:meth:`~course_utils.model.GPT.forward`); sampling is
-:func:`course_utils.sampling.sample_token`, one row at a time with the request's own seeded generator.
+:func:`course_utils.sampling.sample_tokens` (each row with its request's own seeded generator).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -40,7 +41,7 @@ from typing import Callable
 import torch
 
 from .attention import PagedKVCache
-from .sampling import SamplingParams, TokenChoice, sample_token
+from .sampling import SamplingParams, TokenChoice, sample_tokens
 
 __all__ = ["Engine", "RequestHandle", "TokenEvent", "EngineResult", "BlockAllocator", "run_clients", "POLICIES"]
 
@@ -82,6 +83,8 @@ class EngineResult:
     first_token_at: float | None = None
     finished_at: float = 0.0
     preemptions: int = 0
+    submitted_cpu: float = 0.0  # the same on the engine's CPU clock (see Engine.cpu_seconds)
+    finished_cpu: float = 0.0
 
 
 class RequestHandle:
@@ -148,6 +151,7 @@ class _Seq:
     submitted_at: float = 0.0
     first_token_at: float | None = None
     preemptions: int = 0
+    submitted_cpu: float = 0.0
 
     @property
     def tokens(self) -> list[int]:
@@ -199,6 +203,8 @@ class Engine:
         self._running: list[_Seq] = []
         self._ids = itertools.count()
         self._closed = False
+        self._held = False  # hold(): queue requests without starting them
+        self._cpu, self._iter_start = 0.0, None  # CPU seconds the loop has computed for; start of this iteration
         self._totals = {"steps": 0, "prefills": 0, "tokens": 0, "used": 0, "reserved": 0, "maxlen": 0,
                         "preemptions": 0}
         self._thread = threading.Thread(target=self._loop, name="course-engine", daemon=True)
@@ -233,7 +239,7 @@ class Engine:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             seq = _Seq(RequestHandle(next(self._ids)), prompt, params, on_token, gen,
-                       submitted_at=time.perf_counter())
+                       submitted_at=time.perf_counter(), submitted_cpu=self.cpu_seconds)
             self._waiting.append(seq)
             self._cond.notify_all()
         return seq.handle
@@ -271,6 +277,32 @@ class Engine:
                     "kv_waste": 1 - t["used"] / t["reserved"] if t["reserved"] else 0.0,
                     "kv_waste_maxlen": 1 - t["used"] / t["maxlen"] if t["maxlen"] else 0.0}
 
+    @contextlib.contextmanager
+    def hold(self):
+        """``with engine.hold():`` — requests submitted inside are queued and start together when the block ends
+        (a burst that arrives at one instant, reproducibly; the loop finishes its current step first)."""
+        with self._cond:
+            self._held = True
+        try:
+            yield self
+        finally:
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time the engine's loop has spent computing so far (``time.thread_time`` of its thread).
+
+        A clock that only runs while the engine works: on a shared machine other processes slow the wall clock's
+        numbers down, not these (torch runs this thread's operations in the thread itself with one intra-op
+        thread, as the course sets it).
+        """
+        start = self._iter_start
+        if start is not None and threading.current_thread() is self._thread:
+            return self._cpu + time.thread_time() - start
+        return self._cpu
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop the loop; requests still queued or running finish as ``"cancelled"``."""
         with self._cond:
@@ -292,7 +324,7 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._waiting and not self._running:
+                while not self._closed and (self._held or not self._waiting and not self._running):
                     self._cond.wait()
                 if self._closed:
                     return
@@ -303,6 +335,7 @@ class Engine:
                         if s.finish is not None and s.cached < self.max_seq_len:
                             s.pad = s.cached + 1 - len(s.prompt) - len(s.generated)
                             batch.append(s)
+            self._iter_start = time.thread_time()
             try:
                 self._iteration(batch)
             except BaseException as err:  # a bug or bad model: fail these requests, keep serving others
@@ -312,6 +345,9 @@ class Engine:
                             seq.handle._error = err
                             seq.finish = "cancelled"
                             self._retire(seq, error=True)
+            finally:
+                self._cpu += time.thread_time() - self._iter_start
+                self._iter_start = None
 
     def _admit(self) -> None:
         """Move waiting requests into the batch while a slot and the blocks for their pending tokens are free."""
@@ -423,10 +459,13 @@ class Engine:
         caches = [PagedKVCache(k, v, write, read) for k, v in self._pools]
         logits, _ = self.model(idx, caches=caches, positions=positions)
         rows = logits[torch.arange(len(seqs)), torch.tensor(last)]
-        for row, s in enumerate(seqs):
+        live = [row for row, s in enumerate(seqs) if s.finish is None]
+        choices = sample_tokens(rows[live], [seqs[r].generated for r in live], [seqs[r].params for r in live],
+                                [seqs[r].generator for r in live]) if live else []
+        for s in seqs:
             s.cached += len(s.pending)
-            if s.finish is None:
-                self._emit(s, sample_token(rows[row], s.generated, s.params, s.generator))
+        for row, choice in zip(live, choices):
+            self._emit(seqs[row], choice)
 
     def _emit(self, seq: _Seq, choice: TokenChoice) -> None:
         """Record the sampled token, tell ``on_token``, and retire the sequence if it is done."""
@@ -472,40 +511,52 @@ class Engine:
             seq.handle._result = EngineResult(
                 seq.handle.request_id, list(seq.generated), list(seq.logprobs), list(seq.tops), seq.finish,
                 len(seq.prompt), len(seq.generated) + seq.stop_token, seq.submitted_at, seq.first_token_at,
-                time.perf_counter(), seq.preemptions)
+                time.perf_counter(), seq.preemptions, seq.submitted_cpu, self.cpu_seconds)
         seq.handle._done.set()
         self._cond.notify_all()
 
 
-def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_clients: int,
+def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_clients: int | None,
                 timeout: float = 600.0) -> dict:
     """Send ``jobs`` ``(prompt_ids, params)`` from ``n_clients`` threads, each one request at a time (job ``i`` goes
-    to client ``i % n_clients``); returns ``tokens_per_s``, ``p50_s``/``p95_s`` latency (submit → last token
-    delivered), ``wall_s``, ``tokens``, the engine's ``stats()`` and the results in job order."""
+    to client ``i % n_clients``); ``n_clients=None``: all jobs arrive at once, in order (:meth:`Engine.hold`).
+
+    Returns ``tokens_per_s``, ``p50_s``/``p95_s`` latency (submit → result delivered) and ``wall_s`` on the wall
+    clock; the same on the engine's CPU clock (``tokens_per_cpu_s``, ``p50_cpu_s``, ``p95_cpu_s``, ``cpu_s``:
+    :attr:`Engine.cpu_seconds`, steady on a machine shared with other work); ``tokens``, the engine's
+    ``stats()`` and the results in job order."""
     from .gateway import percentile
 
-    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
-        raise ValueError(f"n_clients must be a positive int, got {n_clients!r}")
+    if n_clients is not None and (isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1):
+        raise ValueError(f"n_clients must be a positive int or None (a burst), got {n_clients!r}")
     if not jobs:
         raise ValueError("jobs must hold at least one (prompt_ids, params) pair")
     results: list[EngineResult | None] = [None] * len(jobs)
-    barrier = threading.Barrier(n_clients)
+    barrier = threading.Barrier(n_clients or 1)
 
     def client(c: int) -> None:
         barrier.wait(timeout)
         for i in range(c, len(jobs), n_clients):
             results[i] = engine.submit(*jobs[i]).result(timeout)
 
-    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(n_clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    wall = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), engine.cpu_seconds
+    if n_clients is None:
+        with engine.hold():
+            handles = [engine.submit(*job) for job in jobs]
+        results = [h.result(timeout) for h in handles]
+    else:
+        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+    wall, cpu = time.perf_counter() - start, engine.cpu_seconds - cpu_start
     if any(r is None for r in results):
         raise RuntimeError("some requests did not finish (see the engine's errors)")
     latencies = [r.finished_at - r.submitted_at for r in results]
+    cpu_latencies = [r.finished_cpu - r.submitted_cpu for r in results]
     tokens = sum(r.completion_tokens for r in results)
     return {"tokens_per_s": tokens / wall, "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
-            "wall_s": wall, "tokens": tokens, "stats": engine.stats(), "results": results}
+            "wall_s": wall, "tokens_per_cpu_s": tokens / cpu, "p50_cpu_s": percentile(cpu_latencies, 50),
+            "p95_cpu_s": percentile(cpu_latencies, 95), "cpu_s": cpu, "tokens": tokens, "stats": engine.stats(),
+            "results": results}

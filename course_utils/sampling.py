@@ -4,7 +4,8 @@
   ``frequency_penalty``, ``logit_bias``, ``logprobs`` (how many top alternatives to report, 0–20, or ``None`` for
   no log-probabilities) and ``stop_token_ids``; validated when built (``ValueError``/``TypeError`` naming the field).
 - :func:`sample_token` — one row of logits + the ids the sequence has generated so far + a ``torch.Generator`` →
-  :class:`TokenChoice` ``(token_id, logprob, top_logprobs)``.
+  :class:`TokenChoice` ``(token_id, logprob, top_logprobs)``; :func:`sample_tokens` does a batch of rows at once
+  (the same result, with plain greedy rows handled in one vectorised step).
 
 The order of operations follows OpenAI's documentation of the parameters:
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from .model import sample_next_token
 
-__all__ = ["SamplingParams", "TokenChoice", "sample_token", "penalized_logits", "MAX_TOP_LOGPROBS", "MAX_SEED"]
+__all__ = ["SamplingParams", "TokenChoice", "sample_token", "sample_tokens", "penalized_logits", "MAX_TOP_LOGPROBS", "MAX_SEED"]
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 MAX_SEED = 2**63 - 1
@@ -151,3 +152,25 @@ def sample_token(logits: torch.Tensor, generated: Sequence[int], params: Samplin
         values, ids = torch.topk(logp, min(params.logprobs, logp.shape[-1]))
         top = [(int(i), float(v)) for i, v in zip(ids, values)]
     return TokenChoice(token, float(logp[token]), top)
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    return p.temperature == 0 and not p.logit_bias and not p.presence_penalty and not p.frequency_penalty \
+        and not p.logprobs
+
+
+def sample_tokens(logits: torch.Tensor, generated: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+                  generators: Sequence[torch.Generator | None]) -> list[TokenChoice]:
+    """:func:`sample_token` for every row of ``logits`` [B, V]; rows that are plain greedy (no bias, penalties or
+    top alternatives) share one vectorised argmax and log-softmax. Equal to calling :func:`sample_token` per row."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {getattr(logits, 'shape', None)}")
+    if not len(generated) == len(params) == len(generators) == logits.shape[0]:
+        raise ValueError(f"need one generated list, params and generator per row ({logits.shape[0]}), got "
+                         f"{len(generated)}, {len(params)}, {len(generators)}")
+    logp = F.log_softmax(logits.float(), dim=-1)
+    best = logp.argmax(dim=-1)  # log_softmax keeps the order, and argmax takes the first of equal values
+    picked = logp.gather(1, best[:, None])[:, 0]
+    best_l, picked_l = best.tolist(), picked.tolist()
+    return [TokenChoice(best_l[i], picked_l[i], []) if _plain_greedy(p) else sample_token(logits[i], g_ids, p, gen)
+            for i, (g_ids, p, gen) in enumerate(zip(generated, params, generators))]

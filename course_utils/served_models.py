@@ -1,7 +1,7 @@
 """Chapter 8: the trained models the course server serves, by name, and the chat data ``course-chat`` learned from.
 
 - ``tiny-gpt`` — chapter 7's base model (``assets/ft_base.safetensors``, rebuilt by ``scripts/pretrain_ch7.py``):
-  a character-level course :class:`~course_utils.model.GPT` (4 layers, d_model 64, 198k parameters) pretrained on
+  a character-level course :class:`~course_utils.model.GPT` (4 layers, d_model 64, 197k parameters) pretrained on
   the course corpus plus reading-comprehension text. It continues text; it has never seen a chat template.
 - ``course-chat`` — ``tiny-gpt`` fine-tuned (full fine-tuning, loss on the answers only) on conversations in the
   course chat template (:mod:`course_utils.chat`) by ``scripts/train_course_chat.py``: the facts come in the

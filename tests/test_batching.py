@@ -239,3 +239,36 @@ def test_broken_callback_fails_only_its_request(model):
             bad.result(TIMEOUT)
         assert good.result(TIMEOUT).token_ids == reference(model, [4, 5, 6], 5)
         assert eng.stats()["blocks_used"] == 0
+
+
+def test_attention_with_positions_and_paged_cache_checks_its_inputs(model):
+    attn = model.blocks[0].attn
+    x = torch.zeros(1, 2, attn.d_model)
+    pool = torch.zeros(16, attn.n_kv_heads, attn.head_dim)
+    cache = PagedKVCache(pool, pool.clone(), torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="positions"):
+        attn(x, cache=cache)
+    with pytest.raises(ValueError, match="positions must have shape"):
+        attn(x, positions=torch.tensor([[0, 1, 2]]))
+    with pytest.raises(TypeError, match="positions"):
+        attn(x, positions=torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="paged caches need positions"):
+        model(torch.tensor([[1, 2]]), caches=[cache] * len(model.blocks))
+    # positions 0, 1 through the paged cache give what the plain forward gives
+    out = attn(x, cache=cache, positions=torch.tensor([[0, 1]]))
+    assert torch.allclose(out, attn(x), atol=1e-6)
+
+
+def test_a_held_burst_gives_the_same_schedule_every_time(model):
+    from course_utils.batching import run_clients
+
+    jobs = [(p, greedy(k)) for p, k in zip(prompts([3, 9, 4, 12, 6, 2], seed=11), [20, 5, 12, 30, 8, 16])]
+    timelines, steps = [], {}
+    for policy in ("continuous", "continuous", "static"):
+        with Engine(model, block_size=8, max_batch=2, policy=policy, record=True) as eng:
+            out = run_clients(eng, jobs, None)
+        assert [r.token_ids for r in out["results"]] == [reference(model, p, s.max_tokens) for p, s in jobs]
+        timelines.append(eng.timeline)
+        steps[policy] = len(eng.timeline)
+    assert timelines[0] == timelines[1]
+    assert steps["static"] > steps["continuous"]  # static waits for the longest of each pair

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.sampling import SamplingParams, penalized_logits, sample_token
+from course_utils.sampling import SamplingParams, penalized_logits, sample_token, sample_tokens
 
 
 def test_penalties_follow_openai_formula():
@@ -96,3 +96,20 @@ def test_vocab_check_and_bad_logits():
         SamplingParams(stop_token_ids=[999]).check_vocab(256)
     with pytest.raises(ValueError, match="logits"):
         sample_token(torch.zeros(2, 4), [], SamplingParams())
+
+
+def test_batched_sampling_equals_row_by_row():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 40, generator=g)
+    logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: the first id wins in both paths
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0, logprobs=3),
+              SamplingParams(temperature=0.8, seed=1), SamplingParams(temperature=0, presence_penalty=1.0),
+              SamplingParams(temperature=0)]
+    generated = [[1], [2, 2], [], [int(logits[3].argmax())], []]
+    batch = sample_tokens(logits, generated, params, [torch.Generator().manual_seed(5) for _ in params])
+    one = [sample_token(logits[i], generated[i], params[i], torch.Generator().manual_seed(5)) for i in range(5)]
+    assert [c.token_id for c in batch] == [c.token_id for c in one] and batch[0].token_id == 7
+    assert [c.logprob for c in batch] == pytest.approx([c.logprob for c in one], abs=1e-6)
+    assert [c.top_logprobs for c in batch] == [c.top_logprobs for c in one]
+    with pytest.raises(ValueError, match="one generated"):
+        sample_tokens(logits, generated[:2], params, [None] * 5)
