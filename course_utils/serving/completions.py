@@ -64,10 +64,14 @@ def prompt_ids(backend, prompt, param: str = "prompt") -> list[int]:
     return ids
 
 
-def sampling_requests(body, ids_list, *, max_tokens, top_logprobs, stop_token_ids=()) -> list[GenRequest]:
-    """``n`` :class:`GenRequest` per prompt; choice ``j`` uses ``seed + j``."""
+def sampling_requests(body, ids_list, *, max_tokens, top_logprobs, stop_token_ids=(), vocab_size=None):
+    """``n`` :class:`GenRequest` per prompt; choice ``j`` uses ``seed + j``. A ``logit_bias`` id outside the
+    vocabulary is this request's 400 (found later, it would fail every request batched with it)."""
     n = body.n or 1
     bias = {int(k): float(v) for k, v in (body.logit_bias or {}).items()}
+    if vocab_size is not None and bias and max(bias) >= vocab_size:
+        raise ApiError(400, f"'logit_bias' holds token id {max(bias)}, outside the vocabulary [0, {vocab_size})",
+                       param="logit_bias")
     temperature = 1.0 if body.temperature is None else body.temperature
     reqs = []
     for ids in ids_list:

@@ -176,7 +176,8 @@ async def completions(request: Request, rec: dict = Depends(record), who: str = 
     if req.echo and req.logprobs is not None:
         raise ApiError(400, "'echo' with 'logprobs' (log-probabilities of the prompt) is not supported", param="echo")
     texts = [p if isinstance(p, str) else backend.tokenizer.decode(p) for p in req.prompts()]
-    reqs = cmp.sampling_requests(req, ids_list, max_tokens=max_tokens, top_logprobs=req.logprobs)
+    reqs = cmp.sampling_requests(req, ids_list, max_tokens=max_tokens, top_logprobs=req.logprobs,
+                                 vocab_size=getattr(backend.tokenizer, "vocab_size", None))
     job = server.job(False, req, backend, who, texts, reqs, req.stops(), echo=bool(req.echo), logprobs=req.logprobs)
     return await answer(request, job, bool(req.stream), rec)
 
@@ -198,7 +199,8 @@ async def chat_completions(request: Request, rec: dict = Depends(record), who: s
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     stops, stop_ids = cmp.chat_stops(backend)
-    reqs = cmp.sampling_requests(req, [ids], max_tokens=max_tokens, top_logprobs=top, stop_token_ids=stop_ids)
+    reqs = cmp.sampling_requests(req, [ids], max_tokens=max_tokens, top_logprobs=top, stop_token_ids=stop_ids,
+                                 vocab_size=getattr(backend.tokenizer, "vocab_size", None))
     job = server.job(True, req, backend, who, [text], reqs, req.stops() + stops, logprobs=top)
     return await answer(request, job, bool(req.stream), rec)
 
