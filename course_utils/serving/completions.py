@@ -161,7 +161,7 @@ def body(job: Job, choices: list[Choice]) -> dict:
             items.append({"text": text, "index": c.index, "logprobs": lp, "finish_reason": c.finish_reason})
     out["choices"] = items
     out["usage"] = protocol.usage(job.prompt_tokens, sum(c.completion_tokens for c in choices))
-    return out
+    return protocol.checked(protocol.ChatCompletion if job.chat else protocol.Completion, out)
 
 
 def _chunk(job: Job, choice: dict | None) -> str:
@@ -170,7 +170,11 @@ def _chunk(job: Job, choice: dict | None) -> str:
     out["choices"] = [] if choice is None else [choice]
     if job.include_usage:
         out["usage"] = None
-    return f"data: {json.dumps(out)}\n\n"
+    return f"data: {json.dumps(protocol.checked(_chunk_schema(job), out))}\n\n"
+
+
+def _chunk_schema(job: Job):
+    return protocol.ChatCompletionChunk if job.chat else protocol.Completion
 
 
 def _delta_chunk(job: Job, d: Delta, offset: int, first: bool) -> str:
@@ -208,5 +212,5 @@ async def sse(job: Job, deltas, first: Delta | None):
         out = protocol.envelope(job.rid, "chat.completion.chunk" if job.chat else "text_completion", job.model,
                                 job.created)
         out.update(choices=[], usage=protocol.usage(job.prompt_tokens, tokens))
-        yield f"data: {json.dumps(out)}\n\n", tokens
+        yield f"data: {json.dumps(protocol.checked(_chunk_schema(job), out))}\n\n", tokens
     yield "data: [DONE]\n\n", tokens

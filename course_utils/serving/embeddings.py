@@ -32,4 +32,4 @@ async def embeddings(request: Request, rec: dict = Depends(record), who: str = D
     out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     rec.update(status=200, tokens_in=tokens)
     server.finish(rec)
-    return out
+    return protocol.checked(protocol.EmbeddingList, out)

@@ -1,4 +1,4 @@
-"""The OpenAI wire format: pydantic schemas of the requests, the error body, and builders of the responses.
+"""The OpenAI wire format: pydantic schemas of the requests and of the responses, and the error body.
 
 Requests are validated strictly (``"5"`` is not an int, ``true`` is not a number, NaN is refused) and an invalid
 field is OpenAI's ``400 invalid_request_error`` naming it in ``param`` (FastAPI alone would answer 422, which the
@@ -153,6 +153,123 @@ def parse(schema: type[BaseModel], body: dict):
 
 
 # ----------------------------------------------------------------------------------------------- responses
+# The answers' shapes. Builders below make plain dicts; :func:`checked` passes each one through its schema, so a
+# response can never drift from the documented shape, and fields left out stay out (``usage`` on a chunk that
+# was not asked for it, ``role`` on a chat delta after the first).
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(_Out):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class _Envelope(_Out):
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str
+
+
+class CompletionLogprobs(_Out):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(_Out):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None
+    finish_reason: Literal["stop", "length", "cancelled"] | None
+
+
+class Completion(_Envelope):
+    """``/v1/completions``' answer, and each of its stream's chunks (``object`` ``text_completion`` in both)."""
+
+    object: Literal["text_completion"]
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Out):
+    content: list[TokenLogprob]
+    refusal: None = None
+
+
+class AssistantMessage(_Out):
+    role: Literal["assistant"]
+    content: str
+    refusal: None = None
+
+
+class ChatChoice(_Out):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length", "cancelled"]
+
+
+class ChatCompletion(_Envelope):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(_Out):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Out):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length", "cancelled"] | None
+
+
+class ChatCompletionChunk(_Envelope):
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class Embedding(_Out):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(_Out):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Envelope):
+    object: Literal["list"]
+    data: list[Embedding]
+    usage: EmbeddingUsage
+
+
+def checked(schema: type[BaseModel], body: dict) -> dict:
+    """``body`` validated against its response ``schema``; only the fields it sets are written."""
+    return schema.model_validate(body).model_dump(mode="json", exclude_unset=True)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
