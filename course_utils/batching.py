@@ -49,7 +49,6 @@ __all__ = ["Engine", "RequestHandle", "TokenEvent", "EngineResult", "BlockAlloca
 POLICIES = {"continuous": {"policy": "continuous"}, "static": {"policy": "static"},
             "one-at-a-time": {"policy": "continuous", "max_batch": 1}}
 
-FINISH_REASONS = ("length", "stop", "cancelled")
 
 
 @dataclass(frozen=True)

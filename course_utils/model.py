@@ -285,9 +285,8 @@ class GPT(nn.Module):
             raise ValueError(f"idx holds token ids outside [0, vocab_size={self.config.vocab_size}): "
                              f"min {int(idx.min())}, max {int(idx.max())}")
         past = 0
-        if caches is not None:
-            if len(caches) != len(self.blocks):
-                raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
         if positions is not None:  # each row at its own positions: MultiHeadAttention checks them per row
             return 0
         if caches is not None:
