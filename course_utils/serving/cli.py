@@ -57,8 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-anonymous", action="store_true",
                    help="allow listening on a non-loopback address without an API key")
     p.add_argument("--public-metrics", action="store_true", help="serve /metrics without a key")
-    p.add_argument("--max-batch", type=_positive(int), default=8)
-    p.add_argument("--max-wait-ms", type=_positive(float, allow_zero=True), default=5.0)
+    p.add_argument("--max-batch", type=_positive(int), default=8, help="requests decoded together (default 8)")
+    p.add_argument("--max-wait-ms", type=_positive(float, allow_zero=True), default=5.0,
+                   help="how long the static batcher gathers a batch (backends other than a course GPT)")
     p.add_argument("--rate", type=_positive(float), default=None, help="requests per second per key (burst = 2x)")
     return p
 
