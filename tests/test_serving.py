@@ -706,10 +706,10 @@ def test_aborted_and_stalled_uploads(backend, caplog):
 
 
 class _SlowGPT(GPT):
-    """A GPT whose every forward pass takes at least 20 ms more: long enough to leave in the middle."""
+    """A GPT whose every forward pass takes at least 50 ms more: long enough to leave in the middle."""
 
     def forward(self, *args, **kwargs):
-        time.sleep(0.02)
+        time.sleep(0.05)
         return super().forward(*args, **kwargs)
 
 
@@ -722,7 +722,7 @@ def test_continuous_batching_frees_a_leaving_clients_slot_and_blocks():
     with start_server(app) as url:
         with httpx.stream("POST", url + "/v1/completions", timeout=30,
                           json={"model": "tiny-gpt", "prompt": "abc", "max_tokens": 90, "stream": True}) as r:
-            next(r.iter_lines())  # one event, then hang up (90 tokens take >= 1.8 s)
+            next(r.iter_lines())  # one event, then hang up (90 tokens take >= 4.5 s)
         _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
         _wait_for(lambda: scheduler.engine.stats()["running"] == 0)
         stats = scheduler.engine.stats()
