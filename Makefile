@@ -30,10 +30,10 @@ OFFLINE_PIP := $(if $(FIND_WHEELHOUSE),--no-index $(FIND_WHEELHOUSE),)
 TORCH_CPU = $(PIP) install -q --no-deps --no-index $(FIND_WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu
 
-$(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
+$(STAMP): requirements.txt requirements-instructor.txt requirements-test.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@if [ "$$(uname -s)" = Linux ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then $(TORCH_CPU); fi
-	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt
 	$(PIP) install -q $(OFFLINE_PIP) setuptools  # Python >= 3.12 venvs come without it; the editable install needs it
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
@@ -92,11 +92,11 @@ site: venv
 # Every wheel that `make lab`, `make test` and `make instructor` install, for a room without internet (see
 # docs/instructor_guide.md); once wheelhouse/ holds them, the install steps above read only from it. On Linux the
 # CPU torch goes in first, so that torch==X resolves to it instead of the CUDA build.
-wheelhouse: requirements.txt requirements-instructor.txt
+wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt
 	@if [ "$$(uname -s)" = Linux ]; then \
 		$(PY) -m pip download -q --no-deps --no-index --dest $(WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
-	$(PY) -m pip download --dest wheelhouse --find-links wheelhouse -r requirements.txt -r requirements-instructor.txt setuptools
+	$(PY) -m pip download --dest wheelhouse --find-links wheelhouse -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt setuptools
 
 # Instructor extras (nbgrader) on top of the course's environment.
 instructor: venv

@@ -12,7 +12,8 @@ What lives here, each written so the maths reads off the code:
 * Rotary position embeddings (Su et al., 2021) in the rotate-half layout used by Llama / Hugging Face:
   :func:`rope_frequencies`, :func:`apply_rope`.
 * :class:`KVCache` and :class:`MultiHeadAttention` (causal, optional RoPE, grouped-query, KV cache), the block
-  chapter 3's GPT is built from.
+  chapter 3's GPT is built from; :class:`PagedKVCache` (chapter 8) keeps the keys/values of a batch of ragged
+  sequences in fixed-size blocks, with per-row ``positions``.
 
 Shapes follow PyTorch: ``q`` is ``[..., Lq, d]``, ``k`` is ``[..., Lk, d]``, ``v`` is ``[..., Lk, dv]``; a model's
 tensors are ``[B, H, T, head_dim]``.
@@ -40,6 +41,7 @@ __all__ = [
     "rotate_half",
     "apply_rope",
     "KVCache",
+    "PagedKVCache",
     "MultiHeadAttention",
     "TensorMemoryTracker",
     "ATTENTION_METHODS",
@@ -257,14 +259,32 @@ def rope_frequencies(head_dim: int, max_seq_len: int, base: float = 10000.0, *, 
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+def _check_positions(positions, B: int, T: int, limit: int) -> torch.Tensor:
+    """``positions`` as a LongTensor ``[B, T]`` of ints in ``[0, limit)``, else a ValueError/TypeError."""
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be a LongTensor [B, T] or None, got {type(positions).__name__}")
+    if positions.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"positions must hold integer positions, got dtype {positions.dtype}")
+    if tuple(positions.shape) != (B, T):
+        raise ValueError(f"positions must have shape [B={B}, T={T}], got {tuple(positions.shape)}")
+    if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= limit):
+        raise ValueError(f"positions must lie in [0, {limit}) (max_seq_len), got {int(positions.min())}.."
+                         f"{int(positions.max())}")
+    return positions.long()
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """``[x1, x2] → [−x2, x1]`` on the last axis: a 90° turn of every pair ``(x[i], x[i + d/2])``."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int = 0) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int = 0, *,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate ``x`` ``[B, H, T, head_dim]`` by the angles of positions ``offset … offset+T−1``.
+
+    ``positions`` (LongTensor ``[B, T]``) instead gives every row its own positions: a batch of sequences of
+    different lengths, each decoding at its own position (continuous batching).
 
     ``x·cos + rotate_half(x)·sin`` turns each pair by its position's angle, so after RoPE the dot product of a
     query at position ``m`` and a key at position ``n`` depends on ``m − n`` only, and norms are unchanged.
@@ -277,6 +297,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: in
             f"cos and sin must be [max_seq_len, head_dim] with head_dim = x's last axis: x {tuple(x.shape)}, "
             f"cos {tuple(cos.shape)}, sin {tuple(sin.shape)}"
         )
+    if positions is not None:
+        pos = _check_positions(positions, x.shape[0], x.shape[-2], cos.shape[0])
+        c = cos[pos].to(x.dtype)[:, None]  # [B, 1, T, head_dim]: the same angle for every head
+        s = sin[pos].to(x.dtype)[:, None]
+        return x * c + rotate_half(x) * s
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"offset must be a non-negative int, got {offset!r}")
     T = x.shape[-2]
@@ -355,6 +380,53 @@ class KVCache:
         return f"KVCache(length={self._length}, shape={shape})"
 
 
+class PagedKVCache:
+    """Keys and values of one layer for a batch of sequences, stored in fixed-size blocks of a shared pool.
+
+    The idea of PagedAttention (Kwon et al., 2023, vLLM): the cache is one pool of ``num_blocks × block_size``
+    slots per layer, ``k_pool``/``v_pool`` ``[slots, H_kv, head_dim]``; a sequence owns a list of blocks (its
+    *block table*), so position ``p`` lives in slot ``table[p // block_size] · block_size + p % block_size``. Memory
+    is taken one block at a time as a sequence grows and given back the moment it finishes.
+
+    One instance describes one forward pass: ``write_slots`` ``[B, T]`` are the slots of the ``T`` new positions of
+    every row, ``read_slots`` ``[B, L]`` the slots of positions ``0 … L−1`` (rows shorter than ``L`` point past
+    their end at any slot; the position mask hides them). :meth:`update` stores the new keys/values and returns
+    every row's keys/values in position order ``[B, H_kv, L, head_dim]`` — a gather, where vLLM's kernel reads
+    the blocks in place. Used with ``positions`` in :meth:`MultiHeadAttention.forward`; the block tables are kept
+    by :class:`course_utils.batching.Engine`.
+    """
+
+    def __init__(self, k_pool: torch.Tensor, v_pool: torch.Tensor, write_slots: torch.Tensor,
+                 read_slots: torch.Tensor):
+        for name, t in (("k_pool", k_pool), ("v_pool", v_pool)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3:
+                raise ValueError(f"{name} must be a 3-D tensor [slots, H_kv, head_dim], got "
+                                 f"{getattr(t, 'shape', type(t).__name__)}")
+        if k_pool.shape != v_pool.shape:
+            raise ValueError(f"k_pool and v_pool must have the same shape, got {tuple(k_pool.shape)} and "
+                             f"{tuple(v_pool.shape)}")
+        for name, t in (("write_slots", write_slots), ("read_slots", read_slots)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype != torch.long:
+                raise ValueError(f"{name} must be a LongTensor [B, T], got {getattr(t, 'shape', type(t).__name__)}")
+        if write_slots.shape[0] != read_slots.shape[0]:
+            raise ValueError(f"write_slots and read_slots must have the same batch size, got "
+                             f"{write_slots.shape[0]} and {read_slots.shape[0]}")
+        self.k_pool, self.v_pool = k_pool, v_pool
+        self.write_slots, self.read_slots = write_slots, read_slots
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``/``v`` ``[B, H_kv, T, d]`` in their slots; return all keys/values ``[B, H_kv, L, d]``."""
+        B, H, T, d = k.shape
+        if v.shape != k.shape or tuple(self.write_slots.shape) != (B, T) or self.k_pool.shape[1:] != (H, d):
+            raise ValueError(f"k/v {tuple(k.shape)}/{tuple(v.shape)} do not fit write_slots "
+                             f"{tuple(self.write_slots.shape)} and the pool's [slots, H_kv, d] = "
+                             f"{list(self.k_pool.shape)}")
+        slots = self.write_slots.reshape(-1)
+        self.k_pool[slots] = k.transpose(1, 2).reshape(B * T, H, d).to(self.k_pool.dtype)
+        self.v_pool[slots] = v.transpose(1, 2).reshape(B * T, H, d).to(self.v_pool.dtype)
+        return self.k_pool[self.read_slots].transpose(1, 2), self.v_pool[self.read_slots].transpose(1, 2)
+
+
 # --------------------------------------------------------------------------------------------- the module
 class MultiHeadAttention(nn.Module):
     """Causal multi-head attention with optional RoPE, grouped-query heads and a KV cache.
@@ -397,22 +469,32 @@ class MultiHeadAttention(nn.Module):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"head_dim={self.head_dim}, rope={self.rope}")
 
-    def forward(self, x: torch.Tensor, *, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
-                return_weights: bool = False):
+    def forward(self, x: torch.Tensor, *, cache: KVCache | PagedKVCache | None = None,
+                attn_mask: torch.Tensor | None = None, return_weights: bool = False,
+                positions: torch.Tensor | None = None):
         """``x`` ``[B, T, d_model]`` → ``[B, T, d_model]`` (and the weights ``[B, H, T, L]`` if asked).
 
         With a ``cache``, ``x`` holds positions ``cache.length … cache.length+T−1``; they attend to every cached
         position and causally to each other. ``attn_mask`` (bool, True = may attend, or float, added) broadcasts
         to ``[B, H, T, L]`` with ``L`` the number of keys (cached + new) and is combined with the causal mask,
         e.g. a padding mask ``[B, 1, 1, L]``.
+
+        ``positions`` (LongTensor ``[B, T]``) gives each row's own absolute positions — ragged sequences decoding
+        together. RoPE then rotates by them, and the causal mask becomes "key position ≤ query position", where
+        the keys are the new tokens (no cache, key ``j`` at ``positions[:, j]``) or the cached ones in position
+        order (key ``j`` at position ``j``; a :class:`PagedKVCache` needs ``positions``).
         """
         _check_tensor("x", x, min_dim=0)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be [B, T, d_model={self.d_model}], got shape {tuple(x.shape)}")
-        if cache is not None and not isinstance(cache, KVCache):
-            raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
+        if cache is not None and not isinstance(cache, (KVCache, PagedKVCache)):
+            raise TypeError(f"cache must be a KVCache, a PagedKVCache or None, got {type(cache).__name__}")
+        if isinstance(cache, PagedKVCache) and positions is None:
+            raise ValueError("a PagedKVCache needs positions [B, T] (each row's absolute positions)")
         B, T, _ = x.shape
-        offset = cache.length if cache is not None else 0
+        if positions is not None:
+            positions = _check_positions(positions, B, T, self.max_seq_len)
+        offset = cache.length if isinstance(cache, KVCache) and positions is None else 0
         if self.rope and offset + T > self.max_seq_len:
             raise ValueError(f"positions up to {offset + T} exceed max_seq_len={self.max_seq_len}")
 
@@ -420,8 +502,8 @@ class MultiHeadAttention(nn.Module):
         k = split_heads(self.k_proj(x), self.n_kv_heads)  # [B, H_kv, T, hd]
         v = split_heads(self.v_proj(x), self.n_kv_heads)
         if self.rope:
-            q = apply_rope(q, self.rope_cos, self.rope_sin, offset)
-            k = apply_rope(k, self.rope_cos, self.rope_sin, offset)
+            q = apply_rope(q, self.rope_cos, self.rope_sin, offset, positions=positions)
+            k = apply_rope(k, self.rope_cos, self.rope_sin, offset, positions=positions)
         if cache is not None:
             k, v = cache.update(k, v)  # all positions so far, [B, H_kv, offset+T, hd]
         k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
@@ -431,7 +513,15 @@ class MultiHeadAttention(nn.Module):
         mask, is_causal = None, False
         if attn_mask is not None:
             _as_additive(attn_mask, (B, self.n_heads, T, L), q.dtype)  # validates type and shape early
-        if attn_mask is None and offset == 0:
+        if positions is not None:
+            key_pos = positions if cache is None else torch.arange(L, device=x.device)[None, :]
+            mask = (key_pos[:, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, L]
+            if attn_mask is not None:
+                if attn_mask.dtype == torch.bool:
+                    mask = mask & attn_mask
+                else:
+                    mask = _as_additive(mask, mask.shape, q.dtype) + attn_mask.to(q.dtype)
+        elif attn_mask is None and offset == 0:
             is_causal = T > 1  # the common case: let the fused kernel build the triangle
         elif T > 1 or attn_mask is not None:
             mask = causal_mask(T, L, offset=L - T, device=x.device)

@@ -374,17 +374,23 @@ GPT_META = {"tokenizer": "ascii-characters", "script": "scripts/pretrain_ch7.py"
 
 
 # ----------------------------------------------------------------------------------------------- train and evaluate
-def _batch(texts: Sequence[str], answer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded inputs and targets; padding (and, with ``answer_only``, the prompt) is ignored (-1)."""
-    ids = [encode(t) for t in texts]
+def _batch(texts: Sequence, answer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded inputs and targets; padding (and, with ``answer_only``, the prompt) is ignored (-1).
+
+    A ``(prompt, completion)`` pair is trained on the completion only (e.g. a chat prompt and its answer).
+    """
+    pairs = [t if isinstance(t, tuple) else (t, None) for t in texts]
+    ids = [encode(p + (c or "")) for p, c in pairs]
     T = max(len(i) for i in ids) - 1
     x = torch.zeros(len(ids), T, dtype=torch.long)
     y = torch.full((len(ids), T), -1, dtype=torch.long)
-    for row, (t, seq) in enumerate(zip(texts, ids)):
+    for row, ((t, completion), seq) in enumerate(zip(pairs, ids)):
         n = len(seq) - 1
         x[row, :n] = torch.tensor(seq[:-1])
         y[row, :n] = torch.tensor(seq[1:])
-        if answer_only:  # learn only what follows the last "A:" (the answer), not the prompt
+        if completion is not None:  # position len(prompt) - 1 predicts the completion's first token
+            y[row, : len(t) - 1] = -1
+        elif answer_only:  # learn only what follows the last "A:" (the answer), not the prompt
             start = t.rfind("\nA:") + 3 if "\nA:" in t else t.find("A:") + 2
             y[row, : max(0, start - 1)] = -1
     return x, y
@@ -395,6 +401,8 @@ def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, b
              desc: str = "fine-tuning") -> dict:
     """Train the parameters of ``model`` that require grad on ``texts`` (one sample each) with AdamW.
 
+    An item of ``texts`` is a string, or a ``(prompt, completion)`` pair whose loss counts the completion only.
+
     Samples are drawn epoch by epoch in a seeded order; the learning rate warms up then follows a cosine.
     Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ...}``.
     """
@@ -402,8 +410,14 @@ def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, b
 
     from .train import lr_at
 
-    if isinstance(texts, str) or not texts or not all(isinstance(t, str) and len(t) > 1 for t in texts):
-        raise ValueError("texts must be a non-empty list of strings (each at least 2 characters)")
+    def _ok(t) -> bool:
+        if isinstance(t, tuple):
+            return len(t) == 2 and all(isinstance(s, str) for s in t) and len(t[0]) > 0 and len(t[1]) > 0
+        return isinstance(t, str) and len(t) > 1
+
+    if isinstance(texts, str) or not texts or not all(_ok(t) for t in texts):
+        raise ValueError("texts must be a non-empty list of strings (each at least 2 characters) or of "
+                         "(prompt, completion) pairs of non-empty strings")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -218,8 +218,9 @@ class Block(nn.Module):
         self.is_moe = c.ffn == "moe"
         self.resid_dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None):
-        a = self.attn(self.attn_norm(x), cache=cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None):
+        a = self.attn(self.attn_norm(x), cache=cache, attn_mask=attn_mask, positions=positions)
         x = x + self.resid_dropout(a)
         aux = None
         if self.is_moe:
@@ -266,7 +267,7 @@ class GPT(nn.Module):
         """One empty KV cache per layer, for :meth:`forward` (``caches=``) and :meth:`generate`."""
         return [KVCache() for _ in self.blocks]
 
-    def _check_idx(self, idx, caches) -> int:
+    def _check_idx(self, idx, caches, positions=None) -> int:
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             got = getattr(idx, "shape", type(idx).__name__)
             raise ValueError(f"idx must be a 2-D tensor [batch, time] of token ids, got {got}")
@@ -276,28 +277,36 @@ class GPT(nn.Module):
             raise ValueError(f"idx holds token ids outside [0, vocab_size={self.config.vocab_size}): "
                              f"min {int(idx.min())}, max {int(idx.max())}")
         past = 0
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
+        if positions is not None:  # each row at its own positions: MultiHeadAttention checks them per row
+            return 0
         if caches is not None:
-            if len(caches) != len(self.blocks):
-                raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
+            if not isinstance(caches[0], KVCache):
+                raise ValueError("paged caches need positions [B, T] (each row's absolute positions)")
             past = caches[0].length
         if past + idx.shape[1] > self.config.max_seq_len:
             raise ValueError(f"idx has {idx.shape[1]} tokens (+ {past} cached) but max_seq_len is "
                              f"{self.config.max_seq_len}")
         return past
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, caches: list | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, caches: list | None = None,
+                attn_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         """Logits [B, T, vocab] for token ids ``idx`` [B, T]; with ``targets`` [B, T] also the mean cross-entropy.
 
         ``targets`` equal to -1 are ignored. With ``caches`` (from :meth:`new_caches`) the keys/values of earlier
-        calls are reused and ``idx`` holds only the new tokens.
+        calls are reused and ``idx`` holds only the new tokens. ``attn_mask`` (bool, True = may attend, or float,
+        broadcasting to ``[B, H, T, L]``) is combined with the causal mask in every layer, e.g. a padding mask
+        ``[B, 1, 1, L]``. ``positions`` [B, T] gives each row its own absolute positions (ragged sequences; with
+        :class:`~course_utils.attention.PagedKVCache` caches, as :class:`course_utils.batching.Engine` does).
         """
-        self._check_idx(idx, caches)
+        self._check_idx(idx, caches, positions)
         if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
             raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, got {getattr(targets, 'shape', None)}")
         x = self.drop(self.tok_emb(idx.long()))
         self.last_moe_aux = []
         for i, block in enumerate(self.blocks):
-            x, aux = block(x, cache=None if caches is None else caches[i])
+            x, aux = block(x, cache=None if caches is None else caches[i], attn_mask=attn_mask, positions=positions)
             if aux is not None:
                 self.last_moe_aux.append(aux)
         logits = self.lm_head(self.norm(x))

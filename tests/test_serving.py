@@ -20,11 +20,12 @@ import torch
 
 from course_utils.gateway import ExactCache, RetryableError, retry_call
 from course_utils.model import GPT, GPTConfig
-from course_utils.serving import (Batcher, ByteTokenizer, FaultError, FaultInjector, GenRequest, GPTBackend,
-                                  RateLimit, create_app, start_server)
+from course_utils.serving import (Batcher, ByteTokenizer, EchoBackend, FaultError, FaultInjector, GenRequest,
+                                  GPTBackend, RateLimit, create_app, start_server)
 
 KEY, OTHER_KEY = "sk-course-alice-0001", "sk-course-bob-00002"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
+JSON = {**HEADERS, "Content-Type": "application/json"}
 
 
 def tiny_gpt(seed: int = 0, **kw) -> GPT:
@@ -148,7 +149,7 @@ def test_health_models_and_metrics(server):
     with httpx.Client(timeout=10) as h:
         assert h.get(url + "/health").json() == {"status": "ok", "models": ["tiny-gpt"]}
         h.post(url + "/v1/completions", headers=HEADERS, json={"model": "tiny-gpt", "prompt": "m", "max_tokens": 2})
-        m = h.get(url + "/metrics").json()
+        m = h.get(url + "/metrics", headers=HEADERS).json()
     assert m["requests_total"] >= 1 and m["requests_by_status"]["200"] >= 1
     assert m["latency_ms"]["p50"] > 0 and m["tokens_out"] >= 2
     assert set(m) >= {"latency_ms", "tokens_in", "tokens_out", "cache_hits", "cache_misses", "batch_sizes"}
@@ -158,8 +159,8 @@ def test_metrics_in_prometheus_text_format(server):
     url, _ = server
     with httpx.Client(timeout=10) as h:
         h.post(url + "/v1/completions", headers=HEADERS, json={"model": "tiny-gpt", "prompt": "m", "max_tokens": 2})
-        r = h.get(url + "/metrics", params={"format": "prometheus"})
-        bad = h.get(url + "/metrics", params={"format": "xml"})
+        r = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS)
+        bad = h.get(url + "/metrics", params={"format": "xml"}, headers=HEADERS)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = {}
     for line in r.text.splitlines():  # every line is a comment or `name{labels} value` with a float value
@@ -170,7 +171,9 @@ def test_metrics_in_prometheus_text_format(server):
     assert samples['course_model_requests_total{model="tiny-gpt"}'] >= 1
     assert 0 < samples['course_request_latency_seconds{quantile="0.50"}'] < 60
     assert samples["course_tokens_out_total"] >= 2
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "format"
+    assert samples['course_engine_running{model="tiny-gpt"}'] == 0  # continuous batching: nothing left running
+    assert samples['course_engine_blocks_free{model="tiny-gpt"}'] > 0
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "format"
 
 
 def _error(r, status, param=None):
@@ -197,20 +200,27 @@ def test_missing_or_wrong_key_is_401(server):
 
 @pytest.mark.parametrize("payload,status,param", [
     ({"model": "gpt-17", "prompt": "x"}, 404, "model"),
-    ({"prompt": "x"}, 422, "model"),
-    ({"model": "tiny-gpt", "prompt": ""}, 422, "prompt"),
-    ({"model": "tiny-gpt", "prompt": 12}, 422, "prompt"),
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 49}, 422, "max_tokens"),  # above the server's limit
-    ({"model": "tiny-gpt", "prompt": "x" * 60, "max_tokens": 40}, 422, "max_tokens"),  # beyond the context
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": "5"}, 422, "max_tokens"),
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": True}, 422, "max_tokens"),
-    ({"model": "tiny-gpt", "prompt": "x", "temperature": "hot"}, 422, "temperature"),
-    ({"model": "tiny-gpt", "prompt": "x", "temperature": 3}, 422, "temperature"),
-    ({"model": "tiny-gpt", "prompt": "x", "seed": -1}, 422, "seed"),
-    ({"model": "tiny-gpt", "prompt": "x", "stream": "yes"}, 422, "stream"),
-    ({"model": "tiny-gpt", "prompt": "x", "n": 2}, 422, "n"),
-    ({"model": "tiny-gpt", "prompt": "x" * 200}, 422, "prompt"),
+    ({"prompt": "x"}, 400, "model"),
+    ({"model": "tiny-gpt", "prompt": ""}, 400, "prompt"),
+    ({"model": "tiny-gpt", "prompt": 12}, 400, "prompt"),
+    ({"model": "tiny-gpt", "prompt": [1, 999]}, 400, "prompt"),  # a token id outside the vocabulary
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 49}, 400, "max_tokens"),  # above the server's limit
+    ({"model": "tiny-gpt", "prompt": "x" * 60, "max_tokens": 40}, 400, "max_tokens"),  # beyond the context
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": True}, 400, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "x", "temperature": "hot"}, 400, "temperature"),
+    ({"model": "tiny-gpt", "prompt": "x", "temperature": 3}, 400, "temperature"),
+    ({"model": "tiny-gpt", "prompt": "x", "seed": -1}, 400, "seed"),
+    ({"model": "tiny-gpt", "prompt": "x", "stream": "yes"}, 400, "stream"),
+    ({"model": "tiny-gpt", "prompt": "x", "n": 0}, 400, "n"),
+    ({"model": "tiny-gpt", "prompt": "x", "n": 99}, 400, "n"),
+    ({"model": "tiny-gpt", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"model": "tiny-gpt", "prompt": "x", "logprobs": 21}, 400, "logprobs"),
+    ({"model": "tiny-gpt", "prompt": "x", "logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ({"model": "tiny-gpt", "prompt": "x", "logit_bias": {"256": 1}}, 400, "logit_bias"),  # outside the vocabulary
+    ({"model": "tiny-gpt", "prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({"model": "tiny-gpt", "prompt": "x" * 200}, 400, "prompt"),
 ])
 def test_bad_fields_get_named_4xx_errors(server, payload, status, param):
     url, _ = server
@@ -221,51 +231,72 @@ def test_bad_fields_get_named_4xx_errors(server, payload, status, param):
 def test_bad_bodies_get_4xx(server):
     url, _ = server
     with httpx.Client(timeout=10) as h:
-        post = lambda content: h.post(url + "/v1/completions", content=content, headers=HEADERS)  # noqa: E731
+        post = lambda content: h.post(url + "/v1/completions", content=content, headers=JSON)  # noqa: E731
         _error(post(b"{not json"), 400)
         _error(post(b"\xff\xfe\xfd"), 400)
         _error(post(b'{"model": "tiny-gpt", "prompt": "x", "temperature": NaN}'), 400)
-        _error(post(b"[1, 2, 3]"), 422)
+        _error(post(b"[1, 2, 3]"), 400)
         _error(post(b"[" * 3000 + b"]" * 3000), 413)
         _error(post(b'{"model": "tiny-gpt", "prompt": "' + b"a" * 5000 + b'"}'), 413)
         _error(h.get(url + "/v1/nothing-here"), 404)
         _error(h.delete(url + "/v1/completions", headers=HEADERS), 405)
 
 
+FUZZ_VALUES = [None, True, -1, 0, 2, 10**30, 1.5e308, "", "x", "tiny-gpt", [], {}, ["a", "b"], [1], [[1, 2]], "\u0000",
+               "é" * 30, float("inf"), {"include_usage": True}, {"1": 5}, [{"role": "user", "content": "hi"}],
+               [{"role": "tool", "content": "x"}], [{"role": "user"}], [{"content": "hi"}]]
+FUZZ_FIELDS = {
+    "/v1/completions": ["model", "prompt", "max_tokens", "temperature", "seed", "stream", "top_p", "n", "logprobs",
+                        "stop", "echo", "logit_bias", "presence_penalty", "stream_options"],
+    "/v1/chat/completions": ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed",
+                             "stream", "top_p", "n", "logprobs", "top_logprobs", "stop", "frequency_penalty",
+                             "logit_bias", "stream_options", "user"],
+    "/v1/embeddings": ["model", "input", "encoding_format"],
+}
+FUZZ_BASE = {"/v1/completions": {"model": "tiny-gpt", "prompt": "hi", "max_tokens": 2},
+             "/v1/chat/completions": {"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}],
+                                      "max_tokens": 2},
+             "/v1/embeddings": {"model": "no-such-embedder", "input": "hi"}}
+
+
 def test_bounded_fuzz_leaves_the_server_healthy(server):
-    """600 malformed requests (seeded): every one gets a 4xx with a JSON error body, never a 500."""
+    """900 malformed or odd requests (seeded) over the three POST endpoints: every one gets a 2xx or a 4xx with a
+    JSON error body, never a 5xx, and the server still answers afterwards."""
     url, _ = server
     rng = random.Random(0)
-    fields = ["model", "prompt", "max_tokens", "temperature", "seed", "stream", "top_p", "n", "logprobs", "stop"]
-    values = [None, True, -1, 0, 10**30, 1.5e308, "", "x", "tiny-gpt", [], {}, ["a", "b"], [1], "\u0000", "é" * 30,
-              float("inf")]
-    statuses = set()
-    deadline = time.monotonic() + 120
-    with httpx.Client(timeout=10) as h:
-        for i in range(600):
+    statuses = {}
+    deadline = time.monotonic() + 240
+    with httpx.Client(timeout=20) as h:
+        for i in range(900):
             assert time.monotonic() < deadline, "fuzz loop took too long"
+            path = rng.choice(sorted(FUZZ_FIELDS))
             kind = rng.random()
-            if kind < 0.3:  # random bytes
+            if kind < 0.25:  # random bytes
                 content = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
-            elif kind < 0.4:  # truncated JSON
-                content = json.dumps({"model": "tiny-gpt", "prompt": "hello"}).encode()[: rng.randrange(1, 30)]
-            else:  # a JSON object with wrong fields/types (always at least one bad one)
-                body = {"model": "tiny-gpt", "prompt": "hi", "max_tokens": 2}
-                for f in rng.sample(fields, rng.randrange(1, 4)):
-                    body[f] = rng.choice(values)
-                body.setdefault("stop", "never")  # 'stop' is unsupported: keeps every body invalid
-                if body["stop"] is None:
-                    body["stop"] = ["x"]
+            elif kind < 0.35:  # truncated JSON
+                content = json.dumps(FUZZ_BASE[path]).encode()[: rng.randrange(1, 30)]
+            else:  # a JSON object with random values in random fields
+                body = dict(FUZZ_BASE[path])
+                for f in rng.sample(FUZZ_FIELDS[path], rng.randrange(1, 4)):
+                    body[f] = rng.choice(FUZZ_VALUES)
                 content = json.dumps(body, allow_nan=True).encode()
-            r = h.post(url + "/v1/completions", content=content, headers=HEADERS)
-            statuses.add(r.status_code)
-            assert 400 <= r.status_code < 500, (r.status_code, content[:100], r.text[:200])
-            assert "error" in r.json()
+            r = h.post(url + path, content=content, headers=JSON)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            assert r.status_code < 500, (path, r.status_code, content[:100], r.text[:200])
+            if r.status_code >= 400:
+                assert "error" in r.json() and "Traceback" not in r.text
+        for i in range(20):  # clients that hang up mid-upload, and streams abandoned after one event
+            head = (f"POST {rng.choice(sorted(FUZZ_FIELDS))} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n").encode()
+            _raw(url, head + json.dumps(FUZZ_BASE["/v1/completions"]).encode()[: rng.randrange(1, 40)], False)
+            with h.stream("POST", url + "/v1/chat/completions", headers=HEADERS,
+                          json={**FUZZ_BASE["/v1/chat/completions"], "max_tokens": 40, "stream": True}) as r:
+                next(r.iter_lines())
         assert h.get(url + "/health").json()["status"] == "ok"
         ok = h.post(url + "/v1/completions", headers=HEADERS,
                     json={"model": "tiny-gpt", "prompt": "still alive?", "max_tokens": 3, "temperature": 0})
         assert ok.status_code == 200 and len(ok.json()["choices"][0]["text"]) > 0
-    assert {400, 422} <= statuses
+    assert {200, 400, 404} <= set(statuses) and 422 not in statuses, statuses  # OpenAI's 400, never FastAPI's 422
 
 
 def test_request_log_is_json_and_never_contains_the_key(server, caplog):
@@ -388,7 +419,7 @@ def test_token_rate_limit_rejects_requests_bigger_than_the_burst(backend):
     app = create_app({"tiny-gpt": backend}, rate_limit=RateLimit(100.0, 100, tokens_per_s=10.0, token_burst=20))
     with start_server(app) as url, httpx.Client(timeout=10) as h:
         r = h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 30})
-        _error(r, 422, "max_tokens")
+        _error(r, 400, "max_tokens")
         codes = [h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 8}).status_code
                  for _ in range(4)]
     assert codes[:2] == [200, 200] and 429 in codes  # 2 × 9 tokens fit the burst of 20, the third does not
@@ -438,9 +469,12 @@ def _free_port() -> int:
 
 
 def test_command_line_serves_on_localhost():
+    from course_utils.served_models import chat_examples
+
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "tiny-gpt", "--port", str(port),
-                             "--api-key", KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "tiny-gpt", "--model",
+                             "course-chat", "--port", str(port), "--api-key", KEY],  # the README's command
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -452,8 +486,11 @@ def test_command_line_serves_on_localhost():
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        r = client(url, max_retries=0).completions.create(model="tiny-gpt", prompt="cli", max_tokens=3)
-        assert r.usage.completion_tokens == 3
+        c = client(url, max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["course-chat", "tiny-gpt", "all-MiniLM-L6-v2"]
+        messages, answer = chat_examples(1, split="eval")[0]  # a held-out question the trained model answers
+        r = c.chat.completions.create(model="course-chat", temperature=0, max_tokens=16, messages=messages)
+        assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == answer, (r, answer)
     finally:
         proc.terminate()
         try:
@@ -481,7 +518,7 @@ def test_addition_data_trains_on_the_answer_only():
 
 
 def test_adder_checkpoints_are_sha256_checked_and_the_large_one_adds(tmp_path, monkeypatch):
-    from course_utils import serving
+    from course_utils import adder, serving
     from course_utils.serving import ADDER_SHA256, addition_problems, load_adder
 
     assert set(ADDER_SHA256) == {"adder-small", "adder-large"}  # recorded digests of the committed files
@@ -505,7 +542,7 @@ def test_adder_checkpoints_are_sha256_checked_and_the_large_one_adds(tmp_path, m
     bad = bytearray((tmp_path / "serve_adder_small.safetensors").read_bytes())
     bad[-1] ^= 1
     (tmp_path / "serve_adder_small.safetensors").write_bytes(bytes(bad))
-    monkeypatch.setattr(serving, "ASSETS", tmp_path)
+    monkeypatch.setattr(adder, "ASSETS", tmp_path)
     with pytest.raises(ValueError, match="sha256"):
         load_adder("adder-small")
 
@@ -519,3 +556,193 @@ def test_load_backend_serves_a_checkpoint_without_pickle():
     assert be.generate("12+34=", max_tokens=3).text == "64\n"  # 46, digits reversed
     with pytest.raises(FileNotFoundError):
         load_backend("x", serving.ASSETS / "missing.safetensors")
+
+
+# ---------------------------------------------------------------- hardening (issue 18): each check failed before
+def test_metrics_need_the_key_unless_public_and_prometheus_survives_anonymous_requests(backend):
+    for public in (False, True):
+        app = create_app({"tiny-gpt": backend}, api_keys=[KEY], public_metrics=public)
+        with start_server(app) as url, httpx.Client(timeout=10) as h:
+            h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x"})  # 401: a record without model
+            r = h.get(url + "/metrics", params={"format": "prometheus"})
+            keyed = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS)
+        assert r.status_code == (200 if public else 401)
+        assert keyed.status_code == 200 and 'course_requests_total{status="401"} ' in keyed.text
+        assert "model=\"None\"" not in keyed.text
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--rate", "0"], "--rate"), (["--rate", "nan"], "--rate"), (["--rate", "-1"], "--rate"),
+    (["--rate", "inf"], "--rate"), (["--max-batch", "0"], "--max-batch"), (["--max-batch", "2.5"], "--max-batch"),
+    (["--max-wait-ms", "nan"], "--max-wait-ms"), (["--max-wait-ms", "-5"], "--max-wait-ms"),
+    (["--api-key", "short"], "--api-key"), (["--host", "0.0.0.0"], "--allow-anonymous"),
+    (["--host", "192.168.1.20", "--api-key", KEY, "--max-batch", "-3"], "--max-batch"),
+])
+def test_command_line_settings_are_checked_before_start(argv, flag, capsys):
+    from course_utils.serving import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and flag in capsys.readouterr().err  # argparse's exit, naming the flag
+
+
+def test_misconfigured_fault_injector_is_a_server_error(backend):
+    flaky = FaultInjector(backend, error_rate=0.0)
+    app = create_app({"tiny-gpt": flaky})
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        flaky.error_rate = 2.0  # changed on the fly to an impossible value: the operator's fault, not the client's
+        r = h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 2})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error" and "Traceback" not in r.text
+
+
+def test_only_json_bodies_are_accepted(server):
+    url, _ = server
+    with httpx.Client(timeout=10) as h:  # a web page's "simple" cross-site POST is text/plain
+        r = h.post(url + "/v1/completions", headers={**HEADERS, "Content-Type": "text/plain"},
+                   content=json.dumps({"model": "tiny-gpt", "prompt": "x"}))
+        form = h.post(url + "/v1/completions", headers=HEADERS, data={"model": "tiny-gpt", "prompt": "x"})
+    assert _error(r, 415)["code"] == "unsupported_media_type" and form.status_code == 415
+
+
+def test_failed_authentication_is_rate_limited_per_address(backend):
+    app = create_app({"tiny-gpt": backend}, api_keys=[KEY], failed_auth_per_s=0.01, failed_auth_burst=3)
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        codes = [h.get(url + "/v1/models", headers={"Authorization": f"Bearer sk-guess-{i:04d}"}).status_code
+                 for i in range(5)]
+        last = h.get(url + "/v1/models", headers={"Authorization": "Bearer sk-guess-9999"})
+    assert codes == [401, 401, 401, 429, 429] and int(last.headers["retry-after"]) >= 1
+
+
+def test_cache_is_scoped_per_api_key(backend):
+    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, cache=ExactCache())
+    body = {"model": "tiny-gpt", "prompt": "tenant secret", "max_tokens": 4, "temperature": 0}
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        for key in (KEY, OTHER_KEY, OTHER_KEY):
+            r = h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200
+        hits = [r["cache_hit"] for r in app.state.request_log]
+    assert hits == [False, False, True]  # bob never receives alice's cached answer
+
+
+class _Gated(EchoBackend):
+    """An echo backend whose batches wait for ``release`` and whose tokens take ``token_s`` each."""
+
+    def __init__(self, token_s: float = 0.0):
+        super().__init__("tiny-gpt")
+        self.started, self.release = threading.Event(), threading.Event()
+        self.calls, self.tokens, self.token_s = 0, 0, token_s
+
+    def generate_batch(self, reqs, on_token=None):
+        self.calls += len(reqs)
+        self.started.set()
+        assert self.release.wait(30)
+
+        def slow(row, *a):
+            self.tokens += 1
+            time.sleep(self.token_s)
+            return on_token(row, *a) if on_token else None
+
+        return super().generate_batch(reqs, slow)
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_a_client_that_leaves_is_cancelled_and_never_computed(backend):
+    gated = _Gated()
+    app = create_app({"tiny-gpt": gated}, max_batch=1, max_wait_ms=0)
+    body = {"model": "tiny-gpt", "prompt": "abc", "max_tokens": 3}
+    with start_server(app) as url:
+        first = threading.Thread(target=lambda: httpx.post(url + "/v1/completions", json=body, timeout=30))
+        first.start()
+        assert gated.started.wait(20)  # the first request occupies the only slot
+        with pytest.raises(httpx.ReadTimeout):  # the second waits in the queue; its client gives up
+            httpx.post(url + "/v1/completions", json=body, timeout=0.5)
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        gated.release.set()
+        first.join(timeout=30)
+        _wait_for(lambda: len(app.state.request_log) == 2)
+    assert gated.calls == 1  # the abandoned request was dropped from the queue, not computed
+    assert sorted(r["status"] for r in app.state.request_log) == [200, 499]
+
+
+def test_a_stream_whose_client_leaves_stops_decoding(backend):
+    gated = _Gated(token_s=0.05)
+    gated.release.set()
+    app = create_app({"tiny-gpt": gated}, max_wait_ms=0)
+    with start_server(app) as url:
+        with httpx.stream("POST", url + "/v1/completions", timeout=30,
+                          json={"model": "tiny-gpt", "prompt": "abcdef", "max_tokens": 200, "stream": True}) as r:
+            next(r.iter_lines())  # one event, then hang up
+        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
+        time.sleep(0.3)
+    assert gated.tokens < 100  # 200 tokens take 10 s; the row was cancelled soon after the client left
+
+
+def _raw(url: str, data: bytes, wait_reply: bool, timeout: float = 10.0) -> bytes:
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        return s.recv(4096) if wait_reply else b""
+
+
+def test_aborted_and_stalled_uploads(backend, caplog):
+    caplog.set_level("INFO")
+    app = create_app({"tiny-gpt": backend}, body_timeout_s=0.5)
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    with start_server(app) as url:
+        _raw(url, head, wait_reply=False)  # the client hangs up mid-body
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        stalled = _raw(url, head, wait_reply=True)  # the body never completes: dropped after body_timeout_s
+    assert stalled.startswith(b"HTTP/1.1 408")
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+    aborted = [r for r in app.state.request_log if r["status"] == 499]
+    assert len(aborted) == 1 and aborted[0]["endpoint"] == "/v1/completions"
+
+
+class _SlowGPT(GPT):
+    """A GPT whose every forward pass takes at least 50 ms more: long enough to leave in the middle."""
+
+    def forward(self, *args, **kwargs):
+        time.sleep(0.05)
+        return super().forward(*args, **kwargs)
+
+
+def test_continuous_batching_frees_a_leaving_clients_slot_and_blocks():
+    torch.manual_seed(0)
+    slow = _SlowGPT(GPTConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=96))
+    app = create_app({"tiny-gpt": GPTBackend(slow)}, max_wait_ms=0)
+    scheduler = app.state.batchers["tiny-gpt"]
+    assert type(scheduler).__name__ == "EngineScheduler"  # a course GPT is served with continuous batching
+    with start_server(app) as url:
+        with httpx.stream("POST", url + "/v1/completions", timeout=30,
+                          json={"model": "tiny-gpt", "prompt": "abc", "max_tokens": 90, "stream": True}) as r:
+            next(r.iter_lines())  # one event, then hang up (90 tokens take >= 4.5 s)
+        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
+        _wait_for(lambda: scheduler.engine.stats()["running"] == 0)
+        stats = scheduler.engine.stats()
+    assert stats["blocks_used"] == 0 and stats["tokens_generated"] < 90
+
+
+# ---------------------------------------------------------------- stop strings on decoded text
+def test_text_stream_holds_back_possible_stop_prefixes_and_waits_for_whole_characters():
+    from course_utils.serving.generation import TextStream
+
+    tok = ByteTokenizer()
+    ts = TextStream(tok, ["END", "\n\n"])
+    released = [d.text if d else None for d in (ts.push(t) for t in tok.encode("ab EN"))]
+    assert "".join(r or "" for r in released) == "ab "  # "EN" could start "END": held back
+    assert ts.push(ord("X")).text == "ENX"  # it did not: released with the next character
+    out = [ts.push(t) for t in tok.encode("é")]  # two bytes: nothing until the character is whole
+    assert out[0] is None and out[1].text == "é"
+    last = [ts.push(t) for t in tok.encode("yEND tail")]
+    assert ts.stopped and "".join(d.text for d in last if d) == "y"  # the stop text is never returned
+    assert ts.finish("stop").text == "" and ts.finish("stop").finish_reason == "stop"
+    rest = TextStream(tok, ["zz"])
+    rest.push(ord("a")), rest.push(ord("z"))
+    assert rest.finish("length").text == "z"  # held back for a stop that never came: released at the end

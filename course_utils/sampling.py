@@ -1,0 +1,176 @@
+"""Chapter 8: the sampling parameters of an OpenAI-style request and the one function that applies them.
+
+- :class:`SamplingParams` — ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``presence_penalty``,
+  ``frequency_penalty``, ``logit_bias``, ``logprobs`` (how many top alternatives to report, 0–20, or ``None`` for
+  no log-probabilities) and ``stop_token_ids``; validated when built (``ValueError``/``TypeError`` naming the field).
+- :func:`sample_token` — one row of logits + the ids the sequence has generated so far + a ``torch.Generator`` →
+  :class:`TokenChoice` ``(token_id, logprob, top_logprobs)``; :func:`sample_tokens` does a batch of rows at once
+  (the same result, with plain greedy rows handled in one vectorised step).
+
+The order of operations follows OpenAI's documentation of the parameters:
+
+1. ``logit_bias`` is added to the logits (``-100`` effectively bans a token, ``+100`` effectively forces it);
+2. penalties, with ``c[j]`` = how often token ``j`` appears among the tokens *generated so far* (not the prompt)::
+
+       logit[j] -= frequency_penalty * c[j] + presence_penalty * (c[j] > 0)
+
+3. ``temperature == 0`` takes the argmax (greedy; the first id on a tie); otherwise the logits are divided by the
+   temperature, ``top_p`` keeps the smallest set of most likely tokens whose probability reaches ``top_p``, and one
+   token is drawn with the request's generator — :func:`course_utils.model.sample_next_token` does steps 3's work.
+
+**Which log-probabilities are reported.** ``logprob`` and ``top_logprobs`` come from the model's own distribution,
+``log_softmax(logits)`` at temperature 1, *before* bias, penalties, temperature and top-p (vLLM's default,
+``logprobs_mode="raw_logprobs"``). So a logprob says how likely the model found the token, whatever sampling
+settings picked it: the same text scores the same under greedy and sampled decoding, and a token forced by
+``logit_bias`` shows the (low) probability the model gave it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .model import sample_next_token
+
+__all__ = ["SamplingParams", "TokenChoice", "sample_token", "sample_tokens", "penalized_logits", "MAX_TOP_LOGPROBS", "MAX_SEED"]
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
+MAX_SEED = 2**63 - 1
+
+
+def _number(name: str, value, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if value < lo or value > hi or (lo_open and value == lo):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+def _int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence is sampled (OpenAI's names and ranges). Frozen: an engine may share it across threads."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: no log-probabilities; k: the chosen token's + the k most likely
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        _int("max_tokens", self.max_tokens, 1, 1 << 20)
+        _number("temperature", self.temperature, 0.0, 2.0)
+        _number("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        if self.seed is not None:
+            _int("seed", self.seed, 0, MAX_SEED)
+        _number("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        if not isinstance(self.logit_bias, dict):
+            raise TypeError(f"logit_bias must be a dict {{token_id: bias}}, got {type(self.logit_bias).__name__}")
+        bias = {}
+        for key, value in self.logit_bias.items():
+            # JSON object keys are strings: "42" is token 42, as in OpenAI's API
+            tok = int(key) if isinstance(key, str) and key.isdigit() else key
+            if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
+                raise ValueError(f"logit_bias keys must be token ids (ints >= 0), got {key!r}")
+            bias[tok] = _number(f"logit_bias[{key!r}]", value, -100.0, 100.0)
+        object.__setattr__(self, "logit_bias", bias)
+        if self.logprobs is not None:
+            _int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
+        if isinstance(self.stop_token_ids, (str, bytes)) or not isinstance(self.stop_token_ids, (list, tuple, set)):
+            raise TypeError(f"stop_token_ids must be a list of token ids, got {type(self.stop_token_ids).__name__}")
+        for t in self.stop_token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                raise ValueError(f"stop_token_ids must hold token ids (ints >= 0), got {t!r}")
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise ``ValueError`` if ``logit_bias`` or ``stop_token_ids`` name an id outside ``[0, vocab_size)``."""
+        for name, ids in (("logit_bias", self.logit_bias), ("stop_token_ids", self.stop_token_ids)):
+            bad = [t for t in ids if t >= vocab_size]
+            if bad:
+                raise ValueError(f"{name} holds token id {bad[0]}, outside the vocabulary [0, {vocab_size})")
+
+
+class TokenChoice(NamedTuple):
+    """The sampled token, its log-probability, and the ``k`` most likely tokens ``[(id, logprob), ...]``."""
+
+    token_id: int
+    logprob: float
+    top_logprobs: list[tuple[int, float]]
+
+
+def penalized_logits(logits: torch.Tensor, generated: Sequence[int], params: SamplingParams) -> torch.Tensor:
+    """``logits`` [V] + ``logit_bias`` − ``frequency_penalty``·c − ``presence_penalty``·[c > 0] (float32 copy)."""
+    out = logits.float().clone()
+    V = out.shape[-1]
+    if params.logit_bias:
+        params.check_vocab(V)
+        ids = torch.tensor(list(params.logit_bias), dtype=torch.long)
+        out[ids] += torch.tensor(list(params.logit_bias.values()), dtype=out.dtype)
+    if generated and (params.frequency_penalty or params.presence_penalty):
+        counts = torch.bincount(torch.as_tensor(list(generated), dtype=torch.long), minlength=V)[:V].to(out.dtype)
+        out -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(out.dtype)
+    return out
+
+
+def sample_token(logits: torch.Tensor, generated: Sequence[int], params: SamplingParams,
+                 generator: torch.Generator | None = None) -> TokenChoice:
+    """Pick the next token from one row of ``logits`` [V] for a sequence that has ``generated`` these ids.
+
+    Bias and penalties are applied, then greedy or temperature/top-p sampling with ``generator`` (seeded per
+    request, so a seeded request is reproducible whatever else runs in the batch). The reported log-probabilities
+    are the model's raw ones (see the module docstring).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 1:
+        raise ValueError(f"logits must be a 1-D tensor [vocab], got {getattr(logits, 'shape', type(logits).__name__)}")
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+    adjusted = penalized_logits(logits, generated, params)
+    if params.temperature == 0:
+        token = int(adjusted.argmax())
+    else:
+        top_p = None if params.top_p >= 1.0 else params.top_p
+        token = int(sample_next_token(adjusted[None], params.temperature, None, top_p, generator)[0])
+    logp = F.log_softmax(logits.float(), dim=-1)
+    top: list[tuple[int, float]] = []
+    if params.logprobs:
+        values, ids = torch.topk(logp, min(params.logprobs, logp.shape[-1]))
+        top = [(int(i), float(v)) for i, v in zip(ids, values)]
+    return TokenChoice(token, float(logp[token]), top)
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    return p.temperature == 0 and not p.logit_bias and not p.presence_penalty and not p.frequency_penalty \
+        and not p.logprobs
+
+
+def sample_tokens(logits: torch.Tensor, generated: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+                  generators: Sequence[torch.Generator | None]) -> list[TokenChoice]:
+    """:func:`sample_token` for every row of ``logits`` [B, V]; rows that are plain greedy (no bias, penalties or
+    top alternatives) share one vectorised argmax and log-softmax. Equal to calling :func:`sample_token` per row."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {getattr(logits, 'shape', None)}")
+    if not len(generated) == len(params) == len(generators) == logits.shape[0]:
+        raise ValueError(f"need one generated list, params and generator per row ({logits.shape[0]}), got "
+                         f"{len(generated)}, {len(params)}, {len(generators)}")
+    logp = F.log_softmax(logits.float(), dim=-1)
+    best = logp.argmax(dim=-1)  # log_softmax keeps the order, and argmax takes the first of equal values
+    picked = logp.gather(1, best[:, None])[:, 0]
+    best_l, picked_l = best.tolist(), picked.tolist()
+    return [TokenChoice(best_l[i], picked_l[i], []) if _plain_greedy(p) else sample_token(logits[i], g_ids, p, gen)
+            for i, (g_ids, p, gen) in enumerate(zip(generated, params, generators))]

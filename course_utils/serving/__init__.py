@@ -1,0 +1,40 @@
+"""Chapter 8: a small but real OpenAI-compatible server around the course's models.
+
+    client ──HTTP──► auth (Bearer key, constant-time) ─► rate limit (token bucket per key) ─► validate (pydantic)
+           ◄──JSON / SSE── cache? ─► scheduler ─► one forward pass per decode step for the whole batch ─► model
+
+The package, by concern:
+
+- :mod:`.protocol` — OpenAI's request schemas (completions, chat completions, embeddings) and response shapes;
+  invalid input is a 400 ``invalid_request_error`` naming the field.
+- :mod:`.backends` — :class:`GPTBackend` (batched decoding with a padding mask), :class:`EchoBackend`,
+  :class:`EmbeddingBackend` (chapter 6's all-MiniLM-L6-v2), :func:`load_backend`.
+- :mod:`.scheduler` — :class:`Batcher` (static batching).
+- :mod:`.generation` — tokens to text: stop strings on the decoded text, cancellation.
+- :mod:`.completions` — prompts × ``n`` choices as one job; JSON and server-sent-event answers.
+- :mod:`.faults` — :class:`FaultInjector`, :class:`FaultError`; :mod:`.metrics` — counters and Prometheus text;
+  :mod:`.auth` — keys, :class:`RateLimit`; :mod:`.routes`, :mod:`.embeddings` — the HTTP routes;
+  :mod:`.app` — :func:`create_app`, :func:`start_server`; :mod:`.cli` — the command line.
+
+Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/embeddings``, ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /health``, ``GET /metrics`` (JSON or ``?format=prometheus``).
+
+Command line: ``python -m course_utils.serving --model tiny-gpt --port 8000`` (see ``--help``). The adder models
+of the cascade live in :mod:`course_utils.adder` (re-exported here).
+"""
+from .backends import ByteTokenizer, EchoBackend, EmbeddingBackend, Generation, GenRequest, GPTBackend, load_backend
+from .faults import FaultError, FaultInjector
+from .scheduler import Batcher
+from .auth import RateLimit
+from .metrics import Metrics, prometheus_text
+from .protocol import MAX_SEED
+from .app import create_app, start_server
+from .cli import main
+from ..adder import (ADDER_CONFIGS, ADDER_SHA256, ASSETS, AdditionData, addition_problem, addition_problems,
+                     answer_additions, build_adders, load_adder, train_adder)
+
+__all__ = ["ByteTokenizer", "GenRequest", "Generation", "GPTBackend", "EchoBackend", "EmbeddingBackend",
+           "addition_problem", "addition_problems", "AdditionData", "answer_additions", "train_adder",
+           "build_adders", "load_adder", "ADDER_CONFIGS", "ADDER_SHA256", "FaultError", "FaultInjector", "Batcher",
+           "RateLimit", "Metrics", "prometheus_text", "create_app", "start_server", "load_backend", "main",
+           "MAX_SEED", "ASSETS"]

@@ -1,0 +1,279 @@
+"""What the server runs: generation backends over the course's models, and the embedding model.
+
+- :class:`GPTBackend` — generation for a batch of prompts of different lengths: prompts are **left**-padded, a
+  padding mask hides the pads, and each decode step is one forward pass over the whole batch with a KV cache.
+  RoPE only sees relative positions, so a left-padded row computes the same tokens as the row alone.
+- :class:`EchoBackend` — model-free, for measuring the serving machinery alone.
+- :class:`EmbeddingBackend` — chapter 6's all-MiniLM-L6-v2 (384-dim, unit-length vectors), loaded on first use.
+- :func:`load_backend` — a backend by name (``tiny-gpt``, ``course-chat``) or from a checkpoint.
+
+``on_token(row, token_id, logprob, top)`` is called as tokens appear (``top``: ``{id: logprob}`` or None); when it
+returns ``False`` the row is cancelled (its client went away) and decoding stops for it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..sampling import SamplingParams, sample_token
+
+log = logging.getLogger("course_utils.serving")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0–255): the simplest tokenizer a byte-level model can serve."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
+
+
+@dataclass
+class GenRequest:
+    """One generation job: token ids in, up to ``max_tokens`` ids out, sampled with OpenAI's parameters."""
+
+    prompt_ids: list[int]
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    top_logprobs: int = 0  # alternatives reported per token
+    stop_token_ids: tuple[int, ...] = ()  # e.g. the chat template's END_OF_TURN: finish_reason "stop"
+
+    def params(self) -> SamplingParams:
+        """The request's :class:`~course_utils.sampling.SamplingParams` (validated there)."""
+        return SamplingParams(self.max_tokens, self.temperature, 1.0 if self.top_p is None else self.top_p, self.seed,
+                              self.presence_penalty, self.frequency_penalty, dict(self.logit_bias),
+                              self.top_logprobs or None, tuple(self.stop_token_ids))
+
+
+@dataclass
+class Generation:
+    """What a backend returns per request: the new ids, their log-probabilities and the decoded text."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    prompt_tokens: int
+    finish_reason: str = "length"
+    top_logprobs: list[dict[int, float]] | None = None
+
+    @property
+    def mean_logprob(self) -> float:
+        """Average log-probability per generated token: the model's confidence (used by the cascade)."""
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+
+def raise_if_error(result):
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def check_requests(reqs, max_context: int) -> None:
+    if not isinstance(reqs, (list, tuple)) or not reqs:
+        raise ValueError("reqs must be a non-empty list of GenRequest")
+    for r in reqs:
+        if not isinstance(r, GenRequest):
+            raise TypeError(f"reqs must hold GenRequest objects, got {type(r).__name__}")
+        if not r.prompt_ids:
+            raise ValueError("prompt_ids must hold at least one token")
+        if not isinstance(r.max_tokens, int) or r.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {r.max_tokens!r}")
+        if len(r.prompt_ids) + r.max_tokens > max_context:
+            raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_tokens ({r.max_tokens}) exceeds the "
+                             f"context of {max_context}")
+
+
+class GPTBackend:
+    """Serve a course :class:`~course_utils.model.GPT` (or any model with the same blocks) with batched decoding."""
+
+    def __init__(self, model, tokenizer=None, *, name: str = "tiny-gpt"):
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(model, "blocks") or not hasattr(model, "new_caches"):
+            raise TypeError(f"model must be a course_utils.model.GPT (config, blocks, new_caches), got "
+                            f"{type(model).__name__}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+        vocab = getattr(self.tokenizer, "vocab_size", None)
+        if vocab is not None and vocab > config.vocab_size:
+            raise ValueError(f"the tokenizer has {vocab} ids but the model only {config.vocab_size}")
+        self.name = name
+        self.max_context = int(config.max_seq_len)
+        self._lock = threading.Lock()  # one forward pass at a time: the weights are shared, torch uses all cores
+
+    def _forward(self, idx: torch.Tensor, caches, attn_mask):
+        """The model's own forward pass with a padding mask: logits ``[B, T, V]``."""
+        logits, _ = self.model(idx, caches=caches, attn_mask=attn_mask)
+        return logits
+
+    @torch.no_grad()
+    def generate_batch(self, reqs: list[GenRequest], on_token: Callable | None = None) -> list:
+        """Generate for every request in one batch; ``on_token(row, id, logprob, top)`` is called as tokens appear."""
+        check_requests(reqs, self.max_context)
+        longest = max(len(r.prompt_ids) for r in reqs)
+        steps = max(r.max_tokens for r in reqs)
+        if len(reqs) > 1 and longest + steps > self.max_context:
+            # A long prompt and a long answer do not fit one padded batch: split it (rows keep their order).
+            half = len(reqs) // 2
+            shift = (lambda row, *a: on_token(row + half, *a)) if on_token else None  # noqa: E731
+            return self.generate_batch(reqs[:half], on_token) + self.generate_batch(reqs[half:], shift)
+        with self._lock:
+            return self._generate(reqs, longest, steps, on_token)
+
+    def _prefill(self, reqs, T):
+        B = len(reqs)
+        pads = torch.tensor([T - len(r.prompt_ids) for r in reqs])
+        idx = torch.zeros(B, T, dtype=torch.long)
+        for b, r in enumerate(reqs):
+            idx[b, int(pads[b]):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+        valid = torch.arange(T)[None, :] >= pads[:, None]  # [B, T] True on real tokens
+        padded = bool(pads.any())
+        # A pad query may attend to itself, so no softmax row is empty (an empty row gives NaN, and NaN values
+        # in the cache would leak into real rows through 0 · NaN).
+        mask = (valid[:, None, None, :] | torch.eye(T, dtype=torch.bool)[None, None]) if padded else None
+        caches = self.model.new_caches()
+        return self._forward(idx, caches, mask)[:, -1], caches, valid, padded
+
+    def _generate(self, reqs, T, steps, on_token):
+        logits, caches, valid, padded = self._prefill(reqs, T)
+        rows = [_Row(r) for r in reqs]
+        for _ in range(steps):
+            nxt = [row.step(b, logits[b], on_token) for b, row in enumerate(rows)]
+            if all(row.finish is not None for row in rows):
+                break
+            valid = torch.cat([valid, torch.ones(len(reqs), 1, dtype=torch.bool)], dim=1)
+            step_mask = valid[:, None, None, :] if padded else None
+            logits = self._forward(torch.tensor(nxt)[:, None], caches, step_mask)[:, -1]
+        return [row.result(self.tokenizer) for row in rows]
+
+    def generate(self, prompt, max_tokens: int = 16, temperature: float = 0.0, seed: int | None = None,
+                 top_p: float | None = None) -> Generation:
+        """One request, unbatched: ``prompt`` is text or a list of token ids."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return raise_if_error(self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])
+
+
+class _Row:
+    """One request's decoding state inside a static batch."""
+
+    def __init__(self, req: GenRequest):
+        self.req, self.params = req, req.params()
+        self.out, self.lps, self.tops, self.finish = [], [], [], None
+        self.gen = None if req.seed is None else torch.Generator().manual_seed(req.seed)
+
+    def step(self, b, logits, on_token) -> int:
+        if self.finish is not None:
+            return 0  # a finished row rides along until the longest one is done (static batching's waste)
+        choice = sample_token(logits, self.out, self.params, self.gen)
+        top = dict(choice.top_logprobs) if self.req.top_logprobs else None
+        self.out.append(choice.token_id)
+        self.lps.append(choice.logprob)
+        self.tops.append(top)
+        if on_token is not None and on_token(b, choice.token_id, choice.logprob, top) is False:
+            self.finish = "cancelled"  # nobody waits for this row any more: stop computing it
+        elif choice.token_id in self.params.stop_token_ids:
+            self.finish = "stop"
+        elif len(self.out) >= self.req.max_tokens:
+            self.finish = "length"
+        return choice.token_id
+
+    def result(self, tokenizer) -> Generation:
+        tops = self.tops if self.req.top_logprobs else None
+        return Generation(self.out, self.lps, tokenizer.decode(self.out), len(self.req.prompt_ids),
+                          self.finish or "length", tops)
+
+
+class EchoBackend:
+    """A model-free backend that answers every prompt with its first ``max_tokens`` bytes: for measuring the
+    serving machinery (retries, limits, caches) without paying for a forward pass."""
+
+    def __init__(self, name: str = "echo", max_context: int = 1024):
+        self.name, self.max_context, self.tokenizer = name, max_context, ByteTokenizer()
+
+    def generate_batch(self, reqs: list[GenRequest], on_token=None) -> list:
+        out = []
+        for row, r in enumerate(reqs):
+            ids = (list(r.prompt_ids) * r.max_tokens)[: r.max_tokens]
+            for i, tok in enumerate(ids):
+                if on_token is not None and on_token(row, tok, 0.0, None) is False:
+                    ids = ids[: i + 1]  # cancelled
+                    break
+            out.append(Generation(ids, [0.0] * len(ids), self.tokenizer.decode(ids), len(r.prompt_ids)))
+        return out
+
+    def generate(self, prompt, max_tokens: int = 16, temperature: float = 0.0, seed: int | None = None,
+                 top_p: float | None = None) -> Generation:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0]
+
+
+class EmbeddingBackend:
+    """Chapter 6's sentence embedder (:func:`course_utils.rag.embed`): unit-length vectors, loaded on first use."""
+
+    def __init__(self, name: str | None = None):
+        from ..rag import DEFAULT_MODEL
+
+        self.name = name or DEFAULT_MODEL
+        self.model_name = DEFAULT_MODEL
+        self.dimensions = 384
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """The vectors and the number of tokens the model read (its own tokenizer, special tokens included)."""
+        from ..rag import embed, load_model
+
+        vecs = embed(texts, self.model_name, cache=False)
+        tokens = sum(len(ids) for ids in load_model(self.model_name).tokenizer(texts)["input_ids"])
+        return vecs.tolist(), tokens
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def load_backend(name: str = "tiny-gpt", checkpoint: str | Path | None = None, *, seed: int = 0,
+                 allow_untrained: bool = False) -> GPTBackend:
+    """A backend for the command line: ``checkpoint`` (safetensors + JSON, no pickle), else the course's trained
+    model called ``name`` (``tiny-gpt``, ``course-chat``: :data:`course_utils.served_models.SERVED_MODELS`,
+    sha256-checked). A seeded untrained GPT over bytes (it answers noise, but every piece of the server works) only
+    with ``allow_untrained=True`` and a name that is not a trained model."""
+    from ..model import GPT, GPTConfig, load_checkpoint
+    from ..served_models import SERVED_MODELS, load_served_model
+
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint)
+        return GPTBackend(model, _tokenizer_for(model.config.vocab_size), name=name)
+    if name in SERVED_MODELS:
+        model, tokenizer = load_served_model(name)
+        return GPTBackend(model, tokenizer, name=name)
+    if not allow_untrained:
+        raise FileNotFoundError(f"{name!r} is not a trained course model ({', '.join(sorted(SERVED_MODELS))}): pass "
+                                "--checkpoint PATH, or --untrained to serve noise from a random network")
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=256))
+    log.warning("serving an untrained %s (pass --checkpoint to serve trained weights)", name)
+    return GPTBackend(model, ByteTokenizer(), name=name)
+
+
+def _tokenizer_for(vocab_size: int):
+    """Bytes for a byte-level model, chapter 7's characters for a 128-id model, else chapter 1's corpus BPE of the
+    model's vocabulary size."""
+    from ..data import corpus_tokenizer
+    from ..served_models import AsciiTokenizer
+
+    if vocab_size == AsciiTokenizer.vocab_size:
+        return AsciiTokenizer()
+    return ByteTokenizer() if vocab_size <= 256 else corpus_tokenizer(vocab_size)

@@ -1,0 +1,304 @@
+"""The OpenAI wire format: pydantic schemas of the requests and of the responses, and the error body.
+
+Requests are validated strictly (``"5"`` is not an int, ``true`` is not a number, NaN is refused) and an invalid
+field is OpenAI's ``400 invalid_request_error`` naming it in ``param`` (FastAPI alone would answer 422, which the
+official client raises as ``UnprocessableEntityError`` instead of ``BadRequestError``). Unknown fields are
+ignored, as clients send fields a small server does not use.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_SEED = 2**63 - 1
+MAX_N = 8  # choices per prompt: each one is a full generation
+MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
+SYSTEM_FINGERPRINT = "fp_course_utils"
+
+Float = Annotated[float, Field(allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI's JSON body ``{"error": {message, type, param, code}}``."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type, self.headers = (
+            status, message, param, code, type_, headers or {})
+
+    def body(self) -> dict:
+        return error_body(self.status, self.message, self.param, self.code, self.type)
+
+
+def error_body(status, message, param=None, code=None, type_="invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code, "status": status}}
+
+
+_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none"}
+
+
+def validation_error(err: ValidationError) -> ApiError:
+    """The first pydantic error as a 400 naming the field (``messages.1.role``)."""
+    first = err.errors(include_url=False)[0]
+    # a union reports which member failed (`constrained-str`, `list[constrained-int]`): keep the field path only
+    loc = [str(p) for p in first.get("loc", ())
+           if not (isinstance(p, str) and ("[" in p or "-" in p or p in _TYPE_TAGS))]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    return ApiError(400, f"invalid '{param}': {msg}" if param else msg, param=param)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    """Fields shared by completions and chat completions (OpenAI's names and ranges)."""
+
+    model: Annotated[str, Field(min_length=1)]
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = 1
+    seed: Seed | None = None
+    stop: Union[Annotated[str, Field(min_length=1)],
+                Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)], None] = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Penalty | None = 0.0
+    frequency_penalty: Penalty | None = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None = None
+    user: str | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value):
+        for key in value or {}:
+            if not key.isdigit() or len(key) > 9:
+                raise ValueError(f"logit_bias keys must be token ids, got {key[:20]!r}")
+        return value
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[Annotated[str, Field(min_length=1)], TokenIds,
+                  Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=32)],
+                  Annotated[list[TokenIds], Field(min_length=1, max_length=32)]]
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    echo: bool | None = False
+
+    def prompts(self) -> list:
+        """One entry per prompt: a str or a list of token ids."""
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None  # a string, or OpenAI's content parts (text parts only)
+    name: str | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    def max_new_tokens(self, default: int) -> tuple[int, str]:
+        """The token budget and the field it came from (``max_completion_tokens`` wins, as for OpenAI)."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        if self.max_tokens is not None:
+            return self.max_tokens, "max_tokens"
+        return default, "max_tokens"
+
+
+class EmbeddingRequest(_Strict):
+    model: Annotated[str, Field(min_length=1)]
+    input: Union[Annotated[str, Field(min_length=1)],
+                 Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=256)]]
+    encoding_format: Literal["float", "base64"] | None = "float"  # base64: float32 little-endian
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def parse(schema: type[BaseModel], body: dict):
+    """``body`` as ``schema``, or an :class:`ApiError` 400 naming the first bad field."""
+    try:
+        return schema.model_validate(body)
+    except ValidationError as err:
+        raise validation_error(err) from None
+
+
+# ----------------------------------------------------------------------------------------------- responses
+# The answers' shapes. Builders below make plain dicts; :func:`checked` passes each one through its schema, so a
+# response can never drift from the documented shape, and fields left out stay out (``usage`` on a chunk that
+# was not asked for it, ``role`` on a chat delta after the first).
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(_Out):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class _Envelope(_Out):
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str
+
+
+class CompletionLogprobs(_Out):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(_Out):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None
+    finish_reason: Literal["stop", "length", "cancelled"] | None
+
+
+class Completion(_Envelope):
+    """``/v1/completions``' answer, and each of its stream's chunks (``object`` ``text_completion`` in both)."""
+
+    object: Literal["text_completion"]
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(_Out):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(_Out):
+    content: list[TokenLogprob]
+    refusal: None = None
+
+
+class AssistantMessage(_Out):
+    role: Literal["assistant"]
+    content: str
+    refusal: None = None
+
+
+class ChatChoice(_Out):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length", "cancelled"]
+
+
+class ChatCompletion(_Envelope):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(_Out):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Out):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length", "cancelled"] | None
+
+
+class ChatCompletionChunk(_Envelope):
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class Embedding(_Out):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(_Out):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Envelope):
+    object: Literal["list"]
+    data: list[Embedding]
+    usage: EmbeddingUsage
+
+
+def checked(schema: type[BaseModel], body: dict) -> dict:
+    """``body`` validated against its response ``schema``; only the fields it sets are written."""
+    return schema.model_validate(body).model_dump(mode="json", exclude_unset=True)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def envelope(rid: str, obj: str, model: str, created: int | None = None) -> dict:
+    """The fields every response carries."""
+    return {"id": rid, "object": obj, "created": int(time.time()) if created is None else created, "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_logprobs(tokens: list[str], logprobs: list[float], tops: list[dict] | None, start: int = 0) -> dict:
+    """``/v1/completions``' logprobs: parallel lists, ``text_offset`` counted from ``start``."""
+    offsets, pos = [], start
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(tokens: list[str], logprobs: list[float], tops: list[dict] | None) -> dict:
+    """Chat's logprobs: one entry per token with its bytes and the ``top_logprobs`` alternatives."""
+    content = []
+    for i, (t, lp) in enumerate(zip(tokens, logprobs)):
+        alts = [{"token": a, "logprob": v, "bytes": list(a.encode("utf-8"))}
+                for a, v in (tops[i] if tops else {}).items()]
+        content.append({"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")), "top_logprobs": alts})
+    return {"content": content, "refusal": None}

@@ -1,0 +1,274 @@
+"""course_utils.batching: continuous batching with a block KV cache, checked token for token against generate()."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_utils.attention import PagedKVCache
+from course_utils.batching import Engine, RequestHandle
+from course_utils.model import GPT, GPTConfig
+from course_utils.sampling import SamplingParams
+
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # grouped-query attention (2 KV heads for 4 query heads) so the pool's H_kv differs from H
+    return GPT(GPTConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)).eval()
+
+
+def prompts(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 128, (n,), generator=g).tolist() for n in lengths]
+
+
+def greedy(max_tokens, **kw):
+    return SamplingParams(max_tokens=max_tokens, temperature=0, **kw)
+
+
+def reference(model, prompt, k):
+    return model.generate(torch.tensor([prompt]), k, temperature=0)[0, len(prompt):].tolist()
+
+
+def test_forward_with_positions_equals_plain_forward(model):
+    """Ragged rows through GPT.forward(positions=...) give each row's own logits, as if alone."""
+    a, b = prompts([9, 4])
+    x = torch.zeros(2, 9, dtype=torch.long)
+    x[0], x[1, :4] = torch.tensor(a), torch.tensor(b)
+    pos = torch.arange(9).repeat(2, 1)
+    logits, _ = model(x, positions=pos)
+    alone_a, _ = model(torch.tensor([a]))
+    alone_b, _ = model(torch.tensor([b]))
+    torch.testing.assert_close(logits[0], alone_a[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1, :4], alone_b[0], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_attn_mask_threads_through_every_layer(model):
+    """A padding mask through GPT.forward: a left-padded row computes what the row computes alone."""
+    p = prompts([5])[0]
+    x = torch.tensor([[0, 0, 0] + p])
+    valid = torch.tensor([[False] * 3 + [True] * 5])
+    mask = valid[:, None, None, :] | torch.eye(8, dtype=torch.bool)[None, None]  # a pad sees itself: no NaN
+    padded, _ = model(x, attn_mask=mask)
+    alone, _ = model(torch.tensor([p]))
+    torch.testing.assert_close(padded[0, 3:], alone[0], atol=1e-5, rtol=1e-5)
+    unmasked, _ = model(x)
+    assert (unmasked[0, 3:] - alone[0]).abs().max() > 1e-3  # without the mask the pads do change the result
+
+
+def test_greedy_engine_equals_generate_for_requests_joining_at_different_steps(model):
+    ps = prompts([1, 5, 17, 33, 3, 40, 12])
+    ks = [20, 7, 30, 16, 40, 5, 25]
+    with Engine(model, block_size=8, max_batch=3, record=True) as eng:
+        started = threading.Event()
+        # the first request's first token releases the others, so they join a batch that is already decoding
+        first = eng.submit(ps[0], greedy(ks[0]), on_token=lambda e: started.set())
+        assert started.wait(TIMEOUT)
+        handles = [first] + [eng.submit(p, greedy(k)) for p, k in zip(ps[1:], ks[1:])]
+        results = [h.result(TIMEOUT) for h in handles]
+        timeline = eng.timeline
+    for r, p, k in zip(results, ps, ks):
+        assert r.token_ids == reference(model, p, k)
+        assert r.finish_reason == "length" and r.completion_tokens == k and r.prompt_tokens == len(p)
+    # requests really overlapped and joined mid-flight: some step ran 3 at once, and request 0 shared a step
+    assert max(sum(x is not None for x in row) for row in timeline) == 3
+    assert any(row.count(0) and sum(x is not None for x in row) > 1 for row in timeline)
+    # a slot freed by a finished request was reused by another one
+    slot_owners = {i: {row[i] for row in timeline if row[i] is not None} for i in range(3)}
+    assert max(len(v) for v in slot_owners.values()) > 1
+
+
+def test_logprobs_are_the_models_and_events_stream_in_order(model):
+    p = prompts([6])[0]
+    events = []
+    with Engine(model, block_size=4) as eng:
+        r = eng.submit(p, greedy(5, logprobs=3), on_token=events.append).result(TIMEOUT)
+    seq = torch.tensor([p + r.token_ids])
+    with torch.no_grad():
+        logp = F.log_softmax(model(seq)[0][0], -1)
+    for i, (tok, lp, top) in enumerate(zip(r.token_ids, r.logprobs, r.top_logprobs)):
+        row = logp[len(p) - 1 + i]
+        assert lp == pytest.approx(float(row[tok]), abs=1e-4)
+        assert [t for t, _ in top] == torch.topk(row, 3).indices.tolist()
+    assert [e.token_id for e in events] == r.token_ids and [e.index for e in events] == list(range(5))
+    assert [e.finish_reason for e in events] == [None] * 4 + ["length"]
+
+
+def test_stop_token_ends_with_stop_and_is_not_returned(model):
+    p = prompts([8])[0]
+    free = reference(model, p, 10)
+    stop = free[3]
+    events = []
+    with Engine(model) as eng:
+        r = eng.submit(p, greedy(10, stop_token_ids=[stop]), on_token=events.append).result(TIMEOUT)
+    cut = free.index(stop)
+    assert r.token_ids == free[:cut] and r.finish_reason == "stop" and r.completion_tokens == cut + 1
+    assert events[-1].token_id is None and events[-1].finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible_alone_and_in_company(model):
+    p = prompts([10])[0]
+    params = SamplingParams(max_tokens=24, temperature=1.0, top_p=0.9, seed=1234)
+    with Engine(model, block_size=8) as eng:
+        alone = eng.submit(p, params).result(TIMEOUT).token_ids
+        again = eng.submit(p, params).result(TIMEOUT).token_ids
+        other = eng.submit(p, SamplingParams(max_tokens=24, temperature=1.0, seed=99)).result(TIMEOUT).token_ids
+    assert alone == again
+    assert alone != other
+    with Engine(model, block_size=8, max_batch=4) as eng:
+        crowd = [eng.submit(q, SamplingParams(max_tokens=30, temperature=1.0, seed=i)) for i, q in
+                 enumerate(prompts([3, 20, 7], seed=5))]
+        mine = eng.submit(p, params)
+        assert mine.result(TIMEOUT).token_ids == alone
+        [h.result(TIMEOUT) for h in crowd]
+
+
+def test_cancel_frees_slot_and_blocks_at_once(model):
+    gate = threading.Event()
+    with Engine(model, block_size=8, max_batch=2) as eng:
+        h = eng.submit(prompts([30])[0], greedy(90), on_token=lambda e: gate.set())
+        assert gate.wait(TIMEOUT)
+        assert eng.stats()["blocks_used"] >= 4  # 30 prompt tokens + 1 = 4 blocks of 8
+        assert eng.cancel(h) is True
+        s = eng.stats()
+        assert s["blocks_used"] == 0 and s["running"] == 0 and s["kv_bytes_reserved"] == 0
+        r = h.result(TIMEOUT)
+        assert r.finish_reason == "cancelled" and len(r.token_ids) < 90
+        assert eng.cancel(h) is False
+        waiting = [eng.submit(prompts([4])[0], greedy(50)) for _ in range(4)]
+        assert eng.cancel(waiting[-1]) is True  # cancelling a queued request works too
+        assert all(w.result(TIMEOUT).finish_reason == "length" for w in waiting[:-1])
+        assert waiting[-1].result(TIMEOUT).finish_reason == "cancelled"
+
+
+def test_blocks_never_leak_and_waste_is_small(model):
+    ps = prompts([5, 60, 9, 31, 2, 44, 17, 23], seed=3)
+    ks = [70, 16, 100, 40, 120, 30, 64, 90]
+    with Engine(model, block_size=8, max_batch=4) as eng:
+        hs = [eng.submit(p, greedy(k)) for p, k in zip(ps, ks)]
+        [h.result(TIMEOUT) for h in hs]
+        s = eng.stats()
+    assert s["blocks_used"] == 0 and s["blocks_free"] == eng.allocator.num_blocks and s["running"] == 0
+    assert s["kv_waste"] < 0.10  # at most one partly filled block per sequence
+    assert s["kv_waste_maxlen"] > 2 * s["kv_waste"]  # reserving prompt + max_tokens up front wastes far more
+
+
+def test_preemption_when_blocks_run_out_still_gives_exact_outputs(model):
+    ps = prompts([20, 25, 30], seed=7)
+    ks = [60, 60, 60]
+    # 3 sequences of ~85 tokens need 3 x 11 blocks of 8; give the pool 20 so someone must be preempted
+    with Engine(model, block_size=8, num_blocks=20, max_batch=3) as eng:
+        results = [h.result(TIMEOUT) for h in [eng.submit(p, greedy(k)) for p, k in zip(ps, ks)]]
+        s = eng.stats()
+    assert s["preemptions"] >= 1 and s["blocks_used"] == 0
+    assert sum(r.preemptions for r in results) == s["preemptions"]
+    for r, p, k in zip(results, ps, ks):
+        assert r.token_ids == reference(model, p, k)
+
+
+def test_static_policy_same_tokens_but_waits_for_the_batch(model):
+    ps = prompts([4, 6], seed=9)
+    with Engine(model, block_size=8, max_batch=2, policy="static") as eng:
+        gate = threading.Event()
+        short = eng.submit(ps[0], greedy(3))
+        long = eng.submit(ps[1], greedy(40), on_token=lambda e: gate.set())
+        rs, rl = short.result(TIMEOUT), long.result(TIMEOUT)
+        assert eng.stats()["blocks_used"] == 0
+    assert rs.token_ids == reference(model, ps[0], 3) and rl.token_ids == reference(model, ps[1], 40)
+    assert rs.finished_at >= rl.first_token_at  # the short one was delivered only when the batch ended
+
+
+def test_paged_cache_roundtrip():
+    pool_k, pool_v = torch.zeros(4 * 2, 1, 2), torch.zeros(4 * 2, 1, 2)
+    k = torch.arange(6.0).reshape(1, 1, 3, 2)
+    # positions 0, 1, 2 of one sequence in blocks [3, 1]: slots 6, 7, 2
+    cache = PagedKVCache(pool_k, pool_v, torch.tensor([[6, 7, 2]]), torch.tensor([[6, 7, 2]]))
+    k_all, v_all = cache.update(k, k + 1)
+    assert torch.equal(k_all, k) and torch.equal(v_all, k + 1)
+    assert torch.equal(pool_k[2, 0], torch.tensor([4.0, 5.0]))
+
+
+def test_bad_input_is_rejected(model):
+    with Engine(model) as eng:
+        with pytest.raises(ValueError, match="prompt_ids"):
+            eng.submit([], greedy(3))
+        with pytest.raises(ValueError, match="prompt_ids"):
+            eng.submit([500], greedy(3))
+        with pytest.raises(TypeError, match="prompt_ids"):
+            eng.submit("hello", greedy(3))
+        with pytest.raises(ValueError, match="max_tokens"):
+            eng.submit([1, 2], greedy(200))
+        with pytest.raises(ValueError, match="logit_bias"):
+            eng.submit([1], SamplingParams(logit_bias={300: 1.0}))
+        with pytest.raises(TypeError, match="params"):
+            eng.submit([1], {"max_tokens": 3})
+        with pytest.raises(TypeError, match="handle"):
+            eng.cancel(3)
+    with pytest.raises(RuntimeError, match="closed"):
+        eng.submit([1], greedy(2))
+    with pytest.raises(ValueError, match="policy"):
+        Engine(model, policy="greedy")
+    with pytest.raises(ValueError, match="block_size"):
+        Engine(model, block_size=0)
+    with pytest.raises(ValueError, match="positions"):
+        model(torch.tensor([[1, 2]]), positions=torch.tensor([[0, 500]]))
+    assert isinstance(RequestHandle(0), RequestHandle)
+
+
+def test_broken_callback_fails_only_its_request(model):
+    def boom(event):
+        raise KeyError("client went away")
+
+    with Engine(model) as eng:
+        bad = eng.submit([1, 2, 3], greedy(5), on_token=boom)
+        good = eng.submit([4, 5, 6], greedy(5))
+        with pytest.raises(RuntimeError, match="failed"):
+            bad.result(TIMEOUT)
+        assert good.result(TIMEOUT).token_ids == reference(model, [4, 5, 6], 5)
+        assert eng.stats()["blocks_used"] == 0
+
+
+def test_attention_with_positions_and_paged_cache_checks_its_inputs(model):
+    attn = model.blocks[0].attn
+    x = torch.zeros(1, 2, attn.d_model)
+    pool = torch.zeros(16, attn.n_kv_heads, attn.head_dim)
+    cache = PagedKVCache(pool, pool.clone(), torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="positions"):
+        attn(x, cache=cache)
+    with pytest.raises(ValueError, match="positions must have shape"):
+        attn(x, positions=torch.tensor([[0, 1, 2]]))
+    with pytest.raises(TypeError, match="positions"):
+        attn(x, positions=torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="paged caches need positions"):
+        model(torch.tensor([[1, 2]]), caches=[cache] * len(model.blocks))
+    # positions 0, 1 through the paged cache give what the plain forward gives
+    out = attn(x, cache=cache, positions=torch.tensor([[0, 1]]))
+    assert torch.allclose(out, attn(x), atol=1e-6)
+
+
+def test_a_held_burst_gives_the_same_schedule_every_time(model):
+    from course_utils.batching import run_clients
+
+    jobs = [(p, greedy(k)) for p, k in zip(prompts([3, 9, 4, 12, 6, 2], seed=11), [20, 5, 12, 30, 8, 16])]
+    timelines, steps = [], {}
+    for policy in ("continuous", "continuous", "static"):
+        with Engine(model, block_size=8, max_batch=2, policy=policy, record=True) as eng:
+            out = run_clients(eng, jobs, None)
+        assert [r.token_ids for r in out["results"]] == [reference(model, p, s.max_tokens) for p, s in jobs]
+        timelines.append(eng.timeline)
+        steps[policy] = len(eng.timeline)
+    assert timelines[0] == timelines[1]
+    assert steps["static"] > steps["continuous"]  # static waits for the longest of each pair

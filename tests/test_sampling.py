@@ -1,0 +1,115 @@
+"""course_utils.sampling: OpenAI's sampling parameters, penalties, bias and log-probabilities."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_utils.sampling import SamplingParams, penalized_logits, sample_token, sample_tokens
+
+
+def test_penalties_follow_openai_formula():
+    logits = torch.zeros(6)
+    p = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    out = penalized_logits(logits, [2, 2, 3, 2], p)
+    # token 2 appeared 3 times, token 3 once, others never
+    assert out.tolist() == pytest.approx([0, 0, -(0.5 + 0.75), -(0.5 + 0.25), 0, 0])
+    assert logits.tolist() == [0.0] * 6  # the model's logits are not modified in place
+
+
+def test_logit_bias_forces_a_token_but_logprob_is_the_models():
+    logits = torch.tensor([3.0, 1.0, 0.0, -1.0])
+    choice = sample_token(logits, [], SamplingParams(temperature=0, logit_bias={"2": 100}))
+    assert choice.token_id == 2
+    assert choice.logprob == pytest.approx(float(F.log_softmax(logits, -1)[2]))
+    banned = sample_token(logits, [], SamplingParams(temperature=0, logit_bias={0: -100}))
+    assert banned.token_id == 1
+
+
+def test_greedy_is_argmax_first_on_ties_and_penalty_changes_it():
+    logits = torch.tensor([1.0, 5.0, 5.0, 4.9])
+    assert sample_token(logits, [], SamplingParams(temperature=0)).token_id == 1
+    # token 1 and 2 were generated, so their presence penalty lets token 3 win
+    assert sample_token(logits, [1, 2], SamplingParams(temperature=0, presence_penalty=0.2)).token_id == 3
+
+
+def test_top_logprobs_are_the_k_most_likely_sorted():
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    choice = sample_token(logits, [], SamplingParams(temperature=0, logprobs=5))
+    ref = F.log_softmax(logits, -1)
+    ids = [i for i, _ in choice.top_logprobs]
+    assert ids == torch.topk(ref, 5).indices.tolist() and ids[0] == choice.token_id
+    assert [lp for _, lp in choice.top_logprobs] == pytest.approx(torch.topk(ref, 5).values.tolist())
+    assert sample_token(logits, [], SamplingParams(logprobs=0)).top_logprobs == []
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ():
+    logits = torch.zeros(128)
+    p = SamplingParams(temperature=1.0)
+
+    def draw(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [sample_token(logits, [], p, g).token_id for _ in range(20)]
+
+    assert draw(7) == draw(7)
+    assert draw(7) != draw(8)
+
+
+def test_sampling_frequencies_match_softmax_at_temperature():
+    logits = torch.log(torch.tensor([1.0, 2.0, 4.0]))
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(3)
+    for _ in range(3000):
+        counts[sample_token(logits, [], SamplingParams(temperature=0.5), g).token_id] += 1
+    expected = torch.softmax(logits / 0.5, -1)  # [1, 4, 16] / 21
+    assert (counts / 3000 - expected).abs().max() < 0.03
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.tensor([5.0, 0.0, 0.0, 0.0])  # token 0 has ~98% of the mass
+    g = torch.Generator().manual_seed(0)
+    assert {sample_token(logits, [], SamplingParams(top_p=0.5), g).token_id for _ in range(50)} == {0}
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(max_tokens=0), "max_tokens"), (dict(max_tokens=2.5), "max_tokens"),
+    (dict(temperature=-0.1), "temperature"), (dict(temperature=2.5), "temperature"),
+    (dict(temperature="hot"), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+    (dict(seed=-1), "seed"), (dict(seed=True), "seed"), (dict(presence_penalty=3), "presence_penalty"),
+    (dict(frequency_penalty=-2.5), "frequency_penalty"), (dict(logit_bias=[1]), "logit_bias"),
+    (dict(logit_bias={"x": 1}), "logit_bias"), (dict(logit_bias={1: 101}), "logit_bias"),
+    (dict(logprobs=21), "logprobs"), (dict(logprobs=-1), "logprobs"), (dict(stop_token_ids=[-3]), "stop_token_ids"),
+    (dict(stop_token_ids="ab"), "stop_token_ids"), (dict(temperature=math.nan), "temperature"),
+])
+def test_params_are_validated_naming_the_field(kw, field):
+    with pytest.raises((ValueError, TypeError), match=field):
+        SamplingParams(**kw)
+
+
+def test_vocab_check_and_bad_logits():
+    p = SamplingParams(logit_bias={300: 1.0})
+    with pytest.raises(ValueError, match="logit_bias"):
+        sample_token(torch.zeros(256), [], p)
+    with pytest.raises(ValueError, match="stop_token_ids"):
+        SamplingParams(stop_token_ids=[999]).check_vocab(256)
+    with pytest.raises(ValueError, match="logits"):
+        sample_token(torch.zeros(2, 4), [], SamplingParams())
+
+
+def test_batched_sampling_equals_row_by_row():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 40, generator=g)
+    logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: the first id wins in both paths
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0, logprobs=3),
+              SamplingParams(temperature=0.8, seed=1), SamplingParams(temperature=0, presence_penalty=1.0),
+              SamplingParams(temperature=0)]
+    generated = [[1], [2, 2], [], [int(logits[3].argmax())], []]
+    batch = sample_tokens(logits, generated, params, [torch.Generator().manual_seed(5) for _ in params])
+    one = [sample_token(logits[i], generated[i], params[i], torch.Generator().manual_seed(5)) for i in range(5)]
+    assert [c.token_id for c in batch] == [c.token_id for c in one] and batch[0].token_id == 7
+    assert [c.logprob for c in batch] == pytest.approx([c.logprob for c in one], abs=1e-6)
+    assert [c.top_logprobs for c in batch] == [c.top_logprobs for c in one]
+    with pytest.raises(ValueError, match="one generated"):
+        sample_tokens(logits, generated[:2], params, [None] * 5)
