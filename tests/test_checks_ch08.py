@@ -1,7 +1,10 @@
 """Chapter 8 checks accept the reference and reject plausible wrong implementations."""
 from __future__ import annotations
 
+import random
+
 import numpy as np
+import openai
 import pytest
 import torch
 from helpers import assert_check_accepts, assert_check_rejects
@@ -9,8 +12,9 @@ from helpers import assert_check_accepts, assert_check_rejects
 from course_utils.checks import (check_backoff_delays, check_cache_lookup, check_dequantize, check_full_jitter_delay,
                                  check_pick_cascade_threshold, check_quantize_int8, check_resilient_client,
                                  check_token_bucket_acquire, check_ttl_cache)
-from course_utils.checks.ch08 import check_cascade_policy, cascade_data
-from course_utils.gateway import backoff_delay, pick_cascade_threshold
+from course_utils.checks.ch08 import cascade_data, check_cascade_policy
+from course_utils.gateway import (CircuitBreaker, CircuitOpenError, backoff_delay, call_with_fallback,
+                                  pick_cascade_threshold, retry_call)
 from course_utils.quantize import absmax_quantize, group_dequantize
 
 
@@ -164,9 +168,6 @@ def test_cache_lookup_rejects_the_first_key_above_the_threshold():
 
 
 # ---------------------------------------------------------------- full jitter
-import random  # noqa: E402
-
-
 def full_jitter_delay(n, base_delay, max_delay, rng):  # a different correct version: scale rng.random()
     return rng.random() * min(max_delay, base_delay * 2 ** (n - 1))
 
@@ -269,11 +270,6 @@ def test_ttl_cache_rejects_a_raw_dot_product():
 
 
 # ---------------------------------------------------------------- the capstone
-import openai  # noqa: E402
-
-from course_utils.gateway import CircuitBreaker, CircuitOpenError, call_with_fallback, retry_call  # noqa: E402
-
-
 class GatewayClient:
     """A correct client built on course_utils.gateway (the solution writes the same by hand)."""
 
@@ -288,7 +284,7 @@ class GatewayClient:
 
     def complete(self, prompt, max_tokens=4):
         def one(m):
-            ask = lambda: self.client.completions.create(model=m, prompt=prompt, max_tokens=max_tokens)  # noqa: E731
+            ask = lambda: self.client.completions.create(model=m, prompt=prompt, max_tokens=max_tokens)
             return lambda: self.breakers[m].call(lambda: retry_call(ask, **self.kw)).choices[0].text
         try:
             return call_with_fallback(*(one(m) for m in self.models), errors=(openai.APIStatusError, CircuitOpenError))
@@ -354,7 +350,7 @@ def test_cascade_policy_rejects_never_escalating():
 
 
 def test_cascade_policy_rejects_too_much_direct_routing(reference_threshold):
-    two_digits = lambda p: float("inf") if len(p.split("+")[0]) >= 2 else reference_threshold  # noqa: E731
+    two_digits = lambda p: float("inf") if len(p.split("+")[0]) >= 2 else reference_threshold
     assert_check_rejects(check_cascade_policy, two_digits, match=r"not cheaper")
 
 
