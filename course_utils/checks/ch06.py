@@ -31,8 +31,8 @@ def check_chunk_text(chunk_text) -> None:
             fail(name, f"expected {len(expected)} chunks, got {len(got)}: the extra ones repeat the end of the text",
                  inputs=inputs, hint="stop after the first window that reaches the last token")
         compare(name, got, expected, inputs=inputs, what="chunks",
-                hint="step = chunk_size - overlap; decode each window tokens[start:start + chunk_size] with the "
-                     "same encoding; an empty text gives []")
+                hint="windows of chunk_size token ids, each starting chunk_size - overlap ids after the previous "
+                     "one, decoded with the same encoding; an empty text gives []")
     try:
         chunk_text(_TEXT, 8, 8)
     except ValueError:

@@ -37,7 +37,8 @@ def check_lora_forward(lora_forward) -> None:
         inputs = {"x": x, "weight": W, "bias": b, "A": A, "B": B, "scaling": s}
         got = call(name, lora_forward, x, W, b, A, B, s, inputs=inputs)
         compare(name, got, ref(x, W, b, A, B, s), inputs=inputs,
-                hint="x @ W.T (+ bias if not None) + scaling * (x @ A.T) @ B.T — A is [r, in], B is [out, r], "
+                hint="the frozen layer (with its bias when given) plus scaling times x taken through A, then B — A is "
+                     "[r, in], B is [out, r], "
                      "and do not forget the scaling α/r")
     passed(name, len(cases))
 
@@ -74,7 +75,8 @@ def check_apply_lora(apply_lora) -> None:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if trainable != expected:
             fail(name, f"{trainable} trainable parameters, expected {expected} (only the adapters' A and B)",
-                 inputs=inputs, hint="freeze every parameter first: for p in model.parameters(): p.requires_grad_(False)")
+                 inputs=inputs, hint="freeze every parameter of the model first (requires_grad off), then wrap: the adapters "
+                                     "are created trainable")
         if any(m.r != r or m.alpha != alpha for m in model.modules() if isinstance(m, LoRALinear)):
             fail(name, "a LoRALinear got the wrong r or alpha", inputs=inputs)
         with torch.no_grad():
@@ -144,7 +146,8 @@ def check_few_shot_prompt(few_shot_prompt) -> None:
     for examples, question in cases:
         inputs = {"examples": examples, "question": question}
         compare(name, call(name, few_shot_prompt, examples, question, inputs=inputs), ref(examples, question),
-                inputs=inputs, hint='each example is f"Q: {q}\\nA: {a}\\n"; the prompt ends with "Q: {question}\\nA:" '
+                inputs=inputs, hint="each example is a 'Q: ...' line and an 'A: ...' line, each ending in a "
+                                    "newline; the prompt ends with the question's 'Q: ...' line and a bare 'A:' "
                                     "(no space or newline after the colon: the model writes the answer)")
     passed(name, len(cases))
 
@@ -201,7 +204,8 @@ def check_exact_match(exact_match) -> None:
     for pred, gold in cases:
         inputs = {"prediction": pred, "reference": gold}
         compare(name, call(name, exact_match, pred, gold, inputs=inputs), ref(pred, gold), inputs=inputs,
-                hint="normalise both: lower(), ' '.join(s.split()), drop one trailing '.', then compare with ==")
+                hint="normalise both strings the same way (lower case, whitespace runs to one space, ends "
+                     "stripped, one final full stop dropped), then compare")
     passed(name, len(cases))
 
 

@@ -54,7 +54,8 @@ def check_quantize_int8(quantize_int8) -> None:
                       "otherwise w / scale is 0 / 0 = NaN")
         nonzero = w.abs().amax(dim=-1) > 0
         compare(name, s[nonzero].float(), s_ref[nonzero], inputs=inputs, what="scales", rtol=1e-4, atol=1e-8,
-                hint="scale = (largest |w| in the row) / 127 — absmax, w.abs().amax(dim=-1), not w.max()")
+                hint="scale = absmax / 127: the largest magnitude |w| in the row, so a negative extreme "
+                     "counts, not the largest value")
         compare(name, q, q_ref, inputs=inputs, what="q", atol=0, rtol=0,
                 hint="q = round(w / scale), clamped to [-127, 127]; an all-zero row must give q = 0, not NaN")
         compare(name, group_dequantize(q, s.float()), group_dequantize(q_ref, s_ref), inputs=inputs,
@@ -95,7 +96,7 @@ def check_backoff_delays(backoff_delays) -> None:
         expected = [backoff_delay(i, base_delay=base, max_delay=cap, jitter="none") for i in range(1, n + 1)]
         got = call(name, backoff_delays, n, base, cap, inputs=inputs)
         compare(name, list(got) if isinstance(got, (list, tuple)) else got, expected, inputs=inputs, what="waits",
-                hint="the i-th wait (i = 1..n) is min(max_delay, base_delay * 2 ** (i - 1)): starts at base_delay, "
+                hint="the first wait is base_delay, each next one twice the previous, capped at max_delay: "
                      "doubles, never exceeds the cap")
     passed(name, len(cases), "doubling, capped")
 
@@ -158,10 +159,10 @@ def check_token_bucket_acquire(token_bucket_acquire) -> None:
         if bool(got[0]) != expected[0]:
             fail(name, f"allowed: expected {expected[0]}, got {got[0]} (the bucket holds {level:g} tokens after "
                        f"refilling, the request needs {n})", inputs=inputs,
-                 hint="refill first: min(capacity, tokens + (now - last) * rate) — the bucket never holds more "
+                 hint="refill for the time elapsed since `last` first — the bucket never holds more "
                       "than its capacity")
         compare(name, float(got[1]), float(expected[1]), inputs=inputs, what="tokens_after", atol=1e-9,
-                hint="refill first, capped: min(capacity, tokens + (now - last) * rate); then take n tokens only "
+                hint="refill first (rate per second since `last`, capped at capacity); then take n tokens only "
                      "when the request is allowed (a refused request takes nothing)")
     passed(name, len(cases), "refill capped at capacity, refusals take nothing")
 
