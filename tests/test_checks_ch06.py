@@ -10,7 +10,7 @@ from helpers import assert_check_accepts, assert_check_rejects
 
 from course_utils import rag
 from course_utils.checks import (check_bm25_scores, check_chunk_text, check_cosine_top_k, check_mrr,
-                                 check_recall_at_k, check_reciprocal_rank_fusion)
+                                 check_recall_at_k, check_reciprocal_rank_fusion, check_retrieval_design)
 from course_utils.tokenization import get_encoding
 
 
@@ -137,6 +137,43 @@ def test_rrf_rejects_zero_based_ranks():
     assert_check_rejects(check_reciprocal_rank_fusion, lambda r, k=60: _rrf(r, k, start=0), match="fused ranking")
 
 
+def test_rrf_rejects_alphabetical_tie_break():
+    def alphabetical(rankings, k=60):
+        return sorted(_rrf(rankings, k), key=lambda kv: (-kv[1], kv[0]))
+
+    assert_check_rejects(check_reciprocal_rank_fusion, alphabetical, match=r"(?s)wrong order.*first seen")
+
+
+def test_rrf_rejects_reversed_ascending_sort():
+    def reversed_ascending(rankings, k=60):  # ascending then reversed: ties come out last-seen first
+        return sorted(_rrf(rankings, k), key=lambda kv: kv[1])[::-1]
+
+    assert_check_rejects(check_reciprocal_rank_fusion, reversed_ascending, match=r"wrong order")
+
+
+def test_rrf_accepts_a_different_correct_implementation(capsys):
+    def by_first_seen(rankings, k=60):
+        seen, score = [], {}
+        for ranking in rankings:
+            for i, item in enumerate(ranking):
+                if item not in score:
+                    seen.append(item)
+                    score[item] = 0.0
+                score[item] += 1 / (k + i + 1)
+        best = max(score.values()) if score else 0
+        # selection by score, scanning in first-seen order: equal scores keep that order
+        out, left = [], list(seen)
+        while left:
+            top = max(score[x] for x in left)
+            pick = next(x for x in left if score[x] == top)
+            out.append((pick, score[pick]))
+            left.remove(pick)
+        assert not score or out[0][1] == best
+        return out
+
+    assert_check_accepts(check_reciprocal_rank_fusion, by_first_seen, capsys)
+
+
 # --- recall_at_k and mrr -------------------------------------------------------------------------------------------
 def test_recall_rejects_hits_beyond_k():
     def beyond_k(rankings, relevant, k):
@@ -150,6 +187,33 @@ def test_recall_rejects_fraction_of_relevant_found():
         return float(np.mean([len(set(r) & set(ranked[:k])) / len(r) for ranked, r in zip(rankings, relevant)]))
 
     assert_check_rejects(check_recall_at_k, fraction, match="recall@k")
+
+
+def test_recall_rejects_counting_relevant_hits():
+    def hits(rankings, relevant, k):  # two relevant ids in the top k count twice
+        return sum(len(set(r) & set(ranked[:k])) for ranked, r in zip(rankings, relevant)) / len(rankings)
+
+    assert_check_rejects(check_recall_at_k, hits, match=r"counts relevant hits, not questions")
+
+
+def test_recall_rejects_counting_relevant_chunks():
+    def chunk_hits(rankings, relevant, k):  # two chunks of one relevant document count twice
+        return sum(sum(x in r for x in ranked[:k]) for ranked, r in zip(rankings, relevant)) / len(rankings)
+
+    assert_check_rejects(check_recall_at_k, chunk_hits, match=r"above 1|recall@k")
+
+
+def test_recall_accepts_a_loop(capsys):
+    def loop(rankings, relevant, k):
+        found = 0
+        for ranked, r in zip(rankings, relevant):
+            for x in ranked[:k]:
+                if x in r:
+                    found += 1
+                    break
+        return found / len(rankings)
+
+    assert_check_accepts(check_recall_at_k, loop, capsys)
 
 
 def test_mrr_rejects_averaging_only_found_questions():
@@ -170,3 +234,46 @@ def test_mrr_rejects_last_relevant_hit():
         return sum(vals) / len(vals)
 
     assert_check_rejects(check_mrr, last_hit, match="MRR")
+
+
+# --- the open exercise: recall@5 >= 0.93 within a context budget --------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus():
+    chunks = rag.default_chunks()
+    return chunks, rag.BM25Index().add(chunks), {q.text: q.topics for q in rag.load_questions()}
+
+
+def test_retrieval_design_rejects_plain_bm25(corpus):
+    chunks, bm25, _ = corpus
+
+    def bm25_search(question, k):  # recall@5 0.734: below the target
+        return [chunks[i] for i, _ in bm25._ranked(question, k)]
+
+    assert_check_rejects(check_retrieval_design, bm25_search, match=r"recall@5 = 0\.7\d\d .*below the target 0\.93")
+
+
+def test_retrieval_design_rejects_whole_documents():
+    docs = rag.load_python_reference()
+
+    def whole_documents(question, k):  # recall is easy when the "passage" is a 50 KB topic
+        return [rag.Chunk(d.id, d.title, d.text) for d in docs[:k]]
+
+    assert_check_rejects(check_retrieval_design, whole_documents, match=r"over the budget of 640")
+
+
+def test_retrieval_design_rejects_more_than_k(corpus):
+    chunks, bm25, _ = corpus
+    assert_check_rejects(check_retrieval_design, lambda q, k: [chunks[i] for i, _ in bm25._ranked(q, 2 * k)],
+                         match=r"returned 10 passages for k=5")
+
+
+def test_retrieval_design_accepts_a_search_that_reaches_the_target(corpus, capsys):
+    chunks, _, topics = corpus
+    first_chunk = {}
+    for c in chunks:
+        first_chunk.setdefault(c.doc_id, c)
+
+    def oracle(question, k):  # reads the labels: not a design, but it shows what passing looks like
+        return [first_chunk[t] for t in topics[question][:k]]
+
+    assert_check_accepts(check_retrieval_design, oracle, capsys)
