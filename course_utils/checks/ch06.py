@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import call, compare, fail, passed
+from ._core import call, compare, exercise, fail, passed
 
 __all__ = ["check_chunk_text", "check_bm25_scores", "check_cosine_top_k", "check_reciprocal_rank_fusion",
            "check_recall_at_k", "check_mrr", "check_retrieval_design", "RECALL_TARGET", "CONTEXT_BUDGET"]
@@ -13,6 +13,7 @@ _TEXT = ("The with statement is used to wrap the execution of a block with metho
          "This allows common try/except/finally usage patterns to be encapsulated for convenient reuse.")
 
 
+@exercise("6.1")
 def check_chunk_text(chunk_text) -> None:
     """``chunk_text(text, chunk_size, overlap)``: token windows of ``chunk_size``, each ``chunk_size - overlap``
     tokens after the previous one, stopping at the first window that reaches the end."""
@@ -63,6 +64,7 @@ def _bm25_cases():
     ]
 
 
+@exercise("6.2")
 def check_bm25_scores(bm25_scores) -> None:
     """``bm25_scores(query_tokens, docs_tokens, k1, b)``: BM25 (Lucene variant) of the query against every doc."""
     from ..rag import bm25_scores as ref
@@ -79,6 +81,7 @@ def check_bm25_scores(bm25_scores) -> None:
     passed(name, len(cases))
 
 
+@exercise("6.3")
 def check_cosine_top_k(cosine_top_k) -> None:
     """``cosine_top_k(query, matrix, k)`` -> (indices, similarities) of the k most cosine-similar rows."""
     from ..rag import cosine_top_k as ref
@@ -101,6 +104,7 @@ def check_cosine_top_k(cosine_top_k) -> None:
     passed(name, len(cases))
 
 
+@exercise("6.4")
 def check_reciprocal_rank_fusion(reciprocal_rank_fusion) -> None:
     """``reciprocal_rank_fusion(rankings, k=60)`` -> [(item, score), ...] best first, score = Σ 1/(k + rank);
     items with equal scores keep the order in which they were first seen (list by list, best first)."""
@@ -138,6 +142,7 @@ _TWO_HITS = [["c", "b", "x"], ["p", "p", "r"], ["u", "w", "t"]]
 _TWO_HITS_RELEVANT = [{"b", "c"}, {"p"}, {"w", "t"}]
 
 
+@exercise("6.5")
 def check_recall_at_k(recall_at_k) -> None:
     """``recall_at_k(rankings, relevant, k)``: the fraction of questions with a relevant id in their top k."""
     from ..rag import recall_at_k as ref
@@ -159,6 +164,7 @@ def check_recall_at_k(recall_at_k) -> None:
     passed(name, len(cases), "one success per question")
 
 
+@exercise("6.6")
 def check_mrr(mrr) -> None:
     """``mrr(rankings, relevant)``: mean over questions of 1/rank of the first relevant result (0 when none)."""
     from ..rag import mrr as ref
@@ -178,6 +184,7 @@ RECALL_TARGET = 0.93  # the open exercise's target; the reference dense index re
 CONTEXT_BUDGET = 640  # cl100k tokens for the top 5: what five of the reference's 128-token chunks take
 
 
+@exercise("6.7")
 def check_retrieval_design(search, k: int = 5) -> None:
     """Open exercise: ``search(question, k)`` -> up to ``k`` passages (objects with ``.doc_id`` and ``.text``, e.g.
     :class:`course_utils.rag.Chunk`), best first. Passes when recall@5 on the chapter's 94 labelled questions

@@ -1,7 +1,7 @@
 """Chapter 7 checks: LoRA from scratch, prompts, dynamic few-shot and exact match, against course_utils.finetune."""
 from __future__ import annotations
 
-from ._core import call, compare, fail, passed
+from ._core import call, compare, exercise, fail, passed
 
 __all__ = ["check_lora_forward", "check_apply_lora", "check_merge_lora", "check_few_shot_prompt",
            "check_select_examples_by_similarity", "check_exact_match", "check_finetune_with_lora",
@@ -18,6 +18,7 @@ def _tiny_gpt(seed: int = 0):
     return GPT(GPTConfig(vocab_size=VOCAB_SIZE, d_model=32, n_layers=2, n_heads=2, max_seq_len=32))
 
 
+@exercise("7.1")
 def check_lora_forward(lora_forward) -> None:
     """``lora_forward(x, weight, bias, A, B, scaling)`` = ``x Wᵀ + b + scaling · (x Aᵀ) Bᵀ``."""
     import torch
@@ -43,6 +44,7 @@ def check_lora_forward(lora_forward) -> None:
     passed(name, len(cases))
 
 
+@exercise("7.2")
 def check_apply_lora(apply_lora) -> None:
     """``apply_lora(model, r, alpha, target_modules)``: wraps the named Linears, freezes everything else, starts identical."""
     import torch
@@ -93,6 +95,7 @@ def _biased_mlp(seed: int):
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
 
 
+@exercise("7.3")
 def check_merge_lora(merge_lora) -> None:
     """``merge_lora(model)`` returns a model without LoRALinear whose outputs equal the unmerged model's."""
     import torch
@@ -136,6 +139,7 @@ def check_merge_lora(merge_lora) -> None:
     passed(name, len(cases), "GPT and a model with biases")
 
 
+@exercise("7.4")
 def check_few_shot_prompt(few_shot_prompt) -> None:
     """``few_shot_prompt(examples, question)``: ``Q: …\\nA: …\\n`` per example, then ``Q: question\\nA:``."""
     from course_utils.finetune import few_shot_prompt as ref
@@ -162,6 +166,7 @@ def _raw_counts(texts):
     return hashing_embed(texts) * lengths
 
 
+@exercise("7.5")
 def check_select_examples_by_similarity(select_examples_by_similarity) -> None:
     """``select_examples_by_similarity(question, pool, k, embed)``: the k most cosine-similar, most similar last."""
     from course_utils.finetune import select_examples_by_similarity as ref
@@ -194,6 +199,7 @@ def check_select_examples_by_similarity(select_examples_by_similarity) -> None:
     passed(name, len(cases), "questions only, cosine, best last")
 
 
+@exercise("7.6")
 def check_exact_match(exact_match) -> None:
     """``exact_match(prediction, reference)``: equal after lower-casing, collapsing whitespace and one final '.'."""
     from course_utils.finetune import exact_match as ref
@@ -222,6 +228,7 @@ def _mean_loss(model, texts) -> float:
     return sum(losses) / len(losses)
 
 
+@exercise("7.7")
 def check_finetune_with_lora(finetune_with_lora) -> None:
     """``finetune_with_lora(base, texts, steps, lr, r=8, alpha=16)`` -> a trained LoRA copy of ``base``.
 
@@ -274,6 +281,7 @@ PROMPT_TARGET = 0.90  # held-out accuracy the open exercise asks for
 PROMPT_BUDGET = 100  # mean prompt characters (= tokens: the model reads characters); reference RAG k=4 uses 196
 
 
+@exercise("7.8")
 def check_prompt_budget(make_prompt, *, world_seed: int = 0) -> None:
     """Open exercise: ``make_prompt(question) -> str`` for the chapter's base model. Passes when greedy exact match on
     the 80 held-out questions of ``make_world(seed=0, n_entities=20)`` reaches :data:`PROMPT_TARGET` with prompts of

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ._core import call, compare, describe, fail, passed
+from ._core import call, compare, describe, exercise, fail, passed
 
 __all__ = ["check_quantize_int8", "check_dequantize", "check_backoff_delays", "check_full_jitter_delay",
            "check_token_bucket_acquire", "check_cache_lookup", "check_ttl_cache", "check_pick_cascade_threshold",
@@ -27,6 +27,7 @@ def _weights():
             torch.tensor([[0.3]])]
 
 
+@exercise("8.1")
 def check_quantize_int8(quantize_int8) -> None:
     """``quantize_int8(w) -> (q, scales)``: int8 ``q`` like ``w``, float ``scales`` ``[rows, 1]`` = absmax / 127."""
     import torch
@@ -63,6 +64,7 @@ def check_quantize_int8(quantize_int8) -> None:
     passed(name, len(cases), "absmax per row, int8 in [-127, 127]")
 
 
+@exercise("8.2")
 def check_dequantize(dequantize) -> None:
     """``dequantize(q, scales) -> w_hat``: float32, each of ``scales``' columns covering one group of a row."""
     import torch
@@ -85,6 +87,7 @@ def check_dequantize(dequantize) -> None:
     passed(name, len(cases), "per row and per group")
 
 
+@exercise("8.3")
 def check_backoff_delays(backoff_delays) -> None:
     """``backoff_delays(n, base_delay, max_delay) -> [n waits]`` without jitter: ``min(max, base · 2^(i-1))``."""
     from course_utils.gateway import backoff_delay
@@ -101,6 +104,7 @@ def check_backoff_delays(backoff_delays) -> None:
     passed(name, len(cases), "doubling, capped")
 
 
+@exercise("8.4")
 def check_full_jitter_delay(full_jitter_delay) -> None:
     """``full_jitter_delay(n, base_delay, max_delay, rng) -> float``: uniform on ``[0, min(max_delay,
     base_delay · 2^(n-1))]``, drawn from ``rng`` (a ``random.Random``). Checked on its distribution."""
@@ -141,6 +145,7 @@ def check_full_jitter_delay(full_jitter_delay) -> None:
     passed(name, len(cases), f"uniform on [0, capped backoff], {draws} seeded draws each")
 
 
+@exercise("8.5")
 def check_token_bucket_acquire(token_bucket_acquire) -> None:
     """``token_bucket_acquire(tokens, last, now, rate, capacity, n) -> (allowed, tokens_after)``."""
     name = "check_token_bucket_acquire"
@@ -190,6 +195,7 @@ def _cache_cases():
     ]
 
 
+@exercise("8.6")
 def check_cache_lookup(cache_lookup) -> None:
     """``cache_lookup(query_vec, keys, scopes, values, scope, threshold)`` -> the value of the most similar key
     in ``scope`` if its cosine similarity is ≥ ``threshold``, else ``None``."""
@@ -225,6 +231,7 @@ def _unit_at(cos: float, axis: int, length: float):
     return v * length
 
 
+@exercise("8.7")
 def check_ttl_cache(TTLSemanticCache) -> None:
     """``TTLSemanticCache(threshold, ttl_s, clock)`` with ``put(vector, value)`` and ``get(vector)``: ``get`` returns
     the value of the most cosine-similar entry among those stored at most ``ttl_s`` seconds ago, if that
@@ -272,6 +279,7 @@ def check_ttl_cache(TTLSemanticCache) -> None:
     passed(name, len(cases), "best live match, TTL, threshold")
 
 
+@exercise("8.8")
 def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     """``pick_cascade_threshold(confidence, small_correct, large_correct, target_accuracy) -> float``."""
     import numpy as np
@@ -302,6 +310,7 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     passed(name, len(cases), "fewest escalations that reach the target")
 
 
+@exercise("8.10")
 def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
     """Capstone: ``ResilientClient(url, models, *, max_attempts, base_delay, max_delay, failure_threshold,
     reset_timeout_s, rng, sleep, clock)`` with ``complete(prompt, max_tokens) -> str`` (``RuntimeError`` when every
@@ -407,6 +416,7 @@ def cascade_data(split: str):
     return _CASCADE[split]
 
 
+@exercise("8.9")
 def check_cascade_policy(threshold_for) -> None:
     """Open exercise: ``threshold_for(prompt) -> float``, a confidence threshold per prompt. The small model
     answers first and the query escalates to the large one when its confidence is below the threshold; ``+inf``
