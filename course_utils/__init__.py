@@ -67,6 +67,11 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     torch.set_num_threads(threads)
+    if os.environ.get("COURSE_FIGURE_DPI"):  # `make outputs`: figures stored in the notebooks stay small
+        import matplotlib as mpl
+
+        from .plotting import figure_dpi
+        mpl.rcParams["figure.dpi"] = figure_dpi()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not quiet:
         where = "Colab" if in_colab() else "local"
