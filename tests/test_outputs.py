@@ -54,7 +54,10 @@ def test_tag_notebook_adds_the_tag_once_and_leaves_other_cells_alone():
 def test_every_lesson_cell_that_prints_timings_is_tagged():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        assert outputs.tag_notebook(nb) == [], f"{path.name}: run `python -m course_utils.outputs tag {path}`"
+        assert outputs.tag_notebook(nb, name=path.name) == [], f"{path.name}: run `python -m course_utils.outputs tag {path}`"
+    for name, pieces in outputs.TRAINED_SAMPLES.items():  # each listed piece still names a cell
+        sources = [c.source for c in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells]
+        assert all(any(p in s for s in sources) for p in pieces), name
 
 
 def _png(size=(300, 200)) -> str:
