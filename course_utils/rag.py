@@ -892,8 +892,8 @@ def instruction_following_stub(prompt: str, fallback: str = "", *, obey_inside_s
     It reads the prompt (without the ``<source>`` blocks when ``obey_inside_sources`` is False: a model that
     honours the delimiters), looks for sentences that give the model an order in English (*ignore ...*, *reply
     ...*, *tell the user ...*, *you are now ...*; zero-width characters removed first, as a model reads through
-    them) after the user's question, and answers with the last such sentence: a model that follows the most
-    recent instruction. With no order it answers ``fallback`` (e.g. the extractive answer). It cannot read
+    them), and carries out every one of them: its answer is those sentences followed by ``fallback`` (e.g. the
+    extractive answer), or ``fallback`` alone when there is no order. It cannot read
     base64 or another language, so it is a lower bound on what a capable model would obey.
     """
     if not isinstance(prompt, str) or not isinstance(fallback, str):
@@ -907,7 +907,7 @@ def instruction_following_stub(prompt: str, fallback: str = "", *, obey_inside_s
         text = re.sub(r"<source [^>]*>.*?</source>", "", text, flags=re.DOTALL)
     sentences = re.split(r"(?<=[.!?])\s+|\n", text)
     orders = [s.strip() for s in sentences if _ORDER.search(s)]
-    return orders[-1] if orders else fallback
+    return " ".join(orders + [fallback]).strip()
 
 
 def injection_trial(index: _Index, attack: dict, k: int = 5, defence: str = "delimit") -> dict:
