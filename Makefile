@@ -13,10 +13,13 @@ export PYTHONHASHSEED := 0
 # Two notebooks run at once on two cores: one thread each, or they fight over the cores (course_utils.setup reads it).
 test e2e: export COURSE_THREADS := 1
 PYTEST_ARGS ?=
+# Lessons are stored and checked with inline figures at 72 dpi (the figure's size in pixels is printed text).
+LESSONS_ENV := MPLBACKEND=module://matplotlib_inline.backend_inline COURSE_FIGURE_DPI=72
+STRICT_NBVAL := --nbval --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p course_utils.outputs
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv lab lint test test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor doctor
+.PHONY: venv lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor doctor
 
 # Linux gets the CPU build of torch: on the public index torch==$(TORCH_VERSION) is the CUDA build plus ~2 GB of
 # nvidia wheels. A CPU wheel already at hand (a wheelhouse, pip's find-links) is used without asking any index;
@@ -50,11 +53,22 @@ lint: venv
 	$(BIN)/python -m ruff format --check $(LINT_PATHS)
 
 # The whole suite: unit tests, lab sync, every notebook in notebooks/ and solutions/ run top to bottom (nbval).
-# The browser tests (tests/e2e) run when `chromium` is on PATH; otherwise one visible SKIPPED line says so.
+# Solutions run --nbval-lax (their cells assert); lessons run strict: each cell's output must match the output
+# stored by `make outputs` (numbers within 2%, run-dependent text sanitized, timing cells tagged
+# nbval-ignore-output; see course_utils/outputs.py). The browser tests (tests/e2e) run when `chromium` is on
+# PATH; otherwise one visible SKIPPED line says so.
 test: venv lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
-		tests $(wildcard notebooks solutions) $(PYTEST_ARGS); rc=$$?; \
+		tests $(wildcard solutions) $(PYTEST_ARGS); rc=$$?; \
+	$(LESSONS_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile $(STRICT_NBVAL) $(wildcard notebooks) \
+		$(PYTEST_ARGS) || rc=1; \
 	command -v chromium >/dev/null 2>&1 || echo "$(E2E_SKIPPED)"; exit $$rc
+
+# Lessons ship executed: run every lesson top to bottom (seeded, one thread) and store its outputs in place,
+# figures as small palette PNGs. Commit the result; `make test` then checks that the outputs still match.
+outputs: venv
+	$(LESSONS_ENV) COURSE_THREADS=1 $(BIN)/python -m course_utils.outputs tag notebooks/*.ipynb
+	$(LESSONS_ENV) COURSE_THREADS=1 $(BIN)/python -m course_utils.outputs store notebooks/*.ipynb
 
 # Unit tests only (no notebook execution): seconds, for the edit-test loop.
 test-fast: venv

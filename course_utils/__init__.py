@@ -68,6 +68,11 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
         threads = int(env) if env.isdigit() else max(1, min(os.cpu_count() or 1, 8))
     positive_int("threads", threads)
     torch.set_num_threads(threads)
+    if os.environ.get("COURSE_FIGURE_DPI"):  # `make outputs`: figures stored in the notebooks stay small
+        import matplotlib as mpl
+
+        from .plotting import figure_dpi
+        mpl.rcParams["figure.dpi"] = figure_dpi()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not quiet:
         where = "Colab" if in_colab() else "local"

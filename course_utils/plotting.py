@@ -1,10 +1,18 @@
 """One plot style for the whole course, and a helper that refuses an unlabelled plot."""
 from __future__ import annotations
 
-__all__ = ["use_course_style", "label", "COLORS"]
+import os
+
+__all__ = ["use_course_style", "label", "COLORS", "figure_dpi"]
 
 # Colour-blind-safe palette (Okabe & Ito, 2008), used in this order by every chapter.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+
+def figure_dpi() -> int:
+    """100, or ``$COURSE_FIGURE_DPI`` when set: `make outputs` stores smaller figures in the committed notebooks."""
+    env = os.environ.get("COURSE_FIGURE_DPI", "")
+    return int(env) if env.isdigit() and int(env) > 0 else 100
 
 
 def use_course_style() -> None:
@@ -14,7 +22,7 @@ def use_course_style() -> None:
 
     mpl.rcParams.update({
         "figure.figsize": (7.0, 4.0),
-        "figure.dpi": 100,
+        "figure.dpi": figure_dpi(),
         "axes.grid": True,
         "grid.alpha": 0.3,
         "axes.spines.top": False,

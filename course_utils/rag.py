@@ -46,6 +46,7 @@ __all__ = [
     "bm25_tokenize", "bm25_scores", "cosine_top_k", "reciprocal_rank_fusion", "recall_at_k", "mrr",
     "load_model", "embed", "embedding_cache_dir",
     "BM25Index", "DenseIndex", "HybridIndex", "rankings", "evaluate", "answer_in_context",
+    "question_scores", "evaluate_with_intervals", "split_questions", "instruction_following_stub",
     "split_sentences", "extractive_answer", "Answer", "build_prompt", "openai_compatible_answer",
     "looks_like_injection", "strip_instructions", "load_attacks", "answer_with_defence", "injection_trial",
     "ann_recall", "synthetic_enlargement",
@@ -674,6 +675,50 @@ def evaluate(index: _Index, questions: Sequence, ks: Sequence[int] = (1, 5, 10))
     return out
 
 
+def question_scores(index: _Index, questions: Sequence, ks: Sequence[int] = (1, 5, 10)) -> dict[str, np.ndarray]:
+    """The per-question values :func:`evaluate` averages: a 0/1 hit for each recall@k and the reciprocal rank
+    (0 when no relevant hit is in the top ``max(ks)``). Intervals and paired comparisons are computed from these."""
+    if not questions:
+        raise ValueError("questions is empty")
+    if not ks:
+        raise ValueError("ks is empty: give at least one cut-off, e.g. ks=(1, 5, 10)")
+    for k in ks:
+        _check_k(k)
+    qs = [_as_question(q) for q in questions]
+    ranked = rankings(index, qs, max(ks))
+    out = {f"recall@{k}": np.array([float(bool(set(q.topics) & set(r[:k]))) for q, r in zip(qs, ranked)])
+           for k in ks}
+    out["mrr"] = np.array([next((1.0 / i for i, d in enumerate(r, start=1) if d in set(q.topics)), 0.0)
+                           for q, r in zip(qs, ranked)])
+    return out
+
+
+def evaluate_with_intervals(index: _Index, questions: Sequence, ks: Sequence[int] = (1, 5, 10), *,
+                            seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """:func:`evaluate` with a 95% bootstrap interval over the questions: ``{metric: (value, low, high)}``."""
+    from .stats import bootstrap_ci
+
+    return {m: (float(v.mean()), *bootstrap_ci(v, seed=seed)) for m, v in question_scores(index, questions, ks).items()}
+
+
+def split_questions(questions: Sequence, dev_fraction: float = 0.5, seed: int = 0) -> tuple[list, list]:
+    """Split questions into ``(dev, held_out)`` by a hash of their ids, the same way on every machine.
+
+    Choose settings (a chunking, a method) on ``dev`` only and report them on ``held_out``: a score measured on
+    the questions a choice was made on is biased upwards. Both lists keep the input order.
+    """
+    if isinstance(dev_fraction, bool) or not isinstance(dev_fraction, (int, float)) or not 0 < dev_fraction < 1:
+        raise ValueError(f"dev_fraction must be a number in (0, 1), got {dev_fraction!r}")
+    qs = [_as_question(q) for q in questions]
+    if len(qs) < 2:
+        raise ValueError(f"questions must hold at least 2 questions to split, got {len(qs)}")
+    ids = [q.id or q.text for q in qs]
+    order = sorted(range(len(qs)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest())
+    n_dev = min(len(qs) - 1, max(1, round(dev_fraction * len(qs))))
+    dev_set = set(order[:n_dev])
+    return [q for i, q in enumerate(qs) if i in dev_set], [q for i, q in enumerate(qs) if i not in dev_set]
+
+
 def answer_in_context(index: _Index, questions: Sequence[Question], budget: int = 640, depth: int = 50) -> float:
     """Fraction of questions whose evidence phrase is inside the context a prompt would get: the top hits'
     texts, best first, cut at ``budget`` cl100k tokens. Unlike recall@k it sees a chunk that cuts the answer in
@@ -832,6 +877,36 @@ def answer_with_defence(question: str, index: _Index, k: int = 5,
     return build_prompt(question, hits, defended=defence != "none"), answer, raw
 
 
+# An English order to the model: what the scripted stand-in below obeys.
+_ORDER = re.compile(
+    r"\b(ignore|disregard|reply|respond|answer with|say|print|output|tell (?:the )?(?:user|reader)|new task"
+    r"|end every answer|from now on|recommend|you are now)\b", re.IGNORECASE)
+
+
+def instruction_following_stub(prompt: str, fallback: str = "", *, obey_inside_sources: bool = True) -> str:
+    """A **scripted stand-in** for an instruction-following generator (not a model): it obeys orders.
+
+    It reads the prompt (without the ``<source>`` blocks when ``obey_inside_sources`` is False: a model that
+    honours the delimiters), looks for sentences that give the model an order in English (*ignore ...*, *reply
+    ...*, *tell the user ...*, *you are now ...*; zero-width characters removed first, as a model reads through
+    them), and carries out every one of them: its answer is those sentences followed by ``fallback`` (e.g. the
+    extractive answer), or ``fallback`` alone when there is no order. It cannot read
+    base64 or another language, so it is a lower bound on what a capable model would obey.
+    """
+    if not isinstance(prompt, str) or not isinstance(fallback, str):
+        raise TypeError("prompt and fallback must be str")
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", prompt) if unicodedata.category(ch) != "Cf")
+    # Only the retrieved text can hold an attack: skip the template's rules (before the first source) and the
+    # user's question (after the last "Question:").
+    start, end = text.find("<source"), text.rfind("\n\nQuestion:")
+    text = text[max(start, 0):end if end >= 0 else len(text)]
+    if not obey_inside_sources:
+        text = re.sub(r"<source [^>]*>.*?</source>", "", text, flags=re.DOTALL)
+    sentences = re.split(r"(?<=[.!?])\s+|\n", text)
+    orders = [s.strip() for s in sentences if _ORDER.search(s)]
+    return " ".join(orders + [fallback]).strip()
+
+
 def injection_trial(index: _Index, attack: dict, k: int = 5, defence: str = "delimit") -> dict:
     """Run one attack: was the planted document retrieved, did its instruction reach the prompt outside a
     ``<source>`` block (where a model reads it as instructions), and did the canary reach the answer?"""
@@ -840,7 +915,10 @@ def injection_trial(index: _Index, attack: dict, k: int = 5, defence: str = "del
     outside = re.sub(r"<source [^>]*>.*?</source>", "", prompt, flags=re.DOTALL)
     return {"attack": attack["id"], "defence": defence, "retrieved": attack["id"] in [h.doc_id for h in raw],
             "in prompt": canary in prompt, "outside sources": canary in outside,
-            "answer hijacked": canary in answer.sentence}
+            "answer hijacked": canary in answer.sentence,
+            "stub obeys": canary in instruction_following_stub(prompt, answer.sentence),
+            "stub obeys (outside sources only)": canary in instruction_following_stub(
+                prompt, answer.sentence, obey_inside_sources=False)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

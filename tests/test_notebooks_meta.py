@@ -1,4 +1,5 @@
-"""Every notebook: same Colab header, badge pointing at itself, no committed outputs, exercises with checks."""
+"""Every notebook: same Colab header, badge pointing at itself, exercises with checks; labs and solutions without
+outputs, lessons with small stored outputs at most."""
 import re
 import subprocess
 import sys
@@ -29,11 +30,31 @@ def test_header_badge_and_bootstrap(path):
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
-@pytest.mark.parametrize("path", ALL, ids=_ids(ALL))
-def test_committed_without_outputs(path):
+LABS_AND_SOLUTIONS = [p for p in ALL if p.parent.name != "notebooks"]
+LESSONS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", LABS_AND_SOLUTIONS, ids=_ids(LABS_AND_SOLUTIONS))
+def test_labs_and_solutions_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
     assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_lessons_ship_small_outputs(path):
+    """Lessons may be stored executed (`make outputs`): then small, without widget state or error outputs."""
+    nb = nbformat.read(path, as_version=4)
+    assert "widgets" not in nb.metadata, f"{path.name}: widget state stored; run `make outputs`"
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            assert out.output_type != "error", f"{path.name}: cell {i} stored an error"
+            data = out.get("data", {})
+            assert "application/vnd.jupyter.widget-view+json" not in data, f"{path.name}: cell {i} stores a widget"
+            for mime, value in data.items():
+                size = len(value) if isinstance(value, str) else len(str(value))
+                assert size < 150_000, f"{path.name}: cell {i} stores {size // 1000} kB of {mime}"
+    assert path.stat().st_size < 1_500_000, f"{path.name}: {path.stat().st_size // 1000} kB; keep lessons small"
 
 
 def test_nbtools_sync_check_passes():
