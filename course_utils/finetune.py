@@ -20,7 +20,6 @@ import json
 import math
 import random
 import re
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,8 +34,8 @@ __all__ = [
     "render_json_answer", "normalize_answer", "exact_match", "format_compliance", "parse_json_answer",
     "select_examples_by_similarity", "memo_embed", "hashing_embed", "reading_comprehension_text", "TextStream",
     "lora_forward", "LoRALinear", "DEFAULT_TARGETS", "apply_lora", "merge_lora", "count_parameters", "base_config",
-    "BASE_CHECKPOINT", "load_base_model", "sha256_of", "finetune", "greedy_answers", "greedy_exact_match", "answer_accuracy",
-    "PROMPT_METHODS", "fact_retriever", "static_examples", "knowledge_prompts", "knowledge_texts",
+    "BASE_CHECKPOINT", "load_base_model", "sha256_of", "finetune", "text_loss", "greedy_answers", "greedy_exact_match", "answer_accuracy",
+    "PROMPT_METHODS", "fact_retriever", "static_examples", "knowledge_prompts", "knowledge_texts", "knowledge_split",
     "behaviour_prompts", "behaviour_texts", "score_behaviour", "knowledge_accuracy",
 ]
 
@@ -390,51 +389,80 @@ def _batch(texts: Sequence[str], answer_only: bool) -> tuple[torch.Tensor, torch
     return x, y
 
 
+@torch.no_grad()
+def text_loss(model: nn.Module, texts: Sequence[str], *, answer_only: bool = False, batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats per scored character) of ``model`` on ``texts``, with :func:`finetune`'s masking."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty list of strings")
+    total, count = 0.0, 0
+    for s in range(0, len(texts), batch_size):
+        x, y = _batch(list(texts[s:s + batch_size]), answer_only)
+        logits, _ = model(x)
+        keep = y >= 0
+        total += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
+        count += int(keep.sum())
+    return total / count
+
+
 def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 16,
              answer_only: bool = False, warmup: int = 10, seed: int = 0, progress: bool = True,
-             desc: str = "fine-tuning") -> dict:
-    """Train the parameters of ``model`` that require grad on ``texts`` (one sample each) with AdamW.
+             desc: str = "fine-tuning", val_texts: Sequence[str] | None = None, eval_every: int = 25,
+             patience: int | None = None, min_delta: float = 0.0, restore_best: bool | None = None,
+             step_callback=None) -> dict:
+    """Train the parameters of ``model`` that require grad on ``texts`` (one sample each), with
+    :func:`course_utils.train.train` (AdamW without weight decay, warm-up then cosine, clipping at 1).
 
-    Samples are drawn epoch by epoch in a seeded order; the learning rate warms up then follows a cosine.
-    Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ...}``.
+    Samples are drawn epoch by epoch in a seeded order. With ``val_texts``, the loss on them (and on as many training
+    texts, for the gap) is measured every ``eval_every`` steps; ``patience`` stops training once that many
+    evaluations in a row did not improve it, and ``restore_best`` (default: on when ``patience`` is set) keeps the
+    weights of the best evaluation. ``steps`` is then the maximum.
+    Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ..., "steps": steps run,
+    "eval_step", "val_loss", "eval_train_loss": the evaluations (empty without val_texts), "best_step"}``.
     """
-    from tqdm.auto import tqdm
-
-    from .train import lr_at
+    from .train import train
 
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) and len(t) > 1 for t in texts):
         raise ValueError("texts must be a non-empty list of strings (each at least 2 characters)")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if val_texts is not None and (isinstance(val_texts, str) or not val_texts
+                                  or not all(isinstance(t, str) and len(t) > 1 for t in val_texts)):
+        raise ValueError("val_texts must be None or a non-empty list of strings (each at least 2 characters)")
+    if patience is not None and val_texts is None:
+        raise ValueError("patience (early stopping) needs val_texts to measure a validation loss on")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (all requires_grad=False)")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    torch.manual_seed(seed)  # dropout
     order: list[int] = []
-    losses = []
-    model.train()
-    t0 = time.perf_counter()
-    for step in tqdm(range(steps), desc=desc, disable=not progress, unit="step"):
+
+    def loss_fn(model, step):
+        nonlocal order
         if len(order) < batch_size:
             epoch = list(range(len(texts)))
             rng.shuffle(epoch)
             order += epoch
         idx, order = order[:batch_size], order[batch_size:]
-        x, y = _batch([texts[i] for i in idx], answer_only)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr=lr, warmup=warmup, steps=steps)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-    seconds = time.perf_counter() - t0
-    model.eval()
-    return {"loss": losses, "seconds": seconds, "seconds_per_step": seconds / steps,
-            "trainable": sum(p.numel() for p in params)}
+        return model(*_batch([texts[i] for i in idx], answer_only))[1]
+
+    # the gap needs the training loss on as many texts as the validation split, always the same ones
+    train_probe = random.Random(f"probe:{seed}").sample(list(texts), min(len(texts), len(val_texts or ())))
+
+    def eval_fn(model):
+        return {"val_loss": text_loss(model, val_texts, answer_only=answer_only),
+                "eval_train_loss": text_loss(model, train_probe, answer_only=answer_only)}
+
+    restore = patience is not None if restore_best is None else restore_best
+    hist = train(model, None, steps, lr=lr, warmup=warmup, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=1.0,
+                 seed=seed, progress=progress, desc=desc, loss_fn=loss_fn,
+                 eval_fn=eval_fn if val_texts is not None else None,
+                 eval_every=eval_every if val_texts is not None else None, patience=patience,
+                 min_delta=min_delta, restore_best=restore, step_callback=step_callback)
+    seconds = hist["time"][-1] if hist["time"] else 0.0
+    run = hist["stopped_step"]
+    return {"loss": hist["train_loss"], "seconds": seconds, "seconds_per_step": seconds / max(1, run),
+            "trainable": sum(p.numel() for p in params), "steps": run, "eval_step": hist["eval_step"],
+            "val_loss": hist["val_loss"], "eval_train_loss": hist["eval_train_loss"], "best_step": hist["best_step"]}
 
 
 @torch.no_grad()
@@ -545,6 +573,23 @@ def knowledge_prompts(method: str, world, questions: Sequence[str], *, k: int = 
 def knowledge_texts(world) -> list[str]:
     """Fine-tuning data for the knowledge task: every fact as two statements and as a train-phrasing Q/A."""
     return world.statements(None) + [f"Q: {q}\nA: {a}\n" for q, a in world.qa_pairs("train")]
+
+
+def knowledge_split(world, *, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """:func:`knowledge_texts` split for early stopping, within the *training* phrasings only.
+
+    Every statement trains; the train-phrasing Q/A pairs of a seeded ``val_fraction`` of the facts are held out as
+    the validation set (the model must answer them from what the statements taught it). Returns ``train`` and
+    ``val`` (texts) and ``val_facts`` (their indices in ``world.facts``). The eval and unseen phrasings stay out.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    qa = [f"Q: {q}\nA: {a}\n" for q, a in world.qa_pairs("train")]
+    n_val = max(1, round(val_fraction * len(qa)))
+    val_facts = sorted(random.Random(f"val:{seed}").sample(range(len(qa)), n_val))
+    held = set(val_facts)
+    return {"train": world.statements(None) + [t for i, t in enumerate(qa) if i not in held],
+            "val": [qa[i] for i in val_facts], "val_facts": val_facts}
 
 
 def behaviour_prompts(method: str, world, questions: Sequence[str], *, k: int = 2, n_facts: int = 3, embed=None,
