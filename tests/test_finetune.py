@@ -376,3 +376,32 @@ def test_base_model_never_saw_the_unseen_phrasing():
     for attribute, (train_q, eval_q, unseen_q) in stems.items():
         assert train_q in docs and eval_q in docs, attribute  # the two it did see
         assert unseen_q not in docs and unseen_q not in corpus, attribute
+
+
+def test_cached_finetune_reuses_the_trained_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    kw = dict(steps=8, lr=1e-2, batch_size=2, val_texts=TEXTS, eval_every=4, progress=False)
+    first_model, again_model = tiny_gpt(), tiny_gpt()
+    first = ft.cached_finetune(first_model, TEXTS, **kw)
+    again = ft.cached_finetune(again_model, TEXTS, **kw)
+    assert first["cached"] is False and again["cached"] is True and again["loss"] == first["loss"]
+    assert all(torch.equal(v, first_model.state_dict()[k]) for k, v in again_model.state_dict().items())
+    other = ft.cached_finetune(tiny_gpt(), TEXTS, **dict(kw, lr=2e-2))  # another setting: trained, not looked up
+    fresh = ft.cached_finetune(tiny_gpt(seed=1), TEXTS, **kw)  # other starting weights: trained too
+    assert other["cached"] is False and fresh["cached"] is False
+    assert ft.cached_finetune(tiny_gpt(), TEXTS, recompute=True, **kw)["cached"] is False
+
+
+def test_reading_prompts_hold_the_fact_and_distractors():
+    from course_utils.world import make_world
+
+    w = make_world(5, 4)
+    plain, noisy = ft.reading_prompts(w), ft.reading_prompts(w, n_distractors=3)
+    for p, q, f in zip(noisy, plain, w.facts):
+        assert f.statement(1) in p and p.endswith(f"Q: {f.question('eval')}\nA:")
+        assert p.count("\n") == 1 + 4 + 1 and q.count("\n") == 1 + 1 + 1 and p.count(f.entity) == 5
+    assert ft.reading_prompts(w, n_distractors=3) == noisy  # seeded
+    with pytest.raises(ValueError, match="n_distractors"):
+        ft.reading_prompts(w, n_distractors=4)
+    with pytest.raises(ValueError, match="kind"):
+        ft.knowledge_finetune(tiny_gpt(), w, "QLoRA")
