@@ -9,9 +9,11 @@
 - the base model: a character-level chapter-3 :class:`~course_utils.model.GPT` pretrained by
   ``scripts/pretrain_ch7.py`` on the course corpus plus reading-comprehension text about *other* synthetic worlds
   (:func:`reading_comprehension_text`), shipped as ``assets/ft_base.safetensors`` (sha256-checked).
-- fine-tuning and evaluation: :func:`finetune` (full or LoRA, loss on whole documents or only on the answers),
-  :func:`greedy_answers` (greedy decoding with a KV cache, stopping at the end of the line) and
-  :func:`answer_accuracy`.
+- fine-tuning and evaluation: :func:`finetune` (full or LoRA, loss on whole documents or only on the answers,
+  early stopping on a validation loss; it runs :func:`course_utils.train.train`), :func:`cached_finetune` (its
+  result kept under the course cache), :func:`knowledge_finetune` (the chapter's knowledge fine-tunes),
+  :func:`greedy_answers` (greedy decoding with a KV cache, stopping at the end of the line),
+  :func:`greedy_exact_match`, :func:`answer_accuracy` and :func:`reading_prompts` (the forgetting test).
 """
 from __future__ import annotations
 

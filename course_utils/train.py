@@ -4,7 +4,9 @@
 - a learning-rate schedule of linear warm-up then cosine decay to ``min_lr_ratio · lr`` (as in GPT-3 / Llama);
 - gradient clipping by global norm;
 - periodic evaluation on held-out batches, a ``tqdm.auto`` progress bar and an optional callback (e.g.
-  :class:`LiveLossPlot`, which redraws a matplotlib figure in a notebook after every evaluation).
+  :class:`LiveLossPlot`, which redraws a matplotlib figure in a notebook after every evaluation);
+- hooks for the other loops of the course (chapter 7's fine-tuning and base-model pretraining): a loss function,
+  an evaluation function, a per-step callback, early stopping with patience and restoring the best weights.
 
 For Mixture-of-Experts models (chapter 5) ``aux_loss_coef`` adds the mean over layers of the routers'
 load-balancing loss (``model.last_moe_aux``) to the training loss.
@@ -74,7 +76,7 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
           betas: tuple[float, float] = (0.9, 0.95), desc: str = "training") -> dict:
     """Train ``model`` on ``data`` (a :class:`course_utils.data.TokenDataset`) for at most ``steps`` optimizer steps.
 
-    The one training loop of the course (chapters 3, 5, 7 and the chapter-7 pretraining script): AdamW
+    The one training loop of the course (chapters 3, 5, 7, 8 and the chapter-7 pretraining script): AdamW
     (:func:`configure_optimizer`), warm-up then cosine (:func:`lr_at`), clipping by global norm. Returns the
     history, a dict of lists:
 
