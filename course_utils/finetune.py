@@ -9,18 +9,20 @@
 - the base model: a character-level chapter-3 :class:`~course_utils.model.GPT` pretrained by
   ``scripts/pretrain_ch7.py`` on the course corpus plus reading-comprehension text about *other* synthetic worlds
   (:func:`reading_comprehension_text`), shipped as ``assets/ft_base.safetensors`` (sha256-checked).
-- fine-tuning and evaluation: :func:`finetune` (full or LoRA, loss on whole documents or only on the answers),
-  :func:`greedy_answers` (greedy decoding with a KV cache, stopping at the end of the line) and
-  :func:`answer_accuracy`.
+- fine-tuning and evaluation: :func:`finetune` (full or LoRA, loss on whole documents or only on the answers,
+  early stopping on a validation loss; it runs :func:`course_utils.train.train`), :func:`cached_finetune` (its
+  result kept under the course cache), :func:`knowledge_finetune` (the chapter's knowledge fine-tunes),
+  :func:`greedy_answers` (greedy decoding with a KV cache, stopping at the end of the line),
+  :func:`greedy_exact_match`, :func:`answer_accuracy` and :func:`reading_prompts` (the forgetting test).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import random
 import re
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,8 +37,9 @@ __all__ = [
     "render_json_answer", "normalize_answer", "exact_match", "format_compliance", "parse_json_answer",
     "select_examples_by_similarity", "memo_embed", "hashing_embed", "reading_comprehension_text", "TextStream",
     "lora_forward", "LoRALinear", "DEFAULT_TARGETS", "apply_lora", "merge_lora", "count_parameters", "base_config",
-    "BASE_CHECKPOINT", "load_base_model", "sha256_of", "finetune", "greedy_answers", "greedy_exact_match", "answer_accuracy",
-    "PROMPT_METHODS", "fact_retriever", "static_examples", "knowledge_prompts", "knowledge_texts",
+    "BASE_CHECKPOINT", "load_base_model", "sha256_of", "finetune", "text_loss", "cached_finetune", "reading_prompts", "knowledge_finetune",
+    "KNOWLEDGE_FINETUNES", "KNOWLEDGE_STOPPING", "greedy_answers", "greedy_exact_match", "answer_accuracy",
+    "PROMPT_METHODS", "fact_retriever", "static_examples", "knowledge_prompts", "knowledge_texts", "knowledge_split",
     "behaviour_prompts", "behaviour_texts", "score_behaviour", "knowledge_accuracy",
 ]
 
@@ -396,19 +399,41 @@ def _batch(texts: Sequence, answer_only: bool) -> tuple[torch.Tensor, torch.Tens
     return x, y
 
 
+@torch.no_grad()
+def text_loss(model: nn.Module, texts: Sequence[str], *, answer_only: bool = False, batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats per scored character) of ``model`` on ``texts``, with :func:`finetune`'s masking."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty list of strings")
+    total, count = 0.0, 0
+    for s in range(0, len(texts), batch_size):
+        x, y = _batch(list(texts[s:s + batch_size]), answer_only)
+        logits, _ = model(x)
+        keep = y >= 0
+        total += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
+        count += int(keep.sum())
+    return total / count
+
+
 def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 16,
              answer_only: bool = False, warmup: int = 10, seed: int = 0, progress: bool = True,
-             desc: str = "fine-tuning") -> dict:
-    """Train the parameters of ``model`` that require grad on ``texts`` (one sample each) with AdamW.
+             desc: str = "fine-tuning", val_texts: Sequence[str] | None = None, eval_every: int = 25,
+             patience: int | None = None, min_delta: float = 0.0, restore_best: bool | None = None,
+             val_answer_only: bool | None = None, probe_texts: Sequence[str] | None = None,
+             step_callback=None) -> dict:
+    """Train the parameters of ``model`` that require grad on ``texts`` (one sample each), with
+    :func:`course_utils.train.train` (AdamW without weight decay, warm-up then cosine, clipping at 1).
 
     An item of ``texts`` is a string, or a ``(prompt, completion)`` pair whose loss counts the completion only.
 
-    Samples are drawn epoch by epoch in a seeded order; the learning rate warms up then follows a cosine.
-    Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ...}``.
+    Samples are drawn epoch by epoch in a seeded order. With ``val_texts``, the loss on them (answers only if
+    ``val_answer_only``, default ``answer_only``) and on ``probe_texts`` (default: as many training texts, for the
+    gap) is measured every ``eval_every`` steps; ``patience`` stops training once that many
+    evaluations in a row did not improve it, and ``restore_best`` (default: on when ``patience`` is set) keeps the
+    weights of the best evaluation. ``steps`` is then the maximum.
+    Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ..., "steps": steps run,
+    "eval_step", "val_loss", "eval_train_loss": the evaluations (empty without val_texts), "best_step"}``.
     """
-    from tqdm.auto import tqdm
-
-    from .train import lr_at
+    from .train import train
 
     def _ok(t) -> bool:
         if isinstance(t, tuple):
@@ -420,35 +445,110 @@ def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, b
                          "(prompt, completion) pairs of non-empty strings")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if val_texts is not None and (isinstance(val_texts, str) or not val_texts
+                                  or not all(isinstance(t, str) and len(t) > 1 for t in val_texts)):
+        raise ValueError("val_texts must be None or a non-empty list of strings (each at least 2 characters)")
+    if patience is not None and val_texts is None:
+        raise ValueError("patience (early stopping) needs val_texts to measure a validation loss on")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (all requires_grad=False)")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    torch.manual_seed(seed)  # dropout
     order: list[int] = []
-    losses = []
-    model.train()
-    t0 = time.perf_counter()
-    for step in tqdm(range(steps), desc=desc, disable=not progress, unit="step"):
+
+    def loss_fn(model, step):
+        nonlocal order
         if len(order) < batch_size:
             epoch = list(range(len(texts)))
             rng.shuffle(epoch)
             order += epoch
         idx, order = order[:batch_size], order[batch_size:]
-        x, y = _batch([texts[i] for i in idx], answer_only)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr=lr, warmup=warmup, steps=steps)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-    seconds = time.perf_counter() - t0
-    model.eval()
-    return {"loss": losses, "seconds": seconds, "seconds_per_step": seconds / steps,
-            "trainable": sum(p.numel() for p in params)}
+        return model(*_batch([texts[i] for i in idx], answer_only))[1]
+
+    # the gap needs the training loss on as many texts as the validation split, always the same ones
+    train_probe = list(probe_texts) if probe_texts is not None else \
+        random.Random(f"probe:{seed}").sample(list(texts), min(len(texts), len(val_texts or ())))
+    val_mask = answer_only if val_answer_only is None else val_answer_only
+
+    def eval_fn(model):
+        return {"val_loss": text_loss(model, val_texts, answer_only=val_mask),
+                "eval_train_loss": text_loss(model, train_probe, answer_only=val_mask)}
+
+    restore = patience is not None if restore_best is None else restore_best
+    hist = train(model, None, steps, lr=lr, warmup=warmup, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=1.0,
+                 seed=seed, progress=progress, desc=desc, loss_fn=loss_fn,
+                 eval_fn=eval_fn if val_texts is not None else None,
+                 eval_every=eval_every if val_texts is not None else None, patience=patience,
+                 min_delta=min_delta, restore_best=restore, step_callback=step_callback)
+    seconds = hist["time"][-1] if hist["time"] else 0.0
+    run = hist["stopped_step"]
+    return {"loss": hist["train_loss"], "seconds": seconds, "seconds_per_step": seconds / max(1, run),
+            "trainable": sum(p.numel() for p in params), "steps": run, "eval_step": hist["eval_step"],
+            "val_loss": hist["val_loss"], "eval_train_loss": hist["eval_train_loss"], "best_step": hist["best_step"]}
+
+
+def cached_finetune(model: nn.Module, texts: Sequence[str], *, recompute: bool = False, **kwargs) -> dict:
+    """:func:`finetune`, with its result (the trained weights and the history) kept under the course cache.
+
+    The key is a hash of the starting weights, ``texts`` and every keyword argument, so any change retrains. A
+    cache hit loads the weights into ``model`` and returns the stored history with ``cached=True`` (its
+    ``seconds`` are those of the run that made it); ``recompute=True`` always trains (and refreshes the cache).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from .data import cache_dir
+
+    settings = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in kwargs.items()
+                if k not in ("progress", "desc", "step_callback")}
+    key = hashlib.sha256(json.dumps({"texts": list(texts), "settings": settings, "version": 1},
+                                    sort_keys=True).encode())
+    for name, t in model.state_dict().items():
+        key.update(name.encode())
+        key.update(t.detach().float().contiguous().numpy().tobytes())
+    folder = cache_dir() / "ch07_finetunes"
+    path = folder / f"{key.hexdigest()[:32]}.safetensors"
+    side = path.with_suffix(".json")
+    if path.exists() and side.exists() and not recompute:
+        model.load_state_dict(load_file(str(path)))
+        model.eval()
+        return dict(json.loads(side.read_text()), cached=True)
+    hist = finetune(model, texts, **kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors that share memory (the tied embedding and output weights)
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+    side.write_text(json.dumps(hist))
+    return dict(hist, cached=False)
+
+
+# chapter 7's knowledge fine-tunes: learning rates (LoRA's higher, as usual for adapters) and the stopping rule
+KNOWLEDGE_FINETUNES = {"full fine-tune": {"lr": 3e-3}, "LoRA": {"lr": 1e-2, "r": 8, "alpha": 16}}
+KNOWLEDGE_STOPPING = {"steps": 2000, "batch_size": 16, "eval_every": 25, "patience": 6}
+
+
+def knowledge_finetune(base: nn.Module, world, kind: str, *, val_fraction: float = 0.2, recompute: bool = False,
+                       progress: bool = True) -> tuple[nn.Module, dict]:
+    """Chapter 7's knowledge fine-tune of a copy of ``base`` on ``world``, ``kind`` ``"full fine-tune"`` or ``"LoRA"``
+    (r = 8, α = 16 on every projection), trained to convergence.
+
+    Data: :func:`knowledge_split`. Early stopping on the loss of the held-out train-phrasing answers
+    (:data:`KNOWLEDGE_STOPPING`: an evaluation every 25 steps, patience 6, best weights restored); the curve's
+    "train" side is the same loss on as many trained Q/A pairs. Cached by :func:`cached_finetune` (``recompute``
+    retrains). Returns the model and the history.
+    """
+    if kind not in KNOWLEDGE_FINETUNES:
+        raise ValueError(f"kind must be one of {sorted(KNOWLEDGE_FINETUNES)}, got {kind!r}")
+    split = knowledge_split(world, val_fraction=val_fraction)
+    held = set(split["val_facts"])
+    trained_qa = [f"Q: {q}\nA: {a}\n" for i, (q, a) in enumerate(world.qa_pairs("train")) if i not in held]
+    settings = dict(KNOWLEDGE_FINETUNES[kind])
+    model = copy.deepcopy(base)
+    if kind == "LoRA":
+        torch.manual_seed(0)  # the adapters' random A: the same model (and cache entry) whatever ran before
+        apply_lora(model, r=settings.pop("r"), alpha=settings.pop("alpha"))
+    hist = cached_finetune(model, split["train"], val_texts=split["val"], val_answer_only=True,
+                           probe_texts=trained_qa[:len(split["val"])], recompute=recompute, progress=progress,
+                           desc=kind, **settings, **KNOWLEDGE_STOPPING)
+    return model, hist
 
 
 @torch.no_grad()
@@ -561,6 +661,23 @@ def knowledge_texts(world) -> list[str]:
     return world.statements(None) + [f"Q: {q}\nA: {a}\n" for q, a in world.qa_pairs("train")]
 
 
+def knowledge_split(world, *, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """:func:`knowledge_texts` split for early stopping, within the *training* phrasings only.
+
+    Every statement trains; the train-phrasing Q/A pairs of a seeded ``val_fraction`` of the facts are held out as
+    the validation set (the model must answer them from what the statements taught it). Returns ``train`` and
+    ``val`` (texts) and ``val_facts`` (their indices in ``world.facts``). The eval and unseen phrasings stay out.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    qa = [f"Q: {q}\nA: {a}\n" for q, a in world.qa_pairs("train")]
+    n_val = max(1, round(val_fraction * len(qa)))
+    val_facts = sorted(random.Random(f"val:{seed}").sample(range(len(qa)), n_val))
+    held = set(val_facts)
+    return {"train": world.statements(None) + [t for i, t in enumerate(qa) if i not in held],
+            "val": [qa[i] for i in val_facts], "val_facts": val_facts}
+
+
 def behaviour_prompts(method: str, world, questions: Sequence[str], *, k: int = 2, n_facts: int = 3, embed=None,
                       retrieve=None) -> list[str]:
     """Behaviour task: the facts are given (RAG), the *format* is the job — JSON-answer examples or none."""
@@ -597,6 +714,25 @@ def score_behaviour(outputs: Sequence[str], references: Sequence[str]) -> dict:
     right = [c and exact_match(parse_json_answer(o) or "", r) for c, o, r in zip(comp, outputs, references)]
     found = [normalize_answer(r) in normalize_answer(o) for o, r in zip(outputs, references)]
     return {"compliance": sum(comp) / n, "correct": sum(right) / n, "value_found": sum(found) / n}
+
+
+def reading_prompts(world, *, n_distractors: int = 0, split: str = "eval", seed: int = 0) -> list[str]:
+    """The reading test: each fact's statement (phrasing 1) in a ``Facts:`` block, with ``n_distractors`` other facts
+    about the same person shuffled in, then the question (``split`` phrasing). Answers: the world's values.
+
+    Asked about a world the model was never trained on, it measures *reading* (copying from context), not memory:
+    chapter 7 runs it before and after each fine-tune to measure forgetting.
+    """
+    if isinstance(n_distractors, bool) or not isinstance(n_distractors, int) or not 0 <= n_distractors <= 3:
+        raise ValueError(f"n_distractors must be an int in [0, 3] (a person has 4 facts), got {n_distractors!r}")
+    rng = random.Random(f"reading:{seed}")
+    prompts = []
+    for fact in world.facts:
+        others = [f for f in world.facts if f.entity == fact.entity and f is not fact]
+        lines = [fact.statement(1)] + [f.statement(rng.randint(0, 1)) for f in rng.sample(others, n_distractors)]
+        rng.shuffle(lines)
+        prompts.append(rag_prompt(fact.question(split), lines))
+    return prompts
 
 
 def knowledge_accuracy(model: nn.Module, world, method: str = "zero-shot", *, k: int = 4, embed=None,

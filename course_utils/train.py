@@ -4,7 +4,9 @@
 - a learning-rate schedule of linear warm-up then cosine decay to ``min_lr_ratio · lr`` (as in GPT-3 / Llama);
 - gradient clipping by global norm;
 - periodic evaluation on held-out batches, a ``tqdm.auto`` progress bar and an optional callback (e.g.
-  :class:`LiveLossPlot`, which redraws a matplotlib figure in a notebook after every evaluation).
+  :class:`LiveLossPlot`, which redraws a matplotlib figure in a notebook after every evaluation);
+- hooks for the other loops of the course (chapter 7's fine-tuning and base-model pretraining): a loss function,
+  an evaluation function, a per-step callback, early stopping with patience and restoring the best weights.
 
 For Mixture-of-Experts models (chapter 5) ``aux_loss_coef`` adds the mean over layers of the routers'
 load-balancing loss (``model.last_moe_aux``) to the training loss.
@@ -67,27 +69,46 @@ def _moe_aux_loss(model) -> torch.Tensor | None:
 
 
 def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_size: int = 16,
-          block_size: int = 128, eval_every: int = 50, eval_iters: int = 10, grad_clip: float | None = 1.0,
+          block_size: int = 128, eval_every: int | None = 50, eval_iters: int = 10, grad_clip: float | None = 1.0,
           weight_decay: float = 0.1, seed: int = 0, aux_loss_coef: float = 0.0, min_lr_ratio: float = 0.1,
-          callback=None, progress: bool = True) -> dict:
-    """Train ``model`` on ``data`` (a :class:`course_utils.data.TokenDataset`) for ``steps`` optimizer steps.
+          callback=None, progress: bool = True, loss_fn=None, eval_fn=None, step_callback=None,
+          patience: int | None = None, min_delta: float = 0.0, restore_best: bool = False,
+          betas: tuple[float, float] = (0.9, 0.95), desc: str = "training") -> dict:
+    """Train ``model`` on ``data`` (a :class:`course_utils.data.TokenDataset`) for at most ``steps`` optimizer steps.
 
-    Returns the history, a dict of lists:
+    The one training loop of the course (chapters 3, 5, 7, 8 and the chapter-7 pretraining script): AdamW
+    (:func:`configure_optimizer`), warm-up then cosine (:func:`lr_at`), clipping by global norm. Returns the
+    history, a dict of lists:
 
-    - per step: ``step``, ``train_loss`` (the batch's language-model loss), ``lr``, ``tokens`` (seen so far),
-      ``time`` (seconds since the start), ``grad_norm`` (before clipping), ``aux_loss`` (MoE only, else 0);
+    - per step: ``step``, ``train_loss`` (the batch's loss), ``lr``, ``tokens`` (seen so far, with the default
+      batches), ``time`` (seconds since the start), ``grad_norm`` (before clipping), ``aux_loss`` (MoE only, else 0);
     - per evaluation (at step 0, every ``eval_every`` steps and after the last): ``eval_step``, ``val_loss``,
-      ``eval_train_loss`` (the same number of training batches, for the generalization gap), ``eval_time``.
+      ``eval_train_loss`` (the same number of training batches, for the generalization gap), ``eval_time``;
+    - ``stopped_step`` (the last step run), ``best_step`` / ``best_val_loss`` (the evaluation with the lowest
+      validation loss; None without evaluations).
 
-    ``callback(history)`` is called after every evaluation. Batches are drawn from a generator seeded with
-    ``seed``, so a seeded model trains the same way each run.
+    Hooks, for loops that are not next-token prediction on one token stream:
+
+    - ``loss_fn(model, step)`` returns the step's training loss (it draws its own batch); default: the model's
+      loss on ``data.get_batch("train", batch_size, block_size, generator)`` (``data`` may then be None);
+    - ``eval_fn(model)`` returns a dict of numbers with at least ``"val_loss"``, each appended to the history under
+      its name; default: :func:`evaluate` on ``eval_iters`` validation and training batches of ``data``.
+      ``eval_every=None`` turns periodic evaluation off;
+    - ``callback(history)`` is called after every evaluation, ``step_callback(history)`` after every step; either
+      returning True ends training after that step (the schedule still spans ``steps``);
+    - early stopping: with ``patience``, training stops once ``patience`` evaluations in a row failed to lower the
+      best validation loss by more than ``min_delta``; ``restore_best`` then loads the weights of the best evaluation.
+
+    Batches are drawn from a generator seeded with ``seed``, so a seeded model trains the same way each run.
     """
     from tqdm.auto import tqdm
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
-                        ("eval_every", eval_every), ("eval_iters", eval_iters)):
+                        ("eval_iters", eval_iters)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if eval_every is not None and (not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1):
+        raise ValueError(f"eval_every must be a positive int or None, got {eval_every!r}")
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
     if not lr > 0:
@@ -96,41 +117,79 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
         raise ValueError(f"grad_clip must be None or > 0, got {grad_clip!r}")
     if aux_loss_coef < 0:
         raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
+    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
+        raise ValueError(f"patience must be a positive int or None, got {patience!r}")
+    if (patience is not None or restore_best) and eval_every is None:
+        raise ValueError("early stopping (patience) and restore_best need evaluations: set eval_every")
+    if not min_delta >= 0:
+        raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+    if loss_fn is None and not hasattr(data, "get_batch"):
+        raise TypeError(f"data must have get_batch(split, batch_size, block_size, generator) when no loss_fn is "
+                        f"given, got {type(data).__name__}")
+    if eval_every is not None and eval_fn is None and not hasattr(data, "get_batch"):
+        raise TypeError("evaluation needs data with get_batch or an eval_fn (or eval_every=None)")
     max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
-    if max_len is not None and block_size > max_len:
+    if loss_fn is None and max_len is not None and block_size > max_len:
         raise ValueError(f"block_size ({block_size}) exceeds the model's max_seq_len ({max_len})")
 
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)
-    opt = configure_optimizer(model, lr=lr, weight_decay=weight_decay)
+    opt = configure_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
+    params = [p for p in model.parameters() if p.requires_grad]  # in model order: the clipping norm sums the same way
     keys = ("step", "train_loss", "lr", "tokens", "time", "grad_norm", "aux_loss",
             "eval_step", "val_loss", "eval_train_loss", "eval_time")
     history: dict = {k: [] for k in keys}
+    history.update(stopped_step=0, best_step=None, best_val_loss=None)
     ev = dict(iters=eval_iters, batch_size=batch_size, block_size=block_size)
+    best_state, bad_evals = None, 0
 
-    def run_eval(step: int) -> None:
+    def default_loss(model, step):
+        x, y = data.get_batch("train", batch_size, block_size, gen)
+        return model(x, y)[1]
+
+    def default_eval(model):
+        return {"val_loss": evaluate(model, data, "val", **ev), "eval_train_loss": evaluate(model, data, "train", **ev)}
+
+    def run_eval(step: int) -> bool:
+        """Evaluate; True when early stopping says stop."""
+        nonlocal best_state, bad_evals
         history["eval_step"].append(step)
-        history["val_loss"].append(evaluate(model, data, "val", **ev))
-        history["eval_train_loss"].append(evaluate(model, data, "train", **ev))
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            metrics = (eval_fn or default_eval)(model)
+        model.train(was_training)
+        if "val_loss" not in metrics:
+            raise ValueError(f"eval_fn must return a dict with a 'val_loss', got keys {sorted(metrics)}")
+        for name, value in metrics.items():
+            history.setdefault(name, []).append(float(value))
         history["eval_time"].append(time.perf_counter() - t0)
-        if callback is not None:
-            callback(history)
+        val = history["val_loss"][-1]
+        if history["best_val_loss"] is None or val < history["best_val_loss"] - min_delta:
+            history["best_val_loss"], history["best_step"], bad_evals = val, step, 0
+            if restore_best:  # a copy on the side: the live weights keep training
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_evals += 1
+        stop = callback(history) if callback is not None else False
+        return bool(stop) or (patience is not None and bad_evals >= patience)
 
     t0 = time.perf_counter()
     model.train()
-    run_eval(0)
-    bar = tqdm(range(steps), desc="training", disable=not progress, unit="step")
+    stop = run_eval(0) if eval_every is not None else False
+    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step")
     for step in bar:
+        if stop:
+            break
         rate = lr_at(step, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = rate
-        x, y = data.get_batch("train", batch_size, block_size, gen)
-        _, loss = model(x, y)
+        loss = (loss_fn or default_loss)(model, step)
         aux = _moe_aux_loss(model) if aux_loss_coef > 0 else None
         total = loss if aux is None else loss + aux_loss_coef * aux
         opt.zero_grad(set_to_none=True)
         total.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
         opt.step()
 
         history["step"].append(step + 1)
@@ -140,10 +199,15 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
         history["time"].append(time.perf_counter() - t0)
         history["grad_norm"].append(float(norm))
         history["aux_loss"].append(aux.item() if aux is not None else 0.0)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            run_eval(step + 1)
+        history["stopped_step"] = step + 1
+        if step_callback is not None and step_callback(history):
+            stop = True
+        if eval_every is not None and ((step + 1) % eval_every == 0 or step + 1 == steps or stop):
+            stop = run_eval(step + 1) or stop
             bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{history['val_loss'][-1]:.3f}")
     bar.close()
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return history
 

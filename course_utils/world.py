@@ -5,8 +5,10 @@ favourite colour) drawn uniformly at random, so guessing gets about 1/8 right. T
 
 - as **statements** (two phrasings per attribute, ``"Vela Dorrin lives in Quessa."``): the "documents" that
   retrieval indexes and that knowledge fine-tuning trains on;
-- as **question/answer pairs** in a *train* phrasing (``"Where does Vela Dorrin live?"``) and a held-out *eval*
-  phrasing (``"Which town is Vela Dorrin from?"``), so a method is never scored on the exact text it trained on.
+- as **question/answer pairs** in a *train* phrasing (``"Where does Vela Dorrin live?"``), a held-out *eval*
+  phrasing (``"Which town is Vela Dorrin from?"``), so a method is never scored on the exact text it trained on,
+  and an *unseen* phrasing (``"What place is home to Vela Dorrin?"``). Chapter 7's base model was pretrained on
+  questions about *other* worlds in the train and eval phrasings, never in the unseen one.
 
 :func:`update_world` changes exactly ``round(fraction · n_facts)`` facts to a different value (the "the world
 moved on" test of freshness). Everything is a pure function of the seed.
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .validate import check_int
 
-__all__ = ["ATTRIBUTES", "Fact", "World", "make_world", "update_world"]
+__all__ = ["ATTRIBUTES", "QUESTION_SPLITS", "Fact", "World", "make_world", "update_world"]
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "th", "qu", "sh")
 _VOWELS = ("a", "e", "i", "o", "u", "ae", "ou", "ia")
@@ -27,18 +29,24 @@ _CODAS = ("", "", "n", "r", "l", "s", "th", "x")
 # attribute -> (statement phrasings, (train question, eval question), fixed values or None = per-world towns)
 ATTRIBUTES: dict[str, dict] = {
     "town": {"statements": ("{e} lives in {v}.", "The home town of {e} is {v}."),
-             "questions": ("Where does {e} live?", "Which town is {e} from?"), "values": None},
+             "questions": ("Where does {e} live?", "Which town is {e} from?", "What place is home to {e}?"),
+             "values": None},
     "job": {"statements": ("{e} works as a {v}.", "By trade, {e} is a {v}."),
-            "questions": ("What does {e} do for a living?", "What is the job of {e}?"),
+            "questions": ("What does {e} do for a living?", "What is the job of {e}?", "How does {e} earn money?"),
             "values": ("baker", "miner", "weaver", "sailor", "potter", "tailor", "farmer", "scribe")},
     "pet": {"statements": ("{e} keeps a {v} as a pet.", "The pet of {e} is a {v}."),
-            "questions": ("What pet does {e} keep?", "Which animal does {e} have as a pet?"),
+            "questions": ("What pet does {e} keep?", "Which animal does {e} have as a pet?",
+                          "What animal lives with {e}?"),
             "values": ("otter", "lizard", "parrot", "ferret", "tortoise", "goat", "owl", "hare")},
     "colour": {"statements": ("The favourite colour of {e} is {v}.", "{e} likes the colour {v} best."),
-               "questions": ("What is the favourite colour of {e}?", "Which colour does {e} like best?"),
+               "questions": ("What is the favourite colour of {e}?", "Which colour does {e} like best?",
+                             "What colour does {e} prefer?"),
                "values": ("amber", "teal", "crimson", "violet", "ochre", "indigo", "silver", "olive")},
 }
 N_TOWNS = 8
+# question phrasings: fine-tuning trains on "train"; "eval" is held out from every method in the lesson but the
+# base model met it in pretraining (other worlds' questions); "unseen" appears in no training text at all
+QUESTION_SPLITS = ("train", "eval", "unseen")
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,9 @@ class Fact:
         return ATTRIBUTES[self.attribute]["statements"][phrasing].format(e=self.entity, v=self.value)
 
     def question(self, split: str = "train") -> str:
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        return ATTRIBUTES[self.attribute]["questions"][split == "eval"].format(e=self.entity)
+        if split not in QUESTION_SPLITS:
+            raise ValueError(f"split must be one of {QUESTION_SPLITS}, got {split!r}")
+        return ATTRIBUTES[self.attribute]["questions"][QUESTION_SPLITS.index(split)].format(e=self.entity)
 
 
 @dataclass
@@ -74,7 +82,7 @@ class World:
         return [f.statement(p) for f in self.facts for p in which]
 
     def qa_pairs(self, split: str = "train") -> list[tuple[str, str]]:
-        """``(question, answer)`` for every fact, in the ``"train"`` or held-out ``"eval"`` phrasing."""
+        """``(question, answer)`` for every fact, in the ``"train"``, held-out ``"eval"`` or ``"unseen"`` phrasing."""
         return [(f.question(split), f.value) for f in self.facts]
 
     def lookup(self, entity: str, attribute: str) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from course_utils.data import course_corpus
 from course_utils.finetune import (BASE_CHECKPOINT, GPT_META, TextStream, base_config, finetune,
                                    reading_comprehension_text)
 from course_utils.model import GPT, load_checkpoint, save_checkpoint, write_sha256
-from course_utils.train import configure_optimizer, lr_at
+from course_utils.train import train
 
 
 def build_text(seed: int, n_docs: int, corpus_chars: int) -> tuple[str, str]:
@@ -112,40 +111,38 @@ def stage2(model, meta: dict, args) -> None:
 
 
 def stage1(args):
+    """Next-character prediction on the mix, with the course's one training loop (:func:`course_utils.train.train`)."""
     train_text, val_text = build_text(args.seed, n_docs=30_000, corpus_chars=4_000_000)
     data = TextStream(train_text, val_text)
     print(f"train {len(train_text):,} chars, val {len(val_text):,} chars")
     model = GPT(base_config())
-    opt = configure_optimizer(model, lr=args.lr, weight_decay=0.1)
-    gen = torch.Generator().manual_seed(args.seed)
-    t0 = time.perf_counter()
-    model.train()
-    for step in range(args.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr=args.lr, warmup=100, steps=args.steps)
-        x, y = data.get_batch("train", args.batch_size, args.block_size, gen)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        done = step + 1
+    saved: dict = {}
+
+    def every_step(history) -> bool:
+        """Log, save every ``--save-every`` steps (with a validation loss), stop at ``--stop-after``."""
+        done, loss = history["step"][-1], history["train_loss"][-1]
         if done % 25 == 0:
-            print(f"step {done} loss {loss.item():.3f} {time.perf_counter() - t0:.0f}s", flush=True)
+            print(f"step {done} loss {loss:.3f} {history['time'][-1]:.0f}s", flush=True)
         if done % args.save_every == 0 or done == args.steps:
             model.eval()
             with torch.no_grad():
                 vx, vy = data.get_batch("val", 32, args.block_size, torch.Generator().manual_seed(1))
                 val = model(vx, vy)[1].item()
             model.train()
-            meta = dict(GPT_META, steps=done, schedule_steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                        block_size=args.block_size, lr=args.lr, val_loss=round(val, 4))
-            path = save_checkpoint(model, args.out, meta=meta)
+            saved["meta"] = dict(GPT_META, steps=done, schedule_steps=args.steps, seed=args.seed,
+                                 batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
+                                 val_loss=round(val, 4))
+            path = save_checkpoint(model, args.out, meta=saved["meta"])
             write_sha256(path, path.with_suffix(".sha256"))
             print(f"saved {path} at step {done}: val loss {val:.3f}", flush=True)
-            if args.stop_after is not None and done >= args.stop_after:
-                break
-    return model, meta
+            return args.stop_after is not None and done >= args.stop_after
+        return False
+
+    train(model, data, args.steps, lr=args.lr, warmup=100, batch_size=args.batch_size, block_size=args.block_size,
+          grad_clip=1.0, weight_decay=0.1, seed=args.seed, eval_every=None, step_callback=every_step,
+          progress=False, desc="stage 1")
+    model.train()
+    return model, saved["meta"]
 
 
 if __name__ == "__main__":

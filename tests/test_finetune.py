@@ -313,3 +313,95 @@ def test_experiment_prompts_and_scores():
     s = ft.score_behaviour(['{"answer": "Rome"}', "Rome", '{"answer": "Oslo"}'], ["rome", "Rome", "Rome"])
     assert s == {"compliance": 2 / 3, "correct": 1 / 3, "value_found": 2 / 3}
     assert len(ft.knowledge_texts(w)) == 3 * len(w.facts)
+
+
+def test_finetune_early_stopping_restores_the_best_weights():
+    # min_delta far above any possible gain: no evaluation after step 0 counts as better, so training stops after
+    # `patience` evaluations and the restored weights are the starting ones
+    model = tiny_gpt()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    hist = ft.finetune(model, TEXTS, val_texts=TEXTS[:1], steps=100, lr=1e-2, batch_size=2, eval_every=5,
+                       patience=2, min_delta=100.0, progress=False)
+    assert hist["steps"] == 10 and hist["eval_step"] == [0, 5, 10] and hist["best_step"] == 0
+    assert len(hist["loss"]) == 10 and hist["val_loss"][-1] < hist["val_loss"][0]  # it learned, then rolled back
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
+def test_finetune_validation_curve_and_bad_arguments():
+    model = tiny_gpt()
+    hist = ft.finetune(model, TEXTS, val_texts=TEXTS, steps=20, lr=1e-2, batch_size=2, eval_every=10,
+                       progress=False)
+    assert hist["eval_step"] == [0, 10, 20] and hist["steps"] == 20 and hist["best_step"] == 20
+    assert hist["val_loss"][-1] == pytest.approx(ft.text_loss(model, TEXTS))  # no restore without patience
+    assert hist["eval_train_loss"] == pytest.approx(hist["val_loss"])  # the probe is the same two texts
+    with pytest.raises(ValueError, match="val_texts"):
+        ft.finetune(tiny_gpt(), TEXTS, steps=5, lr=1e-2, patience=2, progress=False)
+    with pytest.raises(ValueError, match="val_texts"):
+        ft.finetune(tiny_gpt(), TEXTS, steps=5, lr=1e-2, val_texts="Q: x\nA: y\n", progress=False)
+
+
+def test_text_loss_counts_only_scored_characters():
+    model = tiny_gpt()
+    text = "Q: ab\nA: cd\n"
+    x, y = ft._batch([text], answer_only=True)
+    logits, _ = model(x)
+    keep = y >= 0
+    want = torch.nn.functional.cross_entropy(logits[keep], y[keep]).item()
+    assert ft.text_loss(model, [text], answer_only=True) == pytest.approx(want, rel=1e-5)
+    assert ft.text_loss(model, [text]) != pytest.approx(want, rel=1e-3)
+
+
+def test_knowledge_split_holds_out_training_phrasing_qa_only():
+    from course_utils.world import make_world
+
+    w = make_world(0, 10)
+    sp = ft.knowledge_split(w, val_fraction=0.25)
+    assert len(sp["val"]) == 10 and len(sp["train"]) == 2 * 40 + 30
+    assert set(sp["train"]) | set(sp["val"]) == set(ft.knowledge_texts(w)) and not set(sp["train"]) & set(sp["val"])
+    assert all(t.startswith(f"Q: {w.facts[i].question('train')}") for t, i in zip(sp["val"], sp["val_facts"]))
+    for split in ("eval", "unseen"):  # the held-out phrasings are in neither
+        assert not any(w.facts[0].question(split) in t for t in sp["train"] + sp["val"])
+    with pytest.raises(ValueError, match="val_fraction"):
+        ft.knowledge_split(w, val_fraction=1.0)
+
+
+def test_base_model_never_saw_the_unseen_phrasing():
+    # what scripts/pretrain_ch7.py trains on: reading-comprehension documents (train and eval phrasings) + corpus
+    from course_utils.data import course_corpus
+    from course_utils.world import ATTRIBUTES
+
+    stems = {a: [q.split("{e}")[0] for q in spec["questions"]] for a, spec in ATTRIBUTES.items()}
+    docs = "\n".join(ft.reading_comprehension_text(0, 400) + ft.reading_comprehension_text(8, 400))
+    corpus = course_corpus(seed=0)
+    for attribute, (train_q, eval_q, unseen_q) in stems.items():
+        assert train_q in docs and eval_q in docs, attribute  # the two it did see
+        assert unseen_q not in docs and unseen_q not in corpus, attribute
+
+
+def test_cached_finetune_reuses_the_trained_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    kw = dict(steps=8, lr=1e-2, batch_size=2, val_texts=TEXTS, eval_every=4, progress=False)
+    first_model, again_model = tiny_gpt(), tiny_gpt()
+    first = ft.cached_finetune(first_model, TEXTS, **kw)
+    again = ft.cached_finetune(again_model, TEXTS, **kw)
+    assert first["cached"] is False and again["cached"] is True and again["loss"] == first["loss"]
+    assert all(torch.equal(v, first_model.state_dict()[k]) for k, v in again_model.state_dict().items())
+    other = ft.cached_finetune(tiny_gpt(), TEXTS, **dict(kw, lr=2e-2))  # another setting: trained, not looked up
+    fresh = ft.cached_finetune(tiny_gpt(seed=1), TEXTS, **kw)  # other starting weights: trained too
+    assert other["cached"] is False and fresh["cached"] is False
+    assert ft.cached_finetune(tiny_gpt(), TEXTS, recompute=True, **kw)["cached"] is False
+
+
+def test_reading_prompts_hold_the_fact_and_distractors():
+    from course_utils.world import make_world
+
+    w = make_world(5, 4)
+    plain, noisy = ft.reading_prompts(w), ft.reading_prompts(w, n_distractors=3)
+    for p, q, f in zip(noisy, plain, w.facts):
+        assert f.statement(1) in p and p.endswith(f"Q: {f.question('eval')}\nA:")
+        assert p.count("\n") == 1 + 4 + 1 and q.count("\n") == 1 + 1 + 1 and p.count(f.entity) == 5
+    assert ft.reading_prompts(w, n_distractors=3) == noisy  # seeded
+    with pytest.raises(ValueError, match="n_distractors"):
+        ft.reading_prompts(w, n_distractors=4)
+    with pytest.raises(ValueError, match="kind"):
+        ft.knowledge_finetune(tiny_gpt(), w, "QLoRA")

@@ -88,3 +88,68 @@ def test_moe_aux_loss_is_added_and_recorded():
     assert all(a > 0.5 for a in with_aux["aux_loss"])  # Switch's loss is ~1 when balanced (times top_k here)
     without = train(small_model(), ds, 2, **kw)
     assert without["aux_loss"] == [0.0, 0.0]
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
+    ds, model = corpus_dataset(), small_model()
+    scripted = iter([5.0, 4.0, 3.0, 3.5, 3.2, 9.0, 1.0])  # best at the 3rd evaluation (step 4), then 3 worse ones
+    snapshots = []
+
+    def eval_fn(m):
+        snapshots.append(_snapshot(m))
+        return {"val_loss": next(scripted), "extra": 1.0}
+
+    hist = train(model, ds, 50, lr=1e-2, warmup=1, batch_size=4, block_size=16, eval_every=2, progress=False,
+                 eval_fn=eval_fn, patience=3, restore_best=True)
+    assert hist["eval_step"] == [0, 2, 4, 6, 8, 10] and hist["stopped_step"] == 10 and len(hist["step"]) == 10
+    assert hist["best_step"] == 4 and hist["best_val_loss"] == 3.0 and hist["extra"] == [1.0] * 6
+    best = snapshots[2]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, snapshots[-1][k]) for k, v in model.state_dict().items())  # it did train on
+
+
+def test_without_restore_best_the_last_weights_stay():
+    ds, model = corpus_dataset(), small_model()
+    scripted = iter([1.0, 2.0, 3.0])
+    snapshots = []
+
+    def eval_fn(m):
+        snapshots.append(_snapshot(m))
+        return {"val_loss": next(scripted)}
+
+    hist = train(model, ds, 50, lr=1e-2, warmup=1, batch_size=4, block_size=16, eval_every=3, progress=False,
+                 eval_fn=eval_fn, patience=2)
+    assert hist["stopped_step"] == 6 and hist["best_step"] == 0
+    assert all(torch.equal(v, snapshots[-1][k]) for k, v in model.state_dict().items())
+
+
+def test_loss_fn_and_step_callback_hooks():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    seen = []
+
+    def loss_fn(m, step):
+        seen.append(step)
+        return torch.nn.functional.mse_loss(m(x), y)
+
+    hist = train(model, None, 40, lr=5e-2, warmup=0, eval_every=None, progress=False, loss_fn=loss_fn,
+                 weight_decay=0.0, step_callback=lambda h: h["step"][-1] == 25)  # True ends training
+    assert seen == list(range(25)) and hist["stopped_step"] == 25 and hist["eval_step"] == []
+    assert hist["train_loss"][-1] < hist["train_loss"][0] and hist["best_step"] is None
+
+
+def test_hooks_reject_bad_arguments():
+    ds, model = corpus_dataset(), small_model()
+    with pytest.raises(ValueError, match="patience"):
+        train(model, ds, 2, patience=0, progress=False)
+    with pytest.raises(ValueError, match="eval_every"):
+        train(model, ds, 2, patience=2, eval_every=None, progress=False)
+    with pytest.raises(ValueError, match="val_loss"):
+        train(model, ds, 2, eval_fn=lambda m: {"loss": 1.0}, batch_size=2, block_size=8, progress=False)
+    with pytest.raises(TypeError, match="get_batch"):
+        train(model, None, 2, progress=False)
