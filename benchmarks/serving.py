@@ -14,8 +14,9 @@ Every ratio is measured in one run on this machine (127.0.0.1 only; nothing leav
   measured on a separate test set.
 - continuous batching: :class:`course_utils.batching.Engine` driven in-process (no HTTP) serving ``tiny-gpt``
   (the trained chapter-7 base model) with chat questions of mixed output lengths (16–256 tokens, greedy, no stop
-  token): continuous (iteration-level) vs static (gather, decode to the end) vs one-at-a-time, at 1/4/8/16
-  closed-loop clients; KV memory reserved by the block cache vs a per-request reservation of prompt + max_tokens.
+  token): continuous (iteration-level) vs static (gather up to 10 ms, decode to the end) vs one-at-a-time, at
+  1/4/8/16 closed-loop clients sending 8 requests each; KV memory reserved by the block cache vs a per-request
+  reservation of prompt + max_tokens. Timed on the engine's CPU clock (steady on a shared machine).
 
     python benchmarks/serving.py [--clients 1 8 16] [--requests 1000] [--train-steps 300] [--threads 1]
     python benchmarks/serving.py --skip batching faults cache quant cascade     # continuous batching only
@@ -208,7 +209,7 @@ def bench_cascade(n_val: int = 1000, n_test: int = 1000, margin: float = 0.01) -
             "escalation": res["escalation_rate"], "of_large": res["accuracy"] / max(l_ok.mean(), 1e-9)}
 
 
-def bench_continuous(clients: list[int], per_client: int = 3, block_size: int = 16) -> list[dict]:
+def bench_continuous(clients: list[int], per_client: int = 8, block_size: int = 16) -> list[dict]:
     """Each policy at each client count on the same mixed load (``per_client`` requests per client)."""
     model, _ = load_served_model("tiny-gpt")
     warm = Engine(model)
