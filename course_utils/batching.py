@@ -167,12 +167,13 @@ class Engine:
 
     ``num_blocks`` defaults to enough blocks for ``max_batch`` sequences of ``max_seq_len`` tokens. ``policy``:
     ``"continuous"`` (iteration-level scheduling) or ``"static"`` (gather a batch when the engine is idle, decode
-    until every row is done, then deliver all results — the baseline it replaces). ``record=True`` keeps
+    until every row is done, then deliver all results — the baseline it replaces; like the chapter's ``Batcher``
+    it gathers for up to ``max_wait_ms`` or ``max_batch`` requests before it starts). ``record=True`` keeps
     :attr:`timeline`, one tuple per decode step with the request id in each batch slot (``None`` = empty).
     """
 
     def __init__(self, model, *, block_size: int = 16, num_blocks: int | None = None, max_batch: int = 16,
-                 policy: str = "continuous", record: bool = False):
+                 policy: str = "continuous", record: bool = False, max_wait_ms: float = 10.0):
         config = getattr(model, "config", None)
         if config is None or not hasattr(model, "blocks"):
             raise TypeError(f"model must be a course_utils.model.GPT, got {type(model).__name__}")
@@ -185,6 +186,9 @@ class Engine:
             raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
         if policy not in ("continuous", "static"):
             raise ValueError(f"policy must be 'continuous' or 'static', got {policy!r}")
+        if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
+        self.max_wait_s = max_wait_ms / 1000
         self.model = model.eval()
         self.block_size, self.max_batch, self.policy, self.record = block_size, max_batch, policy, record
         self.vocab_size, self.max_seq_len = config.vocab_size, config.max_seq_len
@@ -327,6 +331,8 @@ class Engine:
                     self._cond.wait()
                 if self._closed:
                     return
+                if self._gathering():
+                    continue
                 self._admit()
                 batch = [s for s in self._running if s.finish is None]
                 if self.policy == "static":  # finished rows still take their turn in the forward pass
@@ -347,6 +353,16 @@ class Engine:
             finally:
                 self._cpu += time.thread_time() - self._iter_start
                 self._iter_start = None
+
+    def _gathering(self) -> bool:
+        """Static policy: wait (up to ``max_wait_ms`` after the oldest arrival) for a full batch before starting."""
+        if self.policy != "static" or self._running or len(self._waiting) >= self.max_batch:
+            return False
+        left = self._waiting[0].submitted_at + self.max_wait_s - time.perf_counter()
+        if left <= 0:
+            return False
+        self._cond.wait(left)
+        return True
 
     def _admit(self) -> None:
         """Move waiting requests into the batch while a slot and the blocks for their pending tokens are free."""

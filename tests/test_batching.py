@@ -223,6 +223,8 @@ def test_bad_input_is_rejected(model):
         Engine(model, policy="greedy")
     with pytest.raises(ValueError, match="block_size"):
         Engine(model, block_size=0)
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        Engine(model, policy="static", max_wait_ms=-1)
     with pytest.raises(ValueError, match="positions"):
         model(torch.tensor([[1, 2]]), positions=torch.tensor([[0, 500]]))
     assert isinstance(RequestHandle(0), RequestHandle)
