@@ -25,6 +25,7 @@ NOTEBOOK_DIRS = ("notebooks", "solutions", "labs")
 COLAB_CLONE_DIR = "/content/course"
 BOOTSTRAP_TAG = "colab-bootstrap"
 BADGE_TAG = "colab-badge"
+REUSES_TAG = "reuses-answers"  # a check cell that only tests earlier exercises' answers: 0 points in nbgrader
 
 BOOTSTRAP_SOURCE = f'''# Colab set-up: installs the course and what Colab lacks; does nothing on your own machine.
 import sys
@@ -80,7 +81,9 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
         else:
             names = _CHECK_CALL.findall(cell.source)
             if names and "import" in cell.source:
-                cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": 1,
+                # a check that only re-runs earlier answers (tag REUSES_TAG) must not grade one mistake twice
+                points = 0 if REUSES_TAG in cell.metadata.get("tags", []) else 1
+                cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": points,
                                              "grade_id": f"{names[-1]}_{chapter}_{n_ex}", "schema_version": 3}
 
 

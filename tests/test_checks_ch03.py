@@ -1,6 +1,8 @@
 """Chapter-3 lab checks accept the reference and reject plausible wrong implementations."""
 import math
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -119,3 +121,224 @@ def test_sample_next_token_check(capsys):
     assert_check_rejects(check_sample_next_token, temperature_multiplies, match="temperature=0.5")
     assert_check_rejects(check_sample_next_token, greedy_samples_anyway, match="greedy")
     assert_check_rejects(check_sample_next_token, keeps_shape_b1, match=r"shape \[B\]|expected shape")
+
+
+# ----------------------------------------------------------------------------------------------- the model, written out
+# A correct functional model written differently from the lab's solution: the library's RoPE table and repeat_kv,
+# PyTorch's fused causal attention, einsum projections.
+from course_utils.attention import repeat_kv  # noqa: E402
+from course_utils.checks import (check_block_forward, check_gpt_forward, check_lr_schedule,  # noqa: E402
+                                 check_next_token_loss, check_speedrun, check_train_step, check_trained_gpt)
+from course_utils.checks import CheckFailed  # noqa: E402
+
+
+def _heads(t, n):
+    B, T, _ = t.shape
+    return t.view(B, T, n, -1).permute(0, 2, 1, 3)
+
+
+def _attention(block, h, *, causal=True, rope=True):
+    a = block.attn
+    q, k, v = (_heads(torch.einsum("btd,od->bto", h, w.weight), n)
+               for w, n in ((a.q_proj, a.n_heads), (a.k_proj, a.n_kv_heads), (a.v_proj, a.n_kv_heads)))
+    if rope:
+        q, k = _rope_ref(q), _rope_ref(k)
+    k, v = repeat_kv(k, a.n_rep), repeat_kv(v, a.n_rep)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return torch.einsum("bto,do->btd", out.permute(0, 2, 1, 3).flatten(2), a.o_proj.weight)
+
+
+def _ffn(block, h):
+    return swiglu(h, block.ffn.w1.weight, block.ffn.w3.weight, block.ffn.w2.weight)
+
+
+def block_forward(block, x):
+    x = x + _attention(block, rms_norm(x, block.attn_norm.weight, block.attn_norm.eps))
+    return x + _ffn(block, rms_norm(x, block.ffn_norm.weight, block.ffn_norm.eps))
+
+
+def gpt_forward(model, idx):
+    x = F.embedding(idx, model.tok_emb.weight)
+    for block in model.blocks:
+        x = block_forward(block, x)
+    return rms_norm(x, model.norm.weight, model.norm.eps) @ model.tok_emb.weight.T
+
+
+def next_token_loss(logits, tokens):
+    logp = logits[:, :-1].log_softmax(-1)
+    return -logp.gather(-1, tokens[:, 1:, None]).mean()
+
+
+def test_block_forward_check(capsys):
+    assert_check_accepts(check_block_forward, block_forward, capsys)
+
+    def no_causal_mask(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight), causal=False)
+        return x + _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    def no_rope(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight), rope=False)
+        return x + _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    def post_norm(block, x):  # the original transformer's order: normalize after the residual sum
+        x = rms_norm(x + _attention(block, x), block.attn_norm.weight)
+        return rms_norm(x + _ffn(block, x), block.ffn_norm.weight)
+
+    def forgets_second_residual(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight))
+        return _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    assert_check_rejects(check_block_forward, no_causal_mask, match="sees the future")
+    assert_check_rejects(check_block_forward, no_rope, match="apply_rope to q and to k")
+    assert_check_rejects(check_block_forward, post_norm, match="values differ")
+    assert_check_rejects(check_block_forward, forgets_second_residual, match="x \\+ SwiGLU")
+
+
+def test_gpt_forward_check(capsys):
+    assert_check_accepts(check_gpt_forward, gpt_forward, capsys)
+
+    def skips_final_norm(model, idx):
+        x = model.tok_emb.weight[idx]
+        for block in model.blocks:
+            x = block_forward(block, x)
+        return x @ model.tok_emb.weight.T
+
+    def scales_embeddings(model, idx):  # a habit from the original transformer, not Llama's
+        x = model.tok_emb.weight[idx] * model.config.d_model ** 0.5
+        for block in model.blocks:
+            x = block_forward(block, x)
+        return rms_norm(x, model.norm.weight) @ model.tok_emb.weight.T
+
+    def last_position_only(model, idx):
+        return gpt_forward(model, idx)[:, -1]
+
+    assert_check_rejects(check_gpt_forward, skips_final_norm, match="skip the final RMSNorm")
+    assert_check_rejects(check_gpt_forward, scales_embeddings, match="values differ")
+    assert_check_rejects(check_gpt_forward, last_position_only, match=r"\[B, T, vocab_size\]")
+
+
+def test_next_token_loss_check(capsys):
+    assert_check_accepts(check_next_token_loss, next_token_loss, capsys)
+
+    def no_shift(logits, tokens):
+        return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+    def shift_backwards(logits, tokens):
+        return F.cross_entropy(logits[:, 1:].flatten(0, 1), tokens[:, :-1].flatten())
+
+    def summed(logits, tokens):
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
+
+    def rolled(logits, tokens):
+        return F.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten())
+
+    assert_check_rejects(check_next_token_loss, no_shift, match="no shift")
+    assert_check_rejects(check_next_token_loss, shift_backwards, match="PREVIOUS token")
+    assert_check_rejects(check_next_token_loss, summed, match="summed, not averaged")
+    assert_check_rejects(check_next_token_loss, rolled, match="wrap around")
+
+
+def lr_schedule(step, lr, warmup, steps, min_lr_ratio=0.1):
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(1, steps - 1 - warmup)
+    frac = min(1.0, (step - warmup) / span) if steps > warmup else 0.0
+    return lr * min_lr_ratio + lr * (1 - min_lr_ratio) * (math.cos(math.pi * frac) + 1) / 2
+
+
+def test_lr_schedule_check(capsys):
+    assert_check_accepts(check_lr_schedule, lr_schedule, capsys)
+
+    def warmup_from_zero(step, lr, warmup, steps, min_lr_ratio=0.1):
+        return lr * step / warmup if step < warmup else lr_schedule(step, lr, warmup, steps, min_lr_ratio)
+
+    def decays_to_zero(step, lr, warmup, steps, min_lr_ratio=0.1):
+        return lr_schedule(step, lr, warmup, steps, 0.0)
+
+    def cosine_from_step_zero(step, lr, warmup, steps, min_lr_ratio=0.1):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * (min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * step / (steps - 1))) / 2)
+
+    assert_check_rejects(check_lr_schedule, warmup_from_zero, match="step 0 already trains")
+    assert_check_rejects(check_lr_schedule, decays_to_zero, match="not at 0")
+    assert_check_rejects(check_lr_schedule, cosine_from_step_zero, match="progress = ")
+
+
+def _make_train_step(*, zero=True, clip=True, schedule=True, loss_after=False):
+    def train_step(model, optimizer, tokens, step, *, lr, warmup, steps, grad_clip=1.0):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_schedule(step, lr, warmup, steps) if schedule else lr
+        if zero:
+            for p in model.parameters():
+                p.grad = None
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])  # the fused reference forward: also correct
+        loss.backward()
+        if clip:
+            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None))
+            scale = min(1.0, grad_clip / (float(norm) + 1e-6))
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        optimizer.step()
+        if loss_after:
+            return float(model(tokens[:, :-1], tokens[:, 1:])[1])
+        return loss.item()
+    return train_step
+
+
+def test_train_step_check(capsys):
+    assert_check_accepts(check_train_step, _make_train_step(), capsys)
+    assert_check_rejects(check_train_step, _make_train_step(zero=False), match="zero_grad")
+    assert_check_rejects(check_train_step, _make_train_step(clip=False), match="clip_grad_norm_")
+    assert_check_rejects(check_train_step, _make_train_step(schedule=False), match="learning rate")
+    assert_check_rejects(check_train_step, _make_train_step(loss_after=True), match="before the update")
+
+
+def test_trained_gpt_check(capsys):
+    from course_utils.data import corpus_dataset
+    from course_utils.model import GPT, GPTConfig
+    from course_utils.train import configure_optimizer
+
+    cfg = GPTConfig(vocab_size=512, d_model=32, n_layers=1, n_heads=2, max_seq_len=64)
+    torch.manual_seed(0)
+    untrained = GPT(cfg)
+    assert_check_rejects(check_trained_gpt, untrained, match="not below the target")
+    assert_check_rejects(check_trained_gpt, {"val_loss": [3.0]}, match="expected the course_utils.model.GPT")
+    # the off-by-one in training: a model taught to copy its input scores far worse on real next tokens
+    copier = GPT(cfg)
+    opt = configure_optimizer(copier, lr=1e-2, weight_decay=0.0)
+    data, gen = corpus_dataset(), torch.Generator().manual_seed(0)
+    for _ in range(40):
+        x, _ = data.get_batch("train", 8, 32, gen)
+        loss = F.cross_entropy(copier(x)[0].flatten(0, 1), x.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1.0  # it did learn to copy
+    assert_check_rejects(check_trained_gpt, copier, match="not shifted")
+    check_trained_gpt(untrained, target=7.0)  # the uniform guess, log(512) = 6.24, passes a loose target
+    assert "✅ check_trained_gpt" in capsys.readouterr().out
+
+
+def test_speedrun_check(capsys):
+    import time
+
+    from course_utils.model import GPT, GPTConfig
+
+    def untrained(data, budget_s):
+        return GPT(GPTConfig(vocab_size=data.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64))
+
+    def returns_history(data, budget_s):
+        return {"val_loss": [3.0]}
+
+    def over_budget(data, budget_s):
+        time.sleep(budget_s * 1.1 + 3.5)
+        return untrained(data, budget_s)
+
+    assert_check_rejects(check_speedrun, untrained, match="not below the target")
+    assert_check_rejects(check_speedrun, returns_history, match="expected speedrun to return")
+    with pytest.raises(CheckFailed, match="over the budget"):
+        check_speedrun(over_budget, budget_s=0.1)
+    check_speedrun(untrained, budget_s=5.0, target=7.0)  # an outcome within a loose target passes
+    assert "✅ check_speedrun" in capsys.readouterr().out
