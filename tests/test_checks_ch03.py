@@ -128,7 +128,8 @@ def test_sample_next_token_check(capsys):
 # PyTorch's fused causal attention, einsum projections.
 from course_utils.attention import repeat_kv  # noqa: E402
 from course_utils.checks import (check_block_forward, check_gpt_forward, check_lr_schedule,  # noqa: E402
-                                 check_next_token_loss, check_speedrun, check_train_step, check_trained_gpt)
+                                 check_next_token_loss, check_train_step, check_train_within_budget,
+                                 check_trained_gpt)
 from course_utils.checks import CheckFailed  # noqa: E402
 
 
@@ -321,24 +322,44 @@ def test_trained_gpt_check(capsys):
     assert "✅ check_trained_gpt" in capsys.readouterr().out
 
 
-def test_speedrun_check(capsys):
-    import time
-
+def test_train_within_budget_check(capsys):
     from course_utils.model import GPT, GPTConfig
+    from course_utils.train import configure_optimizer, train_step
 
-    def untrained(data, budget_s):
+    def tiny(data):
+        torch.manual_seed(0)
         return GPT(GPTConfig(vocab_size=data.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64))
 
-    def returns_history(data, budget_s):
+    def untrained(data, budget_flops):
+        return tiny(data)
+
+    def returns_history(data, budget_flops):
         return {"val_loss": [3.0]}
 
-    def over_budget(data, budget_s):
-        time.sleep(budget_s * 1.1 + 3.5)
-        return untrained(data, budget_s)
+    def trains(steps, batch):
+        def run(data, budget_flops):
+            model, gen = tiny(data), torch.Generator().manual_seed(0)
+            opt = configure_optimizer(model, lr=1e-2, weight_decay=0.0)
+            for _ in range(steps):
+                train_step(model, opt, *data.get_batch("train", batch, 64, gen), 1e-2)
+            return model
+        return run
 
-    assert_check_rejects(check_speedrun, untrained, match="not below the target")
-    assert_check_rejects(check_speedrun, returns_history, match="expected speedrun to return")
-    with pytest.raises(CheckFailed, match="over the budget"):
-        check_speedrun(over_budget, budget_s=0.1)
-    check_speedrun(untrained, budget_s=5.0, target=7.0)  # an outcome within a loose target passes
-    assert "✅ check_speedrun" in capsys.readouterr().out
+    def reads_raw_tokens(data, budget_flops):  # would train without the budget seeing it
+        data.ids["train"]
+        return tiny(data)
+
+    assert_check_rejects(check_train_within_budget, untrained, match="no training tokens")
+    assert_check_rejects(check_train_within_budget, returns_history, match="expected train_within_budget to return")
+    assert_check_rejects(check_train_within_budget, reads_raw_tokens, match="draw training tokens with")
+    with pytest.raises(CheckFailed, match="over the budget"):  # 2 steps of 64 x 64 tokens on a 1e6-FLOP budget
+        check_train_within_budget(trains(2, 64), budget_flops=1e6)
+    with pytest.raises(CheckFailed, match="not below the target"):  # 5 steps lower the loss, not to 3.85
+        check_train_within_budget(trains(5, 8))
+    check_train_within_budget(trains(5, 8), target=6.0)  # under budget, below a loose target: passes
+    out = capsys.readouterr().out
+    assert "✅ check_train_within_budget" in out and "of the budget" in out
+    # the budget is the lab's Part-3 run: its model's parameter count, 300 steps of 16 x 64 tokens
+    from course_utils.checks.ch03 import LAB_RUN_FLOPS
+    lab = GPTConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
+    assert LAB_RUN_FLOPS == 6 * GPT(lab).param_counts()["total"] * 300 * 16 * 64

@@ -185,3 +185,31 @@ def test_unfinished_exercise_is_reported():
         raise NotImplementedError("Exercise 4.1: softmax then topk")
 
     assert_check_rejects(check_topk_router, todo, match="NotImplementedError")
+
+
+# ---------------------------------------------------------------------------------------------- open exercise 4.7
+def test_balanced_route_check(capsys):
+    from course_utils.checks.ch04 import check_balanced_route
+
+    def proportional_bias(logits, k):
+        """A different right answer: the bias moves in proportion to the overload, on log-probabilities."""
+        logp, bias = logits.log_softmax(-1), torch.zeros(logits.shape[1])
+        for _ in range(400):
+            load = torch.bincount((logp + bias).topk(k, -1).indices.flatten(), minlength=logits.shape[1]).float()
+            bias -= 0.05 * (load / load.mean() - 1)
+        return (logp + bias).topk(k, -1).indices
+
+    def plain_topk(logits, k):
+        return logits.topk(k, dim=-1).indices
+
+    def random_experts(logits, k):
+        g = torch.Generator().manual_seed(0)
+        return torch.stack([torch.randperm(logits.shape[1], generator=g)[:k] for _ in range(logits.shape[0])])
+
+    def round_robin_with_repeats(logits, k):  # even, but the same expert twice for one token
+        return (torch.arange(logits.shape[0])[:, None] % logits.shape[1]).expand(-1, k).contiguous()
+
+    assert_check_accepts(check_balanced_route, proportional_bias, capsys)
+    assert_check_rejects(check_balanced_route, plain_topk, match="above the target")
+    assert_check_rejects(check_balanced_route, random_experts, match="below the target")
+    assert_check_rejects(check_balanced_route, round_robin_with_repeats, match="same expert twice")
