@@ -213,3 +213,19 @@ def test_balanced_route_check(capsys):
     assert_check_rejects(check_balanced_route, plain_topk, match="above the target")
     assert_check_rejects(check_balanced_route, random_experts, match="below the target")
     assert_check_rejects(check_balanced_route, round_robin_with_repeats, match="same expert twice")
+
+
+def test_checks_that_only_reuse_answers_carry_no_points():
+    """The Mixtral check (4.1 + 4.2 again) and chapter 3's trained-model check (3.6-3.10 again) give 0 points in
+    nbgrader, so one mistake is not graded twice; every other check cell gives 1."""
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1]
+    for name, reused in (("04_moe_layer_lab.ipynb", "check_moe_layer("), ("03_tiny_gpt_lab.ipynb", "check_trained_gpt(")):
+        nb = nbformat.read(root / "solutions" / name, 4)
+        graded = {c.source: c.metadata["nbgrader"]["points"] for c in nb.cells
+                  if c.metadata.get("nbgrader", {}).get("grade")}
+        assert [p for s, p in graded.items() if reused in s] == [0], name
+        assert all(p == 1 for s, p in graded.items() if reused not in s), name
