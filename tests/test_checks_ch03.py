@@ -14,6 +14,16 @@ from course_utils.checks import (check_apply_rope, check_kv_cache_step, check_rm
 from course_utils.model import kv_cache_step, rms_norm, sample_next_token, swiglu
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread, as in the labs: these small tensors and short trainings run many times slower with two threads
+    on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------------------- rms_norm
 def test_rms_norm_check(capsys):
     assert_check_accepts(check_rms_norm, rms_norm, capsys)
@@ -121,6 +131,37 @@ def test_sample_next_token_check(capsys):
     assert_check_rejects(check_sample_next_token, temperature_multiplies, match="temperature=0.5")
     assert_check_rejects(check_sample_next_token, greedy_samples_anyway, match="greedy")
     assert_check_rejects(check_sample_next_token, keeps_shape_b1, match=r"shape \[B\]|expected shape")
+
+
+def test_sample_next_token_check_wants_the_generator_and_the_vocabulary_order(capsys):
+    def written_differently(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Right: masks probabilities instead of logits, top-p with torch.where; draws in vocabulary order."""
+        if temperature == 0:
+            return logits.max(dim=-1).indices
+        probs = (logits / temperature).softmax(-1)
+        if top_k is not None:
+            keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.topk(top_k).indices, True)
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
+            probs = probs / probs.sum(-1, keepdim=True)
+        if top_p is not None:
+            sorted_p, order = probs.sort(-1, descending=True)
+            sorted_p = torch.where(sorted_p.cumsum(-1) - sorted_p < top_p, sorted_p, torch.zeros_like(sorted_p))
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def ignores_generator(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        return sample_next_token(logits, temperature, top_k, top_p, None)  # draws from the global RNG
+
+    def draws_in_sorted_order(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        if temperature == 0:
+            return logits.argmax(-1)
+        sorted_logits, order = logits.sort(-1, descending=True)  # right distribution, other tokens per seed
+        picked = sample_next_token(sorted_logits, temperature, top_k, top_p, generator)
+        return order.gather(-1, picked[:, None]).squeeze(-1)
+
+    assert_check_accepts(check_sample_next_token, written_differently, capsys)
+    assert_check_rejects(check_sample_next_token, ignores_generator, match="ignores its `generator`")
+    assert_check_rejects(check_sample_next_token, draws_in_sorted_order, match="not sorted")
 
 
 # ----------------------------------------------------------------------------------------------- the model, written out
