@@ -2,7 +2,8 @@
 
 Each check runs the learner's function on several inputs (edge cases included: k = 1, k = E, an expert nobody
 picks, a single token) and compares it with the reference in :mod:`course_utils.moe`; the last one compares the
-learner's whole layer with transformers' ``MixtralSparseMoeBlock``.
+learner's whole layer with transformers' ``MixtralSparseMoeBlock``. The open exercise's check
+(:func:`check_balanced_route`) judges an outcome instead: even loads that still follow the router.
 """
 from __future__ import annotations
 

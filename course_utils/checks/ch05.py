@@ -3,6 +3,8 @@
 Each check compares the learner's function with the reference in :mod:`course_utils.moe_lm` (or
 :mod:`course_utils.distributed`) on several inputs, hand-built edge cases included: an uneven expert load (where the
 chance rate is not 1/E), a label with no tokens, a dense model with no MoE layers, a rank that receives nothing.
+The open exercise's check (:func:`check_beat_moe_recipe`) judges an outcome: a lower validation loss than the
+lab's MoE recipe at equal active parameters and equal training tokens.
 """
 from __future__ import annotations
 
