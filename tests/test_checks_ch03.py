@@ -324,7 +324,7 @@ def _make_train_step(*, zero=True, clip=True, schedule=True, loss_after=False):
                     p.grad.mul_(scale)
         optimizer.step()
         if loss_after:
-            return float(model(tokens[:, :-1], tokens[:, 1:])[1])
+            return model(tokens[:, :-1], tokens[:, 1:])[1].item()
         return loss.item()
     return train_step
 
