@@ -1,4 +1,6 @@
 """Chapter-3 lab checks accept the reference and reject plausible wrong implementations."""
+import contextlib
+import io
 import math
 
 import pytest
@@ -25,8 +27,11 @@ def one_thread():
 
 
 # ----------------------------------------------------------------------------------------------- rms_norm
-def test_rms_norm_check(capsys):
+def test_rms_norm_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_rms_norm, rms_norm, capsys)
+
+
+def test_rms_norm_check():
 
     def layer_norm_instead(x, weight, eps=1e-6):  # subtracts the mean: that is LayerNorm, not RMSNorm
         return F.layer_norm(x, x.shape[-1:], weight, eps=eps)
@@ -44,8 +49,11 @@ def _rope_ref(x, offset=0, base=10000.0):
     return ref_apply_rope(x, cos, sin, offset)
 
 
-def test_apply_rope_check(capsys):
+def test_apply_rope_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_apply_rope, _rope_ref, capsys)
+
+
+def test_apply_rope_check():
 
     def adjacent_pairs(x, offset=0, base=10000.0):  # GPT-J / original-paper layout: pairs (0,1), (2,3), ...
         d, T = x.shape[-1], x.shape[-2]
@@ -63,8 +71,11 @@ def test_apply_rope_check(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- SwiGLU
-def test_swiglu_check(capsys):
+def test_swiglu_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_swiglu, swiglu, capsys)
+
+
+def test_swiglu_check():
 
     def gate_on_wrong_branch(x, w1, w3, w2):
         return F.linear(F.silu(F.linear(x, w3)) * F.linear(x, w1), w2)
@@ -77,8 +88,11 @@ def test_swiglu_check(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- KV cache
-def test_kv_cache_step_check(capsys):
+def test_kv_cache_step_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_kv_cache_step, kv_cache_step, capsys)
+
+
+def test_kv_cache_step_check():
 
     def unshifted_causal_mask(q, k_new, v_new, k_cache=None, v_cache=None):
         # top-left aligned triangle: a single new query sees only the *first* cached key
@@ -100,8 +114,11 @@ def test_kv_cache_step_check(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-def test_sample_next_token_check(capsys):
+def test_sample_next_token_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_sample_next_token, sample_next_token, capsys)
+
+
+def test_sample_next_token_check():
 
     def top_p_excludes_crossing_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         if temperature == 0 or top_p is None or top_p >= 1.0:
@@ -133,7 +150,7 @@ def test_sample_next_token_check(capsys):
     assert_check_rejects(check_sample_next_token, keeps_shape_b1, match=r"shape \[B\]|expected shape")
 
 
-def test_sample_next_token_check_wants_the_generator_and_the_vocabulary_order(capsys):
+def test_sample_next_token_check_wants_the_generator_and_the_vocabulary_order():
     def written_differently(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Right: masks probabilities instead of logits, top-p with torch.where; draws in vocabulary order."""
         if temperature == 0:
@@ -159,7 +176,7 @@ def test_sample_next_token_check_wants_the_generator_and_the_vocabulary_order(ca
         picked = sample_next_token(sorted_logits, temperature, top_k, top_p, generator)
         return order.gather(-1, picked[:, None]).squeeze(-1)
 
-    assert_check_accepts(check_sample_next_token, written_differently, capsys)
+    assert_check_accepts(check_sample_next_token, written_differently)
     assert_check_rejects(check_sample_next_token, ignores_generator, match="ignores its `generator`")
     assert_check_rejects(check_sample_next_token, draws_in_sorted_order, match="not sorted")
 
@@ -211,8 +228,11 @@ def next_token_loss(logits, tokens):
     return -logp.gather(-1, tokens[:, 1:, None]).mean()
 
 
-def test_block_forward_check(capsys):
+def test_block_forward_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_block_forward, block_forward, capsys)
+
+
+def test_block_forward_check():
 
     def no_causal_mask(block, x):
         x = x + _attention(block, rms_norm(x, block.attn_norm.weight), causal=False)
@@ -236,8 +256,11 @@ def test_block_forward_check(capsys):
     assert_check_rejects(check_block_forward, forgets_second_residual, match="x \\+ SwiGLU")
 
 
-def test_gpt_forward_check(capsys):
+def test_gpt_forward_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_gpt_forward, gpt_forward, capsys)
+
+
+def test_gpt_forward_check():
 
     def skips_final_norm(model, idx):
         x = model.tok_emb.weight[idx]
@@ -259,8 +282,11 @@ def test_gpt_forward_check(capsys):
     assert_check_rejects(check_gpt_forward, last_position_only, match=r"\[B, T, vocab_size\]")
 
 
-def test_next_token_loss_check(capsys):
+def test_next_token_loss_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_next_token_loss, next_token_loss, capsys)
+
+
+def test_next_token_loss_check():
 
     def no_shift(logits, tokens):
         return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
@@ -288,8 +314,11 @@ def lr_schedule(step, lr, warmup, steps, min_lr_ratio=0.1):
     return lr * min_lr_ratio + lr * (1 - min_lr_ratio) * (math.cos(math.pi * frac) + 1) / 2
 
 
-def test_lr_schedule_check(capsys):
+def test_lr_schedule_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_lr_schedule, lr_schedule, capsys)
+
+
+def test_lr_schedule_check():
 
     def warmup_from_zero(step, lr, warmup, steps, min_lr_ratio=0.1):
         return lr * step / warmup if step < warmup else lr_schedule(step, lr, warmup, steps, min_lr_ratio)
@@ -329,15 +358,18 @@ def _make_train_step(*, zero=True, clip=True, schedule=True, loss_after=False):
     return train_step
 
 
-def test_train_step_check(capsys):
+def test_train_step_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_train_step, _make_train_step(), capsys)
+
+
+def test_train_step_check():
     assert_check_rejects(check_train_step, _make_train_step(zero=False), match="zero_grad")
     assert_check_rejects(check_train_step, _make_train_step(clip=False), match="clip_grad_norm_")
     assert_check_rejects(check_train_step, _make_train_step(schedule=False), match="learning rate")
     assert_check_rejects(check_train_step, _make_train_step(loss_after=True), match="before the update")
 
 
-def test_trained_gpt_check(capsys):
+def test_trained_gpt_check():
     from course_utils.data import corpus_dataset
     from course_utils.model import GPT, GPTConfig
     from course_utils.train import configure_optimizer
@@ -359,11 +391,12 @@ def test_trained_gpt_check(capsys):
         opt.step()
     assert loss.item() < 1.0  # it did learn to copy
     assert_check_rejects(check_trained_gpt, copier, match="not shifted")
-    check_trained_gpt(untrained, target=7.0)  # the uniform guess, log(512) = 6.24, passes a loose target
-    assert "✅ check_trained_gpt" in capsys.readouterr().out
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        check_trained_gpt(untrained, target=7.0)  # the uniform guess, log(512) = 6.24, passes a loose target
+    assert "✅ check_trained_gpt" in out.getvalue()
 
 
-def test_train_within_budget_check(capsys):
+def test_train_within_budget_check():
     from course_utils.model import GPT, GPTConfig
     from course_utils.train import configure_optimizer, train_step
 
@@ -397,9 +430,9 @@ def test_train_within_budget_check(capsys):
         check_train_within_budget(trains(2, 64), budget_flops=1e6)
     with pytest.raises(CheckFailed, match="not below the target"):  # 5 steps lower the loss, not to 3.85
         check_train_within_budget(trains(5, 8))
-    check_train_within_budget(trains(5, 8), target=6.0)  # under budget, below a loose target: passes
-    out = capsys.readouterr().out
-    assert "✅ check_train_within_budget" in out and "of the budget" in out
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        check_train_within_budget(trains(5, 8), target=6.0)  # under budget, below a loose target: passes
+    assert "✅ check_train_within_budget" in out.getvalue() and "of the budget" in out.getvalue()
     # the budget is the lab's Part-3 run: its model's parameter count, 300 steps of 16 x 64 tokens
     from course_utils.checks.ch03 import LAB_RUN_FLOPS
     lab = GPTConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)

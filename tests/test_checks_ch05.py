@@ -1,6 +1,8 @@
 """Chapter 5's lab checks accept the reference and reject plausible wrong implementations."""
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import replace
 
 import pytest
@@ -126,7 +128,7 @@ def test_unsorted_order_is_rejected():
 
 
 # ------------------------------------------------------------------------------------------------ open exercise 5.6
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
     """Training runs: one thread, as in the labs (two threads on a busy 2-core machine run many times slower)."""
     before = torch.get_num_threads()
@@ -136,7 +138,7 @@ def one_thread():
 
 
 @pytest.mark.slow
-def test_beat_moe_recipe_check(capsys, one_thread):
+def test_beat_moe_recipe_check():
     from course_utils.checks.ch05 import MOE_TOKEN_BUDGET, check_beat_moe_recipe
     from course_utils.model import GPT
     from course_utils.moe_lm import BASE_CONFIG, moe_config
@@ -164,12 +166,13 @@ def test_beat_moe_recipe_check(capsys, one_thread):
                          match="over the budget")
     assert_check_rejects(check_beat_moe_recipe, trained(moe_config(BASE_CONFIG), 3), match="not below the recipe")
     # more experts at the same active parameters are allowed; a loose target shows the passing path
-    check_beat_moe_recipe(trained(moe_config(BASE_CONFIG, 16, 2), 3), target=7.0)
-    assert "✅ check_beat_moe_recipe" in capsys.readouterr().out
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        check_beat_moe_recipe(trained(moe_config(BASE_CONFIG, 16, 2), 3), target=7.0)
+    assert "✅ check_beat_moe_recipe" in out.getvalue()
 
 
 @pytest.mark.slow
-def test_moe_recipe_target_is_what_the_recipe_reaches(one_thread):
+def test_moe_recipe_target_is_what_the_recipe_reaches():
     from course_utils.checks.ch05 import MOE_RECIPE_VAL, moe_val_loss, reference_moe_recipe
     from course_utils.data import corpus_dataset
 
