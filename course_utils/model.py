@@ -312,7 +312,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=-1)
+            # at least float32 (half-precision logits lose the loss), float64 kept (the lab's checks compare in it)
+            wide = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(wide, targets.flatten().long(), ignore_index=-1)
         return logits, loss
 
     # -------------------------------------------------------------------------------------------- generation

@@ -26,6 +26,7 @@ NOTEBOOK_DIRS = ("notebooks", "solutions", "labs")
 COLAB_CLONE_DIR = "/content/course"
 BOOTSTRAP_TAG = "colab-bootstrap"
 BADGE_TAG = "colab-badge"
+REUSES_TAG = "reuses-answers"  # a check cell that only tests earlier exercises' answers: 0 points in nbgrader
 
 # The course's notebook conventions, defined once (labs, progress and the nbgrader metadata below read them):
 # an exercise's answer sits between these markers in solutions/ ...
@@ -111,7 +112,10 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
         else:
             names = check_calls(cell.source)
             if names:
-                points = 0 if NO_POINTS.search(cell.source) else 1
+                # a check that only re-runs earlier answers says so (a comment, or the REUSES_TAG tag): it must not
+                # grade one mistake twice
+                reuses = NO_POINTS.search(cell.source) or REUSES_TAG in cell.metadata.get("tags", [])
+                points = 0 if reuses else 1
                 cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": points,
                                              "grade_id": f"{names[-1]}_{chapter}_{n_ex}", "schema_version": 3}
 

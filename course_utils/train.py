@@ -18,7 +18,7 @@ import time
 
 import torch
 
-__all__ = ["lr_at", "configure_optimizer", "evaluate", "train", "LiveLossPlot"]
+__all__ = ["lr_at", "configure_optimizer", "evaluate", "train_step", "train", "LiveLossPlot"]
 
 
 def lr_at(step: int, *, lr: float, warmup: int, steps: int, min_lr_ratio: float = 0.1) -> float:
@@ -66,6 +66,28 @@ def _moe_aux_loss(model) -> torch.Tensor | None:
     aux = getattr(model, "last_moe_aux", None) or []
     losses = [a["load_balancing_loss"] for a in aux if a.get("load_balancing_loss") is not None]
     return torch.stack([torch.as_tensor(l) for l in losses]).mean() if losses else None
+
+
+def train_step(model, opt, x: torch.Tensor, y: torch.Tensor, rate: float, *, grad_clip: float | None = 1.0,
+               aux_loss_coef: float = 0.0, loss_fn=None):
+    """One optimizer step on the batch ``x``, ``y`` [B, T] at learning rate ``rate``; :func:`train` calls it.
+
+    Sets every group's learning rate, zeroes the old gradients, computes the loss (plus ``aux_loss_coef`` times
+    the routers' balancing loss for MoE models), back-propagates, clips the global gradient norm to
+    ``grad_clip`` (``None``: no clipping) and steps the optimizer. Returns ``(loss, aux, grad_norm)``: the
+    language-model loss (a tensor), the balancing loss (``None`` when not used) and the norm before clipping.
+    ``loss_fn(model)`` replaces the model's loss on ``x``, ``y`` (:func:`train`'s hook; ``x``, ``y`` are unused then).
+    """
+    for group in opt.param_groups:
+        group["lr"] = rate
+    loss = model(x, y)[1] if loss_fn is None else loss_fn(model)
+    aux = _moe_aux_loss(model) if aux_loss_coef > 0 else None
+    total = loss if aux is None else loss + aux_loss_coef * aux
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
+    opt.step()
+    return loss, aux, norm
 
 
 def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_size: int = 16,
@@ -135,7 +157,6 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)
     opt = configure_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
-    params = [p for p in model.parameters() if p.requires_grad]  # in model order: the clipping norm sums the same way
     keys = ("step", "train_loss", "lr", "tokens", "time", "grad_norm", "aux_loss",
             "eval_step", "val_loss", "eval_train_loss", "eval_time")
     history: dict = {k: [] for k in keys}
@@ -182,15 +203,8 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
         if stop:
             break
         rate = lr_at(step, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = rate
-        loss = (loss_fn or default_loss)(model, step)
-        aux = _moe_aux_loss(model) if aux_loss_coef > 0 else None
-        total = loss if aux is None else loss + aux_loss_coef * aux
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
-        opt.step()
+        loss, aux, norm = train_step(model, opt, None, None, rate, grad_clip=grad_clip, aux_loss_coef=aux_loss_coef,
+                                     loss_fn=lambda m: (loss_fn or default_loss)(m, step))
 
         history["step"].append(step + 1)
         history["train_loss"].append(loss.item())

@@ -1,5 +1,9 @@
 """Chapter-3 lab checks accept the reference and reject plausible wrong implementations."""
+import contextlib
+import io
 import math
+
+import pytest
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +16,22 @@ from course_utils.checks import (check_apply_rope, check_kv_cache_step, check_rm
 from course_utils.model import kv_cache_step, rms_norm, sample_next_token, swiglu
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread, as in the labs: these small tensors and short trainings run many times slower with two threads
+    on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------------------- rms_norm
-def test_rms_norm_check(capsys):
+def test_rms_norm_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_rms_norm, rms_norm, capsys)
+
+
+def test_rms_norm_check():
 
     def layer_norm_instead(x, weight, eps=1e-6):  # subtracts the mean: that is LayerNorm, not RMSNorm
         return F.layer_norm(x, x.shape[-1:], weight, eps=eps)
@@ -32,8 +49,11 @@ def _rope_ref(x, offset=0, base=10000.0):
     return ref_apply_rope(x, cos, sin, offset)
 
 
-def test_apply_rope_check(capsys):
+def test_apply_rope_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_apply_rope, _rope_ref, capsys)
+
+
+def test_apply_rope_check():
 
     def adjacent_pairs(x, offset=0, base=10000.0):  # GPT-J / original-paper layout: pairs (0,1), (2,3), ...
         d, T = x.shape[-1], x.shape[-2]
@@ -51,8 +71,11 @@ def test_apply_rope_check(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- SwiGLU
-def test_swiglu_check(capsys):
+def test_swiglu_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_swiglu, swiglu, capsys)
+
+
+def test_swiglu_check():
 
     def gate_on_wrong_branch(x, w1, w3, w2):
         return F.linear(F.silu(F.linear(x, w3)) * F.linear(x, w1), w2)
@@ -65,8 +88,11 @@ def test_swiglu_check(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- KV cache
-def test_kv_cache_step_check(capsys):
+def test_kv_cache_step_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_kv_cache_step, kv_cache_step, capsys)
+
+
+def test_kv_cache_step_check():
 
     def unshifted_causal_mask(q, k_new, v_new, k_cache=None, v_cache=None):
         # top-left aligned triangle: a single new query sees only the *first* cached key
@@ -88,8 +114,11 @@ def test_kv_cache_step_check(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-def test_sample_next_token_check(capsys):
+def test_sample_next_token_check_accepts_a_right_answer(capsys):
     assert_check_accepts(check_sample_next_token, sample_next_token, capsys)
+
+
+def test_sample_next_token_check():
 
     def top_p_excludes_crossing_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         if temperature == 0 or top_p is None or top_p >= 1.0:
@@ -119,3 +148,292 @@ def test_sample_next_token_check(capsys):
     assert_check_rejects(check_sample_next_token, temperature_multiplies, match="temperature=0.5")
     assert_check_rejects(check_sample_next_token, greedy_samples_anyway, match="greedy")
     assert_check_rejects(check_sample_next_token, keeps_shape_b1, match=r"shape \[B\]|expected shape")
+
+
+def test_sample_next_token_check_wants_the_generator_and_the_vocabulary_order():
+    def written_differently(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Right: masks probabilities instead of logits, top-p with torch.where; draws in vocabulary order."""
+        if temperature == 0:
+            return logits.max(dim=-1).indices
+        probs = (logits / temperature).softmax(-1)
+        if top_k is not None:
+            keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, probs.topk(top_k).indices, True)
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
+            probs = probs / probs.sum(-1, keepdim=True)
+        if top_p is not None:
+            sorted_p, order = probs.sort(-1, descending=True)
+            sorted_p = torch.where(sorted_p.cumsum(-1) - sorted_p < top_p, sorted_p, torch.zeros_like(sorted_p))
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def ignores_generator(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        return sample_next_token(logits, temperature, top_k, top_p, None)  # draws from the global RNG
+
+    def draws_in_sorted_order(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        if temperature == 0:
+            return logits.argmax(-1)
+        sorted_logits, order = logits.sort(-1, descending=True)  # right distribution, other tokens per seed
+        picked = sample_next_token(sorted_logits, temperature, top_k, top_p, generator)
+        return order.gather(-1, picked[:, None]).squeeze(-1)
+
+    assert_check_accepts(check_sample_next_token, written_differently)
+    assert_check_rejects(check_sample_next_token, ignores_generator, match="ignores its `generator`")
+    assert_check_rejects(check_sample_next_token, draws_in_sorted_order, match="not sorted")
+
+
+# ----------------------------------------------------------------------------------------------- the model, written out
+# A correct functional model written differently from the lab's solution: the library's RoPE table and repeat_kv,
+# PyTorch's fused causal attention, einsum projections.
+from course_utils.attention import repeat_kv  # noqa: E402
+from course_utils.checks import (check_block_forward, check_gpt_forward, check_lr_schedule,  # noqa: E402
+                                 check_next_token_loss, check_train_step, check_train_within_budget,
+                                 check_trained_gpt)
+from course_utils.checks import CheckFailed  # noqa: E402
+
+
+def _heads(t, n):
+    B, T, _ = t.shape
+    return t.view(B, T, n, -1).permute(0, 2, 1, 3)
+
+
+def _attention(block, h, *, causal=True, rope=True):
+    a = block.attn
+    q, k, v = (_heads(torch.einsum("btd,od->bto", h, w.weight), n)
+               for w, n in ((a.q_proj, a.n_heads), (a.k_proj, a.n_kv_heads), (a.v_proj, a.n_kv_heads)))
+    if rope:
+        q, k = _rope_ref(q), _rope_ref(k)
+    k, v = repeat_kv(k, a.n_rep), repeat_kv(v, a.n_rep)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return torch.einsum("bto,do->btd", out.permute(0, 2, 1, 3).flatten(2), a.o_proj.weight)
+
+
+def _ffn(block, h):
+    return swiglu(h, block.ffn.w1.weight, block.ffn.w3.weight, block.ffn.w2.weight)
+
+
+def block_forward(block, x):
+    x = x + _attention(block, rms_norm(x, block.attn_norm.weight, block.attn_norm.eps))
+    return x + _ffn(block, rms_norm(x, block.ffn_norm.weight, block.ffn_norm.eps))
+
+
+def gpt_forward(model, idx):
+    x = F.embedding(idx, model.tok_emb.weight)
+    for block in model.blocks:
+        x = block_forward(block, x)
+    return rms_norm(x, model.norm.weight, model.norm.eps) @ model.tok_emb.weight.T
+
+
+def next_token_loss(logits, tokens):
+    logp = logits[:, :-1].log_softmax(-1)
+    return -logp.gather(-1, tokens[:, 1:, None]).mean()
+
+
+def test_block_forward_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_block_forward, block_forward, capsys)
+
+
+def test_block_forward_check():
+
+    def no_causal_mask(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight), causal=False)
+        return x + _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    def no_rope(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight), rope=False)
+        return x + _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    def post_norm(block, x):  # the original transformer's order: normalize after the residual sum
+        x = rms_norm(x + _attention(block, x), block.attn_norm.weight)
+        return rms_norm(x + _ffn(block, x), block.ffn_norm.weight)
+
+    def forgets_second_residual(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight))
+        return _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    assert_check_rejects(check_block_forward, no_causal_mask, match="sees the future")
+    assert_check_rejects(check_block_forward, no_rope, match="apply_rope to q and to k")
+    assert_check_rejects(check_block_forward, post_norm, match="values differ")
+    assert_check_rejects(check_block_forward, forgets_second_residual, match="x \\+ SwiGLU")
+
+
+def test_gpt_forward_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_gpt_forward, gpt_forward, capsys)
+
+
+def test_gpt_forward_check():
+
+    def skips_final_norm(model, idx):
+        x = model.tok_emb.weight[idx]
+        for block in model.blocks:
+            x = block_forward(block, x)
+        return x @ model.tok_emb.weight.T
+
+    def scales_embeddings(model, idx):  # a habit from the original transformer, not Llama's
+        x = model.tok_emb.weight[idx] * model.config.d_model ** 0.5
+        for block in model.blocks:
+            x = block_forward(block, x)
+        return rms_norm(x, model.norm.weight) @ model.tok_emb.weight.T
+
+    def last_position_only(model, idx):
+        return gpt_forward(model, idx)[:, -1]
+
+    assert_check_rejects(check_gpt_forward, skips_final_norm, match="skip the final RMSNorm")
+    assert_check_rejects(check_gpt_forward, scales_embeddings, match="values differ")
+    assert_check_rejects(check_gpt_forward, last_position_only, match=r"\[B, T, vocab_size\]")
+
+
+def test_next_token_loss_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_next_token_loss, next_token_loss, capsys)
+
+
+def test_next_token_loss_check():
+
+    def no_shift(logits, tokens):
+        return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+    def shift_backwards(logits, tokens):
+        return F.cross_entropy(logits[:, 1:].flatten(0, 1), tokens[:, :-1].flatten())
+
+    def summed(logits, tokens):
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
+
+    def rolled(logits, tokens):
+        return F.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten())
+
+    assert_check_rejects(check_next_token_loss, no_shift, match="no shift")
+    assert_check_rejects(check_next_token_loss, shift_backwards, match="PREVIOUS token")
+    assert_check_rejects(check_next_token_loss, summed, match="summed, not averaged")
+    assert_check_rejects(check_next_token_loss, rolled, match="wrap around")
+
+
+def lr_schedule(step, lr, warmup, steps, min_lr_ratio=0.1):
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(1, steps - 1 - warmup)
+    frac = min(1.0, (step - warmup) / span) if steps > warmup else 0.0
+    return lr * min_lr_ratio + lr * (1 - min_lr_ratio) * (math.cos(math.pi * frac) + 1) / 2
+
+
+def test_lr_schedule_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_lr_schedule, lr_schedule, capsys)
+
+
+def test_lr_schedule_check():
+
+    def warmup_from_zero(step, lr, warmup, steps, min_lr_ratio=0.1):
+        return lr * step / warmup if step < warmup else lr_schedule(step, lr, warmup, steps, min_lr_ratio)
+
+    def decays_to_zero(step, lr, warmup, steps, min_lr_ratio=0.1):
+        return lr_schedule(step, lr, warmup, steps, 0.0)
+
+    def cosine_from_step_zero(step, lr, warmup, steps, min_lr_ratio=0.1):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * (min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * step / (steps - 1))) / 2)
+
+    assert_check_rejects(check_lr_schedule, warmup_from_zero, match="step 0 already trains")
+    assert_check_rejects(check_lr_schedule, decays_to_zero, match="not at 0")
+    assert_check_rejects(check_lr_schedule, cosine_from_step_zero, match="progress = ")
+
+
+def _make_train_step(*, zero=True, clip=True, schedule=True, loss_after=False):
+    def train_step(model, optimizer, tokens, step, *, lr, warmup, steps, grad_clip=1.0):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_schedule(step, lr, warmup, steps) if schedule else lr
+        if zero:
+            for p in model.parameters():
+                p.grad = None
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])  # the fused reference forward: also correct
+        loss.backward()
+        if clip:
+            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None))
+            scale = min(1.0, grad_clip / (float(norm) + 1e-6))
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        optimizer.step()
+        if loss_after:
+            return model(tokens[:, :-1], tokens[:, 1:])[1].item()
+        return loss.item()
+    return train_step
+
+
+def test_train_step_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_train_step, _make_train_step(), capsys)
+
+
+def test_train_step_check():
+    assert_check_rejects(check_train_step, _make_train_step(zero=False), match="zero_grad")
+    assert_check_rejects(check_train_step, _make_train_step(clip=False), match="clip_grad_norm_")
+    assert_check_rejects(check_train_step, _make_train_step(schedule=False), match="learning rate")
+    assert_check_rejects(check_train_step, _make_train_step(loss_after=True), match="before the update")
+
+
+def test_trained_gpt_check():
+    from course_utils.data import corpus_dataset
+    from course_utils.model import GPT, GPTConfig
+    from course_utils.train import configure_optimizer
+
+    cfg = GPTConfig(vocab_size=512, d_model=32, n_layers=1, n_heads=2, max_seq_len=64)
+    torch.manual_seed(0)
+    untrained = GPT(cfg)
+    assert_check_rejects(check_trained_gpt, untrained, match="not below the target")
+    assert_check_rejects(check_trained_gpt, {"val_loss": [3.0]}, match="expected the course_utils.model.GPT")
+    # the off-by-one in training: a model taught to copy its input scores far worse on real next tokens
+    copier = GPT(cfg)
+    opt = configure_optimizer(copier, lr=1e-2, weight_decay=0.0)
+    data, gen = corpus_dataset(), torch.Generator().manual_seed(0)
+    for _ in range(40):
+        x, _ = data.get_batch("train", 8, 32, gen)
+        loss = F.cross_entropy(copier(x)[0].flatten(0, 1), x.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1.0  # it did learn to copy
+    assert_check_rejects(check_trained_gpt, copier, match="not shifted")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        check_trained_gpt(untrained, target=7.0)  # the uniform guess, log(512) = 6.24, passes a loose target
+    assert "✅ check_trained_gpt" in out.getvalue()
+
+
+def test_train_within_budget_check():
+    from course_utils.model import GPT, GPTConfig
+    from course_utils.train import configure_optimizer, train_step
+
+    def tiny(data):
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=data.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64))
+
+    def untrained(data, budget_flops):
+        return tiny(data)
+
+    def returns_history(data, budget_flops):
+        return {"val_loss": [3.0]}
+
+    def trains(steps, batch):
+        def run(data, budget_flops):
+            model, gen = tiny(data), torch.Generator().manual_seed(0)
+            opt = configure_optimizer(model, lr=1e-2, weight_decay=0.0)
+            for _ in range(steps):
+                train_step(model, opt, *data.get_batch("train", batch, 64, gen), 1e-2)
+            return model
+        return run
+
+    def reads_raw_tokens(data, budget_flops):  # would train without the budget seeing it
+        data.ids["train"]
+        return tiny(data)
+
+    assert_check_rejects(check_train_within_budget, untrained, match="no training tokens")
+    assert_check_rejects(check_train_within_budget, returns_history, match="expected train_within_budget to return")
+    assert_check_rejects(check_train_within_budget, reads_raw_tokens, match="draw training tokens with")
+    with pytest.raises(CheckFailed, match="over the budget"):  # 2 steps of 64 x 64 tokens on a 1e6-FLOP budget
+        check_train_within_budget(trains(2, 64), budget_flops=1e6)
+    with pytest.raises(CheckFailed, match="not below the target"):  # 5 steps lower the loss, not to 3.85
+        check_train_within_budget(trains(5, 8))
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        check_train_within_budget(trains(5, 8), target=6.0)  # under budget, below a loose target: passes
+    assert "✅ check_train_within_budget" in out.getvalue() and "of the budget" in out.getvalue()
+    # the budget is the lab's Part-3 run: its model's parameter count, 300 steps of 16 x 64 tokens
+    from course_utils.checks.ch03 import LAB_RUN_FLOPS
+    lab = GPTConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
+    assert LAB_RUN_FLOPS == 6 * GPT(lab).param_counts()["total"] * 300 * 16 * 64

@@ -185,3 +185,47 @@ def test_unfinished_exercise_is_reported():
         raise NotImplementedError("Exercise 4.1: softmax then topk")
 
     assert_check_rejects(check_topk_router, todo, match="NotImplementedError")
+
+
+# ---------------------------------------------------------------------------------------------- open exercise 4.7
+def test_balanced_route_check():
+    from course_utils.checks.ch04 import check_balanced_route
+
+    def proportional_bias(logits, k):
+        """A different right answer: the bias moves in proportion to the overload, on log-probabilities."""
+        logp, bias = logits.log_softmax(-1), torch.zeros(logits.shape[1])
+        for _ in range(400):
+            load = torch.bincount((logp + bias).topk(k, -1).indices.flatten(), minlength=logits.shape[1]).float()
+            bias -= 0.05 * (load / load.mean() - 1)
+        return (logp + bias).topk(k, -1).indices
+
+    def plain_topk(logits, k):
+        return logits.topk(k, dim=-1).indices
+
+    def random_experts(logits, k):
+        g = torch.Generator().manual_seed(0)
+        return torch.stack([torch.randperm(logits.shape[1], generator=g)[:k] for _ in range(logits.shape[0])])
+
+    def round_robin_with_repeats(logits, k):  # even, but the same expert twice for one token
+        return (torch.arange(logits.shape[0])[:, None] % logits.shape[1]).expand(-1, k).contiguous()
+
+    assert_check_accepts(check_balanced_route, proportional_bias)
+    assert_check_rejects(check_balanced_route, plain_topk, match="above the target")
+    assert_check_rejects(check_balanced_route, random_experts, match="below the target")
+    assert_check_rejects(check_balanced_route, round_robin_with_repeats, match="same expert twice")
+
+
+def test_checks_that_only_reuse_answers_carry_no_points():
+    """The Mixtral check (4.1 + 4.2 again) and chapter 3's trained-model check (3.6-3.10 again) give 0 points in
+    nbgrader, so one mistake is not graded twice; every other check cell gives 1."""
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1]
+    for name, reused in (("04_moe_layer_lab.ipynb", "check_moe_layer("), ("03_tiny_gpt_lab.ipynb", "check_trained_gpt(")):
+        nb = nbformat.read(root / "solutions" / name, 4)
+        graded = {c.source: c.metadata["nbgrader"]["points"] for c in nb.cells
+                  if c.metadata.get("nbgrader", {}).get("grade")}
+        assert [p for s, p in graded.items() if reused in s] == [0], name
+        assert all(p == 1 for s, p in graded.items() if reused not in s), name

@@ -1,8 +1,11 @@
 """Chapter 5's lab checks accept the reference and reject plausible wrong implementations."""
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import replace
 
+import pytest
 import torch
 from helpers import assert_check_accepts, assert_check_rejects
 
@@ -122,3 +125,56 @@ def test_unsorted_order_is_rejected():
         return torch.arange(topk_idx.numel()), counts
 
     assert_check_rejects(check_expert_parallel_dispatch, unsorted, match="not grouped by destination rank")
+
+
+# ------------------------------------------------------------------------------------------------ open exercise 5.6
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training runs: one thread, as in the labs (two threads on a busy 2-core machine run many times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_beat_moe_recipe_check():
+    from course_utils.checks.ch05 import MOE_TOKEN_BUDGET, check_beat_moe_recipe
+    from course_utils.model import GPT
+    from course_utils.moe_lm import BASE_CONFIG, moe_config
+    from course_utils.train import configure_optimizer, train_step
+
+    def trained(config, steps, batch=8):
+        def train_moe(data):
+            torch.manual_seed(0)
+            model = GPT(config)
+            opt, gen = configure_optimizer(model, lr=3e-3, weight_decay=0.1), torch.Generator().manual_seed(0)
+            for _ in range(steps):
+                train_step(model, opt, *data.get_batch("train", batch, 64, gen), 3e-3, aux_loss_coef=0.01)
+            return model
+        return train_moe
+
+    def untrained(data):
+        return GPT(moe_config(BASE_CONFIG))
+
+    wide_experts = moe_config(BASE_CONFIG, 8, 1)  # experts as wide as the dense FFN ...
+    wide_experts.moe["top_k"] = 2  # ... and two of them per token: twice the active parameters
+    assert_check_rejects(check_beat_moe_recipe, trained(BASE_CONFIG, 1), match="must be a Mixture of Experts")
+    assert_check_rejects(check_beat_moe_recipe, trained(wide_experts, 1), match="active parameters per token outside")
+    assert_check_rejects(check_beat_moe_recipe, untrained, match="no training tokens")
+    assert_check_rejects(check_beat_moe_recipe, trained(moe_config(BASE_CONFIG), 2, batch=MOE_TOKEN_BUDGET // 64),
+                         match="over the budget")
+    assert_check_rejects(check_beat_moe_recipe, trained(moe_config(BASE_CONFIG), 3), match="not below the recipe")
+    # more experts at the same active parameters are allowed; a loose target shows the passing path
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        check_beat_moe_recipe(trained(moe_config(BASE_CONFIG, 16, 2), 3), target=7.0)
+    assert "✅ check_beat_moe_recipe" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_moe_recipe_target_is_what_the_recipe_reaches():
+    from course_utils.checks.ch05 import MOE_RECIPE_VAL, moe_val_loss, reference_moe_recipe
+    from course_utils.data import corpus_dataset
+
+    data = corpus_dataset()
+    assert abs(moe_val_loss(reference_moe_recipe(data), data) - MOE_RECIPE_VAL) < 0.01

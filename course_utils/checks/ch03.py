@@ -1,11 +1,15 @@
 """Checks for the chapter-3 lab (a tiny GPT): each compares the learner's function with course_utils' reference."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._core import call, compare, fail, passed
 
-__all__ = ["check_rms_norm", "check_apply_rope", "check_swiglu", "check_kv_cache_step", "check_sample_next_token"]
+__all__ = ["check_rms_norm", "check_apply_rope", "check_swiglu", "check_kv_cache_step", "check_sample_next_token",
+           "check_block_forward", "check_gpt_forward", "check_next_token_loss", "check_lr_schedule", "check_train_step",
+           "check_trained_gpt", "check_train_within_budget"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -180,4 +184,365 @@ def check_sample_next_token(sample_next_token) -> None:
                       "until their probability reaches top_p, including the one that crosses it; then softmax and "
                       "torch.multinomial")
         n_cases += 1
-    passed(name, n_cases)
+    # the same seed must give the same tokens as GPT.generate: draw with the generator, in vocabulary order
+    from ..model import sample_next_token as ref
+
+    batch = torch.randn(64, 10, generator=_gen(5)) * 1.5
+    for kw in (dict(temperature=1.0, top_k=None, top_p=None), dict(temperature=0.8, top_k=6, top_p=0.9)):
+        inputs = {"logits": batch, **kw}
+        first = call(name, sample_next_token, batch.clone(), generator=_gen(99), inputs=inputs, **kw)
+        torch.rand(7)  # move the global random state: a sampler that ignores `generator` now draws differently
+        again = call(name, sample_next_token, batch.clone(), generator=_gen(99), inputs=inputs, **kw)
+        if not torch.equal(torch.as_tensor(first), torch.as_tensor(again)):
+            fail(name, "two calls with generators seeded alike drew different tokens: your sampler ignores its "
+                 "`generator` argument", inputs=inputs,
+                 hint="pass generator=generator to torch.multinomial, so that a seed reproduces a generation")
+        want = ref(batch.clone(), generator=_gen(99), **kw)
+        if not torch.equal(torch.as_tensor(first).long(), want):
+            n_diff = int((torch.as_tensor(first).long() != want).sum())
+            fail(name, f"right distribution, but {n_diff} of 64 rows drew a different token than GPT.generate's "
+                 "sampler with the same seed", inputs=inputs,
+                 hint="draw once per row with torch.multinomial(probs, 1, generator=generator) from probabilities "
+                      "in the vocabulary's own order (not sorted: the same random number then picks another "
+                      "token), so that your generations match the reference token for token")
+        n_cases += 1
+    passed(name, n_cases, "reproducible with a seeded generator")
+
+
+# ----------------------------------------------------------------------------------------------- the model, written out
+def _tiny_config(**overrides):
+    from ..model import GPTConfig
+
+    base = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    return GPTConfig(**{**base, **overrides})
+
+
+def _visible_weights(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Redraw every weight so that each mistake shows: norm gains away from 1, projections large enough that
+    attention is far from uniform."""
+    g = _gen(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "emb" in name else 0.3))
+    return module.eval()
+
+
+def _block(seed: int, **overrides):
+    from ..model import Block
+
+    torch.manual_seed(seed)
+    return _visible_weights(Block(_tiny_config(**overrides)), seed)
+
+
+_BLOCK_HINT = ("h = RMSNorm(x) with attn_norm's gain; q, k, v = h times q_proj/k_proj/v_proj weights, split into "
+               "heads [B, H, T, head_dim]; RoPE on q and k (not v); repeat each key/value head n_heads/n_kv_heads "
+               "times; causal softmax(q kᵀ/√head_dim) v; merge heads, o_proj; x = x + that; then "
+               "x + SwiGLU(RMSNorm(x) with ffn_norm's gain)")
+
+
+def check_block_forward(block_forward) -> None:
+    """``block_forward(block, x) -> [B, T, d_model]`` with the weights of a ``course_utils.model.Block``."""
+    name = "check_block_forward"
+    g = _gen(5)
+    cases = [(dict(n_heads=4, n_kv_heads=4), (2, 6)), (dict(n_heads=4, n_kv_heads=2), (2, 7)),
+             (dict(n_heads=2, n_kv_heads=1), (1, 5)), (dict(n_heads=4, n_kv_heads=2), (3, 1))]
+    for i, (heads, (B, T)) in enumerate(cases):
+        block = _block(10 + i, **heads)
+        x = torch.randn(B, T, block.attn.d_model, generator=g)
+        inputs = {"x": x, **heads}
+        with torch.no_grad():
+            want = block(x)[0]
+            got = call(name, block_forward, block, x.clone(), inputs=inputs)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            fail(name, f"expected a tensor of shape {tuple(want.shape)} (same as x), got "
+                 f"{getattr(got, 'shape', type(got).__name__)}", inputs=inputs,
+                 hint="a block maps [B, T, d_model] to [B, T, d_model]; merge the heads back before o_proj")
+        if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+            continue
+        if T > 2:  # find the mistake by its symptom, then say it in words
+            with torch.no_grad():
+                later = x.clone()
+                later[:, -1] += 1.0
+                moved = call(name, block_forward, block, later, inputs=inputs)
+                if not torch.allclose(moved[:, :-1], got[:, :-1], atol=1e-5):
+                    fail(name, "changing the LAST token changed the outputs at earlier positions: a token sees "
+                         "the future", inputs=inputs, hint="mask the scores with -inf where key position > query "
+                         "position (a causal mask), before the softmax")
+                swapped = x.clone()
+                swapped[:, [0, 1]] = swapped[:, [1, 0]]
+                if torch.allclose(call(name, block_forward, block, swapped, inputs=inputs)[:, -1], got[:, -1], atol=1e-5):
+                    fail(name, "swapping the first two tokens left the last position's output unchanged: your "
+                         "attention does not know where tokens are", inputs=inputs,
+                         hint="apply your apply_rope to q and to k (each [B, H, T, head_dim]) before the scores")
+        compare(name, got, want, inputs=inputs, atol=1e-4, rtol=1e-4, hint=_BLOCK_HINT)
+    passed(name, len(cases), "causal, position-aware, pre-norm")
+
+
+def _gpt(seed: int, **overrides):
+    from ..model import GPT
+
+    torch.manual_seed(seed)
+    return _visible_weights(GPT(_tiny_config(**overrides)), seed)
+
+
+def check_gpt_forward(gpt_forward) -> None:
+    """``gpt_forward(model, idx [B, T]) -> logits [B, T, vocab]`` from the weights of a ``course_utils.model.GPT``."""
+    name = "check_gpt_forward"
+    g = _gen(6)
+    cases = [(dict(), (2, 9)), (dict(n_layers=3, n_kv_heads=4), (1, 12)), (dict(n_layers=1), (3, 1))]
+    for i, (over, (B, T)) in enumerate(cases):
+        model = _gpt(20 + i, **over)
+        idx = torch.randint(model.config.vocab_size, (B, T), generator=g)
+        inputs = {"idx": idx, "n_layers": model.config.n_layers}
+        seen = {}
+        hook = model.norm.register_forward_hook(lambda m, a, out: seen.update(h=a[0]))  # returns None: output kept
+        with torch.no_grad():
+            want = model(idx)[0]
+        hook.remove()
+        with torch.no_grad():
+            got = call(name, gpt_forward, model, idx.clone(), inputs=inputs)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            fail(name, f"expected logits of shape {tuple(want.shape)} = [B, T, vocab_size], got "
+                 f"{getattr(got, 'shape', type(got).__name__)}", inputs=inputs,
+                 hint="one row of logits per position: the last hidden state times the embedding matrix transposed")
+        if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+            continue
+        W = model.tok_emb.weight
+        if torch.allclose(got, seen["h"] @ W.T, atol=1e-4, rtol=1e-4):
+            fail(name, "your logits skip the final RMSNorm", inputs=inputs,
+                 hint="normalize the last block's output with model.norm's gain, then multiply by the embedding matrix")
+        compare(name, got, want, inputs=inputs, atol=1e-4, rtol=1e-4,
+                hint="x = the rows of model.tok_emb.weight picked by idx; x = block_forward(block, x) for each block "
+                     "in order; logits = RMSNorm(x) with model.norm's gain, times tok_emb.weight transposed (tied)")
+    passed(name, len(cases), "same logits as course_utils.model.GPT")
+
+
+def check_next_token_loss(next_token_loss) -> None:
+    """``next_token_loss(logits [B, T, V], tokens [B, T]) -> scalar``: mean cross-entropy of next-token prediction."""
+    import torch.nn.functional as F
+
+    name = "check_next_token_loss"
+    g = _gen(7)
+    for B, T, V in ((2, 8, 11), (1, 2, 5), (4, 16, 30)):
+        logits = torch.randn(B, T, V, generator=g) * 2
+        tokens = torch.randint(V, (B, T), generator=g)
+        inputs = {"logits": logits, "tokens": tokens}
+        got = call(name, next_token_loss, logits.clone(), tokens.clone(), inputs=inputs)
+        if not isinstance(got, torch.Tensor) or got.dim() != 0:
+            fail(name, f"expected a scalar tensor (0-d, so that .backward() works), got "
+                 f"{getattr(got, 'shape', type(got).__name__)}", inputs=inputs,
+                 hint="average the per-position losses into one number")
+        want = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
+        if abs(float(got) - float(want)) < 1e-5:
+            continue
+        mistakes = {
+            "logits[:, t] was scored against tokens[:, t] (no shift): the model sees that token in its input, so "
+            "it would learn to copy it, and the loss collapses in training without learning anything":
+                F.cross_entropy(logits.reshape(-1, V), tokens.reshape(-1)),
+            "the shift goes the wrong way: logits[:, t+1] was scored against tokens[:, t], i.e. predicting the "
+            "PREVIOUS token": F.cross_entropy(logits[:, 1:].reshape(-1, V), tokens[:, :-1].reshape(-1)),
+            "the targets wrap around (torch.roll): the last position is scored against the FIRST token":
+                F.cross_entropy(logits.reshape(-1, V), tokens.roll(-1, 1).reshape(-1)),
+            "the loss is summed, not averaged: its size would depend on the batch size and the learning rate "
+            "with it": F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="sum"),
+        }
+        for what, value in mistakes.items():
+            if abs(float(got) - float(value)) < 1e-5:
+                fail(name, what, inputs=inputs, hint="position t predicts the NEXT token: score logits[:, :-1] "
+                     "against tokens[:, 1:] and average over the B·(T−1) predictions")
+        compare(name, float(got), float(want), inputs=inputs, what="loss",
+                hint="cross-entropy = −log softmax(logits[:, t])[tokens[:, t+1]], averaged over all B·(T−1) pairs")
+    passed(name, 3, "the classic off-by-one is not here")
+
+
+def check_lr_schedule(lr_schedule) -> None:
+    """``lr_schedule(step, lr, warmup, steps, min_lr_ratio=0.1) -> float``: linear warm-up, then cosine decay."""
+    from ..train import lr_at
+
+    name = "check_lr_schedule"
+    settings = [dict(lr=3e-3, warmup=10, steps=100, min_lr_ratio=0.1), dict(lr=1.0, warmup=0, steps=20, min_lr_ratio=0.0),
+                dict(lr=0.5, warmup=4, steps=9, min_lr_ratio=0.2), dict(lr=2e-4, warmup=5, steps=5, min_lr_ratio=0.1)]
+    for kw in settings:
+        # warm-up first, then the end point, then the cosine in between: the first wrong step names the part
+        order = list(range(kw["warmup"])) + [kw["steps"] - 1] + list(range(kw["warmup"], kw["steps"] - 1))
+        for step in order:
+            inputs = {"step": step, **kw}
+            got = call(name, lr_schedule, step, kw["lr"], kw["warmup"], kw["steps"], kw["min_lr_ratio"], inputs=inputs)
+            want = lr_at(step, **kw)
+            if isinstance(got, torch.Tensor):
+                got = float(got)
+            if not isinstance(got, (int, float)) or isinstance(got, bool):
+                fail(name, f"expected a number, got {type(got).__name__}", inputs=inputs)
+            if abs(got - want) <= 1e-9 + 1e-6 * abs(want):
+                continue
+            if step < kw["warmup"]:
+                hint = ("warm-up is linear and step 0 already trains: lr · (step + 1) / warmup, reaching lr at the "
+                        "last warm-up step")
+            elif step == kw["steps"] - 1:
+                hint = "the cosine ends at min_lr_ratio · lr on the last step (steps − 1), not at 0"
+            else:
+                hint = ("after warm-up, progress = (step − warmup) / (steps − 1 − warmup) goes from 0 to 1 and "
+                        "lr · (min_lr_ratio + (1 − min_lr_ratio) · (1 + cos(π · progress)) / 2)")
+            fail(name, f"at step {step} expected {want:.6g}, got {got:.6g}", inputs=inputs, hint=hint)
+    passed(name, sum(kw["steps"] for kw in settings), "warm-up, then cosine down to min_lr_ratio·lr")
+
+
+def _lr_of(opt) -> list[float]:
+    return [float(group["lr"]) for group in opt.param_groups]
+
+
+def check_train_step(train_step) -> None:
+    """``train_step(model, optimizer, tokens [B, T+1], step, *, lr, warmup, steps, grad_clip) -> loss (float)``.
+
+    Runs the learner's step and :func:`course_utils.train.train_step` side by side, in float64 and from the same
+    seed, on copies of one model, and compares the loss, the learning rate and every weight after each step.
+    """
+    import copy
+
+    from ..train import configure_optimizer, lr_at, train_step as ref_step
+
+    name = "check_train_step"
+    g = _gen(8)
+    torch.manual_seed(30)
+    from ..model import GPT
+
+    from ..attention import rope_frequencies
+
+    mine = GPT(_tiny_config()).double()
+    for block in mine.blocks:  # the RoPE table is stored in float32: rebuild it at float64's precision
+        a = block.attn
+        a.rope_cos, a.rope_sin = rope_frequencies(a.head_dim, a.max_seq_len, dtype=torch.float64)
+    ref = copy.deepcopy(mine)
+    opts = [configure_optimizer(m, lr=1e-2, weight_decay=0.1) for m in (mine, ref)]
+    for group in opts[0].param_groups + opts[1].param_groups:
+        # Adam divides by |g| + eps: with the default 1e-8, a gradient that is 0 up to rounding (1e-12) could
+        # move a weight by a visible fraction of lr in one implementation and not in the other
+        group["eps"] = 1e-6
+    # phase: (what it tests, steps to run, grad_clip, junk gradients planted before the first call)
+    phases = [("forward, loss, backward and optimizer.step()", 1, 1e6, False),
+              ("zeroing old gradients", 1, 1e6, True),
+              ("gradient clipping", 3, 0.05, False),
+              ("the whole schedule", 5, 1.0, False)]
+    schedule = dict(lr=1e-2, warmup=2, steps=10)
+    step, n = 0, 0
+    hints = {
+        "forward, loss, backward and optimizer.step()":
+            "logits = gpt_forward(model, tokens); loss = next_token_loss(logits, tokens); loss.backward(); "
+            "optimizer.step(); return the loss of this batch (before the update) as a float",
+        "zeroing old gradients":
+            "gradients that were already in .grad when train_step was called were added to this step's: "
+            "call optimizer.zero_grad() before loss.backward()",
+        "gradient clipping":
+            "after backward and before optimizer.step(), scale the gradients so that their global norm is at "
+            "most grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)",
+        "the whole schedule": "every step sets the learning rate of every param group to lr_schedule(step, ...)",
+    }
+    for what, n_steps, clip, junk in phases:
+        if junk:
+            for p in mine.parameters():
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        for _ in range(n_steps):
+            tokens = torch.randint(mine.config.vocab_size, (4, 13), generator=g)
+            inputs = {"tokens": tokens, "step": step, "grad_clip": clip, **schedule}
+            got = call(name, train_step, mine, opts[0], tokens.clone(), step, grad_clip=clip, inputs=inputs,
+                       **schedule)
+            rate = lr_at(step, **schedule)
+            want, _, _ = ref_step(ref, opts[1], tokens[:, :-1], tokens[:, 1:], rate, grad_clip=clip)
+            if isinstance(got, torch.Tensor):
+                got = float(got.detach()) if got.numel() == 1 else got
+            if not isinstance(got, float):
+                fail(name, f"expected the batch's loss as a Python float, got {type(got).__name__}", inputs=inputs,
+                     hint="return loss.item()")
+            if any(abs(r - rate) > 1e-12 for r in _lr_of(opts[0])):
+                fail(name, f"after step {step} the optimizer's learning rate is {_lr_of(opts[0])[0]:.6g}, expected "
+                     f"{rate:.6g} (warm-up {schedule['warmup']} steps, then cosine over {schedule['steps']})",
+                     inputs=inputs, hint="before optimizer.step(), set group['lr'] = lr_schedule(step, lr, warmup, "
+                     "steps) for every group in optimizer.param_groups")
+            compare(name, got, want.item(), inputs=inputs, what=f"loss returned at step {step}", atol=1e-8, rtol=1e-7,
+                    hint="the loss of this batch, computed before the update, with the one-position shift")
+            for (pname, p), q in zip(mine.named_parameters(), ref.parameters()):
+                compare(name, p.detach(), q.detach(), inputs=inputs, what=f"weight {pname} after step {step} "
+                        f"(checking {what})", atol=1e-7, rtol=1e-6, hint=hints[what])
+            step, n = step + 1, n + 1
+    passed(name, n, "same weights as course_utils.train.train_step after every step")
+
+
+def check_trained_gpt(model, *, target: float = 4.2) -> None:
+    """The learner's trained model: its validation loss on the course corpus must be below ``target`` nats/token."""
+    from ..data import corpus_dataset
+    from ..model import GPT
+    from ..train import evaluate
+
+    name = "check_trained_gpt"
+    if not isinstance(model, GPT):
+        fail(name, f"expected the course_utils.model.GPT whose weights you trained, got {type(model).__name__}",
+             hint="pass the model object itself (not the history, not a function)")
+    data = corpus_dataset()
+    if model.config.vocab_size != data.vocab_size:
+        fail(name, f"the model's vocab_size is {model.config.vocab_size}, the corpus tokenizer has {data.vocab_size}")
+    block = min(64, model.config.max_seq_len)
+    val = evaluate(model, data, "val", iters=20, batch_size=16, block_size=block)
+    uniform = math.log(data.vocab_size)
+    if not val < target:
+        fail(name, f"validation loss {val:.3f} nats/token is not below the target {target} "
+             f"(a uniform guess scores {uniform:.3f})",
+             hint="train longer, or look at your loss curve: flat from the start means the weights do not move "
+                  "(optimizer.step()?), rising means the learning rate is too high or the targets are not shifted")
+    passed(name, 1, f"validation loss {val:.3f} < {target} nats/token (uniform guess {uniform:.3f})")
+
+
+class _CountingData:
+    """The corpus, counting the training tokens drawn through ``get_batch`` (everything else passes through)."""
+
+    def __init__(self, data):
+        self._data, self.train_tokens = data, 0
+
+    def get_batch(self, split, batch_size, block_size, generator=None, **kwargs):
+        if split == "train":
+            self.train_tokens += batch_size * block_size
+        return self._data.get_batch(split, batch_size, block_size, generator, **kwargs)
+
+    def __getattr__(self, name):
+        if name == "ids":  # the raw token tensors would bypass the count
+            raise AttributeError("draw training tokens with data.get_batch(...): the budget counts them there")
+        return getattr(self._data, name)
+
+
+# the lab's own run (Exercise 3.10's loop): 119,104 parameters x 300 steps x 16 x 64 tokens, x 6 FLOPs per pair
+LAB_RUN_FLOPS = 6 * 119_104 * 300 * 16 * 64
+
+
+def check_train_within_budget(train_within_budget, *, budget_flops: float = LAB_RUN_FLOPS,
+                              target: float = 3.85) -> None:
+    """Open exercise: ``train_within_budget(data, budget_flops) -> GPT`` beats ``target`` within a compute budget.
+
+    Compute is counted as ``6 · N · D`` (Kaplan et al., 2020): ``N`` the model's parameters (tied weights once),
+    ``D`` the training tokens the function drew through ``data.get_batch``. Machine-independent, unlike seconds.
+    """
+    from ..data import corpus_dataset
+    from ..model import GPT
+    from ..train import evaluate
+
+    name = "check_train_within_budget"
+    data = _CountingData(corpus_dataset())
+    model = call(name, train_within_budget, data, budget_flops, inputs={"budget_flops": budget_flops})
+    if not isinstance(model, GPT):
+        fail(name, f"expected train_within_budget to return a course_utils.model.GPT, got {type(model).__name__}")
+    n_params = model.param_counts()["total"]
+    used = 6 * n_params * data.train_tokens
+    spent = f"{n_params:,} parameters × {data.train_tokens:,} tokens × 6 = {used:.3g} FLOPs"
+    if data.train_tokens == 0:
+        fail(name, "no training tokens were drawn through data.get_batch('train', ...)",
+             hint="train on batches from the data object you are given: that is how the budget is counted")
+    if used > budget_flops:
+        fail(name, f"{spent}: over the budget of {budget_flops:.3g}",
+             hint="fewer steps, smaller batches or shorter windows, or a smaller model")
+    val = evaluate(model, data._data, "val", iters=20, batch_size=16, block_size=min(64, model.config.max_seq_len))
+    if not val < target:
+        fail(name, f"validation loss {val:.3f} nats/token is not below the target {target} ({spent})",
+             hint="ideas: the learning rate and how far it decays; more, smaller batches; a model shape that "
+                  "learns more per FLOP")
+    passed(name, 1, f"validation loss {val:.3f} < {target} with {used / budget_flops:.0%} of the budget ({spent})")

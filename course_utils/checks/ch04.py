@@ -2,7 +2,8 @@
 
 Each check runs the learner's function on several inputs (edge cases included: k = 1, k = E, an expert nobody
 picks, a single token) and compares it with the reference in :mod:`course_utils.moe`; the last one compares the
-learner's whole layer with transformers' ``MixtralSparseMoeBlock``.
+learner's whole layer with transformers' ``MixtralSparseMoeBlock``. The open exercise's check
+(:func:`check_balanced_route`) judges an outcome instead: even loads that still follow the router.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .. import moe
 from ._core import call, compare, fail, passed
 
 __all__ = ["check_topk_router", "check_dispatch_combine", "check_load_balancing_loss", "check_router_z_loss",
-           "check_apply_capacity", "check_deepseek_v3_router", "check_moe_layer"]
+           "check_apply_capacity", "check_deepseek_v3_router", "check_moe_layer", "check_balanced_route"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -193,3 +194,41 @@ def check_moe_layer(moe_forward) -> None:
         compare(name, got, expected, inputs=inputs, atol=1e-5, what="layer output vs MixtralSparseMoeBlock",
                 hint="router logits = x @ router_weight.T, then your topk_router and your dispatch_combine")
     passed(name, len(configs), "your layer computes exactly what transformers' Mixtral block computes")
+
+
+def check_balanced_route(balanced_route, *, max_load_ratio: float = 1.05, min_kept: float = 0.85) -> None:
+    """Open exercise: ``balanced_route(logits [T, E], k) -> topk_idx [T, k]`` evens the loads of a skewed router.
+
+    Checked by outcome on 4,096 tokens, 8 experts, top-2: the busiest expert's load is at most ``max_load_ratio``
+    times the mean, and the chosen experts keep at least ``min_kept`` of the softmax probability plain top-k keeps.
+    """
+    check = "check_balanced_route"
+    T, E, k = 4096, 8, 2
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(T, E, generator=g) + torch.linspace(0, 2.0, E)  # the high ids are favoured
+    inputs = {"logits": logits, "k": k}
+    idx = call(check, balanced_route, logits.clone(), k, inputs=inputs)
+    if not isinstance(idx, torch.Tensor) or tuple(idx.shape) != (T, k) or idx.dtype not in (torch.int64, torch.int32):
+        fail(check, f"expected an integer tensor of shape ({T}, {k}), got "
+             f"{getattr(idx, 'dtype', type(idx).__name__)} {tuple(getattr(idx, 'shape', ()))}", inputs=inputs,
+             hint="return expert ids, one row of k per token (e.g. the .indices of a topk)")
+    idx = idx.long()
+    if int(idx.min()) < 0 or int(idx.max()) >= E:
+        fail(check, f"expert ids outside [0, {E})", inputs=inputs)
+    if bool((idx.sort(dim=1).values.diff(dim=1) == 0).any()):
+        fail(check, "some token got the same expert twice", inputs=inputs,
+             hint="choose k *distinct* experts per token (topk does; sampling with replacement does not)")
+    load = torch.bincount(idx.reshape(-1), minlength=E).double()
+    ratio = float(load.max() / load.mean())
+    probs = logits.double().softmax(-1)
+    kept = float(probs.gather(1, idx).sum() / probs.topk(k, -1).values.sum())
+    summary = f"busiest expert {ratio:.3f} × the mean load, {kept:.1%} of top-k's router probability kept"
+    if ratio > max_load_ratio:
+        fail(check, f"{summary}: the busiest expert is above the target {max_load_ratio} × the mean",
+             hint="the router favours the high expert ids: something must push tokens away from busy experts, "
+                  "e.g. a per-expert bias lowered while the expert is over-loaded")
+    if kept < min_kept:
+        fail(check, f"{summary}: below the target of {min_kept:.0%} kept",
+             hint="even loads are easy by ignoring the router; move only the tokens that care least which expert "
+                  "they get (a bias on the logits does exactly that)")
+    passed(check, 1, summary)

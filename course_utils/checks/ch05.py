@@ -3,6 +3,8 @@
 Each check compares the learner's function with the reference in :mod:`course_utils.moe_lm` (or
 :mod:`course_utils.distributed`) on several inputs, hand-built edge cases included: an uneven expert load (where the
 chance rate is not 1/E), a label with no tokens, a dense model with no MoE layers, a rank that receives nothing.
+The open exercise's check (:func:`check_beat_moe_recipe`) judges an outcome: a lower validation loss than the
+lab's MoE recipe at equal active parameters and equal training tokens.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from ..moe import MoELayer, load_balancing_loss, router_z_loss
 from ._core import call, compare, fail, passed
 
 __all__ = ["check_swap_ffn_for_moe", "check_add_aux_loss", "check_routing_stats",
-           "check_consecutive_same_expert_rate", "check_expert_parallel_dispatch"]
+           "check_consecutive_same_expert_rate", "check_expert_parallel_dispatch", "check_beat_moe_recipe"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -179,3 +181,78 @@ def check_expert_parallel_dispatch(expert_parallel_dispatch) -> None:
         got = simulate_expert_parallel(layer, x, 2, plan)
     compare(name, got, expected, what="layer output with your plan on 2 simulated ranks", atol=1e-5, hint=hint)
     passed(name, len(cases) + 1, "the simulated 2-rank layer equals the single-process layer")
+
+
+# ------------------------------------------------------------------------------------------------ open: beat the recipe
+# The lab's MoE recipe (Exercise 5.1's model, 8 experts, top-2), trained on a budget that fits the lab's minutes.
+MOE_RECIPE = dict(steps=120, batch_size=8, block_size=64, lr=3e-3, warmup=20, aux_loss_coef=0.01)
+MOE_TOKEN_BUDGET = MOE_RECIPE["steps"] * MOE_RECIPE["batch_size"] * MOE_RECIPE["block_size"]  # 61,440
+# What reference_moe_recipe() reaches (20 validation batches of 16 x 64 tokens); tests/test_checks_ch05.py
+# re-measures it, so this number cannot drift from the code.
+MOE_RECIPE_VAL = 4.694
+
+
+def reference_moe_recipe(data) -> GPT:
+    """Train the lab's MoE (``moe_lm.moe_config(moe_lm.BASE_CONFIG)``) with :data:`MOE_RECIPE`; seeded."""
+    from ..train import configure_optimizer, lr_at, train_step
+
+    r = MOE_RECIPE
+    torch.manual_seed(0)
+    model = GPT(moe_lm.moe_config(moe_lm.BASE_CONFIG))
+    opt = configure_optimizer(model, lr=r["lr"], weight_decay=0.1)
+    gen = _gen(0)
+    for step in range(r["steps"]):
+        x, y = data.get_batch("train", r["batch_size"], r["block_size"], gen)
+        train_step(model, opt, x, y, lr_at(step, lr=r["lr"], warmup=r["warmup"], steps=r["steps"]),
+                   aux_loss_coef=r["aux_loss_coef"])
+    return model.eval()
+
+
+def moe_val_loss(model, data) -> float:
+    """The score of the open exercise: mean cross-entropy over 20 seeded validation batches of 16 x 64 tokens."""
+    from ..train import evaluate
+
+    return evaluate(model, data, "val", iters=20, batch_size=16, block_size=min(64, model.config.max_seq_len))
+
+
+def _active_outside_routers(model: GPT) -> int:
+    """Active parameters per token, minus the routers' (which grow with the number of experts, a free choice)."""
+    routers = sum(p.numel() for block in model.blocks if block.is_moe
+                  for m in (block.ffn.router, block.ffn.noise) if m is not None for p in m.parameters())
+    return model.param_counts()["active"] - routers
+
+
+def check_beat_moe_recipe(train_moe, *, target: float = MOE_RECIPE_VAL, token_budget: int = MOE_TOKEN_BUDGET) -> None:
+    """Open exercise: ``train_moe(data) -> GPT``, an MoE model with at most the recipe's active parameters, trained
+    on at most ``token_budget`` training tokens, must reach a validation loss below the recipe's ``target``."""
+    from ..data import corpus_dataset
+    from .ch03 import _CountingData
+
+    name = "check_beat_moe_recipe"
+    data = _CountingData(corpus_dataset())
+    model = call(name, train_moe, data, inputs={"token_budget": token_budget})
+    if not isinstance(model, GPT):
+        fail(name, f"expected train_moe to return a course_utils.model.GPT, got {type(model).__name__}")
+    if not all(block.is_moe for block in model.blocks):
+        fail(name, "every block's feed-forward layer must be a Mixture of Experts (GPTConfig(ffn='moe', ...))",
+             hint="the exercise compares MoE recipes; start from swap_ffn_for_moe(dense_cfg, ...)")
+    limit = _active_outside_routers(GPT(moe_lm.moe_config(moe_lm.BASE_CONFIG)))
+    active = _active_outside_routers(model)
+    if active > limit:
+        fail(name, f"your model has {active:,} active parameters per token outside the routers, the recipe's has "
+             f"{limit:,}", hint="more experts are free (total parameters and router weights do not count); wider "
+                                "experts, more experts per token or a wider model are not")
+    if data.train_tokens == 0:
+        fail(name, "no training tokens were drawn through data.get_batch('train', ...)",
+             hint="train on batches from the data object you are given: that is how the budget is counted")
+    if data.train_tokens > token_budget:
+        fail(name, f"{data.train_tokens:,} training tokens drawn, over the budget of {token_budget:,}",
+             hint="steps × batch_size × block_size must stay within the budget")
+    val = moe_val_loss(model, data._data)
+    summary = (f"validation loss {val:.3f} with {active:,} active parameters (outside the routers) and "
+               f"{data.train_tokens:,} training tokens")
+    if not val < target:
+        fail(name, f"{summary}: not below the recipe's {target}",
+             hint="ideas: the schedule (how long the warm-up, how far the decay), batch size against number of "
+                  "steps, the balancing loss's weight, how many experts")
+    passed(name, 1, f"{summary} (recipe: {target})")
