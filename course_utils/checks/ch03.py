@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ._core import call, compare, fail, passed
+from ._core import call, compare, exercise, fail, passed
 
 __all__ = ["check_rms_norm", "check_apply_rope", "check_swiglu", "check_kv_cache_step", "check_sample_next_token",
            "check_block_forward", "check_gpt_forward", "check_next_token_loss", "check_lr_schedule", "check_train_step",
@@ -25,6 +25,7 @@ def _against_reference(name: str, fn, reference, cases: list[dict], hint: str, a
     passed(name, len(cases))
 
 
+@exercise("3.1")
 def check_rms_norm(rms_norm) -> None:
     """``rms_norm(x, weight, eps=1e-6)`` over the last dimension."""
     from ..model import rms_norm as ref
@@ -42,6 +43,7 @@ def check_rms_norm(rms_norm) -> None:
                             "unlike LayerNorm, RMSNorm subtracts no mean")
 
 
+@exercise("3.2")
 def check_apply_rope(apply_rope) -> None:
     """``apply_rope(x, offset=0, base=10000.0)`` on ``x`` [..., T, head_dim], rotate-half layout."""
     from ..attention import apply_rope as ref_apply, rope_frequencies
@@ -63,6 +65,7 @@ def check_apply_rope(apply_rope) -> None:
                             "half: [x1, x2] -> [-x2, x1]), not adjacent dimensions; positions start at offset")
 
 
+@exercise("3.3")
 def check_swiglu(swiglu) -> None:
     """``swiglu(x, w1, w3, w2)`` = ``(silu(x w1ᵀ) * x w3ᵀ) w2ᵀ``."""
     from ..model import swiglu as ref
@@ -76,6 +79,7 @@ def check_swiglu(swiglu) -> None:
                             "elementwise, then project down with w2 (weights are [out, in]: x @ w.T or F.linear)")
 
 
+@exercise("3.4")
 def check_kv_cache_step(kv_cache_step) -> None:
     """``kv_cache_step(q, k_new, v_new, k_cache, v_cache) -> (out, k_cache, v_cache)``."""
     from ..model import kv_cache_step as ref
@@ -148,6 +152,7 @@ def _expected_probs(logits: torch.Tensor, temperature: float, top_k, top_p) -> t
     return q / q.sum()
 
 
+@exercise("3.5")
 def check_sample_next_token(sample_next_token) -> None:
     """``sample_next_token(logits [B, V], temperature, top_k, top_p, generator) -> ids [B]``."""
     name = "check_sample_next_token"
@@ -243,6 +248,7 @@ _BLOCK_HINT = ("h = RMSNorm(x) with attn_norm's gain; q, k, v = h times q_proj/k
                "x + SwiGLU(RMSNorm(x) with ffn_norm's gain)")
 
 
+@exercise("3.6")
 def check_block_forward(block_forward) -> None:
     """``block_forward(block, x) -> [B, T, d_model]`` with the weights of a ``course_utils.model.Block``."""
     name = "check_block_forward"
@@ -288,6 +294,7 @@ def _gpt(seed: int, **overrides):
     return _visible_weights(GPT(_tiny_config(**overrides)), seed)
 
 
+@exercise("3.7")
 def check_gpt_forward(gpt_forward) -> None:
     """``gpt_forward(model, idx [B, T]) -> logits [B, T, vocab]`` from the weights of a ``course_utils.model.GPT``."""
     name = "check_gpt_forward"
@@ -320,6 +327,7 @@ def check_gpt_forward(gpt_forward) -> None:
     passed(name, len(cases), "same logits as course_utils.model.GPT")
 
 
+@exercise("3.8")
 def check_next_token_loss(next_token_loss) -> None:
     """``next_token_loss(logits [B, T, V], tokens [B, T]) -> scalar``: mean cross-entropy of next-token prediction."""
     import torch.nn.functional as F
@@ -358,6 +366,7 @@ def check_next_token_loss(next_token_loss) -> None:
     passed(name, 3, "the classic off-by-one is not here")
 
 
+@exercise("3.9")
 def check_lr_schedule(lr_schedule) -> None:
     """``lr_schedule(step, lr, warmup, steps, min_lr_ratio=0.1) -> float``: linear warm-up, then cosine decay."""
     from ..train import lr_at
@@ -394,6 +403,7 @@ def _lr_of(opt) -> list[float]:
     return [float(group["lr"]) for group in opt.param_groups]
 
 
+@exercise("3.10")
 def check_train_step(train_step) -> None:
     """``train_step(model, optimizer, tokens [B, T+1], step, *, lr, warmup, steps, grad_clip) -> loss (float)``.
 
@@ -515,6 +525,7 @@ class _CountingData:
 LAB_RUN_FLOPS = 6 * 119_104 * 300 * 16 * 64
 
 
+@exercise("3.11")
 def check_train_within_budget(train_within_budget, *, budget_flops: float = LAB_RUN_FLOPS,
                               target: float = 3.85) -> None:
     """Open exercise: ``train_within_budget(data, budget_flops) -> GPT`` beats ``target`` within a compute budget.

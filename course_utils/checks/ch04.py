@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import moe
-from ._core import call, compare, fail, passed
+from ._core import call, compare, exercise, fail, passed
 
 __all__ = ["check_topk_router", "check_dispatch_combine", "check_load_balancing_loss", "check_router_z_loss",
            "check_apply_capacity", "check_deepseek_v3_router", "check_moe_layer", "check_balanced_route"]
@@ -44,6 +44,7 @@ def _compare_routing(check, got, expected, inputs, hint):
     compare(check, w_got, w_exp, what="weights of the chosen experts", inputs=inputs, hint=hint)
 
 
+@exercise("4.1")
 def check_topk_router(topk_router) -> None:
     """``topk_router(logits [T, E], k) -> (topk_weight [T, k], topk_idx [T, k])``: softmax, top-k, renormalise."""
     name = "check_topk_router"
@@ -71,6 +72,7 @@ def _dispatch_cases():
     return cases
 
 
+@exercise("4.2")
 def check_dispatch_combine(dispatch_combine) -> None:
     """``dispatch_combine(x [T, H], topk_idx, topk_weight, gate_up [E, 2I, H], down [E, H, I]) -> y [T, H]``."""
     name = "check_dispatch_combine"
@@ -93,6 +95,7 @@ def _balance_cases():
     return cases
 
 
+@exercise("4.3")
 def check_load_balancing_loss(load_balancing_loss) -> None:
     """``load_balancing_loss(router_logits [T, E], num_experts, top_k) -> scalar`` (transformers' formula)."""
     name = "check_load_balancing_loss"
@@ -106,6 +109,7 @@ def check_load_balancing_loss(load_balancing_loss) -> None:
     passed(name, len(cases))
 
 
+@exercise("4.4")
 def check_router_z_loss(router_z_loss) -> None:
     """``router_z_loss(router_logits [T, E]) -> scalar``: mean over tokens of logsumexp(logits)²."""
     name = "check_router_z_loss"
@@ -119,6 +123,7 @@ def check_router_z_loss(router_z_loss) -> None:
     passed(name, len(cases))
 
 
+@exercise("4.5")
 def check_apply_capacity(apply_capacity) -> None:
     """``apply_capacity(topk_idx [T, k], num_experts, capacity_factor) -> keep [T, k] (bool)``."""
     name = "check_apply_capacity"
@@ -142,6 +147,7 @@ def check_apply_capacity(apply_capacity) -> None:
     passed(name, len(cases))
 
 
+@exercise("4.6")
 def check_deepseek_v3_router(deepseek_v3_router) -> None:
     """``deepseek_v3_router(logits, bias, top_k, n_group, topk_group, routed_scaling_factor) -> (weight, idx)``."""
     name = "check_deepseek_v3_router"
@@ -196,6 +202,7 @@ def check_moe_layer(moe_forward) -> None:
     passed(name, len(configs), "your layer computes exactly what transformers' Mixtral block computes")
 
 
+@exercise("4.7")
 def check_balanced_route(balanced_route, *, max_load_ratio: float = 1.05, min_kept: float = 0.85) -> None:
     """Open exercise: ``balanced_route(logits [T, E], k) -> topk_idx [T, k]`` evens the loads of a skewed router.
 

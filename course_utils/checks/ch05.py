@@ -16,7 +16,7 @@ from .. import moe_lm
 from ..distributed import dispatch_plan, simulate_expert_parallel  # re-exported: tests import it here
 from ..model import GPT, GPTConfig
 from ..moe import MoELayer, load_balancing_loss, router_z_loss
-from ._core import call, compare, fail, passed
+from ._core import call, compare, exercise, fail, passed
 
 __all__ = ["check_swap_ffn_for_moe", "check_add_aux_loss", "check_routing_stats",
            "check_consecutive_same_expert_rate", "check_expert_parallel_dispatch", "check_beat_moe_recipe"]
@@ -27,6 +27,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------------------ swap_ffn_for_moe
+@exercise("5.1")
 def check_swap_ffn_for_moe(swap_ffn_for_moe) -> None:
     """``swap_ffn_for_moe(config, num_experts, top_k) -> GPTConfig`` with equal active FFN parameters."""
     name = "check_swap_ffn_for_moe"
@@ -67,6 +68,7 @@ def _aux_case(n_layers: int, tokens: int, E: int, k: int, seed: int):
     return lm_loss, aux, logits
 
 
+@exercise("5.2")
 def check_add_aux_loss(add_aux_loss) -> None:
     """``add_aux_loss(lm_loss, moe_aux, aux_loss_coef) -> total``: lm_loss + coef · mean over layers of the
     balancing loss."""
@@ -101,6 +103,7 @@ def _routing_cases():
     return [hand, top1, rand]
 
 
+@exercise("5.3")
 def check_routing_stats(routing_stats) -> None:
     """``routing_stats(expert_idx [N] or [N, k], labels [N], num_labels, num_experts) -> [num_labels, num_experts]``."""
     name = "check_routing_stats"
@@ -118,6 +121,7 @@ def check_routing_stats(routing_stats) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ consecutive rate
+@exercise("5.4")
 def check_consecutive_same_expert_rate(consecutive_same_expert_rate) -> None:
     """``consecutive_same_expert_rate(expert_ids [B, T], num_experts) -> (rate, chance)``."""
     name = "check_consecutive_same_expert_rate"
@@ -144,6 +148,7 @@ def check_consecutive_same_expert_rate(consecutive_same_expert_rate) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ expert parallel
+@exercise("5.5")
 def check_expert_parallel_dispatch(expert_parallel_dispatch) -> None:
     """``expert_parallel_dispatch(topk_idx [T, k], num_experts, world_size) -> (order [T·k], send_counts [W])``."""
     name = "check_expert_parallel_dispatch"
@@ -222,6 +227,7 @@ def _active_outside_routers(model: GPT) -> int:
     return model.param_counts()["active"] - routers
 
 
+@exercise("5.6")
 def check_beat_moe_recipe(train_moe, *, target: float = MOE_RECIPE_VAL, token_budget: int = MOE_TOKEN_BUDGET) -> None:
     """Open exercise: ``train_moe(data) -> GPT``, an MoE model with at most the recipe's active parameters, trained
     on at most ``token_budget`` training tokens, must reach a validation loss below the recipe's ``target``."""
