@@ -19,6 +19,8 @@ Three pieces, one per job:
 from __future__ import annotations
 
 import argparse
+import time
+import json
 import base64
 import io
 import os
@@ -217,6 +219,19 @@ def compress_outputs(nb) -> None:
                 out["execution_count"] = count
 
 
+TIMES_DIR = Path(__file__).resolve().parents[1] / "test-artifacts" / "times"
+
+
+def record_run_time(path: Path, seconds: float) -> Path:
+    """Keep how long a lesson took top to bottom (one thread, fresh kernel): the instructor guide's chapter times
+    (docs/site/guide_chapters.py) read these records."""
+    TIMES_DIR.mkdir(parents=True, exist_ok=True)
+    rec = TIMES_DIR / f"{path.stem}.json"
+    rec.write_text(json.dumps({"run_all_s": round(seconds, 1), "source": "`make outputs`: fresh kernel, one thread, "
+                                                                         "2-core CPU"}))
+    return rec
+
+
 def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     """Execute ``path`` in a fresh kernel (its own folder as working directory) and store its outputs in place."""
     from nbclient import NotebookClient
@@ -229,8 +244,10 @@ def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     text = path.read_text(encoding="utf-8")
     nb = nbformat.reads(text, as_version=4)
+    t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
+    record_run_time(path, time.perf_counter() - t0)
     compress_outputs(nb)
     # The same metadata as `nbtools.sync` writes, so that `nbtools sync --check` still passes.
     nb.metadata["language_info"] = {"name": "python"}

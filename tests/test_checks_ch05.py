@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from dataclasses import replace
 
@@ -158,7 +159,7 @@ def test_beat_moe_recipe_check():
         return GPT(moe_config(BASE_CONFIG))
 
     wide_experts = moe_config(BASE_CONFIG, 8, 1)  # experts as wide as the dense FFN ...
-    wide_experts.moe["top_k"] = 2  # ... and two of them per token: twice the active parameters
+    wide_experts.moe = dataclasses.replace(wide_experts.moe, top_k=2)  # ... two per token: twice the active parameters
     assert_check_rejects(check_beat_moe_recipe, trained(BASE_CONFIG, 1), match="must be a Mixture of Experts")
     assert_check_rejects(check_beat_moe_recipe, trained(wide_experts, 1), match="active parameters per token outside")
     assert_check_rejects(check_beat_moe_recipe, untrained, match="no training tokens")

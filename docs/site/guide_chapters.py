@@ -57,7 +57,9 @@ def run_time(path: Path, measure: bool) -> str:
         return f"{time.perf_counter() - t0:.0f} s (fresh kernel, 2-core CPU)"
     rec = ROOT / "test-artifacts" / "times" / f"{path.stem}.json"
     if rec.exists():
-        return f"{json.loads(rec.read_text())['run_all_s']:.0f} s (Run All in JupyterLab, `make e2e`, on a shared 2-core CPU)"
+        data = json.loads(rec.read_text())
+        source = data.get("source", "Run All in JupyterLab, `make e2e`, on a shared 2-core CPU")
+        return f"{data['run_all_s']:.0f} s ({source})"
     return "not measured yet"
 
 
