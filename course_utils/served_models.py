@@ -24,6 +24,7 @@ from pathlib import Path
 from .chat import END_OF_TURN, chat_example, render_chat
 from .finetune import VOCAB_SIZE, decode, encode
 from .world import ATTRIBUTES, _name, make_world
+from .stats import wilson_interval  # re-exported: tests and scripts import it from here
 
 __all__ = ["AsciiTokenizer", "SERVED_MODELS", "load_served_model", "load_chat_model", "chat_examples",
            "chat_accuracy", "training_pairs", "wilson_interval", "mixed_workload", "CHAT_CHECKPOINT", "EVAL_SEED"]
@@ -123,16 +124,6 @@ def chat_examples(n: int, *, seed: int = 0, split: str = "train") -> list[tuple[
         msgs.append({"role": "user", "content": (prefix if len(questions) == 1 else "") + q})
         out.append((msgs, v))
     return out
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for ``k`` successes out of ``n`` (sound near 0% and 100%, unlike ``p ± 1.96σ``)."""
-    if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def chat_accuracy(model, n: int = 200, *, seed: int = 0, progress: bool = False) -> dict:
