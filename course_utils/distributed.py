@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .moe import MoELayer, route, swiglu_expert
 from .net import free_port
-from .validate import positive_int
+from .validate import check_int, positive_float, positive_int
 
 __all__ = ["ExpertParallelMoE", "expert_shards", "dispatch_plan", "communication_bytes", "run_expert_parallel",
            "EPStats", "simulate_expert_parallel"]
@@ -35,6 +35,7 @@ __all__ = ["ExpertParallelMoE", "expert_shards", "dispatch_plan", "communication
 
 def expert_shards(num_experts: int, world_size: int) -> list[range]:
     """Contiguous blocks of experts per rank: rank r owns experts ``[r·E/W, (r+1)·E/W)``."""
+    positive_int("num_experts", num_experts)
     positive_int("world_size", world_size)
     if num_experts % world_size:
         raise ValueError(f"num_experts ({num_experts}) must be divisible by world_size ({world_size})")
@@ -107,6 +108,10 @@ def communication_bytes(num_tokens: int, top_k: int, d_model: int, world_size: i
 
     Each of its T·k token-slots leaves the rank with probability (W-1)/W; each trip carries d_model values.
     """
+    check_int("num_tokens", num_tokens, 0)
+    for name, value in (("top_k", top_k), ("d_model", d_model), ("world_size", world_size)):
+        positive_int(name, value)
+    positive_float("bytes_per_value", bytes_per_value)
     return 2 * num_tokens * top_k * d_model * bytes_per_value * (world_size - 1) / world_size
 
 

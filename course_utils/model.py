@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .attention import KVCache, MultiHeadAttention
 from .layers import RMSNorm, SwiGLU, rms_norm, swiglu  # re-exported: chapter 3's labs and checks import them here
 from .moe import MoEConfig, MoELayer
-from .validate import check_int, positive_float, positive_int
+from .validate import check_int, check_number, nonnegative_float, positive_float, positive_int
 
 __all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "kv_cache_bytes", "kv_cache_bytes_for",
            "sample_next_token", "GPTConfig", "MoEConfig", "Block", "GPT", "save_checkpoint", "load_checkpoint",
@@ -123,12 +123,15 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         got = getattr(logits, "shape", type(logits).__name__)
         raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {got}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():  # -inf is a masked token; NaN/+inf sample garbage
+        raise ValueError("logits hold NaN or +inf (the model diverged or the input was bad); -inf masks are fine")
+    temperature = nonnegative_float("temperature (0 = greedy)", temperature)
+    if top_k is not None:
+        positive_int("top_k (or None)", top_k)
+    if top_p is not None:
+        check_number("top_p (or None)", top_p, 0, 1, low_open=True)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature

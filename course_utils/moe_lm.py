@@ -44,7 +44,7 @@ from .model import GPT, GPTConfig, load_checkpoint, verify_sha256
 from .moe import MoELayer
 from .plotting import COLORS
 from .train import train
-from .validate import check_int, positive_int
+from .validate import check_int, nonnegative_float, positive_int
 
 __all__ = ["BASE_CONFIG", "moe_config", "build_model", "moe_training_loss", "attach_loss_free_balancing",
            "ExpertLoadRecorder", "utilisation_entropy", "dead_experts", "TOKEN_TYPES", "token_type", "token_types",
@@ -179,6 +179,7 @@ def utilisation_entropy(load) -> float:
 
 def dead_experts(load, threshold: float = 0.1) -> int:
     """How many experts get less than ``threshold`` × their fair share (1/E) of the token-slots."""
+    threshold = nonnegative_float("threshold", threshold)
     p = torch.as_tensor(load, dtype=torch.float64).flatten()
     if p.numel() < 1 or (p < 0).any() or p.sum() <= 0:
         raise ValueError(f"load must hold non-negative counts or fractions with a positive sum, got {p.tolist()}")
@@ -262,6 +263,8 @@ def routing_stats(expert_idx: torch.Tensor, labels: torch.Tensor, num_labels: in
     ``expert_idx`` [N] or [N, k] (a token's k experts count as k slots), ``labels`` [N] in ``0..num_labels-1``.
     A label with no tokens gets a row of zeros.
     """
+    positive_int("num_labels", num_labels)
+    positive_int("num_experts", num_experts)
     expert_idx = torch.as_tensor(expert_idx).long()
     labels = torch.as_tensor(labels).long()
     if expert_idx.dim() == 1:
@@ -286,6 +289,7 @@ def consecutive_same_expert_rate(expert_ids: torch.Tensor, num_experts: int) -> 
     ``chance``: the rate if every token drew its expert independently with the observed frequencies p_e, i.e.
     Σ_e p_e² — equal to 1/E only when the load is perfectly even.
     """
+    positive_int("num_experts", num_experts)
     e = torch.as_tensor(expert_ids).long()
     if e.dim() == 1:
         e = e[None, :]

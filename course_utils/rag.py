@@ -37,7 +37,7 @@ import numpy as np
 
 from .data import prose_documents
 from .tokenization import get_encoding
-from .validate import nonnegative_int, positive_int
+from .validate import check_number, nonnegative_float, nonnegative_int, positive_int
 
 __all__ = [
     "Document", "Chunk", "Hit", "Question", "DEFAULT_MODEL", "DEFAULT_CHUNK_SIZE", "DEFAULT_OVERLAP", "DEFAULT_STRATEGY",
@@ -290,9 +290,12 @@ def bm25_scores(query_tokens: Sequence[str], docs_tokens: Sequence[Sequence[str]
     """
     if isinstance(query_tokens, str):
         raise TypeError("query_tokens must be a list of tokens, not a str (tokenize it first with bm25_tokenize)")
-    if k1 < 0 or not 0 <= b <= 1:
-        raise ValueError(f"expected k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+    k1, b = _check_bm25(k1, b)
     return _BM25Stats(docs_tokens).scores(query_tokens, k1, b)
+
+
+def _check_bm25(k1, b) -> tuple[float, float]:
+    return nonnegative_float("k1", k1), check_number("b", b, 0, 1)
 
 
 def cosine_top_k(query: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -322,8 +325,7 @@ def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) -> list[tuple[Hashable, float]]:
     """Fuse ranked lists: score(d) = Σ_lists 1 / (k + rank of d), rank counted from 1. Best first; ties keep the
     order in which items were first seen."""
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    k = nonnegative_float("k", k)
     scores: dict[Hashable, float] = {}
     for ranking in rankings:
         for rank, item in enumerate(ranking, start=1):
@@ -526,7 +528,7 @@ class BM25Index(_Index):
 
     def __init__(self, k1: float = 1.5, b: float = 0.75):
         super().__init__()
-        self.k1, self.b = k1, b
+        self.k1, self.b = _check_bm25(k1, b)
 
     def _build(self) -> None:
         self.stats = _BM25Stats([bm25_tokenize(u.text) for u in self.units])
