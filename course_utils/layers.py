@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .validate import positive_float, positive_int, check_number
+from .validate import check_number, positive_float, positive_int
 
 __all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU"]
 

@@ -132,7 +132,8 @@ def apply_capacity(topk_idx: torch.Tensor, num_experts: int, capacity: int) -> t
     check_int("num_experts", num_experts, 1)
     check_int("capacity", capacity, 0)
     if not isinstance(topk_idx, torch.Tensor) or topk_idx.dim() != 2 or topk_idx.is_floating_point():
-        raise ValueError(f"topk_idx must be an integer tensor [tokens, k], got {getattr(topk_idx, 'shape', topk_idx)!r}")
+        got = getattr(topk_idx, "shape", topk_idx)
+        raise ValueError(f"topk_idx must be an integer tensor [tokens, k], got {got!r}")
     if topk_idx.numel() and (topk_idx.min() < 0 or topk_idx.max() >= num_experts):
         raise ValueError(f"topk_idx must lie in 0..{num_experts - 1}")
     T, k = topk_idx.shape

@@ -1,4 +1,5 @@
 """Every shipped asset has a sidecar ``<file>.sha256`` that verify_sha256 accepts, and a changed byte is caught."""
+
 from __future__ import annotations
 
 import shutil

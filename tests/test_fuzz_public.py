@@ -5,6 +5,7 @@ Each row of :data:`CASES` is a function, keyword arguments that work, and the ki
 hypothesis draws a bad value of that kind (NaN, ±inf, 0, negatives, wrong types, wrong-rank or wrong-dtype
 tensors) for one argument, the others stay valid. Bounded: a few examples per (function, argument) pair.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,12 @@ BAD = {
     "positive": st.one_of(st.floats(max_value=0.0), st.sampled_from([NAN, INF, -INF, 0, -1]), WRONG_TYPES),
     "nonnegative": st.one_of(st.floats(max_value=-1e-9), st.sampled_from([NAN, INF, -INF, -1]), WRONG_TYPES),
     "finite": st.one_of(st.sampled_from([NAN, INF, -INF]), WRONG_TYPES),
-    "probability": st.one_of(st.floats(min_value=1.0001, allow_nan=False), st.floats(max_value=-1e-9),
-                             st.sampled_from([NAN, INF, -INF]), WRONG_TYPES),
+    "probability": st.one_of(
+        st.floats(min_value=1.0001, allow_nan=False),
+        st.floats(max_value=-1e-9),
+        st.sampled_from([NAN, INF, -INF]),
+        WRONG_TYPES,
+    ),
 }
 
 
@@ -43,10 +48,12 @@ def _tensor_kind(shape: tuple, dtype=torch.float32, finite: bool = True, poison=
     if dtype.is_floating_point:
         options.append(st.just(torch.ones(shape, dtype=torch.long)))
     if finite:
+
         def poisoned(v):
             t = torch.ones(shape, dtype=dtype)
             t.view(-1)[0] = v
             return t
+
         options.append(st.sampled_from(poison).map(poisoned))
     return st.one_of(*options)
 
@@ -62,95 +69,254 @@ DOCS = [["a", "b"], ["b", "c"]]
 
 # (id, function, valid kwargs, {argument: kind}); a kind is a key of BAD or a strategy of bad tensors
 CASES = [
-    ("quantize_tensor", quantize.quantize_tensor, dict(w=T(4, 8), bits=8, group_size=4),
-     {"w": _tensor_kind((4, 8), ranks=[0]), "bits": "size", "group_size": "size"}),
-    ("absmax_quantize", quantize.absmax_quantize, dict(w=T(4, 8), bits=4),
-     {"w": _tensor_kind((4, 8), ranks=[0]), "bits": "size"}),
-    ("quantize_model", quantize.quantize_model, dict(model=torch.nn.Sequential(torch.nn.Linear(8, 4)), bits=8),
-     {"bits": "size", "group_size": "size"}),
-    ("route", moe.route, dict(logits=T(5, 4), top_k=2),
-     {"logits": _tensor_kind((5, 4), finite=False), "top_k": "size", "routed_scaling_factor": "positive",
-      "n_group": "size", "topk_group": "size"}),
-    ("expert_choice_routing", moe.expert_choice_routing, dict(logits=T(6, 4), capacity=2),
-     {"logits": _tensor_kind((6, 4), finite=False), "capacity": "size"}),
-    ("expert_capacity", moe.expert_capacity, dict(num_tokens=16, top_k=2, num_experts=4, capacity_factor=1.25),
-     {"num_tokens": "count", "top_k": "size", "num_experts": "size", "capacity_factor": "positive"}),
-    ("apply_capacity", moe.apply_capacity, dict(topk_idx=torch.tensor([[0, 1], [1, 2]]), num_experts=4, capacity=1),
-     {"topk_idx": _tensor_kind((2, 2), dtype=torch.long, finite=False), "num_experts": "size", "capacity": "count"}),
-    ("load_balancing_loss", moe.load_balancing_loss, dict(router_logits=T(6, 4), num_experts=4, top_k=2),
-     {"num_experts": "size", "top_k": "size"}),
-    ("MoELayer", moe.MoELayer, MOE_KW,
-     {"d_model": "size", "d_ff": "size", "num_experts": "size", "top_k": "size", "routed_scaling_factor": "positive",
-      "capacity_factor": "positive", "router_jitter": "probability"}),
-    ("sdpa", attention.scaled_dot_product_attention, dict(q=T(1, 2, 3, 4), k=T(1, 2, 5, 4), v=T(1, 2, 5, 4)),
-     {"q": _tensor_kind((1, 2, 3, 4), finite=False), "k": _tensor_kind((1, 2, 5, 4), finite=False),
-      "scale": "positive"}),
-    ("online_softmax_attention", attention.online_softmax_attention,
-     dict(q=T(1, 2, 3, 4), k=T(1, 2, 5, 4), v=T(1, 2, 5, 4)),
-     {"q": _tensor_kind((1, 2, 3, 4), finite=False), "v": _tensor_kind((1, 2, 5, 4), finite=False),
-      "block_size": "size", "scale": "positive"}),
-    ("split_heads", attention.split_heads, dict(x=T(2, 3, 8), n_heads=2),
-     {"x": _tensor_kind((2, 3, 8), finite=False), "n_heads": "size"}),
-    ("repeat_kv", attention.repeat_kv, dict(x=T(1, 2, 3, 4), n_rep=2),
-     {"x": _tensor_kind((1, 2, 3, 4), finite=False), "n_rep": "size"}),
-    ("rope_frequencies", attention.rope_frequencies, dict(head_dim=8, max_seq_len=16),
-     {"head_dim": "size", "max_seq_len": "size", "base": "positive"}),
-    ("apply_rope", attention.apply_rope, dict(x=T(1, 2, 3, 8), cos=torch.ones(16, 8), sin=torch.zeros(16, 8)),
-     {"x": _tensor_kind((1, 2, 3, 8), finite=False), "cos": _tensor_kind((16, 8), finite=False), "offset": "count"}),
+    (
+        "quantize_tensor",
+        quantize.quantize_tensor,
+        dict(w=T(4, 8), bits=8, group_size=4),
+        {"w": _tensor_kind((4, 8), ranks=[0]), "bits": "size", "group_size": "size"},
+    ),
+    (
+        "absmax_quantize",
+        quantize.absmax_quantize,
+        dict(w=T(4, 8), bits=4),
+        {"w": _tensor_kind((4, 8), ranks=[0]), "bits": "size"},
+    ),
+    (
+        "quantize_model",
+        quantize.quantize_model,
+        dict(model=torch.nn.Sequential(torch.nn.Linear(8, 4)), bits=8),
+        {"bits": "size", "group_size": "size"},
+    ),
+    (
+        "route",
+        moe.route,
+        dict(logits=T(5, 4), top_k=2),
+        {
+            "logits": _tensor_kind((5, 4), finite=False),
+            "top_k": "size",
+            "routed_scaling_factor": "positive",
+            "n_group": "size",
+            "topk_group": "size",
+        },
+    ),
+    (
+        "expert_choice_routing",
+        moe.expert_choice_routing,
+        dict(logits=T(6, 4), capacity=2),
+        {"logits": _tensor_kind((6, 4), finite=False), "capacity": "size"},
+    ),
+    (
+        "expert_capacity",
+        moe.expert_capacity,
+        dict(num_tokens=16, top_k=2, num_experts=4, capacity_factor=1.25),
+        {"num_tokens": "count", "top_k": "size", "num_experts": "size", "capacity_factor": "positive"},
+    ),
+    (
+        "apply_capacity",
+        moe.apply_capacity,
+        dict(topk_idx=torch.tensor([[0, 1], [1, 2]]), num_experts=4, capacity=1),
+        {"topk_idx": _tensor_kind((2, 2), dtype=torch.long, finite=False), "num_experts": "size", "capacity": "count"},
+    ),
+    (
+        "load_balancing_loss",
+        moe.load_balancing_loss,
+        dict(router_logits=T(6, 4), num_experts=4, top_k=2),
+        {"num_experts": "size", "top_k": "size"},
+    ),
+    (
+        "MoELayer",
+        moe.MoELayer,
+        MOE_KW,
+        {
+            "d_model": "size",
+            "d_ff": "size",
+            "num_experts": "size",
+            "top_k": "size",
+            "routed_scaling_factor": "positive",
+            "capacity_factor": "positive",
+            "router_jitter": "probability",
+        },
+    ),
+    (
+        "sdpa",
+        attention.scaled_dot_product_attention,
+        dict(q=T(1, 2, 3, 4), k=T(1, 2, 5, 4), v=T(1, 2, 5, 4)),
+        {
+            "q": _tensor_kind((1, 2, 3, 4), finite=False),
+            "k": _tensor_kind((1, 2, 5, 4), finite=False),
+            "scale": "positive",
+        },
+    ),
+    (
+        "online_softmax_attention",
+        attention.online_softmax_attention,
+        dict(q=T(1, 2, 3, 4), k=T(1, 2, 5, 4), v=T(1, 2, 5, 4)),
+        {
+            "q": _tensor_kind((1, 2, 3, 4), finite=False),
+            "v": _tensor_kind((1, 2, 5, 4), finite=False),
+            "block_size": "size",
+            "scale": "positive",
+        },
+    ),
+    (
+        "split_heads",
+        attention.split_heads,
+        dict(x=T(2, 3, 8), n_heads=2),
+        {"x": _tensor_kind((2, 3, 8), finite=False), "n_heads": "size"},
+    ),
+    (
+        "repeat_kv",
+        attention.repeat_kv,
+        dict(x=T(1, 2, 3, 4), n_rep=2),
+        {"x": _tensor_kind((1, 2, 3, 4), finite=False), "n_rep": "size"},
+    ),
+    (
+        "rope_frequencies",
+        attention.rope_frequencies,
+        dict(head_dim=8, max_seq_len=16),
+        {"head_dim": "size", "max_seq_len": "size", "base": "positive"},
+    ),
+    (
+        "apply_rope",
+        attention.apply_rope,
+        dict(x=T(1, 2, 3, 8), cos=torch.ones(16, 8), sin=torch.zeros(16, 8)),
+        {"x": _tensor_kind((1, 2, 3, 8), finite=False), "cos": _tensor_kind((16, 8), finite=False), "offset": "count"},
+    ),
     ("causal_mask", attention.causal_mask, dict(n_q=3, n_k=5), {"n_q": "size", "n_k": "size"}),
-    ("MultiHeadAttention", attention.MultiHeadAttention, dict(d_model=8, n_heads=2),
-     {"d_model": "size", "n_heads": "size", "n_kv_heads": "size"}),
-    ("sample_next_token", model.sample_next_token, dict(logits=T(2, 10), temperature=1.0, top_k=3, top_p=0.9),
-     {"logits": _tensor_kind((2, 10), poison=(NAN, INF)), "temperature": "nonnegative", "top_k": "size", "top_p": "probability"}),
-    ("kv_cache_bytes", model.kv_cache_bytes, dict(n_tokens=10, n_layers=2, n_kv_heads=2, head_dim=4),
-     {"n_tokens": "count", "n_layers": "size", "n_kv_heads": "size", "head_dim": "size",
-      "bytes_per_number": "positive"}),
-    ("rms_norm", layers.rms_norm, dict(x=T(2, 8), weight=torch.ones(8)),
-     {"x": _tensor_kind((2, 8), finite=False), "weight": _tensor_kind((8,), finite=False), "eps": "positive"}),
+    (
+        "MultiHeadAttention",
+        attention.MultiHeadAttention,
+        dict(d_model=8, n_heads=2),
+        {"d_model": "size", "n_heads": "size", "n_kv_heads": "size"},
+    ),
+    (
+        "sample_next_token",
+        model.sample_next_token,
+        dict(logits=T(2, 10), temperature=1.0, top_k=3, top_p=0.9),
+        {
+            "logits": _tensor_kind((2, 10), poison=(NAN, INF)),
+            "temperature": "nonnegative",
+            "top_k": "size",
+            "top_p": "probability",
+        },
+    ),
+    (
+        "kv_cache_bytes",
+        model.kv_cache_bytes,
+        dict(n_tokens=10, n_layers=2, n_kv_heads=2, head_dim=4),
+        {
+            "n_tokens": "count",
+            "n_layers": "size",
+            "n_kv_heads": "size",
+            "head_dim": "size",
+            "bytes_per_number": "positive",
+        },
+    ),
+    (
+        "rms_norm",
+        layers.rms_norm,
+        dict(x=T(2, 8), weight=torch.ones(8)),
+        {"x": _tensor_kind((2, 8), finite=False), "weight": _tensor_kind((8,), finite=False), "eps": "positive"},
+    ),
     ("RMSNorm", layers.RMSNorm, dict(dim=8), {"dim": "size", "eps": "positive"}),
     ("SwiGLU", layers.SwiGLU, dict(d_model=8, d_ff=16), {"d_model": "size", "d_ff": "size", "dropout": "probability"}),
-    ("chunk_text", rag.chunk_text, dict(text="one two three four five", chunk_size=3, overlap=1),
-     {"chunk_size": "size", "overlap": "count"}),
+    (
+        "chunk_text",
+        rag.chunk_text,
+        dict(text="one two three four five", chunk_size=3, overlap=1),
+        {"chunk_size": "size", "overlap": "count"},
+    ),
     ("cosine_top_k", rag.cosine_top_k, dict(query=np.ones(3), matrix=np.eye(3), k=2), {"k": "size"}),
-    ("reciprocal_rank_fusion", rag.reciprocal_rank_fusion, dict(rankings=[["a", "b"], ["b"]], k=60), {"k": "nonnegative"}),
+    (
+        "reciprocal_rank_fusion",
+        rag.reciprocal_rank_fusion,
+        dict(rankings=[["a", "b"], ["b"]], k=60),
+        {"k": "nonnegative"},
+    ),
     ("recall_at_k", rag.recall_at_k, dict(rankings=[["a", "b"]], relevant=[["b"]], k=1), {"k": "size"}),
-    ("bm25_scores", rag.bm25_scores, dict(query_tokens=["a"], docs_tokens=DOCS),
-     {"k1": "nonnegative", "b": "probability"}),
+    (
+        "bm25_scores",
+        rag.bm25_scores,
+        dict(query_tokens=["a"], docs_tokens=DOCS),
+        {"k1": "nonnegative", "b": "probability"},
+    ),
     ("BM25Index", rag.BM25Index, dict(), {"k1": "nonnegative", "b": "probability"}),
     ("make_world", world.make_world, dict(seed=0, n_entities=5), {"n_entities": "size"}),
     ("update_world", world.update_world, dict(world=world.make_world(0, 5), fraction=0.5), {"fraction": "probability"}),
-    ("expert_shards", distributed.expert_shards, dict(num_experts=4, world_size=2),
-     {"num_experts": "size", "world_size": "size"}),
-    ("communication_bytes", distributed.communication_bytes,
-     dict(num_tokens=16, top_k=2, d_model=8, world_size=2), {"num_tokens": "count", "top_k": "size",
-                                                              "d_model": "size", "world_size": "size",
-                                                              "bytes_per_value": "positive"}),
+    (
+        "expert_shards",
+        distributed.expert_shards,
+        dict(num_experts=4, world_size=2),
+        {"num_experts": "size", "world_size": "size"},
+    ),
+    (
+        "communication_bytes",
+        distributed.communication_bytes,
+        dict(num_tokens=16, top_k=2, d_model=8, world_size=2),
+        {
+            "num_tokens": "count",
+            "top_k": "size",
+            "d_model": "size",
+            "world_size": "size",
+            "bytes_per_value": "positive",
+        },
+    ),
     ("dead_experts", moe_lm.dead_experts, dict(load=[1.0, 2.0, 3.0]), {"threshold": "nonnegative"}),
-    ("routing_stats", moe_lm.routing_stats,
-     dict(expert_idx=torch.tensor([0, 1]), labels=torch.tensor([0, 1]), num_labels=2, num_experts=2),
-     {"num_labels": "size", "num_experts": "size"}),
-    ("consecutive_same_expert_rate", moe_lm.consecutive_same_expert_rate,
-     dict(expert_ids=torch.tensor([[0, 1, 1]]), num_experts=2), {"num_experts": "size"}),
-    ("retry_call", retry_call, dict(fn=lambda: 1), {"max_attempts": "size", "base_delay": "positive",
-                                                    "max_delay": "positive"}),
+    (
+        "routing_stats",
+        moe_lm.routing_stats,
+        dict(expert_idx=torch.tensor([0, 1]), labels=torch.tensor([0, 1]), num_labels=2, num_experts=2),
+        {"num_labels": "size", "num_experts": "size"},
+    ),
+    (
+        "consecutive_same_expert_rate",
+        moe_lm.consecutive_same_expert_rate,
+        dict(expert_ids=torch.tensor([[0, 1, 1]]), num_experts=2),
+        {"num_experts": "size"},
+    ),
+    (
+        "retry_call",
+        retry_call,
+        dict(fn=lambda: 1),
+        {"max_attempts": "size", "base_delay": "positive", "max_delay": "positive"},
+    ),
     ("backoff_delay", backoff_delay, dict(n=1), {"n": "size", "base_delay": "positive", "max_delay": "positive"}),
-    ("TokenBucket", TokenBucket, dict(rate_per_s=1.0, capacity=2.0), {"rate_per_s": "positive", "capacity": "positive"}),
+    (
+        "TokenBucket",
+        TokenBucket,
+        dict(rate_per_s=1.0, capacity=2.0),
+        {"rate_per_s": "positive", "capacity": "positive"},
+    ),
     ("CircuitBreaker", CircuitBreaker, dict(), {"failure_threshold": "size", "reset_timeout_s": "positive"}),
-    ("SemanticCache", SemanticCache, dict(embed=EMB), {"threshold": "positive", "ttl_s": "positive",
-                                                       "max_entries": "size"}),
+    (
+        "SemanticCache",
+        SemanticCache,
+        dict(embed=EMB),
+        {"threshold": "positive", "ttl_s": "positive", "max_entries": "size"},
+    ),
     ("ExactCache", ExactCache, dict(), {"ttl_s": "positive"}),
-    ("cascade_outcome", cascade.cascade_outcome,
-     dict(confidence=[0.1, 0.9], small_correct=[True, False], large_correct=[True, True], threshold=0.5),
-     {"cost_small": "positive", "cost_large": "positive"}),
-    ("fit_logistic", cascade.fit_logistic, dict(X=np.eye(3), y=np.array([0.0, 1.0, 1.0]), steps=3),
-     {"l2": "nonnegative", "steps": "size", "lr": "positive"}),
+    (
+        "cascade_outcome",
+        cascade.cascade_outcome,
+        dict(confidence=[0.1, 0.9], small_correct=[True, False], large_correct=[True, True], threshold=0.5),
+        {"cost_small": "positive", "cost_large": "positive"},
+    ),
+    (
+        "fit_logistic",
+        cascade.fit_logistic,
+        dict(X=np.eye(3), y=np.array([0.0, 1.0, 1.0]), steps=3),
+        {"l2": "nonnegative", "steps": "size", "lr": "positive"},
+    ),
 ]
-PAIRS = [pytest.param(fn, kwargs, arg, kind, id=f"{name}-{arg}")
-         for name, fn, kwargs, kinds in CASES for arg, kind in kinds.items()]
+PAIRS = [
+    pytest.param(fn, kwargs, arg, kind, id=f"{name}-{arg}")
+    for name, fn, kwargs, kinds in CASES
+    for arg, kind in kinds.items()
+]
 
 
 def _valid_calls_work():
-    for name, fn, kwargs, _ in CASES:
+    for _, fn, kwargs, _ in CASES:
         fn(**kwargs)
 
 
