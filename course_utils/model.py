@@ -354,8 +354,11 @@ class GPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None) -> Path:
-    """Write ``path`` (safetensors weights) and ``path`` with ``.json`` (the config and ``meta``). No pickle."""
+def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None, sha256: bool = False) -> Path:
+    """Write ``path`` (safetensors weights) and ``path`` with ``.json`` (the config and ``meta``). No pickle.
+
+    ``sha256=True`` also writes both files' sidecar ``.sha256`` records (:func:`write_sha256`), which
+    ``load_checkpoint(path, rebuild=...)`` checks: shipped checkpoints are saved this way."""
     from safetensors.torch import save_file
 
     if not isinstance(model, GPT):
@@ -369,17 +372,28 @@ def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None) -
              if not (model.config.tie_embeddings and k == "lm_head.weight")}
     save_file(state, str(path), metadata={"format": "course_utils.GPT"})
     path.with_suffix(".json").write_text(json.dumps({"config": asdict(model.config), "meta": meta or {}}, indent=1))
+    if sha256:
+        write_sha256(path)
+        write_sha256(path.with_suffix(".json"))
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> GPT:
-    """Rebuild the :class:`GPT` saved by :func:`save_checkpoint` (config from the JSON, weights from safetensors)."""
+def load_checkpoint(path: str | Path, *, map_location: str = "cpu", rebuild: str | None = None) -> GPT:
+    """Rebuild the :class:`GPT` saved by :func:`save_checkpoint` (config from the JSON, weights from safetensors).
+
+    With ``rebuild`` (the command that rebuilds the checkpoint, quoted in the error), the weights *and* the JSON
+    config must match their sidecar ``.sha256`` records first: a changed ``rope_base`` is as wrong as a changed
+    weight, and a config read without its checksum would pass unnoticed.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
     side = path.with_suffix(".json")
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"expected {path} and {side} (written by save_checkpoint)")
+    if rebuild is not None:
+        verify_sha256(path, rebuild=rebuild)
+        verify_sha256(side, rebuild=rebuild)
     config = GPTConfig(**json.loads(side.read_text())["config"])
     model = GPT(config)
     state = load_file(str(path), device=map_location)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from course_utils.model import load_checkpoint, verify_sha256, write_sha256
 from course_utils.moe_lm import load_moe_checkpoint
@@ -59,3 +60,30 @@ def test_moe_checkpoint_loader_checks_its_config_too(tmp_path):
     config.write_text(config.read_text().replace('"dropout"', ' "dropout"', 1))  # one byte, same meaning
     with pytest.raises(ValueError, match="ch5_moe.json: sha256"):
         load_moe_checkpoint(path)
+
+
+def test_load_checkpoint_with_rebuild_checks_weights_and_config(tmp_path):
+    """The one mechanism for every shipped checkpoint: save_checkpoint(sha256=True) writes both sidecars,
+    load_checkpoint(path, rebuild=...) refuses a changed config byte or a changed weight byte."""
+    from course_utils.model import GPT, GPTConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    path = save_checkpoint(
+        GPT(GPTConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, max_seq_len=8)),
+        tmp_path / "m.safetensors",
+        sha256=True,
+    )
+    assert {p.name for p in tmp_path.iterdir()} >= {"m.safetensors.sha256", "m.json.sha256"}
+    assert load_checkpoint(path, rebuild="rebuild-me").config.d_model == 8
+    config = path.with_suffix(".json")
+    original = config.read_text()
+    config.write_text(original.replace('"rope_base": 10000', '"rope_base": 10001', 1))
+    assert load_checkpoint(path).config.rope_base == 10001  # without rebuild nothing is checked (learners' files)
+    with pytest.raises(ValueError, match="m.json: sha256.*rebuild-me"):
+        load_checkpoint(path, rebuild="rebuild-me")
+    config.write_text(original)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="m.safetensors: sha256"):
+        load_checkpoint(path, rebuild="rebuild-me")
