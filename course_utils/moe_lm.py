@@ -44,7 +44,7 @@ from .model import GPT, GPTConfig, load_checkpoint, verify_sha256
 from .moe import MoELayer
 from .plotting import COLORS
 from .train import train
-from .validate import check_int, nonnegative_float, positive_int
+from .validate import check_int, nonnegative_float, positive_float, positive_int
 
 __all__ = ["BASE_CONFIG", "moe_config", "build_model", "moe_training_loss", "attach_loss_free_balancing",
            "ExpertLoadRecorder", "utilisation_entropy", "dead_experts", "TOKEN_TYPES", "token_type", "token_types",
@@ -98,8 +98,8 @@ def moe_training_loss(lm_loss: torch.Tensor, moe_aux: list[dict], aux_loss_coef:
     """
     if not isinstance(moe_aux, (list, tuple)):
         raise TypeError(f"moe_aux must be a list of per-layer aux dicts (model.last_moe_aux), got {type(moe_aux).__name__}")
-    if aux_loss_coef < 0 or z_loss_coef < 0:
-        raise ValueError(f"aux_loss_coef and z_loss_coef must be >= 0, got {aux_loss_coef!r}, {z_loss_coef!r}")
+    nonnegative_float("aux_loss_coef", aux_loss_coef)
+    nonnegative_float("z_loss_coef", z_loss_coef)
     total = lm_loss
     if moe_aux:
         total = total + aux_loss_coef * torch.stack([a["load_balancing_loss"] for a in moe_aux]).mean()
@@ -122,8 +122,7 @@ def attach_loss_free_balancing(model, gamma: float = 1e-3) -> list:
     bias only changes the *next* step's choice, so updating right after the forward equals updating after the
     optimizer step). Returns the hook handles (``handle.remove()`` detaches them).
     """
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    positive_float("gamma", gamma)
 
     def hook(layer, _inputs, output):
         if layer.training:
