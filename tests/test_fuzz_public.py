@@ -23,16 +23,24 @@ NAN, INF = float("nan"), float("inf")
 WRONG_TYPES = st.sampled_from(["3", [2], b"x", object()])  # None is valid for some (top_k, ttl_s)
 
 # bad values per kind of argument (the argument's valid values are never drawn)
+# the special values every argument of a kind is tried with (all of them, not left to chance) ...
+SPECIAL = {
+    "size": [0, -1, NAN, INF, -INF, 2.5, True, "3"],
+    "count": [-1, NAN, INF, 1.5, True, "3"],
+    "positive": [0, 0.0, -1, NAN, INF, -INF, "1"],
+    "nonnegative": [-1, -1e-9, NAN, INF, -INF, "1"],
+    "probability": [-0.1, 1.5, NAN, INF, -INF, "0.5"],
+}
+# ... and what hypothesis draws beyond them
 BAD = {
-    "size": st.one_of(st.integers(max_value=0), st.sampled_from([NAN, INF, -INF, 2.5, True]), WRONG_TYPES),
-    "count": st.one_of(st.integers(max_value=-1), st.sampled_from([NAN, INF, 1.5, True]), WRONG_TYPES),
-    "positive": st.one_of(st.floats(max_value=0.0), st.sampled_from([NAN, INF, -INF, 0, -1]), WRONG_TYPES),
-    "nonnegative": st.one_of(st.floats(max_value=-1e-9), st.sampled_from([NAN, INF, -INF, -1]), WRONG_TYPES),
-    "finite": st.one_of(st.sampled_from([NAN, INF, -INF]), WRONG_TYPES),
+    "size": st.one_of(st.integers(max_value=0), st.sampled_from(SPECIAL["size"]), WRONG_TYPES),
+    "count": st.one_of(st.integers(max_value=-1), st.sampled_from(SPECIAL["count"]), WRONG_TYPES),
+    "positive": st.one_of(st.floats(max_value=0.0), st.sampled_from(SPECIAL["positive"]), WRONG_TYPES),
+    "nonnegative": st.one_of(st.floats(max_value=-1e-9), st.sampled_from(SPECIAL["nonnegative"]), WRONG_TYPES),
     "probability": st.one_of(
         st.floats(min_value=1.0001, allow_nan=False),
         st.floats(max_value=-1e-9),
-        st.sampled_from([NAN, INF, -INF]),
+        st.sampled_from(SPECIAL["probability"]),
         WRONG_TYPES,
     ),
 }
@@ -379,7 +387,17 @@ def test_every_case_works_with_its_valid_arguments():
 def test_one_bad_argument_is_a_value_or_type_error_naming_it(fn, kwargs, arg, kind, data):
     if isinstance(kind, list):
         kind = st.sampled_from(kind)
-    bad = data.draw(BAD[kind] if isinstance(kind, str) else kind, label=arg)
+    _expect_named_error(fn, kwargs, arg, data.draw(BAD[kind] if isinstance(kind, str) else kind, label=arg))
+
+
+def _expect_named_error(fn, kwargs, arg, bad):
     with pytest.raises((ValueError, TypeError)) as info:
         fn(**{**kwargs, arg: bad})
     assert arg in str(info.value), f"{fn.__name__}({arg}={bad!r}): the error does not name {arg}: {info.value}"
+
+
+@pytest.mark.parametrize("fn,kwargs,arg,kind", [p for p in PAIRS if isinstance(p.values[3], (str, list))])
+def test_every_special_value_is_refused_by_name(fn, kwargs, arg, kind):
+    """NaN, ±inf, 0, negatives, wrong types (and each listed bad tensor), every one of them, for every argument."""
+    for bad in SPECIAL[kind] if isinstance(kind, str) else kind:
+        _expect_named_error(fn, kwargs, arg, bad)
