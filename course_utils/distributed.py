@@ -64,7 +64,8 @@ class ExpertParallelMoE(nn.Module):
         super().__init__()
         if layer.capacity_factor is not None or layer.shared_expert is not None:
             raise ValueError("this teaching version supports layers without capacity_factor and shared experts")
-        self.shard = expert_shards(layer.num_experts, world_size)[rank]
+        shards = expert_shards(layer.num_experts, world_size)
+        self.shard = shards[check_int("rank", rank, 0, world_size - 1)]
         self.rank, self.world_size = rank, world_size
         self.num_experts, self.top_k = layer.num_experts, layer.top_k
         self.route_kwargs = dict(score_func=layer.score_func, norm_topk_prob=layer.norm_topk_prob,

@@ -552,7 +552,9 @@ class DenseIndex(_Index):
         if model != DEFAULT_MODEL:
             raise ValueError(f"model must be {DEFAULT_MODEL!r}, got {model!r}")
         self.model, self.exact, self.progress = model, exact, progress
-        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+        self.m, self.ef_construction, self.ef_search = (positive_int(name, value) for name, value in
+                                                        (("m", m), ("ef_construction", ef_construction),
+                                                         ("ef_search", ef_search)))
         self.vectors = np.zeros((0, 384), dtype=np.float32)
 
     @property
@@ -623,9 +625,9 @@ class HybridIndex(_Index):
     def __init__(self, bm25: BM25Index | None = None, dense: DenseIndex | None = None, *, k_rrf: int = 60,
                  depth: int = 50):
         super().__init__()
+        self.k_rrf, self.depth = nonnegative_float("k_rrf", k_rrf), positive_int("depth", depth)
         self.bm25 = bm25 if bm25 is not None else BM25Index()
         self.dense = dense if dense is not None else DenseIndex()
-        self.k_rrf, self.depth = k_rrf, depth
 
     def _build(self) -> None:
         # A sub-index passed in already built over the same units (the notebook's dense index) is reused as is.
@@ -651,6 +653,7 @@ def _as_question(q) -> Question:
 
 def rankings(index: _Index, questions: Sequence, k: int = 10) -> list[list[str]]:
     """For each question, the document ids of the index's top ``k`` hits (chunks, so ids may repeat)."""
+    _check_k(k)
     texts = [_as_question(q).text for q in questions]
     dense = index.dense if isinstance(index, HybridIndex) else index
     if isinstance(dense, DenseIndex):
@@ -679,7 +682,8 @@ def answer_in_context(index: _Index, questions: Sequence[Question], budget: int 
     """Fraction of questions whose evidence phrase is inside the context a prompt would get: the top hits'
     texts, best first, cut at ``budget`` cl100k tokens. Unlike recall@k it sees a chunk that cuts the answer in
     two, and a whole document too long to fit."""
-    _check_k(budget)
+    positive_int("budget", budget)
+    positive_int("depth", depth)
     enc = get_encoding()
     found = 0
     for q in questions:

@@ -364,6 +364,14 @@ CASES = [
         dict(chunks=[rag.Chunk("d", "t", "a b c")], vectors=np.ones((1, 3), np.float32), factor=2),
         {"factor": "size"},
     ),
+    ("HybridIndex", rag.HybridIndex, dict(), {"k_rrf": "nonnegative", "depth": "size"}),
+    ("DenseIndex", rag.DenseIndex, dict(), {"m": "size", "ef_construction": "size", "ef_search": "size"}),
+    (
+        "ExpertParallelMoE",
+        distributed.ExpertParallelMoE,
+        dict(layer=moe.MoELayer(**MOE_KW), rank=1, world_size=2),
+        {"rank": [-1, 2, 1.0, NAN, "1"], "world_size": "size"},
+    ),
 ]
 PAIRS = [
     pytest.param(fn, kwargs, arg, kind, id=f"{name}-{arg}")
