@@ -203,8 +203,11 @@ def fake_quantize_experts_(model: nn.Module, bits: int, group_size: int | None =
     MoE layers keep their experts in fused tensors, not ``nn.Linear``s, so :func:`quantize_model` does not see
     them; this measures what quantizing them does to the loss (storage is reported, not saved).
     """
-    if bits not in QMAX:
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_bits(bits)
+    if group_size is not None:
+        positive_int("group_size (or None)", group_size)
     before = after = 0
     for p in model.parameters():
         if p.dim() == 3:

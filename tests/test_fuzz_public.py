@@ -372,6 +372,12 @@ CASES = [
         dict(layer=moe.MoELayer(**MOE_KW), rank=1, world_size=2),
         {"rank": [-1, 2, 1.0, NAN, "1"], "world_size": "size"},
     ),
+    (
+        "fake_quantize_experts_",
+        quantize.fake_quantize_experts_,
+        dict(model=moe.MoELayer(**MOE_KW), bits=8),
+        {"bits": "size", "group_size": "size"},
+    ),
 ]
 PAIRS = [
     pytest.param(fn, kwargs, arg, kind, id=f"{name}-{arg}")
