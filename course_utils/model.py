@@ -182,8 +182,9 @@ class GPTConfig:
         if self.d_ff is None:
             self.d_ff = max(32, int(round(8 * self.d_model / 3 / 32)) * 32)
         positive_int("d_ff", self.d_ff)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_number("dropout", self.dropout, 0, 1, high_open=True)
+        check_number("rope_base", self.rope_base, 1, low_open=True)
+        positive_float("norm_eps", self.norm_eps)
         if self.ffn not in ("dense", "moe"):
             raise ValueError(f"ffn must be 'dense' or 'moe', got {self.ffn!r}")
         if self.moe is not None and not isinstance(self.moe, (MoEConfig, dict)):

@@ -378,6 +378,21 @@ CASES = [
         dict(model=moe.MoELayer(**MOE_KW), bits=8),
         {"bits": "size", "group_size": "size"},
     ),
+    (
+        "GPTConfig",
+        model.GPTConfig,
+        dict(vocab_size=16, d_model=8, n_layers=1, n_heads=2, max_seq_len=8),
+        {
+            "vocab_size": "size",
+            "d_model": "size",
+            "n_heads": "size",
+            "max_seq_len": "size",
+            "d_ff": "size",
+            "rope_base": [1, 0.5, NAN, INF, "1e4"],
+            "dropout": [-0.1, 1.0, NAN, "0"],
+            "norm_eps": "positive",
+        },
+    ),
 ]
 PAIRS = [
     pytest.param(fn, kwargs, arg, kind, id=f"{name}-{arg}")
