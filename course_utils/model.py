@@ -390,11 +390,11 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu", rebuild: str
 
     path = Path(path)
     side = path.with_suffix(".json")
-    if not path.exists() or not side.exists():
-        raise FileNotFoundError(f"expected {path} and {side} (written by save_checkpoint)")
-    if rebuild is not None:
+    if rebuild is not None:  # first: a missing file's error then says how to rebuild it
         verify_sha256(path, rebuild=rebuild)
         verify_sha256(side, rebuild=rebuild)
+    if not path.exists() or not side.exists():
+        raise FileNotFoundError(f"expected {path} and {side} (written by save_checkpoint)")
     config = GPTConfig(**json.loads(side.read_text())["config"])
     model = GPT(config)
     state = load_file(str(path), device=map_location)

@@ -87,3 +87,5 @@ def test_load_checkpoint_with_rebuild_checks_weights_and_config(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="m.safetensors: sha256"):
         load_checkpoint(path, rebuild="rebuild-me")
+    with pytest.raises(FileNotFoundError, match="rebuild-me"):
+        load_checkpoint(tmp_path / "missing.safetensors", rebuild="rebuild-me")
