@@ -8,6 +8,8 @@ tensors) for one argument, the others stay valid. Bounded: a few examples per (f
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +24,8 @@ from course_utils.resilience import CircuitBreaker, backoff_delay, retry_call
 NAN, INF = float("nan"), float("inf")
 WRONG_TYPES = st.sampled_from(["3", [2], b"x", object()])  # None is valid for some (top_k, ttl_s)
 
-# bad values per kind of argument (the argument's valid values are never drawn)
-# the special values every argument of a kind is tried with (all of them, not left to chance) ...
+# Bad values per kind of argument (never a valid value of that kind). The special values every argument of a kind
+# is tried with (all of them, not left to chance) ...
 SPECIAL = {
     "size": [0, -1, NAN, INF, -INF, 2.5, True, "3"],
     "count": [-1, NAN, INF, 1.5, True, "3"],
@@ -75,7 +77,7 @@ MOE_KW = dict(d_model=8, d_ff=16, num_experts=4, top_k=2)
 EMB = lambda text: np.ones(4)  # noqa: E731 — the caches need an embedder; its output is never used here
 DOCS = [["a", "b"], ["b", "c"]]
 
-# (id, function, valid kwargs, {argument: kind}); a kind is a key of BAD or a strategy of bad tensors
+# (id, function, valid kwargs, {argument: kind}); a kind is a key of BAD, a list of bad values or a strategy
 CASES = [
     (
         "quantize_tensor",
@@ -401,28 +403,27 @@ PAIRS = [
 ]
 
 
-def _valid_calls_work():
-    for _, fn, kwargs, _ in CASES:
-        fn(**kwargs)
-
-
 def test_every_case_works_with_its_valid_arguments():
-    _valid_calls_work()  # otherwise a ValueError below could come from a bad *valid* argument
+    for _, fn, kwargs, _ in CASES:  # otherwise a ValueError below could come from a bad *valid* argument
+        fn(**kwargs)
 
 
 @pytest.mark.parametrize("fn,kwargs,arg,kind", PAIRS)
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(data=st.data())
-def test_one_bad_argument_is_a_value_or_type_error_naming_it(fn, kwargs, arg, kind, data):
+@given(drawn=st.data())
+def test_one_bad_argument_is_a_value_or_type_error_naming_it(fn, kwargs, arg, kind, drawn):
     if isinstance(kind, list):
         kind = st.sampled_from(kind)
-    _expect_named_error(fn, kwargs, arg, data.draw(BAD[kind] if isinstance(kind, str) else kind, label=arg))
+    _expect_named_error(fn, kwargs, arg, drawn.draw(BAD[kind] if isinstance(kind, str) else kind, label=arg))
 
 
 def _expect_named_error(fn, kwargs, arg, bad):
     with pytest.raises((ValueError, TypeError)) as info:
         fn(**{**kwargs, arg: bad})
-    assert arg in str(info.value), f"{fn.__name__}({arg}={bad!r}): the error does not name {arg}: {info.value}"
+    # a whole word: "b" must not be found in "must be", nor "k" in "top_k"
+    assert re.search(rf"\b{re.escape(arg)}\b", str(info.value)), (
+        f"{fn.__name__}({arg}={bad!r}): the error does not name {arg}: {info.value}"
+    )
 
 
 @pytest.mark.parametrize("fn,kwargs,arg,kind", [p for p in PAIRS if isinstance(p.values[3], (str, list))])
