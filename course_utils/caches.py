@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .validate import check_int, check_number, positive_float, positive_int, probability
+from .validate import check_int, check_number, nonnegative_float, positive_float, positive_int, probability
 
 __all__ = ["SemanticCache", "ExactCache", "INTENTS", "PARAPHRASES", "TAIL_ACTIONS", "TAIL_OBJECTS", "TAIL_CONTEXTS",
            "tail_intent", "intent_text", "paraphrase_stream", "simulate_cache"]
@@ -230,6 +230,7 @@ def paraphrase_stream(n: int, *, seed: int = 0, zipf_s: float = 1.1,
     """
     positive_int("n", n)
     probability("tail_fraction", tail_fraction)
+    zipf_s = nonnegative_float("zipf_s", zipf_s)
     rng = random.Random(seed)
     order = list(range(len(INTENTS)))
     rng.shuffle(order)  # popularity rank is not alphabetical

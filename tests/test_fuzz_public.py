@@ -352,7 +352,12 @@ CASES = [
     ),
     ("course_corpus", data.course_corpus, dict(max_bytes=100), {"max_bytes": "size"}),
     ("split_documents", data.split_documents, dict(), {"val_fraction": "probability"}),
-    ("paraphrase_stream", paraphrase_stream, dict(n=5), {"n": "size", "tail_fraction": "probability"}),
+    (
+        "paraphrase_stream",
+        paraphrase_stream,
+        dict(n=5),
+        {"n": "size", "tail_fraction": "probability", "zipf_s": "nonnegative"},
+    ),
     (
         "moe_training_loss",
         moe_lm.moe_training_loss,
@@ -395,6 +400,18 @@ CASES = [
             "norm_eps": "positive",
         },
     ),
+    (
+        "MoELayer.forward",
+        moe.MoELayer(**MOE_KW),
+        dict(x=T(3, 8)),
+        {"x": [T(3, 7), torch.ones(3, 8, dtype=torch.long), [[1.0] * 8], torch.tensor(1.0)]},
+    ),
+    (
+        "MultiHeadAttention.forward",
+        attention.MultiHeadAttention(8, 2),
+        dict(x=T(1, 3, 8)),
+        {"x": [T(1, 3, 7), T(3, 8), torch.ones(1, 3, 8, dtype=torch.long), "x"]},
+    ),
 ]
 PAIRS = [
     pytest.param(fn, kwargs, arg, kind, id=f"{name}-{arg}")
@@ -422,7 +439,7 @@ def _expect_named_error(fn, kwargs, arg, bad):
         fn(**{**kwargs, arg: bad})
     # a whole word: "b" must not be found in "must be", nor "k" in "top_k"
     assert re.search(rf"\b{re.escape(arg)}\b", str(info.value)), (
-        f"{fn.__name__}({arg}={bad!r}): the error does not name {arg}: {info.value}"
+        f"{getattr(fn, '__name__', type(fn).__name__)}({arg}={bad!r}): the error does not name {arg}: {info.value}"
     )
 
 
