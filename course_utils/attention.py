@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .validate import check_number, positive_float
+
 __all__ = [
     "scaled_dot_product_attention",
     "causal_mask",
@@ -53,6 +55,8 @@ __all__ = [
 def _check_tensor(name: str, x, min_dim: int = 2) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimensions [..., L, d], got shape {tuple(x.shape)}")
 
@@ -153,7 +157,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = Fals
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     _check_qkv(q, k, v)
     d, n_q, n_k = q.shape[-1], q.shape[-2], k.shape[-2]
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(d) if scale is None else positive_float("scale", scale)
 
     scores = (q @ k.transpose(-2, -1)) * scale  # [..., Lq, Lk]: how well each query matches each key
     if attn_mask is not None:
@@ -178,7 +182,7 @@ def online_softmax_attention(q, k, v, block_size: int = 128, is_causal: bool = F
     _check_qkv(q, k, v)
     block_size = _positive_int("block_size", block_size)
     d, n_q, n_k = q.shape[-1], q.shape[-2], k.shape[-2]
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(d) if scale is None else positive_float("scale", scale)
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     m = torch.full((*batch, n_q, 1), float("-inf"), dtype=q.dtype, device=q.device)  # running max
     ell = torch.zeros((*batch, n_q, 1), dtype=q.dtype, device=q.device)  # running Σ exp(s - m)
@@ -251,8 +255,7 @@ def rope_frequencies(head_dim: int, max_seq_len: int, base: float = 10000.0, *, 
     max_seq_len = _positive_int("max_seq_len", max_seq_len)
     if head_dim % 2:
         raise ValueError(f"head_dim must be even for rotary embeddings (pairs of dimensions), got {head_dim}")
-    if not base > 1:
-        raise ValueError(f"base must be > 1, got {base}")
+    base = check_number("base", base, 1, low_open=True)
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
     angles = torch.arange(max_seq_len, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)  # [T, head_dim]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .validate import check_int, positive_int, probability
+from .validate import check_int, check_number, nonnegative_float, positive_float, positive_int, probability
 
 __all__ = ["SemanticCache", "ExactCache", "INTENTS", "PARAPHRASES", "TAIL_ACTIONS", "TAIL_OBJECTS", "TAIL_CONTEXTS",
            "tail_intent", "intent_text", "paraphrase_stream", "simulate_cache"]
@@ -28,6 +28,11 @@ def _unit(v) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(v))
     return v / norm if norm > 0 else v
+
+
+def _ttl(ttl_s) -> float | None:
+    """``ttl_s`` (None: entries never expire) as a finite float > 0."""
+    return None if ttl_s is None else positive_float("ttl_s", ttl_s)
 
 
 def _scope_key(scope) -> Any:
@@ -51,12 +56,10 @@ class SemanticCache:
                  max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
         if not callable(embed):
             raise TypeError(f"embed must be a function text -> vector, got {type(embed).__name__}")
-        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if ttl_s is not None and (not isinstance(ttl_s, (int, float)) or ttl_s <= 0):
-            raise ValueError(f"ttl_s must be None or a number > 0, got {ttl_s!r}")
+        threshold = check_number("threshold", threshold, 0, 1, low_open=True)
+        ttl_s = _ttl(ttl_s)
         check_int("max_entries", max_entries, 1)
-        self.embed, self.threshold, self.ttl_s = embed, float(threshold), ttl_s
+        self.embed, self.threshold, self.ttl_s = embed, threshold, ttl_s
         self.max_entries, self.clock = max_entries, clock
         # scope -> {"vecs": (cap, d) array, "n": int, "values": list, "times": list, "queries": list}
         self._scopes: dict = {}
@@ -146,7 +149,7 @@ class ExactCache:
     """The baseline: a dict keyed by (scope, normalised query text). Same ``get``/``put``/``stats`` as above."""
 
     def __init__(self, *, ttl_s: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self.ttl_s, self.clock, self._d = ttl_s, clock, {}
+        self.ttl_s, self.clock, self._d = _ttl(ttl_s), clock, {}
         self.hits = self.misses = 0
 
     @staticmethod
@@ -227,6 +230,7 @@ def paraphrase_stream(n: int, *, seed: int = 0, zipf_s: float = 1.1,
     """
     positive_int("n", n)
     probability("tail_fraction", tail_fraction)
+    zipf_s = nonnegative_float("zipf_s", zipf_s)
     rng = random.Random(seed)
     order = list(range(len(INTENTS)))
     rng.shuffle(order)  # popularity rank is not alphabetical

@@ -31,7 +31,7 @@ __all__ = ["CorpusDoc", "DOMAINS", "STDLIB_FILES", "prose_documents", "code_docu
            "ATTRIBUTES", "Fact", "World", "make_world", "update_world"]
 
 from .tokenization import BPETokenizer  # noqa: E402
-from .validate import positive_int  # noqa: E402
+from .validate import check_number, positive_int  # noqa: E402
 from .world import ATTRIBUTES, Fact, World, make_world, update_world  # noqa: E402
 
 DOMAINS = ("prose", "code", "arithmetic")
@@ -70,8 +70,8 @@ def code_documents() -> list[CorpusDoc]:
 
 def arithmetic_documents(seed: int = 0, n_lines: int = 6000, lines_per_doc: int = 100) -> list[CorpusDoc]:
     """Seeded lines ``a + b = c``, ``a - b = c`` and ``a * b = c`` with 1- to 4-digit operands."""
-    if n_lines < 1 or lines_per_doc < 1:
-        raise ValueError(f"n_lines and lines_per_doc must be >= 1, got {n_lines}, {lines_per_doc}")
+    positive_int("n_lines", n_lines)
+    positive_int("lines_per_doc", lines_per_doc)
     rng = random.Random(seed)
     lines = []
     for _ in range(n_lines):
@@ -119,8 +119,7 @@ def split_documents(docs: list[CorpusDoc] | None = None, val_fraction: float = 0
     characters (documents differ a lot in length; counting documents would skew the mix). Every domain with two or
     more documents keeps at least one in each split. Both lists keep the input's order.
     """
-    if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    check_number("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
     docs = corpus_documents(seed) if docs is None else list(docs)
     if not all(isinstance(d, CorpusDoc) for d in docs):
         raise TypeError("docs must be a list of CorpusDoc")

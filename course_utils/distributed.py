@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .moe import MoELayer, route, swiglu_expert
 from .net import free_port
-from .validate import positive_int
+from .validate import check_int, positive_float, positive_int
 
 __all__ = ["ExpertParallelMoE", "expert_shards", "dispatch_plan", "communication_bytes", "run_expert_parallel",
            "EPStats", "simulate_expert_parallel"]
@@ -35,6 +35,7 @@ __all__ = ["ExpertParallelMoE", "expert_shards", "dispatch_plan", "communication
 
 def expert_shards(num_experts: int, world_size: int) -> list[range]:
     """Contiguous blocks of experts per rank: rank r owns experts ``[r·E/W, (r+1)·E/W)``."""
+    positive_int("num_experts", num_experts)
     positive_int("world_size", world_size)
     if num_experts % world_size:
         raise ValueError(f"num_experts ({num_experts}) must be divisible by world_size ({world_size})")
@@ -63,7 +64,8 @@ class ExpertParallelMoE(nn.Module):
         super().__init__()
         if layer.capacity_factor is not None or layer.shared_expert is not None:
             raise ValueError("this teaching version supports layers without capacity_factor and shared experts")
-        self.shard = expert_shards(layer.num_experts, world_size)[rank]
+        shards = expert_shards(layer.num_experts, world_size)
+        self.shard = shards[check_int("rank", rank, 0, world_size - 1)]
         self.rank, self.world_size = rank, world_size
         self.num_experts, self.top_k = layer.num_experts, layer.top_k
         self.route_kwargs = dict(score_func=layer.score_func, norm_topk_prob=layer.norm_topk_prob,
@@ -107,6 +109,10 @@ def communication_bytes(num_tokens: int, top_k: int, d_model: int, world_size: i
 
     Each of its T·k token-slots leaves the rank with probability (W-1)/W; each trip carries d_model values.
     """
+    check_int("num_tokens", num_tokens, 0)
+    for name, value in (("top_k", top_k), ("d_model", d_model), ("world_size", world_size)):
+        positive_int(name, value)
+    positive_float("bytes_per_value", bytes_per_value)
     return 2 * num_tokens * top_k * d_model * bytes_per_value * (world_size - 1) / world_size
 
 

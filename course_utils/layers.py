@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .validate import positive_int
+from .validate import check_number, positive_float, positive_int
 
 __all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU"]
 
@@ -24,6 +24,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     """``x / sqrt(mean(x²) + eps) * weight`` over the last dimension (computed in float32, returned in x's dtype)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor with at least 1 dimension, got dtype {x.dtype}, "
+                         f"shape {tuple(x.shape)}")
+    positive_float("eps", eps)
+    if weight is not None and (not isinstance(weight, torch.Tensor) or not weight.is_floating_point()):
+        raise TypeError(f"weight must be a floating-point tensor or None, got {getattr(weight, 'dtype', weight)!r}")
     if weight is not None and tuple(weight.shape) != (x.shape[-1],):
         raise ValueError(f"weight must have shape ({x.shape[-1]},) to match x's last dimension, "
                          f"got {tuple(weight.shape)}")
@@ -38,7 +44,7 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         positive_int("dim", dim)
-        self.eps = eps
+        self.eps = positive_float("eps", eps)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +72,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         positive_int("d_model", d_model)
         positive_int("d_ff", d_ff)
+        dropout = check_number("dropout", dropout, 0, 1, high_open=True)
         self.w1 = nn.Linear(d_model, d_ff, bias=False)  # gate
         self.w3 = nn.Linear(d_model, d_ff, bias=False)  # up
         self.w2 = nn.Linear(d_ff, d_model, bias=False)  # down

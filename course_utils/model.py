@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .attention import KVCache, MultiHeadAttention
 from .layers import RMSNorm, SwiGLU, rms_norm, swiglu  # re-exported: chapter 3's labs and checks import them here
 from .moe import MoEConfig, MoELayer
-from .validate import check_int, positive_float, positive_int
+from .validate import check_int, check_number, nonnegative_float, positive_float, positive_int
 
 __all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "kv_cache_bytes", "kv_cache_bytes_for",
            "sample_next_token", "GPTConfig", "MoEConfig", "Block", "GPT", "save_checkpoint", "load_checkpoint",
@@ -123,12 +123,15 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         got = getattr(logits, "shape", type(logits).__name__)
         raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {got}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():  # -inf is a masked token; NaN/+inf sample garbage
+        raise ValueError("logits hold NaN or +inf (the model diverged or the input was bad); -inf masks are fine")
+    temperature = nonnegative_float("temperature (0 = greedy)", temperature)
+    if top_k is not None:
+        positive_int("top_k (or None)", top_k)
+    if top_p is not None:
+        check_number("top_p (or None)", top_p, 0, 1, low_open=True)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -179,8 +182,9 @@ class GPTConfig:
         if self.d_ff is None:
             self.d_ff = max(32, int(round(8 * self.d_model / 3 / 32)) * 32)
         positive_int("d_ff", self.d_ff)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_number("dropout", self.dropout, 0, 1, high_open=True)
+        check_number("rope_base", self.rope_base, 1, low_open=True)
+        positive_float("norm_eps", self.norm_eps)
         if self.ffn not in ("dense", "moe"):
             raise ValueError(f"ffn must be 'dense' or 'moe', got {self.ffn!r}")
         if self.moe is not None and not isinstance(self.moe, (MoEConfig, dict)):
@@ -362,8 +366,11 @@ class GPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None) -> Path:
-    """Write ``path`` (safetensors weights) and ``path`` with ``.json`` (the config and ``meta``). No pickle."""
+def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None, sha256: bool = False) -> Path:
+    """Write ``path`` (safetensors weights) and ``path`` with ``.json`` (the config and ``meta``). No pickle.
+
+    ``sha256=True`` also writes both files' sidecar ``.sha256`` records (:func:`write_sha256`), which
+    ``load_checkpoint(path, rebuild=...)`` checks: shipped checkpoints are saved this way."""
     from safetensors.torch import save_file
 
     if not isinstance(model, GPT):
@@ -377,15 +384,26 @@ def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None) -
              if not (model.config.tie_embeddings and k == "lm_head.weight")}
     save_file(state, str(path), metadata={"format": "course_utils.GPT"})
     path.with_suffix(".json").write_text(json.dumps({"config": asdict(model.config), "meta": meta or {}}, indent=1))
+    if sha256:
+        write_sha256(path)
+        write_sha256(path.with_suffix(".json"))
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> GPT:
-    """Rebuild the :class:`GPT` saved by :func:`save_checkpoint` (config from the JSON, weights from safetensors)."""
+def load_checkpoint(path: str | Path, *, map_location: str = "cpu", rebuild: str | None = None) -> GPT:
+    """Rebuild the :class:`GPT` saved by :func:`save_checkpoint` (config from the JSON, weights from safetensors).
+
+    With ``rebuild`` (the command that rebuilds the checkpoint, quoted in the error), the weights *and* the JSON
+    config must match their sidecar ``.sha256`` records first: a changed ``rope_base`` is as wrong as a changed
+    weight, and a config read without its checksum would pass unnoticed.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
     side = path.with_suffix(".json")
+    if rebuild is not None:  # first: a missing file's error then says how to rebuild it
+        verify_sha256(path, rebuild=rebuild)
+        verify_sha256(side, rebuild=rebuild)
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"expected {path} and {side} (written by save_checkpoint)")
     config = GPTConfig(**json.loads(side.read_text())["config"])

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import SwiGLU  # the same dense block as chapter 3, for the shared expert
-from .validate import check_int
+from .validate import check_int, positive_float
 
 __all__ = [
     "MoEConfig", "MoELayer", "route", "expert_capacity", "apply_capacity", "load_balancing_loss", "router_z_loss",
@@ -45,6 +45,16 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 # ================================================================================================ routing
+def _check_logits(name: str, logits) -> int:
+    """The number of experts of router logits ``[tokens, experts]`` (a floating-point tensor)."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [tokens, experts], got {type(logits).__name__}")
+    if logits.dim() != 2 or not logits.is_floating_point() or logits.shape[-1] == 0:
+        raise ValueError(f"{name} must be a floating-point tensor [tokens, experts], got dtype {logits.dtype}, "
+                         f"shape {tuple(logits.shape)}")
+    return logits.shape[-1]
+
+
 def route(logits: torch.Tensor, top_k: int, *, score_func: str = "softmax", norm_topk_prob: bool = True,
           bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
           routed_scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +67,17 @@ def route(logits: torch.Tensor, top_k: int, *, score_func: str = "softmax", norm
       the sum of its two best scores, and only the best ``topk_group`` groups may be chosen from; finally the
       weights are renormalised and multiplied by ``routed_scaling_factor``.
     """
-    num_experts = logits.shape[-1]
+    num_experts = _check_logits("logits", logits)
+    check_int("top_k", top_k, 1, num_experts)
+    if score_func not in ("softmax", "sigmoid"):
+        raise ValueError(f"score_func must be 'softmax' or 'sigmoid', got {score_func!r}")
+    check_int("n_group", n_group, 1, num_experts)
+    if num_experts % n_group:
+        raise ValueError(f"n_group ({n_group}) must divide the number of experts ({num_experts})")
+    check_int("topk_group", topk_group, 1, n_group)
+    positive_float("routed_scaling_factor", routed_scaling_factor)
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (num_experts,)):
+        raise ValueError(f"bias must be a tensor of shape ({num_experts},), got {getattr(bias, 'shape', bias)!r}")
     scores = logits.float().softmax(dim=-1) if score_func == "softmax" else logits.float().sigmoid()
     choice = scores if bias is None else scores + bias  # in the bias's dtype if wider, as transformers does
     if n_group > 1:
@@ -86,6 +106,7 @@ def expert_choice_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Te
     token may be picked by many experts or by none, and the choice looks at the whole batch (future tokens too),
     which is why decoder LLMs use token-choice top-k instead.
     """
+    _check_logits("logits", logits)
     check_int("capacity", capacity, 1, logits.shape[0])
     affinity = logits.float().softmax(dim=-1)  # token→expert probabilities, as in the paper
     weight, token_idx = affinity.t().topk(capacity, dim=-1)
@@ -95,8 +116,10 @@ def expert_choice_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Te
 # ================================================================================================ capacity
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
     """Switch/GShard capacity: ``ceil(capacity_factor · tokens · k / experts)`` token-slots per expert."""
-    if not capacity_factor > 0:
-        raise ValueError(f"capacity_factor must be > 0 (or None for no limit), got {capacity_factor!r}")
+    check_int("num_tokens", num_tokens, 0)
+    check_int("num_experts", num_experts, 1)
+    check_int("top_k", top_k, 1, num_experts)
+    positive_float("capacity_factor", capacity_factor)
     return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
 
 
@@ -106,7 +129,13 @@ def apply_capacity(topk_idx: torch.Tensor, num_experts: int, capacity: int) -> t
     Priority: all first choices (in token order) before any second choice, and so on (GShard's rule): a token
     loses its second expert before another token loses its first.
     """
+    check_int("num_experts", num_experts, 1)
     check_int("capacity", capacity, 0)
+    if not isinstance(topk_idx, torch.Tensor) or topk_idx.dim() != 2 or topk_idx.is_floating_point():
+        got = getattr(topk_idx, "shape", topk_idx)
+        raise ValueError(f"topk_idx must be an integer tensor [tokens, k], got {got!r}")
+    if topk_idx.numel() and (topk_idx.min() < 0 or topk_idx.max() >= num_experts):
+        raise ValueError(f"topk_idx must lie in 0..{num_experts - 1}")
     T, k = topk_idx.shape
     choice_major = topk_idx.t().reshape(-1)  # slot 0 of every token, then slot 1 of every token, ...
     one_hot = F.one_hot(choice_major, num_experts)  # [k·T, E]
@@ -459,6 +488,8 @@ class MoELayer(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.d_model:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (..., d_model={self.d_model}), got {got}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         shape = x.shape
         x = x.reshape(-1, self.d_model)
         logits = self.router_logits(x)

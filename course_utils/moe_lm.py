@@ -44,7 +44,7 @@ from .model import GPT, GPTConfig, load_checkpoint, verify_sha256
 from .moe import MoELayer
 from .plotting import COLORS
 from .train import train
-from .validate import check_int, positive_int
+from .validate import check_int, nonnegative_float, positive_float, positive_int
 
 __all__ = ["BASE_CONFIG", "moe_config", "build_model", "moe_training_loss", "attach_loss_free_balancing",
            "ExpertLoadRecorder", "utilisation_entropy", "dead_experts", "TOKEN_TYPES", "token_type", "token_types",
@@ -98,8 +98,8 @@ def moe_training_loss(lm_loss: torch.Tensor, moe_aux: list[dict], aux_loss_coef:
     """
     if not isinstance(moe_aux, (list, tuple)):
         raise TypeError(f"moe_aux must be a list of per-layer aux dicts (model.last_moe_aux), got {type(moe_aux).__name__}")
-    if aux_loss_coef < 0 or z_loss_coef < 0:
-        raise ValueError(f"aux_loss_coef and z_loss_coef must be >= 0, got {aux_loss_coef!r}, {z_loss_coef!r}")
+    nonnegative_float("aux_loss_coef", aux_loss_coef)
+    nonnegative_float("z_loss_coef", z_loss_coef)
     total = lm_loss
     if moe_aux:
         total = total + aux_loss_coef * torch.stack([a["load_balancing_loss"] for a in moe_aux]).mean()
@@ -122,8 +122,7 @@ def attach_loss_free_balancing(model, gamma: float = 1e-3) -> list:
     bias only changes the *next* step's choice, so updating right after the forward equals updating after the
     optimizer step). Returns the hook handles (``handle.remove()`` detaches them).
     """
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    positive_float("gamma", gamma)
 
     def hook(layer, _inputs, output):
         if layer.training:
@@ -179,6 +178,7 @@ def utilisation_entropy(load) -> float:
 
 def dead_experts(load, threshold: float = 0.1) -> int:
     """How many experts get less than ``threshold`` × their fair share (1/E) of the token-slots."""
+    threshold = nonnegative_float("threshold", threshold)
     p = torch.as_tensor(load, dtype=torch.float64).flatten()
     if p.numel() < 1 or (p < 0).any() or p.sum() <= 0:
         raise ValueError(f"load must hold non-negative counts or fractions with a positive sum, got {p.tolist()}")
@@ -262,6 +262,8 @@ def routing_stats(expert_idx: torch.Tensor, labels: torch.Tensor, num_labels: in
     ``expert_idx`` [N] or [N, k] (a token's k experts count as k slots), ``labels`` [N] in ``0..num_labels-1``.
     A label with no tokens gets a row of zeros.
     """
+    positive_int("num_labels", num_labels)
+    positive_int("num_experts", num_experts)
     expert_idx = torch.as_tensor(expert_idx).long()
     labels = torch.as_tensor(labels).long()
     if expert_idx.dim() == 1:
@@ -286,6 +288,7 @@ def consecutive_same_expert_rate(expert_ids: torch.Tensor, num_experts: int) -> 
     ``chance``: the rate if every token drew its expert independently with the observed frequencies p_e, i.e.
     Σ_e p_e² — equal to 1/E only when the load is perfectly even.
     """
+    positive_int("num_experts", num_experts)
     e = torch.as_tensor(expert_ids).long()
     if e.dim() == 1:
         e = e[None, :]
@@ -376,6 +379,4 @@ def load_results(path: str | Path = RESULTS) -> dict:
 
 def load_moe_checkpoint(path: str | Path = MOE_CHECKPOINT) -> GPT:
     """The trained MoE model (aux-loss 0.01, seed 0) from ``scripts/train_ch5.py`` (both files sha256-checked)."""
-    verify_asset(path)
-    verify_asset(Path(path).with_suffix(".json"))
-    return load_checkpoint(path)
+    return load_checkpoint(path, rebuild="python scripts/train_ch5.py")

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .validate import positive_int
+from .validate import check_int, positive_int
 
 __all__ = ["QuantizedTensor", "absmax_quantize", "group_dequantize", "quantize_tensor", "pack_int4", "unpack_int4", "QuantLinear", "quantize_model",
            "fake_quantize_experts_", "model_nbytes", "QMAX"]
@@ -71,18 +71,26 @@ class QuantizedTensor:
         return group_dequantize(self.int_values(), self.scales, dtype)
 
 
+def _check_bits(bits) -> int:
+    check_int("bits", bits)
+    if bits not in QMAX:
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    return bits
+
+
 def _check_quant_args(w, bits, group_size) -> int:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
     if not w.is_floating_point() or w.ndim < 1 or w.numel() == 0:
         raise ValueError(f"w must be a non-empty floating-point tensor, got dtype={w.dtype}, shape={tuple(w.shape)}")
-    if bits not in QMAX:
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if not torch.isfinite(w).all():  # absmax of a NaN group is NaN, and round(NaN) casts to int8 as 0: silent loss
+        raise ValueError(f"w must be finite: it holds {int((~torch.isfinite(w)).sum())} NaN/inf values")
+    _check_bits(bits)
     cols = w.shape[-1]
     if group_size is not None:
         positive_int("group_size (or None)", group_size)
         if cols % group_size:
-            raise ValueError(f"the last dimension ({cols}) must be divisible by group_size={group_size}")
+            raise ValueError(f"the last dimension of w ({cols}) must be divisible by group_size={group_size}")
     return group_size or cols
 
 
@@ -163,8 +171,9 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None = None) -
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if bits not in QMAX:
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    _check_bits(bits)
+    if group_size is not None:
+        positive_int("group_size (or None)", group_size)
     if isinstance(model, nn.Linear):
         raise TypeError("model is itself an nn.Linear: use QuantLinear.from_linear(linear, bits, group_size)")
     for name, child in list(model.named_children()):
@@ -194,8 +203,11 @@ def fake_quantize_experts_(model: nn.Module, bits: int, group_size: int | None =
     MoE layers keep their experts in fused tensors, not ``nn.Linear``s, so :func:`quantize_model` does not see
     them; this measures what quantizing them does to the loss (storage is reported, not saved).
     """
-    if bits not in QMAX:
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_bits(bits)
+    if group_size is not None:
+        positive_int("group_size (or None)", group_size)
     before = after = 0
     for p in model.parameters():
         if p.dim() == 3:

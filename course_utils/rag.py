@@ -38,7 +38,7 @@ import numpy as np
 
 from .data import prose_documents
 from .tokenization import get_encoding
-from .validate import nonnegative_int, positive_int
+from .validate import check_number, nonnegative_float, nonnegative_int, positive_int
 
 __all__ = [
     "Document", "Chunk", "Hit", "Question", "DEFAULT_MODEL", "DEFAULT_CHUNK_SIZE", "DEFAULT_OVERLAP", "DEFAULT_STRATEGY",
@@ -292,9 +292,12 @@ def bm25_scores(query_tokens: Sequence[str], docs_tokens: Sequence[Sequence[str]
     """
     if isinstance(query_tokens, str):
         raise TypeError("query_tokens must be a list of tokens, not a str (tokenize it first with bm25_tokenize)")
-    if k1 < 0 or not 0 <= b <= 1:
-        raise ValueError(f"expected k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+    k1, b = _check_bm25(k1, b)
     return _BM25Stats(docs_tokens).scores(query_tokens, k1, b)
+
+
+def _check_bm25(k1, b) -> tuple[float, float]:
+    return nonnegative_float("k1", k1), check_number("b", b, 0, 1)
 
 
 def cosine_top_k(query: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -324,8 +327,7 @@ def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) -> list[tuple[Hashable, float]]:
     """Fuse ranked lists: score(d) = Σ_lists 1 / (k + rank of d), rank counted from 1. Best first; ties keep the
     order in which items were first seen."""
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    k = nonnegative_float("k", k)
     scores: dict[Hashable, float] = {}
     for ranking in rankings:
         for rank, item in enumerate(ranking, start=1):
@@ -528,7 +530,7 @@ class BM25Index(_Index):
 
     def __init__(self, k1: float = 1.5, b: float = 0.75):
         super().__init__()
-        self.k1, self.b = k1, b
+        self.k1, self.b = _check_bm25(k1, b)
 
     def _build(self) -> None:
         self.stats = _BM25Stats([bm25_tokenize(u.text) for u in self.units])
@@ -552,7 +554,9 @@ class DenseIndex(_Index):
         if model != DEFAULT_MODEL:
             raise ValueError(f"model must be {DEFAULT_MODEL!r}, got {model!r}")
         self.model, self.exact, self.progress = model, exact, progress
-        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+        self.m, self.ef_construction, self.ef_search = (positive_int(name, value) for name, value in
+                                                        (("m", m), ("ef_construction", ef_construction),
+                                                         ("ef_search", ef_search)))
         self.vectors = np.zeros((0, 384), dtype=np.float32)
 
     @property
@@ -623,9 +627,9 @@ class HybridIndex(_Index):
     def __init__(self, bm25: BM25Index | None = None, dense: DenseIndex | None = None, *, k_rrf: int = 60,
                  depth: int = 50):
         super().__init__()
+        self.k_rrf, self.depth = nonnegative_float("k_rrf", k_rrf), positive_int("depth", depth)
         self.bm25 = bm25 if bm25 is not None else BM25Index()
         self.dense = dense if dense is not None else DenseIndex()
-        self.k_rrf, self.depth = k_rrf, depth
 
     def _build(self) -> None:
         # A sub-index passed in already built over the same units (the notebook's dense index) is reused as is.
@@ -651,6 +655,7 @@ def _as_question(q) -> Question:
 
 def rankings(index: _Index, questions: Sequence, k: int = 10) -> list[list[str]]:
     """For each question, the document ids of the index's top ``k`` hits (chunks, so ids may repeat)."""
+    _check_k(k)
     texts = [_as_question(q).text for q in questions]
     dense = index.dense if isinstance(index, HybridIndex) else index
     if isinstance(dense, DenseIndex):
@@ -723,7 +728,8 @@ def answer_in_context(index: _Index, questions: Sequence[Question], budget: int 
     """Fraction of questions whose evidence phrase is inside the context a prompt would get: the top hits'
     texts, best first, cut at ``budget`` cl100k tokens. Unlike recall@k it sees a chunk that cuts the answer in
     two, and a whole document too long to fit."""
-    _check_k(budget)
+    positive_int("budget", budget)
+    positive_int("depth", depth)
     enc = get_encoding()
     found = 0
     for q in questions:

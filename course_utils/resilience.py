@@ -12,13 +12,14 @@ waiting. Rate limiting is in :mod:`course_utils.ratelimit`, caches in :mod:`cour
 """
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .validate import check_int, nonnegative_float
+from .validate import check_int, positive_float
 
 __all__ = ["RetryableError", "retry_after_of", "backoff_delay", "retry_call", "CircuitBreaker", "CircuitOpenError",
            "call_with_fallback"]
@@ -35,9 +36,12 @@ class RetryableError(Exception):
 
 def _seconds(value, scale: float = 1.0) -> float | None:
     try:
-        return None if value is None else max(0.0, float(value) / scale)
+        seconds = None if value is None else float(value) / scale
     except (TypeError, ValueError):
         return None  # e.g. an HTTP-date Retry-After: fall back to our own backoff
+    if seconds is None or math.isnan(seconds):
+        return None
+    return max(0.0, seconds)  # +inf stays inf here: retry_call caps every wait at max_delay
 
 
 def retry_after_of(err: BaseException) -> float | None:
@@ -57,6 +61,8 @@ def backoff_delay(n: int, *, base_delay: float = 0.1, max_delay: float = 2.0, ji
     """The wait before retry number ``n`` (1, 2, ...): ``min(max_delay, base_delay·2^(n-1))``; full jitter draws
     from U[0, that]."""
     check_int("n (the retry number)", n, 1)
+    base_delay = positive_float("base_delay", base_delay)
+    max_delay = positive_float("max_delay", max_delay)
     if jitter not in ("full", "none"):
         raise ValueError(f"jitter must be 'full' or 'none', got {jitter!r}")
     cap = min(max_delay, base_delay * 2.0 ** (n - 1))
@@ -69,12 +75,13 @@ def retry_call(fn: Callable[[], Any], *, max_attempts: int = 3, base_delay: floa
     """Call ``fn()`` up to ``max_attempts`` times, sleeping with exponential backoff between tries.
 
     Errors outside ``retry_on`` propagate at once; after the last attempt the last error is re-raised. When the
-    error carries a ``Retry-After`` (see :func:`retry_after_of`) we wait at least that long: the server knows
-    better than our formula when it will have capacity again.
+    error carries a ``Retry-After`` (see :func:`retry_after_of`) we wait at least that long, but never longer than
+    ``max_delay``: the server knows better than our formula when it will have capacity again, yet a hostile or
+    broken header (``Retry-After: 86400000``, ``inf``) must not park the client for days.
     """
     check_int("max_attempts", max_attempts, 1)
-    nonnegative_float("base_delay", base_delay)
-    nonnegative_float("max_delay", max_delay)
+    base_delay = positive_float("base_delay", base_delay)
+    max_delay = positive_float("max_delay", max_delay)
     if jitter not in ("full", "none"):
         raise ValueError(f"jitter must be 'full' or 'none', got {jitter!r}")
     retry_on = tuple(retry_on) if isinstance(retry_on, (list, tuple)) else (retry_on,)
@@ -87,7 +94,7 @@ def retry_call(fn: Callable[[], Any], *, max_attempts: int = 3, base_delay: floa
             delay = backoff_delay(attempt, base_delay=base_delay, max_delay=max_delay, jitter=jitter, rng=rng)
             hinted = retry_after_of(err)
             if hinted is not None:
-                delay = max(delay, hinted)
+                delay = min(max_delay, max(delay, hinted))
             if on_retry is not None:
                 on_retry(attempt, err, delay)
             sleep(delay)
@@ -107,7 +114,7 @@ class CircuitBreaker:
     def __init__(self, failure_threshold: int = 5, reset_timeout_s: float = 30.0, *,
                  clock: Callable[[], float] = time.monotonic):
         check_int("failure_threshold", failure_threshold, 1)
-        nonnegative_float("reset_timeout_s", reset_timeout_s)
+        positive_float("reset_timeout_s", reset_timeout_s)
         self.failure_threshold, self.reset_timeout_s, self.clock = failure_threshold, float(reset_timeout_s), clock
         self.failures, self._opened_at, self._state = 0, None, "closed"
         self._lock = threading.Lock()

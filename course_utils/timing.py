@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .validate import positive_int
+from .validate import check_number, positive_int
 
 __all__ = ["best_of", "percentile"]
 
@@ -35,5 +35,6 @@ def best_of(fn: Callable[[], Any], n: int = 3, *, with_result: bool = False):
 
 def percentile(values: Iterable[float], q: float) -> float:
     """The ``q``-th percentile (0–100) of ``values``; NaN when empty."""
+    q = check_number("q", q, 0, 100)
     values = list(values)
     return float(np.percentile(values, q)) if values else float("nan")

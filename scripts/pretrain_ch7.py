@@ -104,8 +104,8 @@ def stage2(model, meta: dict, args) -> None:
                         sft_data_seed=data_seed, sft_final_loss=round(hist["loss"][-1], 4)))
     meta = dict(meta, sft_steps=sum(h["sft_steps"] for h in history), stage2_history=history,
                 sft_final_loss=round(hist["loss"][-1], 4))
-    path = save_checkpoint(model, args.out, meta=meta)
-    write_sha256(path, path.with_suffix(".sha256"))
+    path = save_checkpoint(model, args.out, meta=meta, sha256=True)  # + the sidecars of weights and config
+    write_sha256(path, path.with_suffix(".sha256"))  # the record finetune.load_base_model reads today
     print(f"saved {path} after stage 2 ({args.sft_steps} steps, {hist['seconds']:.0f} s): loss "
           f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}", flush=True)
 
@@ -132,7 +132,7 @@ def stage1(args):
             saved["meta"] = dict(GPT_META, steps=done, schedule_steps=args.steps, seed=args.seed,
                                  batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
                                  val_loss=round(val, 4))
-            path = save_checkpoint(model, args.out, meta=saved["meta"])
+            path = save_checkpoint(model, args.out, meta=saved["meta"], sha256=True)
             write_sha256(path, path.with_suffix(".sha256"))
             print(f"saved {path} at step {done}: val loss {val:.3f}", flush=True)
             return args.stop_after is not None and done >= args.stop_after

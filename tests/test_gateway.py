@@ -348,3 +348,100 @@ def test_gateway_reexports_every_name_from_its_one_home():
     for name in gateway.__all__:
         assert name in owner, f"{name} has no home module"
         assert getattr(gateway, name) is getattr(owner[name], name)
+
+
+# ---------------------------------------------------------------- hardening (issue 18): caps and bad numbers
+@pytest.mark.parametrize("hint", [86_400_000, float("inf"), "86400000", "inf"])
+def test_retry_never_sleeps_longer_than_max_delay_whatever_retry_after_says(hint):
+    state = {"n": 0}
+
+    def fn():
+        state["n"] += 1
+        if state["n"] == 1:
+            raise RetryableError("busy", status=429, retry_after=hint)
+        return "ok"
+
+    waits = []
+    assert retry_call(fn, base_delay=0.1, max_delay=2.0, jitter="none", sleep=waits.append) == "ok"
+    assert waits == [2.0]
+
+
+def test_retry_after_nan_is_ignored_not_slept():
+    assert retry_after_of(RetryableError(retry_after=float("nan"))) is None
+    assert retry_after_of(RetryableError(retry_after="nan")) is None
+
+
+NON_POSITIVE = [0, -1, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("arg", ["base_delay", "max_delay"])
+@pytest.mark.parametrize("bad", NON_POSITIVE)
+def test_retry_and_backoff_reject_bad_delays(arg, bad):
+    with pytest.raises(ValueError, match=arg):
+        retry_call(lambda: 1, **{arg: bad})
+    with pytest.raises(ValueError, match=arg):
+        backoff_delay(1, **{arg: bad})
+
+
+@pytest.mark.parametrize("bad", NON_POSITIVE)
+def test_token_bucket_rejects_non_finite_and_non_positive_numbers(bad):
+    with pytest.raises(ValueError, match="rate_per_s"):
+        TokenBucket(bad, 5)
+    with pytest.raises(ValueError, match="capacity"):
+        TokenBucket(1.0, bad)
+    with pytest.raises(ValueError, match="n"):
+        TokenBucket(1.0, 5).try_acquire(bad)
+
+
+@pytest.mark.parametrize("bad", NON_POSITIVE)
+def test_circuit_breaker_rejects_bad_reset_timeout(bad):
+    with pytest.raises(ValueError, match="reset_timeout_s"):
+        CircuitBreaker(3, bad)
+
+
+@pytest.mark.parametrize("bad", NON_POSITIVE)
+def test_caches_reject_bad_ttl_and_threshold(bad):
+    with pytest.raises(ValueError, match="ttl_s"):
+        SemanticCache(bag_of_words, ttl_s=bad)
+    with pytest.raises(ValueError, match="ttl_s"):
+        ExactCache(ttl_s=bad)
+    if bad != float("inf") and bad == bad:  # nan and inf are not in (0, 1] either
+        return
+    with pytest.raises(ValueError, match="threshold"):
+        SemanticCache(bag_of_words, threshold=bad)
+
+
+@pytest.mark.parametrize("arg", ["cost_small", "cost_large"])
+@pytest.mark.parametrize("bad", NON_POSITIVE)
+def test_cascade_rejects_bad_costs(arg, bad):
+    conf, ok = np.array([0.1, 0.9]), np.array([True, False])
+    with pytest.raises(ValueError, match=arg):
+        cascade_outcome(conf, ok, ok, 0.5, **{arg: bad})
+    with pytest.raises(ValueError, match=arg):
+        cascade_curve(conf, ok, ok, **{arg: bad})
+
+
+def test_cascade_rejects_nan_threshold_confidence_and_target_but_takes_infinite_thresholds():
+    conf, ok = np.array([0.1, 0.9]), np.array([True, False])
+    assert cascade_outcome(conf, ok, ok, float("inf"))["escalation_rate"] == 1.0
+    with pytest.raises(ValueError, match="threshold"):
+        cascade_outcome(conf, ok, ok, float("nan"))
+    with pytest.raises(ValueError, match="confidence"):
+        cascade_outcome(np.array([0.1, np.nan]), ok, ok, 0.5)
+    for bad in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ValueError, match="target_accuracy"):
+            pick_cascade_threshold(conf, ok, ok, bad)
+
+
+@pytest.mark.parametrize("arg,bad", [("lr", float("nan")), ("lr", -0.5), ("lr", 0), ("steps", 0), ("l2", -1.0),
+                                     ("l2", float("inf"))])
+def test_fit_logistic_rejects_bad_hyperparameters(arg, bad):
+    X, y = np.eye(3), np.array([0, 1, 1])
+    with pytest.raises(ValueError, match=arg):
+        fit_logistic(X, y, **{arg: bad})
+
+
+def test_predict_logistic_rejects_params_of_another_width():
+    params = fit_logistic(np.eye(3), np.array([0, 1, 1]), steps=5)
+    with pytest.raises(ValueError, match="params"):
+        predict_logistic(params, np.ones((2, 4)))
