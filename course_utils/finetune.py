@@ -368,9 +368,10 @@ def load_base_model(path: str | Path = BASE_CHECKPOINT, *, verify: bool = True):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python scripts/pretrain_ch7.py` to rebuild it")
-    if verify:
+    if verify:  # the weights against ft_base.sha256 (the record the pretraining script has always written) ...
         verify_sha256(path, path.with_suffix(".sha256"), rebuild="python scripts/pretrain_ch7.py")
-    return load_checkpoint(path)
+    # ... and weights and config against their sidecars
+    return load_checkpoint(path, rebuild="python scripts/pretrain_ch7.py" if verify else None)
 
 
 GPT_META = {"tokenizer": "ascii-characters", "script": "scripts/pretrain_ch7.py"}

@@ -536,13 +536,20 @@ def test_adder_checkpoints_are_sha256_checked_and_the_large_one_adds(tmp_path, m
         with pytest.raises(ValueError, match="problems|batch_size"):
             serving.answer_additions(load_adder("adder-small"), bad, **kw)
     # a file that differs from the recorded digest is refused
-    for suffix in (".safetensors", ".json"):
+    for suffix in (".safetensors", ".json", ".safetensors.sha256", ".json.sha256"):
         src = serving.ASSETS / f"serve_adder_small{suffix}"
         (tmp_path / src.name).write_bytes(src.read_bytes())
     bad = bytearray((tmp_path / "serve_adder_small.safetensors").read_bytes())
     bad[-1] ^= 1
     (tmp_path / "serve_adder_small.safetensors").write_bytes(bytes(bad))
     monkeypatch.setattr(adder, "ASSETS", tmp_path)
+    with pytest.raises(ValueError, match="sha256"):
+        load_adder("adder-small")
+    # so is a changed config, weights intact (the same rope_base probe as tests/test_assets.py)
+    (tmp_path / "serve_adder_small.safetensors").write_bytes((serving.ASSETS / "serve_adder_small.safetensors").read_bytes())
+    cfg = tmp_path / "serve_adder_small.json"
+    cfg.write_text(cfg.read_text().replace('"rope_base": 10000.0', '"rope_base": 500.0'))
+    assert cfg.read_text() != (serving.ASSETS / "serve_adder_small.json").read_text()
     with pytest.raises(ValueError, match="sha256"):
         load_adder("adder-small")
 
