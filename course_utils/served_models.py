@@ -67,7 +67,7 @@ def load_served_model(name: str = "tiny-gpt"):
         raise ValueError(f"name must be one of {sorted(SERVED_MODELS)}, got {name!r}")
     path, record, rebuild = SERVED_MODELS[name]
     verify_sha256(path, record, rebuild=rebuild)
-    return load_checkpoint(path), AsciiTokenizer()
+    return load_checkpoint(path, rebuild=rebuild), AsciiTokenizer()  # weights and config against their sidecars
 
 
 def load_chat_model():

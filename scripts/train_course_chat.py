@@ -19,7 +19,7 @@ import torch
 
 from course_utils import seed_everything
 from course_utils.finetune import finetune, load_base_model
-from course_utils.model import save_checkpoint, write_sha256
+from course_utils.model import save_checkpoint
 from course_utils.served_models import CHAT_CHECKPOINT, chat_accuracy, training_pairs
 
 
@@ -55,8 +55,7 @@ def main() -> None:
             "heldout_accuracy": round(acc["accuracy"], 4), "heldout_n": args.eval,
             "heldout_interval95": [round(acc["low"], 4), round(acc["high"], 4)],
             "untuned_accuracy": round(before["accuracy"], 4)}
-    path = save_checkpoint(model, args.out, meta=meta)
-    write_sha256(path)
+    path = save_checkpoint(model, args.out, meta=meta, sha256=True)  # sidecars for the weights and the config
     print(f"wrote {path} and {path.name}.sha256")
 
 
