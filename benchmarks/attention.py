@@ -16,6 +16,7 @@ Time is the best of `--repeats` calls, all methods timed in one run on the same 
 
 Usage: python benchmarks/attention.py [--ns 128 256 ...] [--heads 4] [--head-dim 64] [--no-rss]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,17 @@ print(json.dumps({"rss_growth_bytes": peak - before}))
 def rss_growth(method: str, n: int, heads: int, head_dim: int, block: int) -> int:
     """Peak-RSS growth (bytes) of one call, measured in a fresh Python process."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    args = [sys.executable, "-c", _RSS_CHILD, method, str(n), str(heads), str(head_dim), str(block),
-            str(torch.get_num_threads())]
+    args = [
+        sys.executable,
+        "-c",
+        _RSS_CHILD,
+        method,
+        str(n),
+        str(heads),
+        str(head_dim),
+        str(block),
+        str(torch.get_num_threads()),
+    ]
     res = subprocess.run(args, capture_output=True, text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])["rss_growth_bytes"]
 
@@ -79,24 +89,31 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, {args.heads} heads, "
-          f"head_dim {args.head_dim}, causal, float32, chunk {args.block} keys\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, {args.heads} heads, "
+        f"head_dim {args.head_dim}, causal, float32, chunk {args.block} keys\n"
+    )
     rows = []
     for n in args.ns:
         for method in ATTENTION_METHODS:
-            r = attention_cost(method, n, n_heads=args.heads, head_dim=args.head_dim, block_size=args.block,
-                               repeats=args.repeats)
+            r = attention_cost(
+                method, n, n_heads=args.heads, head_dim=args.head_dim, block_size=args.block, repeats=args.repeats
+            )
             r["rss"] = None if args.no_rss else rss_growth(method, n, args.heads, args.head_dim, args.block)
             rows.append(r)
             print(f"  measured {method:>10} n={n}", file=sys.stderr, flush=True)
 
-    print("| n | method | time (ms) | time / SDPA | tensors peak (MiB) | RSS growth (MiB) | one n×n score matrix (MiB) |")
+    print(
+        "| n | method | time (ms) | time / SDPA | tensors peak (MiB) | RSS growth (MiB) | one n×n score matrix (MiB) |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         sdpa = next(x for x in rows if x["n"] == r["n"] and x["method"] == "torch_sdpa")
         rss = "–" if r["rss"] is None else mib(r["rss"])
-        print(f"| {r['n']} | {r['method']} | {r['seconds'] * 1e3:,.2f} | {r['seconds'] / sdpa['seconds']:.1f}× | "
-              f"{mib(r['peak_bytes'])} | {rss} | {mib(r['scores_bytes'])} |")
+        print(
+            f"| {r['n']} | {r['method']} | {r['seconds'] * 1e3:,.2f} | {r['seconds'] / sdpa['seconds']:.1f}× | "
+            f"{mib(r['peak_bytes'])} | {rss} | {mib(r['scores_bytes'])} |"
+        )
 
     # growth exponents between the two largest n: 2 = quadratic, 1 = linear
     big, small = max(args.ns), sorted(args.ns)[-2] if len(args.ns) > 1 else None

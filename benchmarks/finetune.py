@@ -13,6 +13,7 @@ fact comes back, and prompt tokens per query, for zero-shot, few-shot, dynamic f
 index), full / LoRA fine-tuning to convergence (closed book) and each fine-tune + RAG. The fine-tunes are shared
 with the notebook through the course cache (a cold run trains them: a few minutes on one core).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,25 +56,37 @@ def one_config(mode: str, r: int, steps: int, d_model: int, layers: int, batch: 
         if i >= 2:  # the first steps allocate optimizer state and warm up kernels
             times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"trainable": sum(p.numel() for p in params), "total": ft.count_parameters(model)["total"],
-            "ms_per_step": 1e3 * statistics.median(times), "peak_mib": max(0, peak - rss0) / 1024}
+    return {
+        "trainable": sum(p.numel() for p in params),
+        "total": ft.count_parameters(model)["total"],
+        "ms_per_step": 1e3 * statistics.median(times),
+        "peak_mib": max(0, peak - rss0) / 1024,
+    }
 
 
 def cost_table(args) -> list[str]:
     rows = []
     for mode, r in [("full", 0), ("lora", 4), ("lora", 8), ("lora", 16)]:
-        cmd = [sys.executable, __file__, "--_one", json.dumps([mode, r, args.steps, args.d_model, args.layers,
-                                                               args.batch, args.block])]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_one",
+            json.dumps([mode, r, args.steps, args.d_model, args.layers, args.batch, args.block]),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append((mode if mode == "full" else f"LoRA r={r}", json.loads(out)))
     full = rows[0][1]
-    lines = [f"Training step, d_model={args.d_model}, {args.layers} layers, batch {args.batch}×{args.block} "
-             f"characters, 1 thread, median of {args.steps} steps",
-             "| method | trainable params | % of model | ms/step | vs full | peak extra memory (MiB) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Training step, d_model={args.d_model}, {args.layers} layers, batch {args.batch}×{args.block} "
+        f"characters, 1 thread, median of {args.steps} steps",
+        "| method | trainable params | % of model | ms/step | vs full | peak extra memory (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in rows:
-        lines.append(f"| {name} | {m['trainable']:,} | {100 * m['trainable'] / m['total']:.1f}% | "
-                     f"{m['ms_per_step']:.1f} | {m['ms_per_step'] / full['ms_per_step']:.2f}× | {m['peak_mib']:.1f} |")
+        lines.append(
+            f"| {name} | {m['trainable']:,} | {100 * m['trainable'] / m['total']:.1f}% | "
+            f"{m['ms_per_step']:.1f} | {m['ms_per_step'] / full['ms_per_step']:.2f}× | {m['peak_mib']:.1f} |"
+        )
     return lines
 
 
@@ -96,8 +109,9 @@ def accuracy_table() -> list[str]:
     def ask(model, w, method, facts, split, answers):
         if id(w) not in indexes:
             indexes[id(w)] = ft.fact_retriever(w.statements(None), index=rag.DenseIndex())
-        prompts = ft.knowledge_prompts(method, w, [w.facts[i].question(split) for i in facts], k=4, embed=embed,
-                                       retrieve=indexes[id(w)])
+        prompts = ft.knowledge_prompts(
+            method, w, [w.facts[i].question(split) for i in facts], k=4, embed=embed, retrieve=indexes[id(w)]
+        )
         return ft.greedy_exact_match(model, prompts, answers), sum(map(len, prompts)) / len(prompts)
 
     def share(hits):
@@ -109,18 +123,25 @@ def accuracy_table() -> list[str]:
     runs = [(m, base, m, 0, 0.0) for m in ft.PROMPT_METHODS]
     for kind in ft.KNOWLEDGE_FINETUNES:
         model, hist = ft.knowledge_finetune(base, world, kind, progress=False)
-        runs += [(kind, model, "zero-shot", hist["trainable"], hist["seconds"]),
-                 (f"{kind} + RAG", model, "RAG", hist["trainable"], hist["seconds"])]
-    lines = [f"Knowledge task: {len(gold)} questions per phrasing, {len(changed)} changed facts, k = 4, strict greedy "
-             "exact match, 95% Wilson intervals",
-             "| method | eval phrasing | unseen phrasing | old value on changed facts | prompt tokens/query | "
-             "trainable params | train s |", "|---|---|---|---|---|---|---|"]
+        runs += [
+            (kind, model, "zero-shot", hist["trainable"], hist["seconds"]),
+            (f"{kind} + RAG", model, "RAG", hist["trainable"], hist["seconds"]),
+        ]
+    lines = [
+        f"Knowledge task: {len(gold)} questions per phrasing, {len(changed)} changed facts, k = 4, strict greedy "
+        "exact match, 95% Wilson intervals",
+        "| method | eval phrasing | unseen phrasing | old value on changed facts | prompt tokens/query | "
+        "trainable params | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, model, method, trainable, seconds in runs:
         ev, tokens = ask(model, world, method, every, "eval", gold)
         unseen, _ = ask(model, world, method, every, "unseen", gold)
         stale, _ = ask(model, world2, method, changed, "eval", old)
-        lines.append(f"| {name} | {share(ev)} | {share(unseen)} | {share(stale)} | {tokens:.0f} | {trainable:,} | "
-                     f"{seconds:.0f} |")
+        lines.append(
+            f"| {name} | {share(ev)} | {share(unseen)} | {share(stale)} | {tokens:.0f} | {trainable:,} | "
+            f"{seconds:.0f} |"
+        )
     return lines
 
 

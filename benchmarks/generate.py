@@ -7,6 +7,7 @@ Both paths run in the same process on the same model (chapter 3's notebook confi
 Prints a Markdown table. Without a cache, step t runs the model over all t tokens (quadratic total work);
 with a cache it runs over one token and attends to the t cached keys.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,21 +28,27 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=512, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
-                    max_seq_len=args.prompt + args.new_tokens)
+    cfg = GPTConfig(
+        vocab_size=512, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=args.prompt + args.new_tokens
+    )
     model = GPT(cfg).eval()
-    print(f"model: {model.param_counts()['total']:,} parameters, d_model {cfg.d_model}, {cfg.n_layers} layers, "
-          f"{cfg.n_heads}/{cfg.n_kv_heads} q/kv heads; prompt {args.prompt} tokens, {args.new_tokens} generated, "
-          f"greedy, best of {args.repeats}, {torch.get_num_threads()} threads\n")
+    print(
+        f"model: {model.param_counts()['total']:,} parameters, d_model {cfg.d_model}, {cfg.n_layers} layers, "
+        f"{cfg.n_heads}/{cfg.n_kv_heads} q/kv heads; prompt {args.prompt} tokens, {args.new_tokens} generated, "
+        f"greedy, best of {args.repeats}, {torch.get_num_threads()} threads\n"
+    )
     rows = []
     for batch in args.batch:
         prompt = torch.randint(0, cfg.vocab_size, (batch, args.prompt), generator=torch.Generator().manual_seed(1))
         model.generate(prompt, 8, temperature=0.0)  # warm-up
-        t_cache, out_cache = best_of(lambda p=prompt: model.generate(p, args.new_tokens, temperature=0.0),
-                                     args.repeats, with_result=True)
+        t_cache, out_cache = best_of(
+            lambda p=prompt: model.generate(p, args.new_tokens, temperature=0.0), args.repeats, with_result=True
+        )
         t_full, out_full = best_of(
-            lambda p=prompt: model.generate(p, args.new_tokens, temperature=0.0, use_cache=False), args.repeats,
-            with_result=True)
+            lambda p=prompt: model.generate(p, args.new_tokens, temperature=0.0, use_cache=False),
+            args.repeats,
+            with_result=True,
+        )
         assert torch.equal(out_cache, out_full), "KV-cache and full-recompute generation disagree"
         n = batch * args.new_tokens
         rows.append((batch, n / t_full, n / t_cache, t_full / t_cache))

@@ -11,6 +11,7 @@ The Markdown table is printed row by row, as each row is measured.
 
     python benchmarks/moe.py [--repeats 15] [--tokens 1 16 256 4096] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,13 @@ def mixtral_block(layer: MoELayer, implementation: str | None = None):
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-    config = MixtralConfig(hidden_size=D_MODEL, intermediate_size=D_FF, num_local_experts=EXPERTS,
-                           num_experts_per_tok=TOP_K, router_jitter_noise=0.0)
+    config = MixtralConfig(
+        hidden_size=D_MODEL,
+        intermediate_size=D_FF,
+        num_local_experts=EXPERTS,
+        num_experts_per_tok=TOP_K,
+        router_jitter_noise=0.0,
+    )
     config._experts_implementation = implementation or "eager"  # None makes transformers warn on every block
     block = MixtralSparseMoeBlock(config)
     with torch.no_grad():
@@ -87,21 +93,35 @@ def measure(tokens: list[int], repeats: int):
                     if r >= 2:
                         times[name].append(t)
             for stat, value in (("median", statistics.median), ("min", min)):
-                yield {"T": T, "pass": "fwd+bwd" if backward else "fwd", "stat": stat,
-                       **{name: value(ts) for name, ts in times.items()}}
+                yield {
+                    "T": T,
+                    "pass": "fwd+bwd" if backward else "fwd",
+                    "stat": stat,
+                    **{name: value(ts) for name, ts in times.items()},
+                }
 
 
 def header(names: list[str]) -> str:
-    head = "| T | pass | stat | " + " | ".join(f"{n} (ms)" for n in names) + " | " + " | ".join(
-        f"{n} / dense" for n in names[1:]) + " |"
+    head = (
+        "| T | pass | stat | "
+        + " | ".join(f"{n} (ms)" for n in names)
+        + " | "
+        + " | ".join(f"{n} / dense" for n in names[1:])
+        + " |"
+    )
     return head + "\n|" + "---|" * (3 + 2 * len(names) - 1)
 
 
 def table_row(r: dict) -> str:
     names = [k for k in r if k not in ("T", "pass", "stat")]
     base = r[names[0]]
-    return (f"| {r['T']} | {r['pass']} | {r['stat']} | " + " | ".join(f"{r[n] * 1e3:.3f}" for n in names) + " | "
-            + " | ".join(f"{r[n] / base:.2f}×" for n in names[1:]) + " |")
+    return (
+        f"| {r['T']} | {r['pass']} | {r['stat']} | "
+        + " | ".join(f"{r[n] * 1e3:.3f}" for n in names)
+        + " | "
+        + " | ".join(f"{r[n] / base:.2f}×" for n in names[1:])
+        + " |"
+    )
 
 
 def main(argv=None) -> None:
@@ -111,9 +131,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, float32, d_model={D_MODEL} d_ff={D_FF} "
-          f"experts={EXPERTS} top_k={TOP_K}, grouped_mm available: {grouped_mm_available()}, "
-          f"median of {args.repeats} interleaved repeats")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, float32, d_model={D_MODEL} d_ff={D_FF} "
+        f"experts={EXPERTS} top_k={TOP_K}, grouped_mm available: {grouped_mm_available()}, "
+        f"median of {args.repeats} interleaved repeats"
+    )
     print("(median: the headline; min: the least disturbed run, shown because the machine may be shared)")
     for i, row in enumerate(measure(args.tokens, args.repeats)):
         if i == 0:

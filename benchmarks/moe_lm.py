@@ -10,6 +10,7 @@
 
     python benchmarks/moe_lm.py [--steps 12] [--repeats 20] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,18 @@ def throughput(data, steps: int) -> dict:
 def live_budget(data) -> dict:
     out = {}
     for name in ("dense", "moe_aux0.01"):
-        _, r = moe_lm.run_variant(name, data, steps=60, seed=0, batch_size=16, block_size=64, eval_every=60,
-                                  eval_iters=4, warmup=10, progress=False)
+        _, r = moe_lm.run_variant(
+            name,
+            data,
+            steps=60,
+            seed=0,
+            batch_size=16,
+            block_size=64,
+            eval_every=60,
+            eval_iters=4,
+            warmup=10,
+            progress=False,
+        )
         out[name] = r["history"]["val_loss"][-1]
     return out
 

@@ -4,6 +4,7 @@
 
 Budget: each notebook ≤ 180 s and the whole course ≤ 20 minutes on 2 CPU cores. Exit code 1 when over budget.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,14 @@ def update_readme(times: dict[str, float]) -> None:
         if m:
             lesson = times.get(f"notebooks/{m.group(1)}.ipynb")
             lab = next((t for k, t in times.items() if k.startswith(f"solutions/{m.group(1)[:2]}_")), None)
-            cell = " · ".join(s for s in [f"lesson {lesson:.0f} s" if lesson is not None else "",
-                                          f"solved lab {lab:.0f} s" if lab is not None else ""] if s)
+            cell = " · ".join(
+                s
+                for s in [
+                    f"lesson {lesson:.0f} s" if lesson is not None else "",
+                    f"solved lab {lab:.0f} s" if lab is not None else "",
+                ]
+                if s
+            )
             if cell:
                 row = row.rsplit("|", 2)[0] + f"| {cell} |"
         rows.append(row)
@@ -57,8 +64,12 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     only = {c.strip() for c in args.only.split(",") if c.strip()}
-    paths = [p for d in ("notebooks", "solutions") for p in sorted((ROOT / d).glob("*.ipynb"))
-             if not only or p.name[:2] in only]
+    paths = [
+        p
+        for d in ("notebooks", "solutions")
+        for p in sorted((ROOT / d).glob("*.ipynb"))
+        if not only or p.name[:2] in only
+    ]
     times: dict[str, float] = {}
     print(f"| notebook | wall time [s] | within {PER_NOTEBOOK_S} s |")
     print("|---|---:|---|")

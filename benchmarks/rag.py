@@ -9,6 +9,7 @@ synthetic enlargement of it. Prints Markdown tables; every ratio is measured wit
 Dense latencies are for search given the query vector; embedding the query is timed on its own row, since
 every dense method pays it once per query.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,12 +55,27 @@ def bench_corpus(name: str, chunks, vectors, questions, query_vectors, repeats: 
     hybrid = rag.HybridIndex(bm25, exact).add(chunks)  # both parts already hold these chunks: nothing rebuilt
     rows = [
         (name, "BM25", len(chunks), t_bm25, *_time_queries(lambda q: bm25.search(q, 10), texts, repeats)),
-        (name, "dense exact (numpy)", len(chunks), t_exact,
-         *_time_queries(lambda v: exact.ranked_by_vector(v, 10), query_vectors, repeats)),
-        (name, "dense HNSW (faiss, ef=64)", len(chunks), t_hnsw,
-         *_time_queries(lambda v: hnsw.ranked_by_vector(v, 10), query_vectors, repeats)),
-        (name, "hybrid RRF (BM25 + exact)", len(chunks), t_bm25 + t_exact,
-         *_time_queries(lambda q: hybrid.search(q, 10), texts, repeats)),
+        (
+            name,
+            "dense exact (numpy)",
+            len(chunks),
+            t_exact,
+            *_time_queries(lambda v: exact.ranked_by_vector(v, 10), query_vectors, repeats),
+        ),
+        (
+            name,
+            "dense HNSW (faiss, ef=64)",
+            len(chunks),
+            t_hnsw,
+            *_time_queries(lambda v: hnsw.ranked_by_vector(v, 10), query_vectors, repeats),
+        ),
+        (
+            name,
+            "hybrid RRF (BM25 + exact)",
+            len(chunks),
+            t_bm25 + t_exact,
+            *_time_queries(lambda q: hybrid.search(q, 10), texts, repeats),
+        ),
     ]
     ann = []
     for ef in efs:
@@ -95,19 +111,23 @@ def main(argv=None) -> None:
 
     big_chunks, big_vectors = rag.synthetic_enlargement(chunks, vectors, factor=args.factor, seed=0)
     rows, ann = bench_corpus("corpus", chunks, vectors, questions, query_vectors, args.repeats)
-    rows_big, ann_big = bench_corpus(f"{args.factor}x synthetic", big_chunks, big_vectors, questions, query_vectors,
-                                     args.repeats)
+    rows_big, ann_big = bench_corpus(
+        f"{args.factor}x synthetic", big_chunks, big_vectors, questions, query_vectors, args.repeats
+    )
 
-    print(f"\n### Chapter 6 retrieval benchmark ({os.cpu_count()} CPU cores, torch threads "
-          f"{torch.get_num_threads()})\n")
+    print(
+        f"\n### Chapter 6 retrieval benchmark ({os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()})\n"
+    )
     print("| corpus | method | chunks | index build [s] | query p50 [ms] | query p95 [ms] |")
     print("|---|---|---:|---:|---:|---:|")
     for corpus, method, n, build, p50, p95 in rows + rows_big:
         print(f"| {corpus} | {method} | {n:,} | {build:.3f} | {p50:.3f} | {p95:.3f} |")
     print(f"| both | embed one query (MiniLM, CPU) | – | – | {single[0]:.1f} | {single[1]:.1f} |")
-    print(f"\nEmbedding throughput: {chunks_per_s:.1f} chunks/s (cold corpus embedding ≈ "
-          f"{len(chunks) / chunks_per_s:.0f} s for {len(chunks):,} chunks); batched query embedding "
-          f"{per_query_embed * 1e3:.1f} ms/query.\n")
+    print(
+        f"\nEmbedding throughput: {chunks_per_s:.1f} chunks/s (cold corpus embedding ≈ "
+        f"{len(chunks) / chunks_per_s:.0f} s for {len(chunks):,} chunks); batched query embedding "
+        f"{per_query_embed * 1e3:.1f} ms/query.\n"
+    )
     print("| corpus | HNSW efSearch | recall@10 vs exact | query p50 [ms] |")
     print("|---|---:|---:|---:|")
     for corpus, ef, recall, p50 in ann + ann_big:
@@ -116,14 +136,18 @@ def main(argv=None) -> None:
     if not args.quick:
         print("\n| chunking (dense, exact) | chunks | recall@1 | recall@5 | recall@10 | MRR | answer in context@640 |")
         print("|---|---:|---:|---:|---:|---:|---:|")
-        for label, kw in [("structure-aware 128", dict(chunk_size=128, strategy="paragraphs")),
-                          ("fixed 128", dict(chunk_size=128, overlap=0, strategy="tokens")),
-                          ("fixed 128 + overlap 32", dict(chunk_size=128, overlap=32, strategy="tokens"))]:
+        for label, kw in [
+            ("structure-aware 128", dict(chunk_size=128, strategy="paragraphs")),
+            ("fixed 128", dict(chunk_size=128, overlap=0, strategy="tokens")),
+            ("fixed 128 + overlap 32", dict(chunk_size=128, overlap=32, strategy="tokens")),
+        ]:
             cks = rag.chunk_documents(documents, **kw)
             index = rag.DenseIndex(progress=True).add(cks)
             s = rag.evaluate(index, questions)
-            print(f"| {label} | {len(cks):,} | {s['recall@1']:.3f} | {s['recall@5']:.3f} | {s['recall@10']:.3f} "
-                  f"| {s['mrr']:.3f} | {rag.answer_in_context(index, questions):.3f} |")
+            print(
+                f"| {label} | {len(cks):,} | {s['recall@1']:.3f} | {s['recall@5']:.3f} | {s['recall@10']:.3f} "
+                f"| {s['mrr']:.3f} | {rag.answer_in_context(index, questions):.3f} |"
+            )
 
 
 if __name__ == "__main__":

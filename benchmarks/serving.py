@@ -22,6 +22,7 @@ Every ratio is measured in one run on this machine (127.0.0.1 only; nothing leav
     python benchmarks/serving.py [--clients 1 8 16] [--requests 1000] [--train-steps 300] [--threads 1]
     python benchmarks/serving.py --skip batching faults cache quant cascade     # continuous batching only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,28 @@ import numpy as np
 import torch
 
 from course_utils.batching import POLICIES, Engine, run_clients
-from course_utils.gateway import (RetryableError, SemanticCache, call_with_fallback, cascade_outcome, percentile,
-                                  pick_cascade_threshold, retry_after_of, retry_call)
+from course_utils.gateway import (
+    RetryableError,
+    SemanticCache,
+    call_with_fallback,
+    cascade_outcome,
+    percentile,
+    pick_cascade_threshold,
+    retry_after_of,
+    retry_call,
+)
 from course_utils.model import GPT, GPTConfig
 from course_utils.quantize import model_nbytes, quantize_model, quantize_tensor
 from course_utils.served_models import load_served_model, mixed_workload
-from course_utils.serving import (FaultInjector, GPTBackend, addition_problems, answer_additions, create_app,
-                                  load_adder, start_server)
+from course_utils.serving import (
+    FaultInjector,
+    GPTBackend,
+    addition_problems,
+    answer_additions,
+    create_app,
+    load_adder,
+    start_server,
+)
 
 
 def load_clients(url: str, n_clients: int, n_each: int, max_tokens: int) -> dict:
@@ -62,8 +78,9 @@ def load_clients(url: str, n_clients: int, n_each: int, max_tokens: int) -> dict
         for j in range(n_each):
             t = time.perf_counter()
             try:
-                r = c.completions.create(model="gpt", prompt=f"client {i} request {j}: ", max_tokens=max_tokens,
-                                         temperature=0)
+                r = c.completions.create(
+                    model="gpt", prompt=f"client {i} request {j}: ", max_tokens=max_tokens, temperature=0
+                )
             except Exception as err:  # counted, reported
                 errors.append(err)
                 continue
@@ -78,14 +95,19 @@ def load_clients(url: str, n_clients: int, n_each: int, max_tokens: int) -> dict
     for t in threads:
         t.join(timeout=600)
     wall = time.perf_counter() - t0
-    return {"tokens_per_s": tokens[0] / wall, "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
-            "errors": len(errors)}
+    return {
+        "tokens_per_s": tokens[0] / wall,
+        "p50_s": percentile(latencies, 50),
+        "p95_s": percentile(latencies, 95),
+        "errors": len(errors),
+    }
 
 
 def bench_batching(clients: list[int], n_each: int = 3, max_tokens: int = 32) -> list[dict]:
     torch.manual_seed(0)
-    backend = GPTBackend(GPT(GPTConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4, max_seq_len=128)),
-                         name="gpt")
+    backend = GPTBackend(
+        GPT(GPTConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4, max_seq_len=128)), name="gpt"
+    )
     rows = []
     for n in clients:
         row = {"clients": n}
@@ -113,8 +135,8 @@ def bench_faults(n_requests: int, error_rate: float = 0.2) -> dict:
         for _ in range(n_requests):
             calls = []
 
-            def once(model):
-                calls.append(model)
+            def once(model):  # called within this iteration: the loop variable is the current one
+                calls.append(model)  # noqa: B023
                 try:
                     return c.completions.create(model=model, prompt="x", max_tokens=1, temperature=0)
                 except openai.APIStatusError as err:
@@ -123,8 +145,14 @@ def bench_faults(n_requests: int, error_rate: float = 0.2) -> dict:
                     raise
 
             def retried(model):
-                return lambda: retry_call(lambda: once(model), max_attempts=3, base_delay=0.01, max_delay=0.1,
-                                          retry_on=(RetryableError,), rng=rng)
+                return lambda: retry_call(
+                    lambda: once(model),
+                    max_attempts=3,
+                    base_delay=0.01,
+                    max_delay=0.1,
+                    retry_on=(RetryableError,),
+                    rng=rng,
+                )
 
             try:
                 call_with_fallback(retried("primary"), retried("backup"), errors=(RetryableError,))
@@ -134,8 +162,14 @@ def bench_faults(n_requests: int, error_rate: float = 0.2) -> dict:
             first_try += calls == ["primary"]
             primary_only += "backup" not in calls
         wall = time.perf_counter() - t0
-    return {"requests": n_requests, "error_rate": error_rate, "no_retry": first_try / n_requests,
-            "retry": primary_only / n_requests, "retry_fallback": answered / n_requests, "wall_s": wall}
+    return {
+        "requests": n_requests,
+        "error_rate": error_rate,
+        "no_retry": first_try / n_requests,
+        "retry": primary_only / n_requests,
+        "retry_fallback": answered / n_requests,
+        "wall_s": wall,
+    }
 
 
 def bench_cache(n_entries: int = 10_000, n_lookups: int = 1000, dim: int = 384) -> dict:
@@ -145,13 +179,17 @@ def bench_cache(n_entries: int = 10_000, n_lookups: int = 1000, dim: int = 384) 
     for i in range(n_entries):
         cache.put(f"q{i}", i, vector=vecs[i])
     times = []
-    for j in range(n_lookups):
+    for _ in range(n_lookups):
         q = vecs[rng.integers(n_entries)] + 0.1 * rng.standard_normal(dim).astype(np.float32)
         t = time.perf_counter()
         cache.get("", vector=q)
         times.append((time.perf_counter() - t) * 1000)
-    return {"entries": len(cache), "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
-            "hit_rate": cache.stats()["hit_rate"]}
+    return {
+        "entries": len(cache),
+        "p50_ms": percentile(times, 50),
+        "p95_ms": percentile(times, 95),
+        "hit_rate": cache.stats()["hit_rate"],
+    }
 
 
 @torch.no_grad()
@@ -170,16 +208,30 @@ def bench_quantization(train_steps: int) -> dict:
     data = corpus_dataset(512)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=512, d_model=128, n_layers=4, n_heads=4, max_seq_len=128))
-    train(model, data, train_steps, lr=3e-3, warmup=20, batch_size=16, block_size=128, eval_every=10**9,
-          eval_iters=1, seed=0, progress=False)
+    train(
+        model,
+        data,
+        train_steps,
+        lr=3e-3,
+        warmup=20,
+        batch_size=16,
+        block_size=128,
+        eval_every=10**9,
+        eval_iters=1,
+        seed=0,
+        progress=False,
+    )
     base = val_loss(model, data)
     out = {"steps": train_steps, "fp32": base}
     for label, bits, group in (("int8", 8, None), ("int4_g32", 4, 32)):
         q = quantize_model(copy.deepcopy(model), bits, group)
         out[label] = val_loss(q, data)
     # group 128 needs in_features divisible by 128: the attention and w1/w3 projections (d_model 128), not w2
-    linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head
-              and m.in_features % 128 == 0]
+    linear = [
+        m.weight
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) and m is not model.lm_head and m.in_features % 128 == 0
+    ]
     fp32 = sum(w.numel() * 4 for w in linear)
     packed = sum(quantize_tensor(w, 4, 128).nbytes for w in linear)
     out["int4_g128_ratio"] = fp32 / packed
@@ -206,8 +258,13 @@ def bench_cascade(n_val: int = 1000, n_test: int = 1000, margin: float = 0.01) -
     t = pick_cascade_threshold(conf, s_ok, l_ok, (0.95 + margin) * l_ok.mean())
     conf, s_ok, l_ok = out["test"]
     res = cascade_outcome(conf, s_ok, l_ok, t)
-    return {"small_acc": float(s_ok.mean()), "large_acc": float(l_ok.mean()), "cascade_acc": res["accuracy"],
-            "escalation": res["escalation_rate"], "of_large": res["accuracy"] / max(l_ok.mean(), 1e-9)}
+    return {
+        "small_acc": float(s_ok.mean()),
+        "large_acc": float(l_ok.mean()),
+        "cascade_acc": res["accuracy"],
+        "escalation": res["escalation_rate"],
+        "of_large": res["accuracy"] / max(l_ok.mean(), 1e-9),
+    }
 
 
 def bench_continuous(clients: list[int], per_client: int = 8, block_size: int = 16, slots: int = 16) -> list[dict]:
@@ -237,8 +294,9 @@ def main(argv=None) -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["batching", "faults", "cache", "quant", "cascade", "continuous"])
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["batching", "faults", "cache", "quant", "cascade", "continuous"]
+    )
     ap.add_argument("--continuous-clients", type=int, nargs="*", default=[1, 4, 8, 16])
     args = ap.parse_args(argv)
     os.environ.setdefault("COURSE_OFFLINE", "1")
@@ -248,73 +306,130 @@ def main(argv=None) -> None:
     if "batching" not in args.skip:
         for r in bench_batching(args.clients):
             ratio = r["batched"]["tokens_per_s"] / r["one"]["tokens_per_s"]
-            print(f"clients={r['clients']:>2}: one-at-a-time {r['one']['tokens_per_s']:.0f} tok/s "
-                  f"(p50 {r['one']['p50_s']:.2f}s, p95 {r['one']['p95_s']:.2f}s) | batched "
-                  f"{r['batched']['tokens_per_s']:.0f} tok/s (p50 {r['batched']['p50_s']:.2f}s, "
-                  f"p95 {r['batched']['p95_s']:.2f}s) | ×{ratio:.2f}", flush=True)
+            print(
+                f"clients={r['clients']:>2}: one-at-a-time {r['one']['tokens_per_s']:.0f} tok/s "
+                f"(p50 {r['one']['p50_s']:.2f}s, p95 {r['one']['p95_s']:.2f}s) | batched "
+                f"{r['batched']['tokens_per_s']:.0f} tok/s (p50 {r['batched']['p50_s']:.2f}s, "
+                f"p95 {r['batched']['p95_s']:.2f}s) | ×{ratio:.2f}",
+                flush=True,
+            )
             if r["clients"] == 8:
-                rows.append(("Throughput with batching, 8 concurrent clients", f"{ratio:.2f}× one-at-a-time",
-                             "≥ 2×", ratio >= 2))
+                rows.append(
+                    (
+                        "Throughput with batching, 8 concurrent clients",
+                        f"{ratio:.2f}× one-at-a-time",
+                        "≥ 2×",
+                        ratio >= 2,
+                    )
+                )
     if "faults" not in args.skip:
         f = bench_faults(args.requests)
-        print(f"faults 20%: no retry {f['no_retry']:.3f}, retry {f['retry']:.3f}, retry+fallback "
-              f"{f['retry_fallback']:.4f} over {f['requests']} requests ({f['wall_s']:.0f}s)", flush=True)
-        rows.append((f"Requests answered with 20% injected faults (retry + fallback, {f['requests']:,} requests)",
-                     f"{100 * f['retry_fallback']:.2f}% (no retry {100 * f['no_retry']:.1f}%)", "≥ 99.5%",
-                     f["retry_fallback"] >= 0.995))
+        print(
+            f"faults 20%: no retry {f['no_retry']:.3f}, retry {f['retry']:.3f}, retry+fallback "
+            f"{f['retry_fallback']:.4f} over {f['requests']} requests ({f['wall_s']:.0f}s)",
+            flush=True,
+        )
+        rows.append(
+            (
+                f"Requests answered with 20% injected faults (retry + fallback, {f['requests']:,} requests)",
+                f"{100 * f['retry_fallback']:.2f}% (no retry {100 * f['no_retry']:.1f}%)",
+                "≥ 99.5%",
+                f["retry_fallback"] >= 0.995,
+            )
+        )
     if "cache" not in args.skip:
         c = bench_cache()
-        print(f"semantic cache: {c['entries']} entries, lookup p50 {c['p50_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms",
-              flush=True)
-        rows.append(("Semantic-cache lookup p95 at 10,000 entries", f"{c['p95_ms']:.2f} ms", "≤ 5 ms",
-                     c["p95_ms"] <= 5))
+        print(
+            f"semantic cache: {c['entries']} entries, lookup p50 {c['p50_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms",
+            flush=True,
+        )
+        rows.append(
+            ("Semantic-cache lookup p95 at 10,000 entries", f"{c['p95_ms']:.2f} ms", "≤ 5 ms", c["p95_ms"] <= 5)
+        )
     if "quant" not in args.skip:
         q = bench_quantization(args.train_steps)
         d8, d4 = q["int8"] - q["fp32"], q["int4_g32"] - q["fp32"]
-        print(f"quantization ({q['steps']} steps): val loss fp32 {q['fp32']:.4f}, int8 {q['int8']:.4f}, "
-              f"int4 g32 {q['int4_g32']:.4f}; linear weights int4 g128 ×{q['int4_g128_ratio']:.2f} smaller; whole "
-              f"model {q['model_fp32_bytes'] / 1e6:.2f} MB -> {q['model_int4_g32_bytes'] / 1e6:.2f} MB (int4 g32, "
-              "embedding in float)", flush=True)
-        rows.append(("Validation-loss increase, int8 / int4 group 32 (chapter-3 GPT)", f"{d8:+.4f} / {d4:+.4f} nats",
-                     "≤ 0.01 / ≤ 0.1 nats", d8 <= 0.01 and d4 <= 0.1))
-        rows.append(("Packed int4 (group 128) size vs fp32 (linear weights)", f"{q['int4_g128_ratio']:.2f}× smaller",
-                     "≥ 6× smaller", q["int4_g128_ratio"] >= 6))
+        print(
+            f"quantization ({q['steps']} steps): val loss fp32 {q['fp32']:.4f}, int8 {q['int8']:.4f}, "
+            f"int4 g32 {q['int4_g32']:.4f}; linear weights int4 g128 ×{q['int4_g128_ratio']:.2f} smaller; whole "
+            f"model {q['model_fp32_bytes'] / 1e6:.2f} MB -> {q['model_int4_g32_bytes'] / 1e6:.2f} MB (int4 g32, "
+            "embedding in float)",
+            flush=True,
+        )
+        rows.append(
+            (
+                "Validation-loss increase, int8 / int4 group 32 (chapter-3 GPT)",
+                f"{d8:+.4f} / {d4:+.4f} nats",
+                "≤ 0.01 / ≤ 0.1 nats",
+                d8 <= 0.01 and d4 <= 0.1,
+            )
+        )
+        rows.append(
+            (
+                "Packed int4 (group 128) size vs fp32 (linear weights)",
+                f"{q['int4_g128_ratio']:.2f}× smaller",
+                "≥ 6× smaller",
+                q["int4_g128_ratio"] >= 6,
+            )
+        )
     if "cascade" not in args.skip:
         k = bench_cascade()
-        print(f"cascade: small {k['small_acc']:.3f}, large {k['large_acc']:.3f}, cascade {k['cascade_acc']:.3f} "
-              f"({100 * k['of_large']:.1f}% of large) with {100 * k['escalation']:.1f}% escalated", flush=True)
-        rows.append(("Cascade: share of calls sent to the large model at ≥ 95% of its accuracy",
-                     f"{100 * k['escalation']:.1f}% (reaches {100 * k['of_large']:.1f}% of large's accuracy)",
-                     "≤ 50%", k["escalation"] <= 0.5 and k["of_large"] >= 0.95))
+        print(
+            f"cascade: small {k['small_acc']:.3f}, large {k['large_acc']:.3f}, cascade {k['cascade_acc']:.3f} "
+            f"({100 * k['of_large']:.1f}% of large) with {100 * k['escalation']:.1f}% escalated",
+            flush=True,
+        )
+        rows.append(
+            (
+                "Cascade: share of calls sent to the large model at ≥ 95% of its accuracy",
+                f"{100 * k['escalation']:.1f}% (reaches {100 * k['of_large']:.1f}% of large's accuracy)",
+                "≤ 50%",
+                k["escalation"] <= 0.5 and k["of_large"] >= 0.95,
+            )
+        )
     if "continuous" not in args.skip:
         # throughput and latency on the engine's CPU clock (Engine.cpu_seconds): other work on a shared machine
         # stretches the wall clock, not the engine's own compute; the wall-clock numbers are printed as well
         # 16 batch slots: every client's request is in the batch; then 16 clients for 8 slots: requests queue
         for r in bench_continuous(args.continuous_clients) + bench_continuous([16], slots=8):
-            print(f"clients={r['clients']:>2}, slots={r['slots']}: " + " | ".join(
-                f"{name} {r[name]['tokens_per_cpu_s']:.0f} tok/cpu-s (p50 {r[name]['p50_cpu_s']:.2f}s, p95 "
-                f"{r[name]['p95_cpu_s']:.2f}s; {r[name]['stats']['steps']} decode steps; wall "
-                f"{r[name]['tokens_per_s']:.0f} tok/s, p95 {r[name]['p95_s']:.2f}s)" for name in POLICIES), flush=True)
+            print(
+                f"clients={r['clients']:>2}, slots={r['slots']}: "
+                + " | ".join(
+                    f"{name} {r[name]['tokens_per_cpu_s']:.0f} tok/cpu-s (p50 {r[name]['p50_cpu_s']:.2f}s, p95 "
+                    f"{r[name]['p95_cpu_s']:.2f}s; {r[name]['stats']['steps']} decode steps; wall "
+                    f"{r[name]['tokens_per_s']:.0f} tok/s, p95 {r[name]['p95_s']:.2f}s)"
+                    for name in POLICIES
+                ),
+                flush=True,
+            )
             cont, stat, one = r["continuous"], r["static"], r["one-at-a-time"]
             n = r["clients"]
             n = f"{n} clients for {r['slots']} slots (a queue)" if r["slots"] < n else f"{n} client{'s' * (n > 1)}"
             ratio = cont["tokens_per_cpu_s"] / stat["tokens_per_cpu_s"]
             step_ratio = stat["stats"]["steps"] / cont["stats"]["steps"]  # the same tokens in fewer forward passes
-            rows.append((f"Continuous batching, {n}, mixed lengths 16–256: tokens per "
-                         "engine-CPU-second (p50 / p95 latency)",
-                         f"continuous {cont['tokens_per_cpu_s']:.0f} ({cont['p50_cpu_s']:.2f} / {cont['p95_cpu_s']:.2f}"
-                         f" s), ×{ratio:.2f} static {stat['tokens_per_cpu_s']:.0f} ({stat['p50_cpu_s']:.2f} / "
-                         f"{stat['p95_cpu_s']:.2f} s), one-at-a-time {one['tokens_per_cpu_s']:.0f} "
-                         f"({one['p50_cpu_s']:.2f} / {one['p95_cpu_s']:.2f} s); static needs ×{step_ratio:.2f} the "
-                         "decode steps",
-                         "≥ 1.5× static, lower p95" if n == "8 clients" else "—",
-                         ratio >= 1.5 and cont["p95_cpu_s"] < stat["p95_cpu_s"] if n == "8 clients" else "—"))
+            rows.append(
+                (
+                    f"Continuous batching, {n}, mixed lengths 16–256: tokens per engine-CPU-second (p50 / p95 latency)",
+                    f"continuous {cont['tokens_per_cpu_s']:.0f} ({cont['p50_cpu_s']:.2f} / {cont['p95_cpu_s']:.2f}"
+                    f" s), ×{ratio:.2f} static {stat['tokens_per_cpu_s']:.0f} ({stat['p50_cpu_s']:.2f} / "
+                    f"{stat['p95_cpu_s']:.2f} s), one-at-a-time {one['tokens_per_cpu_s']:.0f} "
+                    f"({one['p50_cpu_s']:.2f} / {one['p95_cpu_s']:.2f} s); static needs ×{step_ratio:.2f} the "
+                    "decode steps",
+                    "≥ 1.5× static, lower p95" if n == "8 clients" else "—",
+                    ratio >= 1.5 and cont["p95_cpu_s"] < stat["p95_cpu_s"] if n == "8 clients" else "—",
+                )
+            )
             if n == "8 clients":
                 s = cont["stats"]
-                rows.append(("KV memory reserved but unused (averaged over decode steps), continuous, 8 clients",
-                             f"block cache (16 tokens/block) {100 * s['kv_waste']:.1f}% vs per-request "
-                             f"prompt + max_tokens reservation {100 * s['kv_waste_maxlen']:.1f}%", "< 10%",
-                             s["kv_waste"] < 0.10))
+                rows.append(
+                    (
+                        "KV memory reserved but unused (averaged over decode steps), continuous, 8 clients",
+                        f"block cache (16 tokens/block) {100 * s['kv_waste']:.1f}% vs per-request "
+                        f"prompt + max_tokens reservation {100 * s['kv_waste_maxlen']:.1f}%",
+                        "< 10%",
+                        s["kv_waste"] < 0.10,
+                    )
+                )
     print()
     print("| Measure | Result | Target | Met |")
     print("|---|---|---|---|")

@@ -4,6 +4,7 @@ Each chapter's reference implementation lives in a module here (``tokenization``
 ``moe``, ...). Notebooks import it instead of pasting code again; solution notebooks may re-derive a piece for
 teaching, and a test proves the two agree.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,6 +73,7 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
         import matplotlib as mpl
 
         from .plotting import figure_dpi
+
         mpl.rcParams["figure.dpi"] = figure_dpi()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not quiet:

@@ -5,6 +5,7 @@ Problems (:func:`addition_problems`), training data (:class:`AdditionData`), tra
 :func:`build_adders`), the committed sha256-checked checkpoints (:func:`load_adder`) and scoring
 (:func:`answer_additions`).
 """
+
 from __future__ import annotations
 
 import random
@@ -14,8 +15,17 @@ import torch
 
 from .serving.backends import ByteTokenizer, GenRequest, GPTBackend
 
-__all__ = ["ADDER_CONFIGS", "ADDER_SHA256", "addition_problem", "addition_problems", "answer_additions",
-           "AdditionData", "train_adder", "build_adders", "load_adder"]
+__all__ = [
+    "ADDER_CONFIGS",
+    "ADDER_SHA256",
+    "addition_problem",
+    "addition_problems",
+    "answer_additions",
+    "AdditionData",
+    "train_adder",
+    "build_adders",
+    "load_adder",
+]
 
 # Two GPTs of different sizes that add numbers: a task whose answers can be checked, for the model cascade.
 ASSETS = Path(__file__).parent / "assets"
@@ -32,8 +42,10 @@ def _checkpoint(name: str) -> Path:
 
 # The recorded sha256 of each committed checkpoint, read from its sidecar `.sha256` (the one mechanism every asset
 # uses; build_adders writes them); kept under this name for code that reads it.
-ADDER_SHA256 = {name: _checkpoint(name).with_name(_checkpoint(name).name + ".sha256").read_text().split()[0]
-                for name in ADDER_CONFIGS}
+ADDER_SHA256 = {
+    name: _checkpoint(name).with_name(_checkpoint(name).name + ".sha256").read_text().split()[0]
+    for name in ADDER_CONFIGS
+}
 
 
 def addition_problem(rng: random.Random, max_digits: int = 3) -> tuple[str, str]:
@@ -57,15 +69,22 @@ def answer_additions(backend, problems, *, batch_size: int | None = None) -> tup
     """Greedy answers of ``backend`` to ``problems`` (pairs from :func:`addition_problems`): whether each answer
     line is exactly right, and the log-probabilities of its first ``len(answer)`` tokens (the confidence a cascade
     reads). ``batch_size`` requests per padded batch (None: all at once)."""
-    if isinstance(problems, (str, bytes)) or not problems or not all(
-            isinstance(p, tuple) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in problems):
-        raise ValueError("problems must be a non-empty list of (prompt, answer) string pairs, e.g. addition_problems(10, 0)")
+    if (
+        isinstance(problems, (str, bytes))
+        or not problems
+        or not all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in problems)
+    ):
+        raise ValueError(
+            "problems must be a non-empty list of (prompt, answer) string pairs, e.g. addition_problems(10, 0)"
+        )
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     step = batch_size or len(problems)
     gens = []
     for i in range(0, len(problems), step):
-        gens += backend.generate_batch([GenRequest(backend.tokenizer.encode(q), 5, 0.0) for q, _ in problems[i:i + step]])
+        gens += backend.generate_batch(
+            [GenRequest(backend.tokenizer.encode(q), 5, 0.0) for q, _ in problems[i : i + step]]
+        )
     correct = [g.text.split("\n")[0] + "\n" == a for g, (_, a) in zip(gens, problems)]
     return correct, [list(g.logprobs[: len(a)]) for g, (_, a) in zip(gens, problems)]
 
@@ -83,7 +102,7 @@ class AdditionData:
         for i, (q, a) in enumerate(addition_problems(batch_size, seed)):
             ids = list((q + a).encode())
             x[i, : len(ids) - 1] = torch.tensor(ids[:-1])
-            y[i, len(q) - 1: len(ids) - 1] = torch.tensor(ids[len(q):])
+            y[i, len(q) - 1 : len(ids) - 1] = torch.tensor(ids[len(q) :])
         return x, y
 
 
@@ -97,9 +116,20 @@ def train_adder(name: str, *, seed: int = 0, steps: int | None = None, progress:
     cfg, default_steps = ADDER_CONFIGS[name]
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**cfg))
-    train(model, AdditionData(), steps or default_steps, lr=3e-3, warmup=50, batch_size=64,
-          block_size=AdditionData.block_size, eval_every=10**9, eval_iters=1, weight_decay=0.0, seed=seed,
-          progress=progress)
+    train(
+        model,
+        AdditionData(),
+        steps or default_steps,
+        lr=3e-3,
+        warmup=50,
+        batch_size=64,
+        block_size=AdditionData.block_size,
+        eval_every=10**9,
+        eval_iters=1,
+        weight_decay=0.0,
+        seed=seed,
+        progress=progress,
+    )
     return model.eval()
 
 
@@ -112,8 +142,12 @@ def build_adders(directory: str | Path = ASSETS, names=tuple(ADDER_CONFIGS)) -> 
 
     digests = {}
     for name in names:
-        path = save_checkpoint(train_adder(name, progress=True), Path(directory) / _checkpoint(name).name,
-                               meta={"task": "addition", "built_by": "course_utils.adder.build_adders"}, sha256=True)
+        path = save_checkpoint(
+            train_adder(name, progress=True),
+            Path(directory) / _checkpoint(name).name,
+            meta={"task": "addition", "built_by": "course_utils.adder.build_adders"},
+            sha256=True,
+        )
         digests[name] = sha256_of(path)
     return digests
 

@@ -18,6 +18,7 @@ What lives here, each written so the maths reads off the code:
 Shapes follow PyTorch: ``q`` is ``[..., Lq, d]``, ``k`` is ``[..., Lk, d]``, ``v`` is ``[..., Lk, dv]``; a model's
 tensors are ``[B, H, T, head_dim]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,9 +70,7 @@ def _check_qkv(q, k, v) -> None:
             f"q and k must have the same head dimension (last axis): q {tuple(q.shape)}, k {tuple(k.shape)}"
         )
     if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and v must have the same number of keys (axis -2): k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
+        raise ValueError(f"k and v must have the same number of keys (axis -2): k {tuple(k.shape)}, v {tuple(v.shape)}")
     try:
         torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:
@@ -120,17 +119,16 @@ def _as_additive(attn_mask, target_shape, dtype) -> torch.Tensor:
             f"{tuple(target_shape)} ([..., Lq, Lk])"
         )
     if attn_mask.dtype == torch.bool:
-        return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
-            ~attn_mask, float("-inf")
-        )
+        return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
     if not attn_mask.is_floating_point():
         raise TypeError(f"attn_mask must be bool (True = may attend) or floating point, got {attn_mask.dtype}")
     return attn_mask.to(dtype)
 
 
 # ------------------------------------------------------------------------------------------------ attention
-def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = False, scale: float | None = None,
-                                 enable_gqa: bool = False):
+def scaled_dot_product_attention(
+    q, k, v, attn_mask=None, is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False
+):
     """softmax(q kᵀ · scale + mask) v, with ``torch.nn.functional.scaled_dot_product_attention``'s semantics.
 
     Args:
@@ -191,7 +189,7 @@ def online_softmax_attention(q, k, v, block_size: int = 128, is_causal: bool = F
     for start in range(0, n_k, block_size):
         if is_causal and start > n_q - 1:
             break  # every later key is in the future of every query
-        kb, vb = k[..., start:start + block_size, :], v[..., start:start + block_size, :]
+        kb, vb = k[..., start : start + block_size, :], v[..., start : start + block_size, :]
         s = (q @ kb.transpose(-2, -1)) * scale  # [..., Lq, block]: only this block's scores exist
         if is_causal:
             cols = torch.arange(start, start + kb.shape[-2], device=q.device)[None, :]
@@ -244,8 +242,9 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- RoPE
-def rope_frequencies(head_dim: int, max_seq_len: int, base: float = 10000.0, *, device=None,
-                     dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_frequencies(
+    head_dim: int, max_seq_len: int, base: float = 10000.0, *, device=None, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)``, each ``[max_seq_len, head_dim]``: the angles ``p · θ_i`` with ``θ_i = base^(−2i/head_dim)``.
 
     Rotate-half layout (Llama / Hugging Face): dimension ``i`` is paired with ``i + head_dim/2``, so the angle
@@ -271,8 +270,9 @@ def _check_positions(positions, B: int, T: int, limit: int) -> torch.Tensor:
     if tuple(positions.shape) != (B, T):
         raise ValueError(f"positions must have shape [B={B}, T={T}], got {tuple(positions.shape)}")
     if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= limit):
-        raise ValueError(f"positions must lie in [0, {limit}) (max_seq_len), got {int(positions.min())}.."
-                         f"{int(positions.max())}")
+        raise ValueError(
+            f"positions must lie in [0, {limit}) (max_seq_len), got {int(positions.min())}..{int(positions.max())}"
+        )
     return positions.long()
 
 
@@ -282,8 +282,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int = 0, *,
-               positions: torch.Tensor | None = None) -> torch.Tensor:
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int = 0, *, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """Rotate ``x`` ``[B, H, T, head_dim]`` by the angles of positions ``offset … offset+T−1``.
 
     ``positions`` (LongTensor ``[B, T]``) instead gives every row its own positions: a batch of sequences of
@@ -313,8 +314,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: in
             f"positions {offset}..{offset + T - 1} exceed the {cos.shape[0]} positions of the RoPE table "
             "(raise max_seq_len)"
         )
-    c = cos[offset:offset + T].to(x.dtype)
-    s = sin[offset:offset + T].to(x.dtype)
+    c = cos[offset : offset + T].to(x.dtype)
+    s = sin[offset : offset + T].to(x.dtype)
     return x * c + rotate_half(x) * s
 
 
@@ -349,8 +350,9 @@ class KVCache:
         _check_tensor("k", k)
         _check_tensor("v", v)
         if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
-            raise ValueError(f"k and v must be [B, H_kv, T, d] with the same B, H_kv, T: k {tuple(k.shape)}, "
-                             f"v {tuple(v.shape)}")
+            raise ValueError(
+                f"k and v must be [B, H_kv, T, d] with the same B, H_kv, T: k {tuple(k.shape)}, v {tuple(v.shape)}"
+            )
         n_new = k.shape[2]
         if self._k is None:
             cap = max(16, n_new)
@@ -368,14 +370,14 @@ class KVCache:
                 cap = max(2 * self._k.shape[2], self._length + n_new)
                 self._k, self._v = self._grow(self._k, cap), self._grow(self._v, cap)
         end = self._length + n_new
-        self._k[:, :, self._length:end] = k
-        self._v[:, :, self._length:end] = v
+        self._k[:, :, self._length : end] = k
+        self._v[:, :, self._length : end] = v
         self._length = end
         return self._k[:, :, :end], self._v[:, :, :end]
 
     def _grow(self, old: torch.Tensor, capacity: int) -> torch.Tensor:
         new = old.new_empty(old.shape[0], old.shape[1], capacity, old.shape[3])
-        new[:, :, :self._length] = old[:, :, :self._length]
+        new[:, :, : self._length] = old[:, :, : self._length]
         return new
 
     def __repr__(self) -> str:
@@ -399,21 +401,24 @@ class PagedKVCache:
     by :class:`course_utils.batching.Engine`.
     """
 
-    def __init__(self, k_pool: torch.Tensor, v_pool: torch.Tensor, write_slots: torch.Tensor,
-                 read_slots: torch.Tensor):
+    def __init__(self, k_pool: torch.Tensor, v_pool: torch.Tensor, write_slots: torch.Tensor, read_slots: torch.Tensor):
         for name, t in (("k_pool", k_pool), ("v_pool", v_pool)):
             if not isinstance(t, torch.Tensor) or t.dim() != 3:
-                raise ValueError(f"{name} must be a 3-D tensor [slots, H_kv, head_dim], got "
-                                 f"{getattr(t, 'shape', type(t).__name__)}")
+                raise ValueError(
+                    f"{name} must be a 3-D tensor [slots, H_kv, head_dim], got {getattr(t, 'shape', type(t).__name__)}"
+                )
         if k_pool.shape != v_pool.shape:
-            raise ValueError(f"k_pool and v_pool must have the same shape, got {tuple(k_pool.shape)} and "
-                             f"{tuple(v_pool.shape)}")
+            raise ValueError(
+                f"k_pool and v_pool must have the same shape, got {tuple(k_pool.shape)} and {tuple(v_pool.shape)}"
+            )
         for name, t in (("write_slots", write_slots), ("read_slots", read_slots)):
             if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype != torch.long:
                 raise ValueError(f"{name} must be a LongTensor [B, T], got {getattr(t, 'shape', type(t).__name__)}")
         if write_slots.shape[0] != read_slots.shape[0]:
-            raise ValueError(f"write_slots and read_slots must have the same batch size, got "
-                             f"{write_slots.shape[0]} and {read_slots.shape[0]}")
+            raise ValueError(
+                f"write_slots and read_slots must have the same batch size, got "
+                f"{write_slots.shape[0]} and {read_slots.shape[0]}"
+            )
         self.k_pool, self.v_pool = k_pool, v_pool
         self.write_slots, self.read_slots = write_slots, read_slots
 
@@ -421,9 +426,11 @@ class PagedKVCache:
         """Store ``k``/``v`` ``[B, H_kv, T, d]`` in their slots; return all keys/values ``[B, H_kv, L, d]``."""
         B, H, T, d = k.shape
         if v.shape != k.shape or tuple(self.write_slots.shape) != (B, T) or self.k_pool.shape[1:] != (H, d):
-            raise ValueError(f"k/v {tuple(k.shape)}/{tuple(v.shape)} do not fit write_slots "
-                             f"{tuple(self.write_slots.shape)} and the pool's [slots, H_kv, d] = "
-                             f"{list(self.k_pool.shape)}")
+            raise ValueError(
+                f"k/v {tuple(k.shape)}/{tuple(v.shape)} do not fit write_slots "
+                f"{tuple(self.write_slots.shape)} and the pool's [slots, H_kv, d] = "
+                f"{list(self.k_pool.shape)}"
+            )
         slots = self.write_slots.reshape(-1)
         self.k_pool[slots] = k.transpose(1, 2).reshape(B * T, H, d).to(self.k_pool.dtype)
         self.v_pool[slots] = v.transpose(1, 2).reshape(B * T, H, d).to(self.v_pool.dtype)
@@ -440,8 +447,18 @@ class MultiHeadAttention(nn.Module):
     from this module instead, which also returns the attention weights (a test proves the two paths agree).
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, rope: bool = True,
-                 rope_base: float = 10000.0, max_seq_len: int = 4096, dropout: float = 0.0, bias: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        *,
+        rope: bool = True,
+        rope_base: float = 10000.0,
+        max_seq_len: int = 4096,
+        dropout: float = 0.0,
+        bias: bool = False,
+    ):
         super().__init__()
         d_model = _positive_int("d_model", d_model)
         n_heads = _positive_int("n_heads", n_heads)
@@ -469,12 +486,20 @@ class MultiHeadAttention(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"head_dim={self.head_dim}, rope={self.rope}")
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+            f"head_dim={self.head_dim}, rope={self.rope}"
+        )
 
-    def forward(self, x: torch.Tensor, *, cache: KVCache | PagedKVCache | None = None,
-                attn_mask: torch.Tensor | None = None, return_weights: bool = False,
-                positions: torch.Tensor | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        cache: KVCache | PagedKVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+        positions: torch.Tensor | None = None,
+    ):
         """``x`` ``[B, T, d_model]`` → ``[B, T, d_model]`` (and the weights ``[B, H, T, L]`` if asked).
 
         With a ``cache``, ``x`` holds positions ``cache.length … cache.length+T−1``; they attend to every cached
@@ -601,8 +626,18 @@ def _torch_sdpa(q, k, v, is_causal, block_size):
 ATTENTION_METHODS = {"naive": _naive, "chunked": _chunked, "torch_sdpa": _torch_sdpa}
 
 
-def attention_cost(method: str, n: int, *, batch: int = 1, n_heads: int = 4, head_dim: int = 64,
-                   block_size: int = 128, is_causal: bool = True, repeats: int = 3, dtype=torch.float32) -> dict:
+def attention_cost(
+    method: str,
+    n: int,
+    *,
+    batch: int = 1,
+    n_heads: int = 4,
+    head_dim: int = 64,
+    block_size: int = 128,
+    is_causal: bool = True,
+    repeats: int = 3,
+    dtype=torch.float32,
+) -> dict:
     """Time (best of ``repeats``) and peak tensor memory of one causal self-attention over ``n`` positions.
 
     Returns ``{"method", "n", "seconds", "peak_bytes", "scores_bytes"}`` where ``scores_bytes`` is the size of one

@@ -27,6 +27,7 @@ queue and later recomputes its cache from prompt + generated tokens — vLLM's "
 The forward pass is the model's own (:meth:`~course_utils.model.GPT.forward`); sampling is
 :func:`course_utils.sampling.sample_tokens` (each row with its request's own seeded generator).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,8 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -46,9 +47,11 @@ from .sampling import SamplingParams, TokenChoice, sample_tokens
 __all__ = ["Engine", "RequestHandle", "TokenEvent", "EngineResult", "BlockAllocator", "run_clients", "POLICIES"]
 
 #: the three ways of serving that chapter 8 compares: name -> Engine options
-POLICIES = {"continuous": {"policy": "continuous"}, "static": {"policy": "static"},
-            "one-at-a-time": {"policy": "continuous", "max_batch": 1}}
-
+POLICIES = {
+    "continuous": {"policy": "continuous"},
+    "static": {"policy": "static"},
+    "one-at-a-time": {"policy": "continuous", "max_batch": 1},
+}
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class _Seq:
     @property
     def pending(self) -> list[int]:
         """Tokens to feed next: the whole prompt (+ generated) after admission, else the last sampled token."""
-        return self.tokens[self.cached:]
+        return self.tokens[self.cached :]
 
 
 class Engine:
@@ -172,8 +175,17 @@ class Engine:
     :attr:`timeline`, one tuple per decode step with the request id in each batch slot (``None`` = empty).
     """
 
-    def __init__(self, model, *, block_size: int = 16, num_blocks: int | None = None, max_batch: int = 16,
-                 policy: str = "continuous", record: bool = False, max_wait_ms: float = 10.0):
+    def __init__(
+        self,
+        model,
+        *,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        max_batch: int = 16,
+        policy: str = "continuous",
+        record: bool = False,
+        max_wait_ms: float = 10.0,
+    ):
         config = getattr(model, "config", None)
         if config is None or not hasattr(model, "blocks"):
             raise TypeError(f"model must be a course_utils.model.GPT, got {type(model).__name__}")
@@ -195,8 +207,13 @@ class Engine:
         attn = model.blocks[0].attn
         dtype = next(model.parameters()).dtype
         slots = (num_blocks + 1) * block_size  # + block 0, the scratch block that padding writes into
-        self._pools = [(torch.zeros(slots, attn.n_kv_heads, attn.head_dim, dtype=dtype),
-                        torch.zeros(slots, attn.n_kv_heads, attn.head_dim, dtype=dtype)) for _ in model.blocks]
+        self._pools = [
+            (
+                torch.zeros(slots, attn.n_kv_heads, attn.head_dim, dtype=dtype),
+                torch.zeros(slots, attn.n_kv_heads, attn.head_dim, dtype=dtype),
+            )
+            for _ in model.blocks
+        ]
         # keys + values, every layer, one position
         self.bytes_per_token = 2 * len(model.blocks) * attn.n_kv_heads * attn.head_dim * dtype.itemsize
         self.allocator = BlockAllocator(num_blocks)
@@ -208,14 +225,14 @@ class Engine:
         self._closed = False
         self._held = False  # hold(): queue requests without starting them
         self._cpu, self._iter_start = 0.0, None  # CPU seconds the loop has computed for; start of this iteration
-        self._totals = {"steps": 0, "prefills": 0, "tokens": 0, "used": 0, "reserved": 0, "maxlen": 0,
-                        "preemptions": 0}
+        self._totals = {"steps": 0, "prefills": 0, "tokens": 0, "used": 0, "reserved": 0, "maxlen": 0, "preemptions": 0}
         self._thread = threading.Thread(target=self._loop, name="course-engine", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------------------------------- public API
-    def submit(self, prompt_ids, params: SamplingParams | None = None,
-               on_token: Callable[[TokenEvent], None] | None = None) -> RequestHandle:
+    def submit(
+        self, prompt_ids, params: SamplingParams | None = None, on_token: Callable[[TokenEvent], None] | None = None
+    ) -> RequestHandle:
         """Queue a request; it joins the running batch at the next iteration with free room. Thread-safe."""
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
@@ -230,19 +247,30 @@ class Engine:
         params.check_vocab(self.vocab_size)
         need = len(prompt) + params.max_tokens
         if need > self.max_seq_len:
-            raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
-                             f"context of {self.max_seq_len}")
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                f"context of {self.max_seq_len}"
+            )
         if math.ceil(need / self.block_size) > self.allocator.num_blocks:
-            raise ValueError(f"prompt + max_tokens needs {math.ceil(need / self.block_size)} blocks, the cache "
-                             f"has {self.allocator.num_blocks}")
+            raise ValueError(
+                f"prompt + max_tokens needs {math.ceil(need / self.block_size)} blocks, the cache "
+                f"has {self.allocator.num_blocks}"
+            )
         if on_token is not None and not callable(on_token):
             raise TypeError(f"on_token must be callable or None, got {type(on_token).__name__}")
         gen = None if params.seed is None else torch.Generator().manual_seed(params.seed)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine is closed")
-            seq = _Seq(RequestHandle(next(self._ids)), prompt, params, on_token, gen,
-                       submitted_at=time.perf_counter(), submitted_cpu=self.cpu_seconds)
+            seq = _Seq(
+                RequestHandle(next(self._ids)),
+                prompt,
+                params,
+                on_token,
+                gen,
+                submitted_at=time.perf_counter(),
+                submitted_cpu=self.cpu_seconds,
+            )
             self._waiting.append(seq)
             self._cond.notify_all()
         return seq.handle
@@ -272,13 +300,21 @@ class Engine:
             used = sum(s.cached for s in self._running)
             blocks = self.allocator.num_blocks - self.allocator.free
             t = self._totals
-            return {"running": len(self._running), "waiting": len(self._waiting), "blocks_used": blocks,
-                    "blocks_free": self.allocator.free, "block_size": self.block_size,
-                    "kv_bytes_reserved": blocks * self.block_size * self.bytes_per_token,
-                    "kv_bytes_used": used * self.bytes_per_token, "steps": t["steps"], "prefills": t["prefills"],
-                    "tokens_generated": t["tokens"], "preemptions": t["preemptions"],
-                    "kv_waste": 1 - t["used"] / t["reserved"] if t["reserved"] else 0.0,
-                    "kv_waste_maxlen": 1 - t["used"] / t["maxlen"] if t["maxlen"] else 0.0}
+            return {
+                "running": len(self._running),
+                "waiting": len(self._waiting),
+                "blocks_used": blocks,
+                "blocks_free": self.allocator.free,
+                "block_size": self.block_size,
+                "kv_bytes_reserved": blocks * self.block_size * self.bytes_per_token,
+                "kv_bytes_used": used * self.bytes_per_token,
+                "steps": t["steps"],
+                "prefills": t["prefills"],
+                "tokens_generated": t["tokens"],
+                "preemptions": t["preemptions"],
+                "kv_waste": 1 - t["used"] / t["reserved"] if t["reserved"] else 0.0,
+                "kv_waste_maxlen": 1 - t["used"] / t["maxlen"] if t["maxlen"] else 0.0,
+            }
 
     @contextlib.contextmanager
     def hold(self):
@@ -317,7 +353,7 @@ class Engine:
             self._cond.notify_all()
         self._thread.join(timeout)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -465,7 +501,7 @@ class Engine:
             idx[row, :n] = torch.tensor(s.pending)
             pos = torch.arange(s.cached, s.cached + T)
             positions[row] = pos.clamp(max=self.max_seq_len - 1)  # a pad's position only has to be valid
-            tables[row, :len(s.blocks)] = torch.tensor(s.blocks)
+            tables[row, : len(s.blocks)] = torch.tensor(s.blocks)
             real = pos[:n]
             write[row, :n] = tables[row, real // bs] * bs + real % bs
             last.append(n - 1)
@@ -475,8 +511,16 @@ class Engine:
         logits, _ = self.model(idx, caches=caches, positions=positions)
         rows = logits[torch.arange(len(seqs)), torch.tensor(last)]
         live = [row for row, s in enumerate(seqs) if s.finish is None]
-        choices = sample_tokens(rows[live], [seqs[r].generated for r in live], [seqs[r].params for r in live],
-                                [seqs[r].generator for r in live]) if live else []
+        choices = (
+            sample_tokens(
+                rows[live],
+                [seqs[r].generated for r in live],
+                [seqs[r].params for r in live],
+                [seqs[r].generator for r in live],
+            )
+            if live
+            else []
+        )
         for s in seqs:
             s.cached += len(s.pending)
         for row, choice in zip(live, choices):
@@ -499,8 +543,9 @@ class Engine:
                 seq.tops.append(choice.top_logprobs)
                 if len(seq.generated) >= seq.params.max_tokens:
                     seq.finish = "length"
-                event = TokenEvent(seq.handle.request_id, index, choice.token_id, choice.logprob,
-                                   choice.top_logprobs, seq.finish)
+                event = TokenEvent(
+                    seq.handle.request_id, index, choice.token_id, choice.logprob, choice.top_logprobs, seq.finish
+                )
         if seq.on_token is not None:
             try:
                 seq.on_token(event)  # outside the lock: a callback may call cancel() or submit()
@@ -524,15 +569,27 @@ class Engine:
             return
         if not error:
             seq.handle._result = EngineResult(
-                seq.handle.request_id, list(seq.generated), list(seq.logprobs), list(seq.tops), seq.finish,
-                len(seq.prompt), len(seq.generated) + seq.stop_token, seq.submitted_at, seq.first_token_at,
-                time.perf_counter(), seq.preemptions, seq.submitted_cpu, self.cpu_seconds)
+                seq.handle.request_id,
+                list(seq.generated),
+                list(seq.logprobs),
+                list(seq.tops),
+                seq.finish,
+                len(seq.prompt),
+                len(seq.generated) + seq.stop_token,
+                seq.submitted_at,
+                seq.first_token_at,
+                time.perf_counter(),
+                seq.preemptions,
+                seq.submitted_cpu,
+                self.cpu_seconds,
+            )
         seq.handle._done.set()
         self._cond.notify_all()
 
 
-def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_clients: int | None,
-                timeout: float = 600.0) -> dict:
+def run_clients(
+    engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_clients: int | None, timeout: float = 600.0
+) -> dict:
     """Send ``jobs`` ``(prompt_ids, params)`` from ``n_clients`` threads, each one request at a time (job ``i`` goes
     to client ``i % n_clients``); ``n_clients=None``: all jobs arrive at once, in order (:meth:`Engine.hold`).
 
@@ -571,7 +628,16 @@ def run_clients(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], n_
     latencies = [r.finished_at - r.submitted_at for r in results]
     cpu_latencies = [r.finished_cpu - r.submitted_cpu for r in results]
     tokens = sum(r.completion_tokens for r in results)
-    return {"tokens_per_s": tokens / wall, "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
-            "wall_s": wall, "tokens_per_cpu_s": tokens / cpu, "p50_cpu_s": percentile(cpu_latencies, 50),
-            "p95_cpu_s": percentile(cpu_latencies, 95), "cpu_s": cpu, "tokens": tokens, "stats": engine.stats(),
-            "results": results}
+    return {
+        "tokens_per_s": tokens / wall,
+        "p50_s": percentile(latencies, 50),
+        "p95_s": percentile(latencies, 95),
+        "wall_s": wall,
+        "tokens_per_cpu_s": tokens / cpu,
+        "p50_cpu_s": percentile(cpu_latencies, 50),
+        "p95_cpu_s": percentile(cpu_latencies, 95),
+        "cpu_s": cpu,
+        "tokens": tokens,
+        "stats": engine.stats(),
+        "results": results,
+    }

@@ -7,6 +7,7 @@
   a long tail (:func:`tail_intent`, :func:`intent_text`, :func:`paraphrase_stream`), replayed through a cache by
   :func:`simulate_cache`, which counts hits and *false* hits (someone else's answer).
 """
+
 from __future__ import annotations
 
 import random
@@ -20,8 +21,19 @@ import numpy as np
 
 from .validate import check_int, check_number, nonnegative_float, positive_float, positive_int, probability
 
-__all__ = ["SemanticCache", "ExactCache", "INTENTS", "PARAPHRASES", "TAIL_ACTIONS", "TAIL_OBJECTS", "TAIL_CONTEXTS",
-           "tail_intent", "intent_text", "paraphrase_stream", "simulate_cache"]
+__all__ = [
+    "SemanticCache",
+    "ExactCache",
+    "INTENTS",
+    "PARAPHRASES",
+    "TAIL_ACTIONS",
+    "TAIL_OBJECTS",
+    "TAIL_CONTEXTS",
+    "tail_intent",
+    "intent_text",
+    "paraphrase_stream",
+    "simulate_cache",
+]
 
 
 def _unit(v) -> np.ndarray:
@@ -52,8 +64,15 @@ class SemanticCache:
     ``max_entries``; entries older than ``ttl_s`` never hit.
     """
 
-    def __init__(self, embed: Callable, *, threshold: float = 0.9, ttl_s: float | None = None,
-                 max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        embed: Callable,
+        *,
+        threshold: float = 0.9,
+        ttl_s: float | None = None,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if not callable(embed):
             raise TypeError(f"embed must be a function text -> vector, got {type(embed).__name__}")
         threshold = check_number("threshold", threshold, 0, 1, low_open=True)
@@ -108,8 +127,13 @@ class SemanticCache:
         with self._lock:
             s = self._scopes.get(key)
             if s is None:
-                s = self._scopes[key] = {"vecs": np.zeros((16, v.size), np.float32), "n": 0, "values": [],
-                                         "times": np.zeros(16), "alive": np.zeros(16, bool)}
+                s = self._scopes[key] = {
+                    "vecs": np.zeros((16, v.size), np.float32),
+                    "n": 0,
+                    "values": [],
+                    "times": np.zeros(16),
+                    "alive": np.zeros(16, bool),
+                }
             if v.size != s["vecs"].shape[1]:
                 raise ValueError(f"embedding dimension changed: got {v.size}, cache holds {s['vecs'].shape[1]}")
             if s["n"] == len(s["vecs"]) and 2 * int(s["alive"][: s["n"]].sum()) <= s["n"]:
@@ -141,8 +165,12 @@ class SemanticCache:
 
     def stats(self) -> dict:
         total = self.hits + self.misses
-        return {"hits": self.hits, "misses": self.misses, "hit_rate": self.hits / total if total else 0.0,
-                "entries": len(self)}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / total if total else 0.0,
+            "entries": len(self),
+        }
 
 
 class ExactCache:
@@ -169,40 +197,100 @@ class ExactCache:
 
     def stats(self) -> dict:
         total = self.hits + self.misses
-        return {"hits": self.hits, "misses": self.misses, "hit_rate": self.hits / total if total else 0.0,
-                "entries": len(self._d)}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / total if total else 0.0,
+            "entries": len(self._d),
+        }
 
 
 # ----------------------------------------------------------------------------------------------- a query stream
 # Support-desk intents; neighbours differ by one word ("cancel" vs "pause my subscription"), the kind of pair a
 # semantic cache must *not* merge. Each intent is asked through the same paraphrase templates.
 INTENTS = (
-    "reset my password", "change my password", "reset my username", "cancel my subscription",
-    "pause my subscription", "upgrade my subscription", "downgrade my plan", "delete my account",
-    "deactivate my account", "change my email address", "verify my email address", "update my billing address",
-    "update my credit card", "get a refund", "download my invoice", "change the invoice currency",
-    "enable two-factor authentication", "disable two-factor authentication", "export my data", "import contacts",
-    "add a team member", "remove a team member", "change my username", "recover a deleted file",
-    "share a folder", "stop sharing a folder", "change the language", "turn on dark mode",
-    "turn off email notifications", "turn on email notifications", "contact customer support",
-    "report a bug", "install the desktop app", "uninstall the desktop app", "sync my phone",
-    "change my time zone", "set up single sign-on", "transfer ownership of the workspace",
-    "increase my storage limit", "see my usage statistics",
+    "reset my password",
+    "change my password",
+    "reset my username",
+    "cancel my subscription",
+    "pause my subscription",
+    "upgrade my subscription",
+    "downgrade my plan",
+    "delete my account",
+    "deactivate my account",
+    "change my email address",
+    "verify my email address",
+    "update my billing address",
+    "update my credit card",
+    "get a refund",
+    "download my invoice",
+    "change the invoice currency",
+    "enable two-factor authentication",
+    "disable two-factor authentication",
+    "export my data",
+    "import contacts",
+    "add a team member",
+    "remove a team member",
+    "change my username",
+    "recover a deleted file",
+    "share a folder",
+    "stop sharing a folder",
+    "change the language",
+    "turn on dark mode",
+    "turn off email notifications",
+    "turn on email notifications",
+    "contact customer support",
+    "report a bug",
+    "install the desktop app",
+    "uninstall the desktop app",
+    "sync my phone",
+    "change my time zone",
+    "set up single sign-on",
+    "transfer ownership of the workspace",
+    "increase my storage limit",
+    "see my usage statistics",
 )
 PARAPHRASES = (
-    "How do I {}?", "how can I {}", "What are the steps to {}?", "I need to {}. How?", "Can you help me {}?",
-    "Is there a way to {}?", "Please explain how to {}.", "I want to {} — what should I do?",
+    "How do I {}?",
+    "how can I {}",
+    "What are the steps to {}?",
+    "I need to {}. How?",
+    "Can you help me {}?",
+    "Is there a way to {}?",
+    "Please explain how to {}.",
+    "I want to {} — what should I do?",
 )
 
 
 # The long tail: one-off requests built from three slots (10 x 12 x 10 = 1,200 intents). Neighbours differ in one
 # slot ("export my calendar on Android" / "... on an iPhone"), so a loose threshold answers them wrongly.
 TAIL_ACTIONS = ("export", "import", "share", "delete", "rename", "archive", "restore", "duplicate", "print", "sync")
-TAIL_OBJECTS = ("my calendar", "a spreadsheet", "the photo album", "a shared drive", "my contacts", "the project board",
-                "a PDF invoice", "my playlists", "an old backup", "the team wiki", "my browser bookmarks",
-                "a video call recording")
-TAIL_CONTEXTS = ("on Android", "on an iPhone", "from the web app", "on Linux", "in the admin console",
-                 "on a Chromebook", "without losing comments", "in bulk", "for a guest user", "while offline")
+TAIL_OBJECTS = (
+    "my calendar",
+    "a spreadsheet",
+    "the photo album",
+    "a shared drive",
+    "my contacts",
+    "the project board",
+    "a PDF invoice",
+    "my playlists",
+    "an old backup",
+    "the team wiki",
+    "my browser bookmarks",
+    "a video call recording",
+)
+TAIL_CONTEXTS = (
+    "on Android",
+    "on an iPhone",
+    "from the web app",
+    "on Linux",
+    "in the admin console",
+    "on a Chromebook",
+    "without losing comments",
+    "in bulk",
+    "for a guest user",
+    "while offline",
+)
 
 
 def tail_intent(i: int) -> str:
@@ -220,8 +308,9 @@ def intent_text(intent_id: int) -> str:
     return INTENTS[intent_id] if intent_id < len(INTENTS) else tail_intent(intent_id - len(INTENTS))
 
 
-def paraphrase_stream(n: int, *, seed: int = 0, zipf_s: float = 1.1,
-                      tail_fraction: float = 0.0) -> list[tuple[str, int]]:
+def paraphrase_stream(
+    n: int, *, seed: int = 0, zipf_s: float = 1.1, tail_fraction: float = 0.0
+) -> list[tuple[str, int]]:
     """``n`` queries ``(text, intent_id)``: intents drawn with Zipf popularity (rank r has weight r^-s), each
     phrased with a random template. The intent id is the ground truth a cache hit must match.
 
@@ -261,5 +350,11 @@ def simulate_cache(cache, stream: list[tuple[str, int]], vectors: dict | None = 
             hits += 1
             false_hits += got != intent
     n = len(stream)
-    return {"queries": n, "hits": hits, "false_hits": false_hits, "hit_rate": hits / n,
-            "false_hit_rate": false_hits / n, "correct_hit_rate": (hits - false_hits) / n}
+    return {
+        "queries": n,
+        "hits": hits,
+        "false_hits": false_hits,
+        "hit_rate": hits / n,
+        "false_hit_rate": false_hits / n,
+        "correct_hit_rate": (hits - false_hits) / n,
+    }

@@ -9,6 +9,7 @@
 The adder task both models answer, its training and checkpoints live with the serving code
 (:mod:`course_utils.serving`; :mod:`course_utils.adder` once it moves there).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,10 @@ def _arrays(confidence, small_correct, large_correct):
     s = np.asarray(small_correct, dtype=bool)
     l = np.asarray(large_correct, dtype=bool)
     if c.ndim != 1 or c.shape != s.shape or c.shape != l.shape or c.size == 0:
-        raise ValueError(f"confidence, small_correct and large_correct must be 1-D of one non-zero length, got "
-                         f"{c.shape}, {s.shape}, {l.shape}")
+        raise ValueError(
+            f"confidence, small_correct and large_correct must be 1-D of one non-zero length, got "
+            f"{c.shape}, {s.shape}, {l.shape}"
+        )
     if not np.isfinite(c).all():
         raise ValueError(f"confidence must be finite, got {int((~np.isfinite(c)).sum())} NaN/inf values")
     return c, s, l
@@ -45,8 +48,9 @@ def _threshold(threshold) -> float:
     return float(threshold)
 
 
-def cascade_outcome(confidence, small_correct, large_correct, threshold: float, *,
-                    cost_small: float = 1.0, cost_large: float = 10.0) -> dict:
+def cascade_outcome(
+    confidence, small_correct, large_correct, threshold: float, *, cost_small: float = 1.0, cost_large: float = 10.0
+) -> dict:
     """Small model first; escalate to the large one where ``confidence < threshold``.
 
     Returns ``accuracy``, ``escalation_rate`` and mean ``cost`` per query (an escalated query pays for both).
@@ -55,8 +59,12 @@ def cascade_outcome(confidence, small_correct, large_correct, threshold: float, 
     threshold = _threshold(threshold)
     cost_small, cost_large = _costs(cost_small, cost_large)
     up = c < threshold
-    return {"threshold": float(threshold), "accuracy": float(np.where(up, l, s).mean()),
-            "escalation_rate": float(up.mean()), "cost": float(cost_small + cost_large * up.mean())}
+    return {
+        "threshold": float(threshold),
+        "accuracy": float(np.where(up, l, s).mean()),
+        "escalation_rate": float(up.mean()),
+        "cost": float(cost_small + cost_large * up.mean()),
+    }
 
 
 def pick_cascade_threshold(confidence, small_correct, large_correct, target_accuracy: float) -> float:
@@ -73,13 +81,16 @@ def pick_cascade_threshold(confidence, small_correct, large_correct, target_accu
     return float("inf")
 
 
-def cascade_curve(confidence, small_correct, large_correct, *, cost_small: float = 1.0,
-                  cost_large: float = 10.0) -> list[dict]:
+def cascade_curve(
+    confidence, small_correct, large_correct, *, cost_small: float = 1.0, cost_large: float = 10.0
+) -> list[dict]:
     """:func:`cascade_outcome` at every candidate threshold: the cost-accuracy curve."""
     c, s, l = _arrays(confidence, small_correct, large_correct)
     cost_small, cost_large = _costs(cost_small, cost_large)
-    return [cascade_outcome(c, s, l, t, cost_small=cost_small, cost_large=cost_large)
-            for t in [-np.inf, *np.unique(c), np.inf]]
+    return [
+        cascade_outcome(c, s, l, t, cost_small=cost_small, cost_large=cost_large)
+        for t in [-np.inf, *np.unique(c), np.inf]
+    ]
 
 
 def fit_logistic(X, y, *, l2: float = 1e-3, steps: int = 500, lr: float = 0.5) -> np.ndarray:
@@ -108,5 +119,5 @@ def predict_logistic(params: np.ndarray, X) -> np.ndarray:
     if X.ndim != 2 or params.shape != (3 * X.shape[1] + 1,):
         raise ValueError(f"X must be [n, d] and params [3d + 1] (from fit_logistic), got {X.shape} and {params.shape}")
     d = X.shape[1]
-    mu, sd, w, b = params[:d], params[d:2 * d], params[2 * d:3 * d], params[-1]
+    mu, sd, w, b = params[:d], params[d : 2 * d], params[2 * d : 3 * d], params[-1]
     return 1 / (1 + np.exp(-(((X - mu) / sd) @ w + b)))

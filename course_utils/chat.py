@@ -27,12 +27,13 @@ both encode it)::
 :func:`render_chat` validates the messages (OpenAI's roles ``system``, ``user``, ``assistant``; ``content`` a
 string) and raises ``ValueError`` naming the offending field, e.g. ``messages[2].role``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["ROLES", "END_OF_TURN", "END_OF_TURN_ID", "GENERATION_PROMPT", "render_chat", "render_turn",
-           "chat_example"]
+__all__ = ["ROLES", "END_OF_TURN", "END_OF_TURN_ID", "GENERATION_PROMPT", "render_chat", "render_turn", "chat_example"]
 
 ROLES = ("system", "user", "assistant")
 END_OF_TURN = "\x04"

@@ -15,6 +15,7 @@ Training data (chapter 3 on):
 - :class:`TokenDataset` / :func:`corpus_dataset` — the token ids of each split with the domain of every token,
   and :meth:`TokenDataset.get_batch` for next-token prediction.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,11 +25,28 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CorpusDoc", "DOMAINS", "STDLIB_FILES", "prose_documents", "code_documents",
-           "arithmetic_documents", "corpus_documents", "course_corpus", "EOT", "split_documents", "cache_dir",
-           "corpus_tokenizer", "TokenDataset", "corpus_dataset",
-           # chapter 7's synthetic knowledge world lives in world.py; it is course data too
-           "ATTRIBUTES", "Fact", "World", "make_world", "update_world"]
+__all__ = [
+    "CorpusDoc",
+    "DOMAINS",
+    "STDLIB_FILES",
+    "prose_documents",
+    "code_documents",
+    "arithmetic_documents",
+    "corpus_documents",
+    "course_corpus",
+    "EOT",
+    "split_documents",
+    "cache_dir",
+    "corpus_tokenizer",
+    "TokenDataset",
+    "corpus_dataset",
+    # chapter 7's synthetic knowledge world lives in world.py; it is course data too
+    "ATTRIBUTES",
+    "Fact",
+    "World",
+    "make_world",
+    "update_world",
+]
 
 from .tokenization import BPETokenizer  # noqa: E402
 from .validate import check_number, positive_int  # noqa: E402
@@ -37,9 +55,24 @@ from .world import ATTRIBUTES, Fact, World, make_world, update_world  # noqa: E4
 DOMAINS = ("prose", "code", "arithmetic")
 # Small, self-contained, idiomatic modules; ~400 KB together.
 STDLIB_FILES = (
-    "bisect.py", "calendar.py", "colorsys.py", "csv.py", "dataclasses.py", "fractions.py", "functools.py",
-    "graphlib.py", "heapq.py", "json/decoder.py", "json/encoder.py", "pprint.py", "queue.py", "random.py",
-    "shlex.py", "statistics.py", "string.py", "textwrap.py",
+    "bisect.py",
+    "calendar.py",
+    "colorsys.py",
+    "csv.py",
+    "dataclasses.py",
+    "fractions.py",
+    "functools.py",
+    "graphlib.py",
+    "heapq.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "pprint.py",
+    "queue.py",
+    "random.py",
+    "shlex.py",
+    "statistics.py",
+    "string.py",
+    "textwrap.py",
 )
 
 
@@ -79,8 +112,10 @@ def arithmetic_documents(seed: int = 0, n_lines: int = 6000, lines_per_doc: int 
         op = rng.choice("+-*" if max(a, b) < 100 else "+-")
         value = a + b if op == "+" else a - b if op == "-" else a * b
         lines.append(f"{a} {op} {b} = {value}")
-    return [CorpusDoc("arithmetic", f"arith-{i // lines_per_doc:03d}", "\n".join(lines[i:i + lines_per_doc]) + "\n")
-            for i in range(0, n_lines, lines_per_doc)]
+    return [
+        CorpusDoc("arithmetic", f"arith-{i // lines_per_doc:03d}", "\n".join(lines[i : i + lines_per_doc]) + "\n")
+        for i in range(0, n_lines, lines_per_doc)
+    ]
 
 
 def corpus_documents(seed: int = 0) -> list[CorpusDoc]:
@@ -110,8 +145,9 @@ EOT = "<|endoftext|>"  # separates documents; the model learns that a new docume
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-def split_documents(docs: list[CorpusDoc] | None = None, val_fraction: float = 0.1,
-                    seed: int = 0) -> tuple[list[CorpusDoc], list[CorpusDoc]]:
+def split_documents(
+    docs: list[CorpusDoc] | None = None, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[CorpusDoc], list[CorpusDoc]]:
     """Split documents into ``(train, val)``, stratified by domain, the same way on every machine.
 
     Within each domain the documents are ordered by a hash of their name (not by Python's ``hash``, which
@@ -221,7 +257,8 @@ class TokenDataset:
         return {d: c / len(self.domains[split]) for d, c in zip(DOMAINS, counts)}
 
     def get_batch(self, split: str, batch_size: int, block_size: int, generator=None, *, with_domains: bool = False):
-        """``batch_size`` random windows of ``block_size`` tokens: inputs ``x`` [B, T] and targets ``y = x`` shifted by one.
+        """``batch_size`` random windows of ``block_size`` tokens: inputs ``x`` [B, T] and targets ``y = x`` shifted
+        by one.
 
         With ``with_domains=True`` also returns ``d`` [B, T], the domain index (into :data:`DOMAINS`) of each
         input token. ``generator`` (a seeded ``torch.Generator``) makes the batches reproducible.

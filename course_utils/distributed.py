@@ -11,6 +11,7 @@ A step, on every rank at once:
 With gloo this runs on CPU processes; the same code runs on GPUs with NCCL under ``torchrun``. Workers started by
 ``torch.multiprocessing`` must be importable functions, so they live here and not in a notebook.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,15 @@ from .moe import MoELayer, route, swiglu_expert
 from .net import free_port
 from .validate import check_int, positive_float, positive_int
 
-__all__ = ["ExpertParallelMoE", "expert_shards", "dispatch_plan", "communication_bytes", "run_expert_parallel",
-           "EPStats", "simulate_expert_parallel"]
+__all__ = [
+    "ExpertParallelMoE",
+    "expert_shards",
+    "dispatch_plan",
+    "communication_bytes",
+    "run_expert_parallel",
+    "EPStats",
+    "simulate_expert_parallel",
+]
 
 
 def expert_shards(num_experts: int, world_size: int) -> list[range]:
@@ -68,9 +76,14 @@ class ExpertParallelMoE(nn.Module):
         self.shard = shards[check_int("rank", rank, 0, world_size - 1)]
         self.rank, self.world_size = rank, world_size
         self.num_experts, self.top_k = layer.num_experts, layer.top_k
-        self.route_kwargs = dict(score_func=layer.score_func, norm_topk_prob=layer.norm_topk_prob,
-                                 bias=layer.expert_bias, n_group=layer.n_group, topk_group=layer.topk_group,
-                                 routed_scaling_factor=layer.routed_scaling_factor)
+        self.route_kwargs = dict(
+            score_func=layer.score_func,
+            norm_topk_prob=layer.norm_topk_prob,
+            bias=layer.expert_bias,
+            n_group=layer.n_group,
+            topk_group=layer.topk_group,
+            routed_scaling_factor=layer.routed_scaling_factor,
+        )
         self.router = layer.router
         sl = slice(self.shard.start, self.shard.stop)
         self.gate_up_proj = nn.Parameter(layer.gate_up_proj.detach()[sl].clone())
@@ -99,8 +112,11 @@ class ExpertParallelMoE(nn.Module):
         y_slots = torch.empty_like(y_sorted).index_copy_(0, order, y_sorted)
         y = torch.einsum("tkh,tk->th", y_slots.view(T, k, -1), topk_weight.to(x.dtype))
         remote = T * k - send_split[self.rank]
-        stats = {"sent_rows": send_split, "received_rows": recv_split,
-                 "bytes_out": 2 * remote * x.shape[1] * x.element_size()}  # tokens out + results back
+        stats = {
+            "sent_rows": send_split,
+            "received_rows": recv_split,
+            "bytes_out": 2 * remote * x.shape[1] * x.element_size(),
+        }  # tokens out + results back
         return y, stats
 
 
@@ -183,8 +199,9 @@ def _worker(rank: int, world_size: int, port: int, folder: str, repeats: int) ->
         dist.destroy_process_group()
 
 
-def run_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int = 2, *, repeats: int = 1,
-                        timeout_s: float = 120.0) -> tuple[torch.Tensor, EPStats]:
+def run_expert_parallel(
+    layer: MoELayer, x: torch.Tensor, world_size: int = 2, *, repeats: int = 1, timeout_s: float = 120.0
+) -> tuple[torch.Tensor, EPStats]:
     """Run ``layer`` expert-parallel on ``world_size`` local processes (gloo); return the output for all of ``x``.
 
     ``x`` [T, d_model] is split into ``world_size`` contiguous chunks, one per rank (as data parallelism would).
@@ -195,14 +212,27 @@ def run_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int = 2, *
     if x.shape[0] < world_size:
         raise ValueError(f"need at least world_size={world_size} tokens, got {x.shape[0]}")
     expert_shards(layer.num_experts, world_size)  # validates divisibility before any process starts
-    config = dict(d_model=layer.d_model, d_ff=layer.d_ff, num_experts=layer.num_experts, top_k=layer.top_k,
-                  score_func=layer.score_func, norm_topk_prob=layer.norm_topk_prob, n_group=layer.n_group,
-                  topk_group=layer.topk_group, routed_scaling_factor=layer.routed_scaling_factor)
+    config = dict(
+        d_model=layer.d_model,
+        d_ff=layer.d_ff,
+        num_experts=layer.num_experts,
+        top_k=layer.top_k,
+        score_func=layer.score_func,
+        norm_topk_prob=layer.norm_topk_prob,
+        n_group=layer.n_group,
+        topk_group=layer.topk_group,
+        routed_scaling_factor=layer.routed_scaling_factor,
+    )
     with tempfile.TemporaryDirectory() as folder:
         torch.save({"config": config, "state": layer.state_dict(), "x": x.detach()}, Path(folder) / "spec.pt")
         t0 = time.perf_counter()
-        ctx = mp.start_processes(_worker, args=(world_size, free_port(), folder, repeats), nprocs=world_size,
-                                 join=False, start_method="spawn")
+        ctx = mp.start_processes(
+            _worker,
+            args=(world_size, free_port(), folder, repeats),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
+        )
         deadline = time.monotonic() + timeout_s
         try:
             while not ctx.join(timeout=1.0):

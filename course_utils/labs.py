@@ -30,6 +30,7 @@ student version keeps it above its own ``# YOUR CODE HERE`` stub.
 Usage: ``python -m course_utils.labs build [--check] [--force] [--only CHAPTER] [--root DIR]``,
 ``python -m course_utils.labs nbgrader-source OUT_DIR [--root DIR]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,24 @@ import nbformat
 from . import nbtools
 from .nbtools import BEGIN, END, sync_notebook  # the markers are re-exported: docs and tests import them here
 
-__all__ = ["BEGIN", "END", "make_lab", "build", "Exercise", "exercises", "LabError", "chapter_of",
-           "nbgrader_source", "lint", "leaked_lines", "solution_lines", "exercise_markdown", "stub_comment",
-           "chapter_arg", "BACKUP_DIR"]
+__all__ = [
+    "BEGIN",
+    "END",
+    "make_lab",
+    "build",
+    "Exercise",
+    "exercises",
+    "LabError",
+    "chapter_of",
+    "nbgrader_source",
+    "lint",
+    "leaked_lines",
+    "solution_lines",
+    "exercise_markdown",
+    "stub_comment",
+    "chapter_arg",
+    "BACKUP_DIR",
+]
 
 HINT_RE = re.compile(r"^\s*#\s*(?:task|hint):\s*(?P<hint>.+?)\s*$", re.IGNORECASE)
 MANIFEST = ".generated.json"
@@ -87,8 +103,9 @@ def stub_comment(number: str, task: str) -> str:
     return f"# Exercise {number} — {task}"
 
 
-def _replace_regions(source: str, chapter: int, counter: list[int], where: str,
-                     nbgrader: bool = False) -> tuple[str, list[tuple[str, str]]]:
+def _replace_regions(
+    source: str, chapter: int, counter: list[int], where: str, nbgrader: bool = False
+) -> tuple[str, list[tuple[str, str]]]:
     """Replace each BEGIN/END region in one cell's source; return the new source and (number, hint) pairs.
 
     With ``nbgrader`` the region is kept and only its task line moves above ``### BEGIN SOLUTION``.
@@ -114,8 +131,10 @@ def _replace_regions(source: str, chapter: int, counter: list[int], where: str,
         body = [b for b in lines[i + 1 : j] if b.strip()]
         m = HINT_RE.match(body[0]) if body else None
         if not m:
-            raise LabError(f"{where}: the first line inside an exercise must be '# task: ...' (what to implement; "
-                           "the lab shows it)")
+            raise LabError(
+                f"{where}: the first line inside an exercise must be '# task: ...' (what to implement; "
+                "the lab shows it)"
+            )
         counter[0] += 1
         number = f"{chapter}.{counter[0]}"
         hint = m.group("hint")
@@ -123,10 +142,11 @@ def _replace_regions(source: str, chapter: int, counter: list[int], where: str,
         out.append(f"{indent}{stub_comment(number, hint)}")
         if nbgrader:
             task_at = lines.index(body[0], i + 1)
-            out += [line, *lines[i + 1:task_at], *lines[task_at + 1:j + 1]]
+            out += [line, *lines[i + 1 : task_at], *lines[task_at + 1 : j + 1]]
         else:
-            out.append(f"{indent}raise NotImplementedError("
-                       f"{json.dumps(f'Exercise {number}: {hint}', ensure_ascii=False)})")
+            out.append(
+                f"{indent}raise NotImplementedError({json.dumps(f'Exercise {number}: {hint}', ensure_ascii=False)})"
+            )
         i = j + 1
     return "\n".join(out), found
 
@@ -171,8 +191,9 @@ def nbgrader_source(nb, chapter: int, where: str = "notebook"):
 
 # ---- what a solution notebook's exercises must have -------------------------------------------------------
 HEADING_RE = re.compile(r"^#{1,6}\s.*?\bExercise\s+(?P<number>\d+\.\d+)\b", re.M)
-HINT_BLOCK_RE = re.compile(r"<details>\s*<summary>[^<]*?Hint\s+(?P<k>\d+)[^<]*</summary>(?P<body>.*?)</details>",
-                           re.S | re.I)
+HINT_BLOCK_RE = re.compile(
+    r"<details>\s*<summary>[^<]*?Hint\s+(?P<k>\d+)[^<]*</summary>(?P<body>.*?)</details>", re.S | re.I
+)
 # lines a lab may show although the solution has them too: they give nothing away
 _TRIVIAL = re.compile(r"^(return|pass|break|continue|else:|try:|finally:|[)\]}]+[,:]?|[\"']{3}|\.\.\.)$")
 MIN_SPEC_CHARS = 60
@@ -208,19 +229,25 @@ def lint(nb, chapter: int, where: str = "notebook") -> dict[str, list[str]]:
         if not heading:
             problems.append(f"markdown cell {i} has no heading '## Exercise {ex.number} — ...'")
         elif heading.group("number") != ex.number:
-            problems.append(f"markdown cell {i}'s heading says Exercise {heading.group('number')}, the stub says "
-                            f"Exercise {ex.number}")
+            problems.append(
+                f"markdown cell {i}'s heading says Exercise {heading.group('number')}, the stub says "
+                f"Exercise {ex.number}"
+            )
         hints = HINT_BLOCK_RE.findall(text)
         if [k for k, _ in hints] != ["1", "2", "3"]:
-            problems.append(f"markdown cell {i} has hints {[k for k, _ in hints]}, expected Hint 1, Hint 2, Hint 3 "
-                            "as <details><summary>Hint k</summary> ... </details>")
+            problems.append(
+                f"markdown cell {i} has hints {[k for k, _ in hints]}, expected Hint 1, Hint 2, Hint 3 "
+                "as <details><summary>Hint k</summary> ... </details>"
+            )
         if any(not body.strip() for _, body in hints):
             problems.append(f"markdown cell {i} has an empty hint")
         spec = HINT_BLOCK_RE.sub("", text)
         spec = re.sub(r"^#{1,6}\s.*$", "", spec, flags=re.M).strip()
         if len(spec) < MIN_SPEC_CHARS:
-            problems.append(f"markdown cell {i} has no spec (inputs, outputs, shapes, the rule): "
-                            f"{len(spec)} characters outside the heading and hints")
+            problems.append(
+                f"markdown cell {i} has no spec (inputs, outputs, shapes, the rule): "
+                f"{len(spec)} characters outside the heading and hints"
+            )
     return {n: p for n, p in found.items() if p}
 
 
@@ -281,8 +308,11 @@ def _read_manifest(path: Path, out) -> dict[str, str]:
         if isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             return data
         problem = "is not a JSON object of lab name → sha256"
-    print(f"warning: labs/{MANIFEST} {problem}; ignoring it (labs that differ from the solutions count as edited: "
-          "rebuild them with --force, which backs them up first) and writing a new one", file=out)
+    print(
+        f"warning: labs/{MANIFEST} {problem}; ignoring it (labs that differ from the solutions count as edited: "
+        "rebuild them with --force, which backs them up first) and writing a new one",
+        file=out,
+    )
     return {}
 
 
@@ -326,8 +356,9 @@ def build(root: Path, *, check: bool = False, force: bool = False, only: int | N
         if not target.exists() or target.read_bytes() != data:
             stale.append(name)
     orphans = [] if only is not None else sorted(p.name for p in labs_dir.glob("*.ipynb") if p.name not in expected)
-    up_to_date = (f"labs/{solutions[0].name} is up to date" if only is not None
-                  else f"labs/ is up to date ({len(expected)} labs)")
+    up_to_date = (
+        f"labs/{solutions[0].name} is up to date" if only is not None else f"labs/ is up to date ({len(expected)} labs)"
+    )
     if check:
         for name in stale:
             print(f"labs/{name} is stale or missing: run `python -m course_utils.labs build`", file=out)
@@ -376,10 +407,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write labs/ from solutions/")
     b.add_argument("--check", action="store_true", help="only verify; exit 1 when labs/ is stale")
-    b.add_argument("--force", action="store_true",
-                   help=f"overwrite labs a learner has edited (each changed lab is first copied to labs/{BACKUP_DIR}/)")
-    b.add_argument("--only", type=chapter_arg, metavar="CHAPTER",
-                   help="build only this chapter's lab (e.g. 3 or 03); the other labs are untouched")
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help=f"overwrite labs a learner has edited (each changed lab is first copied to labs/{BACKUP_DIR}/)",
+    )
+    b.add_argument(
+        "--only",
+        type=chapter_arg,
+        metavar="CHAPTER",
+        help="build only this chapter's lab (e.g. 3 or 03); the other labs are untouched",
+    )
     b.add_argument("--root", default=".", help="the course folder (holds solutions/ and labs/)")
     n = sub.add_parser("nbgrader-source", help="write solutions/ as nbgrader source notebooks (task lines kept)")
     n.add_argument("out", help="the folder to write to, e.g. mycourse/source/ch04")
@@ -389,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build" and args.only is not None:
         names = [p.name for p in (Path(args.root) / "solutions").glob("*.ipynb")]
         if not any(re.match(rf"0*{args.only}_", n) for n in names):
-            b.error(f"argument --only: no solution notebook for chapter {args.only} in "
-                    f"{Path(args.root) / 'solutions'} (chapters: "
-                    f"{', '.join(sorted({n.split('_')[0] for n in names if re.match(r'[0-9]+_', n)})) or 'none'})")
+            b.error(
+                f"argument --only: no solution notebook for chapter {args.only} in "
+                f"{Path(args.root) / 'solutions'} (chapters: "
+                f"{', '.join(sorted({n.split('_')[0] for n in names if re.match(r'[0-9]+_', n)})) or 'none'})"
+            )
     try:
         if args.command == "nbgrader-source":
             out = Path(args.out)
@@ -399,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             for sol in sorted((Path(args.root) / "solutions").glob("*.ipynb")):
                 if args.chapter is None or chapter_of(sol) == args.chapter:
                     nb = nbformat.read(sol, as_version=NB_VERSION)
-                    (out / sol.name).write_text(serialize(nbgrader_source(nb, chapter_of(sol), str(sol))),
-                                                encoding="utf-8")
+                    (out / sol.name).write_text(
+                        serialize(nbgrader_source(nb, chapter_of(sol), str(sol))), encoding="utf-8"
+                    )
                     print(f"wrote {out / sol.name}")
             return 0
         return build(Path(args.root), check=args.check, force=args.force, only=args.only)

@@ -8,6 +8,7 @@
 The dense model (:mod:`course_utils.model`) and the Mixture-of-Experts layer (:mod:`course_utils.moe`, whose shared
 expert is a SwiGLU) both import them from here, so neither has to import the other for them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,14 +26,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor with at least 1 dimension, got dtype {x.dtype}, "
-                         f"shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must be a floating-point tensor with at least 1 dimension, got dtype {x.dtype}, shape {tuple(x.shape)}"
+        )
     positive_float("eps", eps)
     if weight is not None and (not isinstance(weight, torch.Tensor) or not weight.is_floating_point()):
         raise TypeError(f"weight must be a floating-point tensor or None, got {getattr(weight, 'dtype', weight)!r}")
     if weight is not None and tuple(weight.shape) != (x.shape[-1],):
-        raise ValueError(f"weight must have shape ({x.shape[-1]},) to match x's last dimension, "
-                         f"got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape ({x.shape[-1]},) to match x's last dimension, got {tuple(weight.shape)}"
+        )
     x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     y = (x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
     return y if weight is None else y * weight
@@ -60,8 +63,10 @@ def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor
     if w1.shape != w3.shape:
         raise ValueError(f"w1 (gate) and w3 (up) must have the same shape, got {tuple(w1.shape)} and {tuple(w3.shape)}")
     if x.shape[-1] != w1.shape[1] or tuple(w2.shape) != (w1.shape[1], w1.shape[0]):
-        raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}; "
-                         "expected w1/w3 [d_ff, d_model] and w2 [d_model, d_ff]")
+        raise ValueError(
+            f"shapes do not fit: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}; "
+            "expected w1/w3 [d_ff, d_model] and w2 [d_model, d_ff]"
+        )
     return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
 
 

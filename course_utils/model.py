@@ -15,6 +15,7 @@
 - :func:`save_checkpoint` / :func:`load_checkpoint` — safetensors weights plus the config as JSON: no pickle,
   so loading a checkpoint cannot run code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,14 +33,35 @@ from .layers import RMSNorm, SwiGLU, rms_norm, swiglu  # re-exported: chapter 3'
 from .moe import MoEConfig, MoELayer
 from .validate import check_int, check_number, nonnegative_float, positive_float, positive_int
 
-__all__ = ["rms_norm", "RMSNorm", "swiglu", "SwiGLU", "kv_cache_step", "kv_cache_bytes", "kv_cache_bytes_for",
-           "sample_next_token", "GPTConfig", "MoEConfig", "Block", "GPT", "save_checkpoint", "load_checkpoint",
-           "sha256_of", "write_sha256", "verify_sha256"]
+__all__ = [
+    "rms_norm",
+    "RMSNorm",
+    "swiglu",
+    "SwiGLU",
+    "kv_cache_step",
+    "kv_cache_bytes",
+    "kv_cache_bytes_for",
+    "sample_next_token",
+    "GPTConfig",
+    "MoEConfig",
+    "Block",
+    "GPT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "sha256_of",
+    "write_sha256",
+    "verify_sha256",
+]
 
 
 # ----------------------------------------------------------------------------------------------- KV cache, functional
-def kv_cache_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                  k_cache: torch.Tensor | None = None, v_cache: torch.Tensor | None = None):
+def kv_cache_step(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+):
     """One decoding step with a KV cache, written out as plain tensor operations.
 
     ``q``, ``k_new``, ``v_new``: [B, H, T_new, D] for the new positions; ``k_cache``, ``v_cache``: [B, H, T_past, D]
@@ -51,15 +73,18 @@ def kv_cache_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D tensor [B, H, T, D], got {getattr(t, 'shape', type(t).__name__)}")
     if q.shape != k_new.shape or k_new.shape != v_new.shape:
-        raise ValueError(f"q, k_new, v_new must have equal shapes, got {tuple(q.shape)}, {tuple(k_new.shape)}, "
-                         f"{tuple(v_new.shape)}")
+        raise ValueError(
+            f"q, k_new, v_new must have equal shapes, got {tuple(q.shape)}, {tuple(k_new.shape)}, {tuple(v_new.shape)}"
+        )
     if (k_cache is None) != (v_cache is None):
         raise ValueError("k_cache and v_cache must both be None or both be tensors")
     if k_cache is not None:
         B, H, _, D = q.shape
         if k_cache.shape != v_cache.shape or (k_cache.shape[0], k_cache.shape[1], k_cache.shape[3]) != (B, H, D):
-            raise ValueError(f"k_cache/v_cache must be [B={B}, H={H}, T_past, D={D}], got {tuple(k_cache.shape)} "
-                             f"and {tuple(v_cache.shape)}")
+            raise ValueError(
+                f"k_cache/v_cache must be [B={B}, H={H}, T_past, D={D}], got {tuple(k_cache.shape)} "
+                f"and {tuple(v_cache.shape)}"
+            )
         k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
     else:
         k, v = k_new, v_new
@@ -72,8 +97,15 @@ def kv_cache_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------------------------- KV cache, memory
-def kv_cache_bytes(n_tokens: int, n_layers: int, n_kv_heads: int | None = None, head_dim: int | None = None,
-                   bytes_per_number: float = 2, *, latent_dim: int | None = None) -> float:
+def kv_cache_bytes(
+    n_tokens: int,
+    n_layers: int,
+    n_kv_heads: int | None = None,
+    head_dim: int | None = None,
+    bytes_per_number: float = 2,
+    *,
+    latent_dim: int | None = None,
+) -> float:
     """Memory the KV cache holds for ``n_tokens`` tokens of context.
 
     ``2 (K and V) · n_layers · n_kv_heads · head_dim · bytes_per_number · n_tokens``: every layer keeps one key
@@ -104,16 +136,25 @@ def kv_cache_bytes_for(config, n_tokens: int = 1, bytes_per_number: float = 2) -
         raise TypeError(f"config must be a GPTConfig or a config dict, got {type(config).__name__}")
     layers = config["num_hidden_layers"]
     if config.get("kv_lora_rank"):  # multi-head latent attention: one latent + one shared RoPE key per layer
-        return kv_cache_bytes(n_tokens, layers, bytes_per_number=bytes_per_number,
-                              latent_dim=config["kv_lora_rank"] + config["qk_rope_head_dim"])
+        return kv_cache_bytes(
+            n_tokens,
+            layers,
+            bytes_per_number=bytes_per_number,
+            latent_dim=config["kv_lora_rank"] + config["qk_rope_head_dim"],
+        )
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
     return kv_cache_bytes(n_tokens, layers, kv_heads, head_dim, bytes_per_number)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Pick one token id per row of ``logits`` [B, V]; returns a LongTensor [B].
 
     ``temperature == 0`` is greedy (argmax). Otherwise the logits are divided by ``temperature``, then ``top_k``
@@ -175,10 +216,15 @@ class GPTConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"head_dim = d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
-        if isinstance(self.n_kv_heads, bool) or not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1 \
-                or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads ({self.n_heads}), "
-                             f"got {self.n_kv_heads!r}")
+        if (
+            isinstance(self.n_kv_heads, bool)
+            or not isinstance(self.n_kv_heads, int)
+            or self.n_kv_heads < 1
+            or self.n_heads % self.n_kv_heads
+        ):
+            raise ValueError(
+                f"n_kv_heads must be a positive divisor of n_heads ({self.n_heads}), got {self.n_kv_heads!r}"
+            )
         if self.d_ff is None:
             self.d_ff = max(32, int(round(8 * self.d_model / 3 / 32)) * 32)
         positive_int("d_ff", self.d_ff)
@@ -211,8 +257,16 @@ class Block(nn.Module):
         super().__init__()
         c = config
         self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.n_kv_heads, rope=True, rope_base=c.rope_base,
-                                       max_seq_len=c.max_seq_len, dropout=c.dropout, bias=False)
+        self.attn = MultiHeadAttention(
+            c.d_model,
+            c.n_heads,
+            c.n_kv_heads,
+            rope=True,
+            rope_base=c.rope_base,
+            max_seq_len=c.max_seq_len,
+            dropout=c.dropout,
+            bias=False,
+        )
         self.ffn_norm = RMSNorm(c.d_model, c.norm_eps)
         if c.ffn == "moe":
             # from_value: a config whose .moe was replaced by a dict after it was built still works
@@ -222,8 +276,14 @@ class Block(nn.Module):
         self.is_moe = c.ffn == "moe"
         self.resid_dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *, attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ):
         a = self.attn(self.attn_norm(x), cache=cache, attn_mask=attn_mask, positions=positions)
         x = x + self.resid_dropout(a)
         aux = None
@@ -278,8 +338,10 @@ class GPT(nn.Module):
         if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            raise ValueError(f"idx holds token ids outside [0, vocab_size={self.config.vocab_size}): "
-                             f"min {int(idx.min())}, max {int(idx.max())}")
+            raise ValueError(
+                f"idx holds token ids outside [0, vocab_size={self.config.vocab_size}): "
+                f"min {int(idx.min())}, max {int(idx.max())}"
+            )
         past = 0
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
@@ -290,12 +352,20 @@ class GPT(nn.Module):
                 raise ValueError("paged caches need positions [B, T] (each row's absolute positions)")
             past = caches[0].length
         if past + idx.shape[1] > self.config.max_seq_len:
-            raise ValueError(f"idx has {idx.shape[1]} tokens (+ {past} cached) but max_seq_len is "
-                             f"{self.config.max_seq_len}")
+            raise ValueError(
+                f"idx has {idx.shape[1]} tokens (+ {past} cached) but max_seq_len is {self.config.max_seq_len}"
+            )
         return past
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, caches: list | None = None,
-                attn_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        caches: list | None = None,
+        attn_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ):
         """Logits [B, T, vocab] for token ids ``idx`` [B, T]; with ``targets`` [B, T] also the mean cross-entropy.
 
         ``targets`` equal to -1 are ignored. With ``caches`` (from :meth:`new_caches`) the keys/values of earlier
@@ -323,8 +393,17 @@ class GPT(nn.Module):
 
     # -------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, use_cache: bool = True, seed: int | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         """Append ``max_new_tokens`` sampled tokens to ``idx`` [B, T]; returns [B, T + max_new_tokens].
 
         ``use_cache=True`` feeds only the newest token each step and reuses the cached keys/values;
@@ -335,8 +414,10 @@ class GPT(nn.Module):
         if idx.shape[1] == 0:
             raise ValueError("idx must hold at least one token (the prompt)")
         if idx.shape[1] + max_new_tokens > self.config.max_seq_len:
-            raise ValueError(f"prompt ({idx.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-                             f"max_seq_len ({self.config.max_seq_len})")
+            raise ValueError(
+                f"prompt ({idx.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                f"max_seq_len ({self.config.max_seq_len})"
+            )
         sample_next_token(torch.zeros(1, 2), temperature, top_k, top_p)  # validate the sampling arguments early
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         was_training = self.training
@@ -380,8 +461,11 @@ def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None, s
         raise ValueError(f"path must end in .safetensors, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     # tied weights are one tensor: store it once (safetensors refuses shared storage)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
-             if not (model.config.tie_embeddings and k == "lm_head.weight")}
+    state = {
+        k: v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if not (model.config.tie_embeddings and k == "lm_head.weight")
+    }
     save_file(state, str(path), metadata={"format": "course_utils.GPT"})
     path.with_suffix(".json").write_text(json.dumps({"config": asdict(model.config), "meta": meta or {}}, indent=1))
     if sha256:
@@ -442,6 +526,8 @@ def verify_sha256(path: str | Path, record: str | Path | None = None, *, rebuild
         raise FileNotFoundError(f"{path.name} or its {record.name} is missing: run `{rebuild}` to rebuild it")
     expected, got = record.read_text().split()[0], sha256_of(path)
     if got != expected:
-        raise ValueError(f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "
-                         f"(corrupted or replaced; rebuild it with `{rebuild}`)")
+        raise ValueError(
+            f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "
+            f"(corrupted or replaced; rebuild it with `{rebuild}`)"
+        )
     return path

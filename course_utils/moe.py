@@ -21,6 +21,7 @@ Expert weights use transformers' fused layout so that :meth:`MoELayer.from_hf` i
 ``gate_up_proj`` [E, 2·d_ff, d_model] holds the gate rows (classic name ``w1``) and then the up rows (``w3``);
 ``down_proj`` [E, d_model, d_ff] is ``w2``.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,23 @@ from .layers import SwiGLU  # the same dense block as chapter 3, for the shared 
 from .validate import check_int, positive_float
 
 __all__ = [
-    "MoEConfig", "MoELayer", "route", "expert_capacity", "apply_capacity", "load_balancing_loss", "router_z_loss",
-    "expert_choice_routing", "swiglu_expert", "dispatch_per_token", "dispatch_per_expert", "dispatch_sorted",
-    "dispatch_grouped_mm", "DISPATCHERS", "grouped_mm_available", "load_public_configs", "transformer_param_counts",
+    "MoEConfig",
+    "MoELayer",
+    "route",
+    "expert_capacity",
+    "apply_capacity",
+    "load_balancing_loss",
+    "router_z_loss",
+    "expert_choice_routing",
+    "swiglu_expert",
+    "dispatch_per_token",
+    "dispatch_per_expert",
+    "dispatch_sorted",
+    "dispatch_grouped_mm",
+    "DISPATCHERS",
+    "grouped_mm_available",
+    "load_public_configs",
+    "transformer_param_counts",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -50,14 +65,24 @@ def _check_logits(name: str, logits) -> int:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [tokens, experts], got {type(logits).__name__}")
     if logits.dim() != 2 or not logits.is_floating_point() or logits.shape[-1] == 0:
-        raise ValueError(f"{name} must be a floating-point tensor [tokens, experts], got dtype {logits.dtype}, "
-                         f"shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"{name} must be a floating-point tensor [tokens, experts], got dtype {logits.dtype}, "
+            f"shape {tuple(logits.shape)}"
+        )
     return logits.shape[-1]
 
 
-def route(logits: torch.Tensor, top_k: int, *, score_func: str = "softmax", norm_topk_prob: bool = True,
-          bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
-          routed_scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def route(
+    logits: torch.Tensor,
+    top_k: int,
+    *,
+    score_func: str = "softmax",
+    norm_topk_prob: bool = True,
+    bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    routed_scaling_factor: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Router logits [T, E] → (topk_weight [T, k], topk_idx [T, k]), best expert first.
 
     - Mixtral: softmax, top-k, renormalise (``norm_topk_prob=True``) — the same as a softmax over the k kept logits.
@@ -144,8 +169,9 @@ def apply_capacity(topk_idx: torch.Tensor, num_experts: int, capacity: int) -> t
 
 
 # ================================================================================================ balance
-def load_balancing_loss(router_logits, num_experts: int, top_k: int,
-                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def load_balancing_loss(
+    router_logits, num_experts: int, top_k: int, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Switch Transformer's auxiliary loss, as transformers' ``load_balancing_loss_func`` computes it.
 
     ``E · Σ_e f_e · P_e`` with ``f_e`` = fraction of tokens whose top-k contains expert e (Σ f = k) and ``P_e`` =
@@ -158,8 +184,9 @@ def load_balancing_loss(router_logits, num_experts: int, top_k: int,
         router_logits = torch.cat([t.reshape(-1, t.shape[-1]) for t in router_logits])
     check_int("num_experts", num_experts, 1)
     if router_logits.shape[-1] != num_experts:
-        raise ValueError(f"router_logits must have num_experts={num_experts} columns, "
-                         f"got shape {tuple(router_logits.shape)}")
+        raise ValueError(
+            f"router_logits must have num_experts={num_experts} columns, got shape {tuple(router_logits.shape)}"
+        )
     check_int("top_k", top_k, 1, num_experts)
     probs = router_logits.reshape(-1, num_experts).float().softmax(dim=-1)
     chosen = probs.topk(top_k, dim=-1).indices
@@ -167,11 +194,15 @@ def load_balancing_loss(router_logits, num_experts: int, top_k: int,
         f = torch.bincount(chosen.reshape(-1), minlength=num_experts).float() / probs.shape[0]
         return num_experts * (f * probs.mean(dim=0)).sum()
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be a [batch, seq] tensor, got {getattr(attention_mask, 'shape', attention_mask)!r}")
+        raise ValueError(
+            f"attention_mask must be a [batch, seq] tensor, got {getattr(attention_mask, 'shape', attention_mask)!r}"
+        )
     per_layer = attention_mask.numel()
     if probs.shape[0] % per_layer:
-        raise ValueError(f"router_logits has {probs.shape[0]} token rows, not a multiple of attention_mask's "
-                         f"{tuple(attention_mask.shape)} = {per_layer} tokens per layer")
+        raise ValueError(
+            f"router_logits has {probs.shape[0]} token rows, not a multiple of attention_mask's "
+            f"{tuple(attention_mask.shape)} = {per_layer} tokens per layer"
+        )
     keep = attention_mask.reshape(-1).to(probs.dtype).repeat(probs.shape[0] // per_layer)  # the same mask per layer
     n_real = keep.sum()
     if n_real == 0:
@@ -296,8 +327,12 @@ GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def _grouped_mm_fits(x, gate_up) -> bool:
     # The kernel wants 16-byte aligned rows: every width must be a multiple of 16 / element size.
     align = max(1, 16 // x.element_size())
-    return grouped_mm_available() and x.dtype == gate_up.dtype and x.dtype in GROUPED_MM_DTYPES and all(
-        d % align == 0 for d in (gate_up.shape[1] // 2, gate_up.shape[2]))
+    return (
+        grouped_mm_available()
+        and x.dtype == gate_up.dtype
+        and x.dtype in GROUPED_MM_DTYPES
+        and all(d % align == 0 for d in (gate_up.shape[1] // 2, gate_up.shape[2]))
+    )
 
 
 def dispatch_grouped_mm(x, topk_idx, topk_weight, gate_up, down, keep=None):
@@ -318,8 +353,12 @@ def dispatch_grouped_mm(x, topk_idx, topk_weight, gate_up, down, keep=None):
     return _combine(y_sorted, slots, topk_weight, x.shape[0])
 
 
-DISPATCHERS = {"per_token": dispatch_per_token, "per_expert": dispatch_per_expert, "sorted": dispatch_sorted,
-               "grouped_mm": dispatch_grouped_mm}
+DISPATCHERS = {
+    "per_token": dispatch_per_token,
+    "per_expert": dispatch_per_expert,
+    "sorted": dispatch_sorted,
+    "grouped_mm": dispatch_grouped_mm,
+}
 
 
 # ================================================================================================ the options
@@ -358,19 +397,23 @@ class MoEConfig:
             check_int("shared_d_ff", self.shared_d_ff, 1)
         check_int("n_group", self.n_group, 1, self.num_experts)
         if self.num_experts % self.n_group:
-            raise ValueError(f"num_experts ({self.num_experts}) must be divisible by n_group, "
-                             f"got n_group={self.n_group}")
+            raise ValueError(
+                f"num_experts ({self.num_experts}) must be divisible by n_group, got n_group={self.n_group}"
+            )
         check_int("topk_group", self.topk_group, 1, self.n_group)
         per_group = self.num_experts // self.n_group
         if self.top_k > self.topk_group * per_group:
-            raise ValueError(f"top_k must be <= topk_group · experts per group = {self.topk_group * per_group}, "
-                             f"got top_k={self.top_k}")
+            raise ValueError(
+                f"top_k must be <= topk_group · experts per group = {self.topk_group * per_group}, "
+                f"got top_k={self.top_k}"
+            )
         rsf = self.routed_scaling_factor
         if isinstance(rsf, bool) or not isinstance(rsf, (int, float)) or not math.isfinite(rsf) or rsf <= 0:
             raise ValueError(f"routed_scaling_factor must be a finite number > 0, got {rsf!r}")
         cf = self.capacity_factor
-        if cf is not None and (isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf)
-                               or not cf > 0):
+        if cf is not None and (
+            isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf) or not cf > 0
+        ):
             raise ValueError(f"capacity_factor must be a finite number > 0 or None, got {cf!r}")
         if not isinstance(self.router_jitter, (int, float)) or not 0.0 <= self.router_jitter < 1.0:
             raise ValueError(f"router_jitter must be in [0, 1), got {self.router_jitter!r}")
@@ -433,21 +476,48 @@ class MoELayer(nn.Module):
     router logits in float32 whatever the layer's dtype).
     """
 
-    def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int, *, score_func: str = "softmax",
-                 norm_topk_prob: bool = True, num_shared_experts: int = 0, shared_d_ff: int | None = None,
-                 shared_expert_gate: bool = False, n_group: int = 1, topk_group: int = 1,
-                 routed_scaling_factor: float = 1.0, capacity_factor: float | None = None, router_jitter: float = 0.0,
-                 noisy_gating: bool = False, dispatch: str = "auto", router_fp32: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        score_func: str = "softmax",
+        norm_topk_prob: bool = True,
+        num_shared_experts: int = 0,
+        shared_d_ff: int | None = None,
+        shared_expert_gate: bool = False,
+        n_group: int = 1,
+        topk_group: int = 1,
+        routed_scaling_factor: float = 1.0,
+        capacity_factor: float | None = None,
+        router_jitter: float = 0.0,
+        noisy_gating: bool = False,
+        dispatch: str = "auto",
+        router_fp32: bool = False,
+    ):
         super().__init__()
         check_int("d_model", d_model, 1)
         check_int("d_ff", d_ff, 1)
         # One place validates the options: the same dataclass GPTConfig(ffn="moe", moe=...) holds.
-        self.config = MoEConfig(num_experts, top_k, score_func=score_func, norm_topk_prob=norm_topk_prob,
-                                num_shared_experts=num_shared_experts, shared_d_ff=shared_d_ff,
-                                shared_expert_gate=shared_expert_gate, n_group=n_group, topk_group=topk_group,
-                                routed_scaling_factor=routed_scaling_factor, capacity_factor=capacity_factor,
-                                router_jitter=router_jitter, noisy_gating=noisy_gating, dispatch=dispatch,
-                                router_fp32=router_fp32)
+        self.config = MoEConfig(
+            num_experts,
+            top_k,
+            score_func=score_func,
+            norm_topk_prob=norm_topk_prob,
+            num_shared_experts=num_shared_experts,
+            shared_d_ff=shared_d_ff,
+            shared_expert_gate=shared_expert_gate,
+            n_group=n_group,
+            topk_group=topk_group,
+            routed_scaling_factor=routed_scaling_factor,
+            capacity_factor=capacity_factor,
+            router_jitter=router_jitter,
+            noisy_gating=noisy_gating,
+            dispatch=dispatch,
+            router_fp32=router_fp32,
+        )
         self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
         self.score_func, self.norm_topk_prob = score_func, norm_topk_prob
         self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
@@ -468,8 +538,8 @@ class MoELayer(nn.Module):
 
     def reset_parameters(self) -> None:
         # Each expert starts like an nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        nn.init.uniform_(self.gate_up_proj, -self.d_model ** -0.5, self.d_model ** -0.5)
-        nn.init.uniform_(self.down_proj, -self.d_ff ** -0.5, self.d_ff ** -0.5)
+        nn.init.uniform_(self.gate_up_proj, -(self.d_model**-0.5), self.d_model**-0.5)
+        nn.init.uniform_(self.down_proj, -(self.d_ff**-0.5), self.d_ff**-0.5)
         if self.noise is not None:
             nn.init.zeros_(self.noise.weight)  # start with unit-free noise scale softplus(0) ≈ 0.69
 
@@ -493,9 +563,16 @@ class MoELayer(nn.Module):
         shape = x.shape
         x = x.reshape(-1, self.d_model)
         logits = self.router_logits(x)
-        topk_weight, topk_idx = route(logits, self.top_k, score_func=self.score_func,
-                                      norm_topk_prob=self.norm_topk_prob, bias=self.expert_bias, n_group=self.n_group,
-                                      topk_group=self.topk_group, routed_scaling_factor=self.routed_scaling_factor)
+        topk_weight, topk_idx = route(
+            logits,
+            self.top_k,
+            score_func=self.score_func,
+            norm_topk_prob=self.norm_topk_prob,
+            bias=self.expert_bias,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            routed_scaling_factor=self.routed_scaling_factor,
+        )
         keep = None
         if self.capacity_factor is not None:
             capacity = expert_capacity(x.shape[0], self.top_k, self.num_experts, self.capacity_factor)
@@ -530,13 +607,19 @@ class MoELayer(nn.Module):
     def param_counts(self) -> dict:
         """``total`` parameters and ``active`` per token (router, noise, shared expert and gate, top_k experts)."""
         per_expert = (self.gate_up_proj.numel() + self.down_proj.numel()) // self.num_experts
-        always = sum(p.numel() for m in (self.router, self.noise, self.shared_expert, self.shared_gate)
-                     if m is not None for p in m.parameters())
+        always = sum(
+            p.numel()
+            for m in (self.router, self.noise, self.shared_expert, self.shared_gate)
+            if m is not None
+            for p in m.parameters()
+        )
         return {"total": always + self.num_experts * per_expert, "active": always + self.top_k * per_expert}
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={self.num_experts}, top_k={self.top_k}, "
-                f"score_func={self.score_func!r}, capacity_factor={self.capacity_factor}")
+        return (
+            f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={self.num_experts}, top_k={self.top_k}, "
+            f"score_func={self.score_func!r}, capacity_factor={self.capacity_factor}"
+        )
 
     # -------------------------------------------------------------------------------------------- transformers
     @classmethod
@@ -550,22 +633,32 @@ class MoELayer(nn.Module):
         """
         gate, experts = getattr(block, "gate", None), getattr(block, "experts", None)
         if gate is None or not hasattr(experts, "gate_up_proj") or not hasattr(experts, "down_proj"):
-            raise TypeError("block must be a transformers MoE block with .gate and fused .experts, "
-                            f"got {type(block).__name__}")
+            raise TypeError(
+                f"block must be a transformers MoE block with .gate and fused .experts, got {type(block).__name__}"
+            )
         act = getattr(experts, "act_fn", None)
         if act is not None and type(act).__name__ not in ("SiLU", "SiLUActivation"):
             raise ValueError(f"only SiLU experts (SwiGLU) are supported, got {type(experts.act_fn).__name__}")
         num_experts, two_i, d_model = experts.gate_up_proj.shape
         is_deepseek = hasattr(gate, "e_score_correction_bias")
-        kwargs = dict(score_func="sigmoid" if is_deepseek else "softmax",
-                      norm_topk_prob=bool(getattr(gate, "norm_topk_prob", True)))
+        kwargs = dict(
+            score_func="sigmoid" if is_deepseek else "softmax",
+            norm_topk_prob=bool(getattr(gate, "norm_topk_prob", True)),
+        )
         if is_deepseek:
-            kwargs.update(n_group=gate.num_group, topk_group=gate.topk_group, router_fp32=True,
-                          routed_scaling_factor=float(gate.routed_scaling_factor))
+            kwargs.update(
+                n_group=gate.num_group,
+                topk_group=gate.topk_group,
+                router_fp32=True,
+                routed_scaling_factor=float(gate.routed_scaling_factor),
+            )
         shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None)
         if shared is not None:
-            kwargs.update(num_shared_experts=1, shared_d_ff=shared.gate_proj.out_features,
-                          shared_expert_gate=getattr(block, "shared_expert_gate", None) is not None)
+            kwargs.update(
+                num_shared_experts=1,
+                shared_d_ff=shared.gate_proj.out_features,
+                shared_expert_gate=getattr(block, "shared_expert_gate", None) is not None,
+            )
         kwargs.update(options)
         layer = cls(d_model, two_i // 2, num_experts, gate.top_k, **kwargs)
         with torch.no_grad():
@@ -600,10 +693,15 @@ def transformer_param_counts(cfg: dict) -> dict:
     if cfg.get("kv_lora_rank"):  # multi-head latent attention (DeepSeek-V2/V3)
         nh, qr, kvr = cfg["num_attention_heads"], cfg["q_lora_rank"], cfg["kv_lora_rank"]
         qk = cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
-        attn = (H * qr + qr + qr * nh * qk  # q down, its norm, q up
-                + H * (kvr + cfg["qk_rope_head_dim"]) + kvr  # joint kv down (+ shared rope key), its norm
-                + kvr * nh * (cfg["qk_nope_head_dim"] + cfg["v_head_dim"])  # k and v up
-                + nh * cfg["v_head_dim"] * H)  # output
+        attn = (
+            H * qr
+            + qr
+            + qr * nh * qk  # q down, its norm, q up
+            + H * (kvr + cfg["qk_rope_head_dim"])
+            + kvr  # joint kv down (+ shared rope key), its norm
+            + kvr * nh * (cfg["qk_nope_head_dim"] + cfg["v_head_dim"])  # k and v up
+            + nh * cfg["v_head_dim"] * H
+        )  # output
     else:
         hd = cfg.get("head_dim") or H // cfg["num_attention_heads"]
         q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
@@ -623,5 +721,7 @@ def transformer_param_counts(cfg: dict) -> dict:
     moe_active = attn + norms + router + shared + k * expert
     embed = V * H * (1 if cfg.get("tie_word_embeddings") else 2) + H  # + final norm
     n_moe = L - n_dense
-    return {"total": embed + n_dense * dense_layer + n_moe * moe_total,
-            "active": embed + n_dense * dense_layer + n_moe * moe_active}
+    return {
+        "total": embed + n_dense * dense_layer + n_moe * moe_total,
+        "active": embed + n_dense * dense_layer + n_moe * moe_active,
+    }

@@ -27,6 +27,7 @@ The experiment
   ``assets/ch5_results.json`` plus the checkpoint ``assets/ch5_moe.safetensors`` (both sha256-checked on load:
   :func:`load_results`, :func:`load_moe_checkpoint`).
 """
+
 from __future__ import annotations
 
 import html
@@ -46,11 +47,31 @@ from .plotting import COLORS
 from .train import train
 from .validate import check_int, nonnegative_float, positive_float, positive_int
 
-__all__ = ["BASE_CONFIG", "moe_config", "build_model", "moe_training_loss", "attach_loss_free_balancing",
-           "ExpertLoadRecorder", "utilisation_entropy", "dead_experts", "TOKEN_TYPES", "token_type", "token_types",
-           "collect_routing", "routing_stats", "consecutive_same_expert_rate", "expert_colored_html",
-           "domain_losses", "VARIANTS", "run_variant", "RESULTS", "MOE_CHECKPOINT", "verify_asset", "load_results",
-           "load_moe_checkpoint"]
+__all__ = [
+    "BASE_CONFIG",
+    "moe_config",
+    "build_model",
+    "moe_training_loss",
+    "attach_loss_free_balancing",
+    "ExpertLoadRecorder",
+    "utilisation_entropy",
+    "dead_experts",
+    "TOKEN_TYPES",
+    "token_type",
+    "token_types",
+    "collect_routing",
+    "routing_stats",
+    "consecutive_same_expert_rate",
+    "expert_colored_html",
+    "domain_losses",
+    "VARIANTS",
+    "run_variant",
+    "RESULTS",
+    "MOE_CHECKPOINT",
+    "verify_asset",
+    "load_results",
+    "load_moe_checkpoint",
+]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 RESULTS = ASSETS / "ch5_results.json"
@@ -77,8 +98,9 @@ def moe_config(config: GPTConfig, num_experts: int = 8, top_k: int = 2, **moe_op
         raise ValueError(f"top_k ({top_k}) must be <= num_experts ({num_experts})")
     if config.d_ff % top_k:
         raise ValueError(f"the dense width d_ff={config.d_ff} must be divisible by top_k={top_k}")
-    return replace(config, ffn="moe", d_ff=config.d_ff // top_k,
-                   moe=dict(num_experts=num_experts, top_k=top_k, **moe_options))
+    return replace(
+        config, ffn="moe", d_ff=config.d_ff // top_k, moe=dict(num_experts=num_experts, top_k=top_k, **moe_options)
+    )
 
 
 def build_model(kind: str = "dense", seed: int = 0, config: GPTConfig = BASE_CONFIG) -> GPT:
@@ -89,15 +111,18 @@ def build_model(kind: str = "dense", seed: int = 0, config: GPTConfig = BASE_CON
     return GPT(config if kind == "dense" else moe_config(config))
 
 
-def moe_training_loss(lm_loss: torch.Tensor, moe_aux: list[dict], aux_loss_coef: float = 0.01,
-                      z_loss_coef: float = 0.0) -> torch.Tensor:
+def moe_training_loss(
+    lm_loss: torch.Tensor, moe_aux: list[dict], aux_loss_coef: float = 0.01, z_loss_coef: float = 0.0
+) -> torch.Tensor:
     """``lm_loss + aux_loss_coef · mean_layers(balancing loss) + z_loss_coef · mean_layers(z-loss)``.
 
     ``moe_aux`` is ``model.last_moe_aux`` (one dict per MoE layer). The Switch Transformer used a coefficient of
     0.01 for the balancing loss, ST-MoE 0.001 for the z-loss. The result keeps the router in the autograd graph.
     """
     if not isinstance(moe_aux, (list, tuple)):
-        raise TypeError(f"moe_aux must be a list of per-layer aux dicts (model.last_moe_aux), got {type(moe_aux).__name__}")
+        raise TypeError(
+            f"moe_aux must be a list of per-layer aux dicts (model.last_moe_aux), got {type(moe_aux).__name__}"
+        )
     nonnegative_float("aux_loss_coef", aux_loss_coef)
     nonnegative_float("z_loss_coef", z_loss_coef)
     total = lm_loss
@@ -151,6 +176,7 @@ class ExpertLoadRecorder:
         def hook(layer, _inputs, output):
             if layer.training:
                 self._counts[i] += output[1]["tokens_per_expert"].float()
+
         return hook
 
     def __call__(self, history: dict) -> None:
@@ -219,8 +245,9 @@ def token_types(tokenizer, ids) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect_routing(model, data, split: str = "val", *, n_windows: int = 24, block_size: int = 128,
-                    seed: int = 0) -> dict:
+def collect_routing(
+    model, data, split: str = "val", *, n_windows: int = 24, block_size: int = 128, seed: int = 0
+) -> dict:
     """Route ``n_windows`` contiguous windows of ``split`` through ``model`` (eval mode), the same number per domain.
 
     Each window lies inside one domain's text (windows are spread evenly over the positions where that holds), so
@@ -269,8 +296,9 @@ def routing_stats(expert_idx: torch.Tensor, labels: torch.Tensor, num_labels: in
     if expert_idx.dim() == 1:
         expert_idx = expert_idx[:, None]
     if expert_idx.dim() != 2 or labels.dim() != 1 or labels.shape[0] != expert_idx.shape[0]:
-        raise ValueError(f"expert_idx must be [N] or [N, k] and labels [N], got {tuple(expert_idx.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"expert_idx must be [N] or [N, k] and labels [N], got {tuple(expert_idx.shape)} and {tuple(labels.shape)}"
+        )
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
         raise ValueError(f"labels must lie in 0..{num_labels - 1}")
     if expert_idx.numel() and (expert_idx.min() < 0 or expert_idx.max() >= num_experts):
@@ -298,7 +326,7 @@ def consecutive_same_expert_rate(expert_ids: torch.Tensor, num_experts: int) -> 
         raise ValueError(f"expert_ids must lie in 0..{num_experts - 1}")
     rate = (e[:, 1:] == e[:, :-1]).double().mean()
     p = torch.bincount(e.flatten(), minlength=num_experts).double() / e.numel()
-    return float(rate), float((p ** 2).sum())
+    return float(rate), float((p**2).sum())
 
 
 def expert_colored_html(pieces: list[str], experts, num_experts: int = 8) -> str:
@@ -308,15 +336,17 @@ def expert_colored_html(pieces: list[str], experts, num_experts: int = 8) -> str
     for piece, e in zip(pieces, torch.as_tensor(experts).tolist()):
         text = html.escape(piece).replace("\n", "↵<br>").replace(" ", "&nbsp;")
         spans.append(f'<span title="expert {e}" style="background:{palette[e % len(palette)]}55">{text}</span>')
-    legend = " ".join(f'<span style="background:{palette[e % len(palette)]}55">&nbsp;expert {e}&nbsp;</span>'
-                      for e in range(num_experts))
-    return (f'<div style="font-family:monospace;font-size:12px;line-height:1.6">{legend}<hr>'
-            + "".join(spans) + "</div>")
+    legend = " ".join(
+        f'<span style="background:{palette[e % len(palette)]}55">&nbsp;expert {e}&nbsp;</span>'
+        for e in range(num_experts)
+    )
+    return f'<div style="font-family:monospace;font-size:12px;line-height:1.6">{legend}<hr>' + "".join(spans) + "</div>"
 
 
 @torch.no_grad()
-def domain_losses(model, data, split: str = "val", *, iters: int = 10, batch_size: int = 16, block_size: int = 128,
-                  seed: int = 1234) -> dict:
+def domain_losses(
+    model, data, split: str = "val", *, iters: int = 10, batch_size: int = 16, block_size: int = 128, seed: int = 1234
+) -> dict:
     """Mean next-token cross-entropy [nats/token] per domain (the domain of the input token) on fixed batches."""
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
@@ -342,8 +372,16 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, data, *, steps: int, seed: int = 0, config: GPTConfig = BASE_CONFIG,
-                progress: bool = True, **train_kwargs) -> tuple[GPT, dict]:
+def run_variant(
+    name: str,
+    data,
+    *,
+    steps: int,
+    seed: int = 0,
+    config: GPTConfig = BASE_CONFIG,
+    progress: bool = True,
+    **train_kwargs,
+) -> tuple[GPT, dict]:
     """Train one variant of :data:`VARIANTS`; returns ``(model, result)``.
 
     ``result`` holds the training ``history``, and for MoE variants the ``load`` record
@@ -356,8 +394,9 @@ def run_variant(name: str, data, *, steps: int, seed: int = 0, config: GPTConfig
     model = build_model(kind, seed, config)
     recorder = ExpertLoadRecorder(model) if kind == "moe" else None
     handles = attach_loss_free_balancing(model, gamma) if gamma else []
-    history = train(model, data, steps, seed=seed, aux_loss_coef=coef, callback=recorder, progress=progress,
-                    **train_kwargs)
+    history = train(
+        model, data, steps, seed=seed, aux_loss_coef=coef, callback=recorder, progress=progress, **train_kwargs
+    )
     result = {"name": name, "seed": seed, "steps": steps, "params": model.param_counts(), "history": history}
     if recorder is not None:
         recorder.remove()

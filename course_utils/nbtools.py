@@ -5,6 +5,7 @@ one bootstrap cell, identical across notebooks, that installs the course in Cola
 repository URL lives in :data:`REPO_URL` here and nowhere else; ``python -m course_utils.nbtools sync`` writes it
 into the notebooks and ``--check`` (run by the tests) fails when a notebook's header drifts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,24 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-__all__ = ["REPO_URL", "BRANCH", "BOOTSTRAP_SOURCE", "badge_source", "colab_url", "md", "code",
-           "write_notebook", "sync_notebook", "NOTEBOOK_DIRS", "BEGIN", "END", "CHECK_CALL", "check_calls",
-           "chapter_number", "chapter_of"]
+__all__ = [
+    "REPO_URL",
+    "BRANCH",
+    "BOOTSTRAP_SOURCE",
+    "badge_source",
+    "colab_url",
+    "md",
+    "code",
+    "write_notebook",
+    "sync_notebook",
+    "NOTEBOOK_DIRS",
+    "BEGIN",
+    "END",
+    "CHECK_CALL",
+    "check_calls",
+    "chapter_number",
+    "chapter_of",
+]
 
 # The one place the repository is named. Change it here, then run `python -m course_utils.nbtools sync`.
 REPO_URL = "https://github.com/llm-course-org/llm-from-tokens-to-moe"
@@ -94,6 +110,8 @@ def chapter_of(path: str | Path) -> int:
     if n is None:
         raise ValueError(f"{path}: chapter notebooks are named NN_topic.ipynb (got {Path(path).name!r})")
     return n
+
+
 # a check cell whose check reuses earlier answers says so in a comment, and is graded with 0 points (no double penalty)
 NO_POINTS = re.compile(r"^\s*#.*\bno points of its own\b", re.M)
 
@@ -107,8 +125,13 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
             continue
         if BEGIN in cell.source:
             n_ex += 1
-            cell.metadata["nbgrader"] = {"grade": False, "solution": True, "locked": False,
-                                         "grade_id": f"ex_{chapter}_{n_ex}", "schema_version": 3}
+            cell.metadata["nbgrader"] = {
+                "grade": False,
+                "solution": True,
+                "locked": False,
+                "grade_id": f"ex_{chapter}_{n_ex}",
+                "schema_version": 3,
+            }
         else:
             names = check_calls(cell.source)
             if names:
@@ -116,8 +139,14 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
                 # grade one mistake twice
                 reuses = NO_POINTS.search(cell.source) or REUSES_TAG in cell.metadata.get("tags", [])
                 points = 0 if reuses else 1
-                cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": points,
-                                             "grade_id": f"{names[-1]}_{chapter}_{n_ex}", "schema_version": 3}
+                cell.metadata["nbgrader"] = {
+                    "grade": True,
+                    "solution": False,
+                    "locked": True,
+                    "points": points,
+                    "grade_id": f"{names[-1]}_{chapter}_{n_ex}",
+                    "schema_version": 3,
+                }
 
 
 def sync_notebook(nb, relpath: str):

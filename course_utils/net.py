@@ -1,4 +1,5 @@
 """Local network plumbing: a free TCP port for a server or a process group started on this machine."""
+
 from __future__ import annotations
 
 import socket

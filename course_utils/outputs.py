@@ -16,22 +16,32 @@ Three pieces, one per job:
   (words, number of outputs, the order of lines). Run-dependent text (temp paths, addresses, PIDs, ports,
   durations) is replaced first, on both sides, by the sanitizer file ``tests/nbval_sanitize.cfg``.
 """
+
 from __future__ import annotations
 
 import argparse
-import time
-import json
 import base64
 import io
+import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 
-__all__ = ["RUN_DEPENDENT", "IGNORE_TAG", "RTOL", "is_run_dependent", "tag_notebook", "texts_match",
-           "compress_outputs", "store_outputs", "main"]
+__all__ = [
+    "RUN_DEPENDENT",
+    "IGNORE_TAG",
+    "RTOL",
+    "is_run_dependent",
+    "tag_notebook",
+    "texts_match",
+    "compress_outputs",
+    "store_outputs",
+    "main",
+]
 
 IGNORE_TAG = "nbval-ignore-output"
 # Two printed numbers agree when they differ by at most this fraction (or one unit of their last printed digit):
@@ -146,8 +156,11 @@ def pytest_configure(config):
         if ref_texts.keys() != test_texts.keys() or any(len(ref_texts[k]) != len(test_texts[k]) for k in ref_texts):
             self.comparison_traceback = saved
             return False
-        ok = all(texts_match(r, t) if isinstance(r, str) and isinstance(t, str) else r == t
-                 for k in ref_texts for r, t in zip(ref_texts[k], test_texts[k]))
+        ok = all(
+            texts_match(r, t) if isinstance(r, str) and isinstance(t, str) else r == t
+            for k in ref_texts
+            for r, t in zip(ref_texts[k], test_texts[k])
+        )
         self.comparison_traceback = [] if ok else saved
         return ok
 
@@ -227,8 +240,9 @@ def record_run_time(path: Path, seconds: float) -> Path:
     (docs/site/guide_chapters.py) read these records."""
     TIMES_DIR.mkdir(parents=True, exist_ok=True)
     rec = TIMES_DIR / f"{path.stem}.json"
-    rec.write_text(json.dumps({"run_all_s": round(seconds, 1), "source": "`make outputs`: fresh kernel, one thread, "
-                                                                         "2-core CPU"}))
+    rec.write_text(
+        json.dumps({"run_all_s": round(seconds, 1), "source": "`make outputs`: fresh kernel, one thread, 2-core CPU"})
+    )
     return rec
 
 
@@ -245,8 +259,9 @@ def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     text = path.read_text(encoding="utf-8")
     nb = nbformat.reads(text, as_version=4)
     t0 = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent.resolve())}}
+    ).execute()
     record_run_time(path, time.perf_counter() - t0)
     compress_outputs(nb)
     # The same metadata as `nbtools.sync` writes, so that `nbtools sync --check` still passes.

@@ -1,4 +1,5 @@
 """One plot style for the whole course, and a helper that refuses an unlabelled plot."""
+
 from __future__ import annotations
 
 import os
@@ -20,18 +21,20 @@ def use_course_style() -> None:
     import matplotlib as mpl
     from cycler import cycler
 
-    mpl.rcParams.update({
-        "figure.figsize": (7.0, 4.0),
-        "figure.dpi": figure_dpi(),
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.titlesize": 12,
-        "axes.labelsize": 11,
-        "legend.frameon": False,
-        "axes.prop_cycle": cycler(color=COLORS),
-    })
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (7.0, 4.0),
+            "figure.dpi": figure_dpi(),
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.titlesize": 12,
+            "axes.labelsize": 11,
+            "legend.frameon": False,
+            "axes.prop_cycle": cycler(color=COLORS),
+        }
+    )
 
 
 def label(ax, title: str, xlabel: str, ylabel: str):

@@ -11,6 +11,7 @@ its line) in your exercise cell that kept the check from running. The kernel's o
 A lab that is not a readable notebook (a bad merge, a truncated save, another encoding) gets a one-line message
 saying how to restore or rebuild only that lab instead of a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,17 @@ WIDTH = 100  # details below a table are wrapped at word boundaries to this many
 
 @dataclass
 class CheckResult:
-    exercise: str      # "4.1"
-    check: str         # "check_topk_router"
-    status: str        # "passed" | "failed" | "not started" | "not run"
-    detail: str = ""   # the check's whole explanation (message, inputs, hint) or the error that stopped it
+    exercise: str  # "4.1"
+    check: str  # "check_topk_router"
+    status: str  # "passed" | "failed" | "not started" | "not run"
+    detail: str = ""  # the check's whole explanation (message, inputs, hint) or the error that stopped it
 
 
 @dataclass
 class LabReport:
-    lab: str                       # "labs/04_moe_lab.ipynb"
+    lab: str  # "labs/04_moe_lab.ipynb"
     results: list[CheckResult]
-    error: str = ""                # set when the lab could not be read or run at all
+    error: str = ""  # set when the lab could not be read or run at all
 
     @property
     def n_passed(self) -> int:
@@ -128,10 +129,15 @@ _QUIET.propagate = False
 
 def _restore_advice(rel: str, chapter: int | None) -> str:
     """How to get a working lab back: git, or rebuild only this lab (the build keeps a backup of the file)."""
-    rebuild = (f"`python -m course_utils.labs build --only {chapter} --force`" if chapter is not None
-               else "`python -m course_utils.labs build --force`")
-    return (f"Restore it with `git checkout {rel}`, or rebuild only this lab with {rebuild} "
-            f"(it first copies the current file to labs/{BACKUP_DIR}/).")
+    rebuild = (
+        f"`python -m course_utils.labs build --only {chapter} --force`"
+        if chapter is not None
+        else "`python -m course_utils.labs build --force`"
+    )
+    return (
+        f"Restore it with `git checkout {rel}`, or rebuild only this lab with {rebuild} "
+        f"(it first copies the current file to labs/{BACKUP_DIR}/)."
+    )
 
 
 def lab_progress(lab: Path, *, root: Path, timeout: int = 600) -> LabReport:
@@ -144,19 +150,32 @@ def lab_progress(lab: Path, *, root: Path, timeout: int = 600) -> LabReport:
         try:
             nb = nbformat.read(str(copy), as_version=4)
         except UnicodeDecodeError as err:
-            return LabReport(rel, [], f"cannot read it: it is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
-                                      f"offset {err.start}), so not a notebook. {_restore_advice(rel, m)}")
+            return LabReport(
+                rel,
+                [],
+                f"cannot read it: it is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                f"offset {err.start}), so not a notebook. {_restore_advice(rel, m)}",
+            )
         except Exception as err:  # nbformat raises several types for a broken file; all mean the same here
-            return LabReport(rel, [], f"cannot read it: it is not a valid notebook ({type(err).__name__}: "
-                                      f"{str(err).splitlines()[0] if str(err) else ''}). {_restore_advice(rel, m)}")
+            return LabReport(
+                rel,
+                [],
+                f"cannot read it: it is not a valid notebook ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). {_restore_advice(rel, m)}",
+            )
         checks = _check_cells(nb, m)
         if not checks:
             return LabReport(rel, [], "it has no check cells (`from course_utils.checks import check_...`)")
         from nbclient import NotebookClient
 
         # Run where the lab lives, so relative paths resolve as they do for the learner; only the copy is executed.
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                                resources={"metadata": {"path": str(lab.parent)}})
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            allow_errors=True,
+            resources={"metadata": {"path": str(lab.parent)}},
+        )
         client.log = _QUIET  # nbclient's and jupyter_client's log lines are for developers, not learners
         try:
             with warnings.catch_warnings():  # e.g. DeprecationWarnings from the Jupyter stack
@@ -199,9 +218,17 @@ def _wrap(text: str, indent: str) -> str:
     out = []
     for line in text.splitlines() or [""]:
         lead = line[: len(line) - len(line.lstrip())]
-        out.append(textwrap.fill(line.strip(), WIDTH, initial_indent=indent + lead,
-                                 subsequent_indent=indent + lead + "  ", break_long_words=False,
-                                 break_on_hyphens=False) or indent)
+        out.append(
+            textwrap.fill(
+                line.strip(),
+                WIDTH,
+                initial_indent=indent + lead,
+                subsequent_indent=indent + lead + "  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            or indent
+        )
     return "\n".join(out)
 
 
@@ -212,8 +239,12 @@ def format_table(reports: list[LabReport]) -> str:
         if rep.error and not rep.results:
             blocks.append(f"{rep.lab}\n⚠️ {rep.error}")  # one line: it holds commands to copy
             continue
-        rows = [f"{rep.lab}: {rep.n_passed} of {len(rep.results)} checks pass", "",
-                "| exercise | check | status |", "|---|---|---|"]
+        rows = [
+            f"{rep.lab}: {rep.n_passed} of {len(rep.results)} checks pass",
+            "",
+            "| exercise | check | status |",
+            "|---|---|---|",
+        ]
         details = []
         for r in rep.results:
             more = " (details below)" if r.detail else ""

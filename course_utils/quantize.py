@@ -12,6 +12,7 @@ float16 (as llama.cpp does), int4 values as ``q + 8`` in a nibble, two per byte.
 dequantizes on the fly in ``forward`` — memory is saved, compute is not: without a fused int4 kernel the
 unpacking costs time on CPU.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,19 @@ import torch.nn.functional as F
 
 from .validate import check_int, positive_int
 
-__all__ = ["QuantizedTensor", "absmax_quantize", "group_dequantize", "quantize_tensor", "pack_int4", "unpack_int4", "QuantLinear", "quantize_model",
-           "fake_quantize_experts_", "model_nbytes", "QMAX"]
+__all__ = [
+    "QuantizedTensor",
+    "absmax_quantize",
+    "group_dequantize",
+    "quantize_tensor",
+    "pack_int4",
+    "unpack_int4",
+    "QuantLinear",
+    "quantize_model",
+    "fake_quantize_experts_",
+    "model_nbytes",
+    "QMAX",
+]
 
 QMAX = {8: 127, 4: 7}
 
@@ -94,8 +106,9 @@ def _check_quant_args(w, bits, group_size) -> int:
     return group_size or cols
 
 
-def absmax_quantize(w: torch.Tensor, bits: int = 8, group_size: int | None = None,
-                    scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def absmax_quantize(
+    w: torch.Tensor, bits: int = 8, group_size: int | None = None, scale_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q, scales)``: int8 values ``q`` shaped like ``w`` and one scale per row (``[rows, 1]``) or per group
     (``[rows, cols // group_size]``), rows being everything but the last dimension. An all-zero group gets
     scale 1 (any positive scale encodes zeros exactly; 0 would divide by zero)."""
@@ -139,15 +152,16 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int | None = None) -> "QuantLinear":
+    def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int | None = None) -> QuantLinear:
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         return cls(quantize_tensor(linear.weight, bits, group_size), linear.bias)
 
     @property
     def qweight(self) -> QuantizedTensor:
-        return QuantizedTensor(self.qdata, self.scales, (self.out_features, self.in_features), self.bits,
-                               self.group_size)
+        return QuantizedTensor(
+            self.qdata, self.scales, (self.out_features, self.in_features), self.bits, self.group_size
+        )
 
     @property
     def weight(self) -> torch.Tensor:
@@ -159,8 +173,10 @@ class QuantLinear(nn.Module):
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, bias={self.bias is not None}"
+        )
 
 
 def quantize_model(model: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:

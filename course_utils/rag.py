@@ -18,6 +18,7 @@ The pieces, each small enough to read in one sitting:
 Embeddings are cached on disk under ``<repo>/.cache/embeddings`` keyed by the SHA-256 of the model name and the
 texts, written atomically under a file lock, so the lesson, the lab and the tests embed a corpus once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,9 @@ import re
 import tempfile
 import unicodedata
 from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -41,15 +42,50 @@ from .tokenization import get_encoding
 from .validate import check_number, nonnegative_float, nonnegative_int, positive_int
 
 __all__ = [
-    "Document", "Chunk", "Hit", "Question", "DEFAULT_MODEL", "DEFAULT_CHUNK_SIZE", "DEFAULT_OVERLAP", "DEFAULT_STRATEGY",
-    "load_python_reference", "load_questions", "chunk_text", "chunk_documents", "default_chunks",
-    "bm25_tokenize", "bm25_scores", "cosine_top_k", "reciprocal_rank_fusion", "recall_at_k", "mrr",
-    "load_model", "embed", "embedding_cache_dir",
-    "BM25Index", "DenseIndex", "HybridIndex", "rankings", "evaluate", "answer_in_context",
-    "question_scores", "evaluate_with_intervals", "split_questions", "instruction_following_stub",
-    "split_sentences", "extractive_answer", "Answer", "build_prompt", "openai_compatible_answer",
-    "looks_like_injection", "strip_instructions", "load_attacks", "answer_with_defence", "injection_trial",
-    "ann_recall", "synthetic_enlargement",
+    "Document",
+    "Chunk",
+    "Hit",
+    "Question",
+    "DEFAULT_MODEL",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_STRATEGY",
+    "load_python_reference",
+    "load_questions",
+    "chunk_text",
+    "chunk_documents",
+    "default_chunks",
+    "bm25_tokenize",
+    "bm25_scores",
+    "cosine_top_k",
+    "reciprocal_rank_fusion",
+    "recall_at_k",
+    "mrr",
+    "load_model",
+    "embed",
+    "embedding_cache_dir",
+    "BM25Index",
+    "DenseIndex",
+    "HybridIndex",
+    "rankings",
+    "evaluate",
+    "answer_in_context",
+    "question_scores",
+    "evaluate_with_intervals",
+    "split_questions",
+    "instruction_following_stub",
+    "split_sentences",
+    "extractive_answer",
+    "Answer",
+    "build_prompt",
+    "openai_compatible_answer",
+    "looks_like_injection",
+    "strip_instructions",
+    "load_attacks",
+    "answer_with_defence",
+    "injection_trial",
+    "ann_recall",
+    "synthetic_enlargement",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -119,8 +155,10 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
     """The course's labelled questions (``assets/rag_questions.json``): text plus the topic ids that answer it."""
     path = Path(path) if path is not None else ASSETS / "rag_questions.json"
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return [Question(q["question"], tuple(q["topics"]), q.get("id", f"q{i:02d}"), tuple(q.get("evidence", ())))
-            for i, q in enumerate(raw["questions"])]
+    return [
+        Question(q["question"], tuple(q["topics"]), q.get("id", f"q{i:02d}"), tuple(q.get("evidence", ())))
+        for i, q in enumerate(raw["questions"])
+    ]
 
 
 def load_attacks(path: str | Path | None = None) -> list[dict]:
@@ -148,7 +186,7 @@ def _token_windows(text: str, chunk_size: int, overlap: int) -> list[str]:
     ids = enc.encode(text, disallowed_special=())
     step, out = chunk_size - overlap, []
     for start in range(0, len(ids), step):
-        out.append(enc.decode(ids[start:start + chunk_size]))
+        out.append(enc.decode(ids[start : start + chunk_size]))
         if start + chunk_size >= len(ids):  # this window reached the end: another would only repeat its tail
             break
     return out
@@ -200,8 +238,12 @@ def _sections(text: str) -> list[tuple[str, str]]:
     out, heading, body = [], "", []
     i = 0
     while i < len(lines):
-        if i + 1 < len(lines) and lines[i].strip() and _HEADING_RULE.match(lines[i + 1].strip()) \
-                and len(lines[i + 1].strip()) >= len(lines[i].strip()) - 1:
+        if (
+            i + 1 < len(lines)
+            and lines[i].strip()
+            and _HEADING_RULE.match(lines[i + 1].strip())
+            and len(lines[i + 1].strip()) >= len(lines[i].strip()) - 1
+        ):
             if "\n".join(body).strip():
                 out.append((heading, "\n".join(body)))
             heading, body = lines[i].strip(), []
@@ -214,8 +256,12 @@ def _sections(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def chunk_documents(documents: Sequence[Document], chunk_size: int = DEFAULT_CHUNK_SIZE, overlap: int | None = None,
-                    strategy: str = DEFAULT_STRATEGY) -> list[Chunk]:
+def chunk_documents(
+    documents: Sequence[Document],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    overlap: int | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+) -> list[Chunk]:
     """Chunk every document. ``"tokens"``: windows of ``chunk_size`` cl100k tokens overlapping by ``overlap``
     (default :data:`DEFAULT_OVERLAP`). ``"paragraphs"`` is structure-aware: it never crosses a section heading and
     starts each chunk with the heading path ``"Title › Section"`` (the metadata the embedding then sees)."""
@@ -245,11 +291,13 @@ def default_chunks() -> list[Chunk]:
 # ---------------------------------------------------------------------------------------------------------------
 # English function words only. Lucene's default English list also drops "if", "for", "with", "in", "not", "and",
 # "or", "is": Python keywords, the very words many questions about this corpus hinge on.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a an the of to how what which who whom why when where do does did doing done can could should would will shall
 may might must i me my we our you your it its this that these those there their they them he she his her be been
 being am are was were has have had having than then so such as at by on from into about also just very any some
-""".split())
+""".split()
+)
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # the token pattern of scikit-learn and bm25s: runs of 2+ word characters
 
 
@@ -266,8 +314,10 @@ class _BM25Stats:
         for i, tokens in enumerate(docs_tokens):
             for term, tf in Counter(tokens).items():
                 postings.setdefault(term, {})[i] = tf
-        self.postings = {t: (np.fromiter(p.keys(), dtype=np.int64), np.fromiter(p.values(), dtype=np.float64))
-                         for t, p in postings.items()}
+        self.postings = {
+            t: (np.fromiter(p.keys(), dtype=np.int64), np.fromiter(p.values(), dtype=np.float64))
+            for t, p in postings.items()
+        }
         self.doc_len = np.array([len(t) for t in docs_tokens], dtype=np.float64)
         self.n_docs = len(docs_tokens)
         self.avgdl = float(self.doc_len.mean()) if self.n_docs and self.doc_len.sum() else 1.0
@@ -284,8 +334,9 @@ class _BM25Stats:
         return out
 
 
-def bm25_scores(query_tokens: Sequence[str], docs_tokens: Sequence[Sequence[str]], k1: float = 1.5,
-                b: float = 0.75) -> np.ndarray:
+def bm25_scores(
+    query_tokens: Sequence[str], docs_tokens: Sequence[Sequence[str]], k1: float = 1.5, b: float = 0.75
+) -> np.ndarray:
     """Okapi BM25 (Lucene's variant, as in ``bm25s``' default) of one tokenized query against every document.
 
     A query term repeated counts once per occurrence; a term in no document adds nothing.
@@ -304,7 +355,9 @@ def cosine_top_k(query: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndar
     """Indices and cosine similarities of the ``k`` rows of ``matrix`` most similar to ``query``, best first."""
     query, matrix = np.asarray(query, dtype=np.float64), np.asarray(matrix, dtype=np.float64)
     if query.ndim != 1 or matrix.ndim != 2 or matrix.shape[1] != query.shape[0]:
-        raise ValueError(f"expected query of shape (d,) and matrix of shape (n, d), got {query.shape} and {matrix.shape}")
+        raise ValueError(
+            f"expected query of shape (d,) and matrix of shape (n, d), got {query.shape} and {matrix.shape}"
+        )
     _check_k(k)
     q = query / max(np.linalg.norm(query), 1e-12)
     m = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
@@ -337,7 +390,9 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) 
 
 def _check_rankings(rankings, relevant) -> None:
     if len(rankings) != len(relevant):
-        raise ValueError(f"rankings and relevant must have one entry per question, got {len(rankings)} and {len(relevant)}")
+        raise ValueError(
+            f"rankings and relevant must have one entry per question, got {len(rankings)} and {len(relevant)}"
+        )
     if not rankings:
         raise ValueError("rankings is empty: need at least one question")
 
@@ -411,8 +466,14 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def embed(texts: Sequence[str], model: str = DEFAULT_MODEL, *, cache: bool = True, progress: bool = False,
-          batch_size: int = 32) -> np.ndarray:
+def embed(
+    texts: Sequence[str],
+    model: str = DEFAULT_MODEL,
+    *,
+    cache: bool = True,
+    progress: bool = False,
+    batch_size: int = 32,
+) -> np.ndarray:
     """Unit-length float32 embeddings of ``texts``, shape ``(len(texts), 384)``.
 
     With ``cache=True`` the vectors are stored in :func:`embedding_cache_dir` under the SHA-256 of the model tag
@@ -425,8 +486,13 @@ def embed(texts: Sequence[str], model: str = DEFAULT_MODEL, *, cache: bool = Tru
     tag = _model_tag(model)
 
     def compute() -> np.ndarray:
-        vecs = load_model(model).encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                        show_progress_bar=progress, convert_to_numpy=True)
+        vecs = load_model(model).encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+        )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     if not cache:
@@ -500,7 +566,7 @@ class _Index:
     def __init__(self):
         self.units: list = []
 
-    def add(self, documents: Sequence[Document | Chunk]) -> "_Index":
+    def add(self, documents: Sequence[Document | Chunk]) -> _Index:
         _check_documents(documents)
         self.units.extend(documents)
         self._build()
@@ -548,22 +614,31 @@ class DenseIndex(_Index):
     building and searching (Malkov & Yashunin 2018): wider beams, better recall, slower.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, exact: bool = True, *, m: int = 32, ef_construction: int = 200,
-                 ef_search: int = 64, progress: bool = False):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        exact: bool = True,
+        *,
+        m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        progress: bool = False,
+    ):
         super().__init__()
         if model != DEFAULT_MODEL:
             raise ValueError(f"model must be {DEFAULT_MODEL!r}, got {model!r}")
         self.model, self.exact, self.progress = model, exact, progress
-        self.m, self.ef_construction, self.ef_search = (positive_int(name, value) for name, value in
-                                                        (("m", m), ("ef_construction", ef_construction),
-                                                         ("ef_search", ef_search)))
+        self.m, self.ef_construction, self.ef_search = (
+            positive_int(name, value)
+            for name, value in (("m", m), ("ef_construction", ef_construction), ("ef_search", ef_search))
+        )
         self.vectors = np.zeros((0, 384), dtype=np.float32)
 
     @property
     def name(self) -> str:
         return "dense (exact)" if self.exact else f"dense (HNSW, ef={self.ef_search})"
 
-    def add_vectors(self, units: Sequence[Document | Chunk], vectors: np.ndarray) -> "DenseIndex":
+    def add_vectors(self, units: Sequence[Document | Chunk], vectors: np.ndarray) -> DenseIndex:
         """Add units whose unit-length vectors are already known (the benchmark's synthetic corpus)."""
         _check_documents(units)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -575,7 +650,7 @@ class DenseIndex(_Index):
         return self
 
     def _build(self) -> None:
-        new = self.units[len(self.vectors):]
+        new = self.units[len(self.vectors) :]
         fresh = embed([u.text for u in new], self.model, progress=self.progress)
         self.vectors = np.concatenate([self.vectors, fresh])
         self._build_graph()
@@ -624,8 +699,9 @@ class HybridIndex(_Index):
 
     name = "hybrid (RRF)"
 
-    def __init__(self, bm25: BM25Index | None = None, dense: DenseIndex | None = None, *, k_rrf: int = 60,
-                 depth: int = 50):
+    def __init__(
+        self, bm25: BM25Index | None = None, dense: DenseIndex | None = None, *, k_rrf: int = 60, depth: int = 50
+    ):
         super().__init__()
         self.k_rrf, self.depth = nonnegative_float("k_rrf", k_rrf), positive_int("depth", depth)
         self.bm25 = bm25 if bm25 is not None else BM25Index()
@@ -635,7 +711,7 @@ class HybridIndex(_Index):
         # A sub-index passed in already built over the same units (the notebook's dense index) is reused as is.
         for index in (self.bm25, self.dense):
             if len(index.units) < len(self.units):
-                index.add(self.units[len(index.units):])
+                index.add(self.units[len(index.units) :])
 
     def _ranked(self, query, k):
         lists = [[i for i, _ in index._ranked(query, max(self.depth, k))] for index in (self.bm25, self.dense)]
@@ -691,15 +767,16 @@ def question_scores(index: _Index, questions: Sequence, ks: Sequence[int] = (1, 
         _check_k(k)
     qs = [_as_question(q) for q in questions]
     ranked = rankings(index, qs, max(ks))
-    out = {f"recall@{k}": np.array([float(bool(set(q.topics) & set(r[:k]))) for q, r in zip(qs, ranked)])
-           for k in ks}
-    out["mrr"] = np.array([next((1.0 / i for i, d in enumerate(r, start=1) if d in set(q.topics)), 0.0)
-                           for q, r in zip(qs, ranked)])
+    out = {f"recall@{k}": np.array([float(bool(set(q.topics) & set(r[:k]))) for q, r in zip(qs, ranked)]) for k in ks}
+    out["mrr"] = np.array(
+        [next((1.0 / i for i, d in enumerate(r, start=1) if d in set(q.topics)), 0.0) for q, r in zip(qs, ranked)]
+    )
     return out
 
 
-def evaluate_with_intervals(index: _Index, questions: Sequence, ks: Sequence[int] = (1, 5, 10), *,
-                            seed: int = 0) -> dict[str, tuple[float, float, float]]:
+def evaluate_with_intervals(
+    index: _Index, questions: Sequence, ks: Sequence[int] = (1, 5, 10), *, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
     """:func:`evaluate` with a 95% bootstrap interval over the questions: ``{metric: (value, low, high)}``."""
     from .stats import bootstrap_ci
 
@@ -785,8 +862,13 @@ def extractive_answer(question: str, hits: Sequence[Hit], model: str = DEFAULT_M
     sims = vecs @ _embed_memo([question], model)[0]
     best = int(np.argmax(sims))
     source, sentence = candidates[best]
-    return Answer(sentence, float(sims[best]), source, hits[source - 1].doc_id,
-                  sorted(zip(sims.tolist(), [s for _, s in candidates]), reverse=True))
+    return Answer(
+        sentence,
+        float(sims[best]),
+        source,
+        hits[source - 1].doc_id,
+        sorted(zip(sims.tolist(), [s for _, s in candidates]), reverse=True),
+    )
 
 
 SYSTEM_RULES = (
@@ -812,8 +894,10 @@ def build_prompt(question: str, hits: Sequence[Hit], *, defended: bool = True) -
     if not defended:
         context = "\n\n".join(h.text for h in hits)
         return f"Context:\n{context}\n\nQuestion: {question}\nAnswer:"
-    blocks = [f'<source id="{i}" topic="{_quote(h.doc_id, attribute=True)}">\n{_quote(h.text)}\n</source>'
-              for i, h in enumerate(hits, 1)]
+    blocks = [
+        f'<source id="{i}" topic="{_quote(h.doc_id, attribute=True)}">\n{_quote(h.text)}\n</source>'
+        for i, h in enumerate(hits, 1)
+    ]
     return f"{SYSTEM_RULES}\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\nAnswer (cite sources as [n]):"
 
 
@@ -823,8 +907,10 @@ def openai_compatible_answer(prompt: str, *, timeout: float = 60.0) -> str:
     one, ``RAG_OPENAI_API_KEY``. Nothing is stored in a notebook; the course's tests never call it."""
     base_url, model = os.environ.get("RAG_OPENAI_BASE_URL"), os.environ.get("RAG_OPENAI_MODEL")
     if not base_url or not model:
-        raise RuntimeError("set RAG_OPENAI_BASE_URL and RAG_OPENAI_MODEL (and RAG_OPENAI_API_KEY if needed) "
-                           "to use an OpenAI-compatible endpoint")
+        raise RuntimeError(
+            "set RAG_OPENAI_BASE_URL and RAG_OPENAI_MODEL (and RAG_OPENAI_API_KEY if needed) "
+            "to use an OpenAI-compatible endpoint"
+        )
     from openai import OpenAI
 
     client = OpenAI(base_url=base_url, api_key=os.environ.get("RAG_OPENAI_API_KEY", "not-needed"), timeout=timeout)
@@ -835,15 +921,18 @@ def openai_compatible_answer(prompt: str, *, timeout: float = 60.0) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Prompt injection: a filter for instructions hidden in retrieved text
 # ---------------------------------------------------------------------------------------------------------------
-INJECTION_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
-    r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(instruction|rule|prompt|guideline|direction|context|above|previous|prior|earlier)s?\b",
-    r"\byou (are|will) now\b|\bact as\b|\bpretend (to be|you are)\b|\bfrom now on\b",
-    r"\b(system|developer|assistant)\s*(prompt|message|note|override)?\s*:",
-    r"</?\s*(source|system|instructions?)\b",
-    r"\b(reply|respond|answer|say|output|print)\b[^.\n]{0,30}\b(only|exactly|verbatim)\b",
-    r"\bdo not (mention|reveal|tell|cite)\b",
-    r"\b(new|updated|real) (instructions?|task|rules?)\b",
-))
+INJECTION_PATTERNS = tuple(
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(instruction|rule|prompt|guideline|direction|context|above|previous|prior|earlier)s?\b",
+        r"\byou (are|will) now\b|\bact as\b|\bpretend (to be|you are)\b|\bfrom now on\b",
+        r"\b(system|developer|assistant)\s*(prompt|message|note|override)?\s*:",
+        r"</?\s*(source|system|instructions?)\b",
+        r"\b(reply|respond|answer|say|output|print)\b[^.\n]{0,30}\b(only|exactly|verbatim)\b",
+        r"\bdo not (mention|reveal|tell|cite)\b",
+        r"\b(new|updated|real) (instructions?|task|rules?)\b",
+    )
+)
 
 
 def looks_like_injection(text: str) -> bool:
@@ -862,8 +951,9 @@ def strip_instructions(text: str) -> str:
     return " ".join(p for p in parts if p.strip() and not looks_like_injection(p))
 
 
-def answer_with_defence(question: str, index: _Index, k: int = 5,
-                        defence: str = "delimit") -> tuple[str, Answer, list[Hit]]:
+def answer_with_defence(
+    question: str, index: _Index, k: int = 5, defence: str = "delimit"
+) -> tuple[str, Answer, list[Hit]]:
     """Retrieve, defend, prompt and answer extractively; return the prompt, the answer and the raw hits.
 
     ``defence``: ``"none"`` (the naive prompt), ``"delimit"`` (tagged sources, tags escaped), ``"strip"`` (delimit
@@ -886,7 +976,9 @@ def answer_with_defence(question: str, index: _Index, k: int = 5,
 # An English order to the model: what the scripted stand-in below obeys.
 _ORDER = re.compile(
     r"\b(ignore|disregard|reply|respond|answer with|say|print|output|tell (?:the )?(?:user|reader)|new task"
-    r"|end every answer|from now on|recommend|you are now)\b", re.IGNORECASE)
+    r"|end every answer|from now on|recommend|you are now)\b",
+    re.IGNORECASE,
+)
 
 
 def instruction_following_stub(prompt: str, fallback: str = "", *, obey_inside_sources: bool = True) -> str:
@@ -905,7 +997,7 @@ def instruction_following_stub(prompt: str, fallback: str = "", *, obey_inside_s
     # Only the retrieved text can hold an attack: skip the template's rules (before the first source) and the
     # user's question (after the last "Question:").
     start, end = text.find("<source"), text.rfind("\n\nQuestion:")
-    text = text[max(start, 0):end if end >= 0 else len(text)]
+    text = text[max(start, 0) : end if end >= 0 else len(text)]
     if not obey_inside_sources:
         text = re.sub(r"<source [^>]*>.*?</source>", "", text, flags=re.DOTALL)
     sentences = re.split(r"(?<=[.!?])\s+|\n", text)
@@ -919,12 +1011,17 @@ def injection_trial(index: _Index, attack: dict, k: int = 5, defence: str = "del
     prompt, answer, raw = answer_with_defence(attack["question"], index, k, defence)
     canary = attack["canary"]
     outside = re.sub(r"<source [^>]*>.*?</source>", "", prompt, flags=re.DOTALL)
-    return {"attack": attack["id"], "defence": defence, "retrieved": attack["id"] in [h.doc_id for h in raw],
-            "in prompt": canary in prompt, "outside sources": canary in outside,
-            "answer hijacked": canary in answer.sentence,
-            "stub obeys": canary in instruction_following_stub(prompt, answer.sentence),
-            "stub obeys (outside sources only)": canary in instruction_following_stub(
-                prompt, answer.sentence, obey_inside_sources=False)}
+    return {
+        "attack": attack["id"],
+        "defence": defence,
+        "retrieved": attack["id"] in [h.doc_id for h in raw],
+        "in prompt": canary in prompt,
+        "outside sources": canary in outside,
+        "answer hijacked": canary in answer.sentence,
+        "stub obeys": canary in instruction_following_stub(prompt, answer.sentence),
+        "stub obeys (outside sources only)": canary
+        in instruction_following_stub(prompt, answer.sentence, obey_inside_sources=False),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -933,13 +1030,22 @@ def injection_trial(index: _Index, attack: dict, k: int = 5, defence: str = "del
 def ann_recall(exact: DenseIndex, approx: DenseIndex, query_vectors: np.ndarray, k: int = 10) -> float:
     """Mean overlap of the approximate top-``k`` with the exact top-``k`` (the usual 'recall' of an ANN index)."""
     _check_k(k)
-    found = [len({i for i, _ in exact.ranked_by_vector(q, k)} & {i for i, _ in approx.ranked_by_vector(q, k)}) / k
-             for q in query_vectors]
+    found = [
+        len({i for i, _ in exact.ranked_by_vector(q, k)} & {i for i, _ in approx.ranked_by_vector(q, k)}) / k
+        for q in query_vectors
+    ]
     return float(np.mean(found))
 
 
-def synthetic_enlargement(chunks: Sequence[Chunk], vectors: np.ndarray, factor: int = 10, *, seed: int = 0,
-                          noise: float = 0.05, word_drop: float = 0.2) -> tuple[list[Chunk], np.ndarray]:
+def synthetic_enlargement(
+    chunks: Sequence[Chunk],
+    vectors: np.ndarray,
+    factor: int = 10,
+    *,
+    seed: int = 0,
+    noise: float = 0.05,
+    word_drop: float = 0.2,
+) -> tuple[list[Chunk], np.ndarray]:
     """``factor`` times as many chunks for timing: the originals plus copies with ``word_drop`` of their words
     removed (BM25 sees new texts) and unit vectors jittered by Gaussian ``noise`` per dimension (dense sees new
     neighbours). Embedding 10x the corpus for real would take ten minutes; the index cost is what we time."""

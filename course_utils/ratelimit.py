@@ -3,6 +3,7 @@
 The clock is a parameter, so tests drive the bucket with a fake clock instead of waiting. The serving app uses
 one bucket per API key.
 """
+
 from __future__ import annotations
 
 import threading

@@ -10,6 +10,7 @@
 Every piece takes its clock (and ``sleep``) as a parameter, so tests drive them with a fake clock instead of
 waiting. Rate limiting is in :mod:`course_utils.ratelimit`, caches in :mod:`course_utils.caches`.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,15 @@ from typing import Any
 
 from .validate import check_int, positive_float
 
-__all__ = ["RetryableError", "retry_after_of", "backoff_delay", "retry_call", "CircuitBreaker", "CircuitOpenError",
-           "call_with_fallback"]
+__all__ = [
+    "RetryableError",
+    "retry_after_of",
+    "backoff_delay",
+    "retry_call",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "call_with_fallback",
+]
 
 
 class RetryableError(Exception):
@@ -56,8 +64,9 @@ def retry_after_of(err: BaseException) -> float | None:
     return ms if ms is not None else _seconds(headers.get("retry-after"))
 
 
-def backoff_delay(n: int, *, base_delay: float = 0.1, max_delay: float = 2.0, jitter: str = "full",
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    n: int, *, base_delay: float = 0.1, max_delay: float = 2.0, jitter: str = "full", rng: random.Random | None = None
+) -> float:
     """The wait before retry number ``n`` (1, 2, ...): ``min(max_delay, base_delay·2^(n-1))``; full jitter draws
     from U[0, that]."""
     check_int("n (the retry number)", n, 1)
@@ -69,9 +78,18 @@ def backoff_delay(n: int, *, base_delay: float = 0.1, max_delay: float = 2.0, ji
     return cap if jitter == "none" else (rng or random).uniform(0.0, cap)
 
 
-def retry_call(fn: Callable[[], Any], *, max_attempts: int = 3, base_delay: float = 0.1, max_delay: float = 2.0,
-               retry_on: tuple = (Exception,), jitter: str = "full", sleep: Callable[[float], None] = time.sleep,
-               rng: random.Random | None = None, on_retry: Callable[[int, BaseException, float], None] | None = None):
+def retry_call(
+    fn: Callable[[], Any],
+    *,
+    max_attempts: int = 3,
+    base_delay: float = 0.1,
+    max_delay: float = 2.0,
+    retry_on: tuple = (Exception,),
+    jitter: str = "full",
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+):
     """Call ``fn()`` up to ``max_attempts`` times, sleeping with exponential backoff between tries.
 
     Errors outside ``retry_on`` propagate at once; after the last attempt the last error is re-raised. When the
@@ -111,8 +129,9 @@ class CircuitBreaker:
     :class:`CircuitOpenError`), ``"half-open"`` (the next call is a trial: success closes, failure re-opens).
     """
 
-    def __init__(self, failure_threshold: int = 5, reset_timeout_s: float = 30.0, *,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, failure_threshold: int = 5, reset_timeout_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic
+    ):
         check_int("failure_threshold", failure_threshold, 1)
         positive_float("reset_timeout_s", reset_timeout_s)
         self.failure_threshold, self.reset_timeout_s, self.clock = failure_threshold, float(reset_timeout_s), clock
@@ -129,8 +148,10 @@ class CircuitBreaker:
     def call(self, fn: Callable[[], Any]):
         state = self.state
         if state == "open":
-            raise CircuitOpenError(f"circuit open after {self.failures} failures; retry in "
-                                   f"{self.reset_timeout_s - (self.clock() - self._opened_at):.2f}s")
+            raise CircuitOpenError(
+                f"circuit open after {self.failures} failures; retry in "
+                f"{self.reset_timeout_s - (self.clock() - self._opened_at):.2f}s"
+            )
         try:
             result = fn()
         except Exception:

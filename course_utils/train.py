@@ -11,6 +11,7 @@
 For Mixture-of-Experts models (chapter 5) ``aux_loss_coef`` adds the mean over layers of the routers'
 load-balancing loss (``model.last_moe_aux``) to the training loss.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,8 @@ __all__ = ["lr_at", "configure_optimizer", "evaluate", "train_step", "train", "L
 
 
 def lr_at(step: int, *, lr: float, warmup: int, steps: int, min_lr_ratio: float = 0.1) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_ratio·lr``."""
+    """Learning rate at ``step`` (0-based): linear warm-up over ``warmup`` steps, then cosine decay to
+    ``min_lr_ratio·lr``."""
     if step < warmup:
         return lr * (step + 1) / warmup
     if steps <= warmup:
@@ -41,8 +43,9 @@ def configure_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: floa
 
 
 @torch.no_grad()
-def evaluate(model, data, split: str = "val", iters: int = 20, *, batch_size: int = 16, block_size: int = 128,
-             seed: int = 1234) -> float:
+def evaluate(
+    model, data, split: str = "val", iters: int = 20, *, batch_size: int = 16, block_size: int = 128, seed: int = 1234
+) -> float:
     """Mean cross-entropy (nats per token) over ``iters`` batches of ``split``.
 
     The batches come from a generator seeded with ``seed``, so every evaluation scores the same tokens and
@@ -68,8 +71,17 @@ def _moe_aux_loss(model) -> torch.Tensor | None:
     return torch.stack([torch.as_tensor(l) for l in losses]).mean() if losses else None
 
 
-def train_step(model, opt, x: torch.Tensor, y: torch.Tensor, rate: float, *, grad_clip: float | None = 1.0,
-               aux_loss_coef: float = 0.0, loss_fn=None):
+def train_step(
+    model,
+    opt,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rate: float,
+    *,
+    grad_clip: float | None = 1.0,
+    aux_loss_coef: float = 0.0,
+    loss_fn=None,
+):
     """One optimizer step on the batch ``x``, ``y`` [B, T] at learning rate ``rate``; :func:`train` calls it.
 
     Sets every group's learning rate, zeroes the old gradients, computes the loss (plus ``aux_loss_coef`` times
@@ -90,12 +102,33 @@ def train_step(model, opt, x: torch.Tensor, y: torch.Tensor, rate: float, *, gra
     return loss, aux, norm
 
 
-def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_size: int = 16,
-          block_size: int = 128, eval_every: int | None = 50, eval_iters: int = 10, grad_clip: float | None = 1.0,
-          weight_decay: float = 0.1, seed: int = 0, aux_loss_coef: float = 0.0, min_lr_ratio: float = 0.1,
-          callback=None, progress: bool = True, loss_fn=None, eval_fn=None, step_callback=None,
-          patience: int | None = None, min_delta: float = 0.0, restore_best: bool = False,
-          betas: tuple[float, float] = (0.9, 0.95), desc: str = "training") -> dict:
+def train(
+    model,
+    data,
+    steps: int,
+    *,
+    lr: float = 3e-3,
+    warmup: int = 20,
+    batch_size: int = 16,
+    block_size: int = 128,
+    eval_every: int | None = 50,
+    eval_iters: int = 10,
+    grad_clip: float | None = 1.0,
+    weight_decay: float = 0.1,
+    seed: int = 0,
+    aux_loss_coef: float = 0.0,
+    min_lr_ratio: float = 0.1,
+    callback=None,
+    progress: bool = True,
+    loss_fn=None,
+    eval_fn=None,
+    step_callback=None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    restore_best: bool = False,
+    betas: tuple[float, float] = (0.9, 0.95),
+    desc: str = "training",
+) -> dict:
     """Train ``model`` on ``data`` (a :class:`course_utils.data.TokenDataset`) for at most ``steps`` optimizer steps.
 
     The one training loop of the course (chapters 3, 5, 7, 8 and the chapter-7 pretraining script): AdamW
@@ -125,8 +158,12 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
     """
     from tqdm.auto import tqdm
 
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
-                        ("eval_iters", eval_iters)):
+    for name, value in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("block_size", block_size),
+        ("eval_iters", eval_iters),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if eval_every is not None and (not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1):
@@ -146,8 +183,10 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
     if not min_delta >= 0:
         raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
     if loss_fn is None and not hasattr(data, "get_batch"):
-        raise TypeError(f"data must have get_batch(split, batch_size, block_size, generator) when no loss_fn is "
-                        f"given, got {type(data).__name__}")
+        raise TypeError(
+            f"data must have get_batch(split, batch_size, block_size, generator) when no loss_fn is "
+            f"given, got {type(data).__name__}"
+        )
     if eval_every is not None and eval_fn is None and not hasattr(data, "get_batch"):
         raise TypeError("evaluation needs data with get_batch or an eval_fn (or eval_every=None)")
     max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
@@ -157,8 +196,19 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)
     opt = configure_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
-    keys = ("step", "train_loss", "lr", "tokens", "time", "grad_norm", "aux_loss",
-            "eval_step", "val_loss", "eval_train_loss", "eval_time")
+    keys = (
+        "step",
+        "train_loss",
+        "lr",
+        "tokens",
+        "time",
+        "grad_norm",
+        "aux_loss",
+        "eval_step",
+        "val_loss",
+        "eval_train_loss",
+        "eval_time",
+    )
     history: dict = {k: [] for k in keys}
     history.update(stopped_step=0, best_step=None, best_val_loss=None)
     ev = dict(iters=eval_iters, batch_size=batch_size, block_size=block_size)
@@ -203,8 +253,16 @@ def train(model, data, steps: int, *, lr: float = 3e-3, warmup: int = 20, batch_
         if stop:
             break
         rate = lr_at(step, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=min_lr_ratio)
-        loss, aux, norm = train_step(model, opt, None, None, rate, grad_clip=grad_clip, aux_loss_coef=aux_loss_coef,
-                                     loss_fn=lambda m: (loss_fn or default_loss)(m, step))
+        loss, aux, norm = train_step(
+            model,
+            opt,
+            None,
+            None,
+            rate,
+            grad_clip=grad_clip,
+            aux_loss_coef=aux_loss_coef,
+            loss_fn=lambda m, step=step: (loss_fn or default_loss)(m, step),
+        )
 
         history["step"].append(step + 1)
         history["train_loss"].append(loss.item())
@@ -233,8 +291,13 @@ class LiveLossPlot:
     figure (``.fig``) up to date, so the same code runs in tests and scripts.
     """
 
-    def __init__(self, title: str = "Training a tiny GPT on the course corpus", *, reference: dict | None = None,
-                 display: bool = True):
+    def __init__(
+        self,
+        title: str = "Training a tiny GPT on the course corpus",
+        *,
+        reference: dict | None = None,
+        display: bool = True,
+    ):
         import matplotlib.pyplot as plt
 
         from .plotting import label, use_course_style
@@ -260,7 +323,7 @@ class LiveLossPlot:
             ax.plot(history["step"], history["train_loss"], alpha=0.35, label="train (batch)")
         ax.plot(history["eval_step"], history["eval_train_loss"], marker=".", label="train (eval)")
         ax.plot(history["eval_step"], history["val_loss"], marker="o", label="validation")
-        for i, (name, value) in enumerate(self.reference.items()):
+        for name, value in self.reference.items():
             ax.axhline(value, linestyle="--", color="grey", alpha=0.7)
             ax.annotate(name, (0, value), xytext=(4, 3), textcoords="offset points", fontsize=9, color="grey")
         self._label(ax, self.title, "optimizer step", "cross-entropy [nats/token]")

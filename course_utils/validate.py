@@ -6,13 +6,23 @@ type raises :class:`ArgumentTypeError`, which is both a ``TypeError`` and a ``Va
 either before a check moved here keep working); a value of the right type out of range raises ``ValueError``.
 ``bool`` is never accepted as a number (``True`` is an ``int`` to Python, never a count to the course).
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 
-__all__ = ["ArgumentTypeError", "check_int", "positive_int", "nonnegative_int", "check_number", "positive_float",
-           "nonnegative_float", "finite_float", "probability"]
+__all__ = [
+    "ArgumentTypeError",
+    "check_int",
+    "positive_int",
+    "nonnegative_int",
+    "check_number",
+    "positive_float",
+    "nonnegative_float",
+    "finite_float",
+    "probability",
+]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -63,8 +73,15 @@ def _interval(low, high, low_open: bool, high_open: bool) -> str:
     return ""
 
 
-def check_number(name: str, value, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False) -> float:
+def check_number(
+    name: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """``float(value)`` if ``value`` is a finite real number (not a bool) inside the given bounds.
 
     ``low_open``/``high_open`` exclude the bound itself: ``check_number("p", p, 0, 1, low_open=True)`` is (0, 1].

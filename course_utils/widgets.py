@@ -13,6 +13,7 @@ To change the explorer: the controls are :data:`ROUTING_CONTROLS` (name → slid
 keyword arguments of :func:`explore_routing`), the computation is :func:`explore_routing`, the drawing is
 :func:`draw_routing`; ``tests/test_widgets.py`` covers all three.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,11 +26,17 @@ from .plotting import COLORS, label
 from .tokenization import get_encoding
 from .validate import check_int, check_number, nonnegative_float, positive_float
 
-__all__ = ["RoutingScene", "RoutingView", "ROUTING_CONTROLS", "routing_scene", "explore_routing", "draw_routing",
-           "routing_explorer"]
+__all__ = [
+    "RoutingScene",
+    "RoutingView",
+    "ROUTING_CONTROLS",
+    "routing_scene",
+    "explore_routing",
+    "draw_routing",
+    "routing_explorer",
+]
 
-DEFAULT_TEXT = ("The router sends every token to a few experts; the busiest experts drop tokens when capacity "
-                "runs out.")
+DEFAULT_TEXT = "The router sends every token to a few experts; the busiest experts drop tokens when capacity runs out."
 
 # name -> (kind, default, min, max, step, label); the names are explore_routing's keyword arguments
 ROUTING_CONTROLS = {
@@ -44,23 +51,30 @@ ROUTING_CONTROLS = {
 
 @dataclass
 class RoutingScene:
-    tokens: list[str]            # the text's tokens, as strings
-    vectors: torch.Tensor        # [T, dim] fixed random embeddings sharing one direction (like a residual stream)
-    router: torch.Tensor         # [max_experts, dim] router weights; the first num_experts rows are used
+    tokens: list[str]  # the text's tokens, as strings
+    vectors: torch.Tensor  # [T, dim] fixed random embeddings sharing one direction (like a residual stream)
+    router: torch.Tensor  # [max_experts, dim] router weights; the first num_experts rows are used
 
 
 @dataclass
 class RoutingView:
-    weight: torch.Tensor         # [T, k] routing weights
-    idx: torch.Tensor            # [T, k] chosen experts
-    keep: torch.Tensor           # [T, k] False where capacity dropped the slot
-    capacity: int                # token-slots per expert
-    load: torch.Tensor           # [num_experts] kept slots per expert
-    summary: str                 # one line: top-k, experts, dropped slots
+    weight: torch.Tensor  # [T, k] routing weights
+    idx: torch.Tensor  # [T, k] chosen experts
+    keep: torch.Tensor  # [T, k] False where capacity dropped the slot
+    capacity: int  # token-slots per expert
+    load: torch.Tensor  # [num_experts] kept slots per expert
+    summary: str  # one line: top-k, experts, dropped slots
 
 
-def routing_scene(text: str = DEFAULT_TEXT, *, dim: int = 32, max_experts: int = 16, shared: float = 1.0,
-                  seed: int = 0, encoding: str = "cl100k_base") -> RoutingScene:
+def routing_scene(
+    text: str = DEFAULT_TEXT,
+    *,
+    dim: int = 32,
+    max_experts: int = 16,
+    shared: float = 1.0,
+    seed: int = 0,
+    encoding: str = "cl100k_base",
+) -> RoutingScene:
     """Tokens of ``text`` (``encoding``) with seeded random vectors plus ``shared`` × one common direction."""
     if not isinstance(text, str) or not text:
         raise TypeError(f"text must be a non-empty str, got {text!r}")
@@ -70,13 +84,23 @@ def routing_scene(text: str = DEFAULT_TEXT, *, dim: int = 32, max_experts: int =
     ids = enc.encode(text)
     g = torch.Generator().manual_seed(seed)
     vectors = torch.randn(len(ids), dim, generator=g) + shared * torch.randn(dim, generator=g)
-    router = torch.randn(max_experts, dim, generator=g) / dim ** 0.5
+    router = torch.randn(max_experts, dim, generator=g) / dim**0.5
     return RoutingScene([enc.decode([i]) for i in ids], vectors, router)
 
 
-def explore_routing(scene: RoutingScene, num_experts: int = 8, top_k: int = 2, capacity_factor: float = 1.0,
-                    temperature: float = 1.0, noise: float = 0.0, balancing: bool = False, *, seed: int = 0,
-                    balance_steps: int = 200, gamma: float = 0.02) -> RoutingView:
+def explore_routing(
+    scene: RoutingScene,
+    num_experts: int = 8,
+    top_k: int = 2,
+    capacity_factor: float = 1.0,
+    temperature: float = 1.0,
+    noise: float = 0.0,
+    balancing: bool = False,
+    *,
+    seed: int = 0,
+    balance_steps: int = 200,
+    gamma: float = 0.02,
+) -> RoutingView:
     """Route ``scene``'s tokens with one setting of the controls (``top_k`` is capped at ``num_experts``).
 
     Logits are ``vectors · routerᵀ / temperature`` plus ``noise`` × N(0, 1); ``balancing`` runs DeepSeek-V3's

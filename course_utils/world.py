@@ -13,6 +13,7 @@ favourite colour) drawn uniformly at random, so guessing gets about 1/8 right. T
 :func:`update_world` changes exactly ``round(fraction · n_facts)`` facts to a different value (the "the world
 moved on" test of freshness). Everything is a pure function of the seed.
 """
+
 from __future__ import annotations
 
 import random
@@ -28,20 +29,30 @@ _CODAS = ("", "", "n", "r", "l", "s", "th", "x")
 
 # attribute -> (statement phrasings, (train question, eval question), fixed values or None = per-world towns)
 ATTRIBUTES: dict[str, dict] = {
-    "town": {"statements": ("{e} lives in {v}.", "The home town of {e} is {v}."),
-             "questions": ("Where does {e} live?", "Which town is {e} from?", "What place is home to {e}?"),
-             "values": None},
-    "job": {"statements": ("{e} works as a {v}.", "By trade, {e} is a {v}."),
-            "questions": ("What does {e} do for a living?", "What is the job of {e}?", "How does {e} earn money?"),
-            "values": ("baker", "miner", "weaver", "sailor", "potter", "tailor", "farmer", "scribe")},
-    "pet": {"statements": ("{e} keeps a {v} as a pet.", "The pet of {e} is a {v}."),
-            "questions": ("What pet does {e} keep?", "Which animal does {e} have as a pet?",
-                          "What animal lives with {e}?"),
-            "values": ("otter", "lizard", "parrot", "ferret", "tortoise", "goat", "owl", "hare")},
-    "colour": {"statements": ("The favourite colour of {e} is {v}.", "{e} likes the colour {v} best."),
-               "questions": ("What is the favourite colour of {e}?", "Which colour does {e} like best?",
-                             "What colour does {e} prefer?"),
-               "values": ("amber", "teal", "crimson", "violet", "ochre", "indigo", "silver", "olive")},
+    "town": {
+        "statements": ("{e} lives in {v}.", "The home town of {e} is {v}."),
+        "questions": ("Where does {e} live?", "Which town is {e} from?", "What place is home to {e}?"),
+        "values": None,
+    },
+    "job": {
+        "statements": ("{e} works as a {v}.", "By trade, {e} is a {v}."),
+        "questions": ("What does {e} do for a living?", "What is the job of {e}?", "How does {e} earn money?"),
+        "values": ("baker", "miner", "weaver", "sailor", "potter", "tailor", "farmer", "scribe"),
+    },
+    "pet": {
+        "statements": ("{e} keeps a {v} as a pet.", "The pet of {e} is a {v}."),
+        "questions": ("What pet does {e} keep?", "Which animal does {e} have as a pet?", "What animal lives with {e}?"),
+        "values": ("otter", "lizard", "parrot", "ferret", "tortoise", "goat", "owl", "hare"),
+    },
+    "colour": {
+        "statements": ("The favourite colour of {e} is {v}.", "{e} likes the colour {v} best."),
+        "questions": (
+            "What is the favourite colour of {e}?",
+            "Which colour does {e} like best?",
+            "What colour does {e} prefer?",
+        ),
+        "values": ("amber", "teal", "crimson", "violet", "ochre", "indigo", "silver", "olive"),
+    },
 }
 N_TOWNS = 8
 # question phrasings: fine-tuning trains on "train"; "eval" is held out from every method in the lesson but the

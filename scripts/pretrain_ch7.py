@@ -19,6 +19,7 @@ checkpoint was made in two runs (``--resume`` starts stage 2 from a saved checkp
 After the first run the model answered in the right *format* but read a fact from its prompt 8% of the time;
 after the second, 100% (one given statement) and 75% (the statement among three distractors).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,14 @@ import torch
 
 from course_utils import seed_everything
 from course_utils.data import course_corpus
-from course_utils.finetune import (BASE_CHECKPOINT, GPT_META, TextStream, base_config, finetune,
-                                   reading_comprehension_text)
+from course_utils.finetune import (
+    BASE_CHECKPOINT,
+    GPT_META,
+    TextStream,
+    base_config,
+    finetune,
+    reading_comprehension_text,
+)
 from course_utils.model import GPT, load_checkpoint, save_checkpoint, write_sha256
 from course_utils.train import train
 
@@ -61,14 +68,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-every", type=int, default=100)
-    ap.add_argument("--stop-after", type=int, default=None,
-                    help="stop (after saving) at this step; the schedule still follows --steps")
-    ap.add_argument("--sft-steps", type=int, default=0,
-                    help="stage 2: steps of reading-comprehension training with the loss on the answers only")
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop (after saving) at this step; the schedule still follows --steps",
+    )
+    ap.add_argument(
+        "--sft-steps",
+        type=int,
+        default=0,
+        help="stage 2: steps of reading-comprehension training with the loss on the answers only",
+    )
     ap.add_argument("--sft-lr", type=float, default=2e-3)
     ap.add_argument("--sft-batch-size", type=int, default=16)
-    ap.add_argument("--sft-data-seed", type=int, default=None,
-                    help="seed of stage 2's documents (default: --seed + 7); a new one gives a resumed run fresh text")
+    ap.add_argument(
+        "--sft-data-seed",
+        type=int,
+        default=None,
+        help="seed of stage 2's documents (default: --seed + 7); a new one gives a resumed run fresh text",
+    )
     ap.add_argument("--resume", default=None, help="skip stage 1: start stage 2 from this stage-1 checkpoint")
     ap.add_argument("--out", default=str(BASE_CHECKPOINT))
     args = ap.parse_args()
@@ -76,7 +95,10 @@ def main() -> None:
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     if args.resume:
-        model, meta = load_checkpoint(args.resume), json.loads(Path(args.resume).with_suffix(".json").read_text())["meta"]
+        model, meta = (
+            load_checkpoint(args.resume),
+            json.loads(Path(args.resume).with_suffix(".json").read_text())["meta"],
+        )
     else:
         model, meta = stage1(args)
     if args.sft_steps:
@@ -94,20 +116,42 @@ def stage2(model, meta: dict, args) -> None:
     data_seed = args.seed + 7 if args.sft_data_seed is None else args.sft_data_seed
     samples = [d for d in reading_comprehension_text(data_seed, 20_000) if len(d) < limit]
     model.train()
-    hist = finetune(model, samples, steps=args.sft_steps, lr=args.sft_lr, batch_size=args.sft_batch_size, answer_only=True,
-                    seed=args.seed, desc="stage 2")
+    hist = finetune(
+        model,
+        samples,
+        steps=args.sft_steps,
+        lr=args.sft_lr,
+        batch_size=args.sft_batch_size,
+        answer_only=True,
+        seed=args.seed,
+        desc="stage 2",
+    )
     # a resumed run keeps the earlier stage-2 runs in `stage2_history`, so the checkpoint says how it was made
     history = list(meta.get("stage2_history", []))
     if "sft_steps" in meta and not history:
         history.append({k: meta[k] for k in ("sft_steps", "sft_lr", "sft_batch_size", "sft_final_loss") if k in meta})
-    history.append(dict(sft_steps=args.sft_steps, sft_lr=args.sft_lr, sft_batch_size=args.sft_batch_size,
-                        sft_data_seed=data_seed, sft_final_loss=round(hist["loss"][-1], 4)))
-    meta = dict(meta, sft_steps=sum(h["sft_steps"] for h in history), stage2_history=history,
-                sft_final_loss=round(hist["loss"][-1], 4))
+    history.append(
+        dict(
+            sft_steps=args.sft_steps,
+            sft_lr=args.sft_lr,
+            sft_batch_size=args.sft_batch_size,
+            sft_data_seed=data_seed,
+            sft_final_loss=round(hist["loss"][-1], 4),
+        )
+    )
+    meta = dict(
+        meta,
+        sft_steps=sum(h["sft_steps"] for h in history),
+        stage2_history=history,
+        sft_final_loss=round(hist["loss"][-1], 4),
+    )
     path = save_checkpoint(model, args.out, meta=meta, sha256=True)  # + the sidecars of weights and config
     write_sha256(path, path.with_suffix(".sha256"))  # the record finetune.load_base_model reads today
-    print(f"saved {path} after stage 2 ({args.sft_steps} steps, {hist['seconds']:.0f} s): loss "
-          f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}", flush=True)
+    print(
+        f"saved {path} after stage 2 ({args.sft_steps} steps, {hist['seconds']:.0f} s): loss "
+        f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}",
+        flush=True,
+    )
 
 
 def stage1(args):
@@ -129,18 +173,38 @@ def stage1(args):
                 vx, vy = data.get_batch("val", 32, args.block_size, torch.Generator().manual_seed(1))
                 val = model(vx, vy)[1].item()
             model.train()
-            saved["meta"] = dict(GPT_META, steps=done, schedule_steps=args.steps, seed=args.seed,
-                                 batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
-                                 val_loss=round(val, 4))
+            saved["meta"] = dict(
+                GPT_META,
+                steps=done,
+                schedule_steps=args.steps,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                block_size=args.block_size,
+                lr=args.lr,
+                val_loss=round(val, 4),
+            )
             path = save_checkpoint(model, args.out, meta=saved["meta"], sha256=True)
             write_sha256(path, path.with_suffix(".sha256"))
             print(f"saved {path} at step {done}: val loss {val:.3f}", flush=True)
             return args.stop_after is not None and done >= args.stop_after
         return False
 
-    train(model, data, args.steps, lr=args.lr, warmup=100, batch_size=args.batch_size, block_size=args.block_size,
-          grad_clip=1.0, weight_decay=0.1, seed=args.seed, eval_every=None, step_callback=every_step,
-          progress=False, desc="stage 1")
+    train(
+        model,
+        data,
+        args.steps,
+        lr=args.lr,
+        warmup=100,
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        grad_clip=1.0,
+        weight_decay=0.1,
+        seed=args.seed,
+        eval_every=None,
+        step_callback=every_step,
+        progress=False,
+        desc="stage 1",
+    )
     model.train()
     return model, saved["meta"]
 

@@ -10,6 +10,7 @@ each with a ``.sha256`` that the notebook checks on load. Seeded and CPU-only, o
 
     python scripts/train_ch5.py              # 6 runs in parallel: ~9 min on 2 shared, busy cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ def one_run(name: str, seed: int, steps: int, out_dir: str) -> dict:
     result["wall_s"] = time.perf_counter() - t0
     result["domain_val_loss"] = domain_losses(model, data)
     if name == "moe_aux0.01" and seed == 0:
-        save_checkpoint(model, Path(out_dir) / "ch5_moe.safetensors",
-                        meta={"script": "scripts/train_ch5.py", "variant": name, "seed": seed, "steps": steps})
+        save_checkpoint(
+            model,
+            Path(out_dir) / "ch5_moe.safetensors",
+            meta={"script": "scripts/train_ch5.py", "variant": name, "seed": seed, "steps": steps},
+        )
     print(f"{name} seed {seed}: val {result['history']['val_loss'][-1]:.4f} in {result['wall_s']:.0f} s", flush=True)
     return result
 

@@ -10,6 +10,7 @@ Writes ``course_utils/assets/course_chat.safetensors`` (+ ``.json``, + ``.safete
 The shipped checkpoint: 93.0% [89.5%, 95.4%] exact match on 300 held-out conversations (the untuned base model:
 0.0% [0.0%, 1.3%]); by kind, people's facts 231/240, countries' capitals 48/60.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,22 +40,42 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_base_model()
     before = chat_accuracy(model, args.eval)
-    print(f"tiny-gpt (untuned) through the chat template: {before['accuracy']:.1%} "
-          f"[{before['low']:.1%}, {before['high']:.1%}] on {args.eval} held-out conversations")
+    print(
+        f"tiny-gpt (untuned) through the chat template: {before['accuracy']:.1%} "
+        f"[{before['low']:.1%}, {before['high']:.1%}] on {args.eval} held-out conversations"
+    )
     t0 = time.perf_counter()
-    hist = finetune(model, training_pairs(args.examples, seed=args.seed), steps=args.steps, lr=args.lr,
-                    batch_size=args.batch_size, seed=args.seed, desc="chat tuning")
+    hist = finetune(
+        model,
+        training_pairs(args.examples, seed=args.seed),
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        desc="chat tuning",
+    )
     acc = chat_accuracy(model, args.eval)
-    print(f"course-chat: {acc['accuracy']:.1%} [{acc['low']:.1%}, {acc['high']:.1%}] on {args.eval} held-out "
-          f"conversations after {args.steps} steps ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"course-chat: {acc['accuracy']:.1%} [{acc['low']:.1%}, {acc['high']:.1%}] on {args.eval} held-out "
+        f"conversations after {args.steps} steps ({time.perf_counter() - t0:.0f} s)"
+    )
     for q, v, p in acc["examples"][:5]:
         print(f"  {q[-60:]!r} -> {p!r} (expected {v!r})")
-    meta = {"tokenizer": "ascii-characters", "script": "scripts/train_course_chat.py", "base": "ft_base",
-            "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "examples": args.examples,
-            "seed": args.seed, "final_loss": round(sum(hist["loss"][-20:]) / 20, 4),
-            "heldout_accuracy": round(acc["accuracy"], 4), "heldout_n": args.eval,
-            "heldout_interval95": [round(acc["low"], 4), round(acc["high"], 4)],
-            "untuned_accuracy": round(before["accuracy"], 4)}
+    meta = {
+        "tokenizer": "ascii-characters",
+        "script": "scripts/train_course_chat.py",
+        "base": "ft_base",
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "examples": args.examples,
+        "seed": args.seed,
+        "final_loss": round(sum(hist["loss"][-20:]) / 20, 4),
+        "heldout_accuracy": round(acc["accuracy"], 4),
+        "heldout_n": args.eval,
+        "heldout_interval95": [round(acc["low"], 4), round(acc["high"], 4)],
+        "untuned_accuracy": round(before["accuracy"], 4),
+    }
     path = save_checkpoint(model, args.out, meta=meta, sha256=True)  # sidecars for the weights and the config
     print(f"wrote {path} and {path.name}.sha256")
 

@@ -1,4 +1,5 @@
 """course_utils.attention pinned to PyTorch's SDPA and to Hugging Face's rotary embeddings."""
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,11 @@ def test_equals_torch_sdpa_with_masks(batch, n_q, n_k, d, dv):
             out, w = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
             # PyTorch refuses attn_mask together with is_causal; ours applies both, so fold the triangle in.
             tri = causal_mask(n_q, n_k)
-            both = mask if not causal else (mask & tri if mask.dtype == torch.bool
-                                            else mask.masked_fill(~tri, float("-inf")))
+            both = (
+                mask
+                if not causal
+                else (mask & tri if mask.dtype == torch.bool else mask.masked_fill(~tri, float("-inf")))
+            )
             ref = F.scaled_dot_product_attention(q, k, v, attn_mask=both)
             torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
             if mask.dtype == torch.bool:
@@ -117,8 +121,9 @@ def test_online_softmax_rectangular_and_large_scores():
     q = q * 40  # scores in the hundreds: a naive exp() would overflow; the running max keeps it exact
     for causal in (False, True):
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        torch.testing.assert_close(online_softmax_attention(q, k, v, block_size=4, is_causal=causal), ref,
-                                   atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            online_softmax_attention(q, k, v, block_size=4, is_causal=causal), ref, atol=1e-10, rtol=0
+        )
 
 
 def test_online_softmax_never_builds_n_by_n():
@@ -208,7 +213,7 @@ def test_kv_cache_appends_along_time():
     cache = KVCache()
     assert cache.length == 0
     chunks = [torch.randn(2, 3, t, 4) for t in (5, 1, 1, 20)]
-    for i, c in enumerate(chunks):
+    for c in chunks:
         k_all, v_all = cache.update(c, -c)
     full = torch.cat(chunks, dim=2)
     assert cache.length == len(cache) == 27

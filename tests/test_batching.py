@@ -1,4 +1,5 @@
 """course_utils.batching: continuous batching with a block KV cache, checked token for token against generate()."""
+
 from __future__ import annotations
 
 import threading
@@ -40,7 +41,7 @@ def greedy(max_tokens, **kw):
 
 
 def reference(model, prompt, k):
-    return model.generate(torch.tensor([prompt]), k, temperature=0)[0, len(prompt):].tolist()
+    return model.generate(torch.tensor([prompt]), k, temperature=0)[0, len(prompt) :].tolist()
 
 
 def test_forward_with_positions_equals_plain_forward(model):
@@ -129,8 +130,10 @@ def test_seeded_sampling_is_reproducible_alone_and_in_company(model):
     assert alone == again
     assert alone != other
     with Engine(model, block_size=8, max_batch=4) as eng:
-        crowd = [eng.submit(q, SamplingParams(max_tokens=30, temperature=1.0, seed=i)) for i, q in
-                 enumerate(prompts([3, 20, 7], seed=5))]
+        crowd = [
+            eng.submit(q, SamplingParams(max_tokens=30, temperature=1.0, seed=i))
+            for i, q in enumerate(prompts([3, 20, 7], seed=5))
+        ]
         mine = eng.submit(p, params)
         assert mine.result(TIMEOUT).token_ids == alone
         [h.result(TIMEOUT) for h in crowd]

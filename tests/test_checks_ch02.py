@@ -1,4 +1,5 @@
 """Chapter 2 checks accept the reference and reject the mistakes learners actually make."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ from course_utils.checks import (
     check_grouped_query_attention,
     check_long_context_attention,
     check_merge_heads,
-    check_repeat_kv,
     check_online_softmax_attention,
+    check_repeat_kv,
     check_scaled_dot_product_attention,
     check_split_heads,
 )
@@ -123,11 +124,11 @@ def _online_no_rescale(q, k, v, block_size=64):
     ell = torch.zeros_like(m)
     acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
     for s0 in range(0, k.shape[-2], block_size):
-        s = q @ k[..., s0:s0 + block_size, :].transpose(-2, -1) * scale
+        s = q @ k[..., s0 : s0 + block_size, :].transpose(-2, -1) * scale
         m = torch.maximum(m, s.amax(-1, keepdim=True))
         p = torch.exp(s - m)
         ell = ell + p.sum(-1, keepdim=True)
-        acc = acc + p @ v[..., s0:s0 + block_size, :]
+        acc = acc + p @ v[..., s0 : s0 + block_size, :]
     return acc / ell
 
 
@@ -137,8 +138,8 @@ def _online_no_max(q, k, v, block_size=64):
     ell = torch.zeros(*q.shape[:-1], 1, dtype=q.dtype)
     acc = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
     for s0 in range(0, k.shape[-2], block_size):
-        p = torch.exp(q @ k[..., s0:s0 + block_size, :].transpose(-2, -1) * scale)
-        ell, acc = ell + p.sum(-1, keepdim=True), acc + p @ v[..., s0:s0 + block_size, :]
+        p = torch.exp(q @ k[..., s0 : s0 + block_size, :].transpose(-2, -1) * scale)
+        ell, acc = ell + p.sum(-1, keepdim=True), acc + p @ v[..., s0 : s0 + block_size, :]
     return acc / ell
 
 
@@ -152,7 +153,6 @@ def test_online_softmax_check(capsys):
     assert_check_rejects(check_online_softmax_attention, _online_no_rescale, match="exp\\(m_old - m_new\\)")
     assert_check_rejects(check_online_softmax_attention, _online_no_max, match="inf/NaN")
     assert_check_rejects(check_online_softmax_attention, _online_naive, match="256×256 score matrix")
-
 
 
 # ------------------------------------------------------------------------------------- grouped-query attention
@@ -174,8 +174,10 @@ def _gqa_loop(q, k, v, is_causal=False):
         raise ValueError(f"n_heads={Hq} is not a multiple of n_kv_heads={Hkv}")
     g = Hq // Hkv
     mask = ref.causal_mask(q.shape[-2], k.shape[-2]) if is_causal else None
-    outs = [ref.scaled_dot_product_attention(q[:, h * g:(h + 1) * g], k[:, h:h + 1], v[:, h:h + 1], attn_mask=mask)[0]
-            for h in range(Hkv)]
+    outs = [
+        ref.scaled_dot_product_attention(q[:, h * g : (h + 1) * g], k[:, h : h + 1], v[:, h : h + 1], attn_mask=mask)[0]
+        for h in range(Hkv)
+    ]
     return torch.cat(outs, dim=1)
 
 
@@ -198,8 +200,12 @@ def _gqa_no_validation(q, k, v, is_causal=False):
 def test_grouped_query_attention_check(capsys):
     assert_check_accepts(check_grouped_query_attention, _gqa_loop, capsys)
     assert_check_rejects(check_grouped_query_attention, _gqa_tiled, match=r"output: \d+ of \d+ values differ")
-    assert_check_rejects(check_grouped_query_attention, _gqa_ignores_causal, match=r"is_causal=True.*\n(.*\n)*.*mask keys")
-    assert_check_rejects(check_grouped_query_attention, _gqa_no_validation, match="expected a ValueError, got RuntimeError")
+    assert_check_rejects(
+        check_grouped_query_attention, _gqa_ignores_causal, match=r"is_causal=True.*\n(.*\n)*.*mask keys"
+    )
+    assert_check_rejects(
+        check_grouped_query_attention, _gqa_no_validation, match="expected a ValueError, got RuntimeError"
+    )
 
 
 class _Attention(torch.nn.Module):
@@ -239,7 +245,9 @@ def test_causal_self_attention_check(capsys):
             super().__init__(*a, bias=True)
 
     assert_check_rejects(check_causal_self_attention, NotCausal, match=r"forward\(x\): \d+ of \d+ values differ")
-    assert_check_rejects(check_causal_self_attention, FullKV, match=r"k_proj.weight has shape \(32, 32\).*expected \(16, 32\)")
+    assert_check_rejects(
+        check_causal_self_attention, FullKV, match=r"k_proj.weight has shape \(32, 32\).*expected \(16, 32\)"
+    )
     assert_check_rejects(check_causal_self_attention, WithBias, match="q_proj.weight .* and a bias")
 
 
@@ -256,8 +264,12 @@ def test_long_context_attention_check(capsys):
     assert_check_rejects(check_long_context_attention, not_causal, match=r"output: \d+ of \d+ values differ")
 
     def shifted_mask(q, k, v, block=512):  # blocks of queries, each masked as if it started at position 0
-        outs = [F.scaled_dot_product_attention(q[..., s:s + block, :], k[..., :s + block, :], v[..., :s + block, :],
-                                               is_causal=True) for s in range(0, q.shape[-2], block)]
+        outs = [
+            F.scaled_dot_product_attention(
+                q[..., s : s + block, :], k[..., : s + block, :], v[..., : s + block, :], is_causal=True
+            )
+            for s in range(0, q.shape[-2], block)
+        ]
         return torch.cat(outs, dim=-2)
 
     assert_check_rejects(check_long_context_attention, shifted_mask, match=r"values differ")

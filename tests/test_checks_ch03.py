@@ -1,18 +1,23 @@
 """Chapter-3 lab checks accept the reference and reject plausible wrong implementations."""
+
 import contextlib
 import io
 import math
 
 import pytest
-
 import torch
 import torch.nn.functional as F
-
 from helpers import assert_check_accepts, assert_check_rejects
 
-from course_utils.attention import apply_rope as ref_apply_rope, rope_frequencies
-from course_utils.checks import (check_apply_rope, check_kv_cache_step, check_rms_norm, check_sample_next_token,
-                                 check_swiglu)
+from course_utils.attention import apply_rope as ref_apply_rope
+from course_utils.attention import rope_frequencies
+from course_utils.checks import (
+    check_apply_rope,
+    check_kv_cache_step,
+    check_rms_norm,
+    check_sample_next_token,
+    check_swiglu,
+)
 from course_utils.model import kv_cache_step, rms_norm, sample_next_token, swiglu
 
 
@@ -136,7 +141,7 @@ def test_sample_next_token_check():
     def temperature_multiplies(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         if temperature == 0:
             return logits.argmax(-1)
-        return sample_next_token(logits * temperature ** 2, 1.0 if temperature else 0.0, top_k, top_p, generator)
+        return sample_next_token(logits * temperature**2, 1.0 if temperature else 0.0, top_k, top_p, generator)
 
     def greedy_samples_anyway(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         return sample_next_token(logits, temperature or 1.0, top_k, top_p, generator)
@@ -185,10 +190,16 @@ def test_sample_next_token_check_wants_the_generator_and_the_vocabulary_order():
 # A correct functional model written differently from the lab's solution: the library's RoPE table and repeat_kv,
 # PyTorch's fused causal attention, einsum projections.
 from course_utils.attention import repeat_kv  # noqa: E402
-from course_utils.checks import (check_block_forward, check_gpt_forward, check_lr_schedule,  # noqa: E402
-                                 check_next_token_loss, check_train_step, check_train_within_budget,
-                                 check_trained_gpt)
-from course_utils.checks import CheckFailed  # noqa: E402
+from course_utils.checks import (  # noqa: E402
+    CheckFailed,  # noqa: E402
+    check_block_forward,
+    check_gpt_forward,
+    check_lr_schedule,
+    check_next_token_loss,
+    check_train_step,
+    check_train_within_budget,
+    check_trained_gpt,
+)
 
 
 def _heads(t, n):
@@ -198,8 +209,10 @@ def _heads(t, n):
 
 def _attention(block, h, *, causal=True, rope=True):
     a = block.attn
-    q, k, v = (_heads(torch.einsum("btd,od->bto", h, w.weight), n)
-               for w, n in ((a.q_proj, a.n_heads), (a.k_proj, a.n_kv_heads), (a.v_proj, a.n_kv_heads)))
+    q, k, v = (
+        _heads(torch.einsum("btd,od->bto", h, w.weight), n)
+        for w, n in ((a.q_proj, a.n_heads), (a.k_proj, a.n_kv_heads), (a.v_proj, a.n_kv_heads))
+    )
     if rope:
         q, k = _rope_ref(q), _rope_ref(k)
     k, v = repeat_kv(k, a.n_rep), repeat_kv(v, a.n_rep)
@@ -269,7 +282,7 @@ def test_gpt_forward_check():
         return x @ model.tok_emb.weight.T
 
     def scales_embeddings(model, idx):  # a habit from the original transformer, not Llama's
-        x = model.tok_emb.weight[idx] * model.config.d_model ** 0.5
+        x = model.tok_emb.weight[idx] * model.config.d_model**0.5
         for block in model.blocks:
             x = block_forward(block, x)
         return rms_norm(x, model.norm.weight) @ model.tok_emb.weight.T
@@ -346,7 +359,7 @@ def _make_train_step(*, zero=True, clip=True, schedule=True, loss_after=False):
         _, loss = model(tokens[:, :-1], tokens[:, 1:])  # the fused reference forward: also correct
         loss.backward()
         if clip:
-            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None))
+            norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None))
             scale = min(1.0, grad_clip / (float(norm) + 1e-6))
             for p in model.parameters():
                 if p.grad is not None:
@@ -355,6 +368,7 @@ def _make_train_step(*, zero=True, clip=True, schedule=True, loss_after=False):
         if loss_after:
             return model(tokens[:, :-1], tokens[:, 1:])[1].item()
         return loss.item()
+
     return train_step
 
 
@@ -417,6 +431,7 @@ def test_train_within_budget_check():
             for _ in range(steps):
                 train_step(model, opt, *data.get_batch("train", batch, 64, gen), 1e-2)
             return model
+
         return run
 
     def reads_raw_tokens(data, budget_flops):  # would train without the budget seeing it
@@ -435,5 +450,6 @@ def test_train_within_budget_check():
     assert "✅ check_train_within_budget" in out.getvalue() and "of the budget" in out.getvalue()
     # the budget is the lab's Part-3 run: its model's parameter count, 300 steps of 16 x 64 tokens
     from course_utils.checks.ch03 import LAB_RUN_FLOPS
+
     lab = GPTConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
     assert LAB_RUN_FLOPS == 6 * GPT(lab).param_counts()["total"] * 300 * 16 * 64

@@ -1,4 +1,5 @@
 """Chapter 4's lab checks accept the reference and reject plausible wrong implementations."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,15 @@ import torch.nn.functional as F
 from helpers import assert_check_accepts, assert_check_rejects
 
 from course_utils import moe
-from course_utils.checks.ch04 import (check_apply_capacity, check_deepseek_v3_router, check_dispatch_combine,
-                                      check_load_balancing_loss, check_moe_layer, check_router_z_loss,
-                                      check_topk_router)
+from course_utils.checks.ch04 import (
+    check_apply_capacity,
+    check_deepseek_v3_router,
+    check_dispatch_combine,
+    check_load_balancing_loss,
+    check_moe_layer,
+    check_router_z_loss,
+    check_topk_router,
+)
 
 
 # ---------------------------------------------------------------------------------------------- right versions
@@ -28,8 +35,15 @@ def apply_capacity(topk_idx, num_experts, capacity_factor):
 
 
 def deepseek_v3_router(logits, bias, top_k, n_group, topk_group, routed_scaling_factor):
-    return moe.route(logits, top_k, score_func="sigmoid", bias=bias, n_group=n_group, topk_group=topk_group,
-                     routed_scaling_factor=routed_scaling_factor)
+    return moe.route(
+        logits,
+        top_k,
+        score_func="sigmoid",
+        bias=bias,
+        n_group=n_group,
+        topk_group=topk_group,
+        routed_scaling_factor=routed_scaling_factor,
+    )
 
 
 def moe_forward(x, router_weight, gate_up_proj, down_proj, top_k):
@@ -223,9 +237,13 @@ def test_checks_that_only_reuse_answers_carry_no_points():
     import nbformat
 
     root = Path(__file__).resolve().parents[1]
-    for name, reused in (("04_moe_layer_lab.ipynb", "check_moe_layer("), ("03_tiny_gpt_lab.ipynb", "check_trained_gpt(")):
+    for name, reused in (
+        ("04_moe_layer_lab.ipynb", "check_moe_layer("),
+        ("03_tiny_gpt_lab.ipynb", "check_trained_gpt("),
+    ):
         nb = nbformat.read(root / "solutions" / name, 4)
-        graded = {c.source: c.metadata["nbgrader"]["points"] for c in nb.cells
-                  if c.metadata.get("nbgrader", {}).get("grade")}
+        graded = {
+            c.source: c.metadata["nbgrader"]["points"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")
+        }
         assert [p for s, p in graded.items() if reused in s] == [0], name
         assert all(p == 1 for s, p in graded.items() if reused not in s), name

@@ -1,4 +1,5 @@
 """Chapter 5's lab checks accept the reference and reject plausible wrong implementations."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,13 @@ import torch
 from helpers import assert_check_accepts, assert_check_rejects
 
 from course_utils import moe_lm
-from course_utils.checks.ch05 import (check_add_aux_loss, check_consecutive_same_expert_rate,
-                                      check_expert_parallel_dispatch, check_routing_stats, check_swap_ffn_for_moe)
+from course_utils.checks.ch05 import (
+    check_add_aux_loss,
+    check_consecutive_same_expert_rate,
+    check_expert_parallel_dispatch,
+    check_routing_stats,
+    check_swap_ffn_for_moe,
+)
 from course_utils.distributed import dispatch_plan
 
 
@@ -153,6 +159,7 @@ def test_beat_moe_recipe_check():
             for _ in range(steps):
                 train_step(model, opt, *data.get_batch("train", batch, 64, gen), 3e-3, aux_loss_coef=0.01)
             return model
+
         return train_moe
 
     def untrained(data):
@@ -163,8 +170,11 @@ def test_beat_moe_recipe_check():
     assert_check_rejects(check_beat_moe_recipe, trained(BASE_CONFIG, 1), match="must be a Mixture of Experts")
     assert_check_rejects(check_beat_moe_recipe, trained(wide_experts, 1), match="active parameters per token outside")
     assert_check_rejects(check_beat_moe_recipe, untrained, match="no training tokens")
-    assert_check_rejects(check_beat_moe_recipe, trained(moe_config(BASE_CONFIG), 2, batch=MOE_TOKEN_BUDGET // 64),
-                         match="over the budget")
+    assert_check_rejects(
+        check_beat_moe_recipe,
+        trained(moe_config(BASE_CONFIG), 2, batch=MOE_TOKEN_BUDGET // 64),
+        match="over the budget",
+    )
     assert_check_rejects(check_beat_moe_recipe, trained(moe_config(BASE_CONFIG), 3), match="not below the recipe")
     # more experts at the same active parameters are allowed; a loose target shows the passing path
     with contextlib.redirect_stdout(io.StringIO()) as out:

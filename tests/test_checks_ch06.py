@@ -1,4 +1,5 @@
 """Chapter 6's lab checks accept the reference and reject plausible wrong implementations."""
+
 from __future__ import annotations
 
 import math
@@ -9,19 +10,29 @@ import pytest
 from helpers import assert_check_accepts, assert_check_rejects
 
 from course_utils import rag
-from course_utils.checks import (check_bm25_scores, check_chunk_text, check_cosine_top_k, check_mrr,
-                                 check_recall_at_k, check_reciprocal_rank_fusion, check_retrieval_design)
+from course_utils.checks import (
+    check_bm25_scores,
+    check_chunk_text,
+    check_cosine_top_k,
+    check_mrr,
+    check_recall_at_k,
+    check_reciprocal_rank_fusion,
+    check_retrieval_design,
+)
 from course_utils.tokenization import get_encoding
 
 
-@pytest.mark.parametrize("check, right", [
-    (check_chunk_text, lambda text, size, overlap=0: rag.chunk_text(text, size, overlap)),
-    (check_bm25_scores, rag.bm25_scores),
-    (check_cosine_top_k, rag.cosine_top_k),
-    (check_reciprocal_rank_fusion, rag.reciprocal_rank_fusion),
-    (check_recall_at_k, rag.recall_at_k),
-    (check_mrr, rag.mrr),
-])
+@pytest.mark.parametrize(
+    "check, right",
+    [
+        (check_chunk_text, lambda text, size, overlap=0: rag.chunk_text(text, size, overlap)),
+        (check_bm25_scores, rag.bm25_scores),
+        (check_cosine_top_k, rag.cosine_top_k),
+        (check_reciprocal_rank_fusion, rag.reciprocal_rank_fusion),
+        (check_recall_at_k, rag.recall_at_k),
+        (check_mrr, rag.mrr),
+    ],
+)
 def test_checks_accept_the_reference(check, right, capsys):
     assert_check_accepts(check, right, capsys)
 
@@ -35,7 +46,7 @@ def _windows(text, size, overlap, *, stop_at_end=True, step=None):
     step = step or size - overlap
     out = []
     for start in range(0, len(ids), step):
-        out.append(enc.decode(ids[start:start + size]))
+        out.append(enc.decode(ids[start : start + size]))
         if stop_at_end and start + size >= len(ids):
             break
     return out
@@ -46,8 +57,9 @@ def test_chunk_text_rejects_ignoring_overlap():
 
 
 def test_chunk_text_rejects_repeated_tail_windows():
-    assert_check_rejects(check_chunk_text, lambda t, s, o=0: _windows(t, s, o, stop_at_end=False),
-                         match="extra ones repeat the end")
+    assert_check_rejects(
+        check_chunk_text, lambda t, s, o=0: _windows(t, s, o, stop_at_end=False), match="extra ones repeat the end"
+    )
 
 
 def test_chunk_text_rejects_no_validation():
@@ -58,8 +70,9 @@ def test_chunk_text_rejects_no_validation():
 
 
 def test_chunk_text_rejects_characters_instead_of_tokens():
-    assert_check_rejects(check_chunk_text, lambda t, s, o=0: [t[i:i + s] for i in range(0, len(t), s - o)],
-                         match="chunks")
+    assert_check_rejects(
+        check_chunk_text, lambda t, s, o=0: [t[i : i + s] for i in range(0, len(t), s - o)], match="chunks"
+    )
 
 
 # --- bm25_scores -------------------------------------------------------------------------------------------------
@@ -89,13 +102,15 @@ def test_bm25_rejects_no_length_normalisation():
 
 
 def test_bm25_rejects_idf_without_plus_one():
-    assert_check_rejects(check_bm25_scores, lambda q, d, k1=1.5, b=0.75: _bm25(q, d, k1, b, idf_plus_one=False),
-                         match="scores")
+    assert_check_rejects(
+        check_bm25_scores, lambda q, d, k1=1.5, b=0.75: _bm25(q, d, k1, b, idf_plus_one=False), match="scores"
+    )
 
 
 def test_bm25_rejects_deduplicated_query():
-    assert_check_rejects(check_bm25_scores, lambda q, d, k1=1.5, b=0.75: _bm25(list(dict.fromkeys(q)), d, k1, b),
-                         match="exit")
+    assert_check_rejects(
+        check_bm25_scores, lambda q, d, k1=1.5, b=0.75: _bm25(list(dict.fromkeys(q)), d, k1, b), match="exit"
+    )
 
 
 # --- cosine_top_k ------------------------------------------------------------------------------------------------
@@ -218,7 +233,9 @@ def test_recall_accepts_a_loop(capsys):
 
 def test_mrr_rejects_averaging_only_found_questions():
     def only_found(rankings, relevant):
-        found = [next((1 / i for i, x in enumerate(ranked, 1) if x in r), None) for ranked, r in zip(rankings, relevant)]
+        found = [
+            next((1 / i for i, x in enumerate(ranked, 1) if x in r), None) for ranked, r in zip(rankings, relevant)
+        ]
         found = [f for f in found if f is not None]
         return sum(found) / len(found)
 
@@ -263,8 +280,11 @@ def test_retrieval_design_rejects_whole_documents():
 
 def test_retrieval_design_rejects_more_than_k(corpus):
     chunks, bm25, _ = corpus
-    assert_check_rejects(check_retrieval_design, lambda q, k: [chunks[i] for i, _ in bm25._ranked(q, 2 * k)],
-                         match=r"returned 10 passages for k=5")
+    assert_check_rejects(
+        check_retrieval_design,
+        lambda q, k: [chunks[i] for i, _ in bm25._ranked(q, 2 * k)],
+        match=r"returned 10 passages for k=5",
+    )
 
 
 def test_retrieval_design_accepts_a_search_that_reaches_the_target(corpus, capsys):

@@ -1,4 +1,5 @@
 """Chapter 7 lab checks accept the reference and reject plausible wrong implementations."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,12 +13,17 @@ from course_utils import finetune as ft
 from course_utils.checks import ch07
 
 
-@pytest.mark.parametrize("check,impl", [
-    (ch07.check_lora_forward, ft.lora_forward), (ch07.check_apply_lora, ft.apply_lora),
-    (ch07.check_merge_lora, ft.merge_lora), (ch07.check_few_shot_prompt, ft.few_shot_prompt),
-    (ch07.check_select_examples_by_similarity, ft.select_examples_by_similarity),
-    (ch07.check_exact_match, ft.exact_match),
-])
+@pytest.mark.parametrize(
+    "check,impl",
+    [
+        (ch07.check_lora_forward, ft.lora_forward),
+        (ch07.check_apply_lora, ft.apply_lora),
+        (ch07.check_merge_lora, ft.merge_lora),
+        (ch07.check_few_shot_prompt, ft.few_shot_prompt),
+        (ch07.check_select_examples_by_similarity, ft.select_examples_by_similarity),
+        (ch07.check_exact_match, ft.exact_match),
+    ],
+)
 def test_reference_passes(check, impl, capsys):
     assert_check_accepts(check, impl, capsys)
 
@@ -72,6 +78,7 @@ def _merge_with(make_linear):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, lin)
         return model
+
     return merge
 
 
@@ -168,6 +175,7 @@ def test_select_examples_rejects_dot_product_and_wrong_order():
 
 def test_exact_match_rejects_case_sensitive_and_unnormalised_whitespace():
     assert_check_rejects(ch07.check_exact_match, lambda p, r: p.strip() == r.strip(), match="lower")
+
     def no_inner_whitespace(p, r):  # lower-cases and drops the dot, but "New   York" != "new york"
         return p.lower().strip().rstrip(".") == r.lower().strip().rstrip(".")
 
@@ -226,9 +234,11 @@ def test_finetune_with_lora_rejects_a_full_fine_tune():
 def test_finetune_with_lora_rejects_an_untrained_adapter():
     import copy
 
-    assert_check_rejects(ch07.check_finetune_with_lora,
-                         lambda base, texts, steps, lr, r=8, alpha=16: ft.apply_lora(copy.deepcopy(base), r, alpha),
-                         match=r"never trained")
+    assert_check_rejects(
+        ch07.check_finetune_with_lora,
+        lambda base, texts, steps, lr, r=8, alpha=16: ft.apply_lora(copy.deepcopy(base), r, alpha),
+        match=r"never trained",
+    )
 
 
 def test_finetune_with_lora_rejects_wrong_targets():
@@ -252,13 +262,18 @@ def world():
 
 def test_prompt_budget_rejects_the_reference_rag(world):  # 100% but 196 characters per question
     retrieve = ft.fact_retriever(world.statements(0))
-    assert_check_rejects(ch07.check_prompt_budget, lambda q: ft.rag_prompt(q, retrieve(q, 4)),
-                         match=r"100\.0% .* 196 prompt characters.*over the budget")
+    assert_check_rejects(
+        ch07.check_prompt_budget,
+        lambda q: ft.rag_prompt(q, retrieve(q, 4)),
+        match=r"100\.0% .* 196 prompt characters.*over the budget",
+    )
 
 
 def test_prompt_budget_rejects_one_bm25_fact(world):  # within budget, but BM25's first fact is often the wrong one
     retrieve = ft.fact_retriever(world.statements(0))
-    assert_check_rejects(ch07.check_prompt_budget, lambda q: ft.rag_prompt(q, retrieve(q, 1)), match=r"below the target")
+    assert_check_rejects(
+        ch07.check_prompt_budget, lambda q: ft.rag_prompt(q, retrieve(q, 1)), match=r"below the target"
+    )
 
 
 def test_prompt_budget_rejects_a_prompt_without_answer_slot():

@@ -1,4 +1,5 @@
 """Chapter 8 checks accept the reference and reject plausible wrong implementations."""
+
 from __future__ import annotations
 
 import random
@@ -9,12 +10,26 @@ import pytest
 import torch
 from helpers import assert_check_accepts, assert_check_rejects
 
-from course_utils.checks import (check_backoff_delays, check_cache_lookup, check_dequantize, check_full_jitter_delay,
-                                 check_pick_cascade_threshold, check_quantize_int8, check_resilient_client,
-                                 check_token_bucket_acquire, check_ttl_cache)
+from course_utils.checks import (
+    check_backoff_delays,
+    check_cache_lookup,
+    check_dequantize,
+    check_full_jitter_delay,
+    check_pick_cascade_threshold,
+    check_quantize_int8,
+    check_resilient_client,
+    check_token_bucket_acquire,
+    check_ttl_cache,
+)
 from course_utils.checks.ch08 import cascade_data, check_cascade_policy
-from course_utils.gateway import (CircuitBreaker, CircuitOpenError, backoff_delay, call_with_fallback,
-                                  pick_cascade_threshold, retry_call)
+from course_utils.gateway import (
+    CircuitBreaker,
+    CircuitOpenError,
+    backoff_delay,
+    call_with_fallback,
+    pick_cascade_threshold,
+    retry_call,
+)
 from course_utils.quantize import absmax_quantize, group_dequantize
 
 
@@ -46,11 +61,17 @@ def cache_lookup(query_vec, keys, scopes, values, scope, threshold):
     return best if best_sim >= threshold else None
 
 
-@pytest.mark.parametrize("check, impl", [
-    (check_quantize_int8, quantize_int8), (check_dequantize, dequantize), (check_backoff_delays, backoff_delays),
-    (check_token_bucket_acquire, token_bucket_acquire), (check_cache_lookup, cache_lookup),
-    (check_pick_cascade_threshold, pick_cascade_threshold),
-])
+@pytest.mark.parametrize(
+    "check, impl",
+    [
+        (check_quantize_int8, quantize_int8),
+        (check_dequantize, dequantize),
+        (check_backoff_delays, backoff_delays),
+        (check_token_bucket_acquire, token_bucket_acquire),
+        (check_cache_lookup, cache_lookup),
+        (check_pick_cascade_threshold, pick_cascade_threshold),
+    ],
+)
 def test_reference_passes(check, impl, capsys):
     assert_check_accepts(check, impl, capsys)
 
@@ -94,13 +115,15 @@ def test_dequantize_rejects_int8_arithmetic():
 
 
 def test_backoff_rejects_a_missing_cap():
-    assert_check_rejects(check_backoff_delays, lambda n, b, m: [b * 2 ** i for i in range(n)],
-                         match=r"waits\[\d+\]: expected")
+    assert_check_rejects(
+        check_backoff_delays, lambda n, b, m: [b * 2**i for i in range(n)], match=r"waits\[\d+\]: expected"
+    )
 
 
 def test_backoff_rejects_starting_at_twice_the_base():
-    assert_check_rejects(check_backoff_delays, lambda n, b, m: [min(m, b * 2 ** i) for i in range(1, n + 1)],
-                         match=r"waits\[0\]")
+    assert_check_rejects(
+        check_backoff_delays, lambda n, b, m: [min(m, b * 2**i) for i in range(1, n + 1)], match=r"waits\[0\]"
+    )
 
 
 def test_token_bucket_rejects_refill_without_cap():
@@ -174,8 +197,11 @@ def full_jitter_delay(n, base_delay, max_delay, rng):  # a different correct ver
 
 def test_full_jitter_accepts_reference_and_variant(capsys):
     assert_check_accepts(check_full_jitter_delay, full_jitter_delay, capsys)
-    assert_check_accepts(check_full_jitter_delay,
-                         lambda n, b, m, rng: backoff_delay(n, base_delay=b, max_delay=m, jitter="full", rng=rng), capsys)
+    assert_check_accepts(
+        check_full_jitter_delay,
+        lambda n, b, m, rng: backoff_delay(n, base_delay=b, max_delay=m, jitter="full", rng=rng),
+        capsys,
+    )
 
 
 def test_full_jitter_rejects_equal_jitter():
@@ -191,18 +217,25 @@ def test_full_jitter_rejects_no_jitter():
 
 
 def test_full_jitter_rejects_capping_after_the_draw():
-    assert_check_rejects(check_full_jitter_delay, lambda n, b, m, rng: min(m, rng.uniform(0, b * 2 ** (n - 1))),
-                         match=r"mean wait|not uniform")
+    assert_check_rejects(
+        check_full_jitter_delay,
+        lambda n, b, m, rng: min(m, rng.uniform(0, b * 2 ** (n - 1))),
+        match=r"mean wait|not uniform",
+    )
 
 
 def test_full_jitter_rejects_an_exponent_off_by_one():
-    assert_check_rejects(check_full_jitter_delay, lambda n, b, m, rng: rng.uniform(0, min(m, b * 2 ** n)),
-                         match=r"must lie in \[0, ")
+    assert_check_rejects(
+        check_full_jitter_delay, lambda n, b, m, rng: rng.uniform(0, min(m, b * 2**n)), match=r"must lie in \[0, "
+    )
 
 
 def test_full_jitter_rejects_ignoring_the_rng():
-    assert_check_rejects(check_full_jitter_delay, lambda n, b, m, rng: random.uniform(0, min(m, b * 2 ** (n - 1))),
-                         match=r"does not come from `rng`")
+    assert_check_rejects(
+        check_full_jitter_delay,
+        lambda n, b, m, rng: random.uniform(0, min(m, b * 2 ** (n - 1))),
+        match=r"does not come from `rng`",
+    )
 
 
 # ---------------------------------------------------------------- TTL cache
@@ -273,19 +306,43 @@ def test_ttl_cache_rejects_a_raw_dot_product():
 class GatewayClient:
     """A correct client built on course_utils.gateway (the solution writes the same by hand)."""
 
-    def __init__(self, url, models, *, max_attempts=3, base_delay=0.05, max_delay=1.0, failure_threshold=5,
-                 reset_timeout_s=30.0, rng=None, sleep=None, clock=None, retry=True, breaker=True, fallback=True):
+    def __init__(
+        self,
+        url,
+        models,
+        *,
+        max_attempts=3,
+        base_delay=0.05,
+        max_delay=1.0,
+        failure_threshold=5,
+        reset_timeout_s=30.0,
+        rng=None,
+        sleep=None,
+        clock=None,
+        retry=True,
+        breaker=True,
+        fallback=True,
+    ):
         self.client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
         self.models = list(models) if fallback else list(models)[:1]
-        self.kw = dict(max_attempts=max_attempts if retry else 1, base_delay=base_delay, max_delay=max_delay,
-                       rng=rng, sleep=sleep, retry_on=(openai.APIStatusError,))
-        self.breakers = {m: CircuitBreaker(failure_threshold if breaker else 10**9, reset_timeout_s, clock=clock)
-                         for m in self.models}
+        self.kw = dict(
+            max_attempts=max_attempts if retry else 1,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            rng=rng,
+            sleep=sleep,
+            retry_on=(openai.APIStatusError,),
+        )
+        self.breakers = {
+            m: CircuitBreaker(failure_threshold if breaker else 10**9, reset_timeout_s, clock=clock)
+            for m in self.models
+        }
 
     def complete(self, prompt, max_tokens=4):
         def one(m):
             ask = lambda: self.client.completions.create(model=m, prompt=prompt, max_tokens=max_tokens)
             return lambda: self.breakers[m].call(lambda: retry_call(ask, **self.kw)).choices[0].text
+
         try:
             return call_with_fallback(*(one(m) for m in self.models), errors=(openai.APIStatusError, CircuitOpenError))
         except (openai.APIStatusError, CircuitOpenError) as err:
@@ -322,7 +379,6 @@ def test_resilient_client_rejects_a_breaker_that_never_closes():
     assert_check_rejects(check_resilient_client, Stuck, match=r"never tried it again")
 
 
-
 # ---------------------------------------------------------------- the open cascade exercise
 @pytest.fixture(scope="module")
 def reference_threshold():
@@ -337,8 +393,9 @@ def _carries(prompt):
 
 def test_cascade_policy_accepts_direct_routing_of_many_carries(reference_threshold, capsys):
     # a design other than the solution's: three or more carries go straight to the large model
-    assert_check_accepts(check_cascade_policy,
-                         lambda p: float("inf") if _carries(p) >= 3 else reference_threshold, capsys)
+    assert_check_accepts(
+        check_cascade_policy, lambda p: float("inf") if _carries(p) >= 3 else reference_threshold, capsys
+    )
 
 
 def test_cascade_policy_rejects_the_reference_itself(reference_threshold):

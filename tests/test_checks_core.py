@@ -1,4 +1,5 @@
 """The lab-check machinery: messages that say what differed, and a proof that every check can fail."""
+
 import ast
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def test_tensor_shape_dtype_and_first_mismatch_are_named():
     msg = _message(compare, "check_x", wrong, expected, inputs={"n": 3}, hint="look at the last column")
     assert msg.startswith("check_x: result: 1 of 6 values differ; first at index (1, 2): expected 5, got 99")
     assert "input: n=3" in msg and "hint: look at the last column" in msg
-    assert "expected an array/tensor of shape (1, 1), got list" in _message(compare, "check_x", [[0.0]], torch.zeros(1, 1))
+    assert "expected an array/tensor of shape (1, 1), got list" in _message(
+        compare, "check_x", [[0.0]], torch.zeros(1, 1)
+    )
     assert "expected a torch.Tensor, got ndarray" in _message(compare, "check_x", np.zeros((1, 1)), torch.zeros(1, 1))
 
 
@@ -99,14 +102,20 @@ def test_every_check_used_in_a_solution_exists():
 
 # --- what the learner sees: the exercise number, a short box instead of a traceback, readable inputs ----------
 
+
 def _registered_check():
     from course_utils.checks._core import exercise
 
     @exercise("9.4")
     def check_demo_sum(fn):
         xs = torch.linspace(0, 1, 50, dtype=torch.float64)
-        compare("check_demo_sum", call("check_demo_sum", fn, xs, inputs={"xs": xs}), xs.sum().item(),
-                inputs={"xs": xs, "weights": [0.123456789, 2.0, 1e-9]}, hint="add every element")
+        compare(
+            "check_demo_sum",
+            call("check_demo_sum", fn, xs, inputs={"xs": xs}),
+            xs.sum().item(),
+            inputs={"xs": xs, "weights": [0.123456789, 2.0, 1e-9]},
+            hint="add every element",
+        )
         passed("check_demo_sum", 1)
 
     return check_demo_sum
@@ -184,11 +193,16 @@ def test_a_notebook_kernel_shows_the_box():
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from course_utils.checks import check_get_stats\n"
-        "def get_stats(ids):\n"
-        "    return {pair: 1 for pair in zip(ids, ids[1:])}  # counts each distinct pair once\n"
-        "check_get_stats(get_stats)")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "from course_utils.checks import check_get_stats\n"
+                "def get_stats(ids):\n"
+                "    return {pair: 1 for pair in zip(ids, ids[1:])}  # counts each distinct pair once\n"
+                "check_get_stats(get_stats)"
+            )
+        ]
+    )
     with pytest.raises(CellExecutionError):
         NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     error = next(o for o in nb.cells[0].outputs if o.output_type == "error")

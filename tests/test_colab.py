@@ -3,6 +3,7 @@
 The bootstrap cell is executed exactly as stored in the notebook, with ``subprocess.run`` replaced by a recorder
 (so nothing is cloned or installed) and ``os.chdir``/``os.path.isdir`` answering as they would in a fresh Colab VM.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,26 @@ NOTEBOOKS = sorted(p.relative_to(ROOT).as_posix() for d in nbtools.NOTEBOOK_DIRS
 CLONE = "/content/course"
 # Packages Colab's image ships (so requirements-colab.txt must not reinstall them) and packages only a developer
 # needs (tests, JupyterLab itself). Every package in requirements.txt is in one of these or in requirements-colab.txt.
-COLAB_SHIPS = {"torch", "numpy", "matplotlib", "transformers", "safetensors", "sentence-transformers", "peft",
-               "accelerate", "tiktoken", "regex", "tqdm", "ipywidgets", "ipykernel", "nbformat", "fastapi",
-               "uvicorn", "openai", "tenacity"}
+COLAB_SHIPS = {
+    "torch",
+    "numpy",
+    "matplotlib",
+    "transformers",
+    "safetensors",
+    "sentence-transformers",
+    "peft",
+    "accelerate",
+    "tiktoken",
+    "regex",
+    "tqdm",
+    "ipywidgets",
+    "ipykernel",
+    "nbformat",
+    "fastapi",
+    "uvicorn",
+    "openai",
+    "tenacity",
+}
 DEV_ONLY = {"jupyterlab", "nbconvert", "pytest", "pytest-xdist", "nbval", "hypothesis", "playwright", "nbgrader"}
 
 
@@ -74,7 +92,7 @@ class FakeColabVM:
             self.cloned = True
         elif "pip" in cmd and "-r" in cmd:  # the requirements file the fake pip was given must exist in the repo
             req = cmd[cmd.index("-r") + 1]
-            assert req.startswith(CLONE + "/") and (ROOT / req[len(CLONE) + 1:]).is_file(), req
+            assert req.startswith(CLONE + "/") and (ROOT / req[len(CLONE) + 1 :]).is_file(), req
         return subprocess.CompletedProcess(cmd, 0)
 
 
@@ -85,7 +103,9 @@ def test_there_are_notebooks_to_check():
 @pytest.mark.parametrize("relpath", NOTEBOOKS)
 def test_bootstrap_in_a_fresh_colab_vm(relpath, monkeypatch):
     _, _, boot = header_cells(relpath)
-    assert boot is not None, f"{relpath}: no cell tagged {nbtools.BOOTSTRAP_TAG!r}; run `python -m course_utils.nbtools sync`"
+    assert boot is not None, (
+        f"{relpath}: no cell tagged {nbtools.BOOTSTRAP_TAG!r}; run `python -m course_utils.nbtools sync`"
+    )
     vm = FakeColabVM(monkeypatch, cloned=False)
     vm.install(monkeypatch)
     exec(compile(boot.source, f"{relpath}:bootstrap", "exec"), {"__name__": "__main__"})
@@ -149,8 +169,12 @@ def test_colab_installs_only_what_colab_lacks():
     assert colab, "requirements-colab.txt is empty"
     for name, version in colab.items():
         assert name in course, f"requirements-colab.txt: {name} is not a course requirement"
-        assert version == course[name], f"requirements-colab.txt pins {name}=={version}, requirements.txt {course[name]}"
+        assert version == course[name], (
+            f"requirements-colab.txt pins {name}=={version}, requirements.txt {course[name]}"
+        )
         assert name not in COLAB_SHIPS, f"Colab ships {name}; reinstalling it would replace Colab's own build"
     unclassified = set(course) - COLAB_SHIPS - DEV_ONLY - set(colab)
-    assert not unclassified, (f"{sorted(unclassified)}: new in requirements.txt; add to requirements-colab.txt if "
-                              "Colab lacks it, else to COLAB_SHIPS or DEV_ONLY in this test")
+    assert not unclassified, (
+        f"{sorted(unclassified)}: new in requirements.txt; add to requirements-colab.txt if "
+        "Colab lacks it, else to COLAB_SHIPS or DEV_ONLY in this test"
+    )

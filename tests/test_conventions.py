@@ -1,4 +1,5 @@
 """The notebook conventions, defined once in course_utils.nbtools and read by labs and progress."""
+
 import pytest
 
 from course_utils import labs, nbtools, progress

@@ -1,4 +1,5 @@
 """course_utils core: setup(), the offline-safe tiktoken loader, the plot style, the corpus."""
+
 import random
 
 import numpy as np

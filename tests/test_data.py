@@ -1,10 +1,19 @@
 """The corpus' training data: a deterministic split by document, the shipped tokenizer, batches, domain labels."""
+
 import pytest
 import torch
 
 from course_utils import data
-from course_utils.data import (DOMAINS, EOT, CorpusDoc, TokenDataset, corpus_dataset, corpus_documents,
-                               corpus_tokenizer, split_documents)
+from course_utils.data import (
+    DOMAINS,
+    EOT,
+    CorpusDoc,
+    TokenDataset,
+    corpus_dataset,
+    corpus_documents,
+    corpus_tokenizer,
+    split_documents,
+)
 
 
 def test_split_is_deterministic_disjoint_and_stratified():
@@ -61,14 +70,17 @@ def test_dataset_batches_and_domain_labels():
 
 def test_domain_labels_are_exact_per_document():
     tok = corpus_tokenizer()
-    docs = [CorpusDoc("prose", "a", "Hello world."), CorpusDoc("arithmetic", "b", "1 + 2 = 3\n"),
-            CorpusDoc("code", "c", "x = 1\n")]
+    docs = [
+        CorpusDoc("prose", "a", "Hello world."),
+        CorpusDoc("arithmetic", "b", "1 + 2 = 3\n"),
+        CorpusDoc("code", "c", "x = 1\n"),
+    ]
     ds = TokenDataset(tok, docs, docs[:1])
     ids, dom = ds.ids["train"].tolist(), ds.domains["train"].tolist()
     cuts = [i for i, t in enumerate(ids) if t == ds.eot_id]
-    assert len(cuts) == 3 and ds.decode(ids[:cuts[0]]) == "Hello world."
-    assert dom[:cuts[0] + 1] == [0] * (cuts[0] + 1)  # prose, including its <|endoftext|>
-    assert set(dom[cuts[0] + 1:cuts[1] + 1]) == {2} and set(dom[cuts[1] + 1:]) == {1}
+    assert len(cuts) == 3 and ds.decode(ids[: cuts[0]]) == "Hello world."
+    assert dom[: cuts[0] + 1] == [0] * (cuts[0] + 1)  # prose, including its <|endoftext|>
+    assert set(dom[cuts[0] + 1 : cuts[1] + 1]) == {2} and set(dom[cuts[1] + 1 :]) == {1}
 
 
 def test_batches_reject_bad_input():

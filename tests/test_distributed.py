@@ -1,4 +1,5 @@
 """Expert parallelism: 2 gloo processes on CPU give the single-process layer's output, and always shut down."""
+
 import multiprocessing
 
 import pytest
@@ -40,9 +41,14 @@ def test_rejects_unsupported_layers_and_bad_input():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [dict(num_experts=8, top_k=2),
-                                     dict(num_experts=8, top_k=3, score_func="sigmoid", n_group=4, topk_group=2,
-                                          routed_scaling_factor=2.5)], ids=["mixtral-like", "deepseek-like"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(num_experts=8, top_k=2),
+        dict(num_experts=8, top_k=3, score_func="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5),
+    ],
+    ids=["mixtral-like", "deepseek-like"],
+)
 def test_two_processes_equal_one(options):
     torch.manual_seed(0)
     layer = MoELayer(32, 48, **options).eval()

@@ -1,7 +1,8 @@
 """course_utils.doctor: says what is wrong and what to do, and never raises."""
+
+import shutil
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
-import shutil
 
 from course_utils import doctor
 
@@ -13,6 +14,7 @@ def fake_lookup(installed):
         if name not in installed:
             raise PackageNotFoundError(name)
         return installed[name]
+
     return lookup
 
 
@@ -21,15 +23,17 @@ def by_name(findings):
 
 
 def test_missing_is_a_failure_another_version_a_warning_and_cpu_builds_match():
-    found = doctor.check_packages(PINS, colab=False, lookup=fake_lookup(
-        {"torch": "2.13.0+cpu", "numpy": "2.3.0", "transformers": "5.23.0"}))
+    found = doctor.check_packages(
+        PINS, colab=False, lookup=fake_lookup({"torch": "2.13.0+cpu", "numpy": "2.3.0", "transformers": "5.23.0"})
+    )
     assert by_name(found) == {"torch": "ok", "numpy": "warn", "jupyterlab": "fail", "transformers": "ok"}
     assert all(f.advice for f in found if f.status != "ok")
 
 
 def test_colab_needs_no_jupyterlab_accepts_its_own_builds_but_not_transformers_4():
-    found = doctor.check_packages(PINS, colab=True, lookup=fake_lookup(
-        {"torch": "2.9.0+cu126", "numpy": "2.0.2", "transformers": "4.57.1"}))
+    found = doctor.check_packages(
+        PINS, colab=True, lookup=fake_lookup({"torch": "2.9.0+cu126", "numpy": "2.0.2", "transformers": "4.57.1"})
+    )
     assert by_name(found) == {"torch": "ok", "numpy": "ok", "transformers": "fail"}
     assert "restart" in next(f.advice for f in found if f.status == "fail")
 

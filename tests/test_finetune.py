@@ -1,4 +1,5 @@
 """Chapter 7: LoRA from scratch (pinned to peft), prompts, metrics, fine-tuning and decoding."""
+
 from __future__ import annotations
 
 import copy
@@ -88,8 +89,9 @@ def test_apply_lora_gpt_starts_identical_and_only_adapters_get_gradients():
     n_lora = sum(1 for m in model.modules() if isinstance(m, ft.LoRALinear))
     assert n_lora == 2 * 7  # q, k, v, o + w1, w2, w3 in each of 2 blocks
     counts = ft.count_parameters(model)
-    expected = sum(m.r * (m.base.in_features + m.base.out_features) for m in model.modules()
-                   if isinstance(m, ft.LoRALinear))
+    expected = sum(
+        m.r * (m.base.in_features + m.base.out_features) for m in model.modules() if isinstance(m, ft.LoRALinear)
+    )
     assert counts["trainable"] == expected and 0 < counts["fraction"] < 0.2
 
 
@@ -125,8 +127,9 @@ def test_equals_peft_lora(r, alpha):
     torch.manual_seed(0)
     base = Tiny()
     ours = ft.apply_lora(copy.deepcopy(base), r=r, alpha=alpha, target_modules=["q", "v"])
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
-                                                                      target_modules=["q", "v"]))
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=["q", "v"])
+    )
     x = torch.randn(5, 8)
     assert torch.allclose(theirs(x), ours(x), atol=1e-6)  # both start as the base model
     randomize_adapters(ours)
@@ -150,27 +153,50 @@ def test_equals_peft_lora(r, alpha):
 # ------------------------------------------------------------------------------------------------ prompts and metrics
 def test_prompts_layout():
     ex = [("Where does Ann live?", "Rome"), ("What pet does Bo keep?", "owl")]
-    assert ft.few_shot_prompt(ex, "Who?") == "Q: Where does Ann live?\nA: Rome\nQ: What pet does Bo keep?\nA: owl\nQ: Who?\nA:"
+    assert (
+        ft.few_shot_prompt(ex, "Who?")
+        == "Q: Where does Ann live?\nA: Rome\nQ: What pet does Bo keep?\nA: owl\nQ: Who?\nA:"
+    )
     assert ft.few_shot_prompt([], "Who?") == "Q: Who?\nA:"
-    assert ft.rag_prompt("Who?", ["Ann lives in Rome.", "Bo is here."]) == "Facts:\nAnn lives in Rome.\nBo is here.\nQ: Who?\nA:"
+    assert (
+        ft.rag_prompt("Who?", ["Ann lives in Rome.", "Bo is here."])
+        == "Facts:\nAnn lives in Rome.\nBo is here.\nQ: Who?\nA:"
+    )
     with pytest.raises(TypeError, match=r"examples\[0\]"):
         ft.few_shot_prompt(["not a pair"], "Who?")
     with pytest.raises(ValueError, match="question"):
         ft.few_shot_prompt(ex, "  ")
 
 
-@pytest.mark.parametrize("pred,ref,ok", [
-    ("Rome", "Rome", True), ("  rome ", "Rome", True), ("Rome.", "rome", True), ("New   York", "new york", True),
-    ("Rom", "Rome", False), ("Rome Rome", "Rome", False), ("", "Rome", False), ("", "", True),
-])
+@pytest.mark.parametrize(
+    "pred,ref,ok",
+    [
+        ("Rome", "Rome", True),
+        ("  rome ", "Rome", True),
+        ("Rome.", "rome", True),
+        ("New   York", "new york", True),
+        ("Rom", "Rome", False),
+        ("Rome Rome", "Rome", False),
+        ("", "Rome", False),
+        ("", "", True),
+    ],
+)
 def test_exact_match(pred, ref, ok):
     assert ft.exact_match(pred, ref) is ok
 
 
-@pytest.mark.parametrize("out,ok", [
-    ('{"answer": "Rome"}', True), (' {"answer": "Rome"} ', True), ('{"answer": ""}', False),
-    ('{"answer":"Rome"}', False), ("Rome", False), ('{"answer": "Rome"', False), ('{"answer": "Rome"} ok', False),
-])
+@pytest.mark.parametrize(
+    "out,ok",
+    [
+        ('{"answer": "Rome"}', True),
+        (' {"answer": "Rome"} ', True),
+        ('{"answer": ""}', False),
+        ('{"answer":"Rome"}', False),
+        ("Rome", False),
+        ('{"answer": "Rome"', False),
+        ('{"answer": "Rome"} ok', False),
+    ],
+)
 def test_format_compliance(out, ok):
     assert ft.format_compliance(out) is ok
     assert (ft.parse_json_answer(out) is not None) == (ok or out.strip() == '{"answer": ""}')
@@ -182,8 +208,12 @@ def test_render_json_round_trip():
 
 
 def test_select_examples_by_similarity():
-    pool = [("Where does Ann live?", "Rome"), ("What pet does Ann keep?", "owl"),
-            ("Where does Bo live?", "Oslo"), ("What colour is the sky?", "blue")]
+    pool = [
+        ("Where does Ann live?", "Rome"),
+        ("What pet does Ann keep?", "owl"),
+        ("Where does Bo live?", "Oslo"),
+        ("What colour is the sky?", "blue"),
+    ]
     got = ft.select_examples_by_similarity("Where does Bo live now?", pool, k=2, embed=ft.hashing_embed)
     assert got[-1] == ("Where does Bo live?", "Oslo")  # most similar last, next to the question
     assert len(got) == 2 and got[0] == ("Where does Ann live?", "Rome")
@@ -235,13 +265,13 @@ def test_answer_only_masks_prompt():
     kept = ft.decode([int(t) for t in y[0] if t >= 0])
     assert kept == " cd\n"
     assert ft.decode([int(t) for t in y[1] if t >= 0]) == " x\n"
-    assert (y[1, len("Q: a\nA: x\n") - 1:] == -1).all()  # padding ignored
+    assert (y[1, len("Q: a\nA: x\n") - 1 :] == -1).all()  # padding ignored
 
 
 def test_greedy_answers_matches_generate():
     model = tiny_gpt(3)
     prompt = "Q: hello\nA:"
-    full = model.generate(torch.tensor([ft.encode(prompt)]), 6, temperature=0)[0, len(prompt):]
+    full = model.generate(torch.tensor([ft.encode(prompt)]), 6, temperature=0)[0, len(prompt) :]
     text = ft.decode(full.tolist()).split("\n")[0]
     assert ft.greedy_answers(model, [prompt], max_new_tokens=6) == [text]
     with pytest.raises(ValueError, match="max_seq_len"):
@@ -320,8 +350,18 @@ def test_finetune_early_stopping_restores_the_best_weights():
     # `patience` evaluations and the restored weights are the starting ones
     model = tiny_gpt()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    hist = ft.finetune(model, TEXTS, val_texts=TEXTS[:1], steps=100, lr=1e-2, batch_size=2, eval_every=5,
-                       patience=2, min_delta=100.0, progress=False)
+    hist = ft.finetune(
+        model,
+        TEXTS,
+        val_texts=TEXTS[:1],
+        steps=100,
+        lr=1e-2,
+        batch_size=2,
+        eval_every=5,
+        patience=2,
+        min_delta=100.0,
+        progress=False,
+    )
     assert hist["steps"] == 10 and hist["eval_step"] == [0, 5, 10] and hist["best_step"] == 0
     assert len(hist["loss"]) == 10 and hist["val_loss"][-1] < hist["val_loss"][0]  # it learned, then rolled back
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
@@ -329,8 +369,7 @@ def test_finetune_early_stopping_restores_the_best_weights():
 
 def test_finetune_validation_curve_and_bad_arguments():
     model = tiny_gpt()
-    hist = ft.finetune(model, TEXTS, val_texts=TEXTS, steps=20, lr=1e-2, batch_size=2, eval_every=10,
-                       progress=False)
+    hist = ft.finetune(model, TEXTS, val_texts=TEXTS, steps=20, lr=1e-2, batch_size=2, eval_every=10, progress=False)
     assert hist["eval_step"] == [0, 10, 20] and hist["steps"] == 20 and hist["best_step"] == 20
     assert hist["val_loss"][-1] == pytest.approx(ft.text_loss(model, TEXTS))  # no restore without patience
     assert hist["eval_train_loss"] == pytest.approx(hist["val_loss"])  # the probe is the same two texts

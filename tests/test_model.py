@@ -1,4 +1,5 @@
 """Chapter 3's GPT: the pieces equal their library counterparts, the KV cache changes nothing, bad input is named."""
+
 import math
 
 import pytest
@@ -41,8 +42,9 @@ def test_swiglu_equals_transformers_llama_mlp():
 
     torch.manual_seed(0)
     ours = SwiGLU(16, 40)
-    theirs = LlamaMLP(LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=4, hidden_act="silu",
-                                  mlp_bias=False))
+    theirs = LlamaMLP(
+        LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=4, hidden_act="silu", mlp_bias=False)
+    )
     theirs.gate_proj.weight.data.copy_(ours.w1.weight)  # w1 = gate, w3 = up, w2 = down (Llama/Mixtral naming)
     theirs.up_proj.weight.data.copy_(ours.w3.weight)
     theirs.down_proj.weight.data.copy_(ours.w2.weight)
@@ -70,14 +72,33 @@ def test_whole_model_equals_transformers_llama():
 
     model = tiny(tie_embeddings=True)
     c = model.config
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
-        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, max_position_embeddings=c.max_seq_len,
-        rms_norm_eps=c.norm_eps, rope_theta=c.rope_base, tie_word_embeddings=True, attention_bias=False,
-        mlp_bias=False)).eval()
-    rename = {"tok_emb": "model.embed_tokens", "norm.weight": "model.norm.weight", "attn_norm": "input_layernorm",
-              "ffn_norm": "post_attention_layernorm", "attn.": "self_attn.", "ffn.w1": "mlp.gate_proj",
-              "ffn.w3": "mlp.up_proj", "ffn.w2": "mlp.down_proj", "blocks.": "model.layers."}
+    hf = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.d_model,
+            intermediate_size=c.d_ff,
+            num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads,
+            num_key_value_heads=c.n_kv_heads,
+            max_position_embeddings=c.max_seq_len,
+            rms_norm_eps=c.norm_eps,
+            rope_theta=c.rope_base,
+            tie_word_embeddings=True,
+            attention_bias=False,
+            mlp_bias=False,
+        )
+    ).eval()
+    rename = {
+        "tok_emb": "model.embed_tokens",
+        "norm.weight": "model.norm.weight",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn.": "self_attn.",
+        "ffn.w1": "mlp.gate_proj",
+        "ffn.w3": "mlp.up_proj",
+        "ffn.w2": "mlp.down_proj",
+        "blocks.": "model.layers.",
+    }
     state = {}
     for name, value in model.state_dict().items():
         for a, b in rename.items():
@@ -98,7 +119,7 @@ def test_kv_cache_logits_equal_full_recompute(n_kv_heads):
         full, _ = model(idx)
         caches = model.new_caches()
         parts = [model(idx[:, :8], caches=caches)[0]]  # prefill, then one token at a time, then a chunk of 3
-        parts += [model(idx[:, t:t + 1], caches=caches)[0] for t in range(8, 17)]
+        parts += [model(idx[:, t : t + 1], caches=caches)[0] for t in range(8, 17)]
         parts.append(model(idx[:, 17:], caches=caches)[0])
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-4)
     assert caches[0].length == 20
@@ -174,12 +195,15 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(temperature=-1.0), "temperature"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(top_k=0), "top_k"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=0), "top_k"),
+    ],
+)
 def test_sampling_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_next_token(torch.zeros(1, 5), **{"temperature": 1.0, **kwargs})
@@ -224,7 +248,9 @@ def test_moe_feed_forward_plugs_in():
         full, _ = model(idx)
         assert len(model.last_moe_aux) == 2 and "load_balancing_loss" in model.last_moe_aux[0]
         caches = model.new_caches()
-        steps = [model(idx[:, :6], caches=caches)[0]] + [model(idx[:, t:t + 1], caches=caches)[0] for t in range(6, 10)]
+        steps = [model(idx[:, :6], caches=caches)[0]] + [
+            model(idx[:, t : t + 1], caches=caches)[0] for t in range(6, 10)
+        ]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
     c = model.param_counts()
     per_expert = 3 * 32 * model.config.d_ff
@@ -264,10 +290,13 @@ def test_moe_config_is_typed_validated_and_accepts_a_dict():
     assert isinstance(cfg.moe, MoEConfig)
     assert (cfg.moe.num_experts, cfg.moe["top_k"], cfg.moe.get("n_group")) == (4, 2, 1)
     assert GPTConfig(ffn="moe", moe=cfg.moe).moe is cfg.moe
-    for bad, field in [(dict(num_experts=4, top_k=5), "top_k"), (dict(num_experts=0, top_k=1), "num_experts"),
-                       (dict(num_experts=4, top_k=2, score_func="relu"), "score_func"),
-                       (dict(num_experts=4, top_k=2, capacity_factor=0), "capacity_factor"),
-                       (dict(num_experts=4, top_k=2, bogus=1), "bogus")]:
+    for bad, field in [
+        (dict(num_experts=4, top_k=5), "top_k"),
+        (dict(num_experts=0, top_k=1), "num_experts"),
+        (dict(num_experts=4, top_k=2, score_func="relu"), "score_func"),
+        (dict(num_experts=4, top_k=2, capacity_factor=0), "capacity_factor"),
+        (dict(num_experts=4, top_k=2, bogus=1), "bogus"),
+    ]:
         with pytest.raises(ValueError, match=field):
             GPTConfig(ffn="moe", moe=bad)
     with pytest.raises(ValueError, match="moe"):

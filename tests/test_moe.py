@@ -1,4 +1,5 @@
 """course_utils.moe: parity with transformers' Mixtral, Qwen2-MoE and DeepSeek-V3 blocks, the losses, capacity."""
+
 from __future__ import annotations
 
 import math
@@ -30,21 +31,35 @@ def randomize(block, seed=0):
 
 
 def mixtral(E, k, H=16, I=12, seed=0):
-    cfg = MixtralConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=k,
-                        router_jitter_noise=0.0)
+    cfg = MixtralConfig(
+        hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=k, router_jitter_noise=0.0
+    )
     return randomize(MixtralSparseMoeBlock(cfg), seed)
 
 
 def qwen2(E, k, H=16, I=12, shared=20, norm=False, seed=0):
-    cfg = Qwen2MoeConfig(hidden_size=H, moe_intermediate_size=I, shared_expert_intermediate_size=shared,
-                         num_experts=E, num_experts_per_tok=k, norm_topk_prob=norm)
+    cfg = Qwen2MoeConfig(
+        hidden_size=H,
+        moe_intermediate_size=I,
+        shared_expert_intermediate_size=shared,
+        num_experts=E,
+        num_experts_per_tok=k,
+        norm_topk_prob=norm,
+    )
     return randomize(Qwen2MoeSparseMoeBlock(cfg), seed)
 
 
 def deepseek(E, k, n_group, topk_group, H=16, I=12, n_shared=2, scale=2.5, seed=0):
-    cfg = DeepseekV3Config(hidden_size=H, moe_intermediate_size=I, n_routed_experts=E, n_shared_experts=n_shared,
-                           num_experts_per_tok=k, n_group=n_group, topk_group=topk_group,
-                           routed_scaling_factor=scale)
+    cfg = DeepseekV3Config(
+        hidden_size=H,
+        moe_intermediate_size=I,
+        n_routed_experts=E,
+        n_shared_experts=n_shared,
+        num_experts_per_tok=k,
+        n_group=n_group,
+        topk_group=topk_group,
+        routed_scaling_factor=scale,
+    )
     return randomize(DeepseekV3MoE(cfg), seed)
 
 
@@ -52,8 +67,9 @@ def qwen3(E, k, norm=True, seed=0):
     from transformers import Qwen3MoeConfig
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
-    cfg = Qwen3MoeConfig(hidden_size=16, moe_intermediate_size=8, num_experts=E, num_experts_per_tok=k,
-                         norm_topk_prob=norm)
+    cfg = Qwen3MoeConfig(
+        hidden_size=16, moe_intermediate_size=8, num_experts=E, num_experts_per_tok=k, norm_topk_prob=norm
+    )
     return randomize(Qwen3MoeSparseMoeBlock(cfg), seed)
 
 
@@ -202,8 +218,15 @@ def test_router_z_loss_formula():
 def test_aux_keys_and_losses():
     layer = MoELayer(16, 8, 4, 2, capacity_factor=1.0)
     y, aux = layer(torch.randn(5, 3, 16))
-    assert set(aux) == {"router_logits", "topk_idx", "topk_weight", "tokens_per_expert", "dropped",
-                        "load_balancing_loss", "z_loss"}
+    assert set(aux) == {
+        "router_logits",
+        "topk_idx",
+        "topk_weight",
+        "tokens_per_expert",
+        "dropped",
+        "load_balancing_loss",
+        "z_loss",
+    }
     assert aux["router_logits"].shape == (15, 4) and aux["topk_idx"].shape == (15, 2)
     assert aux["dropped"].dtype == torch.bool and aux["dropped"].shape == (15, 2)
     assert aux["tokens_per_expert"].sum() == (~aux["dropped"]).sum()
@@ -241,8 +264,9 @@ def test_capacity_never_exceeded_and_dropped_slots_contribute_zero(dispatch, cf)
     cap = moe.expert_capacity(40, 2, 4, cf)
     assert (aux["tokens_per_expert"] <= cap).all()
     keep = ~aux["dropped"]
-    expected = moe.dispatch_per_token(x, aux["topk_idx"], aux["topk_weight"] * keep, layer.gate_up_proj,
-                                      layer.down_proj)
+    expected = moe.dispatch_per_token(
+        x, aux["topk_idx"], aux["topk_weight"] * keep, layer.gate_up_proj, layer.down_proj
+    )
     assert torch.allclose(y, expected, atol=1e-5)
     if cf <= 0.5:
         assert aux["dropped"].any()
@@ -325,18 +349,21 @@ def test_accepts_any_leading_shape():
     assert layer(torch.randn(2, 3, 4, 8))[0].shape == (2, 3, 4, 8)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(top_k=0), "top_k"),
-    (dict(top_k=9), "top_k"),
-    (dict(num_experts=0, top_k=1), "num_experts"),
-    (dict(capacity_factor=0), "capacity_factor"),
-    (dict(capacity_factor=-1.5), "capacity_factor"),
-    (dict(n_group=3), "n_group"),
-    (dict(score_func="relu"), "score_func"),
-    (dict(dispatch="magic"), "dispatch"),
-    (dict(topk_group=5, n_group=4), "topk_group"),
-    (dict(n_group=4, topk_group=1, top_k=3), "top_k"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(top_k=0), "top_k"),
+        (dict(top_k=9), "top_k"),
+        (dict(num_experts=0, top_k=1), "num_experts"),
+        (dict(capacity_factor=0), "capacity_factor"),
+        (dict(capacity_factor=-1.5), "capacity_factor"),
+        (dict(n_group=3), "n_group"),
+        (dict(score_func="relu"), "score_func"),
+        (dict(dispatch="magic"), "dispatch"),
+        (dict(topk_group=5, n_group=4), "topk_group"),
+        (dict(n_group=4, topk_group=1, top_k=3), "top_k"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     args = dict(d_model=8, d_ff=4, num_experts=8, top_k=2) | kwargs
     with pytest.raises(ValueError, match=match):
@@ -393,8 +420,9 @@ def test_from_hf_is_exact_in_float64_with_the_default_dispatcher(name):
     block = BLOCKS[name]().eval().double()
     layer = MoELayer.from_hf(block)
     assert layer.gate_up_proj.dtype == torch.float64
-    x = torch.randn(2, 9, block.experts.gate_up_proj.shape[-1], generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64)
+    x = torch.randn(
+        2, 9, block.experts.gate_up_proj.shape[-1], generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     y, _ = layer(x)
     with torch.no_grad():
         expected = block(x.clone())

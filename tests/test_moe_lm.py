@@ -1,4 +1,5 @@
 """Chapter 5: the MoE language model's experiment helpers and routing statistics."""
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,19 @@ def test_training_loss_adds_the_weighted_mean_of_the_layers():
 # ---------------------------------------------------------------------------------------------- training smoke tests
 @pytest.mark.parametrize("name", ["dense", "moe_aux0.01", "moe_lossfree"])
 def test_training_smoke(data, name):
-    model, result = moe_lm.run_variant(name, data, steps=30, seed=0, config=TINY, batch_size=8, block_size=32,
-                                       eval_every=15, eval_iters=2, warmup=5, progress=False)
+    model, result = moe_lm.run_variant(
+        name,
+        data,
+        steps=30,
+        seed=0,
+        config=TINY,
+        batch_size=8,
+        block_size=32,
+        eval_every=15,
+        eval_iters=2,
+        warmup=5,
+        progress=False,
+    )
     h = result["history"]
     assert all(math.isfinite(v) for v in h["train_loss"] + h["val_loss"] + h["aux_loss"])
     assert h["val_loss"][-1] < h["val_loss"][0] - 0.5  # from ~log(512) = 6.2 down
@@ -161,8 +173,10 @@ def test_routing_stats_on_a_hand_built_assignment():
     # label 0: slots 0,1,0,2,3,0 → expert 0 ×3, 1 ×1, 2 ×1, 3 ×1 (of 6); label 1: 1,0,2,3 (of 4); label 2: none
     expected = torch.tensor([[3 / 6, 1 / 6, 1 / 6, 1 / 6], [1 / 4, 1 / 4, 1 / 4, 1 / 4], [0, 0, 0, 0]]).double()
     assert torch.allclose(table, expected)
-    assert torch.allclose(routing_stats(expert_idx[:, 0], labels, 2, 4),
-                          torch.tensor([[2 / 3, 0, 0, 1 / 3], [0, 1 / 2, 1 / 2, 0]]).double())
+    assert torch.allclose(
+        routing_stats(expert_idx[:, 0], labels, 2, 4),
+        torch.tensor([[2 / 3, 0, 0, 1 / 3], [0, 1 / 2, 1 / 2, 0]]).double(),
+    )
     with pytest.raises(ValueError, match="labels"):
         routing_stats(expert_idx, labels, 1, 4)
     with pytest.raises(ValueError, match="expert_idx"):
@@ -189,13 +203,27 @@ def test_random_routing_sits_at_chance():
     p = torch.tensor([0.4, 0.3, 0.2, 0.1])
     e = torch.multinomial(p, 40_000, replacement=True, generator=g).view(40, 1000)
     rate, chance = consecutive_same_expert_rate(e, 4)
-    assert chance == pytest.approx(float((p ** 2).sum()), abs=0.01) and rate == pytest.approx(chance, abs=0.01)
+    assert chance == pytest.approx(float((p**2).sum()), abs=0.01) and rate == pytest.approx(chance, abs=0.01)
 
 
-@pytest.mark.parametrize("piece, kind", [("    ", "whitespace"), ("\n", "whitespace"), (" 42", "digits"),
-                                         ("7", "digits"), (" def", "keyword"), ("return", "keyword"),
-                                         (" self", "word"), ("_name", "word"), ("the", "word"), (" =", "punctuation"),
-                                         ("):", "punctuation"), (".\n", "other"), ("x(", "other")])
+@pytest.mark.parametrize(
+    "piece, kind",
+    [
+        ("    ", "whitespace"),
+        ("\n", "whitespace"),
+        (" 42", "digits"),
+        ("7", "digits"),
+        (" def", "keyword"),
+        ("return", "keyword"),
+        (" self", "word"),
+        ("_name", "word"),
+        ("the", "word"),
+        (" =", "punctuation"),
+        ("):", "punctuation"),
+        (".\n", "other"),
+        ("x(", "other"),
+    ],
+)
 def test_token_type(piece, kind):
     assert token_type(piece) == kind
 
@@ -228,8 +256,14 @@ def test_dispatch_plan_groups_slots_by_owning_rank():
 def test_shipped_results_and_checkpoint_are_verified(tmp_path):
     results = moe_lm.load_results()
     names = {(r["name"], r["seed"]) for r in results["runs"]}
-    assert {("dense", 0), ("dense", 1), ("moe_aux0.01", 0), ("moe_aux0.01", 1), ("moe_aux0", 0),
-            ("moe_lossfree", 0)} <= names
+    assert {
+        ("dense", 0),
+        ("dense", 1),
+        ("moe_aux0.01", 0),
+        ("moe_aux0.01", 1),
+        ("moe_aux0", 0),
+        ("moe_lossfree", 0),
+    } <= names
     model = moe_lm.load_moe_checkpoint()
     assert model.config.ffn == "moe" and model.config.moe["num_experts"] == 8
     assert moe_lm.MOE_CHECKPOINT.stat().st_size < 5e6

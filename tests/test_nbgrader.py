@@ -5,6 +5,7 @@ same cells as the committed lab in labs/ (only the stub inside each exercise and
 and ``nbgrader autograde`` gives the solution full marks and the untouched lab zero on its checks. A scratch
 solution notebook runs the same round trip, so the test means something before the first chapter's lab lands.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,28 +33,46 @@ GUIDE_INSTALL = "pip install --no-index --find-links wheelhouse -r requirements.
 
 
 def _nbgrader():
-    return pytest.importorskip("nbgrader", reason="nbgrader is an instructor extra: `make instructor` "
-                                                  "(pip install -r requirements-instructor.txt)")
+    return pytest.importorskip(
+        "nbgrader",
+        reason="nbgrader is an instructor extra: `make instructor` (pip install -r requirements-instructor.txt)",
+    )
 
 
 def nbgrader(course: Path, *args: str) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    run = subprocess.run([sys.executable, "-m", "nbgrader", *args, "--force"], cwd=course, env=env,
-                         capture_output=True, text=True, timeout=1800)
+    run = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args, "--force"],
+        cwd=course,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert run.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return run.stdout + run.stderr
 
 
 def normalise(nb) -> list[tuple[str, str, dict]]:
     """(cell type, source with the exercise stub made uniform, metadata without nbgrader's keys) per cell."""
-    return [(c.cell_type, STUB.sub(r"\g<indent><exercise stub>", c.source),
-             {k: v for k, v in c.metadata.items() if k not in NBGRADER_KEYS}) for c in nb.cells]
+    return [
+        (
+            c.cell_type,
+            STUB.sub(r"\g<indent><exercise stub>", c.source),
+            {k: v for k, v in c.metadata.items() if k not in NBGRADER_KEYS},
+        )
+        for c in nb.cells
+    ]
 
 
 def _errors(path: Path) -> str:
     nb = nbformat.read(str(path), as_version=4)
-    return "\n".join(f"cell {i}: {o.ename}: {o.evalue}" for i, c in enumerate(nb.cells)
-                     for o in c.get("outputs", []) if o.get("output_type") == "error")
+    return "\n".join(
+        f"cell {i}: {o.ename}: {o.evalue}"
+        for i, c in enumerate(nb.cells)
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    )
 
 
 def round_trip(tmp_path: Path, name: str, solution, lab, extra_files=()) -> None:
@@ -63,7 +82,8 @@ def round_trip(tmp_path: Path, name: str, solution, lab, extra_files=()) -> None
     course = tmp_path / "course"
     (course / "source" / ASSIGNMENT).mkdir(parents=True)
     (course / "nbgrader_config.py").write_text(
-        f"c = get_config()\nc.CourseDirectory.root = {str(course)!r}\nc.ExecutePreprocessor.timeout = 600\n")
+        f"c = get_config()\nc.CourseDirectory.root = {str(course)!r}\nc.ExecutePreprocessor.timeout = 600\n"
+    )
     # the source is the solution with each task line just above its region, as `labs nbgrader-source` writes it
     nbformat.write(nbgrader_source(solution, chapter_of(Path(name))), str(course / "source" / ASSIGNMENT / name))
     for f in extra_files:
@@ -77,8 +97,9 @@ def round_trip(tmp_path: Path, name: str, solution, lab, extra_files=()) -> None
         assert g == w, f"{name} cell {i}: nbgrader's student version differs from the lab:\n{g}\n---\n{w}"
     assert sum("<exercise stub>" in src for _, src, _ in got) >= 1
     stubs = [src for _, src, _ in got if "<exercise stub>" in src]
-    assert all(re.search(r"# Exercise \d+\.\d+ — .+\n[ \t]*<exercise stub>", src) for src in stubs), \
+    assert all(re.search(r"# Exercise \d+\.\d+ — .+\n[ \t]*<exercise stub>", src) for src in stubs), (
         f"{name}: nbgrader's student version lost a task line: {stubs}"
+    )
 
     for student, nb in (("solution", solution), ("untouched-lab", lab)):
         folder = course / "submitted" / student / ASSIGNMENT
@@ -92,8 +113,10 @@ def round_trip(tmp_path: Path, name: str, solution, lab, extra_files=()) -> None
         full, zero = scores["solution"], scores["untouched-lab"]
         assert full.max_score > 0, f"{name}: no graded check cells"
         lost = [g.name for nb in full.notebooks for g in nb.grades if g.score != g.max_score]
-        assert full.score == full.max_score, (f"{name}: the solution scored {full.score}/{full.max_score}; lost "
-                                              f"{lost}:\n" + _errors(course / "autograded" / "solution" / ASSIGNMENT / name))
+        assert full.score == full.max_score, (
+            f"{name}: the solution scored {full.score}/{full.max_score}; lost "
+            f"{lost}:\n" + _errors(course / "autograded" / "solution" / ASSIGNMENT / name)
+        )
         assert zero.score == 0, f"{name}: the untouched lab scored {zero.score}/{zero.max_score} (checks must fail)"
 
 
@@ -110,8 +133,15 @@ def test_nbgrader_round_trip(tmp_path, name):
 def test_nbgrader_round_trip_on_a_scratch_lab(tmp_path):
     from test_progress import SCRATCH_CHECKS, _check, _exercise
 
-    sol = new_notebook(cells=[new_markdown_cell("# 97 · scratch"), _exercise("double", "x + x"), _check("double"),
-                              _exercise("square", "x * x"), _check("square")])
+    sol = new_notebook(
+        cells=[
+            new_markdown_cell("# 97 · scratch"),
+            _exercise("double", "x + x"),
+            _check("double"),
+            _exercise("square", "x * x"),
+            _check("square"),
+        ]
+    )
     sol.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     sync_notebook(sol, "solutions/97_scratch_lab.ipynb")
     checks = tmp_path / "scratch_checks.py"
@@ -122,8 +152,11 @@ def test_nbgrader_round_trip_on_a_scratch_lab(tmp_path):
 
 # --- the offline room: `make wheelhouse` and the guide's install command agree with requirements.txt -----------
 
+
 def test_wheelhouse_target_and_guide_agree_with_requirements():
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "wheelhouse"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "wheelhouse"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert dry.returncode == 0, dry.stderr
     cmd = shlex.split(dry.stdout.strip().splitlines()[-1])
     assert cmd[1:4] == ["-m", "pip", "download"], cmd
@@ -158,6 +191,7 @@ def test_wheelhouse_covers_every_pin_when_built():
 
 # --- the instructor guide covers every chapter that exists ------------------------------------------------------
 
+
 def test_instructor_guide_covers_every_chapter():
     from course_utils.labs import exercises
 
@@ -177,5 +211,7 @@ def test_instructor_guide_covers_every_chapter():
             for ex in exercises(nb, int(ch)):
                 if f"| {ex.number} " not in section.group(0):
                     missing.append(f"chapter {ch}: exercise {ex.number} is not in the guide's table")
-    assert not missing, ("docs/instructor_guide.md is behind the course; regenerate the chapter part with "
-                         "`python docs/site/guide_chapters.py --measure --write` (or `--write` after `make e2e`):\n" + "\n".join(missing))
+    assert not missing, (
+        "docs/instructor_guide.md is behind the course; regenerate the chapter part with "
+        "`python docs/site/guide_chapters.py --measure --write` (or `--write` after `make e2e`):\n" + "\n".join(missing)
+    )

@@ -1,5 +1,6 @@
 """Every notebook: same Colab header, badge pointing at itself, exercises with checks; labs and solutions without
 outputs, lessons with small stored outputs at most."""
+
 import re
 import subprocess
 import sys
@@ -58,8 +59,11 @@ def test_lessons_ship_small_outputs(path):
 
 
 def test_nbtools_sync_check_passes():
-    result = subprocess.run([sys.executable, "-m", "course_utils.nbtools", "sync", "--check", "--root", str(ROOT)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "course_utils.nbtools", "sync", "--check", "--root", str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -77,17 +81,22 @@ def test_each_exercise_is_followed_by_its_check(path):
     assert found, f"{path.name} has no exercises"
     starts = [e.cell_index for e in found] + [len(nb.cells)]
     for ex, nxt in zip(found, starts[1:]):
-        between = nb.cells[ex.cell_index + 1: nxt]
+        between = nb.cells[ex.cell_index + 1 : nxt]
         assert any(c.cell_type == "code" and re.search(r"\bcheck_\w+\(", c.source) for c in between), (
-            f"{path.name}: exercise {ex.number} has no check cell after it")
+            f"{path.name}: exercise {ex.number} has no check cell after it"
+        )
         assert ex.cell_index > 1 and nb.cells[ex.cell_index].metadata["nbgrader"]["solution"] is True
 
 
 def test_repository_url_is_written_in_exactly_one_source_file():
     hits = []
     for path in ROOT.rglob("*"):
-        if path.is_file() and path.suffix in {".py", ".md", ".txt", ".toml", ".cfg", ".yml", ".yaml"} \
-                and ".venv" not in path.parts and ".git" not in path.parts:
+        if (
+            path.is_file()
+            and path.suffix in {".py", ".md", ".txt", ".toml", ".cfg", ".yml", ".yaml"}
+            and ".venv" not in path.parts
+            and ".git" not in path.parts
+        ):
             if nbtools.REPO_URL in path.read_text(encoding="utf-8", errors="ignore"):
                 hits.append(path.relative_to(ROOT).as_posix())
     assert hits == ["course_utils/nbtools.py"], hits

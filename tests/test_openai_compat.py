@@ -2,6 +2,7 @@
 (sync and async), raw server-sent events, and langchain-openai's ``ChatOpenAI`` — on 127.0.0.1 only, every request
 loop bounded, every client with a timeout.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,23 +69,28 @@ def test_chat_completion_round_trip_and_envelope(url, backend):
 
 
 def test_content_parts_are_read_as_text(url):
-    parts = [{"role": "user", "content": [{"type": "text", "text": "Capital of "}, {"type": "text", "text": "Veltria?"}]}]
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "Capital of "}, {"type": "text", "text": "Veltria?"}]}
+    ]
     c = sync(url)
     a = c.chat.completions.create(model=MODEL, messages=parts, max_tokens=6, temperature=0)
-    b = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Capital of Veltria?"}],
-                                  max_tokens=6, temperature=0)
+    b = c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Capital of Veltria?"}], max_tokens=6, temperature=0
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
 def test_max_completion_tokens_wins_over_max_tokens(url):
-    r = sync(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, max_completion_tokens=3,
-                                          temperature=0, logit_bias={"65": 100})  # "A" forever: no early stop
+    r = sync(url).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=20, max_completion_tokens=3, temperature=0, logit_bias={"65": 100}
+    )  # "A" forever: no early stop
     assert r.usage.completion_tokens == 3 and r.choices[0].message.content == "AAA"
 
 
 def test_chat_stream_starts_with_the_role_and_joins_to_the_plain_answer(url, backend):
-    chunks = list(sync(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0,
-                                                    stream=True))
+    chunks = list(
+        sync(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0, stream=True)
+    )
     text, finish = chat_ref(backend, MESSAGES, 12)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
@@ -93,8 +99,9 @@ def test_chat_stream_starts_with_the_role_and_joins_to_the_plain_answer(url, bac
 
 
 def test_include_usage_adds_a_last_chunk_without_choices(url):
-    stream = sync(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0,
-                                               stream=True, stream_options={"include_usage": True})
+    stream = sync(url).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
     assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
@@ -102,10 +109,12 @@ def test_include_usage_adds_a_last_chunk_without_choices(url):
 
 
 def _raw_events(url, path, body) -> list[str]:
-    with httpx.Client(timeout=30) as h, h.stream("POST", url + path, json=body,
-                                                 headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with (
+        httpx.Client(timeout=30) as h,
+        h.stream("POST", url + path, json=body, headers={"Authorization": f"Bearer {KEY}"}) as r,
+    ):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        return [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        return [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
 
 
 def test_raw_sse_framing_usage_null_and_done_last(url):
@@ -132,22 +141,39 @@ def test_n_seeded_choices_are_distinct_and_reproducible(url):
 
 def test_stop_string_cuts_the_text_and_is_not_returned(url):
     c = sync(url)
-    full = c.completions.create(model=MODEL, prompt="The cat", max_tokens=24, temperature=0,
-                                logit_bias={"4": -100}).choices[0].text
+    full = (
+        c.completions.create(model=MODEL, prompt="The cat", max_tokens=24, temperature=0, logit_bias={"4": -100})
+        .choices[0]
+        .text
+    )
     assert len(full) >= 8
     stop = full[4:7]  # three characters: three tokens, so the stop string spans tokens
     cut = full[: full.index(stop)]
     for stream in (False, True):
-        r = c.completions.create(model=MODEL, prompt="The cat", max_tokens=24, temperature=0, stop=[stop, "zzzz"],
-                                 stream=stream, logit_bias={"4": -100})
+        r = c.completions.create(
+            model=MODEL,
+            prompt="The cat",
+            max_tokens=24,
+            temperature=0,
+            stop=[stop, "zzzz"],
+            stream=stream,
+            logit_bias={"4": -100},
+        )
         chunks = list(r) if stream else [r]
         assert "".join(ch.choices[0].text for ch in chunks) == cut
         assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_chat_logprobs_with_top_alternatives(url):
-    r = sync(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0,
-                                          logprobs=True, top_logprobs=3, logit_bias={"4": -100})
+    r = sync(url).chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        logit_bias={"4": -100},
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == 5 and "".join(t.token for t in content) == r.choices[0].message.content
     for t in content:
@@ -179,8 +205,9 @@ def test_completions_echo_list_prompts_and_token_ids(url, backend):
     assert ids.choices[0].text == hi.choices[0].text
     many = c.completions.create(model=MODEL, prompt=[[104, 105], [120]], max_tokens=2, temperature=0)
     assert len(many.choices) == 2
-    streamed = c.completions.create(model=MODEL, prompt=["ab", "xyz"], n=2, max_tokens=4, temperature=0, echo=True,
-                                    stream=True)
+    streamed = c.completions.create(
+        model=MODEL, prompt=["ab", "xyz"], n=2, max_tokens=4, temperature=0, echo=True, stream=True
+    )
     texts = ["", "", "", ""]
     for ch in streamed:
         texts[ch.choices[0].index] += ch.choices[0].text
@@ -194,23 +221,25 @@ def test_completion_logprobs_k_plain_and_streamed(url, backend):
     ref = backend.generate("abc", max_tokens=5)
     assert lp.token_logprobs == pytest.approx(ref.logprobs, abs=1e-4)
     assert all(len(t) == 2 for t in lp.top_logprobs) and lp.text_offset[0] == 0
-    chunks = list(c.completions.create(model=MODEL, prompt="abc", max_tokens=5, temperature=0, logprobs=2,
-                                       stream=True))
+    chunks = list(c.completions.create(model=MODEL, prompt="abc", max_tokens=5, temperature=0, logprobs=2, stream=True))
     streamed = [x for ch in chunks if ch.choices[0].logprobs for x in ch.choices[0].logprobs.token_logprobs]
     assert streamed == pytest.approx(ref.logprobs, abs=1e-4)
 
 
 # ---------------------------------------------------------------- errors and models
-@pytest.mark.parametrize("kw,param", [
-    (dict(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
-    (dict(messages=[]), "messages"),
-    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages"),
-    (dict(messages=MESSAGES, temperature=5), "temperature"),
-    (dict(messages=MESSAGES, n=0), "n"),
-    (dict(messages=MESSAGES, top_logprobs=21, logprobs=True), "top_logprobs"),
-    (dict(messages=MESSAGES, stop=["a", "b", "c", "d", "e"]), "stop"),
-    (dict(messages=MESSAGES, max_completion_tokens=10_000), "max_completion_tokens"),
-])
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        (dict(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
+        (dict(messages=[]), "messages"),
+        (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages"),
+        (dict(messages=MESSAGES, temperature=5), "temperature"),
+        (dict(messages=MESSAGES, n=0), "n"),
+        (dict(messages=MESSAGES, top_logprobs=21, logprobs=True), "top_logprobs"),
+        (dict(messages=MESSAGES, stop=["a", "b", "c", "d", "e"]), "stop"),
+        (dict(messages=MESSAGES, max_completion_tokens=10_000), "max_completion_tokens"),
+    ],
+)
 def test_invalid_parameters_are_bad_request_errors_naming_the_field(url, kw, param):
     with pytest.raises(openai.BadRequestError) as info:
         sync(url).chat.completions.create(model=MODEL, **kw)
@@ -233,12 +262,23 @@ def test_async_client_chat_and_completions_streamed_and_not(url, backend):
     async def main():
         c = openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, timeout=30.0, max_retries=0)
         plain = await c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0)
-        parts = [ch.choices[0].delta.content or "" async for ch in await c.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0, stream=True)]
-        many = await asyncio.gather(*(c.completions.create(model=MODEL, prompt=f"p{i}", max_tokens=3, temperature=0)
-                                      for i in range(4)))
-        text = "".join([ch.choices[0].text async for ch in await c.completions.create(
-            model=MODEL, prompt="p0", max_tokens=3, temperature=0, stream=True)])
+        parts = [
+            ch.choices[0].delta.content or ""
+            async for ch in await c.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0, stream=True
+            )
+        ]
+        many = await asyncio.gather(
+            *(c.completions.create(model=MODEL, prompt=f"p{i}", max_tokens=3, temperature=0) for i in range(4))
+        )
+        text = "".join(
+            [
+                ch.choices[0].text
+                async for ch in await c.completions.create(
+                    model=MODEL, prompt="p0", max_tokens=3, temperature=0, stream=True
+                )
+            ]
+        )
         await c.close()
         return plain, "".join(parts), many, text
 
@@ -272,8 +312,9 @@ def test_embeddings_serve_chapter_6s_model(backend):
 # ---------------------------------------------------------------- a third-party client
 def test_langchain_chat_openai_invoke_and_stream(url, backend):
     langchain_openai = pytest.importorskip("langchain_openai", reason="pip install -r requirements-test.txt")
-    llm = langchain_openai.ChatOpenAI(model=MODEL, base_url=url + "/v1", api_key=KEY, temperature=0, max_tokens=6,
-                                      timeout=30, max_retries=0)
+    llm = langchain_openai.ChatOpenAI(
+        model=MODEL, base_url=url + "/v1", api_key=KEY, temperature=0, max_tokens=6, timeout=30, max_retries=0
+    )
     msgs = [("system", MESSAGES[0]["content"]), ("human", MESSAGES[1]["content"])]
     expected = chat_ref(backend, MESSAGES, 6)[0]
     assert llm.invoke(msgs).content == expected
@@ -289,11 +330,18 @@ def test_course_chat_answers_held_out_questions_through_chat_completions():
     convs = chat_examples(40, split="eval")
     with start_server(app) as base:
         c = sync(base)
-        answers = [c.chat.completions.create(model="course-chat", messages=m, temperature=0, max_tokens=24)
-                   for m, _ in convs]
+        answers = [
+            c.chat.completions.create(model="course-chat", messages=m, temperature=0, max_tokens=24) for m, _ in convs
+        ]
         lc = pytest.importorskip("langchain_openai").ChatOpenAI(
-            model="course-chat", base_url=base + "/v1", api_key=KEY, temperature=0, max_tokens=24, timeout=60,
-            max_retries=0)
+            model="course-chat",
+            base_url=base + "/v1",
+            api_key=KEY,
+            temperature=0,
+            max_tokens=24,
+            timeout=60,
+            max_retries=0,
+        )
         via_langchain = lc.invoke([("system", convs[0][0][0]["content"]), ("human", convs[0][0][1]["content"])])
     right = sum(a.choices[0].message.content == want for a, (_, want) in zip(answers, convs))
     low, high = wilson_interval(right, len(convs))  # 95% interval: 40 questions are a small sample

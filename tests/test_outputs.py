@@ -1,5 +1,6 @@
 """course_utils.outputs: stored lesson outputs are compared with a tolerance for floats only, run-dependent cells
 are tagged by rule, stored figures are compressed, and strict nbval with the plugin fails on a stale output."""
+
 import base64
 import io
 import os
@@ -42,7 +43,9 @@ def test_run_dependent_rules_tag_timings_and_widgets_only():
 
 
 def test_tag_notebook_adds_the_tag_once_and_leaves_other_cells_alone():
-    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("t=time.perf_counter()\nprint(time.perf_counter() - t)")])
+    nb = new_notebook(
+        cells=[new_code_cell("x = 1"), new_code_cell("t=time.perf_counter()\nprint(time.perf_counter() - t)")]
+    )
     nb.cells[1].metadata["tags"] = ["keep-me"]
     assert outputs.tag_notebook(nb) == [1]
     assert nb.cells[1].metadata["tags"] == ["keep-me", outputs.IGNORE_TAG]
@@ -54,7 +57,9 @@ def test_tag_notebook_adds_the_tag_once_and_leaves_other_cells_alone():
 def test_every_lesson_cell_that_prints_timings_is_tagged():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        assert outputs.tag_notebook(nb, name=path.name) == [], f"{path.name}: run `python -m course_utils.outputs tag {path}`"
+        assert outputs.tag_notebook(nb, name=path.name) == [], (
+            f"{path.name}: run `python -m course_utils.outputs tag {path}`"
+        )
     for name, pieces in outputs.TRAINED_SAMPLES.items():  # each listed piece still names a cell
         sources = [c.source for c in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells]
         assert all(any(p in s for s in sources) for p in pieces), name
@@ -62,8 +67,10 @@ def test_every_lesson_cell_that_prints_timings_is_tagged():
 
 def _png(size=(300, 200)) -> str:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(size[0] / 100, size[1] / 100), dpi=100)
     ax.plot(range(50), [i * i for i in range(50)])
     buf = io.BytesIO()
@@ -75,14 +82,17 @@ def _png(size=(300, 200)) -> str:
 def test_compress_outputs_shrinks_figures_and_drops_widgets():
     png = _png()
     cell = new_code_cell("plot()")
-    cell.outputs = [new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
-                    new_output("display_data", data={outputs.WIDGET_VIEW: {"model_id": "abc"}, "text/plain": "HBox"}),
-                    new_output("stream", name="stdout", text="done\n")]
+    cell.outputs = [
+        new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
+        new_output("display_data", data={outputs.WIDGET_VIEW: {"model_id": "abc"}, "text/plain": "HBox"}),
+        new_output("stream", name="stdout", text="done\n"),
+    ]
     nb = new_notebook(cells=[cell], metadata={"widgets": {"state": {}}})
     outputs.compress_outputs(nb)
     assert "widgets" not in nb.metadata and len(cell.outputs) == 2
     assert len(cell.outputs[0].data["image/png"]) < len(png) and cell.execution_count == 1
     from PIL import Image
+
     img = Image.open(io.BytesIO(base64.b64decode(cell.outputs[0].data["image/png"])))
     assert img.size == (300, 200)
 
@@ -96,14 +106,33 @@ def test_store_outputs_rejects_a_missing_notebook(tmp_path):
 def test_strict_nbval_with_the_plugin_passes_on_noise_and_fails_on_a_stale_output(tmp_path):
     src = 'import random\nprint(f"loss {2.3456 + random.random() * 1e-4:.4f}")\nprint("tokens", [44, 13025])'
     path = tmp_path / "nb.ipynb"
-    nbformat.write(new_notebook(cells=[new_code_cell(src)],
-                                metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                         "language": "python"}}), path)
+    nbformat.write(
+        new_notebook(
+            cells=[new_code_cell(src)],
+            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        ),
+        path,
+    )
     env = dict(os.environ, MPLBACKEND="Agg")
     outputs.store_outputs(path)
-    args = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--nbval",
-            "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), "-p", "course_utils.outputs",
-            "--rootdir", str(tmp_path), str(path)]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-n",
+        "0",
+        "-p",
+        "no:cacheprovider",
+        "--nbval",
+        "--nbval-sanitize-with",
+        str(ROOT / "tests" / "nbval_sanitize.cfg"),
+        "-p",
+        "course_utils.outputs",
+        "--rootdir",
+        str(tmp_path),
+        str(path),
+    ]
     ok = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout[-2000:]
     nb = nbformat.read(path, as_version=4)

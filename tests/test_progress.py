@@ -1,4 +1,5 @@
 """``python -m course_utils.progress``: runs a temporary copy of each lab and reports every check's status."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ from course_utils.nbtools import sync_notebook
 from course_utils.progress import format_table, progress
 
 # Checks for the scratch lab live next to it; the lab runs with labs/ as its working folder, like the learner's.
-SCRATCH_CHECKS = '''
+SCRATCH_CHECKS = """
 from course_utils.checks._core import call, compare, passed
 
 def check_double(fn):
@@ -29,7 +30,7 @@ def check_square(fn):
 def check_negate(fn):
     compare("check_negate", call("check_negate", fn, 3), -3, inputs={"x": 3}, hint="-x")
     passed("check_negate", 1)
-'''
+"""
 
 
 def _exercise(name, answer):
@@ -42,13 +43,21 @@ def _check(name):
 
 def make_course(root: Path) -> Path:
     """A course folder with labs/97_scratch_lab.ipynb: exercise 1 solved, 2 untouched, 3 answered wrongly."""
-    sol = new_notebook(cells=[new_markdown_cell("# 97 · scratch"), _exercise("double", "x + x"), _check("double"),
-                              _exercise("square", "x * x"), _check("square"), _exercise("negate", "-x"),
-                              _check("negate")])
+    sol = new_notebook(
+        cells=[
+            new_markdown_cell("# 97 · scratch"),
+            _exercise("double", "x + x"),
+            _check("double"),
+            _exercise("square", "x * x"),
+            _check("square"),
+            _exercise("negate", "-x"),
+            _check("negate"),
+        ]
+    )
     sync_notebook(sol, "solutions/97_scratch_lab.ipynb")
     lab = make_lab(sol, 97)
-    lab.cells[3].source = sol.cells[3].source                      # the learner solved 97.1
-    lab.cells[7].source = sol.cells[7].source.replace("-x", "x")   # and got 97.3 wrong
+    lab.cells[3].source = sol.cells[3].source  # the learner solved 97.1
+    lab.cells[7].source = sol.cells[7].source.replace("-x", "x")  # and got 97.3 wrong
     (root / "labs").mkdir(parents=True)
     (root / "labs" / "scratch_checks.py").write_text(SCRATCH_CHECKS)
     path = root / "labs" / "97_scratch_lab.ipynb"
@@ -68,8 +77,11 @@ def test_progress_reports_each_check_and_leaves_the_lab_untouched(tmp_path):
     [report] = progress(tmp_path)
     assert _snapshot(tmp_path / "labs") == before, "the learner's files must not change (bytes or mtimes)"
     got = [(r.exercise, r.check, r.status) for r in report.results]
-    assert got == [("97.1", "check_double", "passed"), ("97.2", "check_square", "not started"),
-                   ("97.3", "check_negate", "failed")], got
+    assert got == [
+        ("97.1", "check_double", "passed"),
+        ("97.2", "check_square", "not started"),
+        ("97.3", "check_negate", "failed"),
+    ], got
     assert "expected -3, got 3" in report.results[2].detail
     table = format_table([report])
     assert "✅ passed" in table and "⏳ not started" in table and "❌ failed" in table
@@ -82,8 +94,12 @@ def test_cli_chapter_filter_and_a_lab_that_does_not_parse(tmp_path):
     broken = tmp_path / "labs" / "98_broken_lab.ipynb"
     broken.write_text('{"cells": [ {"cell_type": "code", "source": "x = ')  # a truncated save
     before = _snapshot(tmp_path / "labs")
-    run = subprocess.run([sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path), "--chapter", "98"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path), "--chapter", "98"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "labs/98_broken_lab.ipynb" in run.stdout and "not a valid notebook" in run.stdout, run.stdout
     assert "git checkout labs/98_broken_lab.ipynb" in run.stdout
@@ -91,8 +107,12 @@ def test_cli_chapter_filter_and_a_lab_that_does_not_parse(tmp_path):
     assert "`python -m course_utils.labs build --only 98 --force`" in run.stdout and "labs/.backup/" in run.stdout
     assert run.stdout.count("labs/98_broken_lab.ipynb") == 2, "the heading, and once inside the git command"
     assert "97_scratch" not in run.stdout, "--chapter 98 must not run chapter 97"
-    run = subprocess.run([sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path), "--chapter", "5"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path), "--chapter", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "no chapter 5's lab" in run.stderr, run.stderr
     assert _snapshot(tmp_path / "labs") == before
 
@@ -103,8 +123,10 @@ def test_bad_chapter_argument():
 
 
 # ---- what the learner sees (issue #18) -----------------------------------------------------------------------
-LONG_HINT = ("negation flips the sign of every input, so a positive number becomes negative and a negative one "
-             "positive; zero stays zero, and the function must not print or round anything on the way")
+LONG_HINT = (
+    "negation flips the sign of every input, so a positive number becomes negative and a negative one "
+    "positive; zero stays zero, and the function must not print or round anything on the way"
+)
 
 
 @pytest.mark.slow
@@ -115,8 +137,12 @@ def test_cli_names_a_syntax_error_shows_whole_messages_and_hides_kernel_noise(tm
     nb = nbformat.read(str(lab), 4)
     nb.cells[5].source = "def square(x):\n    y = (x\n    return x * x"  # 97.2: an unclosed parenthesis
     nbformat.write(nb, str(lab))
-    run = subprocess.run([sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "course_utils.progress", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = run.stdout
     assert run.returncode == 0, out + run.stderr
     assert run.stderr == "", f"kernel warnings reached the learner's screen: {run.stderr!r}"
@@ -132,8 +158,10 @@ def test_failures_are_shown_whole_below_the_table_and_the_path_once():
     from course_utils.progress import CheckResult, LabReport
 
     detail = "check_negate: result: expected -3, got 3\n  input: x=3\n  hint: " + LONG_HINT
-    report = LabReport("labs/97_scratch_lab.ipynb", [CheckResult("97.1", "check_double", "passed"),
-                                                     CheckResult("97.3", "check_negate", "failed", detail)])
+    report = LabReport(
+        "labs/97_scratch_lab.ipynb",
+        [CheckResult("97.1", "check_double", "passed"), CheckResult("97.3", "check_negate", "failed", detail)],
+    )
     table = format_table([report])
     assert table.count("labs/97_scratch_lab.ipynb") == 1, table
     assert "| 97.3 | `check_negate` | ❌ failed (details below) |" in table
@@ -164,26 +192,56 @@ def test_bad_chapter_flag_is_an_argparse_error(capsys, value):
     assert exc.value.code == 2 and "--chapter" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("ename, evalue, expected", [
-    ("IndentationError", "unexpected indent (3609324318.py, line 2)",
-     "IndentationError in this cell, line 2: unexpected indent\n    return x"),
-    ("SyntaxError", "invalid syntax (3609324318.py, line 1)", "SyntaxError in this cell, line 1: invalid syntax\n"
-                                                               "    def f(x)"),
-])
+@pytest.mark.parametrize(
+    "ename, evalue, expected",
+    [
+        (
+            "IndentationError",
+            "unexpected indent (3609324318.py, line 2)",
+            "IndentationError in this cell, line 2: unexpected indent\n    return x",
+        ),
+        (
+            "SyntaxError",
+            "invalid syntax (3609324318.py, line 1)",
+            "SyntaxError in this cell, line 1: invalid syntax\n    def f(x)",
+        ),
+    ],
+)
 def test_a_syntax_error_is_named_with_its_line(ename, evalue, expected):
     from course_utils.progress import _status
 
-    cell = new_code_cell("def f(x)\n        return x", execution_count=3,
-                         outputs=[nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])])
+    cell = new_code_cell(
+        "def f(x)\n        return x",
+        execution_count=3,
+        outputs=[nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])],
+    )
     assert _status(cell) == ("failed", expected)
 
 
 def test_a_failed_check_keeps_the_where_line_of_its_box():
     from course_utils.progress import _status
 
-    box = ["\x1b[31m❌ check_x: your function raised ZeroDivisionError\x1b[0m", "  where: line 2, in f: return 1 / x",
-           "  input: x=0", "  hint: guard against zero", "─" * 40]
-    cell = new_code_cell("check_x(f)", execution_count=4, outputs=[nbformat.v4.new_output(
-        "error", ename="CheckFailed", evalue="check_x: your function raised ZeroDivisionError\n  input: x=0", traceback=box)])
-    assert _status(cell) == ("failed", "check_x: your function raised ZeroDivisionError\n"
-                                       "  where: line 2, in f: return 1 / x\n  input: x=0\n  hint: guard against zero")
+    box = [
+        "\x1b[31m❌ check_x: your function raised ZeroDivisionError\x1b[0m",
+        "  where: line 2, in f: return 1 / x",
+        "  input: x=0",
+        "  hint: guard against zero",
+        "─" * 40,
+    ]
+    cell = new_code_cell(
+        "check_x(f)",
+        execution_count=4,
+        outputs=[
+            nbformat.v4.new_output(
+                "error",
+                ename="CheckFailed",
+                evalue="check_x: your function raised ZeroDivisionError\n  input: x=0",
+                traceback=box,
+            )
+        ],
+    )
+    assert _status(cell) == (
+        "failed",
+        "check_x: your function raised ZeroDivisionError\n"
+        "  where: line 2, in f: return 1 / x\n  input: x=0\n  hint: guard against zero",
+    )

@@ -1,12 +1,12 @@
 """course_utils.quantize: absmax int8/int4 quantization, int4 packing, QuantLinear, quantize_model."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 
-from course_utils.quantize import (QuantLinear, model_nbytes, pack_int4, quantize_model, quantize_tensor,
-                                   unpack_int4)
+from course_utils.quantize import QuantLinear, model_nbytes, pack_int4, quantize_model, quantize_tensor, unpack_int4
 
 
 @pytest.fixture
@@ -65,10 +65,15 @@ def test_zero_rows_and_other_dtypes_quantize_cleanly():
         assert torch.equal(qt.dequantize()[0], torch.zeros(8))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(bits=3), "bits"), (dict(bits=16), "bits"),
-    (dict(bits=4, group_size=48), "divisible by group_size"), (dict(bits=8, group_size=0), "group_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(bits=3), "bits"),
+        (dict(bits=16), "bits"),
+        (dict(bits=4, group_size=48), "divisible by group_size"),
+        (dict(bits=8, group_size=0), "group_size"),
+    ],
+)
 def test_bad_arguments(w, kwargs, match):
     with pytest.raises(ValueError, match=match):
         quantize_tensor(w, **kwargs)

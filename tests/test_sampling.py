@@ -1,4 +1,5 @@
 """course_utils.sampling: OpenAI's sampling parameters, penalties, bias and log-probabilities."""
+
 from __future__ import annotations
 
 import math
@@ -73,16 +74,30 @@ def test_top_p_keeps_only_the_nucleus():
     assert {sample_token(logits, [], SamplingParams(top_p=0.5), g).token_id for _ in range(50)} == {0}
 
 
-@pytest.mark.parametrize("kw, field", [
-    (dict(max_tokens=0), "max_tokens"), (dict(max_tokens=2.5), "max_tokens"),
-    (dict(temperature=-0.1), "temperature"), (dict(temperature=2.5), "temperature"),
-    (dict(temperature="hot"), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(seed=-1), "seed"), (dict(seed=True), "seed"), (dict(presence_penalty=3), "presence_penalty"),
-    (dict(frequency_penalty=-2.5), "frequency_penalty"), (dict(logit_bias=[1]), "logit_bias"),
-    (dict(logit_bias={"x": 1}), "logit_bias"), (dict(logit_bias={1: 101}), "logit_bias"),
-    (dict(logprobs=21), "logprobs"), (dict(logprobs=-1), "logprobs"), (dict(stop_token_ids=[-3]), "stop_token_ids"),
-    (dict(stop_token_ids="ab"), "stop_token_ids"), (dict(temperature=math.nan), "temperature"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(max_tokens=2.5), "max_tokens"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=2.5), "temperature"),
+        (dict(temperature="hot"), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=True), "seed"),
+        (dict(presence_penalty=3), "presence_penalty"),
+        (dict(frequency_penalty=-2.5), "frequency_penalty"),
+        (dict(logit_bias=[1]), "logit_bias"),
+        (dict(logit_bias={"x": 1}), "logit_bias"),
+        (dict(logit_bias={1: 101}), "logit_bias"),
+        (dict(logprobs=21), "logprobs"),
+        (dict(logprobs=-1), "logprobs"),
+        (dict(stop_token_ids=[-3]), "stop_token_ids"),
+        (dict(stop_token_ids="ab"), "stop_token_ids"),
+        (dict(temperature=math.nan), "temperature"),
+    ],
+)
 def test_params_are_validated_naming_the_field(kw, field):
     with pytest.raises((ValueError, TypeError), match=field):
         SamplingParams(**kw)
@@ -102,9 +117,13 @@ def test_batched_sampling_equals_row_by_row():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(5, 40, generator=g)
     logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: the first id wins in both paths
-    params = [SamplingParams(temperature=0), SamplingParams(temperature=0, logprobs=3),
-              SamplingParams(temperature=0.8, seed=1), SamplingParams(temperature=0, presence_penalty=1.0),
-              SamplingParams(temperature=0)]
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0, logprobs=3),
+        SamplingParams(temperature=0.8, seed=1),
+        SamplingParams(temperature=0, presence_penalty=1.0),
+        SamplingParams(temperature=0),
+    ]
     generated = [[1], [2, 2], [], [int(logits[3].argmax())], []]
     batch = sample_tokens(logits, generated, params, [torch.Generator().manual_seed(5) for _ in params])
     one = [sample_token(logits[i], generated[i], params[i], torch.Generator().manual_seed(5)) for i in range(5)]

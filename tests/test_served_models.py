@@ -1,4 +1,5 @@
 """course_utils.served_models: the trained models the server serves, the chat data, held-out chat accuracy."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,16 @@ from course_utils.batching import Engine
 from course_utils.chat import END_OF_TURN, END_OF_TURN_ID, GENERATION_PROMPT, render_chat
 from course_utils.finetune import _batch, encode
 from course_utils.sampling import SamplingParams
-from course_utils.served_models import (CAPITAL, SERVED_MODELS, chat_examples, load_chat_model, load_served_model,
-                                        mixed_workload, training_pairs, wilson_interval)
+from course_utils.served_models import (
+    CAPITAL,
+    SERVED_MODELS,
+    chat_examples,
+    load_chat_model,
+    load_served_model,
+    mixed_workload,
+    training_pairs,
+    wilson_interval,
+)
 from course_utils.world import ATTRIBUTES
 
 
@@ -91,8 +100,10 @@ def test_course_chat_answers_held_out_questions_and_the_base_model_does_not():
 
 def test_capital_question_through_the_template():
     chat, _ = load_chat_model()
-    conv = [{"role": "system", "content": "Facts: The capital of Veltria is Dravik."},
-            {"role": "user", "content": "What is the capital of Veltria?"}]
+    conv = [
+        {"role": "system", "content": "Facts: The capital of Veltria is Dravik."},
+        {"role": "user", "content": "What is the capital of Veltria?"},
+    ]
     assert answers(chat, [(conv, "Dravik")])[0].token_ids == encode("Dravik")
 
 

@@ -3,6 +3,7 @@
 Every server runs inside ``start_server``'s ``with`` block, so it is shut down even when an assertion fails;
 every request loop is bounded in count, and every HTTP client has a timeout.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,18 @@ import torch
 
 from course_utils.gateway import ExactCache, RetryableError, retry_call
 from course_utils.model import GPT, GPTConfig
-from course_utils.serving import (Batcher, ByteTokenizer, EchoBackend, FaultError, FaultInjector, GenRequest,
-                                  GPTBackend, RateLimit, create_app, start_server)
+from course_utils.serving import (
+    Batcher,
+    ByteTokenizer,
+    EchoBackend,
+    FaultError,
+    FaultInjector,
+    GenRequest,
+    GPTBackend,
+    RateLimit,
+    create_app,
+    start_server,
+)
 
 KEY, OTHER_KEY = "sk-course-alice-0001", "sk-course-bob-00002"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -51,8 +62,9 @@ def backend():
 
 @pytest.fixture(scope="module")
 def server(backend):
-    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, max_body_bytes=4096,
-                     max_tokens_limit=48)
+    app = create_app(
+        {"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, max_body_bytes=4096, max_tokens_limit=48
+    )
     with start_server(app) as url:
         yield url, app
 
@@ -74,7 +86,7 @@ def test_batched_generation_equals_unbatched_with_greedy_decoding(backend):
 
 def test_backend_matches_the_models_own_generate(backend):
     ids = backend.tokenizer.encode("The cat")
-    ref = backend.model.generate(torch.tensor([ids]), 8, temperature=0.0)[0, len(ids):].tolist()
+    ref = backend.model.generate(torch.tensor([ids]), 8, temperature=0.0)[0, len(ids) :].tolist()
     assert backend.generate(ids, max_tokens=8, temperature=0.0).token_ids == ref
 
 
@@ -128,8 +140,9 @@ def test_openai_client_round_trip_plain_and_streaming(server, backend):
     assert r.object == "text_completion" and r.model == "tiny-gpt"
     assert r.choices[0].text == expected and r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == len("Hello, server") and r.usage.completion_tokens == 12
-    chunks = list(c.completions.create(model="tiny-gpt", prompt="Hello, server", max_tokens=12, temperature=0,
-                                       stream=True))
+    chunks = list(
+        c.completions.create(model="tiny-gpt", prompt="Hello, server", max_tokens=12, temperature=0, stream=True)
+    )
     assert len(chunks) >= 2
     assert "".join(ch.choices[0].text for ch in chunks) == expected
     assert chunks[-1].choices[0].finish_reason == "length"
@@ -198,30 +211,33 @@ def test_missing_or_wrong_key_is_401(server):
         client(url, key="sk-wrong-key-123", max_retries=0).completions.create(model="tiny-gpt", prompt="x")
 
 
-@pytest.mark.parametrize("payload,status,param", [
-    ({"model": "gpt-17", "prompt": "x"}, 404, "model"),
-    ({"prompt": "x"}, 400, "model"),
-    ({"model": "tiny-gpt", "prompt": ""}, 400, "prompt"),
-    ({"model": "tiny-gpt", "prompt": 12}, 400, "prompt"),
-    ({"model": "tiny-gpt", "prompt": [1, 999]}, 400, "prompt"),  # a token id outside the vocabulary
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 49}, 400, "max_tokens"),  # above the server's limit
-    ({"model": "tiny-gpt", "prompt": "x" * 60, "max_tokens": 40}, 400, "max_tokens"),  # beyond the context
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
-    ({"model": "tiny-gpt", "prompt": "x", "max_tokens": True}, 400, "max_tokens"),
-    ({"model": "tiny-gpt", "prompt": "x", "temperature": "hot"}, 400, "temperature"),
-    ({"model": "tiny-gpt", "prompt": "x", "temperature": 3}, 400, "temperature"),
-    ({"model": "tiny-gpt", "prompt": "x", "seed": -1}, 400, "seed"),
-    ({"model": "tiny-gpt", "prompt": "x", "stream": "yes"}, 400, "stream"),
-    ({"model": "tiny-gpt", "prompt": "x", "n": 0}, 400, "n"),
-    ({"model": "tiny-gpt", "prompt": "x", "n": 99}, 400, "n"),
-    ({"model": "tiny-gpt", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ({"model": "tiny-gpt", "prompt": "x", "logprobs": 21}, 400, "logprobs"),
-    ({"model": "tiny-gpt", "prompt": "x", "logit_bias": {"x": 1}}, 400, "logit_bias"),
-    ({"model": "tiny-gpt", "prompt": "x", "logit_bias": {"256": 1}}, 400, "logit_bias"),  # outside the vocabulary
-    ({"model": "tiny-gpt", "prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
-    ({"model": "tiny-gpt", "prompt": "x" * 200}, 400, "prompt"),
-])
+@pytest.mark.parametrize(
+    "payload,status,param",
+    [
+        ({"model": "gpt-17", "prompt": "x"}, 404, "model"),
+        ({"prompt": "x"}, 400, "model"),
+        ({"model": "tiny-gpt", "prompt": ""}, 400, "prompt"),
+        ({"model": "tiny-gpt", "prompt": 12}, 400, "prompt"),
+        ({"model": "tiny-gpt", "prompt": [1, 999]}, 400, "prompt"),  # a token id outside the vocabulary
+        ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "tiny-gpt", "prompt": "x", "max_tokens": 49}, 400, "max_tokens"),  # above the server's limit
+        ({"model": "tiny-gpt", "prompt": "x" * 60, "max_tokens": 40}, 400, "max_tokens"),  # beyond the context
+        ({"model": "tiny-gpt", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+        ({"model": "tiny-gpt", "prompt": "x", "max_tokens": True}, 400, "max_tokens"),
+        ({"model": "tiny-gpt", "prompt": "x", "temperature": "hot"}, 400, "temperature"),
+        ({"model": "tiny-gpt", "prompt": "x", "temperature": 3}, 400, "temperature"),
+        ({"model": "tiny-gpt", "prompt": "x", "seed": -1}, 400, "seed"),
+        ({"model": "tiny-gpt", "prompt": "x", "stream": "yes"}, 400, "stream"),
+        ({"model": "tiny-gpt", "prompt": "x", "n": 0}, 400, "n"),
+        ({"model": "tiny-gpt", "prompt": "x", "n": 99}, 400, "n"),
+        ({"model": "tiny-gpt", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"model": "tiny-gpt", "prompt": "x", "logprobs": 21}, 400, "logprobs"),
+        ({"model": "tiny-gpt", "prompt": "x", "logit_bias": {"x": 1}}, 400, "logit_bias"),
+        ({"model": "tiny-gpt", "prompt": "x", "logit_bias": {"256": 1}}, 400, "logit_bias"),  # outside the vocabulary
+        ({"model": "tiny-gpt", "prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
+        ({"model": "tiny-gpt", "prompt": "x" * 200}, 400, "prompt"),
+    ],
+)
 def test_bad_fields_get_named_4xx_errors(server, payload, status, param):
     url, _ = server
     with httpx.Client(timeout=10) as h:
@@ -242,21 +258,74 @@ def test_bad_bodies_get_4xx(server):
         _error(h.delete(url + "/v1/completions", headers=HEADERS), 405)
 
 
-FUZZ_VALUES = [None, True, -1, 0, 2, 10**30, 1.5e308, "", "x", "tiny-gpt", [], {}, ["a", "b"], [1], [[1, 2]], "\u0000",
-               "é" * 30, float("inf"), {"include_usage": True}, {"1": 5}, [{"role": "user", "content": "hi"}],
-               [{"role": "tool", "content": "x"}], [{"role": "user"}], [{"content": "hi"}]]
+FUZZ_VALUES = [
+    None,
+    True,
+    -1,
+    0,
+    2,
+    10**30,
+    1.5e308,
+    "",
+    "x",
+    "tiny-gpt",
+    [],
+    {},
+    ["a", "b"],
+    [1],
+    [[1, 2]],
+    "\u0000",
+    "é" * 30,
+    float("inf"),
+    {"include_usage": True},
+    {"1": 5},
+    [{"role": "user", "content": "hi"}],
+    [{"role": "tool", "content": "x"}],
+    [{"role": "user"}],
+    [{"content": "hi"}],
+]
 FUZZ_FIELDS = {
-    "/v1/completions": ["model", "prompt", "max_tokens", "temperature", "seed", "stream", "top_p", "n", "logprobs",
-                        "stop", "echo", "logit_bias", "presence_penalty", "stream_options"],
-    "/v1/chat/completions": ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "seed",
-                             "stream", "top_p", "n", "logprobs", "top_logprobs", "stop", "frequency_penalty",
-                             "logit_bias", "stream_options", "user"],
+    "/v1/completions": [
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "seed",
+        "stream",
+        "top_p",
+        "n",
+        "logprobs",
+        "stop",
+        "echo",
+        "logit_bias",
+        "presence_penalty",
+        "stream_options",
+    ],
+    "/v1/chat/completions": [
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "seed",
+        "stream",
+        "top_p",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "stop",
+        "frequency_penalty",
+        "logit_bias",
+        "stream_options",
+        "user",
+    ],
     "/v1/embeddings": ["model", "input", "encoding_format"],
 }
-FUZZ_BASE = {"/v1/completions": {"model": "tiny-gpt", "prompt": "hi", "max_tokens": 2},
-             "/v1/chat/completions": {"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}],
-                                      "max_tokens": 2},
-             "/v1/embeddings": {"model": "no-such-embedder", "input": "hi"}}
+FUZZ_BASE = {
+    "/v1/completions": {"model": "tiny-gpt", "prompt": "hi", "max_tokens": 2},
+    "/v1/chat/completions": {"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    "/v1/embeddings": {"model": "no-such-embedder", "input": "hi"},
+}
 
 
 def test_bounded_fuzz_leaves_the_server_healthy(server):
@@ -267,7 +336,7 @@ def test_bounded_fuzz_leaves_the_server_healthy(server):
     statuses = {}
     deadline = time.monotonic() + 240
     with httpx.Client(timeout=20) as h:
-        for i in range(900):
+        for _ in range(900):
             assert time.monotonic() < deadline, "fuzz loop took too long"
             path = rng.choice(sorted(FUZZ_FIELDS))
             kind = rng.random()
@@ -285,16 +354,25 @@ def test_bounded_fuzz_leaves_the_server_healthy(server):
             assert r.status_code < 500, (path, r.status_code, content[:100], r.text[:200])
             if r.status_code >= 400:
                 assert "error" in r.json() and "Traceback" not in r.text
-        for i in range(20):  # clients that hang up mid-upload, and streams abandoned after one event
-            head = (f"POST {rng.choice(sorted(FUZZ_FIELDS))} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n").encode()
+        for _ in range(20):  # clients that hang up mid-upload, and streams abandoned after one event
+            head = (
+                f"POST {rng.choice(sorted(FUZZ_FIELDS))} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+            ).encode()
             _raw(url, head + json.dumps(FUZZ_BASE["/v1/completions"]).encode()[: rng.randrange(1, 40)], False)
-            with h.stream("POST", url + "/v1/chat/completions", headers=HEADERS,
-                          json={**FUZZ_BASE["/v1/chat/completions"], "max_tokens": 40, "stream": True}) as r:
+            with h.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                headers=HEADERS,
+                json={**FUZZ_BASE["/v1/chat/completions"], "max_tokens": 40, "stream": True},
+            ) as r:
                 next(r.iter_lines())
         assert h.get(url + "/health").json()["status"] == "ok"
-        ok = h.post(url + "/v1/completions", headers=HEADERS,
-                    json={"model": "tiny-gpt", "prompt": "still alive?", "max_tokens": 3, "temperature": 0})
+        ok = h.post(
+            url + "/v1/completions",
+            headers=HEADERS,
+            json={"model": "tiny-gpt", "prompt": "still alive?", "max_tokens": 3, "temperature": 0},
+        )
         assert ok.status_code == 200 and len(ok.json()["choices"][0]["text"]) > 0
     assert {200, 400, 404} <= set(statuses) and 422 not in statuses, statuses  # OpenAI's 400, never FastAPI's 422
 
@@ -303,7 +381,9 @@ def test_request_log_is_json_and_never_contains_the_key(server, caplog):
     url, app = server
     caplog.set_level("INFO", logger="course_utils.serving.requests")
     with httpx.Client(timeout=10) as h:
-        h.post(url + "/v1/completions", headers=HEADERS, json={"model": "tiny-gpt", "prompt": "log me", "max_tokens": 2})
+        h.post(
+            url + "/v1/completions", headers=HEADERS, json={"model": "tiny-gpt", "prompt": "log me", "max_tokens": 2}
+        )
         h.post(url + "/v1/completions", headers={"Authorization": "Bearer sk-bad-key-999"}, json={})
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "course_utils.serving.requests"]
     assert lines and {l["status"] for l in lines[-2:]} == {200, 401}
@@ -395,18 +475,26 @@ def test_streaming_error_is_reported_before_the_stream_starts(backend):
     app = create_app({"tiny-gpt": FaultInjector(backend, error_rate=1.0, statuses=(503,))})
     with start_server(app) as url:
         with pytest.raises(openai.InternalServerError):
-            list(client(url, key="unused", max_retries=0).completions.create(
-                model="tiny-gpt", prompt="x", max_tokens=3, stream=True))
+            list(
+                client(url, key="unused", max_retries=0).completions.create(
+                    model="tiny-gpt", prompt="x", max_tokens=3, stream=True
+                )
+            )
 
 
 # ---------------------------------------------------------------- rate limits and cache
 def test_rate_limit_429_with_retry_after_and_no_starvation(backend):
-    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "greedy", OTHER_KEY: "polite"},
-                     rate_limit=RateLimit(requests_per_s=2.0, burst=3), max_wait_ms=0)
+    app = create_app(
+        {"tiny-gpt": backend},
+        api_keys={KEY: "greedy", OTHER_KEY: "polite"},
+        rate_limit=RateLimit(requests_per_s=2.0, burst=3),
+        max_wait_ms=0,
+    )
     body = {"model": "tiny-gpt", "prompt": "x", "max_tokens": 1}
     with start_server(app) as url, httpx.Client(timeout=10) as h:
-        greedy = [h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
-                  for _ in range(10)]
+        greedy = [
+            h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) for _ in range(10)
+        ]
         polite = h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {OTHER_KEY}"})
     codes = [r.status_code for r in greedy]
     assert codes[:3] == [200] * 3 and codes.count(429) >= 5
@@ -420,8 +508,10 @@ def test_token_rate_limit_rejects_requests_bigger_than_the_burst(backend):
     with start_server(app) as url, httpx.Client(timeout=10) as h:
         r = h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 30})
         _error(r, 400, "max_tokens")
-        codes = [h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 8}).status_code
-                 for _ in range(4)]
+        codes = [
+            h.post(url + "/v1/completions", json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 8}).status_code
+            for _ in range(4)
+        ]
     assert codes[:2] == [200, 200] and 429 in codes  # 2 × 9 tokens fit the burst of 20, the third does not
 
 
@@ -431,8 +521,12 @@ def test_server_cache_hits_identical_greedy_requests_only_in_scope(backend):
         c = client(url, key="unused", max_retries=0)
         a = c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=0)
         b = c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=0)
-        s = "".join(ch.choices[0].text for ch in c.completions.create(
-            model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=0, stream=True))
+        s = "".join(
+            ch.choices[0].text
+            for ch in c.completions.create(
+                model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=0, stream=True
+            )
+        )
         o = c.completions.create(model="other", prompt="cache me", max_tokens=6, temperature=0)
         c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=1.0)  # sampled: no cache
         hits = [r["cache_hit"] for r in app.state.request_log]
@@ -472,9 +566,23 @@ def test_command_line_serves_on_localhost():
     from course_utils.served_models import chat_examples
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "course_utils.serving", "--model", "tiny-gpt", "--model",
-                             "course-chat", "--port", str(port), "--api-key", KEY],  # the README's command
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "course_utils.serving",
+            "--model",
+            "tiny-gpt",
+            "--model",
+            "course-chat",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+        ],  # the README's command
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -530,8 +638,10 @@ def test_adder_checkpoints_are_sha256_checked_and_the_large_one_adds(tmp_path, m
         acc[name] = sum(correct) / len(problems)
     assert acc["adder-large"] >= 0.9 and acc["adder-small"] < acc["adder-large"], acc
     # one batch or several: the same verdicts
-    assert serving.answer_additions(load_adder("adder-large"), problems[:40])[0] == \
-        serving.answer_additions(load_adder("adder-large"), problems[:40], batch_size=7)[0]
+    assert (
+        serving.answer_additions(load_adder("adder-large"), problems[:40])[0]
+        == serving.answer_additions(load_adder("adder-large"), problems[:40], batch_size=7)[0]
+    )
     for bad, kw in (([], {}), ("1+1=", {}), ([("1+1=", 2)], {}), (problems, {"batch_size": 0})):
         with pytest.raises(ValueError, match="problems|batch_size"):
             serving.answer_additions(load_adder("adder-small"), bad, **kw)
@@ -546,7 +656,9 @@ def test_adder_checkpoints_are_sha256_checked_and_the_large_one_adds(tmp_path, m
     with pytest.raises(ValueError, match="sha256"):
         load_adder("adder-small")
     # so is a changed config, weights intact (the same rope_base probe as tests/test_assets.py)
-    (tmp_path / "serve_adder_small.safetensors").write_bytes((serving.ASSETS / "serve_adder_small.safetensors").read_bytes())
+    (tmp_path / "serve_adder_small.safetensors").write_bytes(
+        (serving.ASSETS / "serve_adder_small.safetensors").read_bytes()
+    )
     cfg = tmp_path / "serve_adder_small.json"
     cfg.write_text(cfg.read_text().replace('"rope_base": 10000.0', '"rope_base": 500.0'))
     assert cfg.read_text() != (serving.ASSETS / "serve_adder_small.json").read_text()
@@ -575,16 +687,25 @@ def test_metrics_need_the_key_unless_public_and_prometheus_survives_anonymous_re
             keyed = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS)
         assert r.status_code == (200 if public else 401)
         assert keyed.status_code == 200 and 'course_requests_total{status="401"} ' in keyed.text
-        assert "model=\"None\"" not in keyed.text
+        assert 'model="None"' not in keyed.text
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--rate", "0"], "--rate"), (["--rate", "nan"], "--rate"), (["--rate", "-1"], "--rate"),
-    (["--rate", "inf"], "--rate"), (["--max-batch", "0"], "--max-batch"), (["--max-batch", "2.5"], "--max-batch"),
-    (["--max-wait-ms", "nan"], "--max-wait-ms"), (["--max-wait-ms", "-5"], "--max-wait-ms"),
-    (["--api-key", "short"], "--api-key"), (["--host", "0.0.0.0"], "--allow-anonymous"),
-    (["--host", "192.168.1.20", "--api-key", KEY, "--max-batch", "-3"], "--max-batch"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--rate", "0"], "--rate"),
+        (["--rate", "nan"], "--rate"),
+        (["--rate", "-1"], "--rate"),
+        (["--rate", "inf"], "--rate"),
+        (["--max-batch", "0"], "--max-batch"),
+        (["--max-batch", "2.5"], "--max-batch"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms"),
+        (["--max-wait-ms", "-5"], "--max-wait-ms"),
+        (["--api-key", "short"], "--api-key"),
+        (["--host", "0.0.0.0"], "--allow-anonymous"),
+        (["--host", "192.168.1.20", "--api-key", KEY, "--max-batch", "-3"], "--max-batch"),
+    ],
+)
 def test_command_line_settings_are_checked_before_start(argv, flag, capsys):
     from course_utils.serving import main
 
@@ -605,8 +726,11 @@ def test_misconfigured_fault_injector_is_a_server_error(backend):
 def test_only_json_bodies_are_accepted(server):
     url, _ = server
     with httpx.Client(timeout=10) as h:  # a web page's "simple" cross-site POST is text/plain
-        r = h.post(url + "/v1/completions", headers={**HEADERS, "Content-Type": "text/plain"},
-                   content=json.dumps({"model": "tiny-gpt", "prompt": "x"}))
+        r = h.post(
+            url + "/v1/completions",
+            headers={**HEADERS, "Content-Type": "text/plain"},
+            content=json.dumps({"model": "tiny-gpt", "prompt": "x"}),
+        )
         form = h.post(url + "/v1/completions", headers=HEADERS, data={"model": "tiny-gpt", "prompt": "x"})
     assert _error(r, 415)["code"] == "unsupported_media_type" and form.status_code == 415
 
@@ -614,8 +738,10 @@ def test_only_json_bodies_are_accepted(server):
 def test_failed_authentication_is_rate_limited_per_address(backend):
     app = create_app({"tiny-gpt": backend}, api_keys=[KEY], failed_auth_per_s=0.01, failed_auth_burst=3)
     with start_server(app) as url, httpx.Client(timeout=10) as h:
-        codes = [h.get(url + "/v1/models", headers={"Authorization": f"Bearer sk-guess-{i:04d}"}).status_code
-                 for i in range(5)]
+        codes = [
+            h.get(url + "/v1/models", headers={"Authorization": f"Bearer sk-guess-{i:04d}"}).status_code
+            for i in range(5)
+        ]
         last = h.get(url + "/v1/models", headers={"Authorization": "Bearer sk-guess-9999"})
     assert codes == [401, 401, 401, 429, 429] and int(last.headers["retry-after"]) >= 1
 
@@ -682,8 +808,12 @@ def test_a_stream_whose_client_leaves_stops_decoding(backend):
     gated.release.set()
     app = create_app({"tiny-gpt": gated}, max_wait_ms=0)
     with start_server(app) as url:
-        with httpx.stream("POST", url + "/v1/completions", timeout=30,
-                          json={"model": "tiny-gpt", "prompt": "abcdef", "max_tokens": 200, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            url + "/v1/completions",
+            timeout=30,
+            json={"model": "tiny-gpt", "prompt": "abcdef", "max_tokens": 200, "stream": True},
+        ) as r:
             next(r.iter_lines())  # one event, then hang up
         _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
         time.sleep(0.3)
@@ -700,8 +830,10 @@ def _raw(url: str, data: bytes, wait_reply: bool, timeout: float = 10.0) -> byte
 def test_aborted_and_stalled_uploads(backend, caplog):
     caplog.set_level("INFO")
     app = create_app({"tiny-gpt": backend}, body_timeout_s=0.5)
-    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"model": '
+    )
     with start_server(app) as url:
         _raw(url, head, wait_reply=False)  # the client hangs up mid-body
         _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
@@ -727,8 +859,12 @@ def test_continuous_batching_frees_a_leaving_clients_slot_and_blocks():
     scheduler = app.state.batchers["tiny-gpt"]
     assert type(scheduler).__name__ == "EngineScheduler"  # a course GPT is served with continuous batching
     with start_server(app) as url:
-        with httpx.stream("POST", url + "/v1/completions", timeout=30,
-                          json={"model": "tiny-gpt", "prompt": "abc", "max_tokens": 90, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            url + "/v1/completions",
+            timeout=30,
+            json={"model": "tiny-gpt", "prompt": "abc", "max_tokens": 90, "stream": True},
+        ) as r:
             next(r.iter_lines())  # one event, then hang up (90 tokens take >= 4.5 s)
         _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
         _wait_for(lambda: scheduler.engine.stats()["running"] == 0)

@@ -1,4 +1,5 @@
 """course_utils.stats: Wilson and bootstrap intervals agree with known values and reject bad input."""
+
 import numpy as np
 import pytest
 

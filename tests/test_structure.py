@@ -3,6 +3,7 @@
 Import rules (CONTRIBUTING.md): ``validate``/``layers`` → ``attention`` → ``moe`` → ``model`` → the chapters'
 modules; a lower module never imports a higher one, not even inside a function.
 """
+
 from __future__ import annotations
 
 import ast
@@ -69,7 +70,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:

@@ -1,4 +1,5 @@
 """course_utils.timing: the best-of-N timer and percentiles (behaviour only; no assertion depends on speed)."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """course_utils.tokenization: the from-scratch BPE pinned to tiktoken, the trainers pinned to each other."""
+
 import json
 
 import numpy as np
@@ -7,18 +8,61 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from course_utils.data import course_corpus
-from course_utils.tokenization import (EXAMPLE_PRICES, GPT4_SPLIT_PATTERN, BPETokenizer, bpe_merge_heap, bpe_with_ranks,
-                                       decode_bytes, encode_with_merges, estimate_cost, get_encoding, get_stats,
-                                       merge, train_bpe_naive, vocab_from_merges)
+from course_utils.tokenization import (
+    EXAMPLE_PRICES,
+    GPT4_SPLIT_PATTERN,
+    BPETokenizer,
+    bpe_merge_heap,
+    bpe_with_ranks,
+    decode_bytes,
+    encode_with_merges,
+    estimate_cost,
+    get_encoding,
+    get_stats,
+    merge,
+    train_bpe_naive,
+    vocab_from_merges,
+)
 
 HARD_CASES = [
-    "", " ", "  ", "\n", "\n\n\n", "\r\n", "\t\t x", "   leading and trailing   ", "a" * 500, " " * 300,
-    "1234567890123", "3.14159 + 2,718 = 5.85", "I'm you'LL WE'VE they're it's", "don't  stop\n\n  me",
-    "hello world", "Hello, world!", "naïve café résumé", "e\u0301\u0302\u0303 combining", "Ωμέγα Привет мир",
-    "東京タワーは333メートル", "한국어 문장", "مرحبا بالعالم", "नमस्ते दुनिया", "👍🏽 👨‍👩‍👧‍👦 🇺🇳",
-    "\x00\x01\x7f control \x1b[0m", "\u200b\u200d\ufeff zero width", " SolidGoldMagikarp", "<|endoftext|>",
-    "def f(x):\n    return x ** 2  # square\n", "    \n    \n", "x\u00a0y\u2009z", "🤖" * 40, "١٢٣٤٥ ٦٧٨",
-    "ℌ𝔢𝔩𝔩𝔬 𝟙𝟚𝟛", "a\n\nb \n c  \n\n d", "!!!???...,,,;;;", "'s's's", "'''docstring'''",
+    "",
+    " ",
+    "  ",
+    "\n",
+    "\n\n\n",
+    "\r\n",
+    "\t\t x",
+    "   leading and trailing   ",
+    "a" * 500,
+    " " * 300,
+    "1234567890123",
+    "3.14159 + 2,718 = 5.85",
+    "I'm you'LL WE'VE they're it's",
+    "don't  stop\n\n  me",
+    "hello world",
+    "Hello, world!",
+    "naïve café résumé",
+    "e\u0301\u0302\u0303 combining",
+    "Ωμέγα Привет мир",
+    "東京タワーは333メートル",
+    "한국어 문장",
+    "مرحبا بالعالم",
+    "नमस्ते दुनिया",
+    "👍🏽 👨‍👩‍👧‍👦 🇺🇳",
+    "\x00\x01\x7f control \x1b[0m",
+    "\u200b\u200d\ufeff zero width",
+    " SolidGoldMagikarp",
+    "<|endoftext|>",
+    "def f(x):\n    return x ** 2  # square\n",
+    "    \n    \n",
+    "x\u00a0y\u2009z",
+    "🤖" * 40,
+    "١٢٣٤٥ ٦٧٨",
+    "ℌ𝔢𝔩𝔩𝔬 𝟙𝟚𝟛",
+    "a\n\nb \n c  \n\n d",
+    "!!!???...,,,;;;",
+    "'s's's",
+    "'''docstring'''",
 ]
 
 
@@ -238,26 +282,31 @@ def test_tokens_html_shows_count_ids_and_boundaries(scratch):
     assert "·world" in out and "↵<br>" in out.replace("</span></span>", "")  # space and newline made visible
     assert tokens_html("Hello world\n  123456", scratch) == out  # the from-scratch tokenizer draws the same
     assert "<b>" not in tokens_html("<b>")  # text is escaped
-    assert '0 tokens' in tokens_html("")
+    assert "0 tokens" in tokens_html("")
 
 
 # ---- tiktoken's special-token rules, and no quadratic blow-up on one long chunk ------------------------------
-@pytest.mark.parametrize("kwargs", [
-    dict(disallowed_special=()),  # special-token text encoded as ordinary text
-    dict(allowed_special={"<|endoftext|>"}),
-    dict(allowed_special="all"),
-    dict(allowed_special={"<|endoftext|>"}, disallowed_special=()),
-    dict(disallowed_special={"<|fim_prefix|>"}),  # <|endoftext|> is neither allowed nor disallowed: plain text
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(disallowed_special=()),  # special-token text encoded as ordinary text
+        dict(allowed_special={"<|endoftext|>"}),
+        dict(allowed_special="all"),
+        dict(allowed_special={"<|endoftext|>"}, disallowed_special=()),
+        dict(disallowed_special={"<|fim_prefix|>"}),  # <|endoftext|> is neither allowed nor disallowed: plain text
+    ],
+)
 def test_special_token_rules_match_tiktoken(cl100k, scratch, kwargs):
     # text with a second special token only where nothing disallows it
-    text = "a<|endoftext|>b" + (" <|fim_prefix|>c" if kwargs.get("disallowed_special") == () or
-                                kwargs.get("allowed_special") == "all" else "")
+    text = "a<|endoftext|>b" + (
+        " <|fim_prefix|>c" if kwargs.get("disallowed_special") == () or kwargs.get("allowed_special") == "all" else ""
+    )
     assert scratch.encode(text, **kwargs) == cl100k.encode(text, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{}, dict(allowed_special={"<|endoftext|>"}),
-                                    dict(disallowed_special={"<|fim_prefix|>"})])
+@pytest.mark.parametrize(
+    "kwargs", [{}, dict(allowed_special={"<|endoftext|>"}), dict(disallowed_special={"<|fim_prefix|>"})]
+)
 def test_disallowed_special_token_text_raises_like_tiktoken(cl100k, scratch, kwargs):
     text = "x<|fim_prefix|>y"
     with pytest.raises(ValueError):
@@ -266,10 +315,15 @@ def test_disallowed_special_token_text_raises_like_tiktoken(cl100k, scratch, kwa
         scratch.encode(text, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs,name", [(dict(allowed_special="sometimes"), "allowed_special"),
-                                         (dict(disallowed_special="none"), "disallowed_special"),
-                                         (dict(disallowed_special=3), "disallowed_special"),
-                                         (dict(allowed_special={"<|nope|>"}), "allowed_special")])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(allowed_special="sometimes"), "allowed_special"),
+        (dict(disallowed_special="none"), "disallowed_special"),
+        (dict(disallowed_special=3), "disallowed_special"),
+        (dict(allowed_special={"<|nope|>"}), "allowed_special"),
+    ],
+)
 def test_bad_special_arguments_name_the_argument(scratch, kwargs, name):
     with pytest.raises(ValueError, match=name):
         scratch.encode("hi", **kwargs)
@@ -286,25 +340,31 @@ def test_one_long_chunk_matches_tiktoken(cl100k, scratch):
 @given(st.binary(min_size=0, max_size=80) | st.text(alphabet="abcde ", max_size=120).map(str.encode))
 def test_heap_merge_equals_the_textbook_loops(scratch, small, chunk):
     ranks = scratch.ranks
-    heap_ranked = bpe_merge_heap([chunk[i:i + 1] for i in range(len(chunk))],
-                                 lambda a, b: (ranks[a + b], a + b) if a + b in ranks else None)
+    heap_ranked = bpe_merge_heap(
+        [chunk[i : i + 1] for i in range(len(chunk))], lambda a, b: (ranks[a + b], a + b) if a + b in ranks else None
+    )
     assert [ranks[p] for p in heap_ranked] == bpe_with_ranks(chunk, ranks)
     merges = small.merges
-    assert bpe_merge_heap(list(chunk), lambda a, b: (merges[(a, b)],) * 2 if (a, b) in merges else None) \
-        == encode_with_merges(chunk, merges)
+    assert bpe_merge_heap(
+        list(chunk), lambda a, b: (merges[(a, b)],) * 2 if (a, b) in merges else None
+    ) == encode_with_merges(chunk, merges)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(alphabet="abc", min_size=2, max_size=4), min_size=1, max_size=25, unique=True),
-       st.randoms(use_true_random=False), st.text(alphabet="abc", max_size=40))
+@given(
+    st.lists(st.text(alphabet="abc", min_size=2, max_size=4), min_size=1, max_size=25, unique=True),
+    st.randoms(use_true_random=False),
+    st.text(alphabet="abc", max_size=40),
+)
 def test_heap_merge_equals_the_textbook_on_arbitrary_rank_tables(tokens, rnd, text):
     # random ranks need not be BPE-consistent: a merge can create a pair ranked below the one being applied
     ids = list(range(256, 256 + len(tokens)))
     rnd.shuffle(ids)
     ranks = {bytes([i]): i for i in range(256)} | {t.encode(): r for t, r in zip(tokens, ids)}
     chunk = text.encode()
-    parts = bpe_merge_heap([chunk[i:i + 1] for i in range(len(chunk))],
-                           lambda a, b: (ranks[a + b], a + b) if a + b in ranks else None)
+    parts = bpe_merge_heap(
+        [chunk[i : i + 1] for i in range(len(chunk))], lambda a, b: (ranks[a + b], a + b) if a + b in ranks else None
+    )
     got = [ranks[chunk]] if chunk in ranks else [ranks[p] for p in parts]  # tiktoken's whole-chunk shortcut
     assert got == bpe_with_ranks(chunk, ranks)
 
@@ -312,5 +372,7 @@ def test_heap_merge_equals_the_textbook_on_arbitrary_rank_tables(tokens, rnd, te
 def test_heap_merge_when_a_merge_creates_a_lower_ranked_pair():
     # merging "bc" makes "bcb", ranked lower: the textbook merges it before the second "bc"
     ranks = {bytes([i]): i for i in range(256)} | {b"bc": 301, b"bcb": 300}
-    parts = bpe_merge_heap(list(map(bytes, zip(b"bcbc"))), lambda a, b: (ranks[a + b], a + b) if a + b in ranks else None)
+    parts = bpe_merge_heap(
+        list(map(bytes, zip(b"bcbc"))), lambda a, b: (ranks[a + b], a + b) if a + b in ranks else None
+    )
     assert parts == [b"bcb", b"c"] and bpe_with_ranks(b"bcbc", ranks) == [300, ord("c")]

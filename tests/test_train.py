@@ -1,4 +1,5 @@
 """The training loop: the loss goes down, the schedule has the advertised shape, the history is complete."""
+
 import math
 
 import pytest
@@ -18,8 +19,19 @@ def test_twenty_steps_lower_the_loss():
     ds = corpus_dataset()
     model = small_model()
     calls = []
-    hist = train(model, ds, 20, lr=1e-2, warmup=2, batch_size=8, block_size=32, eval_every=10, eval_iters=2,
-                 progress=False, callback=lambda h: calls.append(len(h["val_loss"])))
+    hist = train(
+        model,
+        ds,
+        20,
+        lr=1e-2,
+        warmup=2,
+        batch_size=8,
+        block_size=32,
+        eval_every=10,
+        eval_iters=2,
+        progress=False,
+        callback=lambda h: calls.append(len(h["val_loss"])),
+    )
     assert hist["step"] == list(range(1, 21)) and len(hist["train_loss"]) == len(hist["lr"]) == 20
     assert hist["eval_step"] == [0, 10, 20] and calls == [1, 2, 3]
     assert hist["tokens"][-1] == 20 * 8 * 32 and hist["time"] == sorted(hist["time"])
@@ -31,8 +43,21 @@ def test_twenty_steps_lower_the_loss():
 
 def test_training_is_reproducible():
     ds = corpus_dataset()
-    runs = [train(small_model(), ds, 3, lr=1e-2, warmup=1, batch_size=4, block_size=16, eval_every=3,
-                  eval_iters=1, progress=False) for _ in range(2)]
+    runs = [
+        train(
+            small_model(),
+            ds,
+            3,
+            lr=1e-2,
+            warmup=1,
+            batch_size=4,
+            block_size=16,
+            eval_every=3,
+            eval_iters=1,
+            progress=False,
+        )
+        for _ in range(2)
+    ]
     assert runs[0]["train_loss"] == runs[1]["train_loss"]
 
 
@@ -59,8 +84,13 @@ def test_evaluate_is_deterministic():
 
 def test_live_plot_updates_a_labelled_figure():
     plot = LiveLossPlot(reference={"unigram": 5.0}, display=False)
-    hist = {"step": [1, 2], "train_loss": [6.0, 5.5], "eval_step": [0, 2], "val_loss": [6.2, 5.6],
-            "eval_train_loss": [6.2, 5.5]}
+    hist = {
+        "step": [1, 2],
+        "train_loss": [6.0, 5.5],
+        "eval_step": [0, 2],
+        "val_loss": [6.2, 5.6],
+        "eval_train_loss": [6.2, 5.5],
+    }
     plot(hist)
     plot(hist)
     ax = plot.fig.axes[0]
@@ -81,8 +111,17 @@ def test_train_rejects_bad_arguments():
 def test_moe_aux_loss_is_added_and_recorded():
     ds = corpus_dataset()
     torch.manual_seed(0)
-    moe = GPT(GPTConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, max_seq_len=64, ffn="moe",
-                        moe=dict(num_experts=4, top_k=2)))
+    moe = GPT(
+        GPTConfig(
+            vocab_size=512,
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            max_seq_len=64,
+            ffn="moe",
+            moe=dict(num_experts=4, top_k=2),
+        )
+    )
     kw = dict(lr=1e-2, warmup=1, batch_size=4, block_size=16, eval_every=2, eval_iters=1, progress=False)
     with_aux = train(moe, ds, 2, aux_loss_coef=0.01, **kw)
     assert all(a > 0.5 for a in with_aux["aux_loss"])  # Switch's loss is ~1 when balanced (times top_k here)
@@ -103,8 +142,20 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
         snapshots.append(_snapshot(m))
         return {"val_loss": next(scripted), "extra": 1.0}
 
-    hist = train(model, ds, 50, lr=1e-2, warmup=1, batch_size=4, block_size=16, eval_every=2, progress=False,
-                 eval_fn=eval_fn, patience=3, restore_best=True)
+    hist = train(
+        model,
+        ds,
+        50,
+        lr=1e-2,
+        warmup=1,
+        batch_size=4,
+        block_size=16,
+        eval_every=2,
+        progress=False,
+        eval_fn=eval_fn,
+        patience=3,
+        restore_best=True,
+    )
     assert hist["eval_step"] == [0, 2, 4, 6, 8, 10] and hist["stopped_step"] == 10 and len(hist["step"]) == 10
     assert hist["best_step"] == 4 and hist["best_val_loss"] == 3.0 and hist["extra"] == [1.0] * 6
     best = snapshots[2]
@@ -121,8 +172,19 @@ def test_without_restore_best_the_last_weights_stay():
         snapshots.append(_snapshot(m))
         return {"val_loss": next(scripted)}
 
-    hist = train(model, ds, 50, lr=1e-2, warmup=1, batch_size=4, block_size=16, eval_every=3, progress=False,
-                 eval_fn=eval_fn, patience=2)
+    hist = train(
+        model,
+        ds,
+        50,
+        lr=1e-2,
+        warmup=1,
+        batch_size=4,
+        block_size=16,
+        eval_every=3,
+        progress=False,
+        eval_fn=eval_fn,
+        patience=2,
+    )
     assert hist["stopped_step"] == 6 and hist["best_step"] == 0
     assert all(torch.equal(v, snapshots[-1][k]) for k, v in model.state_dict().items())
 
@@ -137,8 +199,18 @@ def test_loss_fn_and_step_callback_hooks():
         seen.append(step)
         return torch.nn.functional.mse_loss(m(x), y)
 
-    hist = train(model, None, 40, lr=5e-2, warmup=0, eval_every=None, progress=False, loss_fn=loss_fn,
-                 weight_decay=0.0, step_callback=lambda h: h["step"][-1] == 25)  # True ends training
+    hist = train(
+        model,
+        None,
+        40,
+        lr=5e-2,
+        warmup=0,
+        eval_every=None,
+        progress=False,
+        loss_fn=loss_fn,
+        weight_decay=0.0,
+        step_callback=lambda h: h["step"][-1] == 25,
+    )  # True ends training
     assert seen == list(range(25)) and hist["stopped_step"] == 25 and hist["eval_step"] == []
     assert hist["train_loss"][-1] < hist["train_loss"][0] and hist["best_step"] is None
 

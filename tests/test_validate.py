@@ -1,4 +1,5 @@
 """course_utils.validate: one copy of the argument checks, with errors that name the argument."""
+
 import math
 
 import numpy as np
@@ -50,11 +51,13 @@ def test_out_of_range_names_the_argument_and_the_range():
 def test_numbers():
     assert positive_float("rate", 2) == 2.0 and nonnegative_float("t", 0) == 0.0 and finite_float("x", -1.5) == -1.5
     assert probability("p", 1) == 1.0 and check_number("p", 0.5, 0, 1, low_open=True) == 0.5
-    for bad, fn, match in [(0, positive_float, r"rate must be a finite number > 0, got 0"),
-                           (-1e-9, nonnegative_float, r"rate must be a finite number >= 0"),
-                           (math.nan, finite_float, r"rate must be a finite number, got nan"),
-                           (math.inf, positive_float, r"rate must be a finite number > 0, got inf"),
-                           (1.5, probability, r"rate must be a finite number in \[0, 1\], got 1\.5")]:
+    for bad, fn, match in [
+        (0, positive_float, r"rate must be a finite number > 0, got 0"),
+        (-1e-9, nonnegative_float, r"rate must be a finite number >= 0"),
+        (math.nan, finite_float, r"rate must be a finite number, got nan"),
+        (math.inf, positive_float, r"rate must be a finite number > 0, got inf"),
+        (1.5, probability, r"rate must be a finite number in \[0, 1\], got 1\.5"),
+    ]:
         with pytest.raises(ValueError, match=match):
             fn("rate", bad)
     with pytest.raises(ValueError, match=r"p must be a finite number in \(0, 1\], got 0"):

@@ -1,4 +1,5 @@
 """course_utils.widgets: the routing explorer's pure part, its drawing, and its UI (no browser needed)."""
+
 import matplotlib
 
 matplotlib.use("Agg")

@@ -1,4 +1,5 @@
 """Chapter 7's synthetic knowledge world: deterministic, fictional, and updated by exactly the asked fraction."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@
 Each chapter adds a module ``chNN.py`` here; every public ``check_*`` function in it is exported from this
 package, so a lab only ever writes ``from course_utils.checks import check_get_stats``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,7 +23,9 @@ def _gather() -> dict:
         for name in getattr(module, "__all__", dir(module)):
             if name.startswith("check_"):
                 if name in found:
-                    raise ImportError(f"{name} is defined in two chapters ({found[name].__module__}, {module.__name__})")
+                    raise ImportError(
+                        f"{name} is defined in two chapters ({found[name].__module__}, {module.__name__})"
+                    )
                 found[name] = getattr(module, name)
     return found
 

@@ -8,12 +8,14 @@ the first mismatching value) and a hint. In a notebook the failure renders as th
 Each check declares the exercise it grades with ``@exercise("N.M")``; the number then appears in its messages,
 as it does in the lab's heading, stub and hints.
 """
+
 from __future__ import annotations
 
 import math
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["CheckFailed", "fail", "call", "compare", "passed", "describe", "exercise", "EXERCISE_OF"]
 
@@ -42,13 +44,19 @@ class CheckFailed(AssertionError):
         cause = self.__cause__ or self.__context__
         if cause is None or isinstance(cause, (NotImplementedError, CheckFailed)):
             return None
-        frames = [f for f in traceback.extract_tb(cause.__traceback__)
-                  if not str(Path(f.filename).resolve()).startswith(_CHECKS_DIR)]
+        frames = [
+            f
+            for f in traceback.extract_tb(cause.__traceback__)
+            if not str(Path(f.filename).resolve()).startswith(_CHECKS_DIR)
+        ]
         if not frames:
             return None
         f = frames[-1]
-        place = f"line {f.lineno}" + ("" if f.filename.startswith("<ipython-input") or "ipykernel" in f.filename
-                                      else f" of {Path(f.filename).name}")
+        place = f"line {f.lineno}" + (
+            ""
+            if f.filename.startswith("<ipython-input") or "ipykernel" in f.filename
+            else f" of {Path(f.filename).name}"
+        )
         return f"  where: {place}, in {f.name}: {(f.line or '').strip()}"
 
     def _render_traceback_(self) -> list[str]:
@@ -123,12 +131,17 @@ def fail(check: str, problem: str, *, inputs: dict | None = None, hint: str | No
 def call(check: str, fn: Callable, *args, inputs: dict | None = None, **kwargs):
     """Call the learner's ``fn``; turn 'not done yet' and crashes into a clear check failure."""
     if not callable(fn):
-        fail(check, f"expected a function, got {type(fn).__name__}", hint="pass the function itself, without calling it")
+        fail(
+            check, f"expected a function, got {type(fn).__name__}", hint="pass the function itself, without calling it"
+        )
     try:
         return fn(*args, **kwargs)
     except NotImplementedError as err:
-        fail(check, f"your function still raises NotImplementedError({err})",
-             hint="replace the `raise NotImplementedError(...)` line with your code")
+        fail(
+            check,
+            f"your function still raises NotImplementedError({err})",
+            hint="replace the `raise NotImplementedError(...)` line with your code",
+        )
     except CheckFailed:
         raise
     except Exception as err:  # the learner's bug: say where it happened, keep the original as the cause
@@ -208,7 +221,9 @@ def _difference(got, expected, what, atol, rtol, check_dtype):
                 return d
         return None
     if isinstance(expected, float) and not isinstance(got, bool) and isinstance(got, (int, float)):
-        if not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol) and not (math.isnan(got) and math.isnan(expected)):
+        if not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol) and not (
+            math.isnan(got) and math.isnan(expected)
+        ):
             return f"{what}: expected {expected:.6g}, got {got:.6g}"
         return None
     if _is_tensor(got) and got.numel() == 1 and isinstance(expected, (int, float)):
@@ -218,8 +233,18 @@ def _difference(got, expected, what, atol, rtol, check_dtype):
     return None
 
 
-def compare(check: str, got, expected, *, inputs: dict | None = None, hint: str | None = None,
-            what: str = "result", atol: float = 1e-5, rtol: float = 1e-4, check_dtype: bool = False) -> None:
+def compare(
+    check: str,
+    got,
+    expected,
+    *,
+    inputs: dict | None = None,
+    hint: str | None = None,
+    what: str = "result",
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    check_dtype: bool = False,
+) -> None:
     """Fail with the first difference between ``got`` and ``expected`` (nested lists/dicts/tensors allowed)."""
     diff = _difference(got, expected, what, atol, rtol, check_dtype)
     if diff:

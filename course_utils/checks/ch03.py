@@ -1,4 +1,5 @@
 """Checks for the chapter-3 lab (a tiny GPT): each compares the learner's function with course_utils' reference."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,20 @@ import torch
 
 from ._core import call, compare, exercise, fail, passed
 
-__all__ = ["check_rms_norm", "check_apply_rope", "check_swiglu", "check_kv_cache_step", "check_sample_next_token",
-           "check_block_forward", "check_gpt_forward", "check_next_token_loss", "check_lr_schedule", "check_train_step",
-           "check_trained_gpt", "check_train_within_budget"]
+__all__ = [
+    "check_rms_norm",
+    "check_apply_rope",
+    "check_swiglu",
+    "check_kv_cache_step",
+    "check_sample_next_token",
+    "check_block_forward",
+    "check_gpt_forward",
+    "check_next_token_loss",
+    "check_lr_schedule",
+    "check_train_step",
+    "check_trained_gpt",
+    "check_train_within_budget",
+]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -19,8 +31,9 @@ def _gen(seed: int) -> torch.Generator:
 def _against_reference(name: str, fn, reference, cases: list[dict], hint: str, atol: float = 1e-5) -> None:
     """Call ``fn(**case)`` and ``reference(**case)`` on every case (inputs cloned) and compare the results."""
     for case in cases:
-        got = call(name, fn, **{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in case.items()},
-                   inputs=case)
+        got = call(
+            name, fn, **{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in case.items()}, inputs=case
+        )
         compare(name, got, reference(**case), inputs=case, atol=atol, rtol=1e-4, hint=hint)
     passed(name, len(cases))
 
@@ -38,15 +51,21 @@ def check_rms_norm(rms_norm) -> None:
         dict(x=torch.zeros(2, 4), weight=torch.ones(4), eps=1e-5),  # all zeros: eps keeps it finite
         dict(x=torch.randn(3, 5, generator=g) * 100, weight=torch.full((5,), 0.5), eps=1e-6),
     ]
-    _against_reference("check_rms_norm", rms_norm, ref, cases,
-                       hint="divide x by sqrt(mean(x**2, last dim) + eps), then multiply by weight; "
-                            "unlike LayerNorm, RMSNorm subtracts no mean")
+    _against_reference(
+        "check_rms_norm",
+        rms_norm,
+        ref,
+        cases,
+        hint="divide x by sqrt(mean(x**2, last dim) + eps), then multiply by weight; "
+        "unlike LayerNorm, RMSNorm subtracts no mean",
+    )
 
 
 @exercise("3.2")
 def check_apply_rope(apply_rope) -> None:
     """``apply_rope(x, offset=0, base=10000.0)`` on ``x`` [..., T, head_dim], rotate-half layout."""
-    from ..attention import apply_rope as ref_apply, rope_frequencies
+    from ..attention import apply_rope as ref_apply
+    from ..attention import rope_frequencies
 
     def ref(x, offset, base):
         cos, sin = rope_frequencies(x.shape[-1], offset + x.shape[-2], base)
@@ -60,9 +79,14 @@ def check_apply_rope(apply_rope) -> None:
         dict(x=torch.randn(1, 2, 6, 4, generator=g), offset=0, base=500.0),  # another base
         dict(x=torch.randn(1, 1, 1, 2, generator=g), offset=3, base=10000.0),  # one pair, one position
     ]
-    _against_reference("check_apply_rope", apply_rope, ref, cases,
-                       hint="angle[p, i] = p * base**(-2i/d) for i < d/2; pair dimension i with i + d/2 (rotate "
-                            "half: [x1, x2] -> [-x2, x1]), not adjacent dimensions; positions start at offset")
+    _against_reference(
+        "check_apply_rope",
+        apply_rope,
+        ref,
+        cases,
+        hint="angle[p, i] = p * base**(-2i/d) for i < d/2; pair dimension i with i + d/2 (rotate "
+        "half: [x1, x2] -> [-x2, x1]), not adjacent dimensions; positions start at offset",
+    )
 
 
 @exercise("3.3")
@@ -71,12 +95,24 @@ def check_swiglu(swiglu) -> None:
     from ..model import swiglu as ref
 
     g = _gen(2)
-    cases = [dict(x=torch.randn(*shape, d, generator=g), w1=torch.randn(f, d, generator=g),
-                  w3=torch.randn(f, d, generator=g), w2=torch.randn(d, f, generator=g))
-             for shape, d, f in (((2, 3), 8, 12), ((5,), 4, 4), ((1, 1, 2), 6, 16))]
-    _against_reference("check_swiglu", swiglu, ref, cases, atol=1e-4,
-                       hint="the gate w1 goes through SiLU, the up projection w3 does not; multiply them "
-                            "elementwise, then project down with w2 (weights are [out, in]: x @ w.T or F.linear)")
+    cases = [
+        dict(
+            x=torch.randn(*shape, d, generator=g),
+            w1=torch.randn(f, d, generator=g),
+            w3=torch.randn(f, d, generator=g),
+            w2=torch.randn(d, f, generator=g),
+        )
+        for shape, d, f in (((2, 3), 8, 12), ((5,), 4, 4), ((1, 1, 2), 6, 16))
+    ]
+    _against_reference(
+        "check_swiglu",
+        swiglu,
+        ref,
+        cases,
+        atol=1e-4,
+        hint="the gate w1 goes through SiLU, the up projection w3 does not; multiply them "
+        "elementwise, then project down with w2 (weights are [out, in]: x @ w.T or F.linear)",
+    )
 
 
 @exercise("3.4")
@@ -97,14 +133,35 @@ def check_kv_cache_step(kv_cache_step) -> None:
         inputs = {"q": q[:, :, sl], "k_new": k[:, :, sl], "v_new": v[:, :, sl], "cached positions": start}
         got = call(name, kv_cache_step, q[:, :, sl], k[:, :, sl], v[:, :, sl], kc, vc, inputs=inputs)
         if not isinstance(got, tuple) or len(got) != 3:
-            fail(name, f"expected a tuple (out, k_cache, v_cache), got {type(got).__name__}", inputs=inputs,
-                 hint="return the attention output and the two updated caches")
+            fail(
+                name,
+                f"expected a tuple (out, k_cache, v_cache), got {type(got).__name__}",
+                inputs=inputs,
+                hint="return the attention output and the two updated caches",
+            )
         want = ref(q[:, :, sl], k[:, :, sl], v[:, :, sl], kc, vc)
-        compare(name, got[1], want[1], inputs=inputs, what="k_cache", hint="append the new keys along the time axis (dim 2)")
-        compare(name, got[2], want[2], inputs=inputs, what="v_cache", hint="append the new values along the time axis (dim 2)")
-        compare(name, got[0], want[0], inputs=inputs, what="out", atol=1e-5, rtol=1e-4,
-                hint="new query i sits at position T_past + i: it sees every cached key and the new keys up to "
-                     "itself (a causal mask shifted by the cache length), scores scaled by 1/sqrt(head_dim)")
+        compare(
+            name, got[1], want[1], inputs=inputs, what="k_cache", hint="append the new keys along the time axis (dim 2)"
+        )
+        compare(
+            name,
+            got[2],
+            want[2],
+            inputs=inputs,
+            what="v_cache",
+            hint="append the new values along the time axis (dim 2)",
+        )
+        compare(
+            name,
+            got[0],
+            want[0],
+            inputs=inputs,
+            what="out",
+            atol=1e-5,
+            rtol=1e-4,
+            hint="new query i sits at position T_past + i: it sees every cached key and the new keys up to "
+            "itself (a causal mask shifted by the cache length), scores scaled by 1/sqrt(head_dim)",
+        )
         kc, vc = want[1], want[2]
         start += size
         n += 1
@@ -113,20 +170,45 @@ def check_kv_cache_step(kv_cache_step) -> None:
     kc = vc = None
     outs = []
     for t in range(7):
-        out, kc, vc = call(name, kv_cache_step, q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], kc, vc,
-                           inputs={"position": t})
+        out, kc, vc = call(
+            name,
+            kv_cache_step,
+            q[:, :, t : t + 1],
+            k[:, :, t : t + 1],
+            v[:, :, t : t + 1],
+            kc,
+            vc,
+            inputs={"position": t},
+        )
         outs.append(out)
-    compare(name, torch.cat(outs, dim=2), full, inputs={"q": q, "k": k, "v": v}, what="one-token-at-a-time output",
-            atol=1e-5, rtol=1e-4, hint="decoding token by token must reproduce full causal attention")
+    compare(
+        name,
+        torch.cat(outs, dim=2),
+        full,
+        inputs={"q": q, "k": k, "v": v},
+        what="one-token-at-a-time output",
+        atol=1e-5,
+        rtol=1e-4,
+        hint="decoding token by token must reproduce full causal attention",
+    )
     passed(name, n + 1, "token-by-token decoding equals full causal attention")
 
 
 def _sample_freqs(fn, logits_row: torch.Tensor, n: int, seed: int, **kwargs) -> torch.Tensor:
-    got = call("check_sample_next_token", fn, logits_row.expand(n, -1).clone(), generator=_gen(seed),
-               inputs={"logits (one row, repeated)": logits_row, **kwargs}, **kwargs)
+    got = call(
+        "check_sample_next_token",
+        fn,
+        logits_row.expand(n, -1).clone(),
+        generator=_gen(seed),
+        inputs={"logits (one row, repeated)": logits_row, **kwargs},
+        **kwargs,
+    )
     if not isinstance(got, torch.Tensor) or got.shape != (n,):
-        fail("check_sample_next_token", f"expected a LongTensor of shape ({n},) (one id per row), got "
-             f"{getattr(got, 'shape', type(got).__name__)}", hint="return ids of shape [B], e.g. .squeeze(-1)")
+        fail(
+            "check_sample_next_token",
+            f"expected a LongTensor of shape ({n},) (one id per row), got {getattr(got, 'shape', type(got).__name__)}",
+            hint="return ids of shape [B], e.g. .squeeze(-1)",
+        )
     if got.dtype not in (torch.int64, torch.int32):
         fail("check_sample_next_token", f"expected integer token ids, got dtype {got.dtype}")
     if int(got.min()) < 0 or int(got.max()) >= logits_row.shape[-1]:
@@ -159,9 +241,17 @@ def check_sample_next_token(sample_next_token) -> None:
     g = _gen(4)
     logits = torch.randn(32, 10, generator=g)  # 32 rows: sampling would miss the argmax somewhere
     # greedy: temperature 0 is argmax, whatever top_k / top_p say
-    got = call(name, sample_next_token, logits.clone(), 0.0, None, None, _gen(0), inputs={"logits": logits, "temperature": 0})
-    compare(name, got, logits.argmax(-1), inputs={"logits": logits, "temperature": 0}, what="greedy ids",
-            hint="temperature == 0 means greedy decoding: return logits.argmax(-1) without sampling")
+    got = call(
+        name, sample_next_token, logits.clone(), 0.0, None, None, _gen(0), inputs={"logits": logits, "temperature": 0}
+    )
+    compare(
+        name,
+        got,
+        logits.argmax(-1),
+        inputs={"logits": logits, "temperature": 0},
+        what="greedy ids",
+        hint="temperature == 0 means greedy decoding: return logits.argmax(-1) without sampling",
+    )
     n_cases = 1
     # sampling: the empirical distribution over 4000 draws must match the expected one (5 sigma tolerance)
     row = torch.tensor([2.0, 1.5, 1.0, 0.2, -0.5, -1.0, -3.0, 0.7])  # probabilities 0.32, 0.19, 0.12, ...
@@ -183,11 +273,15 @@ def check_sample_next_token(sample_next_token) -> None:
         bad = ((freqs - want).abs() > tol).nonzero().flatten().tolist()
         if bad:
             j = bad[0]
-            fail(name, f"token {j} was sampled with frequency {freqs[j]:.3f}, expected {want[j]:.3f} "
-                 f"(expected distribution {[round(float(x), 3) for x in want]})", inputs={"logits": row, **kw},
-                 hint="divide logits by temperature; top-k keeps the k largest; top-p keeps the most likely tokens "
-                      "until their probability reaches top_p, including the one that crosses it; then softmax and "
-                      "torch.multinomial")
+            fail(
+                name,
+                f"token {j} was sampled with frequency {freqs[j]:.3f}, expected {want[j]:.3f} "
+                f"(expected distribution {[round(float(x), 3) for x in want]})",
+                inputs={"logits": row, **kw},
+                hint="divide logits by temperature; top-k keeps the k largest; top-p keeps the most likely tokens "
+                "until their probability reaches top_p, including the one that crosses it; then softmax and "
+                "torch.multinomial",
+            )
         n_cases += 1
     # the same seed must give the same tokens as GPT.generate: draw with the generator, in vocabulary order
     from ..model import sample_next_token as ref
@@ -199,17 +293,25 @@ def check_sample_next_token(sample_next_token) -> None:
         torch.rand(7)  # move the global random state: a sampler that ignores `generator` now draws differently
         again = call(name, sample_next_token, batch.clone(), generator=_gen(99), inputs=inputs, **kw)
         if not torch.equal(torch.as_tensor(first), torch.as_tensor(again)):
-            fail(name, "two calls with generators seeded alike drew different tokens: your sampler ignores its "
-                 "`generator` argument", inputs=inputs,
-                 hint="pass generator=generator to torch.multinomial, so that a seed reproduces a generation")
+            fail(
+                name,
+                "two calls with generators seeded alike drew different tokens: your sampler ignores its "
+                "`generator` argument",
+                inputs=inputs,
+                hint="pass generator=generator to torch.multinomial, so that a seed reproduces a generation",
+            )
         want = ref(batch.clone(), generator=_gen(99), **kw)
         if not torch.equal(torch.as_tensor(first).long(), want):
             n_diff = int((torch.as_tensor(first).long() != want).sum())
-            fail(name, f"right distribution, but {n_diff} of 64 rows drew a different token than GPT.generate's "
-                 "sampler with the same seed", inputs=inputs,
-                 hint="draw once per row with torch.multinomial(probs, 1, generator=generator) from probabilities "
-                      "in the vocabulary's own order (not sorted: the same random number then picks another "
-                      "token), so that your generations match the reference token for token")
+            fail(
+                name,
+                f"right distribution, but {n_diff} of 64 rows drew a different token than GPT.generate's "
+                "sampler with the same seed",
+                inputs=inputs,
+                hint="draw once per row with torch.multinomial(probs, 1, generator=generator) from probabilities "
+                "in the vocabulary's own order (not sorted: the same random number then picks another "
+                "token), so that your generations match the reference token for token",
+            )
         n_cases += 1
     passed(name, n_cases, "reproducible with a seeded generator")
 
@@ -242,10 +344,12 @@ def _block(seed: int, **overrides):
     return _visible_weights(Block(_tiny_config(**overrides)), seed)
 
 
-_BLOCK_HINT = ("h = RMSNorm(x) with attn_norm's gain; q, k, v = h times q_proj/k_proj/v_proj weights, split into "
-               "heads [B, H, T, head_dim]; RoPE on q and k (not v); repeat each key/value head n_heads/n_kv_heads "
-               "times; causal softmax(q kᵀ/√head_dim) v; merge heads, o_proj; x = x + that; then "
-               "x + SwiGLU(RMSNorm(x) with ffn_norm's gain)")
+_BLOCK_HINT = (
+    "h = RMSNorm(x) with attn_norm's gain; q, k, v = h times q_proj/k_proj/v_proj weights, split into "
+    "heads [B, H, T, head_dim]; RoPE on q and k (not v); repeat each key/value head n_heads/n_kv_heads "
+    "times; causal softmax(q kᵀ/√head_dim) v; merge heads, o_proj; x = x + that; then "
+    "x + SwiGLU(RMSNorm(x) with ffn_norm's gain)"
+)
 
 
 @exercise("3.6")
@@ -253,8 +357,12 @@ def check_block_forward(block_forward) -> None:
     """``block_forward(block, x) -> [B, T, d_model]`` with the weights of a ``course_utils.model.Block``."""
     name = "check_block_forward"
     g = _gen(5)
-    cases = [(dict(n_heads=4, n_kv_heads=4), (2, 6)), (dict(n_heads=4, n_kv_heads=2), (2, 7)),
-             (dict(n_heads=2, n_kv_heads=1), (1, 5)), (dict(n_heads=4, n_kv_heads=2), (3, 1))]
+    cases = [
+        (dict(n_heads=4, n_kv_heads=4), (2, 6)),
+        (dict(n_heads=4, n_kv_heads=2), (2, 7)),
+        (dict(n_heads=2, n_kv_heads=1), (1, 5)),
+        (dict(n_heads=4, n_kv_heads=2), (3, 1)),
+    ]
     for i, (heads, (B, T)) in enumerate(cases):
         block = _block(10 + i, **heads)
         x = torch.randn(B, T, block.attn.d_model, generator=g)
@@ -263,9 +371,13 @@ def check_block_forward(block_forward) -> None:
             want = block(x)[0]
             got = call(name, block_forward, block, x.clone(), inputs=inputs)
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            fail(name, f"expected a tensor of shape {tuple(want.shape)} (same as x), got "
-                 f"{getattr(got, 'shape', type(got).__name__)}", inputs=inputs,
-                 hint="a block maps [B, T, d_model] to [B, T, d_model]; merge the heads back before o_proj")
+            fail(
+                name,
+                f"expected a tensor of shape {tuple(want.shape)} (same as x), got "
+                f"{getattr(got, 'shape', type(got).__name__)}",
+                inputs=inputs,
+                hint="a block maps [B, T, d_model] to [B, T, d_model]; merge the heads back before o_proj",
+            )
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
         if T > 2:  # find the mistake by its symptom, then say it in words
@@ -274,15 +386,25 @@ def check_block_forward(block_forward) -> None:
                 later[:, -1] += 1.0
                 moved = call(name, block_forward, block, later, inputs=inputs)
                 if not torch.allclose(moved[:, :-1], got[:, :-1], atol=1e-5):
-                    fail(name, "changing the LAST token changed the outputs at earlier positions: a token sees "
-                         "the future", inputs=inputs, hint="mask the scores with -inf where key position > query "
-                         "position (a causal mask), before the softmax")
+                    fail(
+                        name,
+                        "changing the LAST token changed the outputs at earlier positions: a token sees the future",
+                        inputs=inputs,
+                        hint="mask the scores with -inf where key position > query "
+                        "position (a causal mask), before the softmax",
+                    )
                 swapped = x.clone()
                 swapped[:, [0, 1]] = swapped[:, [1, 0]]
-                if torch.allclose(call(name, block_forward, block, swapped, inputs=inputs)[:, -1], got[:, -1], atol=1e-5):
-                    fail(name, "swapping the first two tokens left the last position's output unchanged: your "
-                         "attention does not know where tokens are", inputs=inputs,
-                         hint="apply your apply_rope to q and to k (each [B, H, T, head_dim]) before the scores")
+                if torch.allclose(
+                    call(name, block_forward, block, swapped, inputs=inputs)[:, -1], got[:, -1], atol=1e-5
+                ):
+                    fail(
+                        name,
+                        "swapping the first two tokens left the last position's output unchanged: your "
+                        "attention does not know where tokens are",
+                        inputs=inputs,
+                        hint="apply your apply_rope to q and to k (each [B, H, T, head_dim]) before the scores",
+                    )
         compare(name, got, want, inputs=inputs, atol=1e-4, rtol=1e-4, hint=_BLOCK_HINT)
     passed(name, len(cases), "causal, position-aware, pre-norm")
 
@@ -305,25 +427,41 @@ def check_gpt_forward(gpt_forward) -> None:
         idx = torch.randint(model.config.vocab_size, (B, T), generator=g)
         inputs = {"idx": idx, "n_layers": model.config.n_layers}
         seen = {}
-        hook = model.norm.register_forward_hook(lambda m, a, out: seen.update(h=a[0]))  # returns None: output kept
+        # the hook returns None (the output is kept); it runs within this iteration, on this iteration's `seen`
+        hook = model.norm.register_forward_hook(lambda m, a, out: seen.update(h=a[0]))  # noqa: B023
         with torch.no_grad():
             want = model(idx)[0]
         hook.remove()
         with torch.no_grad():
             got = call(name, gpt_forward, model, idx.clone(), inputs=inputs)
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            fail(name, f"expected logits of shape {tuple(want.shape)} = [B, T, vocab_size], got "
-                 f"{getattr(got, 'shape', type(got).__name__)}", inputs=inputs,
-                 hint="one row of logits per position: the last hidden state times the embedding matrix transposed")
+            fail(
+                name,
+                f"expected logits of shape {tuple(want.shape)} = [B, T, vocab_size], got "
+                f"{getattr(got, 'shape', type(got).__name__)}",
+                inputs=inputs,
+                hint="one row of logits per position: the last hidden state times the embedding matrix transposed",
+            )
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
         W = model.tok_emb.weight
         if torch.allclose(got, seen["h"] @ W.T, atol=1e-4, rtol=1e-4):
-            fail(name, "your logits skip the final RMSNorm", inputs=inputs,
-                 hint="normalize the last block's output with model.norm's gain, then multiply by the embedding matrix")
-        compare(name, got, want, inputs=inputs, atol=1e-4, rtol=1e-4,
-                hint="x = the rows of model.tok_emb.weight picked by idx; x = block_forward(block, x) for each block "
-                     "in order; logits = RMSNorm(x) with model.norm's gain, times tok_emb.weight transposed (tied)")
+            fail(
+                name,
+                "your logits skip the final RMSNorm",
+                inputs=inputs,
+                hint="normalize the last block's output with model.norm's gain, then multiply by the embedding matrix",
+            )
+        compare(
+            name,
+            got,
+            want,
+            inputs=inputs,
+            atol=1e-4,
+            rtol=1e-4,
+            hint="x = the rows of model.tok_emb.weight picked by idx; x = block_forward(block, x) for each block "
+            "in order; logits = RMSNorm(x) with model.norm's gain, times tok_emb.weight transposed (tied)",
+        )
     passed(name, len(cases), "same logits as course_utils.model.GPT")
 
 
@@ -340,29 +478,45 @@ def check_next_token_loss(next_token_loss) -> None:
         inputs = {"logits": logits, "tokens": tokens}
         got = call(name, next_token_loss, logits.clone(), tokens.clone(), inputs=inputs)
         if not isinstance(got, torch.Tensor) or got.dim() != 0:
-            fail(name, f"expected a scalar tensor (0-d, so that .backward() works), got "
-                 f"{getattr(got, 'shape', type(got).__name__)}", inputs=inputs,
-                 hint="average the per-position losses into one number")
+            fail(
+                name,
+                f"expected a scalar tensor (0-d, so that .backward() works), got "
+                f"{getattr(got, 'shape', type(got).__name__)}",
+                inputs=inputs,
+                hint="average the per-position losses into one number",
+            )
         want = F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
         if abs(float(got) - float(want)) < 1e-5:
             continue
         mistakes = {
             "logits[:, t] was scored against tokens[:, t] (no shift): the model sees that token in its input, so "
-            "it would learn to copy it, and the loss collapses in training without learning anything":
-                F.cross_entropy(logits.reshape(-1, V), tokens.reshape(-1)),
+            "it would learn to copy it, and the loss collapses in training without learning anything": F.cross_entropy(
+                logits.reshape(-1, V), tokens.reshape(-1)
+            ),
             "the shift goes the wrong way: logits[:, t+1] was scored against tokens[:, t], i.e. predicting the "
             "PREVIOUS token": F.cross_entropy(logits[:, 1:].reshape(-1, V), tokens[:, :-1].reshape(-1)),
-            "the targets wrap around (torch.roll): the last position is scored against the FIRST token":
-                F.cross_entropy(logits.reshape(-1, V), tokens.roll(-1, 1).reshape(-1)),
+            "the targets wrap around (torch.roll): the last position is scored against the FIRST "
+            "token": F.cross_entropy(logits.reshape(-1, V), tokens.roll(-1, 1).reshape(-1)),
             "the loss is summed, not averaged: its size would depend on the batch size and the learning rate "
             "with it": F.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="sum"),
         }
         for what, value in mistakes.items():
             if abs(float(got) - float(value)) < 1e-5:
-                fail(name, what, inputs=inputs, hint="position t predicts the NEXT token: score logits[:, :-1] "
-                     "against tokens[:, 1:] and average over the B·(T−1) predictions")
-        compare(name, float(got), float(want), inputs=inputs, what="loss",
-                hint="cross-entropy = −log softmax(logits[:, t])[tokens[:, t+1]], averaged over all B·(T−1) pairs")
+                fail(
+                    name,
+                    what,
+                    inputs=inputs,
+                    hint="position t predicts the NEXT token: score logits[:, :-1] "
+                    "against tokens[:, 1:] and average over the B·(T−1) predictions",
+                )
+        compare(
+            name,
+            float(got),
+            float(want),
+            inputs=inputs,
+            what="loss",
+            hint="cross-entropy = −log softmax(logits[:, t])[tokens[:, t+1]], averaged over all B·(T−1) pairs",
+        )
     passed(name, 3, "the classic off-by-one is not here")
 
 
@@ -372,8 +526,12 @@ def check_lr_schedule(lr_schedule) -> None:
     from ..train import lr_at
 
     name = "check_lr_schedule"
-    settings = [dict(lr=3e-3, warmup=10, steps=100, min_lr_ratio=0.1), dict(lr=1.0, warmup=0, steps=20, min_lr_ratio=0.0),
-                dict(lr=0.5, warmup=4, steps=9, min_lr_ratio=0.2), dict(lr=2e-4, warmup=5, steps=5, min_lr_ratio=0.1)]
+    settings = [
+        dict(lr=3e-3, warmup=10, steps=100, min_lr_ratio=0.1),
+        dict(lr=1.0, warmup=0, steps=20, min_lr_ratio=0.0),
+        dict(lr=0.5, warmup=4, steps=9, min_lr_ratio=0.2),
+        dict(lr=2e-4, warmup=5, steps=5, min_lr_ratio=0.1),
+    ]
     for kw in settings:
         # warm-up first, then the end point, then the cosine in between: the first wrong step names the part
         order = list(range(kw["warmup"])) + [kw["steps"] - 1] + list(range(kw["warmup"], kw["steps"] - 1))
@@ -388,13 +546,17 @@ def check_lr_schedule(lr_schedule) -> None:
             if abs(got - want) <= 1e-9 + 1e-6 * abs(want):
                 continue
             if step < kw["warmup"]:
-                hint = ("warm-up is linear and step 0 already trains: lr · (step + 1) / warmup, reaching lr at the "
-                        "last warm-up step")
+                hint = (
+                    "warm-up is linear and step 0 already trains: lr · (step + 1) / warmup, reaching lr at the "
+                    "last warm-up step"
+                )
             elif step == kw["steps"] - 1:
                 hint = "the cosine ends at min_lr_ratio · lr on the last step (steps − 1), not at 0"
             else:
-                hint = ("after warm-up, progress = (step − warmup) / (steps − 1 − warmup) goes from 0 to 1 and "
-                        "lr · (min_lr_ratio + (1 − min_lr_ratio) · (1 + cos(π · progress)) / 2)")
+                hint = (
+                    "after warm-up, progress = (step − warmup) / (steps − 1 − warmup) goes from 0 to 1 and "
+                    "lr · (min_lr_ratio + (1 − min_lr_ratio) · (1 + cos(π · progress)) / 2)"
+                )
             fail(name, f"at step {step} expected {want:.6g}, got {got:.6g}", inputs=inputs, hint=hint)
     passed(name, sum(kw["steps"] for kw in settings), "warm-up, then cosine down to min_lr_ratio·lr")
 
@@ -412,14 +574,14 @@ def check_train_step(train_step) -> None:
     """
     import copy
 
-    from ..train import configure_optimizer, lr_at, train_step as ref_step
+    from ..train import configure_optimizer, lr_at
+    from ..train import train_step as ref_step
 
     name = "check_train_step"
     g = _gen(8)
     torch.manual_seed(30)
-    from ..model import GPT
-
     from ..attention import rope_frequencies
+    from ..model import GPT
 
     mine = GPT(_tiny_config()).double()
     for block in mine.blocks:  # the RoPE table is stored in float32: rebuild it at float64's precision
@@ -432,22 +594,22 @@ def check_train_step(train_step) -> None:
         # move a weight by a visible fraction of lr in one implementation and not in the other
         group["eps"] = 1e-6
     # phase: (what it tests, steps to run, grad_clip, junk gradients planted before the first call)
-    phases = [("forward, loss, backward and optimizer.step()", 1, 1e6, False),
-              ("zeroing old gradients", 1, 1e6, True),
-              ("gradient clipping", 3, 0.05, False),
-              ("the whole schedule", 5, 1.0, False)]
+    phases = [
+        ("forward, loss, backward and optimizer.step()", 1, 1e6, False),
+        ("zeroing old gradients", 1, 1e6, True),
+        ("gradient clipping", 3, 0.05, False),
+        ("the whole schedule", 5, 1.0, False),
+    ]
     schedule = dict(lr=1e-2, warmup=2, steps=10)
     step, n = 0, 0
     hints = {
-        "forward, loss, backward and optimizer.step()":
-            "logits = gpt_forward(model, tokens); loss = next_token_loss(logits, tokens); loss.backward(); "
-            "optimizer.step(); return the loss of this batch (before the update) as a float",
-        "zeroing old gradients":
-            "gradients that were already in .grad when train_step was called were added to this step's: "
-            "call optimizer.zero_grad() before loss.backward()",
-        "gradient clipping":
-            "after backward and before optimizer.step(), scale the gradients so that their global norm is at "
-            "most grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)",
+        "forward, loss, backward and optimizer.step()": "the logits come from your gpt_forward and the loss from your "
+        "next_token_loss; back-propagate it, step the optimizer, and return this batch's loss (before the update) as "
+        "a float",
+        "zeroing old gradients": "gradients that were already in .grad when train_step was called were added to this "
+        "step's: clear them with the optimizer before back-propagating",
+        "gradient clipping": "after backward and before optimizer.step(), scale the gradients so that their global "
+        "norm is at most grad_clip (torch.nn.utils has a function for exactly this)",
         "the whole schedule": "every step sets the learning rate of every param group to lr_schedule(step, ...)",
     }
     for what, n_steps, clip, junk in phases:
@@ -457,25 +619,48 @@ def check_train_step(train_step) -> None:
         for _ in range(n_steps):
             tokens = torch.randint(mine.config.vocab_size, (4, 13), generator=g)
             inputs = {"tokens": tokens, "step": step, "grad_clip": clip, **schedule}
-            got = call(name, train_step, mine, opts[0], tokens.clone(), step, grad_clip=clip, inputs=inputs,
-                       **schedule)
+            got = call(name, train_step, mine, opts[0], tokens.clone(), step, grad_clip=clip, inputs=inputs, **schedule)
             rate = lr_at(step, **schedule)
             want, _, _ = ref_step(ref, opts[1], tokens[:, :-1], tokens[:, 1:], rate, grad_clip=clip)
             if isinstance(got, torch.Tensor):
                 got = float(got.detach()) if got.numel() == 1 else got
             if not isinstance(got, float):
-                fail(name, f"expected the batch's loss as a Python float, got {type(got).__name__}", inputs=inputs,
-                     hint="return loss.item()")
+                fail(
+                    name,
+                    f"expected the batch's loss as a Python float, got {type(got).__name__}",
+                    inputs=inputs,
+                    hint="return loss.item()",
+                )
             if any(abs(r - rate) > 1e-12 for r in _lr_of(opts[0])):
-                fail(name, f"after step {step} the optimizer's learning rate is {_lr_of(opts[0])[0]:.6g}, expected "
-                     f"{rate:.6g} (warm-up {schedule['warmup']} steps, then cosine over {schedule['steps']})",
-                     inputs=inputs, hint="before optimizer.step(), set group['lr'] = lr_schedule(step, lr, warmup, "
-                     "steps) for every group in optimizer.param_groups")
-            compare(name, got, want.item(), inputs=inputs, what=f"loss returned at step {step}", atol=1e-8, rtol=1e-7,
-                    hint="the loss of this batch, computed before the update, with the one-position shift")
+                fail(
+                    name,
+                    f"after step {step} the optimizer's learning rate is {_lr_of(opts[0])[0]:.6g}, expected "
+                    f"{rate:.6g} (warm-up {schedule['warmup']} steps, then cosine over {schedule['steps']})",
+                    inputs=inputs,
+                    hint="before optimizer.step(), set group['lr'] = lr_schedule(step, lr, warmup, "
+                    "steps) for every group in optimizer.param_groups",
+                )
+            compare(
+                name,
+                got,
+                want.item(),
+                inputs=inputs,
+                what=f"loss returned at step {step}",
+                atol=1e-8,
+                rtol=1e-7,
+                hint="the loss of this batch, computed before the update, with the one-position shift",
+            )
             for (pname, p), q in zip(mine.named_parameters(), ref.parameters()):
-                compare(name, p.detach(), q.detach(), inputs=inputs, what=f"weight {pname} after step {step} "
-                        f"(checking {what})", atol=1e-7, rtol=1e-6, hint=hints[what])
+                compare(
+                    name,
+                    p.detach(),
+                    q.detach(),
+                    inputs=inputs,
+                    what=f"weight {pname} after step {step} (checking {what})",
+                    atol=1e-7,
+                    rtol=1e-6,
+                    hint=hints[what],
+                )
             step, n = step + 1, n + 1
     passed(name, n, "same weights as course_utils.train.train_step after every step")
 
@@ -488,8 +673,11 @@ def check_trained_gpt(model, *, target: float = 4.2) -> None:
 
     name = "check_trained_gpt"
     if not isinstance(model, GPT):
-        fail(name, f"expected the course_utils.model.GPT whose weights you trained, got {type(model).__name__}",
-             hint="pass the model object itself (not the history, not a function)")
+        fail(
+            name,
+            f"expected the course_utils.model.GPT whose weights you trained, got {type(model).__name__}",
+            hint="pass the model object itself (not the history, not a function)",
+        )
     data = corpus_dataset()
     if model.config.vocab_size != data.vocab_size:
         fail(name, f"the model's vocab_size is {model.config.vocab_size}, the corpus tokenizer has {data.vocab_size}")
@@ -497,10 +685,13 @@ def check_trained_gpt(model, *, target: float = 4.2) -> None:
     val = evaluate(model, data, "val", iters=20, batch_size=16, block_size=block)
     uniform = math.log(data.vocab_size)
     if not val < target:
-        fail(name, f"validation loss {val:.3f} nats/token is not below the target {target} "
-             f"(a uniform guess scores {uniform:.3f})",
-             hint="train longer, or look at your loss curve: flat from the start means the weights do not move "
-                  "(optimizer.step()?), rising means the learning rate is too high or the targets are not shifted")
+        fail(
+            name,
+            f"validation loss {val:.3f} nats/token is not below the target {target} "
+            f"(a uniform guess scores {uniform:.3f})",
+            hint="train longer, or look at your loss curve: flat from the start means the weights do not move "
+            "(optimizer.step()?), rising means the learning rate is too high or the targets are not shifted",
+        )
     passed(name, 1, f"validation loss {val:.3f} < {target} nats/token (uniform guess {uniform:.3f})")
 
 
@@ -526,8 +717,9 @@ LAB_RUN_FLOPS = 6 * 119_104 * 300 * 16 * 64
 
 
 @exercise("3.11")
-def check_train_within_budget(train_within_budget, *, budget_flops: float = LAB_RUN_FLOPS,
-                              target: float = 3.85) -> None:
+def check_train_within_budget(
+    train_within_budget, *, budget_flops: float = LAB_RUN_FLOPS, target: float = 3.85
+) -> None:
     """Open exercise: ``train_within_budget(data, budget_flops) -> GPT`` beats ``target`` within a compute budget.
 
     Compute is counted as ``6 · N · D`` (Kaplan et al., 2020): ``N`` the model's parameters (tied weights once),
@@ -546,14 +738,23 @@ def check_train_within_budget(train_within_budget, *, budget_flops: float = LAB_
     used = 6 * n_params * data.train_tokens
     spent = f"{n_params:,} parameters × {data.train_tokens:,} tokens × 6 = {used:.3g} FLOPs"
     if data.train_tokens == 0:
-        fail(name, "no training tokens were drawn through data.get_batch('train', ...)",
-             hint="train on batches from the data object you are given: that is how the budget is counted")
+        fail(
+            name,
+            "no training tokens were drawn through data.get_batch('train', ...)",
+            hint="train on batches from the data object you are given: that is how the budget is counted",
+        )
     if used > budget_flops:
-        fail(name, f"{spent}: over the budget of {budget_flops:.3g}",
-             hint="fewer steps, smaller batches or shorter windows, or a smaller model")
+        fail(
+            name,
+            f"{spent}: over the budget of {budget_flops:.3g}",
+            hint="fewer steps, smaller batches or shorter windows, or a smaller model",
+        )
     val = evaluate(model, data._data, "val", iters=20, batch_size=16, block_size=min(64, model.config.max_seq_len))
     if not val < target:
-        fail(name, f"validation loss {val:.3f} nats/token is not below the target {target} ({spent})",
-             hint="ideas: the learning rate and how far it decays; more, smaller batches; a model shape that "
-                  "learns more per FLOP")
+        fail(
+            name,
+            f"validation loss {val:.3f} nats/token is not below the target {target} ({spent})",
+            hint="ideas: the learning rate and how far it decays; more, smaller batches; a model shape that "
+            "learns more per FLOP",
+        )
     passed(name, 1, f"validation loss {val:.3f} < {target} with {used / budget_flops:.0%} of the budget ({spent})")

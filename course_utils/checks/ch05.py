@@ -6,6 +6,7 @@ chance rate is not 1/E), a label with no tokens, a dense model with no MoE layer
 The open exercise's check (:func:`check_beat_moe_recipe`) judges an outcome: a lower validation loss than the
 lab's MoE recipe at equal active parameters and equal training tokens.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -18,8 +19,14 @@ from ..model import GPT, GPTConfig
 from ..moe import MoELayer, load_balancing_loss, router_z_loss
 from ._core import call, compare, exercise, fail, passed
 
-__all__ = ["check_swap_ffn_for_moe", "check_add_aux_loss", "check_routing_stats",
-           "check_consecutive_same_expert_rate", "check_expert_parallel_dispatch", "check_beat_moe_recipe"]
+__all__ = [
+    "check_swap_ffn_for_moe",
+    "check_add_aux_loss",
+    "check_routing_stats",
+    "check_consecutive_same_expert_rate",
+    "check_expert_parallel_dispatch",
+    "check_beat_moe_recipe",
+]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -31,12 +38,16 @@ def _gen(seed: int) -> torch.Generator:
 def check_swap_ffn_for_moe(swap_ffn_for_moe) -> None:
     """``swap_ffn_for_moe(config, num_experts, top_k) -> GPTConfig`` with equal active FFN parameters."""
     name = "check_swap_ffn_for_moe"
-    cases = [(GPTConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=96), 8, 2),
-             (GPTConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, d_ff=96), 4, 1),
-             (GPTConfig(vocab_size=80, d_model=16, n_layers=3, n_heads=2, d_ff=48, max_seq_len=32), 6, 3)]
-    hint = ("keep every field of the dense config, set ffn='moe', moe=dict(num_experts=..., top_k=...), and make each "
-            "expert d_ff / top_k wide: a token then runs through top_k · d_ff/top_k = d_ff FFN units, like the "
-            "dense model")
+    cases = [
+        (GPTConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=96), 8, 2),
+        (GPTConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, d_ff=96), 4, 1),
+        (GPTConfig(vocab_size=80, d_model=16, n_layers=3, n_heads=2, d_ff=48, max_seq_len=32), 6, 3),
+    ]
+    hint = (
+        "keep every field of the dense config, set ffn='moe', moe=dict(num_experts=..., top_k=...), and make each "
+        "expert d_ff / top_k wide: a token then runs through top_k · d_ff/top_k = d_ff FFN units, like the "
+        "dense model"
+    )
     for config, E, k in cases:
         inputs = {"config": config, "num_experts": E, "top_k": k}
         before, expected = asdict(config), moe_lm.moe_config(config, E, k)
@@ -48,13 +59,23 @@ def check_swap_ffn_for_moe(swap_ffn_for_moe) -> None:
         exp_fields["moe"] = {key: expected.moe[key] for key in ("num_experts", "top_k")}
         compare(name, got_fields, exp_fields, what="config", inputs=inputs, hint=hint)
         if asdict(config) != before:
-            fail(name, "your function changed the config it was given (it must return a new one)", inputs=inputs,
-                 hint="use dataclasses.replace(config, ...) instead of assigning to config's fields")
+            fail(
+                name,
+                "your function changed the config it was given (it must return a new one)",
+                inputs=inputs,
+                hint="use dataclasses.replace(config, ...) instead of assigning to config's fields",
+            )
         dense_active = GPT(config).param_counts()["active"]
         moe_active = GPT(got).param_counts()["active"]
         router = config.n_layers * config.d_model * E
-        compare(name, moe_active - router, dense_active, what="active parameters minus the routers", inputs=inputs,
-                hint=hint)
+        compare(
+            name,
+            moe_active - router,
+            dense_active,
+            what="active parameters minus the routers",
+            inputs=inputs,
+            hint=hint,
+        )
     passed(name, len(cases), "equal active parameters")
 
 
@@ -62,8 +83,10 @@ def check_swap_ffn_for_moe(swap_ffn_for_moe) -> None:
 def _aux_case(n_layers: int, tokens: int, E: int, k: int, seed: int):
     g = _gen(seed)
     logits = [(torch.randn(tokens, E, generator=g) * 2).requires_grad_() for _ in range(n_layers)]
-    aux = [{"router_logits": l, "load_balancing_loss": load_balancing_loss(l, E, k), "z_loss": router_z_loss(l)}
-           for l in logits]
+    aux = [
+        {"router_logits": l, "load_balancing_loss": load_balancing_loss(l, E, k), "z_loss": router_z_loss(l)}
+        for l in logits
+    ]
     lm_loss = (torch.rand((), generator=g) + 2).requires_grad_()
     return lm_loss, aux, logits
 
@@ -74,8 +97,10 @@ def check_add_aux_loss(add_aux_loss) -> None:
     balancing loss."""
     name = "check_add_aux_loss"
     cases = [(3, 10, 8, 2, 0.01, 0), (1, 7, 4, 1, 0.5, 1), (2, 12, 6, 3, 0.0, 2), (0, 5, 4, 2, 0.01, 3)]
-    hint = ("total = lm_loss + aux_loss_coef * mean over layers of aux['load_balancing_loss']; keep it a tensor "
-            "(no .item()) so that the gradient reaches the routers")
+    hint = (
+        "total = lm_loss + aux_loss_coef * mean over layers of aux['load_balancing_loss']; keep it a tensor "
+        "(no .item()) so that the gradient reaches the routers"
+    )
     for n_layers, T, E, k, coef, seed in cases:
         lm_loss, aux, logits = _aux_case(n_layers, T, E, k, seed)
         inputs = {"lm_loss": lm_loss, "n_layers": n_layers, "aux_loss_coef": coef}
@@ -108,8 +133,10 @@ def check_routing_stats(routing_stats) -> None:
     """``routing_stats(expert_idx [N] or [N, k], labels [N], num_labels, num_experts) -> [num_labels, num_experts]``."""
     name = "check_routing_stats"
     cases = _routing_cases()
-    hint = ("count the token-slots of each (label, expert) pair — all k choices of a token count — then divide each "
-            "ROW by its sum: row l answers 'where did label l's tokens go?'. A label with no tokens gets zeros")
+    hint = (
+        "count the token-slots of each (label, expert) pair — all k choices of a token count — then divide each "
+        "ROW by its sum: row l answers 'where did label l's tokens go?'. A label with no tokens gets zeros"
+    )
     for expert_idx, labels, L, E in cases:
         inputs = {"expert_idx": expert_idx, "labels": labels, "num_labels": L, "num_experts": E}
         got = call(name, routing_stats, expert_idx.clone(), labels.clone(), L, E, inputs=inputs)
@@ -133,9 +160,11 @@ def check_consecutive_same_expert_rate(consecutive_same_expert_rate) -> None:
         torch.randint(0, 8, (4, 50), generator=g),
     ]
     E_of = [4, 4, 2, 8]
-    hint = ("rate: compare e[:, 1:] with e[:, :-1] inside each row (a row's last token and the next row's first are "
-            "not neighbours); chance: with p_e = share of all tokens on expert e, two independent draws agree with "
-            "probability Σ p_e² (1/E only for a perfectly even load)")
+    hint = (
+        "rate: compare e[:, 1:] with e[:, :-1] inside each row (a row's last token and the next row's first are "
+        "not neighbours); chance: with p_e = share of all tokens on expert e, two independent draws agree with "
+        "probability Σ p_e² (1/E only for a perfectly even load)"
+    )
     for e, E in zip(cases, E_of):
         inputs = {"expert_ids": e, "num_experts": E}
         got = call(name, consecutive_same_expert_rate, e.clone(), E, inputs=inputs)
@@ -152,12 +181,18 @@ def check_consecutive_same_expert_rate(consecutive_same_expert_rate) -> None:
 def check_expert_parallel_dispatch(expert_parallel_dispatch) -> None:
     """``expert_parallel_dispatch(topk_idx [T, k], num_experts, world_size) -> (order [T·k], send_counts [W])``."""
     name = "check_expert_parallel_dispatch"
-    hint = ("rank r owns experts r·E/W … (r+1)·E/W − 1; send_counts[r] = number of token-slots whose expert lives on "
-            "rank r (length world_size); order = the flat slots t·k + j sorted so that all slots for rank 0 come "
-            "first, then rank 1, ... (argsort of the expert ids does it)")
+    hint = (
+        "rank r owns experts r·E/W … (r+1)·E/W − 1; send_counts[r] = number of token-slots whose expert lives on "
+        "rank r (length world_size); order = the flat slots t·k + j sorted so that all slots for rank 0 come "
+        "first, then rank 1, ... (argsort of the expert ids does it)"
+    )
     hand = torch.tensor([[5, 0], [1, 7], [4, 2]])
-    cases = [(hand, 8, 2), (torch.tensor([[0, 1], [2, 3], [1, 0]]), 8, 2),  # rank 1 receives nothing
-             (torch.randint(0, 6, (9, 1), generator=_gen(3)), 6, 3), (hand, 8, 1)]
+    cases = [
+        (hand, 8, 2),
+        (torch.tensor([[0, 1], [2, 3], [1, 0]]), 8, 2),  # rank 1 receives nothing
+        (torch.randint(0, 6, (9, 1), generator=_gen(3)), 6, 3),
+        (hand, 8, 1),
+    ]
     for idx, E, W in cases:
         inputs = {"topk_idx": idx, "num_experts": E, "world_size": W}
         got = call(name, expert_parallel_dispatch, idx.clone(), E, W, inputs=inputs)
@@ -167,13 +202,20 @@ def check_expert_parallel_dispatch(expert_parallel_dispatch) -> None:
         _, exp_counts = dispatch_plan(idx, E, W)
         compare(name, counts, exp_counts, what="send_counts", inputs=inputs, hint=hint)
         if sorted(order.tolist()) != list(range(idx.numel())):
-            fail(name, f"order must be a permutation of the {idx.numel()} token-slots 0..T·k-1, got {order.tolist()}",
-                 inputs=inputs, hint=hint)
+            fail(
+                name,
+                f"order must be a permutation of the {idx.numel()} token-slots 0..T·k-1, got {order.tolist()}",
+                inputs=inputs,
+                hint=hint,
+            )
         rank_of_slot = idx.reshape(-1)[order] // (E // W)
         if (rank_of_slot[1:] < rank_of_slot[:-1]).any():
-            fail(name, "the slots are not grouped by destination rank: ranks in your order are "
-                 f"{rank_of_slot.tolist()}",
-                 inputs=inputs, hint=hint)
+            fail(
+                name,
+                f"the slots are not grouped by destination rank: ranks in your order are {rank_of_slot.tolist()}",
+                inputs=inputs,
+                hint=hint,
+            )
     torch.manual_seed(0)
     layer = MoELayer(16, 24, 8, 2).eval()
     x = torch.randn(13, 16, generator=_gen(5))
@@ -208,8 +250,14 @@ def reference_moe_recipe(data) -> GPT:
     gen = _gen(0)
     for step in range(r["steps"]):
         x, y = data.get_batch("train", r["batch_size"], r["block_size"], gen)
-        train_step(model, opt, x, y, lr_at(step, lr=r["lr"], warmup=r["warmup"], steps=r["steps"]),
-                   aux_loss_coef=r["aux_loss_coef"])
+        train_step(
+            model,
+            opt,
+            x,
+            y,
+            lr_at(step, lr=r["lr"], warmup=r["warmup"], steps=r["steps"]),
+            aux_loss_coef=r["aux_loss_coef"],
+        )
     return model.eval()
 
 
@@ -222,8 +270,14 @@ def moe_val_loss(model, data) -> float:
 
 def _active_outside_routers(model: GPT) -> int:
     """Active parameters per token, minus the routers' (which grow with the number of experts, a free choice)."""
-    routers = sum(p.numel() for block in model.blocks if block.is_moe
-                  for m in (block.ffn.router, block.ffn.noise) if m is not None for p in m.parameters())
+    routers = sum(
+        p.numel()
+        for block in model.blocks
+        if block.is_moe
+        for m in (block.ffn.router, block.ffn.noise)
+        if m is not None
+        for p in m.parameters()
+    )
     return model.param_counts()["active"] - routers
 
 
@@ -240,25 +294,42 @@ def check_beat_moe_recipe(train_moe, *, target: float = MOE_RECIPE_VAL, token_bu
     if not isinstance(model, GPT):
         fail(name, f"expected train_moe to return a course_utils.model.GPT, got {type(model).__name__}")
     if not all(block.is_moe for block in model.blocks):
-        fail(name, "every block's feed-forward layer must be a Mixture of Experts (GPTConfig(ffn='moe', ...))",
-             hint="the exercise compares MoE recipes; start from swap_ffn_for_moe(dense_cfg, ...)")
+        fail(
+            name,
+            "every block's feed-forward layer must be a Mixture of Experts (GPTConfig(ffn='moe', ...))",
+            hint="the exercise compares MoE recipes; start from swap_ffn_for_moe(dense_cfg, ...)",
+        )
     limit = _active_outside_routers(GPT(moe_lm.moe_config(moe_lm.BASE_CONFIG)))
     active = _active_outside_routers(model)
     if active > limit:
-        fail(name, f"your model has {active:,} active parameters per token outside the routers, the recipe's has "
-             f"{limit:,}", hint="more experts are free (total parameters and router weights do not count); wider "
-                                "experts, more experts per token or a wider model are not")
+        fail(
+            name,
+            f"your model has {active:,} active parameters per token outside the routers, the recipe's has {limit:,}",
+            hint="more experts are free (total parameters and router weights do not count); wider "
+            "experts, more experts per token or a wider model are not",
+        )
     if data.train_tokens == 0:
-        fail(name, "no training tokens were drawn through data.get_batch('train', ...)",
-             hint="train on batches from the data object you are given: that is how the budget is counted")
+        fail(
+            name,
+            "no training tokens were drawn through data.get_batch('train', ...)",
+            hint="train on batches from the data object you are given: that is how the budget is counted",
+        )
     if data.train_tokens > token_budget:
-        fail(name, f"{data.train_tokens:,} training tokens drawn, over the budget of {token_budget:,}",
-             hint="steps × batch_size × block_size must stay within the budget")
+        fail(
+            name,
+            f"{data.train_tokens:,} training tokens drawn, over the budget of {token_budget:,}",
+            hint="steps × batch_size × block_size must stay within the budget",
+        )
     val = moe_val_loss(model, data._data)
-    summary = (f"validation loss {val:.3f} with {active:,} active parameters (outside the routers) and "
-               f"{data.train_tokens:,} training tokens")
+    summary = (
+        f"validation loss {val:.3f} with {active:,} active parameters (outside the routers) and "
+        f"{data.train_tokens:,} training tokens"
+    )
     if not val < target:
-        fail(name, f"{summary}: not below the recipe's {target}",
-             hint="ideas: the schedule (how long the warm-up, how far the decay), batch size against number of "
-                  "steps, the balancing loss's weight, how many experts")
+        fail(
+            name,
+            f"{summary}: not below the recipe's {target}",
+            hint="ideas: the schedule (how long the warm-up, how far the decay), batch size against number of "
+            "steps, the balancing loss's weight, how many experts",
+        )
     passed(name, 1, f"{summary} (recipe: {target})")

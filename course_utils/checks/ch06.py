@@ -1,16 +1,28 @@
 """Checks for chapter 6 (retrieval-augmented generation): each compares the learner's function with
 :mod:`course_utils.rag` on several inputs, edge cases included."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from ._core import call, compare, exercise, fail, passed
 
-__all__ = ["check_chunk_text", "check_bm25_scores", "check_cosine_top_k", "check_reciprocal_rank_fusion",
-           "check_recall_at_k", "check_mrr", "check_retrieval_design", "RECALL_TARGET", "CONTEXT_BUDGET"]
+__all__ = [
+    "check_chunk_text",
+    "check_bm25_scores",
+    "check_cosine_top_k",
+    "check_reciprocal_rank_fusion",
+    "check_recall_at_k",
+    "check_mrr",
+    "check_retrieval_design",
+    "RECALL_TARGET",
+    "CONTEXT_BUDGET",
+]
 
-_TEXT = ("The with statement is used to wrap the execution of a block with methods defined by a context manager. "
-         "This allows common try/except/finally usage patterns to be encapsulated for convenient reuse.")
+_TEXT = (
+    "The with statement is used to wrap the execution of a block with methods defined by a context manager. "
+    "This allows common try/except/finally usage patterns to be encapsulated for convenient reuse."
+)
 
 
 @exercise("6.1")
@@ -22,28 +34,53 @@ def check_chunk_text(chunk_text) -> None:
 
     name = "check_chunk_text"
     n = len(get_encoding().encode(_TEXT))
-    cases = [(_TEXT, 8, 0), (_TEXT, 8, 3), (_TEXT, 5, 4), (_TEXT, n, 0), (_TEXT, n // 2, 0), (_TEXT, 1000, 10),
-             ("short", 16, 4), ("", 8, 0)]
+    cases = [
+        (_TEXT, 8, 0),
+        (_TEXT, 8, 3),
+        (_TEXT, 5, 4),
+        (_TEXT, n, 0),
+        (_TEXT, n // 2, 0),
+        (_TEXT, 1000, 10),
+        ("short", 16, 4),
+        ("", 8, 0),
+    ]
     for text, size, overlap in cases:
         inputs = {"text": text, "chunk_size": size, "overlap": overlap}
         got = call(name, chunk_text, text, size, overlap, inputs=inputs)
         expected = ref(text, size, overlap)
-        if isinstance(got, list) and len(got) > len(expected) and got[:len(expected)] == expected:
-            fail(name, f"expected {len(expected)} chunks, got {len(got)}: the extra ones repeat the end of the text",
-                 inputs=inputs, hint="stop after the first window that reaches the last token")
-        compare(name, got, expected, inputs=inputs, what="chunks",
-                hint="windows of chunk_size token ids, each starting chunk_size - overlap ids after the previous "
-                     "one, decoded with the same encoding; an empty text gives []")
+        if isinstance(got, list) and len(got) > len(expected) and got[: len(expected)] == expected:
+            fail(
+                name,
+                f"expected {len(expected)} chunks, got {len(got)}: the extra ones repeat the end of the text",
+                inputs=inputs,
+                hint="stop after the first window that reaches the last token",
+            )
+        compare(
+            name,
+            got,
+            expected,
+            inputs=inputs,
+            what="chunks",
+            hint="windows of chunk_size token ids, each starting chunk_size - overlap ids after the previous "
+            "one, decoded with the same encoding; an empty text gives []",
+        )
     try:
         chunk_text(_TEXT, 8, 8)
     except ValueError:
         pass
     except Exception as err:  # noqa: BLE001 - any other error is the learner's to see
-        fail(name, f"overlap >= chunk_size should raise ValueError, got {type(err).__name__}: {err}",
-             inputs={"chunk_size": 8, "overlap": 8})
+        fail(
+            name,
+            f"overlap >= chunk_size should raise ValueError, got {type(err).__name__}: {err}",
+            inputs={"chunk_size": 8, "overlap": 8},
+        )
     else:
-        fail(name, "overlap >= chunk_size should raise ValueError (the window would never move forward)",
-             inputs={"chunk_size": 8, "overlap": 8}, hint="check the arguments before the loop")
+        fail(
+            name,
+            "overlap >= chunk_size should raise ValueError (the window would never move forward)",
+            inputs={"chunk_size": 8, "overlap": 8},
+            hint="check the arguments before the loop",
+        )
     passed(name, len(cases) + 1)
 
 
@@ -74,10 +111,16 @@ def check_bm25_scores(bm25_scores) -> None:
     for query, docs, k1, b in cases:
         inputs = {"query_tokens": query, "docs_tokens": docs, "k1": k1, "b": b}
         got = call(name, bm25_scores, query, docs, k1=k1, b=b, inputs=inputs)
-        compare(name, np.asarray(got, dtype=float) if isinstance(got, (list, np.ndarray)) else got,
-                ref(query, docs, k1=k1, b=b), inputs=inputs, what="scores", atol=1e-6,
-                hint="idf = ln(1 + (N - df + 0.5) / (df + 0.5)); term part tf / (tf + k1·(1 - b + b·len(doc)/avgdl)); "
-                     "sum over the query tokens, repeats included")
+        compare(
+            name,
+            np.asarray(got, dtype=float) if isinstance(got, (list, np.ndarray)) else got,
+            ref(query, docs, k1=k1, b=b),
+            inputs=inputs,
+            what="scores",
+            atol=1e-6,
+            hint="idf = ln(1 + (N - df + 0.5) / (df + 0.5)); term part tf / (tf + k1·(1 - b + b·len(doc)/avgdl)); "
+            "sum over the query tokens, repeats included",
+        )
     passed(name, len(cases))
 
 
@@ -97,10 +140,23 @@ def check_cosine_top_k(cosine_top_k) -> None:
         if not isinstance(got, tuple) or len(got) != 2:
             fail(name, f"expected a tuple (indices, similarities), got {type(got).__name__}", inputs=inputs)
         idx, sims = ref(q, m, k)
-        compare(name, [int(i) for i in np.asarray(got[0]).ravel()], idx.tolist(), inputs=inputs, what="indices",
-                hint="cosine = (m/|m|)·(q/|q|): divide both by their norms before the dot product; best first")
-        compare(name, np.asarray(got[1], dtype=float), sims, inputs=inputs, what="similarities", atol=1e-6,
-                hint="return the cosine similarities of the chosen rows, in [-1, 1]")
+        compare(
+            name,
+            [int(i) for i in np.asarray(got[0]).ravel()],
+            idx.tolist(),
+            inputs=inputs,
+            what="indices",
+            hint="cosine = (m/|m|)·(q/|q|): divide both by their norms before the dot product; best first",
+        )
+        compare(
+            name,
+            np.asarray(got[1], dtype=float),
+            sims,
+            inputs=inputs,
+            what="similarities",
+            atol=1e-6,
+            hint="return the cosine similarities of the chosen rows, in [-1, 1]",
+        )
     passed(name, len(cases))
 
 
@@ -126,12 +182,23 @@ def check_reciprocal_rank_fusion(reciprocal_rank_fusion) -> None:
         expected = ref(rankings, k=k)
         got = [tuple(pair) for pair in got] if isinstance(got, list) else got
         if isinstance(got, list) and sorted(map(repr, got)) == sorted(map(repr, expected)) and got != expected:
-            fail(name, f"the right items and scores in the wrong order: expected {[i for i, _ in expected]}, got "
-                       f"{[p[0] if p else p for p in got]}", inputs=inputs,
-                 hint="sort by score, best first; items with equal scores keep the order in which they were first "
-                      "seen (a stable sort on the score alone does this; no second sort key, no reversed ascending sort)")
-        compare(name, got, expected, inputs=inputs, what="fused ranking", atol=1e-9,
-                hint="ranks start at 1; each list adds 1/(k + rank); sort by total score, best first")
+            fail(
+                name,
+                f"the right items and scores in the wrong order: expected {[i for i, _ in expected]}, got "
+                f"{[p[0] if p else p for p in got]}",
+                inputs=inputs,
+                hint="sort by score, best first; items with equal scores keep the order in which they were first "
+                "seen (a stable sort on the score alone does this; no second sort key, no reversed ascending sort)",
+            )
+        compare(
+            name,
+            got,
+            expected,
+            inputs=inputs,
+            what="fused ranking",
+            atol=1e-9,
+            hint="ranks start at 1; each list adds 1/(k + rank); sort by total score, best first",
+        )
     passed(name, len(cases), "ties in first-seen order")
 
 
@@ -155,12 +222,23 @@ def check_recall_at_k(recall_at_k) -> None:
         got = call(name, recall_at_k, rankings, relevant, k, inputs=inputs)
         expected = ref(rankings, relevant, k)
         if isinstance(got, (int, float)) and got > 1 + 1e-9:
-            fail(name, f"recall@k = {got:.6g} is above 1: it counts relevant hits, not questions", inputs=inputs,
-                 hint="a question with two relevant ids (or two chunks of one relevant document) in its top k is "
-                      "one success, not two")
-        compare(name, got, expected, inputs=inputs, what="recall@k", atol=1e-9,
-                hint="look only at ranking[:k]; a question counts once if any of its relevant ids is there "
-                     "(however many are), then divide by the number of questions")
+            fail(
+                name,
+                f"recall@k = {got:.6g} is above 1: it counts relevant hits, not questions",
+                inputs=inputs,
+                hint="a question with two relevant ids (or two chunks of one relevant document) in its top k is "
+                "one success, not two",
+            )
+        compare(
+            name,
+            got,
+            expected,
+            inputs=inputs,
+            what="recall@k",
+            atol=1e-9,
+            hint="look only at ranking[:k]; a question counts once if any of its relevant ids is there "
+            "(however many are), then divide by the number of questions",
+        )
     passed(name, len(cases), "one success per question")
 
 
@@ -170,13 +248,24 @@ def check_mrr(mrr) -> None:
     from ..rag import mrr as ref
 
     name = "check_mrr"
-    cases = [(_RANKINGS, _RELEVANT), ([["a", "b"]], [{"a"}]), ([["a", "b", "c"]], [{"c", "b"}]),
-             ([["a"], ["b"]], [{"x"}, {"b"}])]
+    cases = [
+        (_RANKINGS, _RELEVANT),
+        ([["a", "b"]], [{"a"}]),
+        ([["a", "b", "c"]], [{"c", "b"}]),
+        ([["a"], ["b"]], [{"x"}, {"b"}]),
+    ]
     for rankings, relevant in cases:
         inputs = {"rankings": rankings, "relevant": relevant}
         got = call(name, mrr, rankings, relevant, inputs=inputs)
-        compare(name, got, ref(rankings, relevant), inputs=inputs, what="MRR", atol=1e-9,
-                hint="rank counts from 1; use the first relevant hit; a question with none adds 0 but still counts")
+        compare(
+            name,
+            got,
+            ref(rankings, relevant),
+            inputs=inputs,
+            what="MRR",
+            atol=1e-9,
+            hint="rank counts from 1; use the first relevant hit; a question with none adds 0 but still counts",
+        )
     passed(name, len(cases))
 
 
@@ -202,24 +291,43 @@ def check_retrieval_design(search, k: int = 5) -> None:
         inputs = {"question": q.text, "k": k}
         hits = call(name, search, q.text, k, inputs=inputs)
         if not isinstance(hits, (list, tuple)):
-            fail(name, f"expected a list of passages, got {type(hits).__name__}", inputs=inputs,
-                 hint="return a list of rag.Chunk (or anything with .doc_id and .text), best first")
+            fail(
+                name,
+                f"expected a list of passages, got {type(hits).__name__}",
+                inputs=inputs,
+                hint="return a list of rag.Chunk (or anything with .doc_id and .text), best first",
+            )
         if len(hits) > k:
             fail(name, f"returned {len(hits)} passages for k={k}", inputs=inputs, hint="return at most k passages")
         if not all(hasattr(h, "doc_id") and hasattr(h, "text") for h in hits):
-            fail(name, "every passage needs .doc_id (the topic it comes from) and .text (what the model would read)",
-                 inputs=inputs, hint="rag.Chunk has both; build your own chunks with rag.Chunk(doc_id, title, text)")
+            fail(
+                name,
+                "every passage needs .doc_id (the topic it comes from) and .text (what the model would read)",
+                inputs=inputs,
+                hint="rag.Chunk has both; build your own chunks with rag.Chunk(doc_id, title, text)",
+            )
         tokens = sum(len(enc.encode(h.text)) for h in hits)
         worst = max(worst, tokens)
         if tokens > CONTEXT_BUDGET:
-            fail(name, f"the {len(hits)} passages take {tokens} tokens, over the budget of {CONTEXT_BUDGET}",
-                 inputs=inputs, hint="returning whole documents would make recall trivial; keep passages short "
-                                     f"enough that {k} of them fit in {CONTEXT_BUDGET} tokens")
+            fail(
+                name,
+                f"the {len(hits)} passages take {tokens} tokens, over the budget of {CONTEXT_BUDGET}",
+                inputs=inputs,
+                hint="returning whole documents would make recall trivial; keep passages short "
+                f"enough that {k} of them fit in {CONTEXT_BUDGET} tokens",
+            )
         ranked.append([h.doc_id for h in hits])
     score = recall_at_k(ranked, [q.topics for q in questions], k)
     if score < RECALL_TARGET:
-        fail(name, f"recall@{k} = {score:.3f} on {len(questions)} questions, below the target {RECALL_TARGET}",
-             hint="ideas: fuse BM25 and dense rankings, let one document take at most one of the k places, "
-                  "prefix chunks with their title, try other chunk sizes and overlaps")
-    passed(name, len(questions), f"your recall@{k} = {score:.3f} (target {RECALL_TARGET}; reference dense 0.915, "
-                                 f"hybrid 0.904); largest context {worst} tokens (budget {CONTEXT_BUDGET})")
+        fail(
+            name,
+            f"recall@{k} = {score:.3f} on {len(questions)} questions, below the target {RECALL_TARGET}",
+            hint="ideas: fuse BM25 and dense rankings, let one document take at most one of the k places, "
+            "prefix chunks with their title, try other chunk sizes and overlaps",
+        )
+    passed(
+        name,
+        len(questions),
+        f"your recall@{k} = {score:.3f} (target {RECALL_TARGET}; reference dense 0.915, "
+        f"hybrid 0.904); largest context {worst} tokens (budget {CONTEXT_BUDGET})",
+    )

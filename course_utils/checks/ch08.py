@@ -4,15 +4,26 @@ Each compares the learner's function with the reference in ``course_utils.quanti
 several inputs, including the edge cases where the plausible bugs show (a row whose largest weight is negative,
 groups, the cap on backoff, a bucket refilled past its capacity, a cache entry from another model).
 """
+
 from __future__ import annotations
 
 import math
 
 from ._core import call, compare, describe, exercise, fail, passed
 
-__all__ = ["check_quantize_int8", "check_dequantize", "check_backoff_delays", "check_full_jitter_delay",
-           "check_token_bucket_acquire", "check_cache_lookup", "check_ttl_cache", "check_pick_cascade_threshold",
-           "check_resilient_client", "check_cascade_policy", "cascade_data"]
+__all__ = [
+    "check_quantize_int8",
+    "check_dequantize",
+    "check_backoff_delays",
+    "check_full_jitter_delay",
+    "check_token_bucket_acquire",
+    "check_cache_lookup",
+    "check_ttl_cache",
+    "check_pick_cascade_threshold",
+    "check_resilient_client",
+    "check_cascade_policy",
+    "cascade_data",
+]
 
 
 def _weights():
@@ -23,8 +34,7 @@ def _weights():
     w[1, 5] = -0.9  # the row's largest magnitude is negative: max() would miss it
     w[2] = 0.0  # an all-zero row
     w[3, 0] = 3.0  # an outlier
-    return [w, torch.tensor([[-2.0, 0.5, 1.0, -0.25]]), torch.randn(3, 8, generator=g).double(),
-            torch.tensor([[0.3]])]
+    return [w, torch.tensor([[-2.0, 0.5, 1.0, -0.25]]), torch.randn(3, 8, generator=g).double(), torch.tensor([[0.3]])]
 
 
 @exercise("8.1")
@@ -44,23 +54,59 @@ def check_quantize_int8(quantize_int8) -> None:
             fail(name, f"expected a tuple (q, scales), got {type(got).__name__}", inputs=inputs)
         q, s = got
         if not isinstance(q, torch.Tensor) or q.dtype != torch.int8:
-            fail(name, f"q must be an int8 tensor, got {getattr(q, 'dtype', type(q).__name__)}", inputs=inputs,
-                 hint="finish with .to(torch.int8) after rounding and clamping to [-127, 127]")
+            fail(
+                name,
+                f"q must be an int8 tensor, got {getattr(q, 'dtype', type(q).__name__)}",
+                inputs=inputs,
+                hint="finish with .to(torch.int8) after rounding and clamping to [-127, 127]",
+            )
         if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(s_ref.shape):
-            fail(name, f"scales must be a tensor of shape {tuple(s_ref.shape)} (one per row, kept as a column), "
-                       f"got {getattr(s, 'shape', type(s).__name__)}", inputs=inputs, hint="use keepdim=True")
+            fail(
+                name,
+                f"scales must be a tensor of shape {tuple(s_ref.shape)} (one per row, kept as a column), "
+                f"got {getattr(s, 'shape', type(s).__name__)}",
+                inputs=inputs,
+                hint="use keepdim=True",
+            )
         if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
-            fail(name, f"every scale must be a positive finite number, got {describe(s)}", inputs=inputs,
-                 hint="an all-zero row has absmax 0: give it scale 1 (any positive scale encodes zeros exactly), "
-                      "otherwise w / scale is 0 / 0 = NaN")
+            fail(
+                name,
+                f"every scale must be a positive finite number, got {describe(s)}",
+                inputs=inputs,
+                hint="an all-zero row has absmax 0: give it scale 1 (any positive scale encodes zeros exactly), "
+                "otherwise w / scale is 0 / 0 = NaN",
+            )
         nonzero = w.abs().amax(dim=-1) > 0
-        compare(name, s[nonzero].float(), s_ref[nonzero], inputs=inputs, what="scales", rtol=1e-4, atol=1e-8,
-                hint="scale = absmax / 127: the largest magnitude |w| in the row, so a negative extreme "
-                     "counts, not the largest value")
-        compare(name, q, q_ref, inputs=inputs, what="q", atol=0, rtol=0,
-                hint="q = round(w / scale), clamped to [-127, 127]; an all-zero row must give q = 0, not NaN")
-        compare(name, group_dequantize(q, s.float()), group_dequantize(q_ref, s_ref), inputs=inputs,
-                what="q * scale", atol=1e-6, hint="dequantizing your (q, scales) should give back w to within scale/2")
+        compare(
+            name,
+            s[nonzero].float(),
+            s_ref[nonzero],
+            inputs=inputs,
+            what="scales",
+            rtol=1e-4,
+            atol=1e-8,
+            hint="scale = absmax / 127: the largest magnitude |w| in the row, so a negative extreme "
+            "counts, not the largest value",
+        )
+        compare(
+            name,
+            q,
+            q_ref,
+            inputs=inputs,
+            what="q",
+            atol=0,
+            rtol=0,
+            hint="q = round(w / scale), clamped to [-127, 127]; an all-zero row must give q = 0, not NaN",
+        )
+        compare(
+            name,
+            group_dequantize(q, s.float()),
+            group_dequantize(q_ref, s_ref),
+            inputs=inputs,
+            what="q * scale",
+            atol=1e-6,
+            hint="dequantizing your (q, scales) should give back w to within scale/2",
+        )
     passed(name, len(cases), "absmax per row, int8 in [-127, 127]")
 
 
@@ -73,17 +119,32 @@ def check_dequantize(dequantize) -> None:
 
     name = "check_dequantize"
     w = _weights()[0]
-    cases = [absmax_quantize(w, 8), absmax_quantize(w, 4, 4), absmax_quantize(w, 4, 8),
-             absmax_quantize(torch.tensor([[1.0, -2.0]]), 8)]
+    cases = [
+        absmax_quantize(w, 8),
+        absmax_quantize(w, 4, 4),
+        absmax_quantize(w, 4, 8),
+        absmax_quantize(torch.tensor([[1.0, -2.0]]), 8),
+    ]
     for q, s in cases:
         inputs = {"q": q, "scales": s}
         got = call(name, dequantize, q.clone(), s.clone(), inputs=inputs)
-        compare(name, got, group_dequantize(q, s), inputs=inputs, what="w_hat", atol=1e-6,
-                hint="group g of row r is q[r, g*G:(g+1)*G] * scales[r, g] with G = cols // scales.shape[1]: "
-                     "reshape q to [rows, groups, G] (or repeat_interleave the scales — not repeat)")
+        compare(
+            name,
+            got,
+            group_dequantize(q, s),
+            inputs=inputs,
+            what="w_hat",
+            atol=1e-6,
+            hint="group g of row r is q[r, g*G:(g+1)*G] * scales[r, g] with G = cols // scales.shape[1]: "
+            "reshape q to [rows, groups, G] (or repeat_interleave the scales — not repeat)",
+        )
         if not isinstance(got, torch.Tensor) or got.dtype != torch.float32:
-            fail(name, f"w_hat must be float32, got {getattr(got, 'dtype', type(got).__name__)}", inputs=inputs,
-                 hint="convert q with .float() before multiplying: int8 arithmetic would overflow")
+            fail(
+                name,
+                f"w_hat must be float32, got {getattr(got, 'dtype', type(got).__name__)}",
+                inputs=inputs,
+                hint="convert q with .float() before multiplying: int8 arithmetic would overflow",
+            )
     passed(name, len(cases), "per row and per group")
 
 
@@ -98,9 +159,15 @@ def check_backoff_delays(backoff_delays) -> None:
         inputs = {"n": n, "base_delay": base, "max_delay": cap}
         expected = [backoff_delay(i, base_delay=base, max_delay=cap, jitter="none") for i in range(1, n + 1)]
         got = call(name, backoff_delays, n, base, cap, inputs=inputs)
-        compare(name, list(got) if isinstance(got, (list, tuple)) else got, expected, inputs=inputs, what="waits",
-                hint="the first wait is base_delay, each next one twice the previous, capped at max_delay: "
-                     "doubles, never exceeds the cap")
+        compare(
+            name,
+            list(got) if isinstance(got, (list, tuple)) else got,
+            expected,
+            inputs=inputs,
+            what="waits",
+            hint="the first wait is base_delay, each next one twice the previous, capped at max_delay: "
+            "doubles, never exceeds the cap",
+        )
     passed(name, len(cases), "doubling, capped")
 
 
@@ -119,29 +186,48 @@ def check_full_jitter_delay(full_jitter_delay) -> None:
         rng = random.Random(n)
         xs = [call(name, full_jitter_delay, n, base, cap, rng, inputs=inputs) for _ in range(draws)]
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
-            fail(name, f"expected a float, got {type(next(x for x in xs if not isinstance(x, (int, float)))).__name__}",
-                 inputs=inputs)
+            fail(
+                name,
+                f"expected a float, got {type(next(x for x in xs if not isinstance(x, (int, float)))).__name__}",
+                inputs=inputs,
+            )
         if min(xs) < 0 or max(xs) > ceiling + 1e-12:
-            fail(name, f"waits must lie in [0, {ceiling:g}] (the capped backoff of retry {n}), got values from "
-                       f"{min(xs):.4g} to {max(xs):.4g}", inputs=inputs,
-                 hint="the ceiling is min(max_delay, base_delay · 2^(n-1)): cap first, then draw below the ceiling")
+            fail(
+                name,
+                f"waits must lie in [0, {ceiling:g}] (the capped backoff of retry {n}), got values from "
+                f"{min(xs):.4g} to {max(xs):.4g}",
+                inputs=inputs,
+                hint="the ceiling is min(max_delay, base_delay · 2^(n-1)): cap first, then draw below the ceiling",
+            )
         mean, sd = sum(xs) / draws, ceiling / math.sqrt(12 * draws)  # the sampling error of a uniform's mean
         if abs(mean - ceiling / 2) > 5 * sd:
-            fail(name, f"over {draws} draws the mean wait is {mean:.4g}, expected {ceiling / 2:.4g} (half the "
-                       f"ceiling {ceiling:g})", inputs=inputs,
-                 hint="full jitter draws uniformly from 0 to the ceiling: no fixed part (that is 'equal jitter'), "
-                      "no constant wait")
+            fail(
+                name,
+                f"over {draws} draws the mean wait is {mean:.4g}, expected {ceiling / 2:.4g} (half the "
+                f"ceiling {ceiling:g})",
+                inputs=inputs,
+                hint="full jitter draws uniformly from 0 to the ceiling: no fixed part (that is 'equal jitter'), "
+                "no constant wait",
+            )
         ordered = sorted(xs)
         ks = max(max(abs((i + 1) / draws - x / ceiling), abs(i / draws - x / ceiling)) for i, x in enumerate(ordered))
         if ks > 0.035:
-            fail(name, f"the waits are not uniform on [0, {ceiling:g}]: largest gap between their distribution and "
-                       f"the uniform one is {ks:.3f} (Kolmogorov-Smirnov; 0.035 allowed)", inputs=inputs,
-                 hint="draw one uniform number in [0, ceiling]; capping after drawing piles waits up at the cap")
+            fail(
+                name,
+                f"the waits are not uniform on [0, {ceiling:g}]: largest gap between their distribution and "
+                f"the uniform one is {ks:.3f} (Kolmogorov-Smirnov; 0.035 allowed)",
+                inputs=inputs,
+                hint="draw one uniform number in [0, ceiling]; capping after drawing piles waits up at the cap",
+            )
         again = [call(name, full_jitter_delay, n, base, cap, random.Random(n), inputs=inputs) for _ in range(1)]
         if again[0] != xs[0]:
-            fail(name, "the same seeded rng gave a different first wait: the draw does not come from `rng`",
-                 inputs=inputs, hint="use rng.uniform(...) or rng.random(), not the random module's global functions, "
-                                     "so that tests (and simulations) can replay the waits")
+            fail(
+                name,
+                "the same seeded rng gave a different first wait: the draw does not come from `rng`",
+                inputs=inputs,
+                hint="use rng.uniform(...) or rng.random(), not the random module's global functions, "
+                "so that tests (and simulations) can replay the waits",
+            )
     passed(name, len(cases), f"uniform on [0, capped backoff], {draws} seeded draws each")
 
 
@@ -150,8 +236,12 @@ def check_token_bucket_acquire(token_bucket_acquire) -> None:
     """``token_bucket_acquire(tokens, last, now, rate, capacity, n) -> (allowed, tokens_after)``."""
     name = "check_token_bucket_acquire"
     cases = [  # (tokens, last, now, rate, capacity, n)
-        (5.0, 0.0, 0.0, 1.0, 5.0, 1), (0.0, 0.0, 0.5, 2.0, 5.0, 1), (0.0, 0.0, 0.25, 2.0, 5.0, 1),
-        (4.0, 0.0, 100.0, 1.0, 5.0, 5), (4.0, 0.0, 100.0, 1.0, 5.0, 6), (2.0, 1.0, 1.5, 4.0, 10.0, 3),
+        (5.0, 0.0, 0.0, 1.0, 5.0, 1),
+        (0.0, 0.0, 0.5, 2.0, 5.0, 1),
+        (0.0, 0.0, 0.25, 2.0, 5.0, 1),
+        (4.0, 0.0, 100.0, 1.0, 5.0, 5),
+        (4.0, 0.0, 100.0, 1.0, 5.0, 6),
+        (2.0, 1.0, 1.5, 4.0, 10.0, 3),
         (1.0, 3.0, 3.0, 1.0, 2.0, 2),
     ]
     for tokens, last, now, rate, cap, n in cases:
@@ -162,13 +252,23 @@ def check_token_bucket_acquire(token_bucket_acquire) -> None:
         if not isinstance(got, tuple) or len(got) != 2:
             fail(name, f"expected a tuple (allowed, tokens_after), got {got!r}", inputs=inputs)
         if bool(got[0]) != expected[0]:
-            fail(name, f"allowed: expected {expected[0]}, got {got[0]} (the bucket holds {level:g} tokens after "
-                       f"refilling, the request needs {n})", inputs=inputs,
-                 hint="refill for the time elapsed since `last` first — the bucket never holds more "
-                      "than its capacity")
-        compare(name, float(got[1]), float(expected[1]), inputs=inputs, what="tokens_after", atol=1e-9,
-                hint="refill first (rate per second since `last`, capped at capacity); then take n tokens only "
-                     "when the request is allowed (a refused request takes nothing)")
+            fail(
+                name,
+                f"allowed: expected {expected[0]}, got {got[0]} (the bucket holds {level:g} tokens after "
+                f"refilling, the request needs {n})",
+                inputs=inputs,
+                hint="refill for the time elapsed since `last` first — the bucket never holds more than its capacity",
+            )
+        compare(
+            name,
+            float(got[1]),
+            float(expected[1]),
+            inputs=inputs,
+            what="tokens_after",
+            atol=1e-9,
+            hint="refill first (rate per second since `last`, capped at capacity); then take n tokens only "
+            "when the request is allowed (a refused request takes nothing)",
+        )
     passed(name, len(cases), "refill capped at capacity, refusals take nothing")
 
 
@@ -190,8 +290,14 @@ def _cache_cases():
         (keys[4] * 7, keys, scopes, values, "large", 1.0),
         (near, keys[:0], [], [], "small", 0.5),  # an empty cache
         # two in-scope keys above the threshold, the better one stored later: the best answers, not the first
-        (np.array([1.0, 0, 0]), np.array([[0.93, 0.3676, 0], [0, 1.0, 0], [0.99, 0, 0.1411]]) * [[2.0], [1.0], [0.5]],
-         ["s", "s", "s"], ["first", "other", "best"], "s", 0.9),
+        (
+            np.array([1.0, 0, 0]),
+            np.array([[0.93, 0.3676, 0], [0, 1.0, 0], [0.99, 0, 0.1411]]) * [[2.0], [1.0], [0.5]],
+            ["s", "s", "s"],
+            ["first", "other", "best"],
+            "s",
+            0.9,
+        ),
     ]
 
 
@@ -213,12 +319,19 @@ def check_cache_lookup(cache_lookup) -> None:
             expected = values[best] if sims[best] >= thr - 1e-9 else None
         got = call(name, cache_lookup, q.copy(), keys.copy(), list(scopes), list(values), scope, thr, inputs=inputs)
         if got != expected:
-            extra = (" — the first key above the threshold answered, but a later key is more similar"
-                     if expected == "best" and got == "first" else "")
-            fail(name, f"expected {expected!r}, got {got!r}{extra}", inputs=inputs,
-                 hint="only entries whose scope equals `scope` may answer (a cache must never answer for another "
-                      "model); cosine = k·q / (|k| |q|) — normalise both; the most similar key answers if its "
-                      "similarity is >= threshold")
+            extra = (
+                " — the first key above the threshold answered, but a later key is more similar"
+                if expected == "best" and got == "first"
+                else ""
+            )
+            fail(
+                name,
+                f"expected {expected!r}, got {got!r}{extra}",
+                inputs=inputs,
+                hint="only entries whose scope equals `scope` may answer (a cache must never answer for another "
+                "model); cosine = k·q / (|k| |q|) — normalise both; the most similar key answers if its "
+                "similarity is >= threshold",
+            )
     passed(name, len(cases), "scope respected, cosine similarity, best match")
 
 
@@ -255,10 +368,14 @@ def check_ttl_cache(TTLSemanticCache) -> None:
         ([], 60.0, 0.5, 0.0, None),  # empty
     ]
     for stored, ttl, thr, at, expected in cases:
-        inputs = {"stored (time, value)": [(t, v) for t, _, v in stored], "ttl_s": ttl, "threshold": thr,
-                  "query at": at}
+        inputs = {
+            "stored (time, value)": [(t, v) for t, _, v in stored],
+            "ttl_s": ttl,
+            "threshold": thr,
+            "query at": at,
+        }
         now = [0.0]
-        cache = call(name, TTLSemanticCache, thr, ttl, lambda: now[0], inputs=inputs)
+        cache = call(name, TTLSemanticCache, thr, ttl, lambda: now[0], inputs=inputs)  # noqa: B023 (this case's clock)
         for t, vec, value in stored:
             now[0] = t
             call(name, cache.put, vec.copy(), value, inputs=inputs)
@@ -273,9 +390,13 @@ def check_ttl_cache(TTLSemanticCache) -> None:
                 why = ": a less similar entry answered — look at every live entry and keep the most similar"
             elif expected == "good" and got is None:
                 why = ": drop expired entries *before* choosing the best, not after"
-            fail(name, f"get returned {got!r}, expected {expected!r}{why}", inputs=inputs,
-                 hint="among entries with now - stored_at <= ttl_s, take the highest cosine similarity "
-                      "(normalise both vectors); answer only if it is >= threshold")
+            fail(
+                name,
+                f"get returned {got!r}, expected {expected!r}{why}",
+                inputs=inputs,
+                hint="among entries with now - stored_at <= ttl_s, take the highest cosine similarity "
+                "(normalise both vectors); answer only if it is >= threshold",
+            )
     passed(name, len(cases), "best live match, TTL, threshold")
 
 
@@ -292,7 +413,9 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     small = rng.uniform(-3, 0, 200) < conf  # confident answers are more often right
     large = rng.random(200) < 0.9
     cases = [
-        (conf, small, large, 0.85), (conf, small, large, 0.6), (conf, small, large, 0.99),
+        (conf, small, large, 0.85),
+        (conf, small, large, 0.6),
+        (conf, small, large, 0.99),
         (np.array([-1.0, -0.5, -0.2]), np.array([True, True, True]), np.array([True, False, True]), 1.0),
         (np.array([-2.0, -1.0]), np.array([False, True]), np.array([True, True]), 1.0),
     ]
@@ -300,13 +423,18 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
         inputs = {"n": len(c), "target_accuracy": target}
         expected = ref(c, s, l, target)
         got = call(name, pick_cascade_threshold, c.copy(), s.copy(), l.copy(), target, inputs=inputs)
-        if not isinstance(got, (int, float, np.floating)) or not (got == expected or (math.isclose(got, expected)
-                                                                                     and math.isfinite(got))):
+        if not isinstance(got, (int, float, np.floating)) or not (
+            got == expected or (math.isclose(got, expected) and math.isfinite(got))
+        ):
             up = float(np.mean(c < got)) if isinstance(got, (int, float, np.floating)) else float("nan")
-            fail(name, f"expected threshold {expected}, got {got} (escalating {up:.1%} instead of "
-                       f"{np.mean(c < expected):.1%})", inputs=inputs,
-                 hint="try -inf (never escalate), each observed confidence, then +inf, in increasing order; escalate "
-                      "where confidence < t; return the first t whose accuracy reaches the target")
+            fail(
+                name,
+                f"expected threshold {expected}, got {got} (escalating {up:.1%} instead of "
+                f"{np.mean(c < expected):.1%})",
+                inputs=inputs,
+                hint="try -inf (never escalate), each observed confidence, then +inf, in increasing order; escalate "
+                "where confidence < t; return the first t whose accuracy reaches the target",
+            )
     passed(name, len(cases), "fewest escalations that reach the target")
 
 
@@ -342,41 +470,69 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
         except NotImplementedError as err:
             fail(name, f"complete still raises NotImplementedError({err})", hint="write complete()")
         except Exception as err:  # noqa: BLE001 - the learner's bug: name it
-            fail(name, f"complete raised {type(err).__name__}: {err}", inputs=inputs,
-                 hint="catch the HTTP errors (openai.APIStatusError) and retry; when every model failed raise "
-                      "RuntimeError")
+            fail(
+                name,
+                f"complete raised {type(err).__name__}: {err}",
+                inputs=inputs,
+                hint="catch the HTTP errors (openai.APIStatusError) and retry; when every model failed raise "
+                "RuntimeError",
+            )
         if text != echo.generate(prompt, 4).text:
-            fail(name, f"answered {text!r}, expected {echo.generate(prompt, 4).text!r}", inputs=inputs,
-                 hint="return the completion's text: response.choices[0].text")
+            fail(
+                name,
+                f"answered {text!r}, expected {echo.generate(prompt, 4).text!r}",
+                inputs=inputs,
+                hint="return the completion's text: response.choices[0].text",
+            )
         return True
 
     with start_server(app) as url:
-        client = call(name, ResilientClient, url, ["primary", "backup"], rng=random.Random(0), sleep=waits.append,
-                      clock=lambda: now[0], inputs=settings, **settings)
+        client = call(
+            name,
+            ResilientClient,
+            url,
+            ["primary", "backup"],
+            rng=random.Random(0),
+            sleep=waits.append,
+            clock=lambda: now[0],
+            inputs=settings,
+            **settings,
+        )
         answered = 0
         for i in range(n_requests):
             now[0] += 0.1
             answered += ask(client, i, "20% faults")
         if answered < 0.99 * n_requests:
-            fail(name, f"answered {answered}/{n_requests} = {answered / n_requests:.1%} at 20% injected faults, "
-                       "target 99%", inputs=settings,
-                 hint="retry each model up to max_attempts times with full-jitter waits, then fall back to the next "
-                      "model; 0.2^6 of requests fail both")
+            fail(
+                name,
+                f"answered {answered}/{n_requests} = {answered / n_requests:.1%} at 20% injected faults, target 99%",
+                inputs=settings,
+                hint="retry each model up to max_attempts times with full-jitter waits, then fall back to the next "
+                "model; 0.2^6 of requests fail both",
+            )
         rate = answered / n_requests
         primary.error_rate, backup.error_rate = 1.0, 0.0
         before, n_down = primary.calls, 60
         for i in range(n_down):
             now[0] += 1.0
             if not ask(client, 1000 + i, "first model down"):
-                fail(name, "a request failed while the second model was healthy", inputs=settings,
-                     hint="when the first model fails (or its circuit is open), fall back to the next one")
+                fail(
+                    name,
+                    "a request failed while the second model was healthy",
+                    inputs=settings,
+                    hint="when the first model fails (or its circuit is open), fall back to the next one",
+                )
         reached = primary.calls - before
         bound = settings["failure_threshold"] * settings["max_attempts"] + 3 * settings["max_attempts"]
         if reached > bound:
-            fail(name, f"{reached} calls reached the dead model during {n_down} requests (at most {bound} expected: "
-                       "the circuit should open after failure_threshold failed requests)", inputs=settings,
-                 hint="count consecutive failed requests per model; at failure_threshold open its circuit and skip "
-                      "the model until reset_timeout_s has passed on the clock")
+            fail(
+                name,
+                f"{reached} calls reached the dead model during {n_down} requests (at most {bound} expected: "
+                "the circuit should open after failure_threshold failed requests)",
+                inputs=settings,
+                hint="count consecutive failed requests per model; at failure_threshold open its circuit and skip "
+                "the model until reset_timeout_s has passed on the clock",
+            )
         primary.error_rate = 0.0
         now[0] += settings["reset_timeout_s"] + 1
         before = primary.calls
@@ -384,12 +540,19 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
             now[0] += 0.1
             ask(client, 2000 + i, "first model back")
         if primary.calls - before == 0:
-            fail(name, "the first model recovered but the client never tried it again", inputs=settings,
-                 hint="after reset_timeout_s an open circuit lets one trial request through (half-open); "
-                      "success closes it")
-    passed(name, n_requests + n_down + 5,
-           f"{rate:.1%} answered at 20% faults; the dead model reached {reached} times in {n_down} requests; "
-           f"{sum(waits):.2f} s of backoff in all")
+            fail(
+                name,
+                "the first model recovered but the client never tried it again",
+                inputs=settings,
+                hint="after reset_timeout_s an open circuit lets one trial request through (half-open); "
+                "success closes it",
+            )
+    passed(
+        name,
+        n_requests + n_down + 5,
+        f"{rate:.1%} answered at 20% faults; the dead model reached {reached} times in {n_down} requests; "
+        f"{sum(waits):.2f} s of backoff in all",
+    )
 
 
 _CASCADE: dict = {}
@@ -411,8 +574,13 @@ def cascade_data(split: str):
         s_ok, s_lp = answer_additions(small, problems)
         l_ok, _ = answer_additions(large, problems)
         cost_large = sum(p.numel() for p in large.model.parameters()) / sum(p.numel() for p in small.model.parameters())
-        _CASCADE[split] = (problems, np.array(s_ok), np.array([np.mean(lp) for lp in s_lp]), np.array(l_ok),
-                           float(cost_large))
+        _CASCADE[split] = (
+            problems,
+            np.array(s_ok),
+            np.array([np.mean(lp) for lp in s_lp]),
+            np.array(l_ok),
+            float(cost_large),
+        )
     return _CASCADE[split]
 
 
@@ -436,21 +604,35 @@ def check_cascade_policy(threshold_for) -> None:
     for prompt, _ in problems:
         t = call(name, threshold_for, prompt, inputs={"prompt": prompt})
         if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or math.isnan(t):
-            fail(name, f"expected a float threshold, got {t!r}", inputs={"prompt": prompt},
-                 hint="return a number: -inf never escalates, +inf sends the query straight to the large model")
+            fail(
+                name,
+                f"expected a float threshold, got {t!r}",
+                inputs={"prompt": prompt},
+                hint="return a number: -inf never escalates, +inf sends the query straight to the large model",
+            )
         ts.append(float(t))
     ts = np.array(ts)
     direct = np.isposinf(ts)
     up = ~direct & (conf < ts)
     accuracy = float(np.where(direct | up, l_ok, s_ok).mean())
     cost = float((~direct).mean() * 1.0 + (direct | up).mean() * cost_large)
-    report = (f"your policy: accuracy {accuracy:.1%}, cost {cost:.3f} small-calls per query ({direct.mean():.0%} "
-              f"straight to large, {up.mean():.0%} escalated); reference cascade: {ref['accuracy']:.1%}, cost "
-              f"{ref['cost']:.3f} ({ref['escalation_rate']:.0%} escalated)")
+    report = (
+        f"your policy: accuracy {accuracy:.1%}, cost {cost:.3f} small-calls per query ({direct.mean():.0%} "
+        f"straight to large, {up.mean():.0%} escalated); reference cascade: {ref['accuracy']:.1%}, cost "
+        f"{ref['cost']:.3f} ({ref['escalation_rate']:.0%} escalated)"
+    )
     if accuracy < ref["accuracy"]:
-        fail(name, f"{report}: less accurate than the reference", hint="escalate more where the small model is "
-             "often wrong; the target is the reference's accuracy, at a lower cost")
+        fail(
+            name,
+            f"{report}: less accurate than the reference",
+            hint="escalate more where the small model is "
+            "often wrong; the target is the reference's accuracy, at a lower cost",
+        )
     if cost >= ref["cost"]:
-        fail(name, f"{report}: not cheaper than the reference", hint="an escalated query pays for both models; "
-             "queries the small model almost never gets right are cheaper sent straight to the large one")
+        fail(
+            name,
+            f"{report}: not cheaper than the reference",
+            hint="an escalated query pays for both models; "
+            "queries the small model almost never gets right are cheaper sent straight to the large one",
+        )
     passed(name, len(problems), f"{report}; {1 - cost / ref['cost']:.0%} cheaper at equal accuracy")

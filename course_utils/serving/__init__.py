@@ -22,19 +22,54 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/embe
 Command line: ``python -m course_utils.serving --model tiny-gpt --port 8000`` (see ``--help``). The adder models
 of the cascade live in :mod:`course_utils.adder` (re-exported here).
 """
-from .backends import ByteTokenizer, EchoBackend, EmbeddingBackend, Generation, GenRequest, GPTBackend, load_backend
-from .faults import FaultError, FaultInjector
-from .scheduler import Batcher
+
+from ..adder import (
+    ADDER_CONFIGS,
+    ADDER_SHA256,
+    ASSETS,
+    AdditionData,
+    addition_problem,
+    addition_problems,
+    answer_additions,
+    build_adders,
+    load_adder,
+    train_adder,
+)
+from .app import create_app, start_server
 from .auth import RateLimit
+from .backends import ByteTokenizer, EchoBackend, EmbeddingBackend, Generation, GenRequest, GPTBackend, load_backend
+from .cli import main
+from .faults import FaultError, FaultInjector
 from .metrics import Metrics, prometheus_text
 from .protocol import MAX_SEED
-from .app import create_app, start_server
-from .cli import main
-from ..adder import (ADDER_CONFIGS, ADDER_SHA256, ASSETS, AdditionData, addition_problem, addition_problems,
-                     answer_additions, build_adders, load_adder, train_adder)
+from .scheduler import Batcher
 
-__all__ = ["ByteTokenizer", "GenRequest", "Generation", "GPTBackend", "EchoBackend", "EmbeddingBackend",
-           "addition_problem", "addition_problems", "AdditionData", "answer_additions", "train_adder",
-           "build_adders", "load_adder", "ADDER_CONFIGS", "ADDER_SHA256", "FaultError", "FaultInjector", "Batcher",
-           "RateLimit", "Metrics", "prometheus_text", "create_app", "start_server", "load_backend", "main",
-           "MAX_SEED", "ASSETS"]
+__all__ = [
+    "ByteTokenizer",
+    "GenRequest",
+    "Generation",
+    "GPTBackend",
+    "EchoBackend",
+    "EmbeddingBackend",
+    "addition_problem",
+    "addition_problems",
+    "AdditionData",
+    "answer_additions",
+    "train_adder",
+    "build_adders",
+    "load_adder",
+    "ADDER_CONFIGS",
+    "ADDER_SHA256",
+    "FaultError",
+    "FaultInjector",
+    "Batcher",
+    "RateLimit",
+    "Metrics",
+    "prometheus_text",
+    "create_app",
+    "start_server",
+    "load_backend",
+    "main",
+    "MAX_SEED",
+    "ASSETS",
+]

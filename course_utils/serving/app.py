@@ -3,6 +3,7 @@ cache and the metrics into :class:`Server` (``app.state.server``), installs Open
 input is a 400 naming the field, never FastAPI's 422; no traceback ever reaches a client) and the routes;
 :func:`start_server` runs an app with uvicorn in a background thread.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,15 +45,21 @@ def as_models(models) -> dict:
             raise ValueError(f"model names must be non-empty strings, got {name!r}")
         for attr in ("generate_batch", "tokenizer", "max_context"):
             if not hasattr(backend, attr):
-                raise TypeError(f"models[{name!r}] must be a backend with {attr} (e.g. GPTBackend), got "
-                                f"{type(backend).__name__}")
+                raise TypeError(
+                    f"models[{name!r}] must be a backend with {attr} (e.g. GPTBackend), got {type(backend).__name__}"
+                )
     return out
 
 
 def _positive(name: str, value, *, integer: bool = False, minimum: float = 0.0, closed: bool = False) -> None:
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < minimum or (
-            value == minimum and not closed):
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or not math.isfinite(value)
+        or value < minimum
+        or (value == minimum and not closed)
+    ):
         kind = "an int" if integer else "a finite number"
         raise ValueError(f"{name} must be {kind} {'>=' if closed else '>'} {minimum:g}, got {value!r}")
 
@@ -60,9 +67,21 @@ def _positive(name: str, value, *, integer: bool = False, minimum: float = 0.0, 
 class Server:
     """What the routes share: the models and their schedulers, the embedders, auth, limits, cache and metrics."""
 
-    def __init__(self, models: dict, embedders: dict, schedulers: dict, *, auth: Auth, limiter: RateLimiter,
-                 cache, request_log: RequestLog, max_body_bytes: int, max_tokens_limit: int, body_timeout_s: float,
-                 public_metrics: bool):
+    def __init__(
+        self,
+        models: dict,
+        embedders: dict,
+        schedulers: dict,
+        *,
+        auth: Auth,
+        limiter: RateLimiter,
+        cache,
+        request_log: RequestLog,
+        max_body_bytes: int,
+        max_tokens_limit: int,
+        body_timeout_s: float,
+        public_metrics: bool,
+    ):
         self.models, self.embedders, self.schedulers = models, embedders, schedulers
         self.auth, self.limiter, self.cache, self.request_log = auth, limiter, cache, request_log
         self.max_body_bytes, self.max_tokens_limit = max_body_bytes, max_tokens_limit
@@ -76,22 +95,45 @@ class Server:
 
     def backend(self, name: str):
         if name not in self.models:
-            raise ApiError(404, f"the model {name[:80]!r} does not exist; see GET /v1/models", param="model",
-                           code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {name[:80]!r} does not exist; see GET /v1/models",
+                param="model",
+                code="model_not_found",
+            )
         return self.models[name]
 
     def embedder(self, name: str):
         if name not in self.embedders:
-            raise ApiError(404, f"the embedding model {name[:80]!r} does not exist; see GET /v1/models",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the embedding model {name[:80]!r} does not exist; see GET /v1/models",
+                param="model",
+                code="model_not_found",
+            )
         return self.embedders[name]
 
     def job(self, chat: bool, req, backend, who: str, texts, reqs, stops, *, echo=False, logprobs=None) -> cmp.Job:
         include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
         prompt_tokens = sum(len(r.prompt_ids) for r in reqs[:: (req.n or 1)])
-        return cmp.Job(chat, req.model, backend, self.schedulers[req.model], who, texts, reqs, stops, req.n or 1,
-                       echo, logprobs, include_usage, self.cache, protocol.new_id("chatcmpl" if chat else "cmpl"),
-                       int(time.time()), prompt_tokens)
+        return cmp.Job(
+            chat,
+            req.model,
+            backend,
+            self.schedulers[req.model],
+            who,
+            texts,
+            reqs,
+            stops,
+            req.n or 1,
+            echo,
+            logprobs,
+            include_usage,
+            self.cache,
+            protocol.new_id("chatcmpl" if chat else "cmpl"),
+            int(time.time()),
+            prompt_tokens,
+        )
 
     def finish(self, rec: dict) -> None:
         """Write ``rec`` to the request log once (later calls for the same request do nothing)."""
@@ -131,8 +173,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request, err):  # OpenAI answers 400, not FastAPI's 422
         first = (err.errors() or [{}])[0]
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return JSONResponse(error_body(400, f"invalid '{param}': {first.get('msg', 'invalid value')}", param),
-                            status_code=400)
+        return JSONResponse(
+            error_body(400, f"invalid '{param}': {first.get('msg', 'invalid value')}", param), status_code=400
+        )
 
     @app.exception_handler(Exception)
     async def _internal_error(request, err):  # never a traceback to the client
@@ -141,11 +184,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(500, "internal server error", type_="server_error"), status_code=500)
 
 
-def create_app(models, *, api_keys=None, rate_limit: RateLimit | None = None, max_batch: int = 8,
-               max_wait_ms: float = 5.0, max_body_bytes: int = 64 * 1024, max_tokens_limit: int = 256,
-               cache=None, log_path: str | Path | None = None, log_window: int = 10_000, embeddings=None,
-               public_metrics: bool = False, body_timeout_s: float = 10.0, failed_auth_per_s: float = 1.0,
-               failed_auth_burst: float = 10, scheduler_factory=None):
+def create_app(
+    models,
+    *,
+    api_keys=None,
+    rate_limit: RateLimit | None = None,
+    max_batch: int = 8,
+    max_wait_ms: float = 5.0,
+    max_body_bytes: int = 64 * 1024,
+    max_tokens_limit: int = 256,
+    cache=None,
+    log_path: str | Path | None = None,
+    log_window: int = 10_000,
+    embeddings=None,
+    public_metrics: bool = False,
+    body_timeout_s: float = 10.0,
+    failed_auth_per_s: float = 1.0,
+    failed_auth_burst: float = 10,
+    scheduler_factory=None,
+):
     """The FastAPI app serving ``models`` (``{name: backend}``, a backend, or a list of backends).
 
     ``api_keys``: ``None`` (no authentication) or ``{key: client name}`` / a list of keys; requests need
@@ -170,10 +227,19 @@ def create_app(models, *, api_keys=None, rate_limit: RateLimit | None = None, ma
     make = scheduler_factory or (lambda b: default_scheduler(b, max_batch=max_batch, max_wait_ms=max_wait_ms))
     schedulers = {name: make(b) for name, b in models.items()}
     metrics = Metrics(log_window)
-    server = Server(models, embedders, schedulers, auth=auth, limiter=limiter, cache=cache,
-                    request_log=RequestLog(metrics, log_window, log_path), max_body_bytes=max_body_bytes,
-                    max_tokens_limit=max_tokens_limit, body_timeout_s=body_timeout_s,
-                    public_metrics=bool(public_metrics))
+    server = Server(
+        models,
+        embedders,
+        schedulers,
+        auth=auth,
+        limiter=limiter,
+        cache=cache,
+        request_log=RequestLog(metrics, log_window, log_path),
+        max_body_bytes=max_body_bytes,
+        max_tokens_limit=max_tokens_limit,
+        body_timeout_s=body_timeout_s,
+        public_metrics=bool(public_metrics),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -221,8 +287,9 @@ def start_server(app, host: str = "127.0.0.1", port: int = 0, *, timeout_s: floa
 
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be an int in [0, 65535], got {port!r}")
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False,
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

@@ -1,6 +1,7 @@
 """Who may call the server, and how often: Bearer keys compared in constant time (a FastAPI dependency), token
 buckets per key (requests and tokens per second), and a bucket per client address for *failed* attempts, so that
 guessing keys is slow."""
+
 from __future__ import annotations
 
 import hmac
@@ -40,9 +41,13 @@ def as_keys(api_keys) -> dict | None:
 
 
 def _too_many(message: str, wait: float, code: str = "rate_limit_exceeded") -> ApiError:
-    return ApiError(429, message, code=code, type_="rate_limit_error",
-                    headers={"Retry-After": str(max(1, math.ceil(wait))),
-                             "retry-after-ms": str(max(1, int(wait * 1000)))})
+    return ApiError(
+        429,
+        message,
+        code=code,
+        type_="rate_limit_error",
+        headers={"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, int(wait * 1000)))},
+    )
 
 
 class Auth:
@@ -74,13 +79,20 @@ class Auth:
         bucket = self._bucket(address)
         wait = bucket.wait_time(1)
         if wait > 0:
-            raise _too_many(f"too many failed authentication attempts from {address}; retry in {wait:.1f}s", wait,
-                            code="too_many_auth_failures")
+            raise _too_many(
+                f"too many failed authentication attempts from {address}; retry in {wait:.1f}s",
+                wait,
+                code="too_many_auth_failures",
+            )
         client = self.check(request.headers.get("authorization", ""))
         if client is None:
             bucket.try_acquire(1)
-            raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", type_="authentication_error")
+            raise ApiError(
+                401,
+                "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                type_="authentication_error",
+            )
         return client
 
     def check(self, header: str) -> str | None:
@@ -122,8 +134,12 @@ class RateLimiter:
         wait = rq.wait_time(1)
         if tk is not None:
             if cost_tokens > tk.capacity:
-                raise ApiError(400, f"this request needs {cost_tokens} tokens, more than your token burst "
-                                    f"({int(tk.capacity)}); lower max_tokens", param="max_tokens")
+                raise ApiError(
+                    400,
+                    f"this request needs {cost_tokens} tokens, more than your token burst "
+                    f"({int(tk.capacity)}); lower max_tokens",
+                    param="max_tokens",
+                )
             wait = max(wait, tk.wait_time(cost_tokens))
         if wait > 0 or not rq.try_acquire(1) or (tk is not None and not tk.try_acquire(cost_tokens)):
             raise _too_many(f"rate limit exceeded for {client}; retry in {wait:.2f}s", wait)

@@ -10,13 +10,14 @@
 ``on_token(row, token_id, logprob, top)`` is called as tokens appear (``top``: ``{id: logprob}`` or None); when it
 returns ``False`` the row is cancelled (its client went away) and decoding stops for it.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -56,9 +57,17 @@ class GenRequest:
 
     def params(self) -> SamplingParams:
         """The request's :class:`~course_utils.sampling.SamplingParams` (validated there)."""
-        return SamplingParams(self.max_tokens, self.temperature, 1.0 if self.top_p is None else self.top_p, self.seed,
-                              self.presence_penalty, self.frequency_penalty, dict(self.logit_bias),
-                              self.top_logprobs or None, tuple(self.stop_token_ids))
+        return SamplingParams(
+            self.max_tokens,
+            self.temperature,
+            1.0 if self.top_p is None else self.top_p,
+            self.seed,
+            self.presence_penalty,
+            self.frequency_penalty,
+            dict(self.logit_bias),
+            self.top_logprobs or None,
+            tuple(self.stop_token_ids),
+        )
 
 
 @dataclass
@@ -95,8 +104,10 @@ def check_requests(reqs, max_context: int) -> None:
         if not isinstance(r.max_tokens, int) or r.max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {r.max_tokens!r}")
         if len(r.prompt_ids) + r.max_tokens > max_context:
-            raise ValueError(f"prompt ({len(r.prompt_ids)} tokens) + max_tokens ({r.max_tokens}) exceeds the "
-                             f"context of {max_context}")
+            raise ValueError(
+                f"prompt ({len(r.prompt_ids)} tokens) + max_tokens ({r.max_tokens}) exceeds the "
+                f"context of {max_context}"
+            )
 
 
 class GPTBackend:
@@ -105,8 +116,9 @@ class GPTBackend:
     def __init__(self, model, tokenizer=None, *, name: str = "tiny-gpt"):
         config = getattr(model, "config", None)
         if config is None or not hasattr(model, "blocks") or not hasattr(model, "new_caches"):
-            raise TypeError(f"model must be a course_utils.model.GPT (config, blocks, new_caches), got "
-                            f"{type(model).__name__}")
+            raise TypeError(
+                f"model must be a course_utils.model.GPT (config, blocks, new_caches), got {type(model).__name__}"
+            )
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         self.model = model.eval()
@@ -142,7 +154,7 @@ class GPTBackend:
         pads = torch.tensor([T - len(r.prompt_ids) for r in reqs])
         idx = torch.zeros(B, T, dtype=torch.long)
         for b, r in enumerate(reqs):
-            idx[b, int(pads[b]):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            idx[b, int(pads[b]) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
         valid = torch.arange(T)[None, :] >= pads[:, None]  # [B, T] True on real tokens
         padded = bool(pads.any())
         # A pad query may attend to itself, so no softmax row is empty (an empty row gives NaN, and NaN values
@@ -163,8 +175,14 @@ class GPTBackend:
             logits = self._forward(torch.tensor(nxt)[:, None], caches, step_mask)[:, -1]
         return [row.result(self.tokenizer) for row in rows]
 
-    def generate(self, prompt, max_tokens: int = 16, temperature: float = 0.0, seed: int | None = None,
-                 top_p: float | None = None) -> Generation:
+    def generate(
+        self,
+        prompt,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_p: float | None = None,
+    ) -> Generation:
         """One request, unbatched: ``prompt`` is text or a list of token ids."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         return raise_if_error(self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])
@@ -196,8 +214,9 @@ class _Row:
 
     def result(self, tokenizer) -> Generation:
         tops = self.tops if self.req.top_logprobs else None
-        return Generation(self.out, self.lps, tokenizer.decode(self.out), len(self.req.prompt_ids),
-                          self.finish or "length", tops)
+        return Generation(
+            self.out, self.lps, tokenizer.decode(self.out), len(self.req.prompt_ids), self.finish or "length", tops
+        )
 
 
 class EchoBackend:
@@ -218,8 +237,14 @@ class EchoBackend:
             out.append(Generation(ids, [0.0] * len(ids), self.tokenizer.decode(ids), len(r.prompt_ids)))
         return out
 
-    def generate(self, prompt, max_tokens: int = 16, temperature: float = 0.0, seed: int | None = None,
-                 top_p: float | None = None) -> Generation:
+    def generate(
+        self,
+        prompt,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_p: float | None = None,
+    ) -> Generation:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         return self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0]
 
@@ -244,8 +269,9 @@ class EmbeddingBackend:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def load_backend(name: str = "tiny-gpt", checkpoint: str | Path | None = None, *, seed: int = 0,
-                 allow_untrained: bool = False) -> GPTBackend:
+def load_backend(
+    name: str = "tiny-gpt", checkpoint: str | Path | None = None, *, seed: int = 0, allow_untrained: bool = False
+) -> GPTBackend:
     """A backend for the command line: ``checkpoint`` (safetensors + JSON, no pickle), else the course's trained
     model called ``name`` (``tiny-gpt``, ``course-chat``: :data:`course_utils.served_models.SERVED_MODELS`,
     sha256-checked). A seeded untrained GPT over bytes (it answers noise, but every piece of the server works) only
@@ -260,8 +286,10 @@ def load_backend(name: str = "tiny-gpt", checkpoint: str | Path | None = None, *
         model, tokenizer = load_served_model(name)
         return GPTBackend(model, tokenizer, name=name)
     if not allow_untrained:
-        raise FileNotFoundError(f"{name!r} is not a trained course model ({', '.join(sorted(SERVED_MODELS))}): pass "
-                                "--checkpoint PATH, or --untrained to serve noise from a random network")
+        raise FileNotFoundError(
+            f"{name!r} is not a trained course model ({', '.join(sorted(SERVED_MODELS))}): pass "
+            "--checkpoint PATH, or --untrained to serve noise from a random network"
+        )
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=256))
     log.warning("serving an untrained %s (pass --checkpoint to serve trained weights)", name)

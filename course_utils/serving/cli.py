@@ -3,6 +3,7 @@
 Settings are checked before anything starts (a bad one exits with a message naming the flag), and the server
 refuses to listen beyond this machine without an API key unless told ``--allow-anonymous``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ def _positive(kind, *, allow_zero: bool = False):
         if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
             raise argparse.ArgumentTypeError(f"must be finite and {'>= 0' if allow_zero else '> 0'}, got {value}")
         return number
+
     return parse
 
 
@@ -43,23 +45,38 @@ def _is_loopback(host: str) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m course_utils.serving",
-                                description="Serve a course model with an OpenAI-compatible API.")
-    p.add_argument("--model", action="append", default=None,
-                   help="a model to serve by name: tiny-gpt, course-chat (repeatable; default tiny-gpt)")
+    p = argparse.ArgumentParser(
+        prog="python -m course_utils.serving", description="Serve a course model with an OpenAI-compatible API."
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a model to serve by name: tiny-gpt, course-chat (repeatable; default tiny-gpt)",
+    )
     p.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint from save_checkpoint (one --model)")
     p.add_argument("--untrained", action="store_true", help="serve a seeded untrained GPT if no checkpoint exists")
     p.add_argument("--no-embeddings", action="store_true", help="do not serve all-MiniLM-L6-v2 on /v1/embeddings")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", action="append", default=None, type=_api_key,
-                   help=f"accepted Bearer key, at least {MIN_KEY_LENGTH} characters (repeatable); none = no auth")
-    p.add_argument("--allow-anonymous", action="store_true",
-                   help="allow listening on a non-loopback address without an API key")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        type=_api_key,
+        help=f"accepted Bearer key, at least {MIN_KEY_LENGTH} characters (repeatable); none = no auth",
+    )
+    p.add_argument(
+        "--allow-anonymous", action="store_true", help="allow listening on a non-loopback address without an API key"
+    )
     p.add_argument("--public-metrics", action="store_true", help="serve /metrics without a key")
     p.add_argument("--max-batch", type=_positive(int), default=8, help="requests decoded together (default 8)")
-    p.add_argument("--max-wait-ms", type=_positive(float, allow_zero=True), default=5.0,
-                   help="how long the static batcher gathers a batch (backends other than a course GPT)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=_positive(float, allow_zero=True),
+        default=5.0,
+        help="how long the static batcher gathers a batch (backends other than a course GPT)",
+    )
     p.add_argument("--rate", type=_positive(float), default=None, help="requests per second per key (burst = 2x)")
     return p
 
@@ -79,7 +96,13 @@ def main(argv=None) -> None:
     except FileNotFoundError as err:
         parser().error(str(err))
     limit = RateLimit(args.rate, burst=max(1.0, 2 * args.rate)) if args.rate else None
-    app = create_app(models, api_keys=args.api_key, rate_limit=limit, max_batch=args.max_batch,
-                     max_wait_ms=args.max_wait_ms, embeddings=not args.no_embeddings,
-                     public_metrics=args.public_metrics)
+    app = create_app(
+        models,
+        api_keys=args.api_key,
+        rate_limit=limit,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        embeddings=not args.no_embeddings,
+        public_metrics=args.public_metrics,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -5,6 +5,7 @@ Choice ``j`` of a seeded request samples with ``seed + j``, so ``n`` seeded choi
 the same on every call. Deterministic choices (greedy, or seeded) go through the server's cache, scoped by the
 model, every sampling setting and the API key's client (one tenant never receives another's cached answer).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,11 +57,13 @@ def prompt_ids(backend, prompt, param: str = "prompt") -> list[int]:
         ids = list(prompt)
         vocab = getattr(backend.tokenizer, "vocab_size", None)
         if vocab is not None and max(ids) >= vocab:
-            raise ApiError(400, f"'{param}' holds token id {max(ids)}, outside the vocabulary [0, {vocab})",
-                           param=param)
+            raise ApiError(
+                400, f"'{param}' holds token id {max(ids)}, outside the vocabulary [0, {vocab})", param=param
+            )
     if not ids or len(ids) >= backend.max_context:
-        raise ApiError(400, f"'{param}' has {len(ids)} tokens; this model's context is {backend.max_context}",
-                       param=param)
+        raise ApiError(
+            400, f"'{param}' has {len(ids)} tokens; this model's context is {backend.max_context}", param=param
+        )
     return ids
 
 
@@ -70,23 +73,42 @@ def sampling_requests(body, ids_list, *, max_tokens, top_logprobs, stop_token_id
     n = body.n or 1
     bias = {int(k): float(v) for k, v in (body.logit_bias or {}).items()}
     if vocab_size is not None and bias and max(bias) >= vocab_size:
-        raise ApiError(400, f"'logit_bias' holds token id {max(bias)}, outside the vocabulary [0, {vocab_size})",
-                       param="logit_bias")
+        raise ApiError(
+            400,
+            f"'logit_bias' holds token id {max(bias)}, outside the vocabulary [0, {vocab_size})",
+            param="logit_bias",
+        )
     temperature = 1.0 if body.temperature is None else body.temperature
     reqs = []
     for ids in ids_list:
         for j in range(n):
             seed = None if body.seed is None else (body.seed + j) % (protocol.MAX_SEED + 1)
-            reqs.append(GenRequest(ids, max_tokens, temperature, body.top_p, seed, body.presence_penalty or 0.0,
-                                   body.frequency_penalty or 0.0, bias, top_logprobs or 0, tuple(stop_token_ids)))
+            reqs.append(
+                GenRequest(
+                    ids,
+                    max_tokens,
+                    temperature,
+                    body.top_p,
+                    seed,
+                    body.presence_penalty or 0.0,
+                    body.frequency_penalty or 0.0,
+                    bias,
+                    top_logprobs or 0,
+                    tuple(stop_token_ids),
+                )
+            )
     return reqs
 
 
 def check_budget(backend, ids_list, max_tokens: int, limit: int, param: str) -> None:
     room = min(limit, backend.max_context - max(len(ids) for ids in ids_list))
     if not 1 <= max_tokens <= room:
-        raise ApiError(400, f"'{param}' must be between 1 and {room} for this prompt (server limit {limit}, "
-                            f"context {backend.max_context}), got {max_tokens}", param=param)
+        raise ApiError(
+            400,
+            f"'{param}' must be between 1 and {room} for this prompt (server limit {limit}, "
+            f"context {backend.max_context}), got {max_tokens}",
+            param=param,
+        )
 
 
 def chat_stops(backend) -> tuple[list[str], tuple[int, ...]]:
@@ -97,10 +119,21 @@ def chat_stops(backend) -> tuple[list[str], tuple[int, ...]]:
 
 # ----------------------------------------------------------------------------------------------- running
 def _scope(job: Job, req: GenRequest) -> dict:
-    return {"model": job.model, "client": job.client, "chat": job.chat, "max_tokens": req.max_tokens,
-            "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "stops": job.stops,
-            "presence": req.presence_penalty, "frequency": req.frequency_penalty,
-            "bias": sorted(req.logit_bias.items()), "top": req.top_logprobs, "stop_ids": list(req.stop_token_ids)}
+    return {
+        "model": job.model,
+        "client": job.client,
+        "chat": job.chat,
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "seed": req.seed,
+        "stops": job.stops,
+        "presence": req.presence_penalty,
+        "frequency": req.frequency_penalty,
+        "bias": sorted(req.logit_bias.items()),
+        "top": req.top_logprobs,
+        "stop_ids": list(req.stop_token_ids),
+    }
 
 
 async def _choice(job: Job, i: int):
@@ -155,8 +188,14 @@ def body(job: Job, choices: list[Choice]) -> dict:
         text = _echo(job, c.index) + c.text
         lp = _logprobs(job, c.tokens, len(_echo(job, c.index)))
         if job.chat:
-            items.append({"index": c.index, "message": {"role": "assistant", "content": text, "refusal": None},
-                          "logprobs": lp, "finish_reason": c.finish_reason})
+            items.append(
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": lp,
+                    "finish_reason": c.finish_reason,
+                }
+            )
         else:
             items.append({"text": text, "index": c.index, "logprobs": lp, "finish_reason": c.finish_reason})
     out["choices"] = items
@@ -165,8 +204,7 @@ def body(job: Job, choices: list[Choice]) -> dict:
 
 
 def _chunk(job: Job, choice: dict | None) -> str:
-    out = protocol.envelope(job.rid, "chat.completion.chunk" if job.chat else "text_completion", job.model,
-                            job.created)
+    out = protocol.envelope(job.rid, "chat.completion.chunk" if job.chat else "text_completion", job.model, job.created)
     out["choices"] = [] if choice is None else [choice]
     if job.include_usage:
         out["usage"] = None
@@ -209,8 +247,9 @@ async def sse(job: Job, deltas, first: Delta | None):
             offsets[d.index] += len(d.text)
         tokens += d.completion_tokens
     if job.include_usage:
-        out = protocol.envelope(job.rid, "chat.completion.chunk" if job.chat else "text_completion", job.model,
-                                job.created)
+        out = protocol.envelope(
+            job.rid, "chat.completion.chunk" if job.chat else "text_completion", job.model, job.created
+        )
         out.update(choices=[], usage=protocol.usage(job.prompt_tokens, tokens))
         yield f"data: {json.dumps(protocol.checked(_chunk_schema(job), out))}\n\n", tokens
     yield "data: [DONE]\n\n", tokens

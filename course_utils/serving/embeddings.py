@@ -1,12 +1,12 @@
 """``POST /v1/embeddings``: chapter 6's sentence embedder behind OpenAI's embeddings API (string or list input,
 unit-length 384-dim vectors, ``usage`` in the embedder's own tokens)."""
+
 from __future__ import annotations
 
 import asyncio
 import base64
 
 import numpy as np
-
 from fastapi import APIRouter, Depends, Request
 
 from . import protocol
@@ -16,8 +16,9 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings")
-async def embeddings(request: Request, rec: dict = Depends(record), who: str = Depends(client),
-                     body: dict = Depends(json_body)):
+async def embeddings(
+    request: Request, rec: dict = Depends(record), who: str = Depends(client), body: dict = Depends(json_body)
+):
     req = protocol.parse(protocol.EmbeddingRequest, body)
     server = server_of(request)
     embedder = server.embedder(req.model)

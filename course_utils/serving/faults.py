@@ -1,13 +1,14 @@
 """Fault injection: a seeded wrapper that makes a backend fail (429/503 with ``Retry-After``) or slow, to replay
 an outage against the client-side machinery of :mod:`course_utils.gateway` (retries, breakers, fallbacks)."""
+
 from __future__ import annotations
 
 import random
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from .backends import GenRequest, Generation, raise_if_error
+from .backends import Generation, GenRequest, raise_if_error
 
 
 class FaultError(RuntimeError):
@@ -25,9 +26,17 @@ class FaultInjector:
     Change ``error_rate``/``latency_s`` on the fly to replay an outage. ``injected`` counts the faults.
     """
 
-    def __init__(self, backend, *, error_rate: float = 0.0, statuses: Iterable[int] = (429, 503),
-                 retry_after_s: float | None = 0.1, latency_s: float = 0.0, seed: int = 0,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        backend,
+        *,
+        error_rate: float = 0.0,
+        statuses: Iterable[int] = (429, 503),
+        retry_after_s: float | None = 0.1,
+        latency_s: float = 0.0,
+        seed: int = 0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if not hasattr(backend, "generate_batch"):
             raise TypeError(f"backend must have generate_batch(reqs), got {type(backend).__name__}")
         statuses = tuple(statuses)
@@ -78,7 +87,13 @@ class FaultInjector:
                 results[i] = r
         return results
 
-    def generate(self, prompt, max_tokens: int = 16, temperature: float = 0.0, seed: int | None = None,
-                 top_p: float | None = None) -> Generation:
+    def generate(
+        self,
+        prompt,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_p: float | None = None,
+    ) -> Generation:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         return raise_if_error(self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])

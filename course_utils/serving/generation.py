@@ -10,6 +10,7 @@
 - :func:`scheduler_errors` — a backend's exceptions as OpenAI errors (FaultError → 429/503 with ``Retry-After``,
   ValueError → 400, anything else → 500 with the traceback in the server log only).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from .backends import GenRequest, Generation
+from .backends import Generation, GenRequest
 from .faults import FaultError
 from .protocol import ApiError
 
@@ -62,13 +63,13 @@ class TextStream:
     def _release(self, text: str, upto: int) -> Delta | None:
         if upto <= self.sent and not self.stopped:
             return None
-        delta = Delta(self.index, text[self.sent:max(upto, self.sent)], self.pending)
+        delta = Delta(self.index, text[self.sent : max(upto, self.sent)], self.pending)
         self.sent, self.pending = max(upto, self.sent), []
         return delta
 
     def finish(self, finish_reason: str) -> Delta:
         """What is left (text held back for a stop string that never came), marked as the last delta."""
-        rest = "" if self.stopped else self.tokenizer.decode(self.ids)[self.sent:]
+        rest = "" if self.stopped else self.tokenizer.decode(self.ids)[self.sent :]
         out = Delta(self.index, rest, [] if self.stopped else self.pending, finish_reason, len(self.ids))
         self.pending = []
         return out
@@ -82,11 +83,18 @@ def scheduler_errors():
     except FaultError as err:
         headers = {}
         if err.retry_after is not None:
-            headers = {"Retry-After": str(max(1, math.ceil(err.retry_after))),
-                       "retry-after-ms": str(int(err.retry_after * 1000))}
+            headers = {
+                "Retry-After": str(max(1, math.ceil(err.retry_after))),
+                "retry-after-ms": str(int(err.retry_after * 1000)),
+            }
         kind = "rate_limit_error" if err.status == 429 else "server_error"
-        raise ApiError(err.status, f"upstream model unavailable (HTTP {err.status})", code="overloaded", type_=kind,
-                       headers=headers) from None
+        raise ApiError(
+            err.status,
+            f"upstream model unavailable (HTTP {err.status})",
+            code="overloaded",
+            type_=kind,
+            headers=headers,
+        ) from None
     except ValueError as err:  # the backend refused this request (e.g. it does not fit the context)
         raise ApiError(400, str(err)) from None
     except (asyncio.CancelledError, ApiError):

@@ -1,5 +1,6 @@
 """What the server measures: request counters, a latency window, token and cache counts, batch sizes — as JSON
 and in Prometheus' text exposition format — and the one-JSON-line-per-request log."""
+
 from __future__ import annotations
 
 import json
@@ -47,41 +48,63 @@ class Metrics:
                 "requests_total": sum(self.requests.values()),
                 "requests_by_status": dict(by_status),
                 "requests_by_model": dict(by_model),
-                "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
-                               "count": len(lat)},
-                "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "cache_hits": self.cache_hits, "cache_misses": self.cache_misses,
-                "batch_sizes": {name: {str(k): v for k, v in sorted(b.batch_sizes.items())}
-                                for name, b in batchers.items()},
-                "engines": {name: b.engine.stats() for name, b in batchers.items()  # continuous batching
-                            if getattr(b, "engine", None) is not None},
+                "latency_ms": {
+                    "p50": percentile(lat, 50),
+                    "p95": percentile(lat, 95),
+                    "p99": percentile(lat, 99),
+                    "count": len(lat),
+                },
+                "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
+                "cache_hits": self.cache_hits,
+                "cache_misses": self.cache_misses,
+                "batch_sizes": {
+                    name: {str(k): v for k, v in sorted(b.batch_sizes.items())} for name, b in batchers.items()
+                },
+                "engines": {
+                    name: b.engine.stats()
+                    for name, b in batchers.items()  # continuous batching
+                    if getattr(b, "engine", None) is not None
+                },
             }
 
 
 def prometheus_text(snap: dict) -> str:
     """A :meth:`Metrics.snapshot` in Prometheus' text exposition format (counters, and latency quantiles as a
     summary), so a standard scraper and Grafana can read the server without an extra client library."""
+
     def esc(v) -> str:
         return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-    lines = ["# HELP course_requests_total Completed HTTP requests by status code.",
-             "# TYPE course_requests_total counter"]
-    lines += [f'course_requests_total{{status="{esc(k)}"}} {v}'
-              for k, v in sorted(snap["requests_by_status"].items(), key=str)]
+    lines = [
+        "# HELP course_requests_total Completed HTTP requests by status code.",
+        "# TYPE course_requests_total counter",
+    ]
+    lines += [
+        f'course_requests_total{{status="{esc(k)}"}} {v}'
+        for k, v in sorted(snap["requests_by_status"].items(), key=str)
+    ]
     lines += ["# HELP course_model_requests_total Requests by model.", "# TYPE course_model_requests_total counter"]
-    lines += [f'course_model_requests_total{{model="{esc(k)}"}} {v}'
-              for k, v in sorted(snap["requests_by_model"].items(), key=str) if k is not None]
+    lines += [
+        f'course_model_requests_total{{model="{esc(k)}"}} {v}'
+        for k, v in sorted(snap["requests_by_model"].items(), key=str)
+        if k is not None
+    ]
     lat = snap["latency_ms"]
-    lines += ["# HELP course_request_latency_seconds Request latency over the recent window.",
-              "# TYPE course_request_latency_seconds summary"]
+    lines += [
+        "# HELP course_request_latency_seconds Request latency over the recent window.",
+        "# TYPE course_request_latency_seconds summary",
+    ]
     for q in ("50", "95", "99"):
         if lat[f"p{q}"] is not None and math.isfinite(lat[f"p{q}"]):  # no requests yet: no quantiles
             lines.append(f'course_request_latency_seconds{{quantile="0.{q}"}} {lat[f"p{q}"] / 1e3:.6f}')
     lines.append(f"course_request_latency_seconds_count {lat['count']}")
-    for name, key, help_ in (("course_tokens_in_total", "tokens_in", "Prompt tokens read."),
-                             ("course_tokens_out_total", "tokens_out", "Tokens generated."),
-                             ("course_cache_hits_total", "cache_hits", "Answers served from the cache."),
-                             ("course_cache_misses_total", "cache_misses", "Cache lookups that missed.")):
+    for name, key, help_ in (
+        ("course_tokens_in_total", "tokens_in", "Prompt tokens read."),
+        ("course_tokens_out_total", "tokens_out", "Tokens generated."),
+        ("course_cache_hits_total", "cache_hits", "Answers served from the cache."),
+        ("course_cache_misses_total", "cache_misses", "Cache lookups that missed."),
+    ):
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {snap[key]}"]
     lines += _engine_lines(snap.get("engines", {}), esc)
     return "\n".join(lines) + "\n"
@@ -90,9 +113,12 @@ def prometheus_text(snap: dict) -> str:
 def _engine_lines(engines: dict, esc) -> list[str]:
     """Gauges of each continuous-batching engine: running and waiting requests, KV blocks used and free."""
     lines = []
-    for key, help_ in (("running", "Requests in the running batch."), ("waiting", "Requests waiting to join."),
-                       ("blocks_used", "KV-cache blocks held by running requests."),
-                       ("blocks_free", "KV-cache blocks free.")):
+    for key, help_ in (
+        ("running", "Requests in the running batch."),
+        ("waiting", "Requests waiting to join."),
+        ("blocks_used", "KV-cache blocks held by running requests."),
+        ("blocks_free", "KV-cache blocks free."),
+    ):
         lines += [f"# HELP course_engine_{key} {help_}", f"# TYPE course_engine_{key} gauge"]
         lines += [f'course_engine_{key}{{model="{esc(m)}"}} {s[key]}' for m, s in sorted(engines.items())]
     return lines

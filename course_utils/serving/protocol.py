@@ -5,11 +5,12 @@ field is OpenAI's ``400 invalid_request_error`` naming it in ``param`` (FastAPI 
 official client raises as ``UnprocessableEntityError`` instead of ``BadRequestError``). Unknown fields are
 ignored, as clients send fields a small server does not use.
 """
+
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -27,11 +28,25 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 class ApiError(Exception):
     """An error answered as OpenAI's JSON body ``{"error": {message, type, param, code}}``."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error", headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type, self.headers = (
-            status, message, param, code, type_, headers or {})
+            status,
+            message,
+            param,
+            code,
+            type_,
+            headers or {},
+        )
 
     def body(self) -> dict:
         return error_body(self.status, self.message, self.param, self.code, self.type)
@@ -48,8 +63,9 @@ def validation_error(err: ValidationError) -> ApiError:
     """The first pydantic error as a 400 naming the field (``messages.1.role``)."""
     first = err.errors(include_url=False)[0]
     # a union reports which member failed (`constrained-str`, `list[constrained-int]`): keep the field path only
-    loc = [str(p) for p in first.get("loc", ())
-           if not (isinstance(p, str) and ("[" in p or "-" in p or p in _TYPE_TAGS))]
+    loc = [
+        str(p) for p in first.get("loc", ()) if not (isinstance(p, str) and ("[" in p or "-" in p or p in _TYPE_TAGS))
+    ]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
     return ApiError(400, f"invalid '{param}': {msg}" if param else msg, param=param)
@@ -71,8 +87,11 @@ class _Sampling(_Strict):
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = 1
     seed: Seed | None = None
-    stop: Union[Annotated[str, Field(min_length=1)],
-                Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)], None] = None
+    stop: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)]
+        | None
+    ) = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = 0.0
@@ -96,9 +115,12 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[Annotated[str, Field(min_length=1)], TokenIds,
-                  Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=32)],
-                  Annotated[list[TokenIds], Field(min_length=1, max_length=32)]]
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=32)]
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=32)]
+    )
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     echo: bool | None = False
@@ -135,8 +157,10 @@ class ChatCompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Strict):
     model: Annotated[str, Field(min_length=1)]
-    input: Union[Annotated[str, Field(min_length=1)],
-                 Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=256)]]
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=256)]
+    )
     encoding_format: Literal["float", "base64"] | None = "float"  # base64: float32 little-endian
     user: str | None = None
 
@@ -276,13 +300,21 @@ def new_id(prefix: str) -> str:
 
 def envelope(rid: str, obj: str, model: str, created: int | None = None) -> dict:
     """The fields every response carries."""
-    return {"id": rid, "object": obj, "created": int(time.time()) if created is None else created, "model": model,
-            "system_fingerprint": SYSTEM_FINGERPRINT}
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_logprobs(tokens: list[str], logprobs: list[float], tops: list[dict] | None, start: int = 0) -> dict:
@@ -298,7 +330,8 @@ def chat_logprobs(tokens: list[str], logprobs: list[float], tops: list[dict] | N
     """Chat's logprobs: one entry per token with its bytes and the ``top_logprobs`` alternatives."""
     content = []
     for i, (t, lp) in enumerate(zip(tokens, logprobs)):
-        alts = [{"token": a, "logprob": v, "bytes": list(a.encode("utf-8"))}
-                for a, v in (tops[i] if tops else {}).items()]
+        alts = [
+            {"token": a, "logprob": v, "bytes": list(a.encode("utf-8"))} for a, v in (tops[i] if tops else {}).items()
+        ]
         content.append({"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")), "top_logprobs": alts})
     return {"content": content, "refusal": None}

@@ -4,6 +4,7 @@ and a pydantic schema), builds a job and answers. The work lives in :mod:`.compl
 
 A request whose client disconnects is cancelled (streaming or not), so its slot in the scheduler is freed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,9 +35,21 @@ def server_of(request: Request):
 def record(request: Request) -> dict:
     """The request's log record, written once when the request ends (see :meth:`Server.finish`)."""
     value = request.headers.get("x-stainless-retry-count") or request.headers.get("x-retry-count") or "0"
-    rec = {"id": None, "ts": time.time(), "t0": time.perf_counter(), "endpoint": request.url.path, "model": None,
-           "client": None, "status": 500, "tokens_in": 0, "tokens_out": 0, "latency_ms": 0.0, "cache_hit": None,
-           "retries": int(value) if value.isdigit() and len(value) < 6 else 0, "stream": False}
+    rec = {
+        "id": None,
+        "ts": time.time(),
+        "t0": time.perf_counter(),
+        "endpoint": request.url.path,
+        "model": None,
+        "client": None,
+        "status": 500,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "latency_ms": 0.0,
+        "cache_hit": None,
+        "retries": int(value) if value.isdigit() and len(value) < 6 else 0,
+        "stream": False,
+    }
     request.state.rec = rec
     return rec
 
@@ -53,8 +66,9 @@ async def json_body(request: Request, rec: dict = Depends(record)) -> dict:
     server = server_of(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, got {ctype[:60] or 'none'!r}",
-                       code="unsupported_media_type")
+        raise ApiError(
+            415, f"Content-Type must be application/json, got {ctype[:60] or 'none'!r}", code="unsupported_media_type"
+        )
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > server.max_body_bytes):
         raise _too_large(server.max_body_bytes)
@@ -62,8 +76,9 @@ async def json_body(request: Request, rec: dict = Depends(record)) -> dict:
         async with asyncio.timeout(server.body_timeout_s):
             raw = await _read(request, server.max_body_bytes)
     except TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {server.body_timeout_s:g}s",
-                       code="request_timeout") from None
+        raise ApiError(
+            408, f"the request body did not arrive within {server.body_timeout_s:g}s", code="request_timeout"
+        ) from None
     except ClientDisconnect:
         raise ApiError(499, "the client closed the connection during the upload", code="client_closed") from None
     return _decode(raw)
@@ -160,13 +175,15 @@ async def get_model(request: Request, model_id: str):
 
 
 def _unknown_model(name: str) -> ApiError:
-    return ApiError(404, f"the model {name[:80]!r} does not exist; see GET /v1/models", param="model",
-                    code="model_not_found")
+    return ApiError(
+        404, f"the model {name[:80]!r} does not exist; see GET /v1/models", param="model", code="model_not_found"
+    )
 
 
 @router.post("/v1/completions")
-async def completions(request: Request, rec: dict = Depends(record), who: str = Depends(client),
-                      body: dict = Depends(json_body)):
+async def completions(
+    request: Request, rec: dict = Depends(record), who: str = Depends(client), body: dict = Depends(json_body)
+):
     req = protocol.parse(protocol.CompletionRequest, body)
     server = server_of(request)
     backend = server.backend(req.model)
@@ -176,15 +193,21 @@ async def completions(request: Request, rec: dict = Depends(record), who: str = 
     if req.echo and req.logprobs is not None:
         raise ApiError(400, "'echo' with 'logprobs' (log-probabilities of the prompt) is not supported", param="echo")
     texts = [p if isinstance(p, str) else backend.tokenizer.decode(p) for p in req.prompts()]
-    reqs = cmp.sampling_requests(req, ids_list, max_tokens=max_tokens, top_logprobs=req.logprobs,
-                                 vocab_size=getattr(backend.tokenizer, "vocab_size", None))
+    reqs = cmp.sampling_requests(
+        req,
+        ids_list,
+        max_tokens=max_tokens,
+        top_logprobs=req.logprobs,
+        vocab_size=getattr(backend.tokenizer, "vocab_size", None),
+    )
     job = server.job(False, req, backend, who, texts, reqs, req.stops(), echo=bool(req.echo), logprobs=req.logprobs)
     return await answer(request, job, bool(req.stream), rec)
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, rec: dict = Depends(record), who: str = Depends(client),
-                           body: dict = Depends(json_body)):
+async def chat_completions(
+    request: Request, rec: dict = Depends(record), who: str = Depends(client), body: dict = Depends(json_body)
+):
     req = protocol.parse(protocol.ChatCompletionRequest, body)
     server = server_of(request)
     backend = server.backend(req.model)
@@ -199,8 +222,14 @@ async def chat_completions(request: Request, rec: dict = Depends(record), who: s
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     stops, stop_ids = cmp.chat_stops(backend)
-    reqs = cmp.sampling_requests(req, [ids], max_tokens=max_tokens, top_logprobs=top, stop_token_ids=stop_ids,
-                                 vocab_size=getattr(backend.tokenizer, "vocab_size", None))
+    reqs = cmp.sampling_requests(
+        req,
+        [ids],
+        max_tokens=max_tokens,
+        top_logprobs=top,
+        stop_token_ids=stop_ids,
+        vocab_size=getattr(backend.tokenizer, "vocab_size", None),
+    )
     job = server.job(True, req, backend, who, [text], reqs, req.stops() + stops, logprobs=top)
     return await answer(request, job, bool(req.stream), rec)
 
@@ -218,8 +247,9 @@ async def answer(request: Request, job: cmp.Job, stream: bool, rec: dict):
     deltas = cmp.stream(job)
     first = await until_disconnect(request, asyncio.ensure_future(anext(deltas, None)))
     rec.update(status=200, cache_hit=_hit(job))
-    return StreamingResponse(_events(request, job, deltas, first, rec), media_type="text/event-stream",
-                             headers={"x-request-id": job.rid})
+    return StreamingResponse(
+        _events(request, job, deltas, first, rec), media_type="text/event-stream", headers={"x-request-id": job.rid}
+    )
 
 
 def _hit(job: cmp.Job):

@@ -6,6 +6,7 @@ A scheduler has ``start()``, ``stop()``, ``batch_sizes`` and ``await submit(req,
 ``asyncio.Queue``) receives ``(token_id, logprob, top)`` as tokens appear and ``None`` at the end; cancelling the
 awaiting task withdraws a request that has not started.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .backends import GenRequest, Generation
+from .backends import Generation, GenRequest
 
 
 @dataclass
@@ -102,7 +103,8 @@ class Batcher:
 
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self.backend.generate_batch, [p.req for p in batch], on_token)
+                    self._executor, self.backend.generate_batch, [p.req for p in batch], on_token
+                )
             except Exception as err:  # the model failed: every request in the batch gets the error
                 results = [err] * len(batch)
             for p, r in zip(batch, results):
@@ -126,12 +128,21 @@ class EngineScheduler:
 
     POLL_S = 0.5  # how often a waiting request checks that the engine has not failed it silently
 
-    def __init__(self, backend, *, max_batch: int = 16, block_size: int = 16, num_blocks: int | None = None,
-                 policy: str = "continuous"):
+    def __init__(
+        self,
+        backend,
+        *,
+        max_batch: int = 16,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        policy: str = "continuous",
+    ):
         if not hasattr(backend, "model") or not hasattr(backend, "tokenizer"):
             raise TypeError(f"backend must serve a course GPT (have .model), got {type(backend).__name__}")
-        self.backend, self.options = backend, dict(max_batch=max_batch, block_size=block_size,
-                                                    num_blocks=num_blocks, policy=policy)
+        self.backend, self.options = (
+            backend,
+            dict(max_batch=max_batch, block_size=block_size, num_blocks=num_blocks, policy=policy),
+        )
         self.max_batch = max_batch
         self.engine = None
         self.batch_sizes: Counter = Counter()
@@ -176,8 +187,14 @@ class EngineScheduler:
             self.engine.cancel(handle)  # the client went away (or a stop string ended it): free slot and blocks
             raise
         tops = [dict(t) for t in res.top_logprobs] if req.top_logprobs else None
-        return Generation(res.token_ids, res.logprobs, self.backend.tokenizer.decode(res.token_ids),
-                          res.prompt_tokens, res.finish_reason, tops)
+        return Generation(
+            res.token_ids,
+            res.logprobs,
+            self.backend.tokenizer.decode(res.token_ids),
+            res.prompt_tokens,
+            res.finish_reason,
+            tops,
+        )
 
     async def _inject_fault(self) -> None:
         draw = getattr(self.backend, "draw", None)  # a FaultInjector around the model
@@ -193,6 +210,6 @@ class EngineScheduler:
 
 def default_scheduler(backend, *, max_batch: int = 8, max_wait_ms: float = 5.0):
     """Continuous batching (:class:`EngineScheduler`) for a course GPT, else the static :class:`Batcher`."""
-    if hasattr(backend, "model") and hasattr(getattr(backend, "model"), "blocks"):
+    if hasattr(backend, "model") and hasattr(backend.model, "blocks"):
         return EngineScheduler(backend, max_batch=max_batch)
     return Batcher(backend, max_batch=max_batch, max_wait_ms=max_wait_ms)

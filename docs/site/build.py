@@ -4,14 +4,15 @@
 
 Notebooks are executed in a fresh kernel (nbclient, the engine nbconvert and nbval use) and cached in
 .cache/site/ by a hash of the notebook, so a second build only re-runs what changed; a notebook that `make e2e`
-already ran in the browser (test-artifacts/executed/) with the same cells is taken from there instead. Links are rewritten for the
-site: a link to another lesson notebook goes to its page, an image is copied next to the pages, a link to any
-other file of the repository (a lab, a solution, a module) goes to that file on GitHub. Finally every page's
+already ran in the browser (test-artifacts/executed/) with the same cells is taken from there instead. Links are
+rewritten for the site: a link to another lesson notebook goes to its page, an image is copied next to the pages, a
+link to any other file of the repository (a lab, a solution, a module) goes to that file on GitHub. Finally every page's
 internal links, anchors and images are checked; a broken one fails the build (exit 1) with the page and target.
 
 Only packages from requirements.txt are used (nbclient, nbconvert, mistune come with nbconvert). Jupyter Book 2
 was tried and does not build offline: its HTML theme is fetched from the network at build time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,11 @@ def execute(path: Path, cache: Path, timeout: int = 600, executed: Path | None =
     if ran is not None and ran.is_file():
         other = nbformat.read(str(ran), as_version=4)
         code = [c for c in other.cells if c.cell_type == "code" and c.source.strip()]
-        if (_sources(other) == _sources(nb) and all(c.get("execution_count") for c in code)
-                and not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))):
+        if (
+            _sources(other) == _sources(nb)
+            and all(c.get("execution_count") for c in code)
+            and not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+        ):
             nb = other
             ran = "reused"
     if ran != "reused":
@@ -72,8 +76,9 @@ def execute(path: Path, cache: Path, timeout: int = 600, executed: Path | None =
         rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         print(f"executing {rel} ...", flush=True)
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            NotebookClient(
+                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+            ).execute()
         except (CellExecutionError, CellTimeoutError) as err:
             raise BuildError(f"{rel} did not run to the end: {str(err).splitlines()[0]}") from None
     cache.mkdir(parents=True, exist_ok=True)
@@ -145,8 +150,13 @@ def markdown_html(text: str, title: str) -> str:
     import mistune
 
     body = mistune.html(text)
-    body = re.sub(r"<h([1-3])>(.*?)</h\1>", lambda m: f'<h{m.group(1)} id="{_slug(m.group(2))}">{m.group(2)}</h{m.group(1)}>', body)
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}</head><body>{body}</body></html>"
+    body = re.sub(
+        r"<h([1-3])>(.*?)</h\1>",
+        lambda m: f'<h{m.group(1)} id="{_slug(m.group(2))}">{m.group(2)}</h{m.group(1)}>',
+        body,
+    )
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}"
+    return f"<!DOCTYPE html><html><head>{head}</head><body>{body}</body></html>"
 
 
 def _slug(text: str) -> str:
@@ -163,8 +173,9 @@ def title_of(nb, fallback: str) -> str:
     return fallback
 
 
-def build(root: Path, out: Path, *, cache: Path | None = None, timeout: int = 600,
-          executed: Path | None = None) -> list[str]:
+def build(
+    root: Path, out: Path, *, cache: Path | None = None, timeout: int = 600, executed: Path | None = None
+) -> list[str]:
     """Build the site into ``out``; return the broken links found (empty when the site is sound)."""
     root, out = Path(root).resolve(), Path(out).resolve()
     cache = cache or root / ".cache" / "site"
@@ -182,7 +193,9 @@ def build(root: Path, out: Path, *, cache: Path | None = None, timeout: int = 60
         nb = execute(path, cache, timeout, executed)
         rel = path.relative_to(root).as_posix()
         (out / pages[rel]).write_text(site.rewrite(notebook_html(nb), rel), encoding="utf-8")
-        picture = next((f"docs/img/{path.stem}.png" for _ in [0] if (root / f"docs/img/{path.stem}.png").is_file()), None)
+        picture = next(
+            (f"docs/img/{path.stem}.png" for _ in [0] if (root / f"docs/img/{path.stem}.png").is_file()), None
+        )
         img = f'<img src="{picture}" alt="" width="160">' if picture else ""
         rows.append(f"| [{title_of(nb, path.stem)}]({rel}) | {img} |")
     chapters = "\n".join(["## Chapters", "", "| notebook | picture |", "|---|---|", *rows])
@@ -230,7 +243,11 @@ def check_links(out: Path) -> list[str]:
             where = f"{page.relative_to(Path(out).resolve())}: <{tag} {key}={url!r}>"
             if not target.is_file():
                 broken.append(f"{where} -> missing file")
-            elif parts.fragment and target in parsed and not {parts.fragment, unquote(parts.fragment)} & parsed[target].ids:
+            elif (
+                parts.fragment
+                and target in parsed
+                and not {parts.fragment, unquote(parts.fragment)} & parsed[target].ids
+            ):
                 # browsers match the fragment as written or percent-decoded (nbconvert writes encoded ids)
                 broken.append(f"{where} -> no element with id {parts.fragment!r}")
     return broken

@@ -9,6 +9,7 @@ length of the reference answer) and the common mistakes, which are the failure m
 for the wrong implementations in tests/test_checks_chNN.py. ``--write`` replaces what lies between the guide's
 ``<!-- chapters:begin -->`` / ``<!-- chapters:end -->`` markers; the prose around them is written by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,9 @@ def run_time(path: Path, measure: bool) -> str:
 
         nb = nbformat.read(str(path), as_version=4)
         t0 = time.perf_counter()
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
         return f"{time.perf_counter() - t0:.0f} s (fresh kernel, 2-core CPU)"
     rec = ROOT / "test-artifacts" / "times" / f"{path.stem}.json"
     if rec.exists():
@@ -79,7 +82,7 @@ def mistakes(chapter: int) -> dict[str, list[str]]:
         except AssertionError as err:
             lines = str(err).splitlines()
             problem = lines[0].split(": ", 1)[-1]
-            hint = next((ln.strip()[len("hint: "):] for ln in lines if ln.strip().startswith("hint: ")), "")
+            hint = next((ln.strip()[len("hint: ") :] for ln in lines if ln.strip().startswith("hint: ")), "")
             if "NotImplementedError" not in problem:  # an untouched stub is not a mistake
                 found.setdefault(check.__name__, []).append(problem)
                 if hint:
@@ -91,7 +94,7 @@ def mistakes(chapter: int) -> dict[str, list[str]]:
     for name, fn in vars(mod).items():
         if not (name.startswith("test_") and callable(fn) and hasattr(fn, "__code__")):
             continue
-        params = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+        params = fn.__code__.co_varnames[: fn.__code__.co_argcount]
         if set(params) <= {"capsys"}:  # capsys is only read by assert_check_accepts, replaced above
             try:
                 fn(*[None] * len(params))
@@ -108,8 +111,12 @@ def chapter_section(path: Path, measure: bool) -> str:
     nb = nbformat.read(str(path), as_version=4)
     ch = int(path.name.split("_")[0])
     name = re.sub(r"^(?:Chapter\s+)?\d+\s*[·:—–-]\s*", "", title(nb, path.stem))  # "04 · X", "Chapter 4 — X"
-    out = [f"### {ch:02d} · {name}", "", f"*Notebook* `notebooks/{path.name}` · *measured run time* "
-           f"{run_time(path, measure)}", ""]
+    out = [
+        f"### {ch:02d} · {name}",
+        "",
+        f"*Notebook* `notebooks/{path.name}` · *measured run time* {run_time(path, measure)}",
+        "",
+    ]
     g = goals(nb)
     if g:
         out += ["Learning goals — what the learner builds and measures:", *[f"- {x}" for x in g], ""]
@@ -119,13 +126,17 @@ def chapter_section(path: Path, measure: bool) -> str:
         return "\n".join(out)
     snb = nbformat.read(str(sol), as_version=4)
     msgs = mistakes(ch)
-    out += [f"Lab `labs/{sol.name}`:", "", "| exercise | check | difficulty | common mistakes (what the check says) |",
-            "|---|---|---|---|"]
+    out += [
+        f"Lab `labs/{sol.name}`:",
+        "",
+        "| exercise | check | difficulty | common mistakes (what the check says) |",
+        "|---|---|---|---|",
+    ]
     for ex in exercises(snb, ch):
         src = snb.cells[ex.cell_index].source.split("\n")
         b = next(i for i, ln in enumerate(src) if ln.strip() == BEGIN)
         e = next(i for i, ln in enumerate(src) if ln.strip() == END)
-        n = sum(1 for ln in src[b + 2:e] if ln.strip() and not ln.strip().startswith("#"))
+        n = sum(1 for ln in src[b + 2 : e] if ln.strip() and not ln.strip().startswith("#"))
         nxt = snb.cells[ex.cell_index + 1].source if ex.cell_index + 1 < len(snb.cells) else ""
         check = (re.findall(r"\b(check_\w+)\s*\(", nxt) or ["—"])[-1]
         said = "<br>".join(f"“{m}”" for m in msgs.get(check, []))
@@ -134,10 +145,11 @@ def chapter_section(path: Path, measure: bool) -> str:
         md_at = exercise_markdown(snb, ex)
         heading = HEADING_RE.search(snb.cells[md_at].source) if md_at is not None else None
         # the lab's own title for the exercise ("## Exercise 1.3 — training"), else its task line
-        line = snb.cells[md_at].source[heading.end():].split("\n", 1)[0] if heading else ""
+        line = snb.cells[md_at].source[heading.end() :].split("\n", 1)[0] if heading else ""
         tag = re.match(r"\s*(\(\w+\))?\s*[—–:-]?\s*(.*)", line)  # "(open) — title" -> "(open) title"
-        what = (" ".join(t for t in tag.groups() if t).strip() if heading and heading.group("number") == ex.number
-                else "") or ex.task
+        what = (
+            " ".join(t for t in tag.groups() if t).strip() if heading and heading.group("number") == ex.number else ""
+        ) or ex.task
         out.append(f"| {ex.number} {what.replace('|', '/')} | `{check}` | {difficulty(n)} | {said} |")
     out.append("")
     return "\n".join(out)

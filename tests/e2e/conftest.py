@@ -7,6 +7,7 @@ read). The server, the browser and the copy are torn down even when the test fai
 
 Without ``chromium`` on PATH every test here is skipped with the reason the Makefile also prints.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,21 @@ from jlab import ARTIFACTS, CHROMIUM, ROOT, SKIP_REASON
 from course_utils.net import free_port
 
 # What the copy leaves out: big, private or irrelevant to a learner's browser session.
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".cache", "test-artifacts", "wheelhouse", "_build",
-                                     "__pycache__", ".ipynb_checkpoints", "*.egg-info", ".whl", ".gl")
-# User settings written for each server (JupyterLab's settings-dir layout: <plugin id folder>/<plugin>.jupyterlab-settings).
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    ".cache",
+    "test-artifacts",
+    "wheelhouse",
+    "_build",
+    "__pycache__",
+    ".ipynb_checkpoints",
+    "*.egg-info",
+    ".whl",
+    ".gl",
+)
+# User settings written for each server (JupyterLab's settings-dir layout:
+# <plugin id folder>/<plugin>.jupyterlab-settings).
 LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
@@ -39,7 +52,9 @@ def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
     for item in items:
         # A test that drives a browser or a JupyterLab is e2e; plain checks in this folder run everywhere.
-        if here in Path(str(item.fspath)).parents and {"page", "browser", "lab"} & set(getattr(item, "fixturenames", ())):
+        if here in Path(str(item.fspath)).parents and {"page", "browser", "lab"} & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.slow)
             if CHROMIUM is None:
@@ -56,7 +71,9 @@ class Lab:
         return f"http://127.0.0.1:{self.port}/lab/tree/{relpath}?token={self.token}"
 
     def api(self, path: str) -> dict:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
 
@@ -83,14 +100,28 @@ def lab(tmp_path):
     for rel, value in LAB_SETTINGS.items():
         (settings / rel).parent.mkdir(parents=True, exist_ok=True)
         (settings / rel).write_text(json.dumps(value))
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("MPLBACKEND", None)  # the tests' Agg backend would hide every plot; a learner's kernel uses inline
     port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={course}",
-           "--ServerApp.open_browser=False", "--LabApp.news_url=None"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={course}",
+        "--ServerApp.open_browser=False",
+        "--LabApp.news_url=None",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     with open(log, "w") as out:
@@ -117,8 +148,11 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # chromium is here, so a missing Playwright is an install error, not a reason to skip
-        pytest.fail("chromium is installed but Playwright for Python is not: pip install playwright==1.65.2 "
-                    "(pinned with the test requirements)", pytrace=False)
+        pytest.fail(
+            "chromium is installed but Playwright for Python is not: pip install playwright==1.65.2 "
+            "(pinned with the test requirements)",
+            pytrace=False,
+        )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:

@@ -3,6 +3,7 @@
 Only the page is read (prompts, outputs, the status bar); files are saved through JupyterLab (Ctrl+S) and then
 read back from the server's folder, which is a temporary copy of the course.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,10 @@ SKIP_REASON = "chromium not found (apt-get install chromium)"
 
 IDLE = "(ipykernel) | Idle"
 # A cell is still queued or running while its prompt shows [*].
-BUSY_PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')].filter(p => p.textContent.includes('*')).length"
+BUSY_PROMPTS = (
+    "() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]"
+    ".filter(p => p.textContent.includes('*')).length"
+)
 
 
 def open_notebook(page, lab, relpath: str, timeout_s: float = 120) -> None:
@@ -87,18 +91,25 @@ def error_outputs(nb: dict) -> list[str]:
 
 
 def unrun_code_cells(nb: dict) -> list[int]:
-    return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c["source"] and c.get("execution_count") is None]
+    return [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and c["source"] and c.get("execution_count") is None
+    ]
 
 
 def full_screenshot(page, path: Path) -> None:
     """A screenshot of the whole notebook: the window is made as tall as the notebook (capped), then captured."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    height = page.evaluate("() => { const n = document.querySelector('.jp-WindowedPanel-outer') || "
-                           "document.querySelector('.jp-Notebook'); return n ? n.scrollHeight : 900 }")
+    height = page.evaluate(
+        "() => { const n = document.querySelector('.jp-WindowedPanel-outer') || "
+        "document.querySelector('.jp-Notebook'); return n ? n.scrollHeight : 900 }"
+    )
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": int(min(max(height + 200, 900), 16000))})
-    page.evaluate("() => document.querySelectorAll('.jp-WindowedPanel-outer, .jp-Notebook')"
-                  ".forEach(n => { n.scrollTop = 0 })")
+    page.evaluate(
+        "() => document.querySelectorAll('.jp-WindowedPanel-outer, .jp-Notebook').forEach(n => { n.scrollTop = 0 })"
+    )
     page.wait_for_timeout(500)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size(size)

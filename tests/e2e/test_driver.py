@@ -2,12 +2,12 @@
 
 A scratch notebook is written into the server's temporary copy (never into the course) and run like any other.
 """
+
 from __future__ import annotations
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_notebook
-
 from jlab import error_outputs, open_notebook, run_all, save, unrun_code_cells
+from nbformat.v4 import new_code_cell, new_notebook
 from test_notebooks_in_browser import poke_widgets
 
 CELLS = [

@@ -8,6 +8,7 @@ JupyterLab saves the file (Ctrl+S); the saved lab holds what was typed and every
 The same walk runs today on a scratch lab in the labs/ format (built by course_utils.labs.make_lab from a tiny
 solution notebook), so the driver is known to work before chapter 4's lab lands.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,19 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from jlab import ARTIFACTS, ROOT, open_notebook, run_all, save, wait_until_done
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from course_utils.labs import BEGIN, END, exercises, make_lab
-from jlab import ARTIFACTS, ROOT, open_notebook, run_all, save, wait_until_done
 
 CHAPTER = 4
 # Plausible wrong answers for chapter 4's first exercise, keyed by a word the solution region contains.
 # Each maps a code line of the correct answer to a wrong one (the mistake the instructor guide lists).
 WRONG_ANSWERS = {
-    "renorm": ("forgets to renormalise the top-k weights", lambda line: re.sub(r"\s*/\s*[\w.]+\.sum\([^()]*\)", "", line)),
+    "renorm": (
+        "forgets to renormalise the top-k weights",
+        lambda line: re.sub(r"\s*/\s*[\w.]+\.sum\([^()]*\)", "", line),
+    ),
 }
 
 
@@ -39,15 +43,15 @@ def _region_body(source: str) -> tuple[int, int, list[str]]:
 def wrong_answer(solution_source: str) -> tuple[str, str]:
     """(why it is wrong, the cell source with a plausible mistake) for an exercise cell's solution."""
     b, e, lines = _region_body(solution_source)
-    body = lines[b + 1:e]
+    body = lines[b + 1 : e]
     for key, (why, mutate) in WRONG_ANSWERS.items():
         if key in solution_source.lower():
             wrong = [ln if ln.lstrip().startswith("#") else mutate(ln) for ln in body]  # code lines only
             if wrong != body:
-                return why, "\n".join(lines[:b + 1] + wrong + lines[e:])
+                return why, "\n".join(lines[: b + 1] + wrong + lines[e:])
     # Fallback: an answer that returns nothing (the check must say what it expected instead).
     indent = lines[b][: len(lines[b]) - len(lines[b].lstrip())]
-    return "returns None", "\n".join(lines[:b + 1] + [f"{indent}return None"] + lines[e:])
+    return "returns None", "\n".join(lines[: b + 1] + [f"{indent}return None"] + lines[e:])
 
 
 def _type_into_cell(page, index: int, source: str) -> None:
@@ -80,9 +84,13 @@ def walk_learner_path(page, lab, lab_rel: str, solution) -> None:
     open_notebook(page, lab, lab_rel)
     run_all(page)
     ran = save(page, lab, lab_rel)
-    failing = [i for i, c in enumerate(ran["cells"]) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    failing = [
+        i for i, c in enumerate(ran["cells"]) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     # A function exercise raises when its check calls it, so the stop is in the exercise cell or its check cell.
-    assert failing and failing[0] in (idx, idx + 1), f"Run All should first stop at exercise {first.number} (cell {idx}); errors in cells {failing}"
+    assert failing and failing[0] in (idx, idx + 1), (
+        f"Run All should first stop at exercise {first.number} (cell {idx}); errors in cells {failing}"
+    )
     shown = page.locator(".jp-Notebook .jp-Cell").nth(failing[0]).locator(".jp-OutputArea").inner_text()
     assert "NotImplementedError" in shown and f"Exercise {first.number}: {first.hint}" in shown, shown
 
@@ -97,9 +105,13 @@ def walk_learner_path(page, lab, lab_rel: str, solution) -> None:
     _type_into_cell(page, idx, wrong)
     checked = _run_cell_and_check(page, idx)
     (ARTIFACTS / "learner").mkdir(parents=True, exist_ok=True)
-    page.locator(".jp-Notebook .jp-Cell").nth(idx + 1).screenshot(path=str(ARTIFACTS / "learner" / f"{Path(lab_rel).stem}_wrong.png"))
+    page.locator(".jp-Notebook .jp-Cell").nth(idx + 1).screenshot(
+        path=str(ARTIFACTS / "learner" / f"{Path(lab_rel).stem}_wrong.png")
+    )
     assert "✅" not in checked, f"a wrong answer ({why}) passed the check:\n{checked}"
-    assert check_name.group(1) in checked and "hint:" in checked, f"no explanation for a wrong answer ({why}):\n{checked}"
+    assert check_name.group(1) in checked and "hint:" in checked, (
+        f"no explanation for a wrong answer ({why}):\n{checked}"
+    )
 
     saved = save(page, lab, lab_rel)
     assert "".join(saved["cells"][idx]["source"]) == wrong, "JupyterLab did not save what was typed"
@@ -119,16 +131,20 @@ def test_learner_path_chapter_4(lab, page):
 
 SCRATCH_SOLUTION = [
     new_markdown_cell("# 99 · scratch lab"),
-    new_code_cell("import torch\nfrom course_utils.checks._core import call, compare, passed\n\n"
-                  "def check_renormalise(fn):\n"
-                  "    w = torch.tensor([[0.5, 0.3], [0.2, 0.2]])\n"
-                  "    compare('check_renormalise', call('check_renormalise', fn, w), w / w.sum(-1, keepdim=True),\n"
-                  "            inputs={'weights': w}, hint='divide by the sum of the kept weights')\n"
-                  "    passed('check_renormalise', 1)"),
-    new_code_cell("def renormalise(weights):\n    \"\"\"Top-k weights that sum to one per token.\"\"\"\n"
-                  f"    {BEGIN}\n    # hint: divide each row by its sum\n"
-                  "    return weights / weights.sum(-1, keepdim=True)\n"
-                  f"    {END}"),
+    new_code_cell(
+        "import torch\nfrom course_utils.checks._core import call, compare, passed\n\n"
+        "def check_renormalise(fn):\n"
+        "    w = torch.tensor([[0.5, 0.3], [0.2, 0.2]])\n"
+        "    compare('check_renormalise', call('check_renormalise', fn, w), w / w.sum(-1, keepdim=True),\n"
+        "            inputs={'weights': w}, hint='divide by the sum of the kept weights')\n"
+        "    passed('check_renormalise', 1)"
+    ),
+    new_code_cell(
+        'def renormalise(weights):\n    """Top-k weights that sum to one per token."""\n'
+        f"    {BEGIN}\n    # hint: divide each row by its sum\n"
+        "    return weights / weights.sum(-1, keepdim=True)\n"
+        f"    {END}"
+    ),
     new_code_cell("check_renormalise(renormalise)"),
     new_code_cell("print('after the check')"),
 ]

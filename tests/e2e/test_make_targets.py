@@ -1,4 +1,5 @@
 """Without chromium, `make test` and `make e2e` say so in one visible line instead of passing silently."""
+
 from __future__ import annotations
 
 import os
@@ -7,30 +8,36 @@ import subprocess
 
 from jlab import ROOT, SKIP_REASON
 
-
 SKIP_LINE = f"SKIPPED e2e: {SKIP_REASON}"
 STAMP = ".venv/.installed-stamp"  # -o: never reinstall the venv from here
 
 
 def test_make_e2e_prints_the_skip_line_without_chromium(tmp_path):
     env = dict(os.environ, PATH=str(tmp_path))  # an empty folder: no chromium on PATH
-    run = subprocess.run([shutil.which("make"), "-s", "-o", STAMP, "e2e"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [shutil.which("make"), "-s", "-o", STAMP, "e2e"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == SKIP_LINE
 
 
 def test_make_test_prints_the_skip_line_without_chromium_and_keeps_pytests_exit_code(tmp_path):
-    dry = subprocess.run([shutil.which("make"), "-n", "-o", STAMP, "test"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    dry = subprocess.run(
+        [shutil.which("make"), "-n", "-o", STAMP, "test"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert dry.returncode == 0, dry.stderr
     script = dry.stdout.replace("\\\n", " ")
     guard = next(line for line in script.splitlines() if "pytest" in line and "tests" in line)
     assert "tests" in guard.split(), "make test runs tests/, which holds tests/e2e"
     # Replace pytest by a stand-in exit code and run the rest of the recipe line under a PATH without chromium.
     for code in (0, 3):
-        line = "/bin/sh -c 'exit %d'; " % code + guard.split(";", 1)[1]
-        run = subprocess.run([shutil.which("bash"), "-c", line], env=dict(os.environ, PATH=str(tmp_path)),
-                             capture_output=True, text=True, timeout=60)
+        line = f"/bin/sh -c 'exit {code}'; " + guard.split(";", 1)[1]
+        run = subprocess.run(
+            [shutil.which("bash"), "-c", line],
+            env=dict(os.environ, PATH=str(tmp_path)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode == code, "the skip line must not hide pytest's exit code"
         assert run.stdout.strip() == SKIP_LINE, run.stdout

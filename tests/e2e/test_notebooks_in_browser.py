@@ -7,6 +7,7 @@ slider moved one step with ArrowRight, each text box typed into; the cell's disp
 Chapter 1 must have a token box and chapter 4 a slider (the routing explorer), so those two cannot silently
 lose their widgets.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,24 @@ import re
 from pathlib import Path
 
 import pytest
-
-from jlab import (ARTIFACTS, ROOT, error_outputs, full_screenshot, open_notebook, output_fingerprint, run_all, save,
-                  unrun_code_cells)
+from jlab import (
+    ARTIFACTS,
+    ROOT,
+    error_outputs,
+    full_screenshot,
+    open_notebook,
+    output_fingerprint,
+    run_all,
+    save,
+    unrun_code_cells,
+)
 
 NOTEBOOKS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("*.ipynb"))
 # chapter -> (widget the chapter promises, its CSS selector inside the page)
-REQUIRED_WIDGETS = {1: ("token box", ".widget-textarea textarea, .widget-text input"),
-                    4: ("routing-explorer slider", ".widget-slider .noUi-handle, .widget-slider input[type=range]")}
+REQUIRED_WIDGETS = {
+    1: ("token box", ".widget-textarea textarea, .widget-text input"),
+    4: ("routing-explorer slider", ".widget-slider .noUi-handle, .widget-slider input[type=range]"),
+}
 TEXT_BOX = ".jp-OutputArea .widget-textarea textarea, .jp-OutputArea .widget-text input"
 SLIDER = ".jp-OutputArea .widget-slider .noUi-handle"
 TYPED = " Mixture-of-Experts routing: ünïcödé"
@@ -141,6 +152,7 @@ def test_widget_chapter_exists(ch):
     """The widget checks above activate when the chapter's notebook lands; until then this says why they don't."""
     found = [p for p in NOTEBOOKS if chapter(p) == ch]
     if not found:
-        pytest.skip(f"notebooks/{ch:02d}_*.ipynb does not exist yet; its {REQUIRED_WIDGETS[ch][0]} test "
-                    "activates when it lands")
+        pytest.skip(
+            f"notebooks/{ch:02d}_*.ipynb does not exist yet; its {REQUIRED_WIDGETS[ch][0]} test activates when it lands"
+        )
     assert len(found) == 1, f"more than one chapter-{ch} notebook: {found}"

@@ -4,6 +4,7 @@ A small course (two tiny notebooks, a README, a picture) is built into a tempora
 check must pass on it and must report a broken link and a missing image once they are added; a browser then opens
 the built pages and every image must have loaded.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,17 +12,17 @@ import shutil
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
 from jlab import ROOT
-
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 spec = importlib.util.spec_from_file_location("site_build", ROOT / "docs" / "site" / "build.py")
 site_build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(site_build)
 
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                    "1f15c4890000000d4944415478da63f8cfc0f01f0005000201ea2fb8c50000000049454e44ae426082")
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d4944415478da63f8cfc0f01f0005000201ea2fb8c50000000049454e44ae426082"
+)
 
 
 def tiny_course(root: Path) -> Path:
@@ -30,9 +31,15 @@ def tiny_course(root: Path) -> Path:
     (root / "docs" / "img").mkdir(parents=True)
     (root / "docs" / "img" / "01_a.png").write_bytes(PNG)
     (root / "labs" / "01_a_lab.ipynb").write_text("{}")
-    a = new_notebook(cells=[new_markdown_cell("# 01 · A\n\nNext: [chapter B](02_b.ipynb#Part-two); "
-                                              "the [lab](../labs/01_a_lab.ipynb); ![pic](../docs/img/01_a.png)"),
-                            new_code_cell("print(6 * 7)")])
+    a = new_notebook(
+        cells=[
+            new_markdown_cell(
+                "# 01 · A\n\nNext: [chapter B](02_b.ipynb#Part-two); "
+                "the [lab](../labs/01_a_lab.ipynb); ![pic](../docs/img/01_a.png)"
+            ),
+            new_code_cell("print(6 * 7)"),
+        ]
+    )
     b = new_notebook(cells=[new_markdown_cell("# 02 · B"), new_markdown_cell("## Part two\n\nBack to [A](01_a.ipynb)")])
     for nb, name in ((a, "01_a"), (b, "02_b")):
         nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
@@ -80,7 +87,9 @@ def test_site_pages_load_their_images_in_a_browser(tmp_path, page):
     for html in sorted(out.glob("*.html")):
         page.goto(html.as_uri())
         page.wait_for_load_state("load")
-        bad = page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))"
-                            ".map(i => i.getAttribute('src'))")
+        bad = page.evaluate(
+            "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))"
+            ".map(i => i.getAttribute('src'))"
+        )
         assert not bad, f"{html.name}: images that did not load: {bad}"
     shutil.rmtree(out)
