@@ -57,7 +57,7 @@ RUN_DEPENDENT = re.compile(
     r"|\btimed\(|\bTimer\(|\bbest_of\(|\bbenchmark\w*\(|\bbench_\w+\(|\bthroughput\w*\(|\blatency\w*\("
     r"|\battention_cost\(|\brun_expert_parallel\(|\bstart_server\(|\bseconds\b|\[\"(?:eval_)?time\"\]"
     r"|\bms\b|\b(?:it|tok|tokens|req|requests)/s\b"
-    r"|\binteract(?:ive)?\(|\bwidgets\.|tracemalloc|os\.getpid|\bid\(",
+    r"|\binteract(?:ive)?\(|\bwidgets\.|\b\w+_explorer\(|tracemalloc|os\.getpid|\bid\(",
 )
 
 
