@@ -130,9 +130,24 @@ def texts_match(ref: str, test: str, rtol: float = RTOL) -> bool:
     return True
 
 
+# The text a figure or a matplotlib object shows in place of itself (`<Figure size 504x288 with 1 Axes>`, the value
+# of a plotting call on a cell's last line): whether it appears depends on how the kernel was asked to run the cell
+# (nbval runs cells without storing history, which defeats IPython's trailing-semicolon check), and images are not
+# compared anyway.
+MPL_REPR = re.compile(r"^(?:<(?:Figure size|Axes|matplotlib\.)[^\n]*>|\[<matplotlib\.[^\n]*\]|Text\(.*\))$")
+
+
 def _comparable(outputs) -> list:
-    """Outputs without live widgets (progress bars): they show timings and have no state outside the kernel."""
-    return [o for o in outputs if WIDGET_VIEW not in o.get("data", {})]
+    """Outputs without live widgets (progress bars: they show timings and have no state outside the kernel) and
+    without matplotlib's placeholder texts (:data:`MPL_REPR`)."""
+    keep = []
+    for o in outputs:
+        data = o.get("data", {})
+        text = data.get("text/plain")
+        if WIDGET_VIEW in data or (isinstance(text, str) and MPL_REPR.match(text.strip())):
+            continue
+        keep.append(o)
+    return keep
 
 
 def pytest_configure(config):

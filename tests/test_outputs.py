@@ -141,3 +141,20 @@ def test_strict_nbval_with_the_plugin_passes_on_noise_and_fails_on_a_stale_outpu
     nbformat.write(nb, path)
     stale = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert stale.returncode != 0 and "13099" in stale.stdout
+
+
+def test_matplotlib_placeholders_are_left_out_of_the_comparison_but_not_other_text():
+    from course_utils.outputs import _comparable
+
+    def result(text):
+        return {"output_type": "execute_result", "data": {"text/plain": text}}
+
+    placeholders = [
+        "<Figure size 504x288 with 1 Axes>",
+        "<matplotlib.legend.Legend at 0x7f00>",
+        "<Axes: title={'center': 'Loss'}, xlabel='step'>",
+        "[<matplotlib.lines.Line2D at 0x1>]",
+        "Text(0.5, 1.0, 'Loss')",
+    ]
+    kept = [result("0.9150"), result("<html>not a figure</html>"), result("Figure size 3")]
+    assert _comparable([result(t) for t in placeholders] + kept) == kept
