@@ -17,34 +17,16 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
-from course_utils import nbtools
+from course_utils import doctor, nbtools
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.relative_to(ROOT).as_posix() for d in nbtools.NOTEBOOK_DIRS for p in (ROOT / d).glob("*.ipynb"))
 CLONE = "/content/course"
 # Packages Colab's image ships (so requirements-colab.txt must not reinstall them) and packages only a developer
-# needs (tests, JupyterLab itself). Every package in requirements.txt is in one of these or in requirements-colab.txt.
-COLAB_SHIPS = {
-    "torch",
-    "numpy",
-    "matplotlib",
-    "transformers",
-    "safetensors",
-    "sentence-transformers",
-    "peft",
-    "accelerate",
-    "tiktoken",
-    "regex",
-    "tqdm",
-    "ipywidgets",
-    "ipykernel",
-    "nbformat",
-    "fastapi",
-    "uvicorn",
-    "openai",
-    "tenacity",
-}
-DEV_ONLY = {"jupyterlab", "nbconvert", "pytest", "pytest-xdist", "nbval", "hypothesis", "playwright", "nbgrader"}
+# needs (tests, JupyterLab itself): the doctor's lists, so that the check a Colab learner runs and this test agree.
+# Every package in requirements.txt is in one of these or in requirements-colab.txt.
+COLAB_SHIPS = doctor.COLAB_OWN
+DEV_ONLY = doctor.NOT_IN_COLAB
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -176,5 +158,5 @@ def test_colab_installs_only_what_colab_lacks():
     unclassified = set(course) - COLAB_SHIPS - DEV_ONLY - set(colab)
     assert not unclassified, (
         f"{sorted(unclassified)}: new in requirements.txt; add to requirements-colab.txt if "
-        "Colab lacks it, else to COLAB_SHIPS or DEV_ONLY in this test"
+        "Colab lacks it, else to COLAB_OWN or NOT_IN_COLAB in course_utils/doctor.py"
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
 from course_utils.batching import Engine
 from course_utils.chat import END_OF_TURN, END_OF_TURN_ID, GENERATION_PROMPT, render_chat
@@ -23,13 +22,7 @@ from course_utils.served_models import (
 )
 from course_utils.world import ATTRIBUTES
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 def answers(model, convs):

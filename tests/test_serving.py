@@ -46,13 +46,7 @@ def tiny_gpt(seed: int = 0, **kw) -> GPT:
     return GPT(GPTConfig(**cfg))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: a second thread only adds synchronisation (and the HTTP server needs a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,13 @@ class Generation:
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
 
 
+def generate_one(backend, prompt, max_tokens, temperature, seed, top_p) -> Generation:
+    """``backend.generate``: one request through ``generate_batch`` (``prompt`` is text or token ids); an error
+    result is raised."""
+    ids = backend.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    return raise_if_error(backend.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])
+
+
 def raise_if_error(result):
     if isinstance(result, BaseException):
         raise result
@@ -184,8 +191,7 @@ class GPTBackend:
         top_p: float | None = None,
     ) -> Generation:
         """One request, unbatched: ``prompt`` is text or a list of token ids."""
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return raise_if_error(self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])
+        return generate_one(self, prompt, max_tokens, temperature, seed, top_p)
 
 
 class _Row:
@@ -245,8 +251,7 @@ class EchoBackend:
         seed: int | None = None,
         top_p: float | None = None,
     ) -> Generation:
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0]
+        return generate_one(self, prompt, max_tokens, temperature, seed, top_p)
 
 
 class EmbeddingBackend:

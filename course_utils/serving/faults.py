@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from .backends import Generation, GenRequest, raise_if_error
+from .backends import Generation, GenRequest, generate_one
 
 
 class FaultError(RuntimeError):
@@ -95,5 +95,4 @@ class FaultInjector:
         seed: int | None = None,
         top_p: float | None = None,
     ) -> Generation:
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return raise_if_error(self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])
+        return generate_one(self, prompt, max_tokens, temperature, seed, top_p)
