@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from .validate import nonnegative_float, nonnegative_int, positive_float, positive_int
+
 __all__ = ["lr_at", "configure_optimizer", "evaluate", "train_step", "train", "LiveLossPlot"]
 
 
@@ -164,24 +166,19 @@ def train(
         ("block_size", block_size),
         ("eval_iters", eval_iters),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if eval_every is not None and (not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1):
-        raise ValueError(f"eval_every must be a positive int or None, got {eval_every!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be None or > 0, got {grad_clip!r}")
-    if aux_loss_coef < 0:
-        raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
-    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
-        raise ValueError(f"patience must be a positive int or None, got {patience!r}")
+        positive_int(name, value)
+    if eval_every is not None:
+        positive_int("eval_every", eval_every)
+    nonnegative_int("warmup", warmup)
+    positive_float("lr", lr)  # finite: an infinite or NaN learning rate turns every weight into NaN
+    if grad_clip is not None:
+        positive_float("grad_clip", grad_clip)
+    nonnegative_float("aux_loss_coef", aux_loss_coef)
+    if patience is not None:
+        positive_int("patience", patience)
     if (patience is not None or restore_best) and eval_every is None:
         raise ValueError("early stopping (patience) and restore_best need evaluations: set eval_every")
-    if not min_delta >= 0:
-        raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+    nonnegative_float("min_delta", min_delta)
     if loss_fn is None and not hasattr(data, "get_batch"):
         raise TypeError(
             f"data must have get_batch(split, batch_size, block_size, generator) when no loss_fn is "

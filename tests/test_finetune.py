@@ -281,9 +281,13 @@ def test_greedy_answers_matches_generate():
 def test_base_checkpoint_sha256(tmp_path):
     from course_utils.model import save_checkpoint
 
-    path = save_checkpoint(tiny_gpt(), tmp_path / "m.safetensors")
+    path = save_checkpoint(tiny_gpt(), tmp_path / "m.safetensors", sha256=True)  # sidecars: weights and config
     path.with_suffix(".sha256").write_text(ft.sha256_of(path) + "  m.safetensors\n")
     assert isinstance(ft.load_base_model(path), GPT)
+    config = path.with_suffix(".json")
+    config.write_text(config.read_text().replace('"rope_base": 10000.0', '"rope_base": 500.0'))
+    with pytest.raises(ValueError, match="sha256"):  # a changed config is refused too
+        ft.load_base_model(path)
     path.with_suffix(".sha256").write_text("0" * 64 + "\n")
     with pytest.raises(ValueError, match="sha256"):
         ft.load_base_model(path)

@@ -225,3 +225,9 @@ def test_hooks_reject_bad_arguments():
         train(model, ds, 2, eval_fn=lambda m: {"loss": 1.0}, batch_size=2, block_size=8, progress=False)
     with pytest.raises(TypeError, match="get_batch"):
         train(model, None, 2, progress=False)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -1e-3])
+def test_train_rejects_a_learning_rate_that_is_not_finite_and_positive(lr):
+    with pytest.raises(ValueError, match="lr"):
+        train(torch.nn.Linear(2, 2), None, 1, lr=lr, loss_fn=lambda m, step: m.weight.sum(), eval_every=None)
