@@ -256,7 +256,7 @@ def record_run_time(path: Path, seconds: float) -> Path:
     TIMES_DIR.mkdir(parents=True, exist_ok=True)
     rec = TIMES_DIR / f"{path.stem}.json"
     rec.write_text(
-        json.dumps({"run_all_s": round(seconds, 1), "source": "`make outputs`: fresh kernel, one thread, 2-core CPU"})
+        json.dumps({"run_all_s": round(seconds, 1), "source": "`make outputs`: fresh kernel, one thread, 2-core CPU, caches warm"})
     )
     return rec
 
