@@ -255,9 +255,8 @@ def record_run_time(path: Path, seconds: float) -> Path:
     (docs/site/guide_chapters.py) read these records."""
     TIMES_DIR.mkdir(parents=True, exist_ok=True)
     rec = TIMES_DIR / f"{path.stem}.json"
-    rec.write_text(
-        json.dumps({"run_all_s": round(seconds, 1), "source": "`make outputs`: fresh kernel, one thread, 2-core CPU, caches warm"})
-    )
+    source = "`make outputs`: fresh kernel, one thread, 2-core CPU, caches warm"
+    rec.write_text(json.dumps({"run_all_s": round(seconds, 1), "source": source}))
     return rec
 
 
