@@ -607,9 +607,9 @@ def check_train_step(train_step) -> None:
         "next_token_loss; back-propagate it, step the optimizer, and return this batch's loss (before the update) as "
         "a float",
         "zeroing old gradients": "gradients that were already in .grad when train_step was called were added to this "
-        "step's: clear them with the optimizer before back-propagating",
+        "step's: clear them (the optimizer's zero_grad) before back-propagating",
         "gradient clipping": "after backward and before optimizer.step(), scale the gradients so that their global "
-        "norm is at most grad_clip (torch.nn.utils has a function for exactly this)",
+        "norm is at most grad_clip (torch.nn.utils.clip_grad_norm_ does exactly this)",
         "the whole schedule": "every step sets the learning rate of every param group to lr_schedule(step, ...)",
     }
     for what, n_steps, clip, junk in phases:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -29,9 +30,14 @@ def test_make_test_prints_the_skip_line_without_chromium_and_keeps_pytests_exit_
     script = dry.stdout.replace("\\\n", " ")
     guard = next(line for line in script.splitlines() if "pytest" in line and "tests" in line)
     assert "tests" in guard.split(), "make test runs tests/, which holds tests/e2e"
-    # Replace pytest by a stand-in exit code and run the rest of the recipe line under a PATH without chromium.
-    for code in (0, 3):
-        line = f"/bin/sh -c 'exit {code}'; " + guard.split(";", 1)[1]
+    # Replace each pytest run (tests + solutions, then the lessons) by a stand-in exit code and run the recipe line
+    # under a PATH without chromium: a failure of either run fails `make test`, and the skip line never hides it.
+    runs = re.findall(r"(?:\S+=\S+ )*\S*python -m pytest[^;|]*", guard)
+    assert len(runs) == 2, guard
+    for first, second, expected in ((0, 0, 0), (3, 0, 3), (0, 3, 1)):
+        line = guard.replace(runs[0], f"/bin/sh -c 'exit {first}' ", 1).replace(
+            runs[1], f"/bin/sh -c 'exit {second}' ", 1
+        )
         run = subprocess.run(
             [shutil.which("bash"), "-c", line],
             env=dict(os.environ, PATH=str(tmp_path)),
@@ -39,5 +45,5 @@ def test_make_test_prints_the_skip_line_without_chromium_and_keeps_pytests_exit_
             text=True,
             timeout=60,
         )
-        assert run.returncode == code, "the skip line must not hide pytest's exit code"
+        assert run.returncode == expected, "the skip line must not hide pytest's exit code"
         assert run.stdout.strip() == SKIP_LINE, run.stdout
