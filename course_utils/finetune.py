@@ -468,6 +468,29 @@ def text_loss(model: nn.Module, texts: Sequence[str], *, answer_only: bool = Fal
     return total / count
 
 
+def _check_finetune_args(texts, steps, val_texts, patience) -> None:
+    """:func:`finetune`'s checks on what to train on: a ValueError naming the argument."""
+
+    def _ok(t) -> bool:
+        if isinstance(t, tuple):
+            return len(t) == 2 and all(isinstance(s, str) for s in t) and len(t[0]) > 0 and len(t[1]) > 0
+        return isinstance(t, str) and len(t) > 1
+
+    if isinstance(texts, str) or not texts or not all(_ok(t) for t in texts):
+        raise ValueError(
+            "texts must be a non-empty list of strings (each at least 2 characters) or of "
+            "(prompt, completion) pairs of non-empty strings"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if val_texts is not None and (
+        isinstance(val_texts, str) or not val_texts or not all(isinstance(t, str) and len(t) > 1 for t in val_texts)
+    ):
+        raise ValueError("val_texts must be None or a non-empty list of strings (each at least 2 characters)")
+    if patience is not None and val_texts is None:
+        raise ValueError("patience (early stopping) needs val_texts to measure a validation loss on")
+
+
 def finetune(
     model: nn.Module,
     texts: Sequence[str],
@@ -504,24 +527,7 @@ def finetune(
     """
     from .train import train
 
-    def _ok(t) -> bool:
-        if isinstance(t, tuple):
-            return len(t) == 2 and all(isinstance(s, str) for s in t) and len(t[0]) > 0 and len(t[1]) > 0
-        return isinstance(t, str) and len(t) > 1
-
-    if isinstance(texts, str) or not texts or not all(_ok(t) for t in texts):
-        raise ValueError(
-            "texts must be a non-empty list of strings (each at least 2 characters) or of "
-            "(prompt, completion) pairs of non-empty strings"
-        )
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if val_texts is not None and (
-        isinstance(val_texts, str) or not val_texts or not all(isinstance(t, str) and len(t) > 1 for t in val_texts)
-    ):
-        raise ValueError("val_texts must be None or a non-empty list of strings (each at least 2 characters)")
-    if patience is not None and val_texts is None:
-        raise ValueError("patience (early stopping) needs val_texts to measure a validation loss on")
+    _check_finetune_args(texts, steps, val_texts, patience)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (all requires_grad=False)")

@@ -104,6 +104,104 @@ def train_step(
     return loss, aux, norm
 
 
+_HISTORY_KEYS = (
+    "step",
+    "train_loss",
+    "lr",
+    "tokens",
+    "time",
+    "grad_norm",
+    "aux_loss",
+    "eval_step",
+    "val_loss",
+    "eval_train_loss",
+    "eval_time",
+)
+
+
+def _check_train_args(
+    model,
+    data,
+    steps,
+    batch_size,
+    block_size,
+    eval_every,
+    eval_iters,
+    warmup,
+    lr,
+    grad_clip,
+    aux_loss_coef,
+    patience,
+    restore_best,
+    min_delta,
+    loss_fn,
+    eval_fn,
+) -> None:
+    """:func:`train`'s argument checks: a ValueError/TypeError naming the argument before any step runs."""
+    for name, value in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("block_size", block_size),
+        ("eval_iters", eval_iters),
+    ):
+        positive_int(name, value)
+    if eval_every is not None:
+        positive_int("eval_every", eval_every)
+    nonnegative_int("warmup", warmup)
+    positive_float("lr", lr)  # finite: an infinite or NaN learning rate turns every weight into NaN
+    if grad_clip is not None:
+        positive_float("grad_clip", grad_clip)
+    nonnegative_float("aux_loss_coef", aux_loss_coef)
+    if patience is not None:
+        positive_int("patience", patience)
+    if (patience is not None or restore_best) and eval_every is None:
+        raise ValueError("early stopping (patience) and restore_best need evaluations: set eval_every")
+    nonnegative_float("min_delta", min_delta)
+    if loss_fn is None and not hasattr(data, "get_batch"):
+        raise TypeError(
+            f"data must have get_batch(split, batch_size, block_size, generator) when no loss_fn is "
+            f"given, got {type(data).__name__}"
+        )
+    if eval_every is not None and eval_fn is None and not hasattr(data, "get_batch"):
+        raise TypeError("evaluation needs data with get_batch or an eval_fn (or eval_every=None)")
+    max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if loss_fn is None and max_len is not None and block_size > max_len:
+        raise ValueError(f"block_size ({block_size}) exceeds the model's max_seq_len ({max_len})")
+
+
+class _EvalWatch:
+    """:func:`train`'s evaluations: record the metrics, track the best validation loss (and, with ``restore_best``,
+    a copy of its weights), and say when to stop (the callback asks to, or ``patience`` evaluations did not improve)."""
+
+    def __init__(self, model, history, eval_fn, t0, min_delta, restore_best, patience, callback):
+        self.model, self.history, self.eval_fn, self.t0 = model, history, eval_fn, t0
+        self.min_delta, self.restore_best, self.patience, self.callback = min_delta, restore_best, patience, callback
+        self.best_state, self.bad_evals = None, 0
+
+    def __call__(self, step: int) -> bool:
+        model, history = self.model, self.history
+        history["eval_step"].append(step)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            metrics = self.eval_fn(model)
+        model.train(was_training)
+        if "val_loss" not in metrics:
+            raise ValueError(f"eval_fn must return a dict with a 'val_loss', got keys {sorted(metrics)}")
+        for name, value in metrics.items():
+            history.setdefault(name, []).append(float(value))
+        history["eval_time"].append(time.perf_counter() - self.t0)
+        val = history["val_loss"][-1]
+        if history["best_val_loss"] is None or val < history["best_val_loss"] - self.min_delta:
+            history["best_val_loss"], history["best_step"], self.bad_evals = val, step, 0
+            if self.restore_best:  # a copy on the side: the live weights keep training
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        stop = self.callback(history) if self.callback is not None else False
+        return bool(stop) or (self.patience is not None and self.bad_evals >= self.patience)
+
+
 def train(
     model,
     data,
@@ -160,56 +258,30 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    for name, value in (
-        ("steps", steps),
-        ("batch_size", batch_size),
-        ("block_size", block_size),
-        ("eval_iters", eval_iters),
-    ):
-        positive_int(name, value)
-    if eval_every is not None:
-        positive_int("eval_every", eval_every)
-    nonnegative_int("warmup", warmup)
-    positive_float("lr", lr)  # finite: an infinite or NaN learning rate turns every weight into NaN
-    if grad_clip is not None:
-        positive_float("grad_clip", grad_clip)
-    nonnegative_float("aux_loss_coef", aux_loss_coef)
-    if patience is not None:
-        positive_int("patience", patience)
-    if (patience is not None or restore_best) and eval_every is None:
-        raise ValueError("early stopping (patience) and restore_best need evaluations: set eval_every")
-    nonnegative_float("min_delta", min_delta)
-    if loss_fn is None and not hasattr(data, "get_batch"):
-        raise TypeError(
-            f"data must have get_batch(split, batch_size, block_size, generator) when no loss_fn is "
-            f"given, got {type(data).__name__}"
-        )
-    if eval_every is not None and eval_fn is None and not hasattr(data, "get_batch"):
-        raise TypeError("evaluation needs data with get_batch or an eval_fn (or eval_every=None)")
-    max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
-    if loss_fn is None and max_len is not None and block_size > max_len:
-        raise ValueError(f"block_size ({block_size}) exceeds the model's max_seq_len ({max_len})")
-
+    _check_train_args(
+        model,
+        data,
+        steps,
+        batch_size,
+        block_size,
+        eval_every,
+        eval_iters,
+        warmup,
+        lr,
+        grad_clip,
+        aux_loss_coef,
+        patience,
+        restore_best,
+        min_delta,
+        loss_fn,
+        eval_fn,
+    )
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)
     opt = configure_optimizer(model, lr=lr, weight_decay=weight_decay, betas=betas)
-    keys = (
-        "step",
-        "train_loss",
-        "lr",
-        "tokens",
-        "time",
-        "grad_norm",
-        "aux_loss",
-        "eval_step",
-        "val_loss",
-        "eval_train_loss",
-        "eval_time",
-    )
-    history: dict = {k: [] for k in keys}
+    history: dict = {k: [] for k in _HISTORY_KEYS}
     history.update(stopped_step=0, best_step=None, best_val_loss=None)
     ev = dict(iters=eval_iters, batch_size=batch_size, block_size=block_size)
-    best_state, bad_evals = None, 0
 
     def default_loss(model, step):
         x, y = data.get_batch("train", batch_size, block_size, gen)
@@ -218,48 +290,17 @@ def train(
     def default_eval(model):
         return {"val_loss": evaluate(model, data, "val", **ev), "eval_train_loss": evaluate(model, data, "train", **ev)}
 
-    def run_eval(step: int) -> bool:
-        """Evaluate; True when early stopping says stop."""
-        nonlocal best_state, bad_evals
-        history["eval_step"].append(step)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            metrics = (eval_fn or default_eval)(model)
-        model.train(was_training)
-        if "val_loss" not in metrics:
-            raise ValueError(f"eval_fn must return a dict with a 'val_loss', got keys {sorted(metrics)}")
-        for name, value in metrics.items():
-            history.setdefault(name, []).append(float(value))
-        history["eval_time"].append(time.perf_counter() - t0)
-        val = history["val_loss"][-1]
-        if history["best_val_loss"] is None or val < history["best_val_loss"] - min_delta:
-            history["best_val_loss"], history["best_step"], bad_evals = val, step, 0
-            if restore_best:  # a copy on the side: the live weights keep training
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_evals += 1
-        stop = callback(history) if callback is not None else False
-        return bool(stop) or (patience is not None and bad_evals >= patience)
-
     t0 = time.perf_counter()
     model.train()
-    stop = run_eval(0) if eval_every is not None else False
+    watch = _EvalWatch(model, history, eval_fn or default_eval, t0, min_delta, restore_best, patience, callback)
+    stop = watch(0) if eval_every is not None else False
+    step_loss, clip = loss_fn or default_loss, dict(grad_clip=grad_clip, aux_loss_coef=aux_loss_coef)
     bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step")
     for step in bar:
         if stop:
             break
         rate = lr_at(step, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=min_lr_ratio)
-        loss, aux, norm = train_step(
-            model,
-            opt,
-            None,
-            None,
-            rate,
-            grad_clip=grad_clip,
-            aux_loss_coef=aux_loss_coef,
-            loss_fn=lambda m, step=step: (loss_fn or default_loss)(m, step),
-        )
+        loss, aux, norm = train_step(model, opt, None, None, rate, loss_fn=lambda m, s=step: step_loss(m, s), **clip)
 
         history["step"].append(step + 1)
         history["train_loss"].append(loss.item())
@@ -272,11 +313,11 @@ def train(
         if step_callback is not None and step_callback(history):
             stop = True
         if eval_every is not None and ((step + 1) % eval_every == 0 or step + 1 == steps or stop):
-            stop = run_eval(step + 1) or stop
+            stop = watch(step + 1) or stop
             bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{history['val_loss'][-1]:.3f}")
     bar.close()
-    if restore_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if restore_best and watch.best_state is not None:
+        model.load_state_dict(watch.best_state)
     model.eval()
     return history
 

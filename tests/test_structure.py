@@ -110,12 +110,27 @@ def test_lower_layers_import_nothing_above_them():
     assert "course_utils.model" not in graph["course_utils.moe"]
 
 
+def _logic_lines(node) -> int:
+    """The def line plus the body after the docstring: the formatter lays a long signature out one argument per
+    line, and documentation is not logic, so neither counts towards the limit."""
+    body = node.body
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(getattr(body[0], "value", None), ast.Constant)
+        and isinstance(body[0].value.value, str)
+        and len(body) > 1
+    ):
+        body = body[1:]
+    return node.end_lineno - body[0].lineno + 2
+
+
 def long_functions() -> dict[tuple[str, str], int]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
+                n = _logic_lines(node)
                 if n > MAX_FUNCTION_LINES:
                     found[(path.relative_to(PACKAGE).as_posix(), node.name)] = n
     return found

@@ -565,20 +565,12 @@ def _lr_of(opt) -> list[float]:
     return [float(group["lr"]) for group in opt.param_groups]
 
 
-@exercise("3.10")
-def check_train_step(train_step) -> None:
-    """``train_step(model, optimizer, tokens [B, T+1], step, *, lr, warmup, steps, grad_clip) -> loss (float)``.
-
-    Runs the learner's step and :func:`course_utils.train.train_step` side by side, in float64 and from the same
-    seed, on copies of one model, and compares the loss, the learning rate and every weight after each step.
-    """
+def _twin_models():
+    """Two identical float64 copies of a tiny GPT with their optimizers (Adam eps 1e-6), for check_train_step."""
     import copy
 
-    from ..train import configure_optimizer, lr_at
-    from ..train import train_step as ref_step
+    from ..train import configure_optimizer
 
-    name = "check_train_step"
-    g = _gen(8)
     torch.manual_seed(30)
     from ..attention import rope_frequencies
     from ..model import GPT
@@ -593,6 +585,34 @@ def check_train_step(train_step) -> None:
         # Adam divides by |g| + eps: with the default 1e-8, a gradient that is 0 up to rounding (1e-12) could
         # move a weight by a visible fraction of lr in one implementation and not in the other
         group["eps"] = 1e-6
+    return mine, ref, opts
+
+
+_TRAIN_STEP_HINTS = {
+    "forward, loss, backward and optimizer.step()": "the logits come from your gpt_forward and the loss from your "
+    "next_token_loss; back-propagate it, step the optimizer, and return this batch's loss (before the update) as "
+    "a float",
+    "zeroing old gradients": "gradients that were already in .grad when train_step was called were added to this "
+    "step's: clear them (the optimizer's zero_grad) before back-propagating",
+    "gradient clipping": "after backward and before optimizer.step(), scale the gradients so that their global "
+    "norm is at most grad_clip (torch.nn.utils.clip_grad_norm_ does exactly this)",
+    "the whole schedule": "every step sets the learning rate of every param group to lr_schedule(step, ...)",
+}
+
+
+@exercise("3.10")
+def check_train_step(train_step) -> None:
+    """``train_step(model, optimizer, tokens [B, T+1], step, *, lr, warmup, steps, grad_clip) -> loss (float)``.
+
+    Runs the learner's step and :func:`course_utils.train.train_step` side by side, in float64 and from the same
+    seed, on copies of one model, and compares the loss, the learning rate and every weight after each step.
+    """
+    from ..train import lr_at
+    from ..train import train_step as ref_step
+
+    name = "check_train_step"
+    g = _gen(8)
+    mine, ref, opts = _twin_models()
     # phase: (what it tests, steps to run, grad_clip, junk gradients planted before the first call)
     phases = [
         ("forward, loss, backward and optimizer.step()", 1, 1e6, False),
@@ -602,16 +622,6 @@ def check_train_step(train_step) -> None:
     ]
     schedule = dict(lr=1e-2, warmup=2, steps=10)
     step, n = 0, 0
-    hints = {
-        "forward, loss, backward and optimizer.step()": "the logits come from your gpt_forward and the loss from your "
-        "next_token_loss; back-propagate it, step the optimizer, and return this batch's loss (before the update) as "
-        "a float",
-        "zeroing old gradients": "gradients that were already in .grad when train_step was called were added to this "
-        "step's: clear them (the optimizer's zero_grad) before back-propagating",
-        "gradient clipping": "after backward and before optimizer.step(), scale the gradients so that their global "
-        "norm is at most grad_clip (torch.nn.utils.clip_grad_norm_ does exactly this)",
-        "the whole schedule": "every step sets the learning rate of every param group to lr_schedule(step, ...)",
-    }
     for what, n_steps, clip, junk in phases:
         if junk:
             for p in mine.parameters():
@@ -659,7 +669,7 @@ def check_train_step(train_step) -> None:
                     what=f"weight {pname} after step {step} (checking {what})",
                     atol=1e-7,
                     rtol=1e-6,
-                    hint=hints[what],
+                    hint=_TRAIN_STEP_HINTS[what],
                 )
             step, n = step + 1, n + 1
     passed(name, n, "same weights as course_utils.train.train_step after every step")

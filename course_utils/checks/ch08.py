@@ -438,6 +438,74 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     passed(name, len(cases), "fewest escalations that reach the target")
 
 
+def _ask_resilient(name, echo, client, i, phase) -> bool:
+    """One request through the learner's client: True if answered (rightly), False on RuntimeError."""
+    prompt = f"q{i}?"
+    inputs = {"phase": phase, "prompt": prompt, "max_tokens": 4}
+    try:
+        text = client.complete(prompt, max_tokens=4)
+    except RuntimeError:
+        return False
+    except NotImplementedError as err:
+        fail(name, f"complete still raises NotImplementedError({err})", hint="write complete()")
+    except Exception as err:  # noqa: BLE001 - the learner's bug: name it
+        fail(
+            name,
+            f"complete raised {type(err).__name__}: {err}",
+            inputs=inputs,
+            hint="catch the HTTP errors (openai.APIStatusError) and retry; when every model failed raise RuntimeError",
+        )
+    if text != echo.generate(prompt, 4).text:
+        fail(
+            name,
+            f"answered {text!r}, expected {echo.generate(prompt, 4).text!r}",
+            inputs=inputs,
+            hint="return the completion's text: response.choices[0].text",
+        )
+    return True
+
+
+def _dead_model_phases(name, client, primary, backup, settings, now, ask) -> tuple[int, int]:
+    """Capstone phases 2 and 3: the first model down (the breaker must keep calls to it few), then back (the
+    client must try it again after reset_timeout_s). Returns (calls that reached the dead model, requests)."""
+    primary.error_rate, backup.error_rate = 1.0, 0.0
+    before, n_down = primary.calls, 60
+    for i in range(n_down):
+        now[0] += 1.0
+        if not ask(client, 1000 + i, "first model down"):
+            fail(
+                name,
+                "a request failed while the second model was healthy",
+                inputs=settings,
+                hint="when the first model fails (or its circuit is open), fall back to the next one",
+            )
+    reached = primary.calls - before
+    bound = settings["failure_threshold"] * settings["max_attempts"] + 3 * settings["max_attempts"]
+    if reached > bound:
+        fail(
+            name,
+            f"{reached} calls reached the dead model during {n_down} requests (at most {bound} expected: "
+            "the circuit should open after failure_threshold failed requests)",
+            inputs=settings,
+            hint="count consecutive failed requests per model; at failure_threshold open its circuit and skip "
+            "the model until reset_timeout_s has passed on the clock",
+        )
+    primary.error_rate = 0.0
+    now[0] += settings["reset_timeout_s"] + 1
+    before = primary.calls
+    for i in range(5):
+        now[0] += 0.1
+        ask(client, 2000 + i, "first model back")
+    if primary.calls - before == 0:
+        fail(
+            name,
+            "the first model recovered but the client never tried it again",
+            inputs=settings,
+            hint="after reset_timeout_s an open circuit lets one trial request through (half-open); success closes it",
+        )
+    return reached, n_down
+
+
 @exercise("8.10")
 def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
     """Capstone: ``ResilientClient(url, models, *, max_attempts, base_delay, max_delay, failure_threshold,
@@ -461,30 +529,7 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
     app = create_app({"primary": primary, "backup": backup}, max_wait_ms=0)
 
     def ask(client, i, phase):
-        prompt = f"q{i}?"
-        inputs = {"phase": phase, "prompt": prompt, "max_tokens": 4}
-        try:
-            text = client.complete(prompt, max_tokens=4)
-        except RuntimeError:
-            return False
-        except NotImplementedError as err:
-            fail(name, f"complete still raises NotImplementedError({err})", hint="write complete()")
-        except Exception as err:  # noqa: BLE001 - the learner's bug: name it
-            fail(
-                name,
-                f"complete raised {type(err).__name__}: {err}",
-                inputs=inputs,
-                hint="catch the HTTP errors (openai.APIStatusError) and retry; when every model failed raise "
-                "RuntimeError",
-            )
-        if text != echo.generate(prompt, 4).text:
-            fail(
-                name,
-                f"answered {text!r}, expected {echo.generate(prompt, 4).text!r}",
-                inputs=inputs,
-                hint="return the completion's text: response.choices[0].text",
-            )
-        return True
+        return _ask_resilient(name, echo, client, i, phase)
 
     with start_server(app) as url:
         client = call(
@@ -511,42 +556,7 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
                 "model; 0.2^6 of requests fail both",
             )
         rate = answered / n_requests
-        primary.error_rate, backup.error_rate = 1.0, 0.0
-        before, n_down = primary.calls, 60
-        for i in range(n_down):
-            now[0] += 1.0
-            if not ask(client, 1000 + i, "first model down"):
-                fail(
-                    name,
-                    "a request failed while the second model was healthy",
-                    inputs=settings,
-                    hint="when the first model fails (or its circuit is open), fall back to the next one",
-                )
-        reached = primary.calls - before
-        bound = settings["failure_threshold"] * settings["max_attempts"] + 3 * settings["max_attempts"]
-        if reached > bound:
-            fail(
-                name,
-                f"{reached} calls reached the dead model during {n_down} requests (at most {bound} expected: "
-                "the circuit should open after failure_threshold failed requests)",
-                inputs=settings,
-                hint="count consecutive failed requests per model; at failure_threshold open its circuit and skip "
-                "the model until reset_timeout_s has passed on the clock",
-            )
-        primary.error_rate = 0.0
-        now[0] += settings["reset_timeout_s"] + 1
-        before = primary.calls
-        for i in range(5):
-            now[0] += 0.1
-            ask(client, 2000 + i, "first model back")
-        if primary.calls - before == 0:
-            fail(
-                name,
-                "the first model recovered but the client never tried it again",
-                inputs=settings,
-                hint="after reset_timeout_s an open circuit lets one trial request through (half-open); "
-                "success closes it",
-            )
+        reached, n_down = _dead_model_phases(name, client, primary, backup, settings, now, ask)
     passed(
         name,
         n_requests + n_down + 5,
