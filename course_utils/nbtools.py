@@ -42,7 +42,6 @@ NOTEBOOK_DIRS = ("notebooks", "solutions", "labs")
 COLAB_CLONE_DIR = "/content/course"
 BOOTSTRAP_TAG = "colab-bootstrap"
 BADGE_TAG = "colab-badge"
-REUSES_TAG = "reuses-answers"  # a check cell that only tests earlier exercises' answers: 0 points in nbgrader
 
 # The course's notebook conventions, defined once (labs, progress and the nbgrader metadata below read them):
 # an exercise's answer sits between these markers in solutions/ ...
@@ -135,10 +134,8 @@ def _nbgrader_metadata(nb, chapter: int | None) -> None:
         else:
             names = check_calls(cell.source)
             if names:
-                # a check that only re-runs earlier answers says so (a comment, or the REUSES_TAG tag): it must not
-                # grade one mistake twice
-                reuses = NO_POINTS.search(cell.source) or REUSES_TAG in cell.metadata.get("tags", [])
-                points = 0 if reuses else 1
+                # a check that only re-runs earlier answers says so in a comment: one mistake is not graded twice
+                points = 0 if NO_POINTS.search(cell.source) else 1
                 cell.metadata["nbgrader"] = {
                     "grade": True,
                     "solution": False,
