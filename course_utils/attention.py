@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .validate import check_number, positive_float
+from .validate import check_int, check_number, nonnegative_int, positive_float, positive_int
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -80,14 +80,6 @@ def _check_qkv(q, k, v) -> None:
         ) from None
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
 # ---------------------------------------------------------------------------------------------------- masks
 def causal_mask(n_q: int, n_k: int | None = None, *, offset: int = 0, device=None) -> torch.Tensor:
     """Boolean ``[n_q, n_k]`` mask, True where query ``i`` may attend to key ``j``: ``j <= i + offset``.
@@ -96,10 +88,9 @@ def causal_mask(n_q: int, n_k: int | None = None, *, offset: int = 0, device=Non
     queries are the *last* ``n_q`` positions of a sequence of ``n_k`` keys (decoding with a KV cache), use
     ``offset=n_k - n_q`` (bottom-right aligned).
     """
-    n_q = _positive_int("n_q", n_q)
-    n_k = n_q if n_k is None else _positive_int("n_k", n_k)
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    n_q = positive_int("n_q", n_q)
+    n_k = n_q if n_k is None else positive_int("n_k", n_k)
+    offset = check_int("offset", offset)
     i = torch.arange(n_q, device=device)[:, None]
     j = torch.arange(n_k, device=device)[None, :]
     return j <= i + offset
@@ -178,7 +169,7 @@ def online_softmax_attention(q, k, v, block_size: int = 128, is_causal: bool = F
     Equal to :func:`scaled_dot_product_attention` (up to rounding); causal masking is top-left aligned.
     """
     _check_qkv(q, k, v)
-    block_size = _positive_int("block_size", block_size)
+    block_size = positive_int("block_size", block_size)
     d, n_q, n_k = q.shape[-1], q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(d) if scale is None else positive_float("scale", scale)
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
@@ -208,7 +199,7 @@ def online_softmax_attention(q, k, v, block_size: int = 128, is_causal: bool = F
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """``[B, T, H·d]`` → ``[B, H, T, d]``: each head sees its own slice of the model dimension."""
     _check_tensor("x", x)
-    n_heads = _positive_int("n_heads", n_heads)
+    n_heads = positive_int("n_heads", n_heads)
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, H*d], got shape {tuple(x.shape)}")
     B, T, D = x.shape
@@ -232,7 +223,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     Head ``h`` of the result is key/value head ``h // n_rep``, the grouping Llama and Mixtral use.
     """
     _check_tensor("x", x)
-    n_rep = _positive_int("n_rep", n_rep)
+    n_rep = positive_int("n_rep", n_rep)
     if x.dim() != 4:
         raise ValueError(f"x must be [B, H_kv, T, d], got shape {tuple(x.shape)}")
     if n_rep == 1:
@@ -250,8 +241,8 @@ def rope_frequencies(
     Rotate-half layout (Llama / Hugging Face): dimension ``i`` is paired with ``i + head_dim/2``, so the angle
     table is the ``head_dim/2`` frequencies written twice.
     """
-    head_dim = _positive_int("head_dim", head_dim)
-    max_seq_len = _positive_int("max_seq_len", max_seq_len)
+    head_dim = positive_int("head_dim", head_dim)
+    max_seq_len = positive_int("max_seq_len", max_seq_len)
     if head_dim % 2:
         raise ValueError(f"head_dim must be even for rotary embeddings (pairs of dimensions), got {head_dim}")
     base = check_number("base", base, 1, low_open=True)
@@ -306,8 +297,7 @@ def apply_rope(
         c = cos[pos].to(x.dtype)[:, None]  # [B, 1, T, head_dim]: the same angle for every head
         s = sin[pos].to(x.dtype)[:, None]
         return x * c + rotate_half(x) * s
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+    offset = nonnegative_int("offset", offset)
     T = x.shape[-2]
     if offset + T > cos.shape[0]:
         raise ValueError(
@@ -460,9 +450,9 @@ class MultiHeadAttention(nn.Module):
         bias: bool = False,
     ):
         super().__init__()
-        d_model = _positive_int("d_model", d_model)
-        n_heads = _positive_int("n_heads", n_heads)
-        n_kv_heads = n_heads if n_kv_heads is None else _positive_int("n_kv_heads", n_kv_heads)
+        d_model = positive_int("d_model", d_model)
+        n_heads = positive_int("n_heads", n_heads)
+        n_kv_heads = n_heads if n_kv_heads is None else positive_int("n_kv_heads", n_kv_heads)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         if n_heads % n_kv_heads:
@@ -473,7 +463,7 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = d_model // n_heads
         self.n_rep = n_heads // n_kv_heads
         self.dropout = dropout
-        self.max_seq_len = _positive_int("max_seq_len", max_seq_len)
+        self.max_seq_len = positive_int("max_seq_len", max_seq_len)
         self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
@@ -645,8 +635,8 @@ def attention_cost(
     """
     if method not in ATTENTION_METHODS:
         raise ValueError(f"method must be one of {sorted(ATTENTION_METHODS)}, got {method!r}")
-    n = _positive_int("n", n)
-    repeats = _positive_int("repeats", repeats)
+    n = positive_int("n", n)
+    repeats = positive_int("repeats", repeats)
     fn = ATTENTION_METHODS[method]
     g = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(batch, n_heads, n, head_dim, generator=g, dtype=dtype) for _ in range(3))
