@@ -277,7 +277,11 @@ class ColabRuntime:
             for index, cell in enumerate(nb.cells):
                 client.execute_cell(cell, index)
             probe = nbformat.v4.new_code_cell(f"HIDDEN = {self.hidden!r}\n{PROBE}")
-            client.execute_cell(probe, len(nb.cells))
+            nb.cells.append(probe)  # nbclient executes cells of its notebook; removed right after
+            try:
+                client.execute_cell(probe, len(nb.cells) - 1)
+            finally:
+                nb.cells.pop()
         text = "".join(o.get("text", "") for o in probe.outputs if o.output_type == "stream")
         return json.loads(text.split("COLAB-PROBE", 1)[1])
 
@@ -383,3 +387,48 @@ def test_simulated_pip_refuses_what_a_real_install_would_not_give(tmp_path, cola
     done = pip("-r", str(ROOT / "requirements-colab.txt"))
     assert done.returncode == 0, done.stderr
     assert colab.records("pip-installed") == [list(pins(ROOT / "requirements-colab.txt"))]
+
+
+IMAGE_PROBE = """
+import importlib.util, json, sys
+from importlib import metadata
+
+def version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+print(json.dumps({
+    "course_utils": importlib.util.find_spec("course_utils") is not None,
+    "dev_modules": sorted(m for m in sys.argv[1:] if importlib.util.find_spec(m) is not None),
+    "dev_dists": sorted(n for n in %r if version(n)),
+    "transformers": version("transformers"),
+    "google.colab": bool(importlib.util.find_spec("google") and importlib.util.find_spec("google.colab")),
+}))
+"""
+
+
+def test_simulated_colab_image_hides_what_colab_lacks(colab):
+    """Before the bootstrap, the simulated VM has neither the course nor the developer tools (which this
+    environment has: the same probe without the simulation finds them) and has Colab's transformers 4.x."""
+    code = IMAGE_PROBE % sorted(DEV_ONLY)
+    here_env = {**colab.env, "PYTHONPATH": ""}
+    seen = {}
+    for where, env in {"colab": colab.env, "here": here_env}.items():
+        done = subprocess.run(
+            [sys.executable, "-c", code, *colab.hidden], env=env, cwd=colab.content, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        seen[where] = json.loads(done.stdout)
+    assert seen["colab"] == {
+        "course_utils": False,
+        "dev_modules": [],
+        "dev_dists": [],
+        "transformers": COLAB_TRANSFORMERS,
+        "google.colab": True,
+    }, seen["colab"]
+    here = seen["here"]
+    assert here["course_utils"] and not here["google.colab"], here
+    assert {"pytest", "jupyterlab", "nbval"} <= set(here["dev_modules"]) and "jupyterlab" in here["dev_dists"], here
+    assert here["transformers"] == pins(ROOT / "requirements.txt")["transformers"], here
