@@ -1,7 +1,11 @@
-"""Colab: each notebook's bootstrap cell, run against a stand-in ``google.colab`` and a fake pip/git; badges.
+"""Colab: each notebook's bootstrap cell, run against a stand-in ``google.colab`` and a fake pip/git; badges;
+and the welcome notebook and one chapter run end to end in a simulated Colab VM.
 
-The bootstrap cell is executed exactly as stored in the notebook, with ``subprocess.run`` replaced by a recorder
-(so nothing is cloned or installed) and ``os.chdir``/``os.path.isdir`` answering as they would in a fresh Colab VM.
+The first tests execute every notebook's bootstrap cell exactly as stored, in this process, with
+``subprocess.run`` replaced by a recorder (so nothing is cloned or installed) and ``os.chdir``/``os.path.isdir``
+answering as they would in a fresh Colab VM. The last ones (``ColabRuntime``, below) run whole notebooks in a real
+Jupyter kernel that sees Colab's package set, a fake ``google.colab`` and a fake pip, and whose bootstrap really
+clones this repository (tests/colab_sim/README.md).
 """
 
 from __future__ import annotations
@@ -191,6 +195,8 @@ def _installed(name):
 
 print("COLAB-PROBE" + json.dumps({
     "course_utils": course_utils.__file__,
+    "course_files": sorted({getattr(m, "__file__", None) or "" for n, m in list(sys.modules.items())
+                            if n.partition(".")[0] == "course_utils"}),
     "cwd": os.getcwd(),
     "importable": sorted(m for m in HIDDEN if importlib.util.find_spec(m) is not None),
     "loaded": sorted(m for m in sys.modules if m.partition(".")[0] in HIDDEN),
@@ -204,9 +210,8 @@ print("COLAB-PROBE" + json.dumps({
 def dev_only_modules() -> list[str]:
     """Top-level module names of the packages Colab does not have (pytest -> pytest, _pytest, py; ...)."""
     norm = {re.sub(r"[-_.]+", "-", n).lower() for n in DEV_ONLY}
-    found = {
-        m for m, dists in packages_distributions().items() if norm & {re.sub(r"[-_.]+", "-", d).lower() for d in dists}
-    }
+    owners = {m: {re.sub(r"[-_.]+", "-", d).lower() for d in dists} for m, dists in packages_distributions().items()}
+    found = {m for m, dists in owners.items() if dists <= norm}  # a module other packages share stays visible
     return sorted(found | {n.replace("-", "_") for n in DEV_ONLY})
 
 
@@ -304,6 +309,10 @@ class ColabRuntime:
         assert (self.clone / ".git" / "shallow").is_file(), "the bootstrap clones with --depth 1"
         assert Path(probe["cwd"]) == self.clone, f"the bootstrap must chdir into the clone; cwd is {probe['cwd']}"
         assert Path(probe["course_utils"]).is_relative_to(self.clone), probe["course_utils"]
+        outside = [f for f in probe["course_files"] if not Path(f).is_relative_to(self.clone)]
+        assert len(probe["course_files"]) > 1 and not outside, (
+            f"course modules loaded from outside the clone: {outside}"
+        )
         # Colab's package set: nothing Colab lacks was importable, found or imported, and the welcome check passed
         # only because the doctor skips those packages in Colab
         assert probe["importable"] == probe["loaded"] == probe["installed"] == [], probe
@@ -413,7 +422,7 @@ def test_simulated_colab_image_hides_what_colab_lacks(colab):
     """Before the bootstrap, the simulated VM has neither the course nor the developer tools (which this
     environment has: the same probe without the simulation finds them) and has Colab's transformers 4.x."""
     code = IMAGE_PROBE % sorted(DEV_ONLY)
-    here_env = {**colab.env, "PYTHONPATH": ""}
+    here_env = {**colab.env, "PYTHONPATH": str(ROOT)}
     seen = {}
     for where, env in {"colab": colab.env, "here": here_env}.items():
         done = subprocess.run(
