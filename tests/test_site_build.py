@@ -71,7 +71,11 @@ def test_pages_show_stored_outputs_with_chapter_titles_map_and_pager(tmp_path, n
     assert "MathJax.js" in " ".join(scripts) and "cdnjs" not in page and "unpkg" not in page
     assert site_build.figure_counts(out)["01_b.html"] == 1
     assert site_build.WIDGET_NOTE not in page, "no widget, no note about widgets"
-    assert "<title>Instructor guide</title>" in (out / "instructor_guide.html").read_text()
+    guide, index = (out / "instructor_guide.html").read_text(), (out / "index.html").read_text()
+    assert "<title>Instructor guide</title>" in guide
+    assert re.findall(r'href="([^"]+)" aria-current="page"', guide) == ["instructor_guide.html"]
+    assert re.findall(r'href="([^"]+)" aria-current="page"', index) == ["index.html"]
+    assert re.findall(r'<li><a href="(\d\d_\w+\.html)"', index) == ["00_intro.html", "01_b.html", "02_c.html"]
 
 
 def test_check_rejects_cdn_scripts_and_assets_missing_from_static(tmp_path, no_kernel):

@@ -56,7 +56,8 @@ FIGURE = "data:image/"  # nbconvert writes a figure output as an <img> with its 
 COURSE_CSS = """.course-map{font:14px/1.4 system-ui,sans-serif;margin:0 0 1rem}
 .course-map ul{list-style:none;padding-left:0}
 .course-map li{margin:.3rem 0}.course-note{font:14px system-ui,sans-serif;background:#fff8e1;padding:.5rem .8rem}
-.course-map li.current>a{font-weight:bold;color:inherit;text-decoration:none}
+.course-map a[aria-current]{font-weight:bold;color:inherit;text-decoration:none}
+.course-colab{font:14px system-ui,sans-serif}
 .course-pager{display:flex;justify-content:space-between;gap:1rem;font:15px system-ui,sans-serif;margin:1rem 0}
 @media (min-width:75rem){body{padding-left:17rem!important}.course-map{position:fixed;left:0;top:0;bottom:0;
 width:15rem;overflow:auto;padding:1rem;border-right:1px solid #ddd;background:#fafafa}}"""
@@ -305,9 +306,8 @@ def course_chrome(chapters: list[tuple[str, str]], current: int | None, extra: l
         aria = ' aria-current="page"' if i == current else ""
         items.append(f'<li{here}><a href="{e(href)}"{aria}>{e(title)}</a></li>')
     more = "".join(f'<p><a href="{e(href)}">{e(title)}</a></p>' for href, title in extra)
-    home = ' aria-current="page"' if current is None and not extra else ""
     nav = (
-        f'<nav class="course-map" aria-label="Chapters"><p><a href="index.html"{home}>Course home</a></p>'
+        '<nav class="course-map" aria-label="Chapters"><p><a href="index.html">Course home</a></p>'
         f"<ul>{''.join(items)}</ul>{more}</nav>"
     )
     pager = ""
@@ -319,6 +319,12 @@ def course_chrome(chapters: list[tuple[str, str]], current: int | None, extra: l
             links.append(f'<a rel="next" href="{e(nxt[0])}">{e(nxt[1])} →</a>')
         pager = f'<nav class="course-pager" aria-label="Previous and next chapter">{"".join(links)}</nav>'
     return {"css": COURSE_CSS, "map": nav, "pager": pager, "note": ""}
+
+
+def _mark_current(chrome: dict, href: str) -> dict:
+    """The chapter map of a page that is not a chapter (the home page, a guide), with that page marked."""
+    chrome["map"] = chrome["map"].replace(f'href="{href}"', f'href="{href}" aria-current="page"', 1)
+    return chrome
 
 
 def _colab_link(rel: str) -> str:
@@ -389,14 +395,13 @@ def build(
     table = "\n".join(["## Chapters", "", "| chapter | picture |", "|---|---|", *rows])
     readme = (root / "README.md").read_text(encoding="utf-8") if (root / "README.md").is_file() else "# The course\n"
     index = f"{readme}\n\n{table}\n"
-    home = course_chrome(chapters, None, guides)
+    home = _mark_current(course_chrome(chapters, None, guides), "index.html")
     (out / "index.html").write_text(
         site.rewrite(markdown_html(index, title_of_markdown(root / "README.md"), home), "README.md"), encoding="utf-8"
     )
     for p, (href, title) in zip([p for p in md_pages if p != "README.md"], guides):
         text = (root / p).read_text(encoding="utf-8")
-        chrome = course_chrome(chapters, None, guides)
-        chrome["map"] = chrome["map"].replace(f'href="{href}"', f'href="{href}" aria-current="page"')
+        chrome = _mark_current(course_chrome(chapters, None, guides), href)
         (out / href).write_text(site.rewrite(markdown_html(text, title, chrome), p), encoding="utf-8")
     return problems + check_links(out)
 
