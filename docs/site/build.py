@@ -351,9 +351,9 @@ def build(
 ) -> list[str]:
     """Build the site into ``out``; return the problems found (empty when the site is sound). ``widgets``: which
     lessons with live widgets run for their widgets' state (True: all, False: none, else the notebook stems named);
-    the others are shown as stored. The offline assets come
-    from ``asset_dirs`` (default: the course's .cache/site-assets and wheelhouse/site-assets, then this
-    repository's); missing ones are a :class:`BuildError` that says how to get them."""
+    the others are shown as stored. The offline assets come from ``asset_dirs`` (default: the course's
+    .cache/site-assets and wheelhouse/site-assets, then this repository's); missing ones are a :class:`BuildError`
+    that says how to get them."""
     root, out = Path(root).resolve(), Path(out).resolve()
     cache = cache or root / ".cache" / "site"
     executed = executed if executed is not None else root / "test-artifacts" / "executed"
@@ -385,7 +385,7 @@ def build(
             chrome["note"] = WIDGET_NOTE
         text = site.rewrite(notebook_html(nb, chrome, chapters[i][1]), rel)
         (out / pages[rel]).write_text(text, encoding="utf-8")
-        shown, stored = text.count(f'src="{FIGURE}'), figures_in(source)
+        shown, stored = _parsed(text).figures, figures_in(source)
         print(f"{pages[rel]}: {shown} figure(s), {how}", flush=True)
         if shown < stored:
             problems.append(f"{pages[rel]}: {shown} figure(s) on the page, {stored} in the lesson's stored outputs")
@@ -469,14 +469,15 @@ def _check_assets(page: Path, out: Path, p: _Links) -> list[str]:
     return problems
 
 
+def _parsed(text: str) -> _Links:
+    p = _Links()
+    p.feed(text)
+    return p
+
+
 def figure_counts(out: Path) -> dict[str, int]:
     """Page -> how many figures (inline images) it shows."""
-    counts = {}
-    for page in sorted(Path(out).glob("*.html")):
-        p = _Links()
-        p.feed(page.read_text(encoding="utf-8"))
-        counts[page.name] = p.figures
-    return counts
+    return {page.name: _parsed(page.read_text(encoding="utf-8")).figures for page in sorted(Path(out).glob("*.html"))}
 
 
 def check_links(out: Path) -> list[str]:
@@ -487,9 +488,7 @@ def check_links(out: Path) -> list[str]:
     for page in sorted(out.rglob("*.html")):
         if (out / "_static") in page.parents:
             continue  # the bundled libraries' own pages (none today) are theirs
-        p = _Links()
-        p.feed(page.read_text(encoding="utf-8"))
-        parsed[page.resolve()] = p
+        parsed[page.resolve()] = _parsed(page.read_text(encoding="utf-8"))
     broken = []
     for page, p in parsed.items():
         broken += _check_assets(page, out, p)
