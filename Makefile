@@ -99,17 +99,22 @@ e2e: venv
 	@command -v chromium >/dev/null 2>&1 || { echo "$(E2E_SKIPPED)"; exit 0; }; \
 	$(BIN)/python -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
-# The static course site from the executed notebooks (_build/site/index.html); fails on a broken link or image.
+# The static course site from the lessons' stored outputs (_build/site/index.html), viewable with no network: MathJax
+# and the widget manager are pinned npm tarballs kept in .cache/site-assets (or wheelhouse/site-assets). Fails on a
+# broken link or image, a script from a CDN or missing from _static/, or a page with fewer figures than its lesson.
 site: venv
+	$(BIN)/python docs/site/site_assets.py fetch
 	$(BIN)/python docs/site/build.py --out _build/site
 
 # Every wheel that `make lab`, `make test` and `make instructor` install, for a room without internet (see
 # docs/instructor_guide.md); once wheelhouse/ holds them, the install steps above read only from it. On Linux the
-# CPU torch goes in first, so that torch==X resolves to it instead of the CUDA build.
+# CPU torch goes in first, so that torch==X resolves to it instead of the CUDA build. wheelhouse/site-assets/ gets
+# the site's pinned MathJax and widget manager, which `make site` then finds there.
 wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt
 	@if [ "$$(uname -s)" = Linux ]; then \
 		$(PY) -m pip download -q --no-deps --no-index --dest $(WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
+	$(PY) docs/site/site_assets.py fetch --dest $(WHEELHOUSE)/site-assets
 	$(PY) -m pip download --dest wheelhouse --find-links wheelhouse -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt setuptools
 
 # Instructor extras (nbgrader) on top of the course's environment.

@@ -33,6 +33,7 @@ import nbformat
 
 __all__ = [
     "RUN_DEPENDENT",
+    "LIVE_WIDGET",
     "IGNORE_TAG",
     "RTOL",
     "is_run_dependent",
@@ -50,14 +51,17 @@ RTOL = 0.02
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 FIGURE_DPI = 72
 
+# Source patterns of a cell that shows a live widget (ipywidgets, interact, the course's explorers); the site
+# builder executes the lessons that have one, to store the widgets' state in the page.
+LIVE_WIDGET = re.compile(r"\binteract(?:ive)?\(|\bwidgets\.|\b\w+_explorer\(")
 # Source patterns of a cell whose printed output changes from run to run: wall-clock timings (any course timer,
-# perf_counter, %timeit, "benchmark" helpers) and live widgets (ipywidgets.interact).
+# perf_counter, %timeit, "benchmark" helpers) and live widgets (:data:`LIVE_WIDGET`).
 RUN_DEPENDENT = re.compile(
     r"(?:perf_counter|process_time|monotonic|time\.time)\(\)\s*-|%%?timeit|%%?time\b|\btimeit\b|\btimer\b"
     r"|\btimed\(|\bTimer\(|\bbest_of\(|\bbenchmark\w*\(|\bbench_\w+\(|\bthroughput\w*\(|\blatency\w*\("
     r"|\battention_cost\(|\brun_expert_parallel\(|\bstart_server\(|\bseconds\b|\[\"(?:eval_)?time\"\]"
     r"|\bms\b|\b(?:it|tok|tokens|req|requests)/s\b"
-    r"|\binteract(?:ive)?\(|\bwidgets\.|\b\w+_explorer\(|tracemalloc|os\.getpid|\bid\(",
+    rf"|{LIVE_WIDGET.pattern}|tracemalloc|os\.getpid|\bid\(",
 )
 
 

@@ -1,95 +1,123 @@
-"""`make site`: the site builder rewrites links for the site, and its link check catches a broken link or image.
+"""`make site` in a real browser, with no network: figures, math and a widget work from the site's own files.
 
-A small course (two tiny notebooks, a README, a picture) is built into a temporary folder. The builder's link
-check must pass on it and must report a broken link and a missing image once they are added; a browser then opens
-the built pages and every image must have loaded.
+The course's site is built once per session from the committed outputs (only chapter 2 runs, for its widgets'
+state; the run is cached in .cache/site/ like `make site`'s) and served from a local HTTP server. Every request to
+another host is aborted, as in a room without internet. The pinned assets (MathJax, the widget manager) come from
+.cache/site-assets/ or wheelhouse/site-assets/; when neither holds them they are fetched once from the npm registry
+(`python docs/site/site_assets.py fetch`), and without it the test fails saying how to get them.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import shutil
-from pathlib import Path
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
-import nbformat
-from jlab import ROOT
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+import pytest
+from jlab import ARTIFACTS, ROOT
+from site_course import site_assets, site_build, tiny_course
 
-spec = importlib.util.spec_from_file_location("site_build", ROOT / "docs" / "site" / "build.py")
-site_build = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(site_build)
+from course_utils.net import free_port
 
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d4944415478da63f8cfc0f01f0005000201ea2fb8c50000000049454e44ae426082"
+WIDGET_LESSON = "02_attention"  # figures, math and two sliders; ~20 s to run for the widgets' state
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+LOADED_IMAGES = (
+    "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))"
 )
 
 
-def tiny_course(root: Path) -> Path:
-    (root / "notebooks").mkdir(parents=True)
-    (root / "labs").mkdir()
-    (root / "docs" / "img").mkdir(parents=True)
-    (root / "docs" / "img" / "01_a.png").write_bytes(PNG)
-    (root / "labs" / "01_a_lab.ipynb").write_text("{}")
-    a = new_notebook(
-        cells=[
-            new_markdown_cell(
-                "# 01 · A\n\nNext: [chapter B](02_b.ipynb#Part-two); "
-                "the [lab](../labs/01_a_lab.ipynb); ![pic](../docs/img/01_a.png)"
-            ),
-            new_code_cell("print(6 * 7)"),
-        ]
-    )
-    b = new_notebook(cells=[new_markdown_cell("# 02 · B"), new_markdown_cell("## Part two\n\nBack to [A](01_a.ipynb)")])
-    for nb, name in ((a, "01_a"), (b, "02_b")):
-        nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-        nbformat.write(nb, str(root / "notebooks" / f"{name}.ipynb"))
-    (root / "README.md").write_text("# Tiny course\n\nStart with [A](notebooks/01_a.ipynb).\n")
-    return root
+def _assets_or_fail() -> None:
+    if all(site_assets.locate(a, site_assets.search_dirs()) for a in site_assets.ASSETS):
+        return
+    try:
+        site_assets.fetch(site_assets.search_dirs()[0])
+    except site_assets.AssetError as err:
+        pytest.fail(f"the site's offline assets are missing: {err}", pytrace=False)
 
 
-def test_site_links_are_rewritten_and_checked(tmp_path):
-    root = tiny_course(tmp_path / "course")
-    out = tmp_path / "site"
-    assert site_build.build(root, out, cache=tmp_path / "cache") == []
-    a = (out / "01_a.html").read_text()
-    assert 'href="02_b.html#Part-two"' in a and 'src="_static/docs/img/01_a.png"' in a
-    assert f'href="{site_build.repo_url()[0]}/blob/' in a, "a link to a lab goes to the repository"
-    assert "42" in a, "the page shows the executed output"
-    assert 'href="01_a.html"' in (out / "index.html").read_text()
-
-    # Break things: a link to a page that does not exist, an anchor that does not exist, a missing image.
-    (out / "02_b.html").write_text((out / "02_b.html").read_text().replace('href="01_a.html"', 'href="01_x.html"'))
-    (out / "01_a.html").write_text(a.replace("#Part-two", "#Part-nine"))
-    (out / "_static" / "docs" / "img" / "01_a.png").unlink()
-    broken = "\n".join(site_build.check_links(out))
-    assert "02_b.html: <a href='01_x.html'> -> missing file" in broken
-    assert "no element with id 'Part-nine'" in broken
-    assert "01_a.html: <img src='_static/docs/img/01_a.png'> -> missing file" in broken
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
-def test_site_reuses_what_the_browser_run_executed(tmp_path):
-    root = tiny_course(tmp_path / "course")
-    ran = tmp_path / "executed"
-    ran.mkdir()
-    nb = nbformat.read(str(root / "notebooks" / "01_a.ipynb"), as_version=4)
-    nb.cells[1].execution_count = 1
-    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="from the browser run\n")]
-    nbformat.write(nb, str(ran / "01_a.ipynb"))
-    assert site_build.build(root, tmp_path / "site", cache=tmp_path / "cache", executed=ran) == []
-    assert "from the browser run" in (tmp_path / "site" / "01_a.html").read_text()
+@pytest.fixture(scope="session")
+def course_site(tmp_path_factory):
+    """The course's site, built once and served on 127.0.0.1: its base URL."""
+    _assets_or_fail()
+    out = tmp_path_factory.mktemp("site")
+    problems = site_build.build(ROOT, out, widgets={WIDGET_LESSON})
+    assert problems == [], "\n".join(problems)
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), functools.partial(_Quiet, directory=str(out)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def offline(page):
+    """The page with every request to another host aborted; what was aborted or failed locally is recorded."""
+    seen = {"aborted": [], "failed": []}
+
+    def route(r):
+        if urlsplit(r.request.url).hostname in LOCAL_HOSTS or r.request.url.startswith("data:"):
+            r.continue_()
+        else:
+            seen["aborted"].append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.on("response", lambda resp: resp.status >= 400 and seen["failed"].append(f"{resp.status} {resp.url}"))
+    page.on("requestfailed", lambda req: seen["failed"].append(f"failed {req.url}"))
+    return page, seen
+
+
+def test_course_site_works_offline(course_site, offline):
+    page, seen = offline
+    page.goto(f"{course_site}/{WIDGET_LESSON}.html")
+    assert page.title() == "02 · Attention from scratch"
+    assert page.locator(".course-map li.current").inner_text() == "02 · Attention from scratch"
+    # a figure from the stored outputs, decoded by the browser
+    figures = page.locator(".jp-RenderedImage img")
+    figures.first.wait_for()
+    assert figures.count() >= 1 and figures.first.evaluate("i => i.complete && i.naturalWidth > 0")
+    # math typeset by the bundled MathJax (CommonHTML output)
+    page.locator(".MathJax_CHTML").first.wait_for(timeout=30_000)
+    assert page.locator(".MathJax_CHTML").count() > 5
+    # a widget drawn by the bundled widget manager from the stored state, and it responds on the page
+    slider = page.locator(".widget-slider").first
+    slider.wait_for(timeout=30_000)
+    readout = slider.locator(".widget-readout")
+    before = readout.inner_text()
+    slider.locator(".noUi-handle").focus()
+    page.keyboard.press("ArrowLeft")
+    if readout.inner_text() == before:  # it started at its minimum
+        page.keyboard.press("ArrowRight")
+    assert readout.inner_text() != before, f"the slider did not move from {before}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "site-offline.png"))
+    # the second page, through the "next" link: a chapter shown from its stored outputs
+    page.locator('.course-pager a[rel="next"]').first.click()
+    page.wait_for_load_state("load")
+    assert page.url.endswith("/03_tiny_gpt.html") and page.title().startswith("03 · ")
+    page.locator(".MathJax_CHTML").first.wait_for(timeout=30_000)
+    assert page.locator(".jp-RenderedImage img").count() >= 1 and page.evaluate(LOADED_IMAGES) == []
+    assert seen == {"aborted": [], "failed": []}, "the pages asked for something the site does not hold"
 
 
 def test_site_pages_load_their_images_in_a_browser(tmp_path, page):
+    _assets_or_fail()
     root = tiny_course(tmp_path / "course")
     out = tmp_path / "site"
     assert site_build.build(root, out, cache=tmp_path / "cache") == []
     for html in sorted(out.glob("*.html")):
         page.goto(html.as_uri())
         page.wait_for_load_state("load")
-        bad = page.evaluate(
-            "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))"
-            ".map(i => i.getAttribute('src'))"
-        )
+        bad = page.evaluate(LOADED_IMAGES)
         assert not bad, f"{html.name}: images that did not load: {bad}"
     shutil.rmtree(out)
