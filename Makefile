@@ -30,6 +30,13 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 WHEELHOUSE := wheelhouse
 FIND_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--find-links $(WHEELHOUSE),)
 OFFLINE_PIP := $(if $(FIND_WHEELHOUSE),--no-index $(FIND_WHEELHOUSE),)
+# A learner's JupyterLab shows no instructor tools. nbgrader is installed for everyone (the tests use its command
+# line), but its JupyterLab menu and sidebar (lab extension) and its server extensions (start-up time and a
+# "No nbgrader_config.py" warning) are switched off in the venv's own config until `make instructor` switches them on.
+INSTRUCTOR := $(VENV)/.instructor
+NBGRADER_SERVER := $(addprefix nbgrader.server_extensions.,formgrader validate_assignment assignment_list course_list)
+nbgrader_ui = $(BIN)/jupyter labextension $(1) --log-level=ERROR --level=sys_prefix @jupyter/nbgrader && \
+	$(BIN)/jupyter server extension $(1) --log-level=ERROR --sys-prefix $(NBGRADER_SERVER)
 TORCH_CPU = $(PIP) install -q --no-deps --no-index $(FIND_WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu
 
@@ -39,6 +46,7 @@ $(STAMP): requirements.txt requirements-instructor.txt requirements-test.txt pyp
 	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt
 	$(PIP) install -q $(OFFLINE_PIP) setuptools  # Python >= 3.12 venvs come without it; the editable install needs it
 	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@test -e $(INSTRUCTOR) || { $(call nbgrader_ui,disable); }
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -112,6 +120,8 @@ wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
 	$(PY) -m pip download --dest wheelhouse --find-links wheelhouse -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt setuptools
 
-# Instructor extras (nbgrader) on top of the course's environment.
+# Instructor extras on top of the course's environment: nbgrader's JupyterLab menu, sidebar and server extensions.
 instructor: venv
-	$(PIP) install -q -r requirements-instructor.txt
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements-instructor.txt
+	$(call nbgrader_ui,enable)
+	@touch $(INSTRUCTOR)
