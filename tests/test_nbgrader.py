@@ -213,5 +213,5 @@ def test_instructor_guide_covers_every_chapter():
                     missing.append(f"chapter {ch}: exercise {ex.number} is not in the guide's table")
     assert not missing, (
         "docs/instructor_guide.md is behind the course; regenerate the chapter part with "
-        "`python docs/site/guide_chapters.py --measure --write` (or `--write` after `make e2e`):\n" + "\n".join(missing)
+        "`python docs/site/guide_chapters.py --write` (run times: `make outputs`):\n" + "\n".join(missing)
     )
