@@ -31,8 +31,8 @@ WHEELHOUSE := wheelhouse
 FIND_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--find-links $(WHEELHOUSE),)
 OFFLINE_PIP := $(if $(FIND_WHEELHOUSE),--no-index $(FIND_WHEELHOUSE),)
 # A learner's JupyterLab shows no instructor tools. nbgrader is installed for everyone (the tests use its command
-# line), but its JupyterLab menu and sidebar (lab extension) and its server extensions (start-up time and a
-# "No nbgrader_config.py" warning) are switched off in the venv's own config until `make instructor` switches them on.
+# line), but its JupyterLab menu and sidebar (lab extension) and its server extensions (1.4 s of start-up and a
+# "No nbgrader_config.py" warning: benchmarks/lab_startup.py) are off in the venv's config until `make instructor`.
 INSTRUCTOR := $(VENV)/.instructor
 NBGRADER_SERVER := $(addprefix nbgrader.server_extensions.,formgrader validate_assignment assignment_list course_list)
 nbgrader_ui = $(BIN)/jupyter labextension $(1) --log-level=ERROR --level=sys_prefix @jupyter/nbgrader && \
@@ -53,8 +53,9 @@ $(STAMP): requirements.txt requirements-instructor.txt requirements-test.txt pyp
 
 venv: $(STAMP)
 
+# Serves the course folder (labs/ too: given a file to open, JupyterLab would serve only that file's folder).
 lab: venv
-	$(BIN)/jupyter lab --ServerApp.root_dir=. $(LAB_ARGS) notebooks/00_welcome.ipynb  # the course folder: labs/ too
+	$(BIN)/jupyter lab --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
 
 # Lint (ruff, configured in pyproject.toml): errors and formatting; `make test` runs it first.
 LINT_PATHS := course_utils tests benchmarks scripts docs

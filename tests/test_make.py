@@ -58,10 +58,7 @@ def test_requirements_are_pinned():
 @pytest.mark.slow
 def test_make_lab_serves_jupyterlab(tmp_path):
     port, token = free_port(), secrets.token_hex(16)
-    args = (
-        f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} "
-        f"--ServerApp.root_dir={ROOT} --allow-root"
-    )
+    args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} --allow-root"
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"))
     proc = subprocess.Popen(
         ["make", "lab", f"LAB_ARGS={args}"],
@@ -82,6 +79,11 @@ def test_make_lab_serves_jupyterlab(tmp_path):
             except OSError:
                 time.sleep(0.5)
         assert status == 200
+        # the course folder is served (make runs in ROOT), so learners see labs/ next to notebooks/
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/labs?token={token}", timeout=30) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=30) as r:
+            assert r.url.split("?")[0].endswith("/lab/tree/notebooks/00_welcome.ipynb"), r.url  # opens the welcome
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -214,7 +216,8 @@ def test_offline_room_installs_from_the_wheelhouse_alone(tmp_path):
 
 
 def test_make_lab_serves_the_course_folder():
-    # With only a file to open, JupyterLab serves that file's folder: learners would not see labs/.
+    # Given a file to open, JupyterLab serves only that file's folder: learners would not see labs/.
     (lab,) = [line for line in _dry_run("-o", ".venv/.installed-stamp", "lab") if " lab " in line]
     args = shlex.split(lab, comments=True)
-    assert "--ServerApp.root_dir=." in args and args[-1] == "notebooks/00_welcome.ipynb", args
+    assert "--LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb" in args, args
+    assert not [a for a in args[2:] if not a.startswith("-")], f"no file argument: {args}"
