@@ -30,21 +30,32 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 WHEELHOUSE := wheelhouse
 FIND_WHEELHOUSE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--find-links $(WHEELHOUSE),)
 OFFLINE_PIP := $(if $(FIND_WHEELHOUSE),--no-index $(FIND_WHEELHOUSE),)
-TORCH_CPU = $(PIP) install -q --no-deps --no-index $(FIND_WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
-	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu
+# A learner's JupyterLab shows no instructor tools. nbgrader is installed for everyone (the tests use its command
+# line), but its JupyterLab menu and sidebar (lab extension) and its server extensions (1.4 s of start-up and a
+# "No nbgrader_config.py" warning: benchmarks/lab_startup.py) are off in the venv's config until `make instructor`.
+INSTRUCTOR := $(VENV)/.instructor
+NBGRADER_SERVER := $(addprefix nbgrader.server_extensions.,formgrader validate_assignment assignment_list course_list)
+nbgrader_ui = $(BIN)/jupyter labextension $(1) --log-level=ERROR --level=sys_prefix @jupyter/nbgrader && \
+	$(BIN)/jupyter server extension $(1) --log-level=ERROR --sys-prefix $(NBGRADER_SERVER)
+# With a wheelhouse there is no second try: the room has no index to ask.
+TORCH_CPU = $(if $(FIND_WHEELHOUSE),$(PIP) install -q --no-deps $(OFFLINE_PIP) torch==$(TORCH_VERSION)+cpu,\
+	$(PIP) install -q --no-deps --no-index torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
+	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu)
 
 $(STAMP): requirements.txt requirements-instructor.txt requirements-test.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@if [ "$$(uname -s)" = Linux ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then $(TORCH_CPU); fi
 	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt
 	$(PIP) install -q $(OFFLINE_PIP) setuptools  # Python >= 3.12 venvs come without it; the editable install needs it
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PIP) install -q $(OFFLINE_PIP) --no-build-isolation --no-deps -e .
+	@test -e $(INSTRUCTOR) || { $(call nbgrader_ui,disable); }
 	@touch $(STAMP)
 
 venv: $(STAMP)
 
+# Serves the course folder (labs/ too: given a file to open, JupyterLab would serve only that file's folder).
 lab: venv
-	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/00_welcome.ipynb
+	$(BIN)/jupyter lab --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
 
 # Lint (ruff, configured in pyproject.toml): errors and formatting; `make test` runs it first.
 LINT_PATHS := course_utils tests benchmarks scripts docs
@@ -65,10 +76,12 @@ test: venv lint
 	command -v chromium >/dev/null 2>&1 || echo "$(E2E_SKIPPED)"; exit $$rc
 
 # Lessons ship executed: run every lesson top to bottom (seeded, one thread) and store its outputs in place,
-# figures as small palette PNGs. Commit the result; `make test` then checks that the outputs still match.
+# figures as small palette PNGs, and each one's run time in docs/chapter_times.json, which README's chapter map and
+# the instructor guide show. Commit the result; `make test` then checks that the outputs still match.
 outputs: venv
 	$(LESSONS_ENV) COURSE_THREADS=1 $(BIN)/python -m course_utils.outputs tag notebooks/*.ipynb
 	$(LESSONS_ENV) COURSE_THREADS=1 $(BIN)/python -m course_utils.outputs store notebooks/*.ipynb
+	$(BIN)/python docs/site/guide_chapters.py --write --times
 
 # Unit tests only (no notebook execution): seconds, for the edit-test loop.
 test-fast: venv
@@ -115,8 +128,10 @@ wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt
 		$(PY) -m pip download -q --no-deps --no-index --dest $(WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
 	$(PY) docs/site/site_assets.py fetch --dest $(WHEELHOUSE)/site-assets
-	$(PY) -m pip download --dest wheelhouse --find-links wheelhouse -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt setuptools
+	$(PY) -m pip download --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt setuptools
 
-# Instructor extras (nbgrader) on top of the course's environment.
+# Instructor extras on top of the course's environment: nbgrader's JupyterLab menu, sidebar and server extensions.
 instructor: venv
-	$(PIP) install -q -r requirements-instructor.txt
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements-instructor.txt
+	$(call nbgrader_ui,enable)
+	@touch $(INSTRUCTOR)

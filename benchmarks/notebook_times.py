@@ -1,6 +1,9 @@
-"""Execute every notebook in a fresh kernel and print a table of wall times (the README's chapter map uses it).
+"""Execute every notebook (lessons and solved labs) in a fresh kernel and print a table of wall times.
 
-    python benchmarks/notebook_times.py [--update-readme] [--only 01,04]
+    python benchmarks/notebook_times.py [--only 01,04]
+
+The README's chapter map and the instructor guide show the lesson times `make outputs` records in
+docs/chapter_times.json (one source); this script checks the budget, solved labs included.
 
 Budget: each notebook ≤ 180 s and the whole course ≤ 20 minutes on 2 CPU cores. Exit code 1 when over budget.
 """
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,35 +31,8 @@ def run(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def update_readme(times: dict[str, float]) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    start, end = "<!-- chapter-map:start -->", "<!-- chapter-map:end -->"
-    head, rest = text.split(start, 1)
-    table, tail = rest.split(end, 1)
-    rows = []
-    for row in table.strip("\n").splitlines():
-        m = re.search(r"\(notebooks/(\d\d_\w+)\.ipynb\)", row)
-        if m:
-            lesson = times.get(f"notebooks/{m.group(1)}.ipynb")
-            lab = next((t for k, t in times.items() if k.startswith(f"solutions/{m.group(1)[:2]}_")), None)
-            cell = " · ".join(
-                s
-                for s in [
-                    f"lesson {lesson:.0f} s" if lesson is not None else "",
-                    f"solved lab {lab:.0f} s" if lab is not None else "",
-                ]
-                if s
-            )
-            if cell:
-                row = row.rsplit("|", 2)[0] + f"| {cell} |"
-        rows.append(row)
-    readme.write_text(head + start + "\n" + "\n".join(rows) + "\n" + end + tail, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--update-readme", action="store_true", help="write the times into README's chapter map")
     parser.add_argument("--only", default="", help="comma-separated chapter numbers, e.g. 01,04")
     args = parser.parse_args()
     os.environ.setdefault("COURSE_OFFLINE", "1")
@@ -80,8 +55,6 @@ def main() -> int:
     lessons = sum(t for k, t in times.items() if k.startswith("notebooks/"))
     print(f"\nlessons together: {lessons:.0f} s (budget {TOTAL_S} s); with solved labs: {sum(times.values()):.0f} s")
     print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}")
-    if args.update_readme:
-        update_readme(times)
     over = [k for k, t in times.items() if t > PER_NOTEBOOK_S]
     return 1 if over or lessons > TOTAL_S else 0
 

@@ -5,7 +5,9 @@ Three pieces, one per job:
 - ``python -m course_utils.outputs store notebooks/*.ipynb`` (``make outputs``) runs each notebook top to bottom
   in a fresh kernel (seeded by the notebook, one thread, inline figures at a modest dpi) and writes the outputs
   back in place, kept small: figures re-encoded as 256-colour PNG, widget views and widget state dropped (they
-  render as nothing without a live kernel), execution counts numbered from 1.
+  render as nothing without a live kernel), execution counts numbered from 1. A lesson's run time goes to
+  ``docs/chapter_times.json`` (:func:`record_run_time`), the one source of the chapter times that README and the
+  instructor guide show.
 - ``python -m course_utils.outputs tag notebooks/*.ipynb`` tags the cells whose output depends on the run (they
   time something, or show a live widget) ``nbval-ignore-output``, by the rules in :data:`RUN_DEPENDENT`;
   ``--check`` only reports. Tags are metadata: other cells stay byte-identical.
@@ -24,6 +26,7 @@ import base64
 import io
 import json
 import os
+import platform
 import re
 import sys
 import time
@@ -41,6 +44,10 @@ __all__ = [
     "texts_match",
     "compress_outputs",
     "store_outputs",
+    "record_run_time",
+    "run_times",
+    "run_time_text",
+    "TIMES_FILE",
     "main",
 ]
 
@@ -251,17 +258,39 @@ def compress_outputs(nb) -> None:
                 out["execution_count"] = count
 
 
-TIMES_DIR = Path(__file__).resolve().parents[1] / "test-artifacts" / "times"
+ROOT = Path(__file__).resolve().parents[1]
+# Each lesson's run time, committed: the only source of the README's chapter map times and the instructor guide's
+# (`python docs/site/guide_chapters.py --write` writes both from it; tests/test_chapter_times.py compares them).
+TIMES_FILE = ROOT / "docs" / "chapter_times.json"
+TIMES_HOW = "`make outputs`: fresh kernel, one thread, caches warm"
 
 
-def record_run_time(path: Path, seconds: float) -> Path:
-    """Keep how long a lesson took top to bottom (one thread, fresh kernel): the instructor guide's chapter times
-    (docs/site/guide_chapters.py) read these records."""
-    TIMES_DIR.mkdir(parents=True, exist_ok=True)
-    rec = TIMES_DIR / f"{path.stem}.json"
-    source = "`make outputs`: fresh kernel, one thread, 2-core CPU, caches warm"
-    rec.write_text(json.dumps({"run_all_s": round(seconds, 1), "source": source}))
-    return rec
+def run_times(path: Path = TIMES_FILE) -> dict[str, dict]:
+    """{lesson stem: {"seconds", "date", "machine", "how"}} from the committed file (empty when there is none)."""
+    return json.loads(path.read_text(encoding="utf-8"))["lessons"] if path.exists() else {}
+
+
+def run_time_text(record: dict) -> str:
+    """One record as the guide prints it: ``165 s (`make outputs`: ...; 2 cores x86_64, 2026-12-01)``."""
+    return f"{record['seconds']:.0f} s ({record['how']}; {record['machine']}, {record['date']})"
+
+
+def record_run_time(path: Path, seconds: float, times_file: Path = TIMES_FILE) -> Path:
+    """Keep how long a lesson of notebooks/ took top to bottom (one thread, fresh kernel) in ``times_file``, with
+    the date and the machine; any other notebook (a scratch copy, a lab) is not a lesson and is not recorded."""
+    if Path(path).resolve().parent != ROOT / "notebooks":
+        return times_file
+    lessons = run_times(times_file)
+    lessons[Path(path).stem] = {
+        "seconds": round(seconds, 1),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores {platform.machine()}, Python {platform.python_version()}",
+        "how": TIMES_HOW,
+    }
+    about = "Each lesson's run time; written by `make outputs`, read by README's chapter map and the guide."
+    data = {"about": about, "lessons": dict(sorted(lessons.items()))}
+    times_file.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return times_file
 
 
 def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:

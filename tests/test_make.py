@@ -3,8 +3,12 @@
 import os
 import re
 import secrets
+import shlex
+import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -54,10 +58,7 @@ def test_requirements_are_pinned():
 @pytest.mark.slow
 def test_make_lab_serves_jupyterlab(tmp_path):
     port, token = free_port(), secrets.token_hex(16)
-    args = (
-        f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} "
-        f"--ServerApp.root_dir={ROOT} --allow-root"
-    )
+    args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token} --allow-root"
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"))
     proc = subprocess.Popen(
         ["make", "lab", f"LAB_ARGS={args}"],
@@ -78,6 +79,11 @@ def test_make_lab_serves_jupyterlab(tmp_path):
             except OSError:
                 time.sleep(0.5)
         assert status == 200
+        # the course folder is served (make runs in ROOT), so learners see labs/ next to notebooks/
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/labs?token={token}", timeout=30) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=30) as r:
+            assert r.url.split("?")[0].endswith("/lab/tree/notebooks/00_welcome.ipynb"), r.url  # opens the welcome
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -90,7 +96,11 @@ def test_make_lab_serves_jupyterlab(tmp_path):
 def test_linux_installs_the_cpu_torch_without_asking_an_index_first(tmp_path):
     # On a real Linux laptop torch==X from the public index is the CUDA build (~2 GB of nvidia wheels).
     dry = subprocess.run(
-        ["make", "-n", f"VENV={tmp_path / 'v'}", "venv"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "-n", f"VENV={tmp_path / 'v'}", f"WHEELHOUSE={tmp_path / 'none'}", "venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     pin = re.search(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
     torch_line = next(line for line in dry.splitlines() if f"torch=={pin}+cpu" in line)
@@ -105,3 +115,109 @@ def test_make_doctor_runs_the_doctor():
         ["make", "-n", "-o", ".venv/.installed-stamp", "doctor"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert "-m course_utils.doctor" in dry
+
+
+# --- a learner's JupyterLab shows no instructor tools; `make instructor` switches nbgrader's on -----------------
+
+NBGRADER_LAB = "@jupyter/nbgrader"
+SERVER_EXTENSIONS = ["formgrader", "validate_assignment", "assignment_list", "course_list"]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _dry_run(*args: str) -> list[str]:
+    out = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def _scratch_venv(tmp_path: Path) -> Path:
+    """A venv that imports the course venv's packages (a .pth file) but has its own sys.prefix, so its own
+    etc/jupyter: a copy of the course venv's. `jupyter` scripts are copies that run under its Python."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    where = [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+    site = Path(subprocess.run(where, capture_output=True, text=True, check=True).stdout.strip())
+    (site / "course-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    shutil.copytree(Path(sys.prefix, "etc", "jupyter"), venv / "etc" / "jupyter")
+    (venv / "share").mkdir()
+    (venv / "share" / "jupyter").symlink_to(Path(sys.prefix, "share", "jupyter"))  # the lab extensions, read only
+    for script in Path(sys.prefix, "bin").glob("jupyter*"):
+        body = script.read_text().split("\n", 1)[1]
+        (venv / "bin" / script.name).write_text(f"#!{venv / 'bin' / 'python'}\n{body}")
+        (venv / "bin" / script.name).chmod(0o755)
+    return venv
+
+
+def _nbgrader_states(venv: Path, env: dict) -> dict[str, str]:
+    """{extension: 'enabled' | 'disabled'} for nbgrader's lab extension and its server extensions, as listed."""
+    states = {}
+    for what in (["labextension", "list"], ["server", "extension", "list"]):
+        run = subprocess.run([str(venv / "bin" / "jupyter"), *what], env=env, capture_output=True, text=True)
+        for line in ANSI.sub("", run.stdout + run.stderr).splitlines():
+            m = re.match(r"\s*(@jupyter/nbgrader|nbgrader\.server_extensions\.\w+) (?:v\S+ )?(enabled|disabled)", line)
+            if m:
+                states[m.group(1)] = m.group(2)
+    return states
+
+
+def test_venv_install_switches_nbgrader_ui_off_and_make_instructor_on():
+    venv = "/tmp/v"  # only printed (make -n)
+    install = _dry_run(f"VENV={venv}", "venv")
+    off = [i for i, line in enumerate(install) if "extension disable" in line]
+    assert len(off) == 1 and "labextension disable" in install[off[0]] and NBGRADER_LAB in install[off[0]]
+    assert install[off[0]].startswith(f"test -e {venv}/.instructor ||"), "an instructor's venv stays as it is"
+    assert off[0] > max(i for i, line in enumerate(install) if "pip install" in line), "after the last install"
+    instructor = _dry_run(f"VENV={venv}", "-o", f"{venv}/.installed-stamp", "instructor")
+    assert any("labextension enable" in line and "server extension enable" in line for line in instructor)
+    assert instructor[-1] == f"touch {venv}/.instructor"
+
+
+@pytest.mark.slow
+def test_learners_lab_has_no_nbgrader_until_make_instructor(tmp_path):
+    """Runs the Makefile's own lines against a scratch venv, so the course venv's config is left as it is."""
+    pytest.importorskip("nbgrader", reason="the venv install installs nbgrader (requirements-instructor.txt)")
+    course_config = {p: p.read_bytes() for p in Path(sys.prefix, "etc", "jupyter").rglob("*") if p.is_file()}
+    venv = _scratch_venv(tmp_path)
+    env = dict(
+        os.environ,
+        PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        JUPYTER_CONFIG_DIR=str(tmp_path / "user-config"),
+        JUPYTER_DATA_DIR=str(tmp_path / "user-data"),
+    )
+    everything = {NBGRADER_LAB, *(f"nbgrader.server_extensions.{n}" for n in SERVER_EXTENSIONS)}
+
+    def run(lines: list[str], keep: str) -> None:
+        for line in (ln for ln in lines if keep in ln and "pip install" not in ln):
+            subprocess.run(line, shell=True, cwd=ROOT, env=env, check=True)
+
+    run(_dry_run(f"VENV={venv}", "venv"), "extension disable")
+    assert _nbgrader_states(venv, env) == dict.fromkeys(everything, "disabled"), "a learner's venv"
+    run(_dry_run(f"VENV={venv}", "-o", f"{venv}/.installed-stamp", "instructor"), "")
+    assert _nbgrader_states(venv, env) == dict.fromkeys(everything, "enabled"), "after make instructor"
+    run(_dry_run(f"VENV={venv}", "venv"), "extension disable")  # the install again (a requirement changed)
+    assert _nbgrader_states(venv, env) == dict.fromkeys(everything, "enabled"), "an instructor keeps the tools"
+    after = {p: p.read_bytes() for p in Path(sys.prefix, "etc", "jupyter").rglob("*") if p.is_file()}
+    assert after == course_config, "the course venv's Jupyter config must not change"
+
+
+def test_offline_room_installs_from_the_wheelhouse_alone(tmp_path):
+    """With wheels in wheelhouse/, every pip call of the install and of `make instructor` reads only from it."""
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    (house / "tiny-0.1-py3-none-any.whl").write_bytes(b"")  # the Makefile only looks for *.whl files
+    venv = tmp_path / "v"
+    lines = _dry_run(f"VENV={venv}", f"WHEELHOUSE={house}", "venv")
+    lines += _dry_run(f"VENV={venv}", f"WHEELHOUSE={house}", "-o", f"{venv}/.installed-stamp", "instructor")
+    calls = [call for line in lines for call in re.split(r"\|\||&&|;", line) if " -m pip " in call]
+    assert len(calls) >= 5, lines  # torch, the requirements, setuptools, the course package, the instructor extras
+    for call in calls:
+        assert "--no-index" in call and f"--find-links {house}" in call, call
+        assert "--index-url" not in call and "http" not in call, call
+
+
+def test_make_lab_serves_the_course_folder():
+    # Given a file to open, JupyterLab serves only that file's folder: learners would not see labs/.
+    (lab,) = [line for line in _dry_run("-o", ".venv/.installed-stamp", "lab") if " lab " in line]
+    args = shlex.split(lab, comments=True)
+    assert "--LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb" in args, args
+    assert not [a for a in args[2:] if not a.startswith("-")], f"no file argument: {args}"

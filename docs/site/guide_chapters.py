@@ -1,23 +1,23 @@
 """Print the per-chapter part of docs/instructor_guide.md from what the course contains right now.
 
-    python docs/site/guide_chapters.py [--measure] --write    (rewrites the guide's chapter part in place)
+    python docs/site/guide_chapters.py --write    (rewrites the guide's chapter part and README's chapter map times)
+    python docs/site/guide_chapters.py --write --times    (only the run times, in both: what `make outputs` runs)
 
 For each notebook in notebooks/: its title and learning goals (the "What you will build" list of its first
-markdown cells), its measured run time (``--measure`` runs it in a fresh kernel; otherwise the browser times in
-test-artifacts/times/ from `make e2e` are used), and its lab's exercises with an expected difficulty (from the
-length of the reference answer) and the common mistakes, which are the failure messages the chapter's checks give
-for the wrong implementations in tests/test_checks_chNN.py. ``--write`` replaces what lies between the guide's
-``<!-- chapters:begin -->`` / ``<!-- chapters:end -->`` markers; the prose around them is written by hand.
+markdown cells), its measured run time (from docs/chapter_times.json, which `make outputs` writes: a fresh kernel,
+one thread), and its lab's exercises with an expected difficulty (from the length of the reference answer) and the
+common mistakes, which are the failure messages the chapter's checks give for the wrong implementations in
+tests/test_checks_chNN.py. ``--write`` replaces what lies between the guide's
+``<!-- chapters:begin -->`` / ``<!-- chapters:end -->`` markers (the prose around them is written by hand) and the
+run-time column of README's chapter map, from the same file.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from course_utils.labs import BEGIN, END, HEADING_RE, exercise_markdown, exercises  # noqa: E402
+from course_utils.outputs import run_time_text, run_times  # noqa: E402
 
 
 def goals(nb) -> list[str]:
@@ -48,22 +49,38 @@ def title(nb, fallback: str) -> str:
     return fallback
 
 
-def run_time(path: Path, measure: bool) -> str:
-    if measure:
-        from nbclient import NotebookClient
+def run_time(path: Path, times: dict[str, dict] | None = None) -> str:
+    record = (run_times() if times is None else times).get(path.stem)
+    return run_time_text(record) if record else "not measured yet (`make outputs`)"
 
-        nb = nbformat.read(str(path), as_version=4)
-        t0 = time.perf_counter()
-        NotebookClient(
-            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-        ).execute()
-        return f"{time.perf_counter() - t0:.0f} s (fresh kernel, 2-core CPU)"
-    rec = ROOT / "test-artifacts" / "times" / f"{path.stem}.json"
-    if rec.exists():
-        data = json.loads(rec.read_text())
-        source = data.get("source", "Run All in JupyterLab, `make e2e`, on a shared 2-core CPU")
-        return f"{data['run_all_s']:.0f} s ({source})"
-    return "not measured yet"
+
+RUN_TIME_LINE = re.compile(r"^(\*Notebook\* `notebooks/(\w+)\.ipynb` · \*measured run time\* ).*$", re.M)
+
+
+def guide_run_times(guide: str, times: dict[str, dict]) -> str:
+    """The guide's text with each chapter's "measured run time" written from ``times`` (the rest left as it is)."""
+    return RUN_TIME_LINE.sub(lambda m: m.group(1) + run_time(Path(f"{m.group(2)}.ipynb"), times), guide)
+
+
+README = ROOT / "README.md"
+MAP_START, MAP_END = "<!-- chapter-map:start -->", "<!-- chapter-map:end -->"
+TOTAL_ROW = "| | **all lessons** | |"
+
+
+def readme_chapter_map(readme: str, times: dict[str, dict]) -> str:
+    """README's text with each chapter-map row's last cell (and the total row) written from ``times``."""
+    head, rest = readme.split(MAP_START, 1)
+    table, tail = rest.split(MAP_END, 1)
+    rows = [row for row in table.strip("\n").splitlines() if not row.startswith(TOTAL_ROW)]
+    for i, row in enumerate(rows):
+        m = re.search(r"\(notebooks/(\d\d_\w+)\.ipynb\)", row)
+        if m:
+            rec = times.get(m.group(1))
+            cell = f"{rec['seconds']:.0f} s" if rec else "not measured yet"
+            rows[i] = row.rsplit("|", 2)[0] + f"| {cell} |"
+    total = sum(round(r["seconds"]) for r in times.values())
+    rows.append(f"{TOTAL_ROW} {total} s ({total / 60:.1f} min) |")
+    return f"{head}{MAP_START}\n" + "\n".join(rows) + f"\n{MAP_END}{tail}"
 
 
 def mistakes(chapter: int) -> dict[str, list[str]]:
@@ -107,14 +124,14 @@ def difficulty(n_lines: int) -> str:
     return "★ (≤ 3 lines)" if n_lines <= 3 else "★★ (4–10 lines)" if n_lines <= 10 else "★★★ (> 10 lines)"
 
 
-def chapter_section(path: Path, measure: bool) -> str:
+def chapter_section(path: Path) -> str:
     nb = nbformat.read(str(path), as_version=4)
     ch = int(path.name.split("_")[0])
     name = re.sub(r"^(?:Chapter\s+)?\d+\s*[·:—–-]\s*", "", title(nb, path.stem))  # "04 · X", "Chapter 4 — X"
     out = [
         f"### {ch:02d} · {name}",
         "",
-        f"*Notebook* `notebooks/{path.name}` · *measured run time* {run_time(path, measure)}",
+        f"*Notebook* `notebooks/{path.name}` · *measured run time* {run_time(path)}",
         "",
     ]
     g = goals(nb)
@@ -161,10 +178,17 @@ BEGIN_MARK, END_MARK = "<!-- chapters:begin -->", "<!-- chapters:end -->"
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python docs/site/guide_chapters.py")
-    parser.add_argument("--measure", action="store_true", help="run each notebook to time it")
-    parser.add_argument("--write", action="store_true", help="replace the chapter part of docs/instructor_guide.md")
+    parser.add_argument(
+        "--write", action="store_true", help="replace the guide's chapter part and README's chapter map times"
+    )
+    parser.add_argument("--times", action="store_true", help="with --write: rewrite only the run times (seconds)")
     args = parser.parse_args(argv)
-    text = "\n".join(chapter_section(p, args.measure) for p in sorted((ROOT / "notebooks").glob("[0-9]*_*.ipynb")))
+    if args.write and args.times:
+        GUIDE.write_text(guide_run_times(GUIDE.read_text(encoding="utf-8"), run_times()), encoding="utf-8")
+        README.write_text(readme_chapter_map(README.read_text(encoding="utf-8"), run_times()), encoding="utf-8")
+        print(f"updated the run times in {GUIDE.relative_to(ROOT)} and {README.relative_to(ROOT)}")
+        return 0
+    text = "\n".join(chapter_section(p) for p in sorted((ROOT / "notebooks").glob("[0-9]*_*.ipynb")))
     if not args.write:
         print(text)
         return 0
@@ -174,7 +198,8 @@ def main(argv=None) -> int:
         return 1
     head, rest = guide.split(BEGIN_MARK, 1)
     GUIDE.write_text(f"{head}{BEGIN_MARK}\n{text}{END_MARK}{rest.split(END_MARK, 1)[1]}", encoding="utf-8")
-    print(f"updated {GUIDE.relative_to(ROOT)}")
+    README.write_text(readme_chapter_map(README.read_text(encoding="utf-8"), run_times()), encoding="utf-8")
+    print(f"updated {GUIDE.relative_to(ROOT)} and the chapter map of {README.relative_to(ROOT)}")
     return 0
 
 
