@@ -221,6 +221,34 @@ def test_completion_logprobs_k_plain_and_streamed(url, backend):
     assert streamed == pytest.approx(ref.logprobs, abs=1e-4)
 
 
+def test_completion_echo_with_logprobs_scores_the_prompt_too(url, backend):
+    """echo + logprobs (legacy completions): the prompt's tokens get logprobs as well, the first one null."""
+    c = sync(url)
+    r = c.completions.create(model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=2, echo=True)
+    lp, text = r.choices[0].logprobs, r.choices[0].text
+    ids = backend.tokenizer.encode(text)
+    with torch.no_grad():  # the whole text's log-probabilities from one plain forward pass
+        full = torch.log_softmax(backend.model(torch.tensor([ids]))[0][0], -1)
+    want = [None] + [float(full[i - 1, ids[i]]) for i in range(1, len(ids))]
+    assert lp.tokens == [backend.tokenizer.decode([t]) for t in ids] and len(ids) == 4 + 3
+    assert lp.token_logprobs[0] is None and lp.token_logprobs[1:] == pytest.approx(want[1:], abs=1e-4)
+    assert lp.top_logprobs[0] is None and all(len(t) == 2 for t in lp.top_logprobs[1:])
+    for i in range(1, len(ids)):  # each position's alternatives are the two most likely next tokens
+        best = torch.topk(full[i - 1], 2)
+        assert sorted(lp.top_logprobs[i].values(), reverse=True) == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert lp.text_offset == list(range(len(ids)))  # one byte per token: offsets count the echoed prompt
+    streamed = list(
+        c.completions.create(model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=2, echo=True, stream=True)
+    )
+    got = [x for ch in streamed if ch.choices[0].logprobs for x in ch.choices[0].logprobs.token_logprobs]
+    assert got[0] is None and got[1:] == pytest.approx(want[1:], abs=1e-4)
+    offsets = [x for ch in streamed if ch.choices[0].logprobs for x in ch.choices[0].logprobs.text_offset]
+    assert offsets == lp.text_offset
+    bare = c.completions.create(model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=0, echo=True)
+    assert bare.choices[0].logprobs.top_logprobs is None
+    assert bare.choices[0].logprobs.token_logprobs[1:] == pytest.approx(want[1:], abs=1e-4)
+
+
 # ---------------------------------------------------------------- errors and models
 @pytest.mark.parametrize(
     "kw,param",

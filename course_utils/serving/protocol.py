@@ -200,8 +200,8 @@ class _Envelope(_Out):
 
 class CompletionLogprobs(_Out):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None]  # None: the first prompt token under ``echo`` (nothing before it)
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
 
 
