@@ -238,7 +238,9 @@ def test_completion_echo_with_logprobs_scores_the_prompt_too(url, backend):
         assert sorted(lp.top_logprobs[i].values(), reverse=True) == pytest.approx(best.values.tolist(), abs=1e-4)
     assert lp.text_offset == list(range(len(ids)))  # one byte per token: offsets count the echoed prompt
     streamed = list(
-        c.completions.create(model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=2, echo=True, stream=True)
+        c.completions.create(
+            model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=2, echo=True, stream=True
+        )
     )
     got = [x for ch in streamed if ch.choices[0].logprobs for x in ch.choices[0].logprobs.token_logprobs]
     assert got[0] is None and got[1:] == pytest.approx(want[1:], abs=1e-4)
