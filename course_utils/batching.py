@@ -4,8 +4,12 @@ Static batching gathers requests, then decodes them together until the *longest*
 needs 16 tokens waits for its neighbour's 256, and a newcomer waits for the whole batch. Orca (Yu et al., OSDI
 2022) schedules at the granularity of one decode step instead:
 
-- every iteration, waiting requests **join** the running batch (up to ``max_batch`` and the free KV memory): their
-  prompts are prefilled, and from then on they decode in the same forward pass as everyone else;
+- every iteration, waiting requests **join** the running batch (up to ``max_batch`` and the free KV memory), and
+  every iteration is **one forward pass**: the newcomers' prompt tokens are packed into one row together with the
+  running sequences' next tokens (Orca's *selective batching*: the linear layers see all tokens at once, attention
+  runs per group — the decoding sequences together, each prompt alone), so the running requests never wait
+  through a separate prefill pass. Prompts share a budget of ``max_step_tokens`` per step; a longer prompt is fed
+  in chunks over several steps (*chunked prefill*, Sarathi-Serve; vLLM);
 - a sequence **leaves** the batch in the iteration it finishes (``max_tokens`` reached, a stop token, or
   :meth:`Engine.cancel`), and its slot and memory go to the next request at once.
 
@@ -171,8 +175,9 @@ class Engine:
     ``num_blocks`` defaults to enough blocks for ``max_batch`` sequences of ``max_seq_len`` tokens. ``policy``:
     ``"continuous"`` (iteration-level scheduling) or ``"static"`` (gather a batch when the engine is idle, decode
     until every row is done, then deliver all results — the baseline it replaces; like the chapter's ``Batcher``
-    it gathers for up to ``max_wait_ms`` or ``max_batch`` requests before it starts). ``record=True`` keeps
-    :attr:`timeline`, one tuple per decode step with the request id in each batch slot (``None`` = empty).
+    it gathers for up to ``max_wait_ms`` or ``max_batch`` requests before it starts). ``max_step_tokens``: the
+    prompt tokens one step may carry (chunked prefill). ``record=True`` keeps :attr:`timeline`, one tuple per step
+    (= forward pass) with the request id in each batch slot (``None`` = empty).
     """
 
     def __init__(
@@ -297,6 +302,8 @@ class Engine:
 
         ``kv_waste`` = 1 − used/reserved summed over every decode step so far (the block cache's internal
         fragmentation); ``kv_waste_maxlen`` is the same for a per-request reservation of prompt + max_tokens.
+        ``steps`` counts forward passes (each gives every running sequence its next token), ``prefills`` the passes
+        that carried prompt tokens.
         """
         with self._cond:
             used = sum(s.cached for s in self._running)
