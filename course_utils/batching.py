@@ -91,6 +91,8 @@ class EngineResult:
     preemptions: int = 0
     submitted_cpu: float = 0.0  # the same on the engine's CPU clock (see Engine.cpu_seconds)
     finished_cpu: float = 0.0
+    submitted_step: int = 0  # the same in forward passes (stats()["steps"]): a latency no machine changes
+    finished_step: int = 0
 
 
 class RequestHandle:
@@ -158,6 +160,7 @@ class _Seq:
     first_token_at: float | None = None
     preemptions: int = 0
     submitted_cpu: float = 0.0
+    submitted_step: int = 0
 
     @property
     def tokens(self) -> list[int]:
@@ -277,6 +280,7 @@ class Engine:
                 gen,
                 submitted_at=time.perf_counter(),
                 submitted_cpu=self.cpu_seconds,
+                submitted_step=self._totals["steps"],
             )
             self._waiting.append(seq)
             self._cond.notify_all()
@@ -431,6 +435,8 @@ class Engine:
         if any(chunks[id(s)] > 1 for s in batch):
             self._totals["prefills"] += 1
         if batch:
+            with self._cond:
+                self._totals["steps"] += 1  # before the pass: a request finishing in it counts it
             self._step(batch, chunks)
             with self._cond:
                 self._account()
@@ -467,7 +473,6 @@ class Engine:
     def _account(self) -> None:
         """Add this step's KV usage to the totals behind ``stats()['kv_waste']``."""
         t = self._totals
-        t["steps"] += 1
         for s in self._running:
             t["used"] += s.cached
             t["reserved"] += len(s.blocks) * self.block_size
@@ -638,6 +643,8 @@ class Engine:
                 seq.preemptions,
                 seq.submitted_cpu,
                 self.cpu_seconds,
+                seq.submitted_step,
+                self._totals["steps"],
             )
         seq.handle._done.set()
         self._cond.notify_all()
@@ -651,7 +658,8 @@ def run_clients(
 
     Returns ``tokens_per_s``, ``p50_s``/``p95_s`` latency (submit → result delivered) and ``wall_s`` on the wall
     clock; the same on the engine's CPU clock (``tokens_per_cpu_s``, ``p50_cpu_s``, ``p95_cpu_s``, ``cpu_s``:
-    :attr:`Engine.cpu_seconds`, steady on a machine shared with other work); ``tokens``, the engine's
+    :attr:`Engine.cpu_seconds`, steady on a machine shared with other work); latency in forward passes
+    (``p50_steps``, ``p95_steps``: the same on every machine, blind to what a pass costs); ``tokens``, the engine's
     ``stats()`` and the results in job order."""
     from .gateway import percentile
 
@@ -683,6 +691,7 @@ def run_clients(
         raise RuntimeError("some requests did not finish (see the engine's errors)")
     latencies = [r.finished_at - r.submitted_at for r in results]
     cpu_latencies = [r.finished_cpu - r.submitted_cpu for r in results]
+    step_latencies = [r.finished_step - r.submitted_step for r in results]
     tokens = sum(r.completion_tokens for r in results)
     return {
         "tokens_per_s": tokens / wall,
@@ -693,6 +702,8 @@ def run_clients(
         "p50_cpu_s": percentile(cpu_latencies, 50),
         "p95_cpu_s": percentile(cpu_latencies, 95),
         "cpu_s": cpu,
+        "p50_steps": percentile(step_latencies, 50),
+        "p95_steps": percentile(step_latencies, 95),
         "tokens": tokens,
         "stats": engine.stats(),
         "results": results,

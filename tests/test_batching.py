@@ -119,6 +119,7 @@ def test_chunked_prefill_feeds_long_prompts_in_pieces_with_the_same_tokens(model
         results = [h.result(TIMEOUT) for h in handles]
     assert alone.token_ids == reference(model, ps[0], 4)
     assert steps_alone == 3 + 3  # 12 prompt tokens in chunks of 5, 5, 2, then 3 more decode steps
+    assert alone.finished_step - alone.submitted_step == steps_alone  # its latency in forward passes
     assert [r.token_ids for r in results] == [reference(model, p, 10) for p in ps]
     with pytest.raises(ValueError, match="max_step_tokens"):
         Engine(model, max_step_tokens=0)
