@@ -17,7 +17,9 @@ Every ratio is measured in one run on this machine (127.0.0.1 only; nothing leav
   token): continuous (iteration-level) vs static (gather up to 10 ms, decode to the end) vs one-at-a-time, at
   1/4/8/16 closed-loop clients sending 8 requests each with 16 batch slots, then 16 clients for 8 slots (requests
   queue); KV memory reserved by the block cache vs a per-request reservation of prompt + max_tokens. Timed on the
-  engine's CPU clock (steady on a shared machine), with decode-step counts (independent of the machine).
+  engine's CPU clock (steadier than the wall clock on a shared machine; medians of 3 runs with the policies taking
+  turns, as bursts of other load still move it), with decode-step counts and latency in decode steps
+  (independent of the machine).
 
     python benchmarks/serving.py [--clients 1 8 16] [--requests 1000] [--train-steps 300] [--threads 1]
     python benchmarks/serving.py --skip batching faults cache quant cascade     # continuous batching only
@@ -267,8 +269,14 @@ def bench_cascade(n_val: int = 1000, n_test: int = 1000, margin: float = 0.01) -
     }
 
 
-def bench_continuous(clients: list[int], per_client: int = 8, block_size: int = 16, slots: int = 16) -> list[dict]:
-    """Each policy at each client count on the same mixed load (``per_client`` requests per client)."""
+MEDIAN_KEYS = ("tokens_per_cpu_s", "p50_cpu_s", "p95_cpu_s", "tokens_per_s", "p95_s", "p95_steps")
+
+
+def bench_continuous(
+    clients: list[int], per_client: int = 8, block_size: int = 16, slots: int = 16, repeats: int = 3
+) -> list[dict]:
+    """Each policy at each client count on the same mixed load (``per_client`` requests per client), ``repeats``
+    times, the policies taking turns (a burst of load from other programs hits all of them); medians reported."""
     model, _ = load_served_model("tiny-gpt")
     warm = Engine(model)
     run_clients(warm, mixed_workload(2, seed=99), 2)  # first-call costs (allocations, kernels) out of the timing
@@ -276,14 +284,17 @@ def bench_continuous(clients: list[int], per_client: int = 8, block_size: int = 
     rows = []
     for n in clients:
         jobs = mixed_workload(per_client * n, seed=n)
-        row = {"clients": n}
-        for name, options in POLICIES.items():
-            engine = Engine(model, block_size=block_size, **{"max_batch": slots, **options})
-            try:
-                row[name] = run_clients(engine, jobs, n)
-            finally:
-                engine.close()
-        row["slots"] = slots
+        runs = {name: [] for name in POLICIES}
+        for _ in range(repeats):
+            for name, options in POLICIES.items():
+                engine = Engine(model, block_size=block_size, **{"max_batch": slots, **options})
+                try:
+                    runs[name].append(run_clients(engine, jobs, n))
+                finally:
+                    engine.close()
+        row = {"clients": n, "slots": slots}
+        for name, rs in runs.items():
+            row[name] = {**rs[0], **{k: float(np.median([r[k] for r in rs])) for k in MEDIAN_KEYS}}
         rows.append(row)
     return rows
 
@@ -298,6 +309,7 @@ def main(argv=None) -> None:
         "--skip", nargs="*", default=[], choices=["batching", "faults", "cache", "quant", "cascade", "continuous"]
     )
     ap.add_argument("--continuous-clients", type=int, nargs="*", default=[1, 4, 8, 16])
+    ap.add_argument("--continuous-repeats", type=int, default=3, help="runs per policy and row (medians reported)")
     args = ap.parse_args(argv)
     os.environ.setdefault("COURSE_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -391,12 +403,15 @@ def main(argv=None) -> None:
         # throughput and latency on the engine's CPU clock (Engine.cpu_seconds): other work on a shared machine
         # stretches the wall clock, not the engine's own compute; the wall-clock numbers are printed as well
         # 16 batch slots: every client's request is in the batch; then 16 clients for 8 slots: requests queue
-        for r in bench_continuous(args.continuous_clients) + bench_continuous([16], slots=8):
+        reps = args.continuous_repeats
+        rows_c = bench_continuous(args.continuous_clients, repeats=reps) + bench_continuous([16], slots=8, repeats=reps)
+        for r in rows_c:
             print(
                 f"clients={r['clients']:>2}, slots={r['slots']}: "
                 + " | ".join(
                     f"{name} {r[name]['tokens_per_cpu_s']:.0f} tok/cpu-s (p50 {r[name]['p50_cpu_s']:.2f}s, p95 "
-                    f"{r[name]['p95_cpu_s']:.2f}s; {r[name]['stats']['steps']} decode steps; wall "
+                    f"{r[name]['p95_cpu_s']:.2f}s; {r[name]['stats']['steps']} decode steps, p95 "
+                    f"{r[name]['p95_steps']:.0f} of them; wall "
                     f"{r[name]['tokens_per_s']:.0f} tok/s, p95 {r[name]['p95_s']:.2f}s)"
                     for name in POLICIES
                 ),
@@ -409,12 +424,14 @@ def main(argv=None) -> None:
             step_ratio = stat["stats"]["steps"] / cont["stats"]["steps"]  # the same tokens in fewer forward passes
             rows.append(
                 (
-                    f"Continuous batching, {n}, mixed lengths 16–256: tokens per engine-CPU-second (p50 / p95 latency)",
+                    f"Continuous batching, {n}, mixed lengths 16–256: tokens per engine-CPU-second (p50 / p95 latency;"
+                    f" medians of {reps} runs)",
                     f"continuous {cont['tokens_per_cpu_s']:.0f} ({cont['p50_cpu_s']:.2f} / {cont['p95_cpu_s']:.2f}"
                     f" s), ×{ratio:.2f} static {stat['tokens_per_cpu_s']:.0f} ({stat['p50_cpu_s']:.2f} / "
                     f"{stat['p95_cpu_s']:.2f} s), one-at-a-time {one['tokens_per_cpu_s']:.0f} "
                     f"({one['p50_cpu_s']:.2f} / {one['p95_cpu_s']:.2f} s); static needs ×{step_ratio:.2f} the "
-                    "decode steps",
+                    f"decode steps; p95 latency in decode steps: continuous {cont['p95_steps']:.0f}, static "
+                    f"{stat['p95_steps']:.0f}",
                     "≥ 1.5× static, lower p95" if n == "8 clients" else "—",
                     ratio >= 1.5 and cont["p95_cpu_s"] < stat["p95_cpu_s"] if n == "8 clients" else "—",
                 )

@@ -4,8 +4,12 @@ Static batching gathers requests, then decodes them together until the *longest*
 needs 16 tokens waits for its neighbour's 256, and a newcomer waits for the whole batch. Orca (Yu et al., OSDI
 2022) schedules at the granularity of one decode step instead:
 
-- every iteration, waiting requests **join** the running batch (up to ``max_batch`` and the free KV memory): their
-  prompts are prefilled, and from then on they decode in the same forward pass as everyone else;
+- every iteration, waiting requests **join** the running batch (up to ``max_batch`` and the free KV memory), and
+  every iteration is **one forward pass**: the newcomers' prompt tokens are packed into one row together with the
+  running sequences' next tokens (Orca's *selective batching*: the linear layers see all tokens at once, attention
+  runs per group — the decoding sequences together, each prompt alone), so the running requests never wait
+  through a separate prefill pass. Prompts share a budget of ``max_step_tokens`` per step; a longer prompt is fed
+  in chunks over several steps (*chunked prefill*, Sarathi-Serve; vLLM);
 - a sequence **leaves** the batch in the iteration it finishes (``max_tokens`` reached, a stop token, or
   :meth:`Engine.cancel`), and its slot and memory go to the next request at once.
 
@@ -87,6 +91,8 @@ class EngineResult:
     preemptions: int = 0
     submitted_cpu: float = 0.0  # the same on the engine's CPU clock (see Engine.cpu_seconds)
     finished_cpu: float = 0.0
+    submitted_step: int = 0  # the same in forward passes (stats()["steps"]): a latency no machine changes
+    finished_step: int = 0
 
 
 class RequestHandle:
@@ -154,6 +160,7 @@ class _Seq:
     first_token_at: float | None = None
     preemptions: int = 0
     submitted_cpu: float = 0.0
+    submitted_step: int = 0
 
     @property
     def tokens(self) -> list[int]:
@@ -171,8 +178,9 @@ class Engine:
     ``num_blocks`` defaults to enough blocks for ``max_batch`` sequences of ``max_seq_len`` tokens. ``policy``:
     ``"continuous"`` (iteration-level scheduling) or ``"static"`` (gather a batch when the engine is idle, decode
     until every row is done, then deliver all results — the baseline it replaces; like the chapter's ``Batcher``
-    it gathers for up to ``max_wait_ms`` or ``max_batch`` requests before it starts). ``record=True`` keeps
-    :attr:`timeline`, one tuple per decode step with the request id in each batch slot (``None`` = empty).
+    it gathers for up to ``max_wait_ms`` or ``max_batch`` requests before it starts). ``max_step_tokens``: the
+    prompt tokens one step may carry (chunked prefill). ``record=True`` keeps :attr:`timeline`, one tuple per step
+    (= forward pass) with the request id in each batch slot (``None`` = empty).
     """
 
     def __init__(
@@ -185,11 +193,12 @@ class Engine:
         policy: str = "continuous",
         record: bool = False,
         max_wait_ms: float = 10.0,
+        max_step_tokens: int = 256,
     ):
         config = getattr(model, "config", None)
         if config is None or not hasattr(model, "blocks"):
             raise TypeError(f"model must be a course_utils.model.GPT, got {type(model).__name__}")
-        for name, value in (("block_size", block_size), ("max_batch", max_batch)):
+        for name, value in (("block_size", block_size), ("max_batch", max_batch), ("max_step_tokens", max_step_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         per_seq = math.ceil(config.max_seq_len / block_size)
@@ -203,6 +212,7 @@ class Engine:
         self.max_wait_s = max_wait_ms / 1000
         self.model = model.eval()
         self.block_size, self.max_batch, self.policy, self.record = block_size, max_batch, policy, record
+        self.max_step_tokens = max_step_tokens
         self.vocab_size, self.max_seq_len = config.vocab_size, config.max_seq_len
         attn = model.blocks[0].attn
         dtype = next(model.parameters()).dtype
@@ -270,6 +280,7 @@ class Engine:
                 gen,
                 submitted_at=time.perf_counter(),
                 submitted_cpu=self.cpu_seconds,
+                submitted_step=self._totals["steps"],
             )
             self._waiting.append(seq)
             self._cond.notify_all()
@@ -295,6 +306,8 @@ class Engine:
 
         ``kv_waste`` = 1 − used/reserved summed over every decode step so far (the block cache's internal
         fragmentation); ``kv_waste_maxlen`` is the same for a per-request reservation of prompt + max_tokens.
+        ``steps`` counts forward passes (each gives every running sequence its next token), ``prefills`` the passes
+        that carried prompt tokens.
         """
         with self._cond:
             used = sum(s.cached for s in self._running)
@@ -416,13 +429,15 @@ class Engine:
             self._running.append(seq)
 
     def _iteration(self, batch: list[_Seq]) -> None:
-        prefill = [s for s in batch if len(s.pending) > 1]
-        decode = [s for s in batch if len(s.pending) == 1]
-        if prefill:
-            self._step(prefill)
+        """One forward pass: every running sequence's next token and the newcomers' prompt tokens, packed together."""
+        chunks = self._chunks(batch)
+        batch = [s for s in batch if chunks[id(s)]]
+        if any(chunks[id(s)] > 1 for s in batch):
             self._totals["prefills"] += 1
-        if decode:
-            self._step(decode)
+        if batch:
+            with self._cond:
+                self._totals["steps"] += 1  # before the pass: a request finishing in it counts it
+            self._step(batch, chunks)
             with self._cond:
                 self._account()
             if self.record:
@@ -432,6 +447,20 @@ class Engine:
                 if self._running and all(s.finish for s in self._running):
                     for seq in list(self._running):
                         self._retire(seq)
+
+    def _chunks(self, batch: list[_Seq]) -> dict[int, int]:
+        """Tokens each sequence feeds this step: 1 for a decoding one; prompts share ``max_step_tokens``, in order.
+
+        Chunked prefill (Sarathi, vLLM): a prompt longer than what is left of the budget is fed in pieces over
+        several steps, so one long prompt never stalls the running sequences' next tokens for a long pass.
+        """
+        budget = self.max_step_tokens
+        chunks = {}
+        for s in batch:
+            n = len(s.pending)
+            chunks[id(s)] = 1 if n == 1 else min(n, budget)
+            budget -= chunks[id(s)] if n > 1 else 0
+        return chunks
 
     def _slots(self) -> tuple:
         row = [None] * self.max_batch
@@ -444,7 +473,6 @@ class Engine:
     def _account(self) -> None:
         """Add this step's KV usage to the totals behind ``stats()['kv_waste']``."""
         t = self._totals
-        t["steps"] += 1
         for s in self._running:
             t["used"] += s.cached
             t["reserved"] += len(s.blocks) * self.block_size
@@ -483,34 +511,19 @@ class Engine:
         self._waiting.appendleft(seq)  # first in line: it recomputes its cache when memory frees up
 
     @torch.no_grad()
-    def _step(self, seqs: list[_Seq]) -> None:
-        """One forward pass over ``seqs`` (ragged: each feeds its pending tokens at its own positions)."""
+    def _step(self, seqs: list[_Seq], chunks: dict[int, int]) -> None:
+        """One forward pass over ``seqs``, each feeding its next ``chunks[id(seq)]`` pending tokens."""
         seqs = self._grow(list(seqs))
         if not seqs:
             return
-        bs = self.block_size
-        T = max(len(s.pending) for s in seqs)
-        L = max(s.cached for s in seqs) + T
-        idx = torch.zeros(len(seqs), T, dtype=torch.long)
-        positions = torch.zeros(len(seqs), T, dtype=torch.long)
-        write = torch.zeros(len(seqs), T, dtype=torch.long)  # slot 0..bs-1 (scratch block 0) for padding
-        tables = torch.zeros(len(seqs), max(math.ceil(L / bs), max(len(s.blocks) for s in seqs)), dtype=torch.long)
-        last = []
-        for row, s in enumerate(seqs):
-            n = len(s.pending)
-            idx[row, :n] = torch.tensor(s.pending)
-            pos = torch.arange(s.cached, s.cached + T)
-            positions[row] = pos.clamp(max=self.max_seq_len - 1)  # a pad's position only has to be valid
-            tables[row, : len(s.blocks)] = torch.tensor(s.blocks)
-            real = pos[:n]
-            write[row, :n] = tables[row, real // bs] * bs + real % bs
-            last.append(n - 1)
-        j = torch.arange(L)
-        read = tables[:, j // bs] * bs + j % bs  # [B, L]: past a row's end this reads padding or scratch, masked
-        caches = [PagedKVCache(k, v, write, read) for k, v in self._pools]
-        logits, _ = self.model(idx, caches=caches, positions=positions)
-        rows = logits[torch.arange(len(seqs)), torch.tensor(last)]
-        live = [row for row, s in enumerate(seqs) if s.finish is None]
+        seqs.sort(key=lambda s: chunks[id(s)] > 1)  # decoding sequences first: one attention group (see _packed)
+        sizes = [chunks[id(s)] for s in seqs]
+        inputs = self._packed(seqs, sizes) if max(sizes) > 1 else self._rows(seqs)
+        idx, positions, caches, mask, last = inputs
+        logits, _ = self.model(idx, caches=caches, positions=positions, attn_mask=mask)
+        rows = logits.flatten(0, 1)[last]
+        # a sequence samples once its last pending token went in (a prompt chunked over steps waits for its end)
+        live = [r for r, (s, n) in enumerate(zip(seqs, sizes)) if s.finish is None and n == len(s.pending)]
         choices = (
             sample_tokens(
                 rows[live],
@@ -521,10 +534,58 @@ class Engine:
             if live
             else []
         )
-        for s in seqs:
-            s.cached += len(s.pending)
+        for s, n in zip(seqs, sizes):
+            s.cached += n
         for row, choice in zip(live, choices):
             self._emit(seqs[row], choice)
+
+    def _rows(self, seqs: list[_Seq]):
+        """Decode only: one row per sequence, one token each; every row reads keys 0 … L−1 (its own, then masked)."""
+        B, bs = len(seqs), self.block_size
+        L = max(s.cached for s in seqs) + 1
+        idx = torch.tensor([[s.pending[0]] for s in seqs])
+        positions = torch.tensor([[s.cached] for s in seqs])
+        tables = torch.zeros(B, max(math.ceil(L / bs), max(len(s.blocks) for s in seqs)), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            tables[row, : len(s.blocks)] = torch.tensor(s.blocks)
+        write = tables.gather(1, positions // bs) * bs + positions % bs
+        j = torch.arange(L)
+        read = tables[:, j // bs] * bs + j % bs  # [B, L]: past a row's end this reads padding or scratch, masked
+        caches = [PagedKVCache(k, v, write, read) for k, v in self._pools]
+        return idx, positions, caches, None, torch.arange(B)
+
+    def _packed(self, seqs: list[_Seq], sizes: list[int]):
+        """Prompts and decode tokens in ONE row, no padding (selective batching, Orca; vLLM's packed batches).
+
+        Row layout: sequence 0's new tokens, then sequence 1's, … Each sequence reads its own keys (its cached
+        positions and its new ones, through its block table), concatenated the same way; ``attn_mask`` lets a
+        query see only keys of its own sequence, and the keys' positions (``key_positions``) make it causal.
+        The linear layers see every token at once; attention runs per group (selective batching), so a prompt's
+        queries are not scored against the other sequences' keys only to be masked.
+        """
+        bs = self.block_size
+        keys = [torch.arange(s.cached + n) for s, n in zip(seqs, sizes)]  # positions a sequence reads
+        slots = [torch.tensor(s.blocks)[k // bs] * bs + k % bs for s, k in zip(seqs, keys)]  # via its block table
+        idx = torch.tensor([t for s, n in zip(seqs, sizes) for t in s.pending[:n]])[None]
+        write = torch.cat([sl[s.cached :] for s, sl in zip(seqs, slots)])[None]  # the new positions' slots
+        read = torch.cat(slots)[None]
+        owner = torch.arange(len(seqs))
+        q_seq = owner.repeat_interleave(torch.tensor(sizes))
+        k_seq = owner.repeat_interleave(torch.tensor([len(k) for k in keys]))
+        mask = (q_seq[:, None] == k_seq[None, :])[None, None]  # [1, 1, N, L_total]
+        key_positions = torch.cat(keys)[None]
+        # attention groups: the decoding sequences (the first ones) together, then each prompt alone
+        q_end, k_end = torch.tensor(sizes).cumsum(0).tolist(), torch.tensor([len(k) for k in keys]).cumsum(0).tolist()
+        decoding = sum(n == 1 for n in sizes)
+        cuts = ([decoding - 1] if decoding else []) + list(range(decoding, len(seqs)))
+        groups, qa, ka = [], 0, 0
+        for c in cuts:
+            groups.append((qa, q_end[c], ka, k_end[c]))
+            qa, ka = q_end[c], k_end[c]
+        caches = [PagedKVCache(k, v, write, read, key_positions, groups) for k, v in self._pools]
+        last = torch.tensor(sizes).cumsum(0) - 1  # each sequence's last new token
+        positions = torch.cat([k[s.cached :] for s, k in zip(seqs, keys)])[None]
+        return idx, positions, caches, mask, last
 
     def _emit(self, seq: _Seq, choice: TokenChoice) -> None:
         """Record the sampled token, tell ``on_token``, and retire the sequence if it is done."""
@@ -582,6 +643,8 @@ class Engine:
                 seq.preemptions,
                 seq.submitted_cpu,
                 self.cpu_seconds,
+                seq.submitted_step,
+                self._totals["steps"],
             )
         seq.handle._done.set()
         self._cond.notify_all()
@@ -595,7 +658,8 @@ def run_clients(
 
     Returns ``tokens_per_s``, ``p50_s``/``p95_s`` latency (submit → result delivered) and ``wall_s`` on the wall
     clock; the same on the engine's CPU clock (``tokens_per_cpu_s``, ``p50_cpu_s``, ``p95_cpu_s``, ``cpu_s``:
-    :attr:`Engine.cpu_seconds`, steady on a machine shared with other work); ``tokens``, the engine's
+    :attr:`Engine.cpu_seconds`, steady on a machine shared with other work); latency in forward passes
+    (``p50_steps``, ``p95_steps``: the same on every machine, blind to what a pass costs); ``tokens``, the engine's
     ``stats()`` and the results in job order."""
     from .gateway import percentile
 
@@ -627,6 +691,7 @@ def run_clients(
         raise RuntimeError("some requests did not finish (see the engine's errors)")
     latencies = [r.finished_at - r.submitted_at for r in results]
     cpu_latencies = [r.finished_cpu - r.submitted_cpu for r in results]
+    step_latencies = [r.finished_step - r.submitted_step for r in results]
     tokens = sum(r.completion_tokens for r in results)
     return {
         "tokens_per_s": tokens / wall,
@@ -637,6 +702,8 @@ def run_clients(
         "p50_cpu_s": percentile(cpu_latencies, 50),
         "p95_cpu_s": percentile(cpu_latencies, 95),
         "cpu_s": cpu,
+        "p50_steps": percentile(step_latencies, 50),
+        "p95_steps": percentile(step_latencies, 95),
         "tokens": tokens,
         "stats": engine.stats(),
         "results": results,

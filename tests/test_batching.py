@@ -87,6 +87,44 @@ def test_greedy_engine_equals_generate_for_requests_joining_at_different_steps(m
     assert max(len(v) for v in slot_owners.values()) > 1
 
 
+def test_newcomers_prompts_ride_in_the_running_batchs_forward_pass(model):
+    """Packed steps: one forward pass per step, a newcomer's whole prompt included, no separate prefill pass."""
+    ps = prompts([3, 14, 9], seed=5)
+    calls = []
+    hook = model.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    try:
+        with Engine(model, block_size=8, max_batch=3, record=True) as eng:
+            started = threading.Event()
+            first = eng.submit(ps[0], greedy(30), on_token=lambda e: started.set())
+            assert started.wait(TIMEOUT)
+            later = [eng.submit(p, greedy(6)) for p in ps[1:]]
+            results = [h.result(TIMEOUT) for h in [first] + later]
+    finally:
+        hook.remove()
+    timeline, stats = eng.timeline, eng.stats()  # after close(): the loop's last step is counted
+    assert [r.token_ids for r in results] == [reference(model, p, k) for p, k in zip(ps, [30, 6, 6])]
+    assert len(calls) == len(timeline) == stats["steps"]  # every pass is a step where every running row decodes
+    # some pass carried request 0's next token and a newcomer's 14- or 9-token prompt in one packed row
+    assert any(shape[0] == 1 and shape[1] >= 1 + 9 for shape in calls)
+    assert stats["prefills"] >= 1
+
+
+def test_chunked_prefill_feeds_long_prompts_in_pieces_with_the_same_tokens(model):
+    ps = prompts([12, 30, 7], seed=6)
+    with Engine(model, block_size=8, max_batch=3, max_step_tokens=5, record=True) as eng:
+        alone = eng.submit(ps[0], greedy(4)).result(TIMEOUT)
+        steps_alone = eng.stats()["steps"]
+        with eng.hold():
+            handles = [eng.submit(p, greedy(10)) for p in ps]
+        results = [h.result(TIMEOUT) for h in handles]
+    assert alone.token_ids == reference(model, ps[0], 4)
+    assert steps_alone == 3 + 3  # 12 prompt tokens in chunks of 5, 5, 2, then 3 more decode steps
+    assert alone.finished_step - alone.submitted_step == steps_alone  # its latency in forward passes
+    assert [r.token_ids for r in results] == [reference(model, p, 10) for p in ps]
+    with pytest.raises(ValueError, match="max_step_tokens"):
+        Engine(model, max_step_tokens=0)
+
+
 def test_logprobs_are_the_models_and_events_stream_in_order(model):
     p = prompts([6])[0]
     events = []

@@ -221,6 +221,36 @@ def test_completion_logprobs_k_plain_and_streamed(url, backend):
     assert streamed == pytest.approx(ref.logprobs, abs=1e-4)
 
 
+def test_completion_echo_with_logprobs_scores_the_prompt_too(url, backend):
+    """echo + logprobs (legacy completions): the prompt's tokens get logprobs as well, the first one null."""
+    c = sync(url)
+    r = c.completions.create(model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=2, echo=True)
+    lp, text = r.choices[0].logprobs, r.choices[0].text
+    ids = backend.tokenizer.encode(text)
+    with torch.no_grad():  # the whole text's log-probabilities from one plain forward pass
+        full = torch.log_softmax(backend.model(torch.tensor([ids]))[0][0], -1)
+    want = [None] + [float(full[i - 1, ids[i]]) for i in range(1, len(ids))]
+    assert lp.tokens == [backend.tokenizer.decode([t]) for t in ids] and len(ids) == 4 + 3
+    assert lp.token_logprobs[0] is None and lp.token_logprobs[1:] == pytest.approx(want[1:], abs=1e-4)
+    assert lp.top_logprobs[0] is None and all(len(t) == 2 for t in lp.top_logprobs[1:])
+    for i in range(1, len(ids)):  # each position's alternatives are the two most likely next tokens
+        best = torch.topk(full[i - 1], 2)
+        assert sorted(lp.top_logprobs[i].values(), reverse=True) == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert lp.text_offset == list(range(len(ids)))  # one byte per token: offsets count the echoed prompt
+    streamed = list(
+        c.completions.create(
+            model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=2, echo=True, stream=True
+        )
+    )
+    got = [x for ch in streamed if ch.choices[0].logprobs for x in ch.choices[0].logprobs.token_logprobs]
+    assert got[0] is None and got[1:] == pytest.approx(want[1:], abs=1e-4)
+    offsets = [x for ch in streamed if ch.choices[0].logprobs for x in ch.choices[0].logprobs.text_offset]
+    assert offsets == lp.text_offset
+    bare = c.completions.create(model=MODEL, prompt="abcd", max_tokens=3, temperature=0, logprobs=0, echo=True)
+    assert bare.choices[0].logprobs.top_logprobs is None
+    assert bare.choices[0].logprobs.token_logprobs[1:] == pytest.approx(want[1:], abs=1e-4)
+
+
 # ---------------------------------------------------------------- errors and models
 @pytest.mark.parametrize(
     "kw,param",
@@ -239,6 +269,58 @@ def test_invalid_parameters_are_bad_request_errors_naming_the_field(url, kw, par
     with pytest.raises(openai.BadRequestError) as info:
         sync(url).chat.completions.create(model=MODEL, **kw)
     assert info.value.body["param"] == param and info.value.body["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        (dict(extra_body={"frobnicate": 1}), "frobnicate"),  # a field the API does not know
+        (dict(extra_body={"Temperature": 0.5}), "Temperature"),  # names are case-sensitive
+        (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tools"),
+        (dict(tool_choice="required"), "tool_choice"),
+        (dict(response_format={"type": "json_object"}), "response_format"),
+        (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}), "response_format"),
+        (dict(audio={"voice": "alloy", "format": "wav"}), "audio"),
+        (dict(modalities=["text", "audio"]), "modalities"),
+        (dict(reasoning_effort="high"), "reasoning_effort"),
+    ],
+)
+def test_unknown_and_unsupported_fields_are_bad_requests_naming_them(url, kw, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        sync(url).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, **kw)
+    assert info.value.body["param"] == param and info.value.body["type"] == "invalid_request_error"
+    if "extra_body" in kw:
+        assert info.value.body["message"] == f"Unrecognized request argument supplied: {param}"
+
+
+def test_every_field_the_official_client_sends_is_known(url):
+    """Defaults of unsupported features and answer-neutral hints are accepted; the answer is unchanged."""
+    c = sync(url)
+    plain = c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0)
+    hinted = c.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=4,
+        temperature=0,
+        tools=[],
+        tool_choice="none",
+        parallel_tool_calls=False,
+        response_format={"type": "text"},
+        modalities=["text"],
+        metadata={"run": "tests"},
+        store=False,
+        service_tier="auto",
+        prompt_cache_key="k",
+        safety_identifier="user-1",
+        audio=None,
+    )
+    assert hinted.choices[0].message.content == plain.choices[0].message.content
+    done = c.completions.create(model=MODEL, prompt="ab", max_tokens=2, best_of=1, suffix="", user="u")
+    assert done.choices[0].finish_reason == "length"
+    for kw, param in ((dict(suffix="!"), "suffix"), (dict(best_of=3), "best_of"), (dict(extra_body={"x": 1}), "x")):
+        with pytest.raises(openai.BadRequestError) as info:
+            c.completions.create(model=MODEL, prompt="ab", max_tokens=2, **kw)
+        assert info.value.body["param"] == param
 
 
 def test_unknown_model_wrong_key_and_model_lookup(url):
@@ -296,11 +378,17 @@ def test_embeddings_serve_chapter_6s_model(backend):
             c.embeddings.create(model="no-such-embedder", input="x")
         with pytest.raises(openai.BadRequestError):
             c.embeddings.create(model="all-MiniLM-L6-v2", input="")
+        sized = c.embeddings.create(model="all-MiniLM-L6-v2", input="a cat", dimensions=384)
+        for kw, param in ((dict(dimensions=64), "dimensions"), (dict(extra_body={"truncate": True}), "truncate")):
+            with pytest.raises(openai.BadRequestError) as info:
+                c.embeddings.create(model="all-MiniLM-L6-v2", input="a cat", **kw)
+            assert info.value.body["param"] == param
     vec = one.data[0].embedding
     assert len(vec) == 384 and math.isclose(sum(v * v for v in vec), 1.0, rel_tol=1e-4)
     assert one.usage.prompt_tokens > 5 and one.model == "all-MiniLM-L6-v2"
     cat, kitten, tax = (torch.tensor(d.embedding) for d in two.data)
     assert torch.allclose(torch.tensor(floats.data[0].embedding), cat, atol=1e-6)  # base64 (default) == float
+    assert torch.allclose(torch.tensor(sized.data[0].embedding), cat, atol=1e-6)
     assert float(cat @ kitten) > float(cat @ tax)  # similar meanings are closer
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..sampling import SamplingParams, sample_token
+from ..validate import check_int
 
 log = logging.getLogger("course_utils.serving")
 
@@ -141,6 +142,26 @@ class GPTBackend:
         """The model's own forward pass with a padding mask: logits ``[B, T, V]``."""
         logits, _ = self.model(idx, caches=caches, attn_mask=attn_mask)
         return logits
+
+    @torch.no_grad()
+    def prompt_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[int, float | None, dict | None]]:
+        """``(token, logprob, alternatives)`` for every prompt token, from one forward pass over the prompt.
+
+        Token ``i``'s log-probability is the model's given tokens ``0 … i−1`` (the logits at position ``i − 1``),
+        so the first token has none (``None``, as OpenAI's ``echo`` answers). ``top`` > 0 adds the ``top`` most
+        likely tokens at each position ``{id: logprob}``; the first token's alternatives are ``None`` too.
+        """
+        check_int("top", top, 0)
+        if not ids:
+            raise ValueError("ids must hold at least one token")
+        with self._lock:
+            logp = torch.log_softmax(self._forward(torch.tensor([list(ids)]), None, None)[0].float(), dim=-1)
+        picked = logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+        alts = [None] * (len(ids) - 1)
+        if top:
+            values, idx = torch.topk(logp[:-1], min(top, logp.shape[-1]), dim=-1)
+            alts = [dict(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
+        return [(ids[0], None, None)] + list(zip(ids[1:], picked, alts))
 
     @torch.no_grad()
     def generate_batch(self, reqs: list[GenRequest], on_token: Callable | None = None) -> list:

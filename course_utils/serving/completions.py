@@ -40,6 +40,8 @@ class Job:
     created: int = 0
     prompt_tokens: int = 0
     cache_hits: list = field(default_factory=list)
+    # echo + logprobs: per prompt, (token, logprob, alternatives) of its tokens (GPTBackend.prompt_logprobs)
+    prompt_logprobs: list = field(default_factory=list)
 
     @property
     def obj(self) -> str:
@@ -170,7 +172,9 @@ def _logprobs(job: Job, tokens: list, offset: int) -> dict | None:
         return None
     dec = job.backend.tokenizer.decode
     texts, lps = [dec([t]) for t, _, _ in tokens], [lp for _, lp, _ in tokens]
-    tops = [{dec([a]): v for a, v in (top or {}).items()} for _, _, top in tokens] if job.logprobs else None
+    tops = None
+    if job.logprobs:  # a first echoed prompt token has no logprob and no alternatives (None)
+        tops = [None if lp is None else {dec([a]): v for a, v in (top or {}).items()} for _, lp, top in tokens]
     if job.chat:
         return protocol.chat_logprobs(texts, lps, tops)
     return protocol.completion_logprobs(texts, lps, tops, offset)
@@ -180,13 +184,21 @@ def _echo(job: Job, i: int) -> str:
     return job.prompt_texts[i // job.n] if job.echo else ""
 
 
+def _echoed(job: Job, i: int, tokens: list) -> tuple[list, int]:
+    """Choice ``i``'s tokens for its logprobs, the echoed prompt's first when they were computed, and the text
+    offset of the first of them (0 then; after the echoed text otherwise)."""
+    if job.echo and job.prompt_logprobs:
+        return list(job.prompt_logprobs[i // job.n]) + list(tokens), 0
+    return list(tokens), len(_echo(job, i))
+
+
 def body(job: Job, choices: list[Choice]) -> dict:
     """The whole answer as one JSON body."""
     out = protocol.envelope(job.rid, job.obj, job.model, job.created)
     items = []
     for c in choices:
         text = _echo(job, c.index) + c.text
-        lp = _logprobs(job, c.tokens, len(_echo(job, c.index)))
+        lp = _logprobs(job, *_echoed(job, c.index, c.tokens))
         if job.chat:
             items.append(
                 {
@@ -238,10 +250,10 @@ async def sse(job: Job, deltas, first: Delta | None):
     async for d in all_deltas():
         if d.index not in offsets:
             echo = _echo(job, d.index)
-            d = Delta(d.index, echo + d.text, d.tokens, d.finish_reason, d.completion_tokens)
-            offsets[d.index] = len(echo)
-            yield _delta_chunk(job, d, len(echo), True), tokens
-            offsets[d.index] += len(d.text) - len(echo)
+            toks, start = _echoed(job, d.index, d.tokens)
+            d = Delta(d.index, echo + d.text, toks, d.finish_reason, d.completion_tokens)
+            yield _delta_chunk(job, d, start, True), tokens
+            offsets[d.index] = len(d.text)
         else:
             yield _delta_chunk(job, d, offsets[d.index], False), tokens
             offsets[d.index] += len(d.text)

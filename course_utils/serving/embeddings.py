@@ -22,6 +22,11 @@ async def embeddings(
     req = protocol.parse(protocol.EmbeddingRequest, body)
     server = server_of(request)
     embedder = server.embedder(req.model)
+    size = getattr(embedder, "dimensions", None)
+    if req.dimensions is not None and req.dimensions != size:
+        raise protocol.ApiError(
+            400, f"'dimensions' must be this model's size {size} (vectors are not truncated)", param="dimensions"
+        )
     texts = req.texts()
     rec.update(model=req.model)
     server.limiter.check(who, sum(len(t) for t in texts) // 4 + 1)  # about 4 characters a token, before tokenizing

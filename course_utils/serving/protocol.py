@@ -2,15 +2,20 @@
 
 Requests are validated strictly (``"5"`` is not an int, ``true`` is not a number, NaN is refused) and an invalid
 field is OpenAI's ``400 invalid_request_error`` naming it in ``param`` (FastAPI alone would answer 422, which the
-official client raises as ``UnprocessableEntityError`` instead of ``BadRequestError``). Unknown fields are
-ignored, as clients send fields a small server does not use.
+official client raises as ``UnprocessableEntityError`` instead of ``BadRequestError``).
+
+Fields, as OpenAI treats them: a field the API does not know is a 400 "Unrecognized request argument supplied:
+<name>". Every field the official ``openai`` client (3.x) can send is known: the ones this server implements are
+validated; hints that do not change the answer (``metadata``, ``store``, ``service_tier``, ``prompt_cache_key``, …)
+are accepted and ignored; features it does not have (``tools``, ``response_format`` JSON modes, ``audio``, …) are
+accepted only with their default value (null, or what means "off") and otherwise a 400 naming the field.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -75,11 +80,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+class _Request(_Strict):
+    """A request body: besides its fields, the ones the API knows but this server ignores or lacks."""
+
+    IGNORED: ClassVar[frozenset[str]] = frozenset()
+    # field -> the values accepted (its defaults); any other value is a 400: this server lacks the feature
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = {}
+
+
+def _same(a, b) -> bool:
+    """Equal and of the same JSON type (``true`` is not ``1``)."""
+    return type(a) is type(b) and a == b
+
+
+def check_fields(schema: type[_Request], body: dict) -> None:
+    """400 for a field the API does not know, or a known-but-unsupported one set to a non-default value."""
+    for name in body:
+        if name not in schema.model_fields and name not in schema.IGNORED and name not in schema.UNSUPPORTED:
+            raise ApiError(400, f"Unrecognized request argument supplied: {name[:80]}", param=name[:200])
+    for name, accepted in schema.UNSUPPORTED.items():
+        if name in body and not any(_same(body[name], a) for a in accepted):
+            shown = ", ".join("null" if a is None else repr(a) for a in accepted)
+            raise ApiError(400, f"'{name}' is not supported by this server (accepted values: {shown})", param=name)
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _Sampling(_Strict):
+class _Sampling(_Request):
     """Fields shared by completions and chat completions (OpenAI's names and ranges)."""
 
     model: Annotated[str, Field(min_length=1)]
@@ -115,6 +144,7 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(_Sampling):
+    UNSUPPORTED = {"suffix": (None, ""), "best_of": (None, 1)}
     prompt: (
         Annotated[str, Field(min_length=1)]
         | TokenIds
@@ -140,6 +170,32 @@ class ChatMessage(_Strict):
 
 
 class ChatCompletionRequest(_Sampling):
+    IGNORED = frozenset(
+        {
+            "metadata",
+            "store",
+            "service_tier",
+            "prompt_cache_key",
+            "prompt_cache_options",
+            "prompt_cache_retention",
+            "safety_identifier",
+        }
+    )
+    UNSUPPORTED = {
+        "tools": (None, []),
+        "tool_choice": (None, "none", "auto"),
+        "parallel_tool_calls": (None, True, False),  # meaningless without tools
+        "functions": (None, []),
+        "function_call": (None, "none", "auto"),
+        "response_format": (None, {"type": "text"}),
+        "audio": (None,),
+        "modalities": (None, ["text"]),
+        "prediction": (None,),
+        "reasoning_effort": (None,),
+        "verbosity": (None, "medium"),
+        "web_search_options": (None,),
+        "moderation": (None,),
+    }
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -155,7 +211,7 @@ class ChatCompletionRequest(_Sampling):
         return default, "max_tokens"
 
 
-class EmbeddingRequest(_Strict):
+class EmbeddingRequest(_Request):
     model: Annotated[str, Field(min_length=1)]
     input: (
         Annotated[str, Field(min_length=1)]
@@ -163,13 +219,16 @@ class EmbeddingRequest(_Strict):
     )
     encoding_format: Literal["float", "base64"] | None = "float"  # base64: float32 little-endian
     user: str | None = None
+    dimensions: Annotated[int, Field(ge=1)] | None = None  # only the model's own size (no truncated vectors)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
 def parse(schema: type[BaseModel], body: dict):
-    """``body`` as ``schema``, or an :class:`ApiError` 400 naming the first bad field."""
+    """``body`` as ``schema``, or an :class:`ApiError` 400 naming the first bad field (see :func:`check_fields`)."""
+    if issubclass(schema, _Request):
+        check_fields(schema, body)
     try:
         return schema.model_validate(body)
     except ValidationError as err:
@@ -200,8 +259,8 @@ class _Envelope(_Out):
 
 class CompletionLogprobs(_Out):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None]  # None: the first prompt token under ``echo`` (nothing before it)
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
 
 

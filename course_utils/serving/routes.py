@@ -190,8 +190,11 @@ async def completions(
     ids_list = [cmp.prompt_ids(backend, p) for p in req.prompts()]
     max_tokens = 16 if req.max_tokens is None else req.max_tokens
     cmp.check_budget(backend, ids_list, max_tokens, server.max_tokens_limit, "max_tokens")
-    if req.echo and req.logprobs is not None:
-        raise ApiError(400, "'echo' with 'logprobs' (log-probabilities of the prompt) is not supported", param="echo")
+    prompt_lps = []
+    if req.echo and req.logprobs is not None:  # the prompt's own log-probabilities, one forward pass per prompt
+        if not hasattr(backend, "prompt_logprobs"):
+            raise ApiError(400, f"'echo' with 'logprobs' is not supported by the model {req.model!r}", param="echo")
+        prompt_lps = [await asyncio.to_thread(backend.prompt_logprobs, ids, req.logprobs) for ids in ids_list]
     texts = [p if isinstance(p, str) else backend.tokenizer.decode(p) for p in req.prompts()]
     reqs = cmp.sampling_requests(
         req,
@@ -201,6 +204,7 @@ async def completions(
         vocab_size=getattr(backend.tokenizer, "vocab_size", None),
     )
     job = server.job(False, req, backend, who, texts, reqs, req.stops(), echo=bool(req.echo), logprobs=req.logprobs)
+    job.prompt_logprobs = prompt_lps
     return await answer(request, job, bool(req.stream), rec)
 
 
