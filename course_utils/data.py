@@ -1,7 +1,10 @@
 """The course corpus: three domains, all generated or shipped with Python itself, so nothing is downloaded.
 
 - ``prose``: the Python Language Reference topics that ship with CPython (``pydoc_data.topics``).
-- ``code``: a fixed list of the running interpreter's standard-library sources.
+- ``code``: a fixed list of CPython's standard-library sources.
+
+Both are read from a snapshot of CPython 3.11.7 (``assets/corpus_cpython.json.xz``, 185 KB, PSF License), not from
+the running interpreter, so every learner gets the same corpus on any Python version.
 - ``arithmetic``: seeded synthetic sums and products ("734 + 58 = 792").
 
 Documents are interleaved round-robin by domain, so any prefix of :func:`course_corpus` holds all three.
@@ -18,7 +21,10 @@ Training data (chapter 3 on):
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import lzma
 import os
 import random
 import sysconfig
@@ -30,6 +36,9 @@ __all__ = [
     "DOMAINS",
     "STDLIB_FILES",
     "prose_documents",
+    "cpython_snapshot",
+    "running_python_documents",
+    "CPYTHON_SNAPSHOT",
     "code_documents",
     "arithmetic_documents",
     "corpus_documents",
@@ -83,22 +92,41 @@ class CorpusDoc:
     text: str
 
 
-def prose_documents() -> list[CorpusDoc]:
-    """The Language Reference topics, one document per topic key (sorted)."""
-    from pydoc_data.topics import topics
+# The prose and code domains are CPython's own text, frozen in a snapshot so that every learner trains and retrieves
+# on the same bytes whatever their Python (pydoc_data.topics and the stdlib change between releases, even patch ones).
+CPYTHON_SNAPSHOT = Path(__file__).resolve().parent / "assets" / "corpus_cpython.json.xz"
 
-    return [CorpusDoc("prose", key, topics[key].strip() + "\n") for key in sorted(topics)]
+
+@functools.lru_cache(maxsize=1)
+def cpython_snapshot() -> dict:
+    """The snapshot (sha256-checked): ``{"python": version, "prose": {topic: text}, "code": {file: text}}``."""
+    from .model import verify_sha256  # torch-free at import: the model module is loaded only when data is read
+
+    verify_sha256(CPYTHON_SNAPSHOT, rebuild="python scripts/snapshot_corpus.py (on CPython 3.11.7)")
+    return json.loads(lzma.decompress(CPYTHON_SNAPSHOT.read_bytes()).decode("utf-8"))
+
+
+def prose_documents() -> list[CorpusDoc]:
+    """The Language Reference topics (CPython 3.11.7's ``pydoc_data.topics``), one document per topic key (sorted)."""
+    topics = cpython_snapshot()["prose"]
+    return [CorpusDoc("prose", key, topics[key]) for key in sorted(topics)]
 
 
 def code_documents() -> list[CorpusDoc]:
-    """The standard-library files in :data:`STDLIB_FILES` (those the running Python has)."""
+    """The standard-library files in :data:`STDLIB_FILES`, as CPython 3.11.7 ships them."""
+    files = cpython_snapshot()["code"]
+    return [CorpusDoc("code", rel, files[rel]) for rel in STDLIB_FILES]
+
+
+def running_python_documents() -> dict:
+    """What the snapshot holds, read from the running interpreter (``scripts/snapshot_corpus.py`` writes it)."""
+    from pydoc_data.topics import topics
+
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    docs = []
-    for rel in STDLIB_FILES:
-        path = stdlib / rel
-        if path.exists():
-            docs.append(CorpusDoc("code", rel, path.read_text(encoding="utf-8")))
-    return docs
+    return {
+        "prose": {key: topics[key].strip() + "\n" for key in sorted(topics)},
+        "code": {rel: (stdlib / rel).read_text(encoding="utf-8") for rel in STDLIB_FILES},
+    }
 
 
 def arithmetic_documents(seed: int = 0, n_lines: int = 6000, lines_per_doc: int = 100) -> list[CorpusDoc]:

@@ -91,3 +91,23 @@ def test_batches_reject_bad_input():
         ds.get_batch("val", 2, 10**7)
     with pytest.raises(ValueError, match="batch_size"):
         ds.get_batch("train", 0, 8)
+
+
+def test_corpus_comes_from_the_snapshot_not_the_running_python(monkeypatch):
+    """Another Python's pydoc topics (even a patch release's) must not change the corpus every number rests on."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", types.SimpleNamespace(topics={"other": "Other text.\n"}))
+    prose, code = data.prose_documents(), data.code_documents()
+    assert len(prose) == 79 and "other" not in {d.name for d in prose}
+    assert [d.name for d in code] == list(data.STDLIB_FILES)
+    assert data.cpython_snapshot()["python"] == "3.11.7"
+
+
+@pytest.mark.skipif(
+    __import__("platform").python_version() != "3.11.7", reason="the snapshot was taken on CPython 3.11.7"
+)
+def test_snapshot_is_cpython_3_11_7_text():
+    snapshot = data.cpython_snapshot()
+    assert {k: snapshot[k] for k in ("prose", "code")} == data.running_python_documents()
