@@ -88,11 +88,20 @@ class Generation:
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
 
 
-def generate_one(backend, prompt, max_tokens, temperature, seed, top_p) -> Generation:
-    """``backend.generate``: one request through ``generate_batch`` (``prompt`` is text or token ids); an error
-    result is raised."""
-    ids = backend.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    return raise_if_error(backend.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])
+class OneRequest:
+    """``generate`` for a backend that has ``tokenizer`` and ``generate_batch``: one request through the batch path."""
+
+    def generate(
+        self,
+        prompt,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_p: float | None = None,
+    ) -> Generation:
+        """One request, unbatched: ``prompt`` is text or a list of token ids; an error result is raised."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return raise_if_error(self.generate_batch([GenRequest(ids, max_tokens, temperature, top_p, seed)])[0])
 
 
 def raise_if_error(result):
@@ -118,7 +127,7 @@ def check_requests(reqs, max_context: int) -> None:
             )
 
 
-class GPTBackend:
+class GPTBackend(OneRequest):
     """Serve a course :class:`~course_utils.model.GPT` (or any model with the same blocks) with batched decoding."""
 
     def __init__(self, model, tokenizer=None, *, name: str = "tiny-gpt"):
@@ -203,17 +212,6 @@ class GPTBackend:
             logits = self._forward(torch.tensor(nxt)[:, None], caches, step_mask)[:, -1]
         return [row.result(self.tokenizer) for row in rows]
 
-    def generate(
-        self,
-        prompt,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        top_p: float | None = None,
-    ) -> Generation:
-        """One request, unbatched: ``prompt`` is text or a list of token ids."""
-        return generate_one(self, prompt, max_tokens, temperature, seed, top_p)
-
 
 class _Row:
     """One request's decoding state inside a static batch."""
@@ -246,7 +244,7 @@ class _Row:
         )
 
 
-class EchoBackend:
+class EchoBackend(OneRequest):
     """A model-free backend that answers every prompt with its first ``max_tokens`` bytes: for measuring the
     serving machinery (retries, limits, caches) without paying for a forward pass."""
 
@@ -263,16 +261,6 @@ class EchoBackend:
                     break
             out.append(Generation(ids, [0.0] * len(ids), self.tokenizer.decode(ids), len(r.prompt_ids)))
         return out
-
-    def generate(
-        self,
-        prompt,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        top_p: float | None = None,
-    ) -> Generation:
-        return generate_one(self, prompt, max_tokens, temperature, seed, top_p)
 
 
 class EmbeddingBackend:

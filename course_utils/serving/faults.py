@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from .backends import Generation, GenRequest, generate_one
+from .backends import GenRequest, OneRequest
 
 
 class FaultError(RuntimeError):
@@ -19,7 +19,7 @@ class FaultError(RuntimeError):
         self.status, self.retry_after = status, retry_after
 
 
-class FaultInjector:
+class FaultInjector(OneRequest):
     """Wrap a backend; each request fails with probability ``error_rate`` (seeded) and every call is slowed by
     ``latency_s``. Failures are 429 or 503 (``statuses``) carrying ``Retry-After: retry_after_s``.
 
@@ -86,13 +86,3 @@ class FaultInjector:
             for i, r in zip(ok, self.backend.generate_batch([reqs[i] for i in ok], remap)):
                 results[i] = r
         return results
-
-    def generate(
-        self,
-        prompt,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        top_p: float | None = None,
-    ) -> Generation:
-        return generate_one(self, prompt, max_tokens, temperature, seed, top_p)
