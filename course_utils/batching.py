@@ -569,13 +569,12 @@ class Engine:
         idx = torch.tensor([t for s, n in zip(seqs, sizes) for t in s.pending[:n]])[None]
         write = torch.cat([sl[s.cached :] for s, sl in zip(seqs, slots)])[None]  # the new positions' slots
         read = torch.cat(slots)[None]
-        owner = torch.arange(len(seqs))
-        q_seq = owner.repeat_interleave(torch.tensor(sizes))
-        k_seq = owner.repeat_interleave(torch.tensor([len(k) for k in keys]))
+        owner, q_sizes, k_sizes = torch.arange(len(seqs)), torch.tensor(sizes), torch.tensor([len(k) for k in keys])
+        q_seq, k_seq = owner.repeat_interleave(q_sizes), owner.repeat_interleave(k_sizes)
         mask = (q_seq[:, None] == k_seq[None, :])[None, None]  # [1, 1, N, L_total]
         key_positions = torch.cat(keys)[None]
         # attention groups: the decoding sequences (the first ones) together, then each prompt alone
-        q_end, k_end = torch.tensor(sizes).cumsum(0).tolist(), torch.tensor([len(k) for k in keys]).cumsum(0).tolist()
+        q_end, k_end = q_sizes.cumsum(0).tolist(), k_sizes.cumsum(0).tolist()
         decoding = sum(n == 1 for n in sizes)
         cuts = ([decoding - 1] if decoding else []) + list(range(decoding, len(seqs)))
         groups, qa, ka = [], 0, 0
@@ -583,7 +582,7 @@ class Engine:
             groups.append((qa, q_end[c], ka, k_end[c]))
             qa, ka = q_end[c], k_end[c]
         caches = [PagedKVCache(k, v, write, read, key_positions, groups) for k, v in self._pools]
-        last = torch.tensor(sizes).cumsum(0) - 1  # each sequence's last new token
+        last = torch.tensor(q_end) - 1  # each sequence's last new token
         positions = torch.cat([k[s.cached :] for s, k in zip(seqs, keys)])[None]
         return idx, positions, caches, mask, last
 
