@@ -1,8 +1,10 @@
-# Two commands for a newcomer: `make lab` and `make test`. Both create .venv and install everything first.
+# Two commands for a newcomer: `make lab` and `make test`. Both create .venv and install what they need first
+# (`make test` adds the test tools of requirements-test.txt, which learners never need).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.test-stamp
 PIP := $(BIN)/python -m pip
 # Tests and notebooks never touch the network: the offline copies of tiktoken's ranks and the embedding model.
 export COURSE_OFFLINE := 1
@@ -19,7 +21,17 @@ STRICT_NBVAL := --nbval --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbv
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor doctor
+.PHONY: venv test-venv python-check lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse wheelhouse-macos wheelhouse-windows instructor doctor
+
+# The course needs Python 3.11 or 3.12 (numpy 2.4 and transformers 5 have no release for 3.10; macOS's own
+# python3 is 3.9): checked before a venv is made, with the one-line fix, instead of failing deep inside pip.
+PYTHON_CHECK = import sys; v = sys.version_info[:2]; \
+	v < (3, 11) and sys.exit(f"Python {v[0]}.{v[1]} is too old: the course needs Python 3.11 or 3.12. Fix: make PY=python3.11 $(or $(MAKECMDGOALS),lab)"); \
+	v > (3, 12) and print(f"warning: Python {v[0]}.{v[1]} is newer than the course is tested on (3.11, 3.12); if an install fails: make PY=python3.11")
+CHECK_PY = $(PY) -c '$(PYTHON_CHECK)' || { command -v $(PY) >/dev/null || \
+	echo "$(PY) not found. Fix: install Python 3.11, then make PY=python3.11 $(or $(MAKECMDGOALS),lab)"; exit 1; }
+python-check:
+	@$(CHECK_PY)
 
 # Linux gets the CPU build of torch: on the public index torch==$(TORCH_VERSION) is the CUDA build plus ~2 GB of
 # nvidia wheels. A CPU wheel already at hand (a wheelhouse, pip's find-links) is used without asking any index;
@@ -42,10 +54,10 @@ TORCH_CPU = $(if $(FIND_WHEELHOUSE),$(PIP) install -q --no-deps $(OFFLINE_PIP) t
 	$(PIP) install -q --no-deps --no-index torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu)
 
-$(STAMP): requirements.txt requirements-instructor.txt requirements-test.txt pyproject.toml
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+$(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
+	@test -x $(BIN)/python || { $(CHECK_PY) && $(PY) -m venv $(VENV); }
 	@if [ "$$(uname -s)" = Linux ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then $(TORCH_CPU); fi
-	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt
 	$(PIP) install -q $(OFFLINE_PIP) setuptools  # Python >= 3.12 venvs come without it; the editable install needs it
 	$(PIP) install -q $(OFFLINE_PIP) --no-build-isolation --no-deps -e .
 	@test -e $(INSTRUCTOR) || { $(call nbgrader_ui,disable); }
@@ -53,13 +65,20 @@ $(STAMP): requirements.txt requirements-instructor.txt requirements-test.txt pyp
 
 venv: $(STAMP)
 
+# The test tools (pytest, hypothesis, playwright, ruff, ...) on top of the course's venv: `make test` & co only.
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements-test.txt
+	@touch $(TEST_STAMP)
+
+test-venv: $(TEST_STAMP)
+
 # Serves the course folder (labs/ too: given a file to open, JupyterLab would serve only that file's folder).
 lab: venv
 	$(BIN)/jupyter lab --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
 
 # Lint (ruff, configured in pyproject.toml): errors and formatting; `make test` runs it first.
 LINT_PATHS := course_utils tests benchmarks scripts docs
-lint: venv
+lint: test-venv
 	$(BIN)/python -m ruff check $(LINT_PATHS)
 	$(BIN)/python -m ruff format --check $(LINT_PATHS)
 
@@ -68,7 +87,7 @@ lint: venv
 # stored by `make outputs` (numbers within 2%, run-dependent text sanitized, timing cells tagged
 # nbval-ignore-output; see course_utils/outputs.py). The browser tests (tests/e2e) run when `chromium` is on
 # PATH; otherwise one visible SKIPPED line says so.
-test: venv lint
+test: test-venv lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
 		tests $(wildcard solutions) $(PYTEST_ARGS); rc=$$?; \
 	$(LESSONS_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile $(STRICT_NBVAL) $(wildcard notebooks) \
@@ -84,7 +103,7 @@ outputs: venv
 	$(BIN)/python docs/site/guide_chapters.py --write --times
 
 # Unit tests only (no notebook execution): seconds, for the edit-test loop.
-test-fast: venv
+test-fast: test-venv
 	$(BIN)/python -m pytest -n 2 tests -m "not slow" $(PYTEST_ARGS)
 
 # Is this machine ready? Python, pinned packages, offline assets, free disk; advises, never fails.
@@ -108,7 +127,7 @@ clean:
 	rm -rf $(VENV) .cache test-artifacts
 
 # Just the browser tests: a fresh JupyterLab per test, driven by Playwright through Debian's chromium.
-e2e: venv
+e2e: test-venv
 	@command -v chromium >/dev/null 2>&1 || { echo "$(E2E_SKIPPED)"; exit 0; }; \
 	$(BIN)/python -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
@@ -123,12 +142,20 @@ site: venv
 # docs/instructor_guide.md); once wheelhouse/ holds them, the install steps above read only from it. On Linux the
 # CPU torch goes in first, so that torch==X resolves to it instead of the CUDA build. wheelhouse/site-assets/ gets
 # the site's pinned MathJax and widget manager, which `make site` then finds there.
-wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt
+wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt python-check
 	@if [ "$$(uname -s)" = Linux ]; then \
 		$(PY) -m pip download -q --no-deps --no-index --dest $(WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
 	$(PY) docs/site/site_assets.py fetch --dest $(WHEELHOUSE)/site-assets
 	$(PY) -m pip download --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt setuptools
+
+# The same wheels for the room's Macs (macOS 14+, Apple Silicon) or Windows laptops, downloaded from any machine:
+# `make wheelhouse-windows WHEEL_PY=3.12`. Hand the folder out as wheelhouse/ on those machines.
+# pip would evaluate torch's Linux-only requirements (cuda-bindings, nvidia-*) for this machine and stop, so the
+# script runs it with the target's environment markers (scripts/wheelhouse_for.py).
+WHEEL_PY ?= 3.11
+wheelhouse-macos wheelhouse-windows: python-check
+	$(PY) scripts/wheelhouse_for.py $(@:wheelhouse-%=%) --python $(WHEEL_PY) --dest $(WHEELHOUSE)-$(@:wheelhouse-%=%)
 
 # Instructor extras on top of the course's environment: nbgrader's JupyterLab menu, sidebar and server extensions.
 instructor: venv

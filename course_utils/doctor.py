@@ -1,6 +1,7 @@
 """Is this machine ready for the course? ``python -m course_utils.doctor`` (or ``make doctor``) checks it and says
-what to do: the Python version, every pinned package against ``requirements.txt``, the offline assets (tiktoken's
-``cl100k_base`` ranks, the embedding model, the course's sha256-checked checkpoints) and free disk.
+what to do: the Python version (3.11 or 3.12), the operating system (macOS 14+ on Apple Silicon), every pinned
+package against ``requirements.txt``, the offline assets (tiktoken's ``cl100k_base`` ranks, the embedding model,
+the course's sha256-checked checkpoints) and free disk.
 
 It warns and advises; it never raises. The welcome notebook runs it, and an instructor can ask a room to run it
 before a workshop. Each finding is a :class:`Finding`; ``ok`` / ``warn`` / ``fail`` (``fail`` = a notebook will not
@@ -9,6 +10,7 @@ run until it is fixed).
 
 from __future__ import annotations
 
+import platform
 import re
 import shutil
 import subprocess
@@ -21,7 +23,17 @@ from . import in_colab
 from .model import verify_sha256
 from .tokenization import get_encoding
 
-__all__ = ["Finding", "check_python", "check_packages", "check_assets", "check_disk", "run", "main", "colab_upgrade"]
+__all__ = [
+    "Finding",
+    "check_python",
+    "check_os",
+    "check_packages",
+    "check_assets",
+    "check_disk",
+    "run",
+    "main",
+    "colab_upgrade",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -64,16 +76,53 @@ class Finding:
     advice: str = ""
 
 
+# numpy 2.4 and transformers 5 need Python >= 3.11 (pip finds no version of them for 3.10); tested on 3.11 and 3.12.
+PYTHON_MIN, PYTHON_MAX = (3, 11), (3, 12)
+# torch 2.13 has macOS wheels for Apple Silicon and macOS 14 or later only (Intel Macs stop at torch 2.2.2).
+MACOS_MIN = (14, 0)
+ELSEWHERE = "use Colab (each notebook's Open in Colab badge) or the workshop hub (docs/instructor_guide.md)"
+
+
 def check_python(info=sys.version_info) -> list[Finding]:
-    """The course is tested on Python 3.11 and works on 3.10–3.12."""
+    """The course needs Python 3.11 or 3.12."""
     v = f"{info[0]}.{info[1]}"
-    if (info[0], info[1]) < (3, 10):
+    if (info[0], info[1]) < PYTHON_MIN:
         return [
-            Finding("fail", f"Python {v}", "the course needs Python 3.10-3.12: install 3.11 and run `make lab` again")
+            Finding(
+                "fail",
+                f"Python {v}",
+                "the course needs Python 3.11 or 3.12: install 3.11 and create the venv with it "
+                "(`make PY=python3.11 lab`; Windows: `py -3.11 -m venv .venv`)",
+            )
         ]
-    if (info[0], info[1]) > (3, 12):
-        return [Finding("warn", f"Python {v}", "tested on 3.10-3.12: if an install fails, use Python 3.11")]
+    if (info[0], info[1]) > PYTHON_MAX:
+        return [Finding("warn", f"Python {v}", "tested on 3.11 and 3.12: if an install fails, use Python 3.11")]
     return [Finding("ok", f"Python {v}")]
+
+
+def check_os(system: str | None = None, machine: str | None = None, mac_version: str | None = None) -> list[Finding]:
+    """macOS must be 14 or later on Apple Silicon (what torch 2.13 is built for); Linux and Windows on 64-bit."""
+    system = platform.system() if system is None else system
+    machine = (platform.machine() if machine is None else machine).lower()
+    if system == "Darwin":
+        release = platform.mac_ver()[0] if mac_version is None else mac_version
+        what = f"macOS {release or '?'} on {machine}"
+        if machine != "arm64":
+            # an Intel Mac, or an Intel (Rosetta) Python on an Apple Silicon Mac: both report x86_64
+            return [
+                Finding(
+                    "fail",
+                    what,
+                    "torch 2.13 is built for Apple Silicon (arm64) only: on an Intel Mac "
+                    f"{ELSEWHERE}; on Apple Silicon install an arm64 Python (python.org or Homebrew), not Rosetta's",
+                )
+            ]
+        if (*_release(release or "0"), 0)[:2] < MACOS_MIN:  # "14" is 14.0
+            return [Finding("fail", what, f"torch 2.13 needs macOS 14 (Sonoma) or later: update macOS, or {ELSEWHERE}")]
+        return [Finding("ok", what)]
+    if machine not in ("x86_64", "amd64", "aarch64", "arm64"):
+        return [Finding("warn", f"{system} on {machine}", f"the course is tested on 64-bit machines: {ELSEWHERE}")]
+    return [Finding("ok", f"{system} on {machine}")]
 
 
 def pinned_requirements(path: Path = ROOT / "requirements.txt") -> dict[str, str]:
@@ -188,7 +237,7 @@ def check_disk(path: Path = ROOT, min_free_gb: float = MIN_FREE_GB) -> list[Find
 
 def run(*, quiet: bool = False) -> list[Finding]:
     """Run every check, print one line each (unless ``quiet``), and return the findings."""
-    findings = check_python() + check_packages() + check_assets() + check_disk()
+    findings = check_python() + ([] if in_colab() else check_os()) + check_packages() + check_assets() + check_disk()
     if not quiet:
         marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
         for f in findings:

