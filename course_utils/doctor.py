@@ -32,7 +32,8 @@ __all__ = [
     "check_disk",
     "run",
     "main",
-    "colab_upgrade",
+    "colab_setup",
+    "torchao_status",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,11 +43,7 @@ COLAB_OWN = {
     "torch",
     "numpy",
     "matplotlib",
-    "transformers",
     "safetensors",
-    "sentence-transformers",
-    "peft",
-    "accelerate",
     "tiktoken",
     "regex",
     "tqdm",
@@ -59,8 +56,15 @@ COLAB_OWN = {
     "nbformat",
     "nbconvert",
 }
+# Colab ships these too, but at versions that do not fit together with the course's (transformers 4.x next to a
+# sentence-transformers and peft built for it): requirements-colab.txt installs the course's pins of all of them
+# in one pip call, so that pip resolves them together.
+COLAB_PINNED = {"transformers", "sentence-transformers", "peft", "accelerate"}
 # What a learner in Colab never needs: the local Jupyter server and the test tools.
 NOT_IN_COLAB = {"jupyterlab", "pytest", "pytest-xdist", "nbval", "hypothesis", "playwright", "ruff"}
+# torchao's wheels are built against one torch release: torchao 0.18 for torch 2.13. Over another torch (Colab's)
+# its C++ extensions do not load, so Colab installs it only when its torch is that release.
+TORCHAO_FOR_TORCH = {"0.18": "2.13"}
 MIN_FREE_GB = 1.0
 # Oldest versions the course runs with where it accepts a preinstalled build (Colab): transformers 4.x has no
 # fused `gate_up_proj` experts, so chapter 4's comparison with Mixtral crashes there.
@@ -157,7 +161,11 @@ def check_packages(pins: dict[str, str] | None = None, *, colab: bool | None = N
         try:
             got = lookup(name)
         except PackageNotFoundError:
-            out.append(Finding("fail", f"{name} missing", "run `make lab` (or `pip install -r requirements.txt`)"))
+            fits, why = _torch_fits_torchao(lookup, pins) if name == "torchao" else (True, "")
+            if colab and not fits:  # left out on purpose: chapter 8 says why and skips its torchao comparison
+                out.append(Finding("warn", f"{name} not installed", why))
+            else:
+                out.append(Finding("fail", f"{name} missing", "run `make lab` (or `pip install -r requirements.txt`)"))
             continue
         if name in MINIMUM and _release(got) < _release(MINIMUM[name]):
             out.append(
@@ -247,30 +255,63 @@ def run(*, quiet: bool = False) -> list[Finding]:
     return findings
 
 
-def colab_upgrade(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
-    """Colab's bootstrap step: upgrade each package older than :data:`MINIMUM` to the course's pin, and say so if
-    the running kernel already imported it (then only a restart loads the new version). Returns what it upgraded."""
+def torchao_status(*, lookup=version, pins: dict[str, str] | None = None) -> tuple[bool, str]:
+    """``(True, "")`` when the course's torchao can run with the installed torch, else ``(False, why)``.
+
+    torchao is built against one torch release (:data:`TORCHAO_FOR_TORCH`); chapter 8 reads this to decide whether
+    to compare its quantization with torchao's, and prints ``why`` when it skips the comparison."""
+    pins = pinned_requirements() if pins is None else pins
+    pin = pins.get("torchao", "")
+    needs = TORCHAO_FOR_TORCH.get(".".join(pin.split(".")[:2]))
+    try:
+        torch_version = lookup("torch")
+    except PackageNotFoundError:
+        return False, "torch is not installed"
+    have = ".".join(str(p) for p in _release(torch_version)[:2])
+    if needs is not None and have != needs:
+        return False, (
+            f"torchao=={pin} is built for torch {needs}.x and this runtime has torch {torch_version} "
+            "(Colab's own build): the torchao comparison is skipped; everything else runs"
+        )
+    try:
+        lookup("torchao")
+    except PackageNotFoundError:
+        return False, f"torchao is not installed (pip install torchao=={pin})"
+    return True, ""
+
+
+def _torch_fits_torchao(lookup, pins: dict[str, str]) -> tuple[bool, str]:
+    """torchao_status as if torchao were installed: does the installed torch fit the course's torchao?"""
+    return torchao_status(lookup=lambda name: "0" if name == "torchao" else lookup(name), pins=pins)
+
+
+def colab_setup(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
+    """Colab's bootstrap step after requirements-colab.txt: torchao only where Colab's torch is the one it is built
+    for (else says why chapter 8 skips it), and a restart hint when the kernel had already imported a package that
+    the install replaced. Returns what it installed."""
     run_pip = run_pip or (
         lambda args: subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
     )
     loaded = sys.modules if loaded is None else loaded
-    pins, upgraded = pinned_requirements(), []
-    for name, minimum in MINIMUM.items():
-        try:
-            too_old = _release(lookup(name)) < _release(minimum)
-        except PackageNotFoundError:
-            too_old = True
-        if too_old:
-            run_pip([f"{name}=={pins[name]}" if name in pins else f"{name}>={minimum}"])
-            upgraded.append(name)
-            if name.replace("-", "_") in loaded:
-                print(
-                    f"{name} was upgraded after this kernel imported it: restart the runtime "
-                    "(Runtime > Restart session), then run this cell again."
-                )
-            else:
-                print(f"{name} upgraded to the course's version (Colab's was older than {minimum}).")
-    return upgraded
+    pins, installed = pinned_requirements(), []
+    try:
+        lookup("torchao")
+        has_torchao = True
+    except PackageNotFoundError:
+        has_torchao = False
+    fits, why = _torch_fits_torchao(lookup, pins)
+    if fits and not has_torchao:
+        run_pip([f"torchao=={pins['torchao']}"])
+        installed.append("torchao")
+    elif not fits:
+        print(why)
+    stale = sorted(n for n in COLAB_PINNED if n.replace("-", "_") in loaded)
+    if stale:
+        print(
+            f"{', '.join(stale)} changed after this kernel imported them: restart the runtime "
+            "(Runtime > Restart session), then run this cell again."
+        )
+    return installed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,11 +58,12 @@ if "google.colab" in sys.modules:
     import os, subprocess
     if not os.path.isdir("{COLAB_CLONE_DIR}"):
         subprocess.run(["git", "clone", "--depth", "1", "{REPO_URL}", "{COLAB_CLONE_DIR}"], check=True)
+    # what Colab lacks, and the course's transformers, sentence-transformers and peft together
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "{COLAB_CLONE_DIR}/requirements-colab.txt"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "{COLAB_CLONE_DIR}"], check=True)
     sys.path.insert(0, "{COLAB_CLONE_DIR}")  # the running kernel does not see a fresh editable install
-    from course_utils.doctor import colab_upgrade
-    colab_upgrade()  # what Colab ships too old for the course (transformers 4.x); says when to restart
+    from course_utils.doctor import colab_setup
+    colab_setup()  # torchao only if Colab's torch is the one it is built for; says when to restart
     from google.colab import output
     output.enable_custom_widget_manager()  # ipywidgets need Colab's custom widget manager
     os.chdir("{COLAB_CLONE_DIR}")'''  # noqa: E501 (the cell users see; one command per line)

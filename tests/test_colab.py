@@ -157,7 +157,7 @@ def test_repository_url_is_configured_once():
         assert not stray, f"{relpath}: cells {stray} name the repository; link via the header instead"
 
 
-def test_colab_installs_only_what_colab_lacks():
+def test_colab_installs_what_colab_lacks_and_the_course_pins_that_must_fit_together():
     course, colab = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements-colab.txt")
     assert colab, "requirements-colab.txt is empty"
     for name, version in colab.items():
@@ -166,7 +166,10 @@ def test_colab_installs_only_what_colab_lacks():
             f"requirements-colab.txt pins {name}=={version}, requirements.txt {course[name]}"
         )
         assert name not in COLAB_SHIPS, f"Colab ships {name}; reinstalling it would replace Colab's own build"
-    unclassified = set(course) - COLAB_SHIPS - DEV_ONLY - set(colab)
+    # transformers alone over Colab's sentence-transformers and peft left them mismatched: all four, in one call
+    assert doctor.COLAB_PINNED <= set(colab), doctor.COLAB_PINNED - set(colab)
+    assert "torchao" not in colab, "torchao is installed only over the torch it is built for (doctor.colab_setup)"
+    unclassified = set(course) - COLAB_SHIPS - DEV_ONLY - set(colab) - {"torchao"}
     assert not unclassified, (
         f"{sorted(unclassified)}: new in requirements.txt; add to requirements-colab.txt if "
         "Colab lacks it, else to COLAB_OWN or NOT_IN_COLAB in course_utils/doctor.py"
@@ -177,8 +180,19 @@ def test_colab_installs_only_what_colab_lacks():
 
 SIM = Path(__file__).resolve().parent / "colab_sim"
 WELCOME = "notebooks/00_welcome.ipynb"
-CHAPTER = "notebooks/01_tokenization.ipynb"  # the quickest chapter lesson (README: 5 s; instructor guide: 9 s)
+CHAPTER = "notebooks/01_tokenization.ipynb"  # the quickest chapter lesson (9 s)
+TINY_GPT = "notebooks/03_tiny_gpt.ipynb"  # trains a model: torch and the course's training code (79 s)
 COLAB_TRANSFORMERS = "4.57.1"  # Colab's preinstalled transformers before 5.x: the bootstrap must upgrade it
+# What Colab's image reports before the bootstrap (metadata only: the code that runs is this environment's, which
+# is all pip can give here): its own torch build, and a transformers, sentence-transformers and peft older than
+# the course's. torch 2.9 is not the release torchao 0.18 is built for, so the bootstrap must skip torchao.
+COLAB_VERSIONS = {
+    "torch": "2.9.0+cu126",
+    "transformers": COLAB_TRANSFORMERS,
+    "sentence-transformers": "5.1.2",
+    "peft": "0.17.1",
+    "accelerate": "1.10.1",
+}
 GIT = shutil.which("git")
 # Run in the kernel after the notebook's last cell: where the course came from, and what the kernel can see.
 PROBE = """
@@ -202,6 +216,8 @@ print("COLAB-PROBE" + json.dumps({
     "loaded": sorted(m for m in sys.modules if m.partition(".")[0] in HIDDEN),
     "installed": sorted(n for n in doctor.NOT_IN_COLAB if _installed(n)),
     "transformers": _installed("transformers"),
+    "pinned": {n: _installed(n) for n in doctor.COLAB_PINNED},
+    "torchao": importlib.util.find_spec("torchao") is not None,
     "fails_without_colab_skip": [f.what for f in doctor.check_packages(colab=False) if f.status == "fail"],
 }))
 """
@@ -213,6 +229,18 @@ def dev_only_modules() -> list[str]:
     owners = {m: {re.sub(r"[-_.]+", "-", d).lower() for d in dists} for m, dists in packages_distributions().items()}
     found = {m for m, dists in owners.items() if dists <= norm}  # a module other packages share stays visible
     return sorted(found | {n.replace("-", "_") for n in DEV_ONLY})
+
+
+def colab_lacks() -> dict[str, str]:
+    """``{module: distribution}`` for what the bootstrap installs and Colab does not ship (faiss, bm25s, torchao...)."""
+    wanted = {re.sub(r"[-_.]+", "-", n).lower() for n in pins(ROOT / "requirements-colab.txt")} | {"torchao"}
+    wanted -= doctor.COLAB_PINNED
+    out = {}
+    for module, dists in packages_distributions().items():
+        names = {re.sub(r"[-_.]+", "-", d).lower() for d in dists}
+        if len(names) == 1 and names <= wanted and not module.startswith("_"):
+            out[module] = names.pop()
+    return out
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
@@ -238,7 +266,8 @@ class ColabRuntime:
             "hidden_modules": self.hidden,
             "hidden_dists": sorted(DEV_ONLY),
             "clone": str(self.clone),
-            "colab_versions": {"transformers": COLAB_TRANSFORMERS},
+            "colab_versions": COLAB_VERSIONS,
+            "lacks": colab_lacks(),
             "log": str(self.log),
         }
         (self.site / "colab_image.json").write_text(json.dumps(config))
@@ -296,12 +325,12 @@ class ColabRuntime:
 
     def check(self, probe: dict) -> None:
         """What a learner's Colab session must look like after the notebook ran."""
-        pin = pins(ROOT / "requirements.txt")["transformers"]
+        course = pins(ROOT / "requirements.txt")
+        pin = course["transformers"]
         assert self.records("pip") == [
             ["install", "-q", "-r", f"{self.clone}/requirements-colab.txt"],
             ["install", "-q", "--no-deps", "-e", str(self.clone)],
-            ["install", "-q", f"transformers=={pin}"],  # doctor.colab_upgrade: Colab's 4.x is too old
-        ], self.records("pip")
+        ], self.records("pip")  # no torchao: Colab's torch 2.9 is not the release it is built for
         assert self.records("enable_custom_widget_manager") == [[]], "widgets need Colab's custom widget manager"
         # A real clone of this repository's committed HEAD, made by the bootstrap from the course's URL
         assert git("rev-parse", "HEAD", cwd=self.clone) == git("rev-parse", "HEAD")
@@ -317,6 +346,8 @@ class ColabRuntime:
         # only because the doctor skips those packages in Colab
         assert probe["importable"] == probe["loaded"] == probe["installed"] == [], probe
         assert probe["transformers"] == pin, "after the upgrade, the course's transformers"
+        assert probe["pinned"] == {n: course[n] for n in doctor.COLAB_PINNED}, probe["pinned"]
+        assert not probe["torchao"], "torchao over a torch it is not built for"
         dev_pins = {f"{n} missing" for n in doctor.pinned_requirements() if n in DEV_ONLY}
         assert dev_pins and dev_pins <= set(probe["fails_without_colab_skip"]), probe
 
@@ -329,18 +360,19 @@ def colab(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("relpath", [WELCOME, CHAPTER])
+@pytest.mark.parametrize("relpath", [WELCOME, CHAPTER, TINY_GPT])
 def test_notebook_runs_in_a_simulated_colab_vm(relpath, colab):
     """The notebook, unchanged except for the clone's folder (see ColabRuntime.notebook), runs top to bottom in a
-    fresh simulated Colab VM: its bootstrap cell really clones the course, "installs" what Colab lacks, upgrades
-    Colab's transformers 4.x, enables the widget manager and enters the clone; every later cell imports the
-    course from the clone, and the welcome notebook's environment check passes without jupyterlab & co."""
+    fresh simulated Colab VM: its bootstrap cell really clones the course, "installs" what Colab lacks and the
+    course's transformers, sentence-transformers and peft over Colab's older ones, skips torchao over Colab's
+    torch, enables the widget manager and enters the clone; every later cell imports the course from the clone,
+    and the welcome notebook's environment check passes without jupyterlab & co."""
     nb = colab.notebook(relpath)
     probe = colab.run(nb)
     colab.check(probe)
     boot = next(c for c in nb.cells if nbtools.BOOTSTRAP_TAG in c.metadata.get("tags", []))
     said = "".join(o.get("text", "") for o in boot.outputs)
-    assert "transformers upgraded to the course's version" in said, said
+    assert "torchao comparison is skipped" in said and COLAB_VERSIONS["torch"] in said, said
     if relpath == WELCOME:
         doctor_cell = next(c for c in nb.cells if "doctor.run()" in c.source)
         printed = "".join(o.get("text", "") for o in doctor_cell.outputs)
@@ -414,6 +446,7 @@ print(json.dumps({
     "dev_dists": sorted(n for n in %r if version(n)),
     "transformers": version("transformers"),
     "google.colab": bool(importlib.util.find_spec("google") and importlib.util.find_spec("google.colab")),
+    "lacks": sorted(m for m in LACKS if importlib.util.find_spec(m) is not None),
 }))
 """
 
@@ -421,7 +454,7 @@ print(json.dumps({
 def test_simulated_colab_image_hides_what_colab_lacks(colab):
     """Before the bootstrap, the simulated VM has neither the course nor the developer tools (which this
     environment has: the same probe without the simulation finds them) and has Colab's transformers 4.x."""
-    code = IMAGE_PROBE % sorted(DEV_ONLY)
+    code = f"LACKS = {sorted(colab_lacks())!r}\n" + IMAGE_PROBE % sorted(DEV_ONLY)
     here_env = {**colab.env, "PYTHONPATH": str(ROOT)}
     seen = {}
     for where, env in {"colab": colab.env, "here": here_env}.items():
@@ -436,8 +469,10 @@ def test_simulated_colab_image_hides_what_colab_lacks(colab):
         "dev_dists": [],
         "transformers": COLAB_TRANSFORMERS,
         "google.colab": True,
+        "lacks": [],
     }, seen["colab"]
     here = seen["here"]
     assert here["course_utils"] and not here["google.colab"], here
     assert {"pytest", "jupyterlab", "nbval"} <= set(here["dev_modules"]) and "jupyterlab" in here["dev_dists"], here
     assert here["transformers"] == pins(ROOT / "requirements.txt")["transformers"], here
+    assert {"faiss", "bm25s", "torchao"} <= set(here["lacks"]), here

@@ -82,13 +82,29 @@ def test_this_machine_is_ready_and_main_never_fails(capsys):
     assert doctor.check_disk(min_free_gb=1e9)[0].status == "warn"
 
 
-def test_colab_upgrade_installs_the_pin_and_asks_for_a_restart_only_if_already_imported(capsys):
+def test_colab_installs_torchao_only_over_the_torch_it_is_built_for(capsys):
+    pin = doctor.pinned_requirements()["torchao"]
     calls = []
-    old = fake_lookup({"transformers": "4.57.1"})
-    assert doctor.colab_upgrade(lookup=old, run_pip=calls.append, loaded={}) == ["transformers"]
-    pin = doctor.pinned_requirements()["transformers"]
-    assert calls == [[f"transformers=={pin}"]] and "restart" not in capsys.readouterr().out
-    doctor.colab_upgrade(lookup=old, run_pip=calls.append, loaded={"transformers": object()})
-    assert "restart the runtime" in capsys.readouterr().out
-    assert doctor.colab_upgrade(lookup=fake_lookup({"transformers": pin}), run_pip=calls.append, loaded={}) == []
-    assert len(calls) == 2
+    colab_torch = fake_lookup({"torch": "2.9.0+cu126"})  # Colab's own build
+    assert doctor.colab_setup(lookup=colab_torch, run_pip=calls.append, loaded={}) == [] and calls == []
+    said = capsys.readouterr().out
+    assert "torch 2.9.0+cu126" in said and "skipped" in said, said
+    fits, why = doctor.torchao_status(lookup=colab_torch)
+    assert not fits and why in said
+    same = fake_lookup({"torch": "2.13.0+cu126"})
+    assert doctor.colab_setup(lookup=same, run_pip=calls.append, loaded={}) == ["torchao"]
+    assert calls == [[f"torchao=={pin}"]] and capsys.readouterr().out == ""
+    assert doctor.torchao_status(lookup=fake_lookup({"torch": "2.13.0", "torchao": pin})) == (True, "")
+    # in Colab a torchao left out on purpose is a warning (the welcome check still passes), elsewhere a failure
+    pins = {"torch": "2.13.0", "torchao": pin}
+    assert by_name(doctor.check_packages(pins, colab=True, lookup=colab_torch))["torchao"] == "warn"
+    assert by_name(doctor.check_packages(pins, colab=False, lookup=colab_torch))["torchao"] == "fail"
+    assert by_name(doctor.check_packages(pins, colab=True, lookup=same))["torchao"] == "fail"
+
+
+def test_colab_setup_asks_for_a_restart_only_if_a_replaced_package_was_imported(capsys):
+    here = fake_lookup({"torch": "2.13.0", "torchao": "0.18.0"})
+    doctor.colab_setup(lookup=here, run_pip=list, loaded={})
+    assert "restart" not in capsys.readouterr().out
+    doctor.colab_setup(lookup=here, run_pip=list, loaded={"transformers": object()})
+    assert "transformers changed after this kernel imported them: restart the runtime" in capsys.readouterr().out

@@ -8,6 +8,8 @@ Read from ``colab_image.json`` next to this file (written by tests/test_colab.py
   environment also has it installed from the checkout under test, which a fresh Colab VM does not).
 - ``colab_versions``: packages Colab ships at another version (``{"transformers": "4.57.1"}``):
   ``importlib.metadata`` reports that version until the fake pip has installed the package.
+- ``lacks``: ``{module: distribution}`` of what Colab does not ship but the bootstrap installs (faiss, torchao, ...):
+  neither importable nor found until the fake pip has installed the distribution.
 - ``log``: a JSON-lines file where the fake pip and ``google.colab.output`` record what they were asked to do.
 """
 
@@ -31,6 +33,7 @@ def normalize(name: str) -> str:
 
 HIDDEN_DISTS = frozenset(normalize(n) for n in CONFIG["hidden_dists"])
 COLAB_VERSIONS = {normalize(k): v for k, v in CONFIG["colab_versions"].items()}
+LACKS = {module: normalize(dist) for module, dist in CONFIG.get("lacks", {}).items()}
 _REAL_FINDERS: list = []  # the finders as they were before install(): what this environment really has
 
 
@@ -89,7 +92,7 @@ class ColabImage:
 
     def find_spec(self, fullname, path=None, target=None):
         top = fullname.partition(".")[0]
-        if path is None and top in HIDDEN_MODULES:
+        if path is None and (top in HIDDEN_MODULES or (top in LACKS and LACKS[top] not in installed())):
             return None
         find = getattr(self.inner, "find_spec", None)
         spec = find(fullname, path, target) if find else None
@@ -102,7 +105,7 @@ class ColabImage:
         find = getattr(self.inner, "find_distributions", None)
         for dist in find(context) if find else []:
             name = normalize(dist.metadata["Name"] or "")
-            if name in HIDDEN_DISTS:
+            if name in HIDDEN_DISTS or (name in LACKS.values() and name not in installed()):
                 continue
             if name in COLAB_VERSIONS and name not in installed():
                 yield ColabVersion(dist.metadata["Name"], COLAB_VERSIONS[name])
