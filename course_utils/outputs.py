@@ -287,8 +287,9 @@ def record_run_time(path: Path, seconds: float, times_file: Path = TIMES_FILE) -
         "machine": f"{os.cpu_count()} cores {platform.machine()}, Python {platform.python_version()}",
         "how": TIMES_HOW,
     }
-    about = "Each lesson's run time; written by `make outputs`, read by README's chapter map and the guide."
-    data = {"about": about, "lessons": dict(sorted(lessons.items()))}
+    data = json.loads(times_file.read_text(encoding="utf-8")) if times_file.exists() else {}  # keeps "labs"
+    data.setdefault("about", "Each lesson's run time; written by `make outputs`, read by README and the guide.")
+    data["lessons"] = dict(sorted(lessons.items()))
     times_file.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return times_file
 

@@ -356,3 +356,17 @@ def test_cross_os_wheelhouse_command():
             wh.pip_command(*bad)
     make = "\n".join(_dry_run("wheelhouse-windows", "WHEEL_PY=3.12"))
     assert "scripts/wheelhouse_for.py windows --python 3.12 --dest wheelhouse-windows" in make, make
+
+
+def test_python_and_os_requirements_are_stated_the_same_everywhere():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.11"' in pyproject and 'target-version = "py311"' in pyproject
+    for doc in ("README.md", "docs/instructor_guide.md", "CONTRIBUTING.md"):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        assert "3.11 or 3.12" in text, f"{doc} states the course's Python versions"
+        assert not re.search(r"3\.10\s*[–-]\s*3\.12|3\.10 works", text), f"{doc}: Python 3.10 does not work"
+    for doc in ("README.md", "docs/instructor_guide.md"):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        assert "macOS 14" in text and "Apple Silicon" in text and "Intel Mac" in text, doc
+        assert "macosx_10_9_x86_64" not in text, f"{doc}: Intel Macs cannot install torch 2.13"
+        assert "python -m course_utils.doctor" in text, doc

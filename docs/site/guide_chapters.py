@@ -3,6 +3,10 @@
     python docs/site/guide_chapters.py --write    (rewrites the guide's chapter part and README's chapter map times)
     python docs/site/guide_chapters.py --write --times    (only the run times, in both: what `make outputs` runs)
 
+``--write`` also rewrites the guide's one-day workshop plan (between ``<!-- one-day:begin -->`` and
+``<!-- one-day:end -->``) from :data:`ONE_DAY` and the measured run times of its lessons and solved labs, so that
+its clock times, its sums and its machine minutes add up.
+
 For each notebook in notebooks/: its title and learning goals (the "What you will build" list of its first
 markdown cells), its measured run time (from docs/chapter_times.json, which `make outputs` writes: a fresh kernel,
 one thread), and its lab's exercises with an expected difficulty (from the length of the reference answer) and the
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -27,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from course_utils.labs import BEGIN, END, HEADING_RE, exercise_markdown, exercises  # noqa: E402
-from course_utils.outputs import run_time_text, run_times  # noqa: E402
+from course_utils.outputs import TIMES_FILE, run_time_text, run_times  # noqa: E402
 
 
 def goals(nb) -> list[str]:
@@ -174,6 +179,113 @@ def chapter_section(path: Path) -> str:
 
 GUIDE = ROOT / "docs" / "instructor_guide.md"
 BEGIN_MARK, END_MARK = "<!-- chapters:begin -->", "<!-- chapters:end -->"
+PLAN_BEGIN, PLAN_END = "<!-- one-day:begin -->", "<!-- one-day:end -->"
+
+# The one-day workshop: (what, teaching minutes, exercise minutes, notebooks that run in it). A block without
+# notebooks and without teaching is a break. Minutes are the instructor's plan; the machine minutes next to them
+# are measured (docs/chapter_times.json: lessons by `make outputs`, solved labs by benchmarks/notebook_times.py).
+ONE_DAY = [
+    (
+        "setup check: the welcome notebook's environment check (or `python -m course_utils.doctor`) on every machine",
+        5,
+        15,
+        ["00_welcome"],
+    ),
+    (
+        "01 tokens: lesson sections 1–3 together; lab 1.1–1.4, then 1.7–1.8 (GPT-4 pre-split, special tokens) in pairs",
+        30,
+        40,
+        ["01_tokenization", "01_tokenization_lab"],
+    ),
+    ("break", 0, 15, []),
+    (
+        "02 attention: lesson; lab up to grouped-query attention, checked against PyTorch's "
+        "`scaled_dot_product_attention`",
+        30,
+        45,
+        ["02_attention", "02_attention_lab"],
+    ),
+    ("lunch", 0, 45, []),
+    (
+        "03 a tiny GPT: RMSNorm, RoPE, SwiGLU, the KV cache; learners write the block, the model and the train step, "
+        "and start their training run while you explain sampling",
+        35,
+        55,
+        ["03_tiny_gpt", "03_tiny_gpt_lab"],
+    ),
+    ("break", 0, 15, []),
+    (
+        "04 Mixture-of-Experts: the routing explorer, top-k routing and the balancing losses; lab up to the check "
+        "against transformers' Mixtral block",
+        25,
+        35,
+        ["04_moe_layer", "04_moe_layer_lab"],
+    ),
+    (
+        "`python -m course_utils.progress`, the common mistakes of the day (the chapter tables below), what 05–08 add",
+        15,
+        0,
+        [],
+    ),
+]
+
+
+def all_times(path: Path = TIMES_FILE) -> dict[str, dict]:
+    """Lessons' and solved labs' measured run times, by notebook stem (``01_tokenization_lab`` for a lab)."""
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return {**data.get("lessons", {}), **data.get("labs", {})}
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+def one_day_plan(plan=ONE_DAY, times: dict[str, dict] | None = None) -> str:
+    """The one-day plan as markdown: clock times from the minutes, the measured machine time of each block's
+    notebooks, and totals that are the sums of the rows."""
+    times = all_times() if times is None else times
+    rows, start, teach, practice, breaks, machine = [], 0, 0, 0, 0, 0.0
+    for what, t, e, notebooks in plan:
+        missing = [n for n in notebooks if n not in times]
+        if missing:
+            raise ValueError(f"no measured run time for {missing} in {TIMES_FILE.name}")
+        run_s = sum(times[n]["seconds"] for n in notebooks)
+        if run_s / 60 > e:
+            raise ValueError(f"{what[:40]!r}: its notebooks run {run_s / 60:.1f} min, more than its {e} exercise min")
+        is_break = not notebooks and not t
+        rows.append(
+            f"| {_clock(start)}–{_clock(start + t + e)} | {what} | {'' if is_break else t} | "
+            f"{'' if is_break else e or ''} | {f'{run_s / 60:.1f}' if notebooks else ''} |"
+        )
+        start += t + e
+        breaks += e if is_break else 0
+        teach += t
+        practice += 0 if is_break else e
+        machine += run_s
+    work = teach + practice
+    head = (
+        f"**One day ({work / 60:g} hours of teaching and exercises, {_clock(start)} with breaks) — tokens to a "
+        "Mixture-of-Experts layer**"
+    )
+    table = [
+        "| time | what | teaching (min) | exercises (min) | notebooks run, measured (min) |",
+        "|---|---|---:|---:|---:|",
+        *rows,
+        f"| | **total** | **{teach}** | **{practice}** | **{machine / 60:.1f}** |",
+    ]
+    tail = (
+        f"Teaching {teach} minutes and exercises {practice} ({work} minutes, {work / 60:g} hours), breaks {breaks}: "
+        f"{start} minutes in all. The last column is how long the block's lesson and solved lab take to run top to "
+        "bottom on one thread (`docs/chapter_times.json`), already inside the exercise minutes: the rest is reading "
+        "and typing. The open exercises at the end of each lab (checked by outcome) are homework."
+    )
+    return "\n".join([head, *table, "", tail])
+
+
+def with_one_day_plan(guide: str, times: dict[str, dict] | None = None) -> str:
+    """The guide with its one-day plan (between the one-day markers) generated by :func:`one_day_plan`."""
+    head, rest = guide.split(PLAN_BEGIN, 1)
+    return f"{head}{PLAN_BEGIN}\n{one_day_plan(times=times)}\n{PLAN_END}{rest.split(PLAN_END, 1)[1]}"
 
 
 def main(argv=None) -> int:
@@ -184,7 +296,8 @@ def main(argv=None) -> int:
     parser.add_argument("--times", action="store_true", help="with --write: rewrite only the run times (seconds)")
     args = parser.parse_args(argv)
     if args.write and args.times:
-        GUIDE.write_text(guide_run_times(GUIDE.read_text(encoding="utf-8"), run_times()), encoding="utf-8")
+        guide = guide_run_times(GUIDE.read_text(encoding="utf-8"), run_times())
+        GUIDE.write_text(with_one_day_plan(guide), encoding="utf-8")
         README.write_text(readme_chapter_map(README.read_text(encoding="utf-8"), run_times()), encoding="utf-8")
         print(f"updated the run times in {GUIDE.relative_to(ROOT)} and {README.relative_to(ROOT)}")
         return 0
@@ -197,7 +310,8 @@ def main(argv=None) -> int:
         print(f"{GUIDE}: the markers {BEGIN_MARK} / {END_MARK} are missing", file=sys.stderr)
         return 1
     head, rest = guide.split(BEGIN_MARK, 1)
-    GUIDE.write_text(f"{head}{BEGIN_MARK}\n{text}{END_MARK}{rest.split(END_MARK, 1)[1]}", encoding="utf-8")
+    guide = with_one_day_plan(f"{head}{BEGIN_MARK}\n{text}{END_MARK}{rest.split(END_MARK, 1)[1]}")
+    GUIDE.write_text(guide, encoding="utf-8")
     README.write_text(readme_chapter_map(README.read_text(encoding="utf-8"), run_times()), encoding="utf-8")
     print(f"updated {GUIDE.relative_to(ROOT)} and the chapter map of {README.relative_to(ROOT)}")
     return 0
