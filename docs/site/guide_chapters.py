@@ -279,6 +279,11 @@ def one_day_plan(plan=ONE_DAY, times: dict[str, dict] | None = None) -> str:
         "bottom on one thread (`docs/chapter_times.json`), already inside the exercise minutes: the rest is reading "
         "and typing. The open exercises at the end of each lab (checked by outcome) are homework."
     )
+    used = [times[n] for _, _, _, notebooks in plan for n in notebooks]
+    if any("upper bound" in rec.get("how", "") for rec in used):
+        tail += (
+            " Some of these times were measured on a busy machine (`docs/chapter_times.json` says which): upper bounds."
+        )
     return "\n".join([head, *table, "", tail])
 
 
