@@ -743,6 +743,19 @@ def test_failed_authentication_is_rate_limited_per_address(backend):
     assert codes == [401, 401, 401, 429, 429] and int(last.headers["retry-after"]) >= 1
 
 
+def test_failed_attempts_from_an_address_never_lock_out_a_valid_key_from_it(backend):
+    # issue 27: wrong keys at 5/s from 127.0.0.1 used to lock a valid key behind the same address out (429 x 8)
+    app = create_app({"tiny-gpt": backend}, api_keys=[KEY], failed_auth_per_s=0.01, failed_auth_burst=3)
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        codes = []
+        for i in range(8):
+            codes.append(h.get(url + "/v1/models", headers={"Authorization": f"Bearer sk-guess-{i:04d}"}).status_code)
+            codes.append(h.get(url + "/v1/models", headers=HEADERS).status_code)
+            time.sleep(0.2)
+    assert codes[0::2] == [401] * 3 + [429] * 5  # the guesser is slowed down ...
+    assert codes[1::2] == [200] * 8  # ... and the valid key from the same address never is
+
+
 def test_cache_is_scoped_per_api_key(backend):
     app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, cache=ExactCache())
     body = {"model": "tiny-gpt", "prompt": "tenant secret", "max_tokens": 4, "temperature": 0}

@@ -53,8 +53,9 @@ def _too_many(message: str, wait: float, code: str = "rate_limit_exceeded") -> A
 class Auth:
     """``client = Depends(auth)`` in a route: the client's name for a valid key, else a 401.
 
-    After ``failed_burst`` failed attempts from one address, further requests from it are refused with 429 until
-    its bucket refills (``failed_per_s``); requests with a valid key do not spend the bucket.
+    The key is checked first: a valid key is always accepted. After ``failed_burst`` failed attempts from one
+    address, its further *failed* attempts are answered 429 (not 401) until its bucket refills (``failed_per_s``),
+    so guessing keys is slow while valid clients behind the same address (a proxy, a NAT) are never locked out.
     """
 
     def __init__(self, api_keys=None, *, failed_per_s: float = 1.0, failed_burst: float = 10):
@@ -75,25 +76,25 @@ class Auth:
     def __call__(self, request: Request) -> str:
         if self.keys is None:
             return "anonymous"
+        # the key first: a valid key is never refused for what other clients (behind the same address) did
+        client = self.check(request.headers.get("authorization", ""))
+        if client is not None:
+            return client
         address = request.client.host if request.client else "unknown"
         bucket = self._bucket(address)
-        wait = bucket.wait_time(1)
-        if wait > 0:
+        if not bucket.try_acquire(1):
+            wait = bucket.wait_time(1)
             raise _too_many(
                 f"too many failed authentication attempts from {address}; retry in {wait:.1f}s",
                 wait,
                 code="too_many_auth_failures",
             )
-        client = self.check(request.headers.get("authorization", ""))
-        if client is None:
-            bucket.try_acquire(1)
-            raise ApiError(
-                401,
-                "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-                type_="authentication_error",
-            )
-        return client
+        raise ApiError(
+            401,
+            "invalid or missing API key: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            type_="authentication_error",
+        )
 
     def check(self, header: str) -> str | None:
         """The client named by ``Authorization: Bearer <key>``, or None."""
