@@ -553,6 +553,49 @@ def test_create_app_rejects_bad_arguments(backend):
         create_app({"m": backend}, api_keys="sk-a-single-string")
 
 
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"requests_per_s": float("nan")}, "requests_per_s"),
+        ({"requests_per_s": -1}, "requests_per_s"),
+        ({"requests_per_s": 0}, "requests_per_s"),
+        ({"requests_per_s": float("inf")}, "requests_per_s"),
+        ({"requests_per_s": "5"}, "requests_per_s"),
+        ({"requests_per_s": 5, "burst": 0.5}, "burst"),
+        ({"requests_per_s": 5, "tokens_per_s": float("nan")}, "tokens_per_s"),
+        ({"requests_per_s": 5, "tokens_per_s": 100, "token_burst": 0}, "token_burst"),
+        ({"requests_per_s": 5, "token_burst": 10}, "token_burst"),
+    ],
+)
+def test_rate_limit_refuses_bad_settings_naming_them(kw, name):
+    # issue 27: RateLimit(nan | -1 | 0) used to build an app whose every request was a 500 (only the CLI checked)
+    with pytest.raises(ValueError, match=name):
+        RateLimit(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_wait_ms": float("nan")}, "max_wait_ms"),
+        ({"max_wait_ms": -1}, "max_wait_ms"),
+        ({"max_tokens_limit": 0}, "max_tokens_limit"),
+        ({"body_timeout_s": float("inf")}, "body_timeout_s"),
+        ({"log_window": 0}, "log_window"),
+        ({"failed_auth_per_s": 0}, "failed_auth_per_s"),
+        ({"failed_auth_per_s": float("nan")}, "failed_auth_per_s"),
+        ({"failed_auth_burst": 0}, "failed_auth_burst"),
+        ({"cache": "yes"}, "cache"),
+        ({"public_metrics": "no"}, "public_metrics"),
+        ({"scheduler_factory": 3}, "scheduler_factory"),
+        ({"rate_limit": {"requests_per_s": 5}}, "rate_limit"),
+    ],
+)
+def test_create_app_refuses_bad_settings_naming_them(backend, kw, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        create_app({"m": backend}, api_keys=[KEY], **kw)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

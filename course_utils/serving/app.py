@@ -205,6 +205,9 @@ def create_app(
 ):
     """The FastAPI app serving ``models`` (``{name: backend}``, a backend, or a list of backends).
 
+    Every setting is checked here (a ``ValueError``/``TypeError`` naming it), not only by the command line: a bad
+    one never builds an app that answers 500 to every request.
+
     ``api_keys``: ``None`` (no authentication) or ``{key: client name}`` / a list of keys; requests need
     ``Authorization: Bearer <key>`` (``/metrics`` too, unless ``public_metrics``). ``rate_limit``: a
     :class:`RateLimit` applied per key. ``cache``: a :class:`~course_utils.gateway.SemanticCache` or ``ExactCache``
@@ -221,6 +224,15 @@ def create_app(
     _positive("max_body_bytes", max_body_bytes, integer=True, minimum=256, closed=True)
     _positive("max_tokens_limit", max_tokens_limit, integer=True, minimum=1, closed=True)
     _positive("body_timeout_s", body_timeout_s)
+    _positive("max_batch", max_batch, integer=True, minimum=1, closed=True)
+    _positive("max_wait_ms", max_wait_ms, closed=True)
+    _positive("log_window", log_window, integer=True, minimum=1, closed=True)
+    if not isinstance(public_metrics, bool):
+        raise TypeError(f"public_metrics must be a bool, got {type(public_metrics).__name__}")
+    if cache is not None and not all(callable(getattr(cache, m, None)) for m in ("get", "put")):
+        raise TypeError(f"cache must be None or have get() and put() (e.g. ExactCache), got {type(cache).__name__}")
+    if scheduler_factory is not None and not callable(scheduler_factory):
+        raise TypeError(f"scheduler_factory must be a function backend -> scheduler, got {scheduler_factory!r}")
     embedders = _as_embedders(embeddings)
     if scheduler_factory is None:
         Batcher(models[next(iter(models))], max_batch=max_batch, max_wait_ms=max_wait_ms)  # checks the settings

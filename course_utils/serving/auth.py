@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ..gateway import TokenBucket
+from ..validate import check_number, positive_float
 from .protocol import ApiError
 
 MIN_KEY_LENGTH = 8
@@ -20,12 +21,26 @@ MIN_KEY_LENGTH = 8
 @dataclass
 class RateLimit:
     """Per-API-key limits: ``requests_per_s`` (burst ``burst``) and optionally ``tokens_per_s`` (burst
-    ``token_burst``), where a request costs its prompt tokens plus ``max_tokens``."""
+    ``token_burst``, default ``tokens_per_s``), where a request costs its prompt tokens plus ``max_tokens``.
+
+    Checked here, where the setting enters the library (NaN, 0, negatives or a burst below one request are a
+    ``ValueError`` naming the field), so a bad limit never builds an app whose every request is a 500.
+    """
 
     requests_per_s: float
     burst: float = 1.0
     tokens_per_s: float | None = None
     token_burst: float | None = None
+
+    def __post_init__(self):
+        self.requests_per_s = positive_float("RateLimit.requests_per_s", self.requests_per_s)
+        self.burst = check_number("RateLimit.burst", self.burst, 1)  # a request costs one: a smaller burst admits none
+        if self.tokens_per_s is not None:
+            self.tokens_per_s = positive_float("RateLimit.tokens_per_s", self.tokens_per_s)
+        if self.token_burst is not None:
+            if self.tokens_per_s is None:
+                raise ValueError("RateLimit.token_burst needs tokens_per_s (a token bucket to hold it)")
+            self.token_burst = check_number("RateLimit.token_burst", self.token_burst, 1)
 
 
 def as_keys(api_keys) -> dict | None:
@@ -60,7 +75,8 @@ class Auth:
 
     def __init__(self, api_keys=None, *, failed_per_s: float = 1.0, failed_burst: float = 10):
         self.keys = as_keys(api_keys)
-        self.failed_per_s, self.failed_burst = failed_per_s, failed_burst
+        self.failed_per_s = positive_float("failed_auth_per_s", failed_per_s)
+        self.failed_burst = check_number("failed_auth_burst", failed_burst, 1)
         self._failures: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
 
