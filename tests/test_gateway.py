@@ -378,12 +378,27 @@ NON_POSITIVE = [0, -1, float("nan"), float("inf"), -float("inf")]
 
 
 @pytest.mark.parametrize("arg", ["base_delay", "max_delay"])
-@pytest.mark.parametrize("bad", NON_POSITIVE)
+@pytest.mark.parametrize("bad", NON_POSITIVE[1:])  # zero is a valid delay: retry at once
 def test_retry_and_backoff_reject_bad_delays(arg, bad):
     with pytest.raises(ValueError, match=arg):
         retry_call(lambda: 1, **{arg: bad})
     with pytest.raises(ValueError, match=arg):
         backoff_delay(1, **{arg: bad})
+
+
+def test_retry_call_with_zero_delays_retries_at_once():
+    # issue 27: base_delay=0 (tenacity's wait_none) was refused after a validation change
+    waits, calls = [], iter([RetryableError("busy"), RetryableError("busy"), "ok"])
+
+    def fn():
+        out = next(calls)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    assert retry_call(fn, max_attempts=3, base_delay=0, sleep=waits.append) == "ok"
+    assert waits == [0.0, 0.0]
+    assert backoff_delay(4, base_delay=0.5, max_delay=0, jitter="none") == 0.0
 
 
 @pytest.mark.parametrize("bad", NON_POSITIVE)
