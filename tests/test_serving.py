@@ -810,6 +810,41 @@ def test_cache_is_scoped_per_api_key(backend):
     assert hits == [False, False, True]  # bob never receives alice's cached answer
 
 
+def test_cache_keys_on_exact_text_ids_and_every_setting_with_stats_per_key(backend):
+    # issue 27: "hello world" got "Hello World"'s cached answer; ids [104,105,255] and [..,254] shared an entry
+    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, cache=ExactCache())
+    base = {"model": "tiny-gpt", "max_tokens": 4, "temperature": 0}
+    asks = [  # (key, extra fields, expected cache hit)
+        (KEY, {"prompt": "Hello World"}, False),
+        (KEY, {"prompt": "hello world"}, False),
+        (KEY, {"prompt": "hello  world"}, False),
+        (KEY, {"prompt": "Hello World"}, True),
+        (KEY, {"prompt": [104, 105, 255]}, False),
+        (KEY, {"prompt": [104, 105, 254]}, False),
+        (KEY, {"prompt": [104, 105, 255]}, True),
+        (KEY, {"prompt": "Hello World", "presence_penalty": 1.0}, False),
+        (KEY, {"prompt": "Hello World", "logit_bias": {"65": 5}}, False),
+        (KEY, {"prompt": "Hello World", "stop": ["q"]}, False),
+        (OTHER_KEY, {"prompt": "Hello World"}, False),
+    ]
+    with start_server(app) as url:
+        texts = []
+        for key, extra, _ in asks:
+            c = openai.OpenAI(base_url=url + "/v1", api_key=key, timeout=30, max_retries=0)
+            texts.append(c.completions.create(**base, **extra).choices[0].text)
+        with httpx.Client(timeout=10) as h:
+            snap = h.get(url + "/metrics", headers=HEADERS).json()
+            prom = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS).text
+    assert [r["cache_hit"] for r in list(app.state.request_log)[: len(asks)]] == [hit for *_, hit in asks]
+    lower = backend.generate("hello world", max_tokens=4).text
+    assert texts[1] == lower  # its own answer, not "Hello World"'s
+    assert texts[3] == texts[0]
+    assert snap["cache_by_client"]["alice"] == {"hits": 2, "misses": 8, "hit_rate": 0.2}
+    assert snap["cache_by_client"]["bob"] == {"hits": 0, "misses": 1, "hit_rate": 0.0}
+    assert 'course_client_cache_hits_total{client="alice"} 2' in prom
+    assert 'course_client_cache_misses_total{client="bob"} 1' in prom
+
+
 class _Gated(EchoBackend):
     """An echo backend whose batches wait for ``release`` and whose tokens take ``token_s`` each."""
 
