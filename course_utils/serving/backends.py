@@ -252,6 +252,7 @@ class EchoBackend(OneRequest):
         self.name, self.max_context, self.tokenizer = name, max_context, ByteTokenizer()
 
     def generate_batch(self, reqs: list[GenRequest], on_token=None) -> list:
+        check_requests(reqs, self.max_context)  # max_tokens=-3 used to answer '' instead of saying why
         out = []
         for row, r in enumerate(reqs):
             ids = (list(r.prompt_ids) * r.max_tokens)[: r.max_tokens]
