@@ -86,14 +86,25 @@ class Server:
         self.auth, self.limiter, self.cache, self.request_log = auth, limiter, cache, request_log
         self.max_body_bytes, self.max_tokens_limit = max_body_bytes, max_tokens_limit
         self.body_timeout_s, self.public_metrics = body_timeout_s, public_metrics
+        self.created = int(time.time())  # the models' cards' "created": when they were loaded into this server
 
     def all_model_names(self) -> list[str]:
         return sorted(self.models) + sorted(self.embedders)
 
     def model_card(self, name: str) -> dict:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "course"}
+        """OpenAI's model object; ``created`` is when this server loaded its models (Unix seconds)."""
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "course"}
 
     def backend(self, name: str):
+        """The generation model ``name``; the embedding model's name is a 404 that says what kind it is."""
+        if name in self.embedders:
+            raise ApiError(
+                404,
+                f"{name[:80]!r} is an embedding model, not a text generation model: use it on POST /v1/embeddings "
+                f"(generation models here: {', '.join(sorted(self.models))})",
+                param="model",
+                code="model_not_supported",
+            )
         if name not in self.models:
             raise ApiError(
                 404,
@@ -104,6 +115,16 @@ class Server:
         return self.models[name]
 
     def embedder(self, name: str):
+        """The embedding model ``name``; a generation model's name is a 404 that says what kind it is."""
+        if name in self.models:
+            shown = ", ".join(sorted(self.embedders)) or "none on this server"
+            raise ApiError(
+                404,
+                f"{name[:80]!r} is a text generation model, not an embedding model: use it on /v1/completions or "
+                f"/v1/chat/completions (embedding models: {shown})",
+                param="model",
+                code="model_not_supported",
+            )
         if name not in self.embedders:
             raise ApiError(
                 404,
