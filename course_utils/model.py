@@ -476,13 +476,16 @@ def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None, s
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str = "cpu", rebuild: str | None = None) -> GPT:
+def load_checkpoint(
+    path: str | Path, *, map_location: str = "cpu", rebuild: str | None = None, warn_unchecked: bool = False
+) -> GPT:
     """Rebuild the :class:`GPT` saved by :func:`save_checkpoint` (config from the JSON, weights from safetensors).
 
     The weights *and* the JSON config are checked against their sidecar ``.sha256`` records whenever the records
     exist, on every path (a changed ``rope_base`` is as wrong as a changed weight). With ``rebuild`` (a shipped
     checkpoint: the command that rebuilds it, quoted in the error) the records must exist; without it a checkpoint
-    saved without them (``save_checkpoint(..., sha256=False)``) loads with one warning.
+    saved without them (``save_checkpoint``'s default) loads, with one warning if ``warn_unchecked`` (what a
+    server does: ``load_backend(name, checkpoint)``).
     """
     from safetensors.torch import load_file
 
@@ -499,7 +502,7 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu", rebuild: str
         for p in (path, side):
             if _record_of(p, None).exists():
                 verify_sha256(p, rebuild=how)
-        if missing:
+        if missing and warn_unchecked:
             warnings.warn(
                 f"{', '.join(missing)}: no .sha256 sidecar, so the checkpoint is loaded unchecked "
                 "(save_checkpoint(..., sha256=True) writes them)",

@@ -295,7 +295,7 @@ def load_backend(
     from ..served_models import SERVED_MODELS, load_served_model
 
     if checkpoint is not None:
-        model = load_checkpoint(checkpoint)
+        model = load_checkpoint(checkpoint, warn_unchecked=True)  # its records checked whenever present
         return GPTBackend(model, _tokenizer_for(model.config.vocab_size), name=name)
     if name in SERVED_MODELS:
         model, tokenizer = load_served_model(name)
