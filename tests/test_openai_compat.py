@@ -257,7 +257,10 @@ def test_completion_echo_with_logprobs_scores_the_prompt_too(url, backend):
     [
         (dict(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
         (dict(messages=[]), "messages"),
-        (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages"),
+        (
+            dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            "messages.0.content.0.type",
+        ),
         (dict(messages=MESSAGES, temperature=5), "temperature"),
         (dict(messages=MESSAGES, n=0), "n"),
         (dict(messages=MESSAGES, top_logprobs=21, logprobs=True), "top_logprobs"),
@@ -477,6 +480,15 @@ def test_tool_messages_say_tools_are_not_supported(url, messages, param):
     with pytest.raises(openai.BadRequestError) as info:
         sync(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
     assert "tools are not supported" in info.value.body["message"] and info.value.body["param"] == param
+
+
+def test_image_parts_say_they_are_not_supported(url):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}]
+    with pytest.raises(openai.BadRequestError) as info:
+        sync(url).chat.completions.create(model=MODEL, messages=msgs, max_tokens=2)
+    assert "'image_url' content parts are not supported" in info.value.body["message"]
+    assert info.value.body["param"] == "messages.0.content.1.type"
 
 
 def test_null_user_content_is_a_bad_request(url):

@@ -210,6 +210,16 @@ def check_messages(body: dict) -> None:
                     param=f"messages.{i}.{field}",
                     code="tools_not_supported",
                 )
+        parts = m.get("content") if isinstance(m.get("content"), list) else []
+        for j, part in enumerate(parts):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind not in ("text", "refusal"):
+                raise ApiError(
+                    400,
+                    f"{kind[:40]!r} content parts are not supported by this server (text parts only): "
+                    f"messages[{i}].content[{j}]",
+                    param=f"messages.{i}.content.{j}.type",
+                )
         if "content" not in m or m["content"] is None:
             raise ApiError(
                 400,
