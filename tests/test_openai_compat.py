@@ -371,6 +371,7 @@ def test_async_client_chat_and_completions_streamed_and_not(url, backend):
 # ---------------------------------------------------------------- embeddings
 def test_embeddings_serve_chapter_6s_model(backend):
     app = create_app({MODEL: backend}, embeddings=True)
+    app.state.server.embedders["all-MiniLM-L6-v2"].embed(["warm up"])  # loading MiniLM: ~27 s on a busy machine
     with start_server(app) as base:
         c = sync(base, key="unused")
         assert "all-MiniLM-L6-v2" in [m.id for m in c.models.list().data]
