@@ -2,7 +2,7 @@
 
 - :class:`SemanticCache` — answers a query with a stored value when a cached query's embedding has cosine
   similarity ≥ ``threshold`` *within the same scope* (model + settings) and has not expired.
-- :class:`ExactCache` — the baseline: a hit only for the same normalised text.
+- :class:`ExactCache` — the baseline: a hit only for the exact same text (or token ids).
 - the workload simulator: support-desk :data:`INTENTS` asked through :data:`PARAPHRASES` with Zipf popularity, plus
   a long tail (:func:`tail_intent`, :func:`intent_text`, :func:`paraphrase_stream`), replayed through a cache by
   :func:`simulate_cache`, which counts hits and *false* hits (someone else's answer).
@@ -36,10 +36,24 @@ __all__ = [
 ]
 
 
-def _unit(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32).reshape(-1)
+def _unit(v, name: str = "vector", *, allow_row: bool = False) -> np.ndarray:
+    """``v / ||v||`` as float32: a 1-D, finite, non-zero vector (``allow_row``: a (1, d) matrix too, what a batch
+    embedder returns for one text). Anything else is refused by ``name``: a NaN or zero vector has no direction and
+    would hit nothing (or everything), and flattening a matrix would mix several vectors into one."""
+    try:
+        v = np.asarray(v, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a 1-D array of numbers, got {type(v).__name__}") from None
+    if allow_row and v.ndim == 2 and v.shape[0] == 1:
+        v = v[0]
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D vector, got shape {tuple(v.shape)}")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{name} holds NaN or inf")
     norm = float(np.linalg.norm(v))
-    return v / norm if norm > 0 else v
+    if norm == 0.0:
+        raise ValueError(f"{name} is all zeros: it has no direction, so no cosine similarity")
+    return v / norm
 
 
 def _ttl(ttl_s) -> float | None:
@@ -59,9 +73,14 @@ class SemanticCache:
     """Nearest-neighbour cache: a query hits when a stored query in the same scope has cosine ≥ ``threshold``.
 
     ``embed(text) -> vector`` (or ``embed(list_of_texts) -> matrix``; both are accepted) is a parameter so the
-    chapter uses MiniLM and tests a cheap deterministic embedder. Vectors are kept unit-normalised in one
-    matrix per scope, so a lookup is a single matrix-vector product. Oldest entries are evicted first past
-    ``max_entries``; entries older than ``ttl_s`` never hit.
+    chapter uses MiniLM and tests a cheap deterministic embedder.
+
+    Normalisation: the query *text* is passed to ``embed`` exactly as given (no lowercasing, no whitespace
+    folding: that is the embedder's business); the *vector* is L2-normalised (``v / ||v||``) on the way in, so
+    the cosine similarity is a dot product and a vector's length never matters. A vector must be 1-D (or one
+    (1, d) row from ``embed``), finite and non-zero: NaN, zero and matrix "vectors" are a ``ValueError``. Vectors
+    are kept in one matrix per scope, so a lookup is a single matrix-vector product. Oldest entries are evicted
+    first past ``max_entries``; entries older than ``ttl_s`` never hit.
     """
 
     def __init__(
@@ -89,7 +108,7 @@ class SemanticCache:
     def _embed_one(self, query: str) -> np.ndarray:
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
-        return _unit(self.embed(query))
+        return _unit(self.embed(query), "embed(query)", allow_row=True)
 
     def __len__(self) -> int:
         return len(self._order)
@@ -99,6 +118,8 @@ class SemanticCache:
         v = _unit(vector) if vector is not None else self._embed_one(query)
         with self._lock:
             s = self._scopes.get(_scope_key(scope))
+            if s is not None and v.size != s["vecs"].shape[1]:
+                raise ValueError(f"vector has {v.size} dimensions, the cache holds {s['vecs'].shape[1]}")
             if s is None or not s["alive"].any():
                 return None, float("-inf")
             sims = s["vecs"][: s["n"]] @ v
@@ -174,26 +195,42 @@ class SemanticCache:
 
 
 class ExactCache:
-    """The baseline: a dict keyed by (scope, normalised query text). Same ``get``/``put``/``stats`` as above."""
+    """The baseline: a dict keyed by (scope, the exact query). Same ``get``/``put``/``stats`` as above.
+
+    The query is a ``str``, used exactly as given (no lowercasing or whitespace folding: "hello world" and "Hello
+    World" are different prompts with different answers), or a sequence of token ids (kept as a tuple, so ids that
+    decode to the same text never share an entry).
+    """
 
     def __init__(self, *, ttl_s: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.ttl_s, self.clock, self._d = _ttl(ttl_s), clock, {}
         self.hits = self.misses = 0
+        self._lock = threading.Lock()
 
     @staticmethod
-    def _norm(query: str) -> str:
-        return " ".join(query.lower().split())
+    def _key(query, scope):
+        if isinstance(query, str):
+            return (_scope_key(scope), "text", query)
+        if isinstance(query, (list, tuple, np.ndarray)) and all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in query
+        ):
+            return (_scope_key(scope), "ids", tuple(int(t) for t in query))
+        raise TypeError(f"query must be a str or a sequence of token ids, got {type(query).__name__}")
 
-    def get(self, query: str, scope=None):
-        item = self._d.get((_scope_key(scope), self._norm(query)))
-        if item is not None and (self.ttl_s is None or self.clock() - item[1] <= self.ttl_s):
-            self.hits += 1
-            return item[0]
-        self.misses += 1
-        return None
+    def get(self, query, scope=None):
+        key = self._key(query, scope)
+        with self._lock:
+            item = self._d.get(key)
+            if item is not None and (self.ttl_s is None or self.clock() - item[1] <= self.ttl_s):
+                self.hits += 1
+                return item[0]
+            self.misses += 1
+            return None
 
-    def put(self, query: str, value, scope=None) -> None:
-        self._d[(_scope_key(scope), self._norm(query))] = (value, self.clock())
+    def put(self, query, value, scope=None) -> None:
+        key = self._key(query, scope)
+        with self._lock:
+            self._d[key] = (value, self.clock())
 
     def stats(self) -> dict:
         total = self.hits + self.misses

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ __all__ = [
     "sha256_of",
     "write_sha256",
     "verify_sha256",
+    "read_sha256",
 ]
 
 
@@ -474,12 +476,16 @@ def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None, s
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str = "cpu", rebuild: str | None = None) -> GPT:
+def load_checkpoint(
+    path: str | Path, *, map_location: str = "cpu", rebuild: str | None = None, warn_unchecked: bool = False
+) -> GPT:
     """Rebuild the :class:`GPT` saved by :func:`save_checkpoint` (config from the JSON, weights from safetensors).
 
-    With ``rebuild`` (the command that rebuilds the checkpoint, quoted in the error), the weights *and* the JSON
-    config must match their sidecar ``.sha256`` records first: a changed ``rope_base`` is as wrong as a changed
-    weight, and a config read without its checksum would pass unnoticed.
+    The weights *and* the JSON config are checked against their sidecar ``.sha256`` records whenever the records
+    exist, on every path (a changed ``rope_base`` is as wrong as a changed weight). With ``rebuild`` (a shipped
+    checkpoint: the command that rebuilds it, quoted in the error) the records must exist; without it a checkpoint
+    saved without them (``save_checkpoint``'s default) loads, with one warning if ``warn_unchecked`` (what a
+    server does: ``load_backend(name, checkpoint)``).
     """
     from safetensors.torch import load_file
 
@@ -490,6 +496,19 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu", rebuild: str
         verify_sha256(side, rebuild=rebuild)
     if not path.exists() or not side.exists():
         raise FileNotFoundError(f"expected {path} and {side} (written by save_checkpoint)")
+    if rebuild is None:
+        how = f"save_checkpoint({path.name!r}, sha256=True) again, or restore the original files"
+        missing = [p.name for p in (path, side) if not _record_of(p, None).exists()]
+        for p in (path, side):
+            if _record_of(p, None).exists():
+                verify_sha256(p, rebuild=how)
+        if missing and warn_unchecked:
+            warnings.warn(
+                f"{', '.join(missing)}: no .sha256 sidecar, so the checkpoint is loaded unchecked "
+                "(save_checkpoint(..., sha256=True) writes them)",
+                UserWarning,
+                stacklevel=2,
+            )
     config = GPTConfig(**json.loads(side.read_text())["config"])
     model = GPT(config)
     state = load_file(str(path), device=map_location)
@@ -517,14 +536,38 @@ def write_sha256(path: str | Path, record: str | Path | None = None) -> Path:
     return record
 
 
+def read_sha256(record: str | Path, name: str) -> str:
+    """The lower-case hex digest a ``sha256sum``-format ``record`` gives for the file called ``name``.
+
+    As ``sha256sum -c`` reads it: ``<64 hex digits> [*]<file name>``, hex in either case. The name binds the digest
+    to its file: a record (with its file) copied to another name is refused, so two checkpoints swapped together
+    with their sidecars do not pass. An empty or malformed record is a ``ValueError`` saying what it should hold.
+    """
+    record = Path(record)
+    line = next((ln for ln in record.read_text().splitlines() if ln.strip()), "")
+    digest, _, recorded = line.strip().partition(" ")
+    recorded = recorded.strip().removeprefix("*")  # sha256sum's binary-mode marker
+    if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not recorded:
+        shown = repr(line[:80]) if line else "empty"
+        raise ValueError(f"{record.name} is {shown}: expected '<64 hex digits>  {name}' (sha256sum's format)")
+    if recorded != name:
+        raise ValueError(f"{record.name} records the file {recorded[:80]!r}, not {name!r}: renamed or swapped files")
+    return digest.lower()
+
+
 def verify_sha256(path: str | Path, record: str | Path | None = None, *, rebuild: str) -> Path:
-    """``path`` if its SHA-256 equals the one in ``record`` (default ``<path>.sha256``); otherwise an error that
-    says how to ``rebuild`` the file. Shipped checkpoints and results are checked before anything reads them."""
+    """``path`` if its SHA-256 equals the one in ``record`` (default ``<path>.sha256``, read by
+    :func:`read_sha256`); otherwise an error that says how to ``rebuild`` the file. Shipped checkpoints and results
+    are checked before anything reads them."""
     path = Path(path)
     record = _record_of(path, record)
     if not path.exists() or not record.exists():
         raise FileNotFoundError(f"{path.name} or its {record.name} is missing: run `{rebuild}` to rebuild it")
-    expected, got = record.read_text().split()[0], sha256_of(path)
+    try:
+        expected = read_sha256(record, path.name)
+    except ValueError as err:
+        raise ValueError(f"{err} (rebuild it with `{rebuild}`)") from None
+    got = sha256_of(path)
     if got != expected:
         raise ValueError(
             f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "

@@ -359,6 +359,13 @@ def cosine_top_k(query: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndar
             f"expected query of shape (d,) and matrix of shape (n, d), got {query.shape} and {matrix.shape}"
         )
     _check_k(k)
+    # a NaN compares false with everything, so it used to return no rows at all instead of saying why
+    if not np.isfinite(query).all():
+        raise ValueError("query holds NaN or inf: embed the question again")
+    if not np.isfinite(matrix).all():
+        raise ValueError("matrix holds NaN or inf in some rows")
+    if not query.any():
+        raise ValueError("query is all zeros: it has no direction, so no cosine similarity")
     q = query / max(np.linalg.norm(query), 1e-12)
     m = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     sims = m @ q
@@ -381,6 +388,13 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hashable]], k: int = 60) 
     """Fuse ranked lists: score(d) = Σ_lists 1 / (k + rank of d), rank counted from 1. Best first; ties keep the
     order in which items were first seen."""
     k = nonnegative_float("k", k)
+    # a str is a sequence too: 'abc' used to be ranked as three lists of characters
+    if isinstance(rankings, (str, bytes)) or not isinstance(rankings, (Sequence, Iterable)):
+        raise TypeError(f"rankings must be a list of ranked lists of ids, got {type(rankings).__name__}")
+    rankings = list(rankings)
+    for i, ranking in enumerate(rankings):
+        if isinstance(ranking, (str, bytes)) or not isinstance(ranking, Iterable):
+            raise TypeError(f"rankings[{i}] must be a ranked list of ids, got {type(ranking).__name__} {ranking!r:.40}")
     scores: dict[Hashable, float] = {}
     for ranking in rankings:
         for rank, item in enumerate(ranking, start=1):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .validate import check_int, positive_float
+from .validate import check_int, nonnegative_float, positive_float
 
 __all__ = [
     "RetryableError",
@@ -70,8 +70,9 @@ def backoff_delay(
     """The wait before retry number ``n`` (1, 2, ...): ``min(max_delay, base_delay·2^(n-1))``; full jitter draws
     from U[0, that]."""
     check_int("n (the retry number)", n, 1)
-    base_delay = positive_float("base_delay", base_delay)
-    max_delay = positive_float("max_delay", max_delay)
+    # zero is allowed (retry at once, as tenacity's wait_none): only NaN, inf and negatives are nonsense
+    base_delay = nonnegative_float("base_delay", base_delay)
+    max_delay = nonnegative_float("max_delay", max_delay)
     if jitter not in ("full", "none"):
         raise ValueError(f"jitter must be 'full' or 'none', got {jitter!r}")
     cap = min(max_delay, base_delay * 2.0 ** (n - 1))
@@ -98,8 +99,9 @@ def retry_call(
     broken header (``Retry-After: 86400000``, ``inf``) must not park the client for days.
     """
     check_int("max_attempts", max_attempts, 1)
-    base_delay = positive_float("base_delay", base_delay)
-    max_delay = positive_float("max_delay", max_delay)
+    # zero is allowed (retry at once, as tenacity's wait_none): only NaN, inf and negatives are nonsense
+    base_delay = nonnegative_float("base_delay", base_delay)
+    max_delay = nonnegative_float("max_delay", max_delay)
     if jitter not in ("full", "none"):
         raise ValueError(f"jitter must be 'full' or 'none', got {jitter!r}")
     retry_on = tuple(retry_on) if isinstance(retry_on, (list, tuple)) else (retry_on,)

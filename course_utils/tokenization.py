@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import numbers
 import os
 import warnings
 from collections import Counter
@@ -109,6 +110,13 @@ def _compile(pattern):
 
 def get_stats(ids, counts=None) -> dict:
     """Count each adjacent pair in ``ids``: ``[1, 2, 1, 2] -> {(1, 2): 2, (2, 1): 1}``; adds into ``counts``."""
+    # cheap checks only (this runs once per chunk per merge): a str would count character pairs, silently
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__getitem__") or not hasattr(ids, "__len__"):
+        raise TypeError(f"ids must be a list of token ids (ints), got {type(ids).__name__}; encode text first")
+    if len(ids) and (isinstance(ids[0], bool) or not isinstance(ids[0], numbers.Integral)):
+        raise TypeError(f"ids must hold token ids (ints), got {type(ids[0]).__name__} items")
+    if counts is not None and not isinstance(counts, dict):
+        raise TypeError(f"counts must be a dict {{pair: count}} or None, got {type(counts).__name__}")
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
         counts[pair] = counts.get(pair, 0) + 1

@@ -78,7 +78,8 @@ def test_load_checkpoint_with_rebuild_checks_weights_and_config(tmp_path):
     config = path.with_suffix(".json")
     original = config.read_text()
     config.write_text(original.replace('"rope_base": 10000', '"rope_base": 10001', 1))
-    assert load_checkpoint(path).config.rope_base == 10001  # without rebuild nothing is checked (learners' files)
+    with pytest.raises(ValueError, match="m.json: sha256"):  # records present: checked without rebuild too
+        load_checkpoint(path)
     with pytest.raises(ValueError, match="m.json: sha256.*rebuild-me"):
         load_checkpoint(path, rebuild="rebuild-me")
     config.write_text(original)

@@ -288,9 +288,9 @@ CASES = [
         "retry_call",
         retry_call,
         dict(fn=lambda: 1),
-        {"max_attempts": "size", "base_delay": "positive", "max_delay": "positive"},
+        {"max_attempts": "size", "base_delay": "nonnegative", "max_delay": "nonnegative"},
     ),
-    ("backoff_delay", backoff_delay, dict(n=1), {"n": "size", "base_delay": "positive", "max_delay": "positive"}),
+    ("backoff_delay", backoff_delay, dict(n=1), {"n": "size", "base_delay": "nonnegative", "max_delay": "nonnegative"}),
     (
         "TokenBucket",
         TokenBucket,

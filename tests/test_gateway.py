@@ -233,11 +233,50 @@ def test_semantic_cache_rejects_non_string_query():
         SemanticCache(bag_of_words).get(123)
 
 
-def test_exact_cache_only_matches_normalised_text():
+def test_exact_cache_matches_the_exact_text_or_token_ids_only():
+    # issue 27: the cache lowercased and folded whitespace, so "hello world" got "Hello World"'s answer
     cache = ExactCache()
     cache.put("Hello  World", "x", scope="m")
-    assert cache.get("hello world", scope="m") == "x"
-    assert cache.get("hello world!", scope="m") is None and cache.get("hello world", scope="other") is None
+    assert cache.get("Hello  World", scope="m") == "x"
+    for other in ("hello world", "Hello World", "Hello  World ", "hello world!"):
+        assert cache.get(other, scope="m") is None, other
+    assert cache.get("Hello  World", scope="other") is None
+    # token ids are keys of their own: ids that decode alike (255 and 254 both to U+FFFD) never share an entry
+    cache.put([104, 105, 255], "ids-255", scope="m")
+    assert cache.get((104, 105, 255), scope="m") == "ids-255" and cache.get([104, 105, 254], scope="m") is None
+    assert cache.get("hi\ufffd", scope="m") is None  # nor the text they decode to
+    for bad in (None, 3.5, [1, "a"], [True]):
+        with pytest.raises(TypeError, match="query"):
+            cache.get(bad)
+
+
+@pytest.mark.parametrize(
+    "vector,match",
+    [
+        ([float("nan"), 1.0, 0.0], "NaN"),
+        ([0.0, 0.0, 0.0], "zeros"),
+        ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "1-D"),
+        ([], "1-D"),
+        (np.ones((2, 3, 1)), "1-D"),
+    ],
+)
+def test_semantic_cache_refuses_vectors_without_a_direction_by_name(vector, match):
+    cache = SemanticCache(bag_of_words)
+    for call in (lambda: cache.put("q", 1, vector=vector), lambda: cache.get("q", vector=vector)):
+        with pytest.raises(ValueError, match=f"vector.*{match}|{match}.*vector|vector must be"):
+            call()
+    assert len(cache) == 0
+    # an embedder that returns such a vector is refused the same way, naming it
+    with pytest.raises(ValueError, match="embed"):
+        SemanticCache(lambda q: np.asarray(vector, dtype=float)).put("q", 1)
+
+
+def test_semantic_cache_normalises_vectors_not_text():
+    cache = SemanticCache(lambda q: np.array([1.0, 0.0]) if q == "a" else np.array([0.0, 1.0]), threshold=0.99)
+    cache.put("a", "A", vector=[5.0, 0.0])  # length does not matter: only the direction
+    assert cache.get("a") == "A" and cache.get("A") is None  # the text reaches the embedder as given
+    with pytest.raises(ValueError, match="dimensions"):
+        cache.get("a", vector=[1.0, 0.0, 0.0])
 
 
 # ---------------------------------------------------------------- fallback, query stream, cascades
@@ -378,12 +417,27 @@ NON_POSITIVE = [0, -1, float("nan"), float("inf"), -float("inf")]
 
 
 @pytest.mark.parametrize("arg", ["base_delay", "max_delay"])
-@pytest.mark.parametrize("bad", NON_POSITIVE)
+@pytest.mark.parametrize("bad", NON_POSITIVE[1:])  # zero is a valid delay: retry at once
 def test_retry_and_backoff_reject_bad_delays(arg, bad):
     with pytest.raises(ValueError, match=arg):
         retry_call(lambda: 1, **{arg: bad})
     with pytest.raises(ValueError, match=arg):
         backoff_delay(1, **{arg: bad})
+
+
+def test_retry_call_with_zero_delays_retries_at_once():
+    # issue 27: base_delay=0 (tenacity's wait_none) was refused after a validation change
+    waits, calls = [], iter([RetryableError("busy"), RetryableError("busy"), "ok"])
+
+    def fn():
+        out = next(calls)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    assert retry_call(fn, max_attempts=3, base_delay=0, sleep=waits.append) == "ok"
+    assert waits == [0.0, 0.0]
+    assert backoff_delay(4, base_delay=0.5, max_delay=0, jitter="none") == 0.0
 
 
 @pytest.mark.parametrize("bad", NON_POSITIVE)

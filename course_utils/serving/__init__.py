@@ -20,21 +20,12 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/embe
 ``GET /v1/models/{id}``, ``GET /health``, ``GET /metrics`` (JSON or ``?format=prometheus``).
 
 Command line: ``python -m course_utils.serving --model tiny-gpt --port 8000`` (see ``--help``). The adder models
-of the cascade live in :mod:`course_utils.adder` (re-exported here).
+of the cascade live in :mod:`course_utils.adder` (re-exported here, lazily: :mod:`~course_utils.adder` imports
+:mod:`.backends`, so importing it here eagerly made ``from course_utils.adder import build_adders`` a cycle).
 """
 
-from ..adder import (
-    ADDER_CONFIGS,
-    ADDER_SHA256,
-    ASSETS,
-    AdditionData,
-    addition_problem,
-    addition_problems,
-    answer_additions,
-    build_adders,
-    load_adder,
-    train_adder,
-)
+import importlib
+
 from .app import create_app, start_server
 from .auth import RateLimit
 from .backends import ByteTokenizer, EchoBackend, EmbeddingBackend, Generation, GenRequest, GPTBackend, load_backend
@@ -43,6 +34,30 @@ from .faults import FaultError, FaultInjector
 from .metrics import Metrics, prometheus_text
 from .protocol import MAX_SEED
 from .scheduler import Batcher
+
+_ADDER_NAMES = frozenset(
+    {
+        "ADDER_CONFIGS",
+        "ADDER_SHA256",
+        "ASSETS",
+        "AdditionData",
+        "addition_problem",
+        "addition_problems",
+        "answer_additions",
+        "build_adders",
+        "load_adder",
+        "train_adder",
+    }
+)
+
+
+def __getattr__(name: str):
+    if name in _ADDER_NAMES:  # bound once, all together, as an eager import would have bound them
+        adder = importlib.import_module("course_utils.adder")
+        globals().update({n: getattr(adder, n) for n in _ADDER_NAMES})
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ByteTokenizer",

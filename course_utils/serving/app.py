@@ -86,14 +86,25 @@ class Server:
         self.auth, self.limiter, self.cache, self.request_log = auth, limiter, cache, request_log
         self.max_body_bytes, self.max_tokens_limit = max_body_bytes, max_tokens_limit
         self.body_timeout_s, self.public_metrics = body_timeout_s, public_metrics
+        self.created = int(time.time())  # the models' cards' "created": when they were loaded into this server
 
     def all_model_names(self) -> list[str]:
         return sorted(self.models) + sorted(self.embedders)
 
     def model_card(self, name: str) -> dict:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "course"}
+        """OpenAI's model object; ``created`` is when this server loaded its models (Unix seconds)."""
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "course"}
 
     def backend(self, name: str):
+        """The generation model ``name``; the embedding model's name is a 404 that says what kind it is."""
+        if name in self.embedders:
+            raise ApiError(
+                404,
+                f"{name[:80]!r} is an embedding model, not a text generation model: use it on POST /v1/embeddings "
+                f"(generation models here: {', '.join(sorted(self.models))})",
+                param="model",
+                code="model_not_supported",
+            )
         if name not in self.models:
             raise ApiError(
                 404,
@@ -104,6 +115,16 @@ class Server:
         return self.models[name]
 
     def embedder(self, name: str):
+        """The embedding model ``name``; a generation model's name is a 404 that says what kind it is."""
+        if name in self.models:
+            shown = ", ".join(sorted(self.embedders)) or "none on this server"
+            raise ApiError(
+                404,
+                f"{name[:80]!r} is a text generation model, not an embedding model: use it on /v1/completions or "
+                f"/v1/chat/completions (embedding models: {shown})",
+                param="model",
+                code="model_not_supported",
+            )
         if name not in self.embedders:
             raise ApiError(
                 404,
@@ -205,6 +226,9 @@ def create_app(
 ):
     """The FastAPI app serving ``models`` (``{name: backend}``, a backend, or a list of backends).
 
+    Every setting is checked here (a ``ValueError``/``TypeError`` naming it), not only by the command line: a bad
+    one never builds an app that answers 500 to every request.
+
     ``api_keys``: ``None`` (no authentication) or ``{key: client name}`` / a list of keys; requests need
     ``Authorization: Bearer <key>`` (``/metrics`` too, unless ``public_metrics``). ``rate_limit``: a
     :class:`RateLimit` applied per key. ``cache``: a :class:`~course_utils.gateway.SemanticCache` or ``ExactCache``
@@ -221,6 +245,15 @@ def create_app(
     _positive("max_body_bytes", max_body_bytes, integer=True, minimum=256, closed=True)
     _positive("max_tokens_limit", max_tokens_limit, integer=True, minimum=1, closed=True)
     _positive("body_timeout_s", body_timeout_s)
+    _positive("max_batch", max_batch, integer=True, minimum=1, closed=True)
+    _positive("max_wait_ms", max_wait_ms, closed=True)
+    _positive("log_window", log_window, integer=True, minimum=1, closed=True)
+    if not isinstance(public_metrics, bool):
+        raise TypeError(f"public_metrics must be a bool, got {type(public_metrics).__name__}")
+    if cache is not None and not all(callable(getattr(cache, m, None)) for m in ("get", "put")):
+        raise TypeError(f"cache must be None or have get() and put() (e.g. ExactCache), got {type(cache).__name__}")
+    if scheduler_factory is not None and not callable(scheduler_factory):
+        raise TypeError(f"scheduler_factory must be a function backend -> scheduler, got {scheduler_factory!r}")
     embedders = _as_embedders(embeddings)
     if scheduler_factory is None:
         Batcher(models[next(iter(models))], max_batch=max_batch, max_wait_ms=max_wait_ms)  # checks the settings

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ..gateway import TokenBucket
+from ..validate import check_number, positive_float
 from .protocol import ApiError
 
 MIN_KEY_LENGTH = 8
@@ -20,12 +21,26 @@ MIN_KEY_LENGTH = 8
 @dataclass
 class RateLimit:
     """Per-API-key limits: ``requests_per_s`` (burst ``burst``) and optionally ``tokens_per_s`` (burst
-    ``token_burst``), where a request costs its prompt tokens plus ``max_tokens``."""
+    ``token_burst``, default ``tokens_per_s``), where a request costs its prompt tokens plus ``max_tokens``.
+
+    Checked here, where the setting enters the library (NaN, 0, negatives or a burst below one request are a
+    ``ValueError`` naming the field), so a bad limit never builds an app whose every request is a 500.
+    """
 
     requests_per_s: float
     burst: float = 1.0
     tokens_per_s: float | None = None
     token_burst: float | None = None
+
+    def __post_init__(self):
+        self.requests_per_s = positive_float("RateLimit.requests_per_s", self.requests_per_s)
+        self.burst = check_number("RateLimit.burst", self.burst, 1)  # a request costs one: a smaller burst admits none
+        if self.tokens_per_s is not None:
+            self.tokens_per_s = positive_float("RateLimit.tokens_per_s", self.tokens_per_s)
+        if self.token_burst is not None:
+            if self.tokens_per_s is None:
+                raise ValueError("RateLimit.token_burst needs tokens_per_s (a token bucket to hold it)")
+            self.token_burst = check_number("RateLimit.token_burst", self.token_burst, 1)
 
 
 def as_keys(api_keys) -> dict | None:
@@ -53,13 +68,15 @@ def _too_many(message: str, wait: float, code: str = "rate_limit_exceeded") -> A
 class Auth:
     """``client = Depends(auth)`` in a route: the client's name for a valid key, else a 401.
 
-    After ``failed_burst`` failed attempts from one address, further requests from it are refused with 429 until
-    its bucket refills (``failed_per_s``); requests with a valid key do not spend the bucket.
+    The key is checked first: a valid key is always accepted. After ``failed_burst`` failed attempts from one
+    address, its further *failed* attempts are answered 429 (not 401) until its bucket refills (``failed_per_s``),
+    so guessing keys is slow while valid clients behind the same address (a proxy, a NAT) are never locked out.
     """
 
     def __init__(self, api_keys=None, *, failed_per_s: float = 1.0, failed_burst: float = 10):
         self.keys = as_keys(api_keys)
-        self.failed_per_s, self.failed_burst = failed_per_s, failed_burst
+        self.failed_per_s = positive_float("failed_auth_per_s", failed_per_s)
+        self.failed_burst = check_number("failed_auth_burst", failed_burst, 1)
         self._failures: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
 
@@ -75,25 +92,25 @@ class Auth:
     def __call__(self, request: Request) -> str:
         if self.keys is None:
             return "anonymous"
+        # the key first: a valid key is never refused for what other clients (behind the same address) did
+        client = self.check(request.headers.get("authorization", ""))
+        if client is not None:
+            return client
         address = request.client.host if request.client else "unknown"
         bucket = self._bucket(address)
-        wait = bucket.wait_time(1)
-        if wait > 0:
+        if not bucket.try_acquire(1):
+            wait = bucket.wait_time(1)
             raise _too_many(
                 f"too many failed authentication attempts from {address}; retry in {wait:.1f}s",
                 wait,
                 code="too_many_auth_failures",
             )
-        client = self.check(request.headers.get("authorization", ""))
-        if client is None:
-            bucket.try_acquire(1)
-            raise ApiError(
-                401,
-                "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-                type_="authentication_error",
-            )
-        return client
+        raise ApiError(
+            401,
+            "invalid or missing API key: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            type_="authentication_error",
+        )
 
     def check(self, header: str) -> str | None:
         """The client named by ``Authorization: Bearer <key>``, or None."""

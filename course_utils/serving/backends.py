@@ -252,6 +252,7 @@ class EchoBackend(OneRequest):
         self.name, self.max_context, self.tokenizer = name, max_context, ByteTokenizer()
 
     def generate_batch(self, reqs: list[GenRequest], on_token=None) -> list:
+        check_requests(reqs, self.max_context)  # max_tokens=-3 used to answer '' instead of saying why
         out = []
         for row, r in enumerate(reqs):
             ids = (list(r.prompt_ids) * r.max_tokens)[: r.max_tokens]
@@ -294,7 +295,7 @@ def load_backend(
     from ..served_models import SERVED_MODELS, load_served_model
 
     if checkpoint is not None:
-        model = load_checkpoint(checkpoint)
+        model = load_checkpoint(checkpoint, warn_unchecked=True)  # its records checked whenever present
         return GPTBackend(model, _tokenizer_for(model.config.vocab_size), name=name)
     if name in SERVED_MODELS:
         model, tokenizer = load_served_model(name)

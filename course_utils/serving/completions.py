@@ -9,6 +9,7 @@ model, every sampling setting and the API key's client (one tenant never receive
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -120,21 +121,21 @@ def chat_stops(backend) -> tuple[list[str], tuple[int, ...]]:
 
 
 # ----------------------------------------------------------------------------------------------- running
-def _scope(job: Job, req: GenRequest) -> dict:
+def _scope(job: Job, req: GenRequest, text: str) -> dict:
+    """The cache scope of one choice: the model, the client, the stop strings and EVERY sampling setting of ``req``
+    (read from its fields, so a new setting is in the key without editing this), plus the prompt's token ids when
+    its text does not give them back (ids that decode alike, e.g. two invalid bytes, must not share an answer)."""
+    # TODO(SamplingParams): key on SamplingParams' own cache key once GenRequest carries one, instead of its fields
+    settings = {f.name: getattr(req, f.name) for f in dataclasses.fields(req) if f.name != "prompt_ids"}
+    ids = list(req.prompt_ids)
+    exact = job.backend.tokenizer.encode(text) == ids
     return {
         "model": job.model,
         "client": job.client,
         "chat": job.chat,
-        "max_tokens": req.max_tokens,
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "seed": req.seed,
         "stops": job.stops,
-        "presence": req.presence_penalty,
-        "frequency": req.frequency_penalty,
-        "bias": sorted(req.logit_bias.items()),
-        "top": req.top_logprobs,
-        "stop_ids": list(req.stop_token_ids),
+        "settings": settings,
+        "prompt_ids": None if exact else ids,
     }
 
 
@@ -143,7 +144,8 @@ async def _choice(job: Job, i: int):
     req, text = job.reqs[i], job.prompt_texts[i // job.n]
     cacheable = job.cache is not None and (req.temperature == 0 or req.seed is not None)
     if cacheable:
-        hit = await asyncio.to_thread(job.cache.get, text, _scope(job, req))
+        scope = _scope(job, req, text)
+        hit = await asyncio.to_thread(job.cache.get, text, scope)
         job.cache_hits.append(hit is not None)
         if hit is not None:
             yield Delta(i, hit.text, list(hit.tokens), hit.finish_reason, hit.completion_tokens)
@@ -153,7 +155,7 @@ async def _choice(job: Job, i: int):
         done.add(d)
         yield d
     if cacheable:
-        await asyncio.to_thread(job.cache.put, text, done, _scope(job, req))
+        await asyncio.to_thread(job.cache.put, text, done, scope)
 
 
 async def run(job: Job) -> list[Choice]:

@@ -22,6 +22,7 @@ class Metrics:
         self.requests: Counter = Counter()  # (model, status) -> count
         self.latency_ms: deque = deque(maxlen=window)
         self.tokens_in = self.tokens_out = self.cache_hits = self.cache_misses = 0
+        self.cache_by_client: Counter = Counter()  # (client, "hits" | "misses") -> count: per API key's name
         self._lock = threading.Lock()
 
     def record(self, rec: dict) -> None:
@@ -35,6 +36,8 @@ class Metrics:
                 self.cache_hits += 1
             elif rec.get("cache_hit") is False:
                 self.cache_misses += 1
+            if rec.get("cache_hit") is not None:
+                self.cache_by_client[(str(rec.get("client")), "hits" if rec["cache_hit"] else "misses")] += 1
 
     def snapshot(self, batchers: dict) -> dict:
         with self._lock:
@@ -58,6 +61,7 @@ class Metrics:
                 "tokens_out": self.tokens_out,
                 "cache_hits": self.cache_hits,
                 "cache_misses": self.cache_misses,
+                "cache_by_client": self._cache_by_client(),
                 "batch_sizes": {
                     name: {str(k): v for k, v in sorted(b.batch_sizes.items())} for name, b in batchers.items()
                 },
@@ -67,6 +71,14 @@ class Metrics:
                     if getattr(b, "engine", None) is not None
                 },
             }
+
+    def _cache_by_client(self) -> dict:
+        """``{client: {hits, misses, hit_rate}}`` — each API key (by its client name, never the key) sees its own."""
+        out = {}
+        for client in sorted({c for c, _ in self.cache_by_client}):
+            h, m = self.cache_by_client[(client, "hits")], self.cache_by_client[(client, "misses")]
+            out[client] = {"hits": h, "misses": m, "hit_rate": h / (h + m) if h + m else 0.0}
+        return out
 
 
 def prometheus_text(snap: dict) -> str:
@@ -106,6 +118,12 @@ def prometheus_text(snap: dict) -> str:
         ("course_cache_misses_total", "cache_misses", "Cache lookups that missed."),
     ):
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {snap[key]}"]
+    for name, key, help_ in (
+        ("course_client_cache_hits_total", "hits", "Requests answered from the cache, by client (API key)."),
+        ("course_client_cache_misses_total", "misses", "Cacheable requests that missed, by client (API key)."),
+    ):
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
+        lines += [f'{name}{{client="{esc(c)}"}} {v[key]}' for c, v in snap.get("cache_by_client", {}).items()]
     lines += _engine_lines(snap.get("engines", {}), esc)
     return "\n".join(lines) + "\n"
 

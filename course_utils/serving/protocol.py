@@ -23,6 +23,7 @@ MAX_SEED = 2**63 - 1
 MAX_N = 8  # choices per prompt: each one is a full generation
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
+MAX_EMBEDDING_INPUTS = 256  # inputs per embeddings request (OpenAI allows 2,048; our CPU embedder is slower)
 SYSTEM_FINGERPRINT = "fp_course_utils"
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
@@ -58,7 +59,8 @@ class ApiError(Exception):
 
 
 def error_body(status, message, param=None, code=None, type_="invalid_request_error") -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code, "status": status}}
+    """OpenAI's error body, exactly its keys (``status`` is the HTTP status line, not part of the body)."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 _TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none"}
@@ -66,7 +68,10 @@ _TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none"}
 
 def validation_error(err: ValidationError) -> ApiError:
     """The first pydantic error as a 400 naming the field (``messages.1.role``)."""
-    first = err.errors(include_url=False)[0]
+    errors = err.errors(include_url=False)
+    # a union tries every member; the members of the wrong JSON type report "should be a valid string". The
+    # member whose type fit says what was wrong with the value ("at most 4 items"): report that one.
+    first = next((e for e in errors if not e.get("type", "").endswith("_type")), errors[0])
     # a union reports which member failed (`constrained-str`, `list[constrained-int]`): keep the field path only
     loc = [
         str(p) for p in first.get("loc", ()) if not (isinstance(p, str) and ("[" in p or "-" in p or p in _TYPE_TAGS))
@@ -163,10 +168,65 @@ class CompletionRequest(_Sampling):
         return list(p)
 
 
+TOOL_ROLES = ("tool", "function")
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None  # a string, or OpenAI's content parts (text parts only)
+    """One message. ``developer`` is OpenAI's newer name for ``system`` (its reference examples open with it) and is
+    rendered as the system turn; ``tool``/``function`` messages carry tool results, which this server has no tools
+    to produce (a 400 saying so, see :func:`check_messages`). ``content`` is required (a string, or OpenAI's
+    content parts, text parts only): null is only meaningful beside ``tool_calls``, which this server lacks."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]]
     name: str | None = None
+
+    def template_role(self) -> str:
+        """The course chat template's role for this message."""
+        return "system" if self.role == "developer" else self.role
+
+
+def check_messages(body: dict) -> None:
+    """400s that name what is unsupported (tools), before the schema would report a mere field error."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            continue
+        if m.get("role") in TOOL_ROLES:
+            raise ApiError(
+                400,
+                f"tools are not supported by this server: messages[{i}] has role {m['role']!r} (a tool result); "
+                "send system, developer, user and assistant messages only",
+                param=f"messages.{i}.role",
+                code="tools_not_supported",
+            )
+        for field in ("tool_calls", "function_call"):
+            if m.get(field) not in (None, []):
+                raise ApiError(
+                    400,
+                    f"tools are not supported by this server: messages[{i}] carries {field!r}",
+                    param=f"messages.{i}.{field}",
+                    code="tools_not_supported",
+                )
+        parts = m.get("content") if isinstance(m.get("content"), list) else []
+        for j, part in enumerate(parts):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind not in ("text", "refusal"):
+                raise ApiError(
+                    400,
+                    f"{kind[:40]!r} content parts are not supported by this server (text parts only): "
+                    f"messages[{i}].content[{j}]",
+                    param=f"messages.{i}.content.{j}.type",
+                )
+        if "content" not in m or m["content"] is None:
+            raise ApiError(
+                400,
+                f"messages[{i}].content must be a string or a list of text parts, got "
+                f"{'null' if 'content' in m else 'nothing'}",
+                param=f"messages.{i}.content",
+            )
 
 
 class ChatCompletionRequest(_Sampling):
@@ -215,24 +275,35 @@ class EmbeddingRequest(_Request):
     model: Annotated[str, Field(min_length=1)]
     input: (
         Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=256)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
     )
     encoding_format: Literal["float", "base64"] | None = "float"  # base64: float32 little-endian
     user: str | None = None
     dimensions: Annotated[int, Field(ge=1)] | None = None  # only the model's own size (no truncated vectors)
 
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+    def inputs(self) -> list:
+        """One entry per input: a str, or a list of token ids (OpenAI's ``int[]`` / ``int[][]``)."""
+        x = self.input
+        return [x] if isinstance(x, str) or isinstance(x[0], int) else list(x)
 
 
 def parse(schema: type[BaseModel], body: dict):
     """``body`` as ``schema``, or an :class:`ApiError` 400 naming the first bad field (see :func:`check_fields`)."""
     if issubclass(schema, _Request):
         check_fields(schema, body)
+    if schema is ChatCompletionRequest:
+        check_messages(body)
     try:
-        return schema.model_validate(body)
+        req = schema.model_validate(body)
     except ValidationError as err:
         raise validation_error(err) from None
+    if getattr(req, "stream_options", None) is not None and not req.stream:  # as OpenAI: a 400, not ignored
+        raise ApiError(
+            400, "The 'stream_options' parameter is only allowed when 'stream' is true", param="stream_options"
+        )
+    return req
 
 
 # ----------------------------------------------------------------------------------------------- responses
@@ -342,8 +413,11 @@ class EmbeddingUsage(_Out):
     total_tokens: int
 
 
-class EmbeddingList(_Envelope):
+class EmbeddingList(_Out):
+    """Exactly OpenAI's keys: no ``id``, ``created`` or ``system_fingerprint`` on embeddings."""
+
     object: Literal["list"]
+    model: str
     data: list[Embedding]
     usage: EmbeddingUsage
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 
 from fastapi import APIRouter, Depends, Request
@@ -98,11 +99,23 @@ async def _read(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# a JSON number with more digits than any field accepts (seeds are < 2**63: 19 digits), and the key before it
+_HUGE_INT = re.compile(r'"([^"\\]{0,200})"\s*:\s*(-?\d{40,})')
+
+
 def _decode(raw: bytes) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8") from None
+    huge = _HUGE_INT.search(text)
+    if huge:  # Python refuses to parse > 4,300 digits: say which value is wrong, not "not valid JSON"
+        field, digits = huge.group(1), huge.group(2)
+        raise ApiError(
+            400,
+            f"invalid '{field[:80]}': a number of {len(digits.lstrip('-'))} digits is far beyond any accepted value",
+            param=field[:200],
+        )
     try:
         body = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     except (ValueError, RecursionError):
@@ -216,7 +229,7 @@ async def chat_completions(
     server = server_of(request)
     backend = server.backend(req.model)
     try:
-        text = render_chat([{"role": m.role, "content": "" if m.content is None else m.content} for m in req.messages])
+        text = render_chat([{"role": m.template_role(), "content": m.content} for m in req.messages])
     except (ValueError, TypeError) as err:
         raise ApiError(400, str(err), param="messages") from None
     ids = cmp.prompt_ids(backend, text, "messages")
