@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..chat import END_OF_TURN, END_OF_TURN_ID
+from ..sampling import MAX_SEED, SamplingError
 from . import protocol
 from .backends import GenRequest
 from .generation import Choice, Delta, collect, merge, run_choice
@@ -69,37 +70,26 @@ def prompt_ids(backend, prompt, param: str = "prompt") -> list[int]:
     return ids
 
 
-def sampling_requests(body, ids_list, *, max_tokens, top_logprobs, stop_token_ids=(), vocab_size=None):
-    """``n`` :class:`GenRequest` per prompt; choice ``j`` uses ``seed + j``. A ``logit_bias`` id outside the
-    vocabulary is this request's 400 (found later, it would fail every request batched with it)."""
-    n = body.n or 1
-    bias = {int(k): float(v) for k, v in (body.logit_bias or {}).items()}
-    if vocab_size is not None and bias and max(bias) >= vocab_size:
-        raise ApiError(
-            400,
-            f"'logit_bias' holds token id {max(bias)}, outside the vocabulary [0, {vocab_size})",
-            param="logit_bias",
-        )
-    temperature = 1.0 if body.temperature is None else body.temperature
-    reqs = []
-    for ids in ids_list:
-        for j in range(n):
-            seed = None if body.seed is None else (body.seed + j) % (protocol.MAX_SEED + 1)
-            reqs.append(
-                GenRequest(
-                    ids,
-                    max_tokens,
-                    temperature,
-                    body.top_p,
-                    seed,
-                    body.presence_penalty or 0.0,
-                    body.frequency_penalty or 0.0,
-                    bias,
-                    top_logprobs or 0,
-                    tuple(stop_token_ids),
-                )
-            )
-    return reqs
+def sampling_requests(body, ids_list, *, max_tokens, top_logprobs=None, stop_token_ids=(), vocab_size=None):
+    """``n`` :class:`GenRequest` per prompt, every one carrying the request's ``body.to_sampling_params(max_tokens)``
+    (``max_tokens``: the budget when the request names none); choice ``j`` samples with ``seed + j``.
+
+    A ``logit_bias`` id outside the vocabulary is this request's 400 (found later, it would fail the request in
+    the middle of a batch). ``top_logprobs``, when given, must be what the request asks for (a caller's check).
+    """
+    params = body.to_sampling_params(max_tokens, stop_token_ids=stop_token_ids)
+    if top_logprobs is not None and (params.logprobs or 0) != top_logprobs:
+        raise ValueError(f"top_logprobs={top_logprobs} disagrees with the request's {params.logprobs}")
+    if vocab_size is not None:
+        try:
+            params.check_vocab(vocab_size)
+        except SamplingError as err:
+            raise ApiError(400, f"'{err.field}' {str(err).split(' ', 1)[1]}", param=err.field) from None
+    choices = []
+    for j in range(body.n or 1):
+        seed = None if params.seed is None else (params.seed + j) % (MAX_SEED + 1)
+        choices.append(params if seed == params.seed else params.replace(seed=seed))
+    return [GenRequest(ids, sampling=p) for ids in ids_list for p in choices]
 
 
 def check_budget(backend, ids_list, max_tokens: int, limit: int, param: str) -> None:
@@ -120,21 +110,16 @@ def chat_stops(backend) -> tuple[list[str], tuple[int, ...]]:
 
 
 # ----------------------------------------------------------------------------------------------- running
-def _scope(job: Job, req: GenRequest) -> dict:
+def cache_scope(job: Job, req: GenRequest) -> dict:
+    """What a cached answer is keyed on besides the prompt text: the model, the client, the endpoint, the text-level
+    stops (the request's and the chat template's) and every sampling setting (``SamplingParams.cache_key()``, so a
+    field added there is part of the key without an edit here)."""
     return {
         "model": job.model,
         "client": job.client,
         "chat": job.chat,
-        "max_tokens": req.max_tokens,
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "seed": req.seed,
-        "stops": job.stops,
-        "presence": req.presence_penalty,
-        "frequency": req.frequency_penalty,
-        "bias": sorted(req.logit_bias.items()),
-        "top": req.top_logprobs,
-        "stop_ids": list(req.stop_token_ids),
+        "stops": list(job.stops),
+        "sampling": req.sampling.cache_key(),
     }
 
 
@@ -143,7 +128,7 @@ async def _choice(job: Job, i: int):
     req, text = job.reqs[i], job.prompt_texts[i // job.n]
     cacheable = job.cache is not None and (req.temperature == 0 or req.seed is not None)
     if cacheable:
-        hit = await asyncio.to_thread(job.cache.get, text, _scope(job, req))
+        hit = await asyncio.to_thread(job.cache.get, text, cache_scope(job, req))
         job.cache_hits.append(hit is not None)
         if hit is not None:
             yield Delta(i, hit.text, list(hit.tokens), hit.finish_reason, hit.completion_tokens)
@@ -153,7 +138,7 @@ async def _choice(job: Job, i: int):
         done.add(d)
         yield d
     if cacheable:
-        await asyncio.to_thread(job.cache.put, text, done, _scope(job, req))
+        await asyncio.to_thread(job.cache.put, text, done, cache_scope(job, req))
 
 
 async def run(job: Job) -> list[Choice]:

@@ -172,13 +172,13 @@ class EngineScheduler:
 
         def on_token(ev):  # the engine's thread
             if ev.token_id is not None and stream is not None:
-                top = dict(ev.top_logprobs) if req.top_logprobs else None
+                top = dict(ev.top_logprobs) if req.sampling.logprobs else None
                 loop.call_soon_threadsafe(stream.put_nowait, (ev.token_id, ev.logprob, top))
             if ev.finish_reason is not None:
                 loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
 
         self.batch_sizes[self.engine.stats()["running"] + 1] += 1
-        handle = self.engine.submit(req.prompt_ids, req.params(), on_token)  # ValueError: the request is refused
+        handle = self.engine.submit(req.prompt_ids, req.sampling, on_token)  # ValueError: the request is refused
         try:
             while not handle.done():
                 await asyncio.wait({finished}, timeout=self.POLL_S)
@@ -186,7 +186,7 @@ class EngineScheduler:
         except BaseException:
             self.engine.cancel(handle)  # the client went away (or a stop string ended it): free slot and blocks
             raise
-        tops = [dict(t) for t in res.top_logprobs] if req.top_logprobs else None
+        tops = [dict(t) for t in res.top_logprobs] if req.sampling.logprobs else None
         return Generation(
             res.token_ids,
             res.logprobs,
