@@ -82,6 +82,11 @@ class _SamplingTypeError(SamplingError, TypeError):
     """A setting of the wrong type: both a TypeError (the library's convention) and a SamplingError."""
 
 
+# float32's smallest normal number: a top_p below it would round to 0 in the sampler's float32 comparison (which then
+# keeps no token); any top_p under the best token's probability (>= 1/vocab) keeps that token alone, so this is exact
+_TINY_TOP_P = float(torch.finfo(torch.float32).tiny)
+
+
 def _number(name: str, value, lo: float, hi: float, *, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise _SamplingTypeError(name, f"{name} must be a number, got {value!r}")
@@ -233,18 +238,24 @@ def sample_token(
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
     adjusted = penalized_logits(logits, generated, params)
-    if params.temperature == 0:
-        token = int(adjusted.argmax())
-    else:
-        top_p = None if params.top_p >= 1.0 else params.top_p
-        top_k = params.top_k or None
-        token = int(sample_next_token(adjusted[None], params.temperature, top_k, top_p, generator)[0])
+    token = int(adjusted.argmax()) if params.temperature == 0 else _draw(adjusted, params, generator)
     logp = F.log_softmax(logits.float(), dim=-1)
     top: list[tuple[int, float]] = []
     if params.logprobs:
         values, ids = torch.topk(logp, min(params.logprobs, logp.shape[-1]))
         top = [(int(i), float(v)) for i, v in zip(ids, values)]
     return TokenChoice(token, float(logp[token]), top)
+
+
+def _draw(adjusted: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token drawn from ``adjusted`` [V] at the params' temperature, top-k and top-p; defined for every
+    accepted value: a temperature or top_p too small for float32 (1e-46, 1e-300, 5e-324) acts as its limit, the
+    argmax (greedy) and the top-1 token, instead of dividing by zero into inf − inf = NaN."""
+    # the best token at exactly 0 and the others <= 0, divided in float64: x / T is then 0 or a negative number
+    # (or -inf), never NaN, so softmax is always defined, and a vanishing T leaves the argmax alone
+    scaled = ((adjusted.double() - adjusted.max()) / params.temperature).float()
+    top_p = None if params.top_p >= 1.0 else max(params.top_p, _TINY_TOP_P)
+    return int(sample_next_token(scaled[None], 1.0, params.top_k or None, top_p, generator)[0])
 
 
 def sample_tokens(

@@ -216,3 +216,42 @@ def test_gen_request_reads_through_to_its_params():
         short.max_tokens = 7
     with pytest.raises(SamplingError, match="max_tokens"):
         GenRequest([1], 0)
+
+
+# ----------------------------------------------------------------------------------------------- tiny values
+TINY = [1e-300, 5e-324, 1e-46]  # all three are 0 in float32
+
+
+@pytest.mark.parametrize("tiny", TINY)
+def test_tiny_temperature_and_top_p_act_as_their_limits(tiny):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 300, generator=g) * 5
+    for row in logits:
+        best = int(row.argmax())
+        for kw in (dict(temperature=tiny), dict(top_p=tiny), dict(temperature=tiny, top_p=tiny, top_k=3)):
+            assert sample_token(row, [], SamplingParams(**kw), g).token_id == best, kw
+        pen = SamplingParams(temperature=tiny, presence_penalty=2.0, logit_bias={7: 100})
+        assert sample_token(row, [7], pen, g).token_id == int(penalized_logits(row, [7], pen).argmax())
+    rows = sample_tokens(logits, [[]] * 8, [SamplingParams(top_p=tiny)] * 8, [g] * 8)
+    assert [c.token_id for c in rows] == logits.argmax(-1).tolist()
+
+
+def test_no_nan_reaches_multinomial(monkeypatch):
+    seen = []
+    real = torch.multinomial
+
+    def spy(probs, *a, **kw):
+        seen.append(bool(torch.isfinite(probs).all()) and float(probs.sum()) > 0)
+        return real(probs, *a, **kw)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    logits = torch.tensor([3.0, 1.0, -2.0, 3.0 - 1e-3])
+    for t in [*TINY, 1e-30, 0.01, 2.0]:
+        for top_p in [*TINY, 1e-30, 0.5, 1.0]:
+            sample_token(logits, [], SamplingParams(temperature=t, top_p=top_p), torch.Generator().manual_seed(1))
+    assert seen and all(seen)
+
+
+def test_nan_logits_are_a_clear_error_not_a_sample():
+    with pytest.raises(ValueError, match="NaN"):
+        sample_token(torch.tensor([0.0, math.nan]), [], SamplingParams(), torch.Generator())
