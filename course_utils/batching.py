@@ -234,6 +234,8 @@ class Engine:
         self._ids = itertools.count()
         self._closed = False
         self._held = False  # hold(): queue requests without starting them
+        self._stepping = False  # True while the loop runs a step outside the lock (cancel() then defers)
+        self._cancels: list[_Seq] = []  # running requests cancelled during a step, retired at its end
         self._cpu, self._iter_start = 0.0, None  # CPU seconds the loop has computed for; start of this iteration
         self._totals = {"steps": 0, "prefills": 0, "tokens": 0, "used": 0, "reserved": 0, "maxlen": 0, "preemptions": 0}
         self._thread = threading.Thread(target=self._loop, name="course-engine", daemon=True)
@@ -287,17 +289,23 @@ class Engine:
         return seq.handle
 
     def cancel(self, handle: RequestHandle) -> bool:
-        """Stop a request now: its slot and KV blocks are free on return. ``False`` if it had already finished."""
+        """Stop a request. Thread-safe, and it never touches the engine's state under a running step: a queued
+        request (or any, while the engine is between steps) is retired at once; a running one is marked and
+        retired at the end of the current step (the engine's own thread frees its slot and KV blocks, then
+        ``handle.result()`` returns with ``finish_reason == "cancelled"``). ``False`` if it had already finished."""
         if not isinstance(handle, RequestHandle):
             raise TypeError(f"handle must be a RequestHandle from submit(), got {type(handle).__name__}")
         with self._cond:
             seq = next((s for s in itertools.chain(self._waiting, self._running) if s.handle is handle), None)
-            if seq is None or handle.done():
+            if seq is None or handle.done() or seq in self._cancels:
                 return False
             if seq in self._waiting:
-                self._waiting.remove(seq)
-            seq.finish = "cancelled"
-            self._retire(seq)
+                self._waiting.remove(seq)  # never admitted: it holds no blocks
+            seq.finish = "cancelled"  # a step in flight skips it (read under the lock in _emit)
+            if self._stepping and seq in self._running:
+                self._cancels.append(seq)  # its blocks may be in the forward pass: freed at the step's end
+            else:
+                self._retire(seq)
             self._cond.notify_all()
         return True
 
@@ -356,15 +364,23 @@ class Engine:
         return self._cpu
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the loop; requests still queued or running finish as ``"cancelled"``."""
+        """Stop the loop; requests still queued or running finish as ``"cancelled"`` (the running ones when the
+        current step ends)."""
         with self._cond:
             self._closed = True
-            for seq in list(self._waiting) + self._running:
+            for seq in list(self._waiting):
                 seq.finish = "cancelled"
                 self._retire(seq)
             self._waiting.clear()
+            if not self._stepping:
+                self._retire_running()
             self._cond.notify_all()
         self._thread.join(timeout)
+
+    def _retire_running(self) -> None:
+        for seq in list(self._running):
+            seq.finish = seq.finish or "cancelled"
+            self._retire(seq)
 
     def __enter__(self) -> Engine:
         return self
@@ -376,9 +392,14 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                self._stepping = False  # a step boundary: what cancel() queued meanwhile is applied here
+                for seq in self._cancels:
+                    self._retire(seq)
+                self._cancels.clear()
                 while not self._closed and (self._held or not self._waiting and not self._running):
                     self._cond.wait()
                 if self._closed:
+                    self._retire_running()
                     return
                 if self._gathering():
                     continue
@@ -389,6 +410,7 @@ class Engine:
                         if s.finish is not None and s.cached < self.max_seq_len:
                             s.pad = s.cached + 1 - len(s.prompt) - len(s.generated)
                             batch.append(s)
+                self._stepping = True  # from here to the next boundary only this thread touches the batch
             self._iter_start = time.thread_time()
             try:
                 self._iteration(batch)
