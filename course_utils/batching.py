@@ -63,7 +63,8 @@ class TokenEvent:
     """One step of one request, given to ``on_token`` from the engine's thread.
 
     ``token_id`` is ``None`` only on a final event that ends the sequence on a stop token (the stop token is not
-    part of the output). ``finish_reason`` is set on the last event of a sequence, else ``None``.
+    part of the output) or on an error (``finish_reason == "error"``: the request failed alone, ``result()``
+    raises). ``finish_reason`` is set on the last event of a sequence, else ``None``.
     """
 
     request_id: int
@@ -552,6 +553,7 @@ class Engine:
                 [seqs[r].generated for r in live],
                 [seqs[r].params for r in live],
                 [seqs[r].generator for r in live],
+                isolate=True,  # one request's failure ends that request, not its batch
             )
             if live
             else []
@@ -559,7 +561,10 @@ class Engine:
         for s, n in zip(seqs, sizes):
             s.cached += n
         for row, choice in zip(live, choices):
-            self._emit(seqs[row], choice)
+            if isinstance(choice, Exception):
+                self._fail(seqs[row], choice)
+            else:
+                self._emit(seqs[row], choice)
 
     def _rows(self, seqs: list[_Seq]):
         """Decode only: one row per sequence, one token each; every row reads keys 0 … L−1 (its own, then masked)."""
@@ -640,6 +645,18 @@ class Engine:
         if seq.finish is not None and self.policy == "continuous":
             with self._cond:
                 self._retire(seq)
+
+    def _fail(self, seq: _Seq, err: BaseException) -> None:
+        """End ``seq`` alone with ``err`` (``handle.result()`` raises it); its ``on_token`` hears ``"error"``."""
+        with self._cond:
+            if seq.handle.done():
+                return
+            seq.handle._error = err
+            seq.finish = "error"
+            self._retire(seq, error=True)
+        if seq.on_token is not None:
+            with contextlib.suppress(Exception):  # the request already failed: a broken callback adds nothing
+                seq.on_token(TokenEvent(seq.handle.request_id, len(seq.generated), None, None, [], "error"))
 
     def _retire(self, seq: _Seq, *, error: bool = False) -> None:
         """Finish ``seq``: free its blocks and slot now, deliver its result (caller holds the lock)."""

@@ -263,9 +263,15 @@ def sample_tokens(
     generated: Sequence[Sequence[int]],
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
-) -> list[TokenChoice]:
+    *,
+    isolate: bool = False,
+) -> list[TokenChoice | Exception]:
     """:func:`sample_token` for every row of ``logits`` [B, V]; rows that are plain greedy (no bias, penalties or
-    top alternatives) share one vectorised argmax and log-softmax. Equal to calling :func:`sample_token` per row."""
+    top alternatives) share one vectorised argmax and log-softmax. Equal to calling :func:`sample_token` per row.
+
+    ``isolate=True``: a row whose sampling raises gets its exception in its place and the other rows are sampled
+    as if it were not there (an engine then fails that request alone, not its whole batch).
+    """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {getattr(logits, 'shape', None)}")
     if not len(generated) == len(params) == len(generators) == logits.shape[0]:
@@ -277,7 +283,15 @@ def sample_tokens(
     best = logp.argmax(dim=-1)  # log_softmax keeps the order, and argmax takes the first of equal values
     picked = logp.gather(1, best[:, None])[:, 0]
     best_l, picked_l = best.tolist(), picked.tolist()
-    return [
-        TokenChoice(best_l[i], picked_l[i], []) if p.plain_greedy else sample_token(logits[i], g_ids, p, gen)
-        for i, (g_ids, p, gen) in enumerate(zip(generated, params, generators))
-    ]
+    out: list[TokenChoice | Exception] = []
+    for i, (g_ids, p, gen) in enumerate(zip(generated, params, generators)):
+        if p.plain_greedy:
+            out.append(TokenChoice(best_l[i], picked_l[i], []))
+            continue
+        try:
+            out.append(sample_token(logits[i], g_ids, p, gen))
+        except Exception as err:
+            if not isolate:
+                raise
+            out.append(err)
+    return out

@@ -313,13 +313,14 @@ def test_a_held_burst_gives_the_same_schedule_every_time(model):
     assert steps["static"] > steps["continuous"]  # static waits for the longest of each pair
 
 
-def _storm_round(eng, ps, doomed, delays):
-    """Submit every prompt from its own thread; the ``doomed`` ones cancel after ``delays[i]`` s. The handles."""
+def _storm_round(eng, ps, doomed, delays, max_tokens=24, during=None):
+    """Submit every prompt from its own thread; the ``doomed`` ones cancel after ``delays[i]`` s; ``during()`` runs
+    while the threads do. The handles."""
     handles, errors = [None] * len(ps), []
 
     def client(i):
         try:
-            handles[i] = eng.submit(ps[i], greedy(24))
+            handles[i] = eng.submit(ps[i], greedy(max_tokens))
             if i in doomed:
                 time.sleep(delays[i])
                 eng.cancel(handles[i])
@@ -330,6 +331,8 @@ def _storm_round(eng, ps, doomed, delays):
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(ps))]
     for t in threads:
         t.start()
+    if during is not None:
+        during()
     for t in threads:
         t.join(TIMEOUT)
     assert not errors, errors[0]
@@ -358,3 +361,33 @@ def test_a_storm_of_cancels_from_other_threads_breaks_no_other_request(model):
             s = eng.stats()
             assert s["blocks_used"] == 0 and s["running"] == s["waiting"] == 0
             assert eng.allocator.free == eng.allocator.num_blocks
+
+
+def test_a_request_whose_sampling_fails_ends_alone(model, monkeypatch):
+    """A request that fails in its third sampling step, in a running batch of other requests sent from other
+    threads: it alone ends with the error; the others finish with their exact tokens."""
+    import course_utils.sampling as sampling
+
+    real = sampling.sample_token
+
+    def flaky(logits, generated, params, generator=None):
+        if params.seed == 666 and len(generated) == 2:
+            raise RuntimeError("boom")
+        return real(logits, generated, params, generator)
+
+    monkeypatch.setattr(sampling, "sample_token", flaky)
+    ps = prompts([3, 17, 8, 30, 5, 12], seed=4)
+    refs = [reference(model, p, 20) for p in ps]
+    with Engine(model, block_size=8, max_batch=8) as eng:
+        bad = []
+
+        def inject():  # joins the batch the other threads' requests are running in
+            time.sleep(0.01)
+            bad.append(eng.submit(ps[0], SamplingParams(max_tokens=20, temperature=0.7, seed=666)))
+
+        handles = _storm_round(eng, ps, set(), {}, max_tokens=20, during=inject)
+        with pytest.raises(RuntimeError, match="failed in the engine") as err:
+            bad[0].result(TIMEOUT)
+        assert "boom" in repr(err.value.__cause__)
+        assert [h.result(TIMEOUT).token_ids for h in handles] == refs
+        assert eng.stats()["blocks_used"] == 0

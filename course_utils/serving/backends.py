@@ -202,7 +202,8 @@ class GPTBackend(OneRequest):
 
     @torch.no_grad()
     def generate_batch(self, reqs: list[GenRequest], on_token: Callable | None = None) -> list:
-        """Generate for every request in one batch; ``on_token(row, id, logprob, top)`` is called as tokens appear."""
+        """Generate for every request in one batch; ``on_token(row, id, logprob, top)`` is called as tokens appear.
+        A request whose sampling fails gets its exception in its place in the result list; the others go on."""
         check_requests(reqs, self.max_context)
         longest = max(len(r.prompt_ids) for r in reqs)
         steps = max(r.max_tokens for r in reqs)
@@ -246,13 +247,18 @@ class _Row:
 
     def __init__(self, req: GenRequest):
         self.req, self.params = req, req.sampling
-        self.out, self.lps, self.tops, self.finish = [], [], [], None
+        self.out, self.lps, self.tops, self.finish, self.error = [], [], [], None, None
         self.gen = None if req.seed is None else torch.Generator().manual_seed(req.seed)
 
     def step(self, b, logits, on_token) -> int:
         if self.finish is not None:
             return 0  # a finished row rides along until the longest one is done (static batching's waste)
-        choice = sample_token(logits, self.out, self.params, self.gen)
+        try:
+            choice = sample_token(logits, self.out, self.params, self.gen)
+        except Exception as err:  # this request fails alone (a server error, not the client's); the batch goes on
+            self.error, self.finish = RuntimeError(f"sampling failed for this request: {err}"), "error"
+            self.error.__cause__ = err
+            return 0
         top = dict(choice.top_logprobs) if self.params.logprobs else None
         self.out.append(choice.token_id)
         self.lps.append(choice.logprob)
@@ -265,7 +271,9 @@ class _Row:
             self.finish = "length"
         return choice.token_id
 
-    def result(self, tokenizer) -> Generation:
+    def result(self, tokenizer) -> Generation | Exception:
+        if self.error is not None:
+            return self.error
         tops = self.tops if self.params.logprobs else None
         return Generation(
             self.out, self.lps, tokenizer.decode(self.out), len(self.req.prompt_ids), self.finish or "length", tops
