@@ -165,3 +165,40 @@ def test_a_storm_of_disconnects_cuts_no_other_stream_and_leaks_no_block(app, url
             assert o == (("left", k) if k is not None else ("done", ref))
         s = wait_idle(app)
         assert s["running"] == s["waiting"] == s["blocks_used"] == 0 and s["blocks_free"] == pool
+
+
+# ----------------------------------------------------------------------------------------------- stop strings
+# greedy with these settings, the tiny model answers "sassyasa…": the issue's case is stop "a" → "s"
+SASSY = dict(temperature=0, presence_penalty=2.0, frequency_penalty=2.0, logit_bias={"115": 10, "97": 7, "121": 4})
+
+
+def test_a_stop_string_is_cut_from_the_logprobs_and_the_usage_too(url):
+    """``stop: "a"`` at temperature 0: the text is "s", and logprobs and completion_tokens say so too (they listed
+    and counted the stop string's token)."""
+    c = client(url, B)
+    free = c.completions.create(model=MODEL, prompt="stop here", max_tokens=8, **SASSY)
+    assert free.choices[0].text.startswith("sassy")
+    r = c.completions.create(model=MODEL, prompt="stop here", max_tokens=8, stop="a", logprobs=2, **SASSY)
+    lp = r.choices[0].logprobs
+    assert (r.choices[0].text, r.choices[0].finish_reason, lp.tokens) == ("s", "stop", ["s"])
+    assert len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 1
+    assert r.usage.completion_tokens == 1
+    r = c.completions.create(model=MODEL, prompt="stop here", max_tokens=8, stop=["sy"], logprobs=0, **SASSY)
+    assert (r.choices[0].text, r.choices[0].logprobs.tokens, r.usage.completion_tokens) == ("sas", list("sas"), 3)
+    chunks = list(
+        c.completions.create(
+            model=MODEL, prompt="stop here", max_tokens=8, stop="a", logprobs=0, stream=True,
+            stream_options={"include_usage": True}, **SASSY,
+        )
+    )  # fmt: skip
+    streamed = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    assert streamed == ["s"] and chunks[-1].usage.completion_tokens == 1
+
+
+def test_a_chat_stop_string_is_cut_from_the_logprobs_and_the_usage_too(url):
+    messages = [{"role": "user", "content": "say s then a"}]
+    r = client(url, B).chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, stop="a", logprobs=True, top_logprobs=1, **SASSY
+    )
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("s", "stop")
+    assert [t.token for t in r.choices[0].logprobs.content] == ["s"] and r.usage.completion_tokens == 1

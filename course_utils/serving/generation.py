@@ -44,18 +44,26 @@ class TextStream:
         self.tokenizer, self.stops, self.index = tokenizer, [s for s in stops if s], index
         self.ids: list[int] = []
         self.pending: list = []
+        self.starts: list[int] = []  # where each pending token's text starts in the decoded text
+        self.text = ""  # the decoded text so far
         self.sent = 0  # characters released so far
+        self.dropped = 0  # tokens after a stop string: computed, but neither returned nor counted
         self.stopped = False
 
     def push(self, tok: int, logprob: float = 0.0, top=None) -> Delta | None:
+        self.starts.append(len(self.text.rstrip("\ufffd")))  # a byte that completes a character starts with it
         self.ids.append(int(tok))
         self.pending.append((int(tok), logprob, top))
-        text = self.tokenizer.decode(self.ids)
+        text = self.text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             return None
         hits = [i for i in (text.find(s, self.sent) for s in self.stops) if i >= 0]
         if hits:
             self.stopped = True
+            # the tokens whose text starts at or after the stop string are not part of the answer: their logprobs
+            # and their count go too, so logprobs and usage agree with the text returned (as vLLM's do)
+            keep = sum(start < min(hits) for start in self.starts)
+            self.dropped, self.pending, self.starts = len(self.pending) - keep, self.pending[:keep], self.starts[:keep]
             return self._release(text, min(hits))
         hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         return self._release(text, len(text) - hold)
@@ -63,15 +71,17 @@ class TextStream:
     def _release(self, text: str, upto: int) -> Delta | None:
         if upto <= self.sent and not self.stopped:
             return None
-        delta = Delta(self.index, text[self.sent : max(upto, self.sent)], self.pending)
-        self.sent, self.pending = max(upto, self.sent), []
+        n = sum(start < upto for start in self.starts)  # a token whose text is all held back waits with it
+        delta = Delta(self.index, text[self.sent : max(upto, self.sent)], self.pending[:n])
+        self.sent, self.pending, self.starts = max(upto, self.sent), self.pending[n:], self.starts[n:]
         return delta
 
     def finish(self, finish_reason: str) -> Delta:
-        """What is left (text held back for a stop string that never came), marked as the last delta."""
+        """What is left (text held back for a stop string that never came), marked as the last delta; its
+        ``completion_tokens`` counts the tokens of the answer (not those after a stop string)."""
         rest = "" if self.stopped else self.tokenizer.decode(self.ids)[self.sent :]
-        out = Delta(self.index, rest, [] if self.stopped else self.pending, finish_reason, len(self.ids))
-        self.pending = []
+        out = Delta(self.index, rest, [] if self.stopped else self.pending, finish_reason, len(self.ids) - self.dropped)
+        self.pending, self.starts = [], []
         return out
 
 
