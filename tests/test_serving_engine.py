@@ -202,3 +202,81 @@ def test_a_chat_stop_string_is_cut_from_the_logprobs_and_the_usage_too(url):
     )
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("s", "stop")
     assert [t.token for t in r.choices[0].logprobs.content] == ["s"] and r.usage.completion_tokens == 1
+
+
+# ----------------------------------------------------------------------------------------------- back-pressure
+def _fill(eng, send, n: int) -> list[threading.Thread]:
+    """Start ``n`` threads calling ``send()`` and wait until the (held) engine has them all waiting."""
+    threads = [threading.Thread(target=send) for _ in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + TIMEOUT
+    while eng.stats()["waiting"] < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return threads
+
+
+def test_a_full_queue_is_a_503_with_retry_after_and_the_queued_ones_still_finish(backend):
+    """``max_queue=3``: with the engine held (nothing admitted), three requests wait and the fourth is refused at
+    once with 503 + Retry-After; when the engine runs again the three waiting ones finish."""
+    app = create_app({MODEL: backend}, api_keys=KEYS, max_queue=3)
+    body = {"model": MODEL, "prompt": "queue me", "max_tokens": 4, "temperature": 0}
+    headers = {"Authorization": f"Bearer {A}"}
+    with start_server(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+        eng = engine(app)
+        done = []
+        with eng.hold():
+            waiting = _fill(eng, lambda: done.append(http.post("/v1/completions", json=body, headers=headers)), 3)
+            t0 = time.perf_counter()
+            r = http.post("/v1/completions", json=body, headers=headers)
+            shed_s = time.perf_counter() - t0
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and shed_s < 5
+        assert r.json()["error"]["code"] == "server_overloaded" and "limit" in r.json()["error"]["message"]
+        for t in waiting:
+            t.join(TIMEOUT)
+        assert [d.status_code for d in done] == [200] * 3
+        with pytest.raises(openai.InternalServerError, match="limit"):  # the official client's view (no retries)
+            with eng.hold():
+                waiting = _fill(eng, lambda: client(url, A).completions.create(**body), 3)
+                client(url, A).completions.create(**body)
+        for t in waiting:
+            t.join(TIMEOUT)
+        assert wait_idle(app)["blocks_used"] == 0
+        assert client(url, A).completions.create(**body).choices[0].finish_reason == "length"
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+
+
+def test_slow_or_silent_connections_are_closed_and_idle_ones_time_out(backend):
+    import socket
+
+    app = create_app({MODEL: backend})
+    with start_server(app, header_timeout_s=0.5, keep_alive_s=1) as url:
+        host, port = url.removeprefix("http://").split(":")
+        silent = socket.create_connection((host, int(port)))
+        slow = socket.create_connection((host, int(port)))
+        t0 = time.perf_counter()
+        slow.sendall(b"GET /health HTTP/1.1\r\n")
+        for ch in b"Host: x\r\n":  # one byte every 0.1 s: never finishes within the 0.5 s deadline
+            try:
+                slow.sendall(bytes([ch]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert _closed_within(slow, 5) and _closed_within(silent, 5) and time.perf_counter() - t0 < 5
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as http:  # a normal client is not disturbed
+            assert http.get("/health").status_code == 200
+        kept = socket.create_connection((host, int(port)))
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        kept.settimeout(5)
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        assert _closed_within(kept, 5)  # idle keep-alive: closed after keep_alive_s
+    with pytest.raises(ValueError, match="header_timeout_s"):
+        with start_server(app, header_timeout_s=0):
+            pass

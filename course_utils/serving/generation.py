@@ -7,8 +7,9 @@
 - :func:`run_choice` — submit one request, feed its tokens through a :class:`TextStream`, yield the deltas; on a
   stop string the request is cancelled at once (the scheduler frees its slot), as it is when the awaiting task
   is cancelled (the client went away).
-- :func:`scheduler_errors` — a backend's exceptions as OpenAI errors (FaultError → 429/503 with ``Retry-After``,
-  ValueError → 400, anything else → 500 with the traceback in the server log only).
+- :func:`scheduler_errors` — a backend's exceptions as OpenAI errors (a full queue → 503 with ``Retry-After``,
+  FaultError → 429/503 with ``Retry-After``, ValueError → 400, anything else → 500 with the traceback in the
+  server log only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from .backends import Generation, GenRequest
 from .faults import FaultError
 from .protocol import ApiError
+from .scheduler import QueueFull
 
 log = logging.getLogger("course_utils.serving")
 
@@ -90,6 +92,10 @@ def scheduler_errors():
     """Map what a backend raises to the HTTP error a client should see."""
     try:
         yield
+    except QueueFull as err:  # load shedding: this model's queue is full
+        seconds = max(1, math.ceil(err.retry_after))
+        headers = {"Retry-After": str(seconds), "retry-after-ms": str(int(err.retry_after * 1000))}
+        raise ApiError(503, str(err), code="server_overloaded", type_="server_error", headers=headers) from None
     except FaultError as err:
         headers = {}
         if err.retry_after is not None:
