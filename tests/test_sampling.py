@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import pickle
 
 import pytest
 import torch
@@ -214,6 +216,7 @@ def test_gen_request_reads_through_to_its_params():
         GenRequest([1], 5, sampling=SamplingParams())
     with pytest.raises(AttributeError):
         short.max_tokens = 7
+    assert copy.deepcopy(short) == short and pickle.loads(pickle.dumps(short)) == short
     with pytest.raises(SamplingError, match="max_tokens"):
         GenRequest([1], 0)
 

@@ -14,6 +14,7 @@ returns ``False`` the row is cancelled (its client went away) and decoding stops
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -93,6 +94,9 @@ class GenRequest:
         return isinstance(other, GenRequest) and (self.prompt_ids, self.sampling) == (other.prompt_ids, other.sampling)
 
     __hash__ = None
+
+    def __reduce__(self):  # copy and pickle rebuild through __init__ (setting attributes is refused)
+        return (functools.partial(GenRequest, sampling=self.sampling), (list(self.prompt_ids),))
 
     def __repr__(self) -> str:
         return f"GenRequest({len(self.prompt_ids)} prompt tokens, {self.sampling!r})"
