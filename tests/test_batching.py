@@ -339,6 +339,7 @@ def _storm_round(eng, ps, doomed, delays, max_tokens=24, during=None):
     return handles
 
 
+@pytest.mark.slow
 def test_a_storm_of_cancels_from_other_threads_breaks_no_other_request(model):
     """32 requests, each cancelled at a random moment by another thread or left alone, over several rounds: the
     engine alone touches its sequences' blocks (cancel() queues to the step boundary), so no step ever reads a block
