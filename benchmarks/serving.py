@@ -21,6 +21,11 @@ Every ratio is measured in one run on this machine (127.0.0.1 only; nothing leav
   turns, as bursts of other load still move it), with decode-step counts and latency in decode steps
   (independent of the machine).
 
+- queue: a fresh request's latency when 200 requests (32 tokens each, 8 slots) arrived before it, with an
+  unbounded queue and with ``max_queue=64`` (load shedding: a 503 with Retry-After at once).
+- http-policies: the continuous engine vs the static batcher behind the same HTTP server with equal-length requests
+  (8 closed-loop clients × 4 requests × 16 tokens), runs interleaved, medians of 3 (the machine may be shared).
+
     python benchmarks/serving.py [--clients 1 8 16] [--requests 1000] [--train-steps 300] [--threads 1]
     python benchmarks/serving.py --skip batching faults cache quant cascade     # continuous batching only
 """
@@ -105,11 +110,13 @@ def load_clients(url: str, n_clients: int, n_each: int, max_tokens: int) -> dict
     }
 
 
-def bench_batching(clients: list[int], n_each: int = 3, max_tokens: int = 32) -> list[dict]:
+def _bench_backend() -> GPTBackend:
     torch.manual_seed(0)
-    backend = GPTBackend(
-        GPT(GPTConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4, max_seq_len=128)), name="gpt"
-    )
+    return GPTBackend(GPT(GPTConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4, max_seq_len=128)), name="gpt")
+
+
+def bench_batching(clients: list[int], n_each: int = 3, max_tokens: int = 32) -> list[dict]:
+    backend = _bench_backend()
     rows = []
     for n in clients:
         row = {"clients": n}
@@ -119,6 +126,90 @@ def bench_batching(clients: list[int], n_each: int = 3, max_tokens: int = 32) ->
                 row[label] = load_clients(url, n, n_each, max_tokens)
         rows.append(row)
     return rows
+
+
+def _fresh_behind(backend, max_queue: int, n_queued: int, body: dict) -> dict:
+    """Queue ``n_queued`` requests with the engine held, send a fresh one, resume the engine once the fresh one is
+    queued too (or answered): its status and latency, and the flood's."""
+    import httpx
+
+    app = create_app({"gpt": backend}, max_batch=8, max_queue=max_queue)
+    flood, lat = [], []
+    with (
+        start_server(app) as url,
+        httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as http,
+    ):
+        engine = app.state.batchers["gpt"].engine
+
+        def one():
+            t = time.perf_counter()
+            r = http.post("/v1/completions", json=body)
+            flood.append(r.status_code)
+            if r.status_code == 200:
+                lat.append(time.perf_counter() - t)
+
+        held = engine.hold()
+        held.__enter__()
+        threads = [threading.Thread(target=one) for _ in range(n_queued)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        while engine.stats()["waiting"] + flood.count(503) < n_queued and time.monotonic() < deadline:
+            time.sleep(0.005)
+        queued, answered = engine.stats()["waiting"], threading.Event()
+
+        def resume():
+            while engine.stats()["waiting"] <= queued and not answered.wait(0.002):
+                pass
+            held.__exit__(None, None, None)
+
+        resumer = threading.Thread(target=resume)
+        resumer.start()
+        t0 = time.perf_counter()
+        fresh = http.post("/v1/completions", json=body)
+        fresh_s = time.perf_counter() - t0
+        answered.set()
+        resumer.join()
+        for t in threads:
+            t.join(600)
+    return {
+        "fresh_status": fresh.status_code,
+        "fresh_s": fresh_s,
+        "retry_after": fresh.headers.get("retry-after"),
+        "shed": flood.count(503),
+        "served": flood.count(200),
+        "p50_s": percentile(lat, 50),
+        "p95_s": percentile(lat, 95),
+    }
+
+
+def bench_queue(n_queued: int = 200, max_queue: int = 64, max_tokens: int = 32) -> list[dict]:
+    """A fresh request's latency when ``n_queued`` requests arrived before it: an unbounded queue vs ``max_queue``
+    (load shedding: beyond it a 503 with Retry-After at once)."""
+    backend = _bench_backend()
+    body = {"model": "gpt", "prompt": "flood ", "max_tokens": max_tokens, "temperature": 0}
+    return [
+        {"label": label, **_fresh_behind(backend, bound, n_queued, body)}
+        for label, bound in (("unbounded", 10**9), (f"max_queue={max_queue}", max_queue))
+    ]
+
+
+def bench_http_policies(repeats: int = 3, n_clients: int = 8, n_each: int = 4, max_tokens: int = 16) -> dict:
+    """The continuous engine vs the static batcher behind the same HTTP server, equal-length requests
+    (``n_clients`` closed-loop clients × ``n_each`` × ``max_tokens``); runs interleaved, medians of ``repeats``."""
+    from course_utils.serving.scheduler import Batcher, EngineScheduler
+
+    backend = _bench_backend()
+    factories = {
+        "continuous": lambda b: EngineScheduler(b, max_batch=8),
+        "static": lambda b: Batcher(b, max_batch=8, max_wait_ms=10),
+    }
+    runs = {name: [] for name in factories}
+    for _ in range(repeats):
+        for name, make in factories.items():  # taking turns: a burst of other load hits both alike
+            with start_server(create_app({"gpt": backend}, scheduler_factory=make)) as url:
+                runs[name].append(load_clients(url, n_clients, n_each, max_tokens)["tokens_per_s"])
+    return {name: {"median": float(np.median(v)), "runs": v} for name, v in runs.items()}
 
 
 def bench_faults(n_requests: int, error_rate: float = 0.2) -> dict:
@@ -306,7 +397,10 @@ def main(argv=None) -> None:
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--skip", nargs="*", default=[], choices=["batching", "faults", "cache", "quant", "cascade", "continuous"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["batching", "faults", "cache", "quant", "cascade", "continuous", "queue", "http-policies"],
     )
     ap.add_argument("--continuous-clients", type=int, nargs="*", default=[1, 4, 8, 16])
     ap.add_argument("--continuous-repeats", type=int, default=3, help="runs per policy and row (medians reported)")
@@ -334,6 +428,39 @@ def main(argv=None) -> None:
                         ratio >= 2,
                     )
                 )
+    if "queue" not in args.skip:
+        q = bench_queue()
+        for r in q:
+            print(
+                f"{r['label']}: fresh request behind 200 -> HTTP {r['fresh_status']} in {r['fresh_s']:.3f}s "
+                f"(Retry-After {r['retry_after']}); flood served {r['served']}, shed {r['shed']}, "
+                f"p50 {r['p50_s']:.2f}s, p95 {r['p95_s']:.2f}s",
+                flush=True,
+            )
+        unb, bnd = q
+        rows.append(
+            (
+                "A fresh request's wait with 200 requests queued (8 slots, 32 tokens each)",
+                f"unbounded queue: {unb['fresh_s']:.1f} s (HTTP {unb['fresh_status']}); {bnd['label']}: "
+                f"{1000 * bnd['fresh_s']:.0f} ms (HTTP {bnd['fresh_status']}, Retry-After {bnd['retry_after']} s), "
+                f"p95 of the admitted {bnd['p95_s']:.1f} s vs {unb['p95_s']:.1f} s",
+                "≤ 1 s answer",
+                bnd["fresh_s"] <= 1,
+            )
+        )
+    if "http-policies" not in args.skip:
+        h = bench_http_policies()
+        c, st = h["continuous"], h["static"]
+        print(f"HTTP, equal lengths: continuous {c['runs']} static {st['runs']} tok/s", flush=True)
+        rows.append(
+            (
+                "Over HTTP, 8 clients × 4 requests × 16 tokens (equal lengths): continuous engine vs static batcher "
+                "(medians of 3 interleaved runs)",
+                f"{c['median']:.0f} vs {st['median']:.0f} tok/s (×{c['median'] / st['median']:.2f})",
+                "≥ 1×",
+                c["median"] >= st["median"],
+            )
+        )
     if "faults" not in args.skip:
         f = bench_faults(args.requests)
         print(

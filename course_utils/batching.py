@@ -63,7 +63,8 @@ class TokenEvent:
     """One step of one request, given to ``on_token`` from the engine's thread.
 
     ``token_id`` is ``None`` only on a final event that ends the sequence on a stop token (the stop token is not
-    part of the output). ``finish_reason`` is set on the last event of a sequence, else ``None``.
+    part of the output) or on an error (``finish_reason == "error"``: the request failed alone, ``result()``
+    raises). ``finish_reason`` is set on the last event of a sequence, else ``None``.
     """
 
     request_id: int
@@ -234,6 +235,8 @@ class Engine:
         self._ids = itertools.count()
         self._closed = False
         self._held = False  # hold(): queue requests without starting them
+        self._stepping = False  # True while the loop runs a step outside the lock (cancel() then defers)
+        self._cancels: list[_Seq] = []  # running requests cancelled during a step, retired at its end
         self._cpu, self._iter_start = 0.0, None  # CPU seconds the loop has computed for; start of this iteration
         self._totals = {"steps": 0, "prefills": 0, "tokens": 0, "used": 0, "reserved": 0, "maxlen": 0, "preemptions": 0}
         self._thread = threading.Thread(target=self._loop, name="course-engine", daemon=True)
@@ -287,17 +290,23 @@ class Engine:
         return seq.handle
 
     def cancel(self, handle: RequestHandle) -> bool:
-        """Stop a request now: its slot and KV blocks are free on return. ``False`` if it had already finished."""
+        """Stop a request. Thread-safe, and it never touches the engine's state under a running step: a queued
+        request (or any, while the engine is between steps) is retired at once; a running one is marked and
+        retired at the end of the current step (the engine's own thread frees its slot and KV blocks, then
+        ``handle.result()`` returns with ``finish_reason == "cancelled"``). ``False`` if it had already finished."""
         if not isinstance(handle, RequestHandle):
             raise TypeError(f"handle must be a RequestHandle from submit(), got {type(handle).__name__}")
         with self._cond:
             seq = next((s for s in itertools.chain(self._waiting, self._running) if s.handle is handle), None)
-            if seq is None or handle.done():
+            if seq is None or handle.done() or seq in self._cancels:
                 return False
             if seq in self._waiting:
-                self._waiting.remove(seq)
-            seq.finish = "cancelled"
-            self._retire(seq)
+                self._waiting.remove(seq)  # never admitted: it holds no blocks
+            seq.finish = "cancelled"  # a step in flight skips it (read under the lock in _emit)
+            if self._stepping and seq in self._running:
+                self._cancels.append(seq)  # its blocks may be in the forward pass: freed at the step's end
+            else:
+                self._retire(seq)
             self._cond.notify_all()
         return True
 
@@ -356,15 +365,23 @@ class Engine:
         return self._cpu
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the loop; requests still queued or running finish as ``"cancelled"``."""
+        """Stop the loop; requests still queued or running finish as ``"cancelled"`` (the running ones when the
+        current step ends)."""
         with self._cond:
             self._closed = True
-            for seq in list(self._waiting) + self._running:
+            for seq in list(self._waiting):
                 seq.finish = "cancelled"
                 self._retire(seq)
             self._waiting.clear()
+            if not self._stepping:
+                self._retire_running()
             self._cond.notify_all()
         self._thread.join(timeout)
+
+    def _retire_running(self) -> None:
+        for seq in list(self._running):
+            seq.finish = seq.finish or "cancelled"
+            self._retire(seq)
 
     def __enter__(self) -> Engine:
         return self
@@ -376,9 +393,14 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                self._stepping = False  # a step boundary: what cancel() queued meanwhile is applied here
+                for seq in self._cancels:
+                    self._retire(seq)
+                self._cancels.clear()
                 while not self._closed and (self._held or not self._waiting and not self._running):
                     self._cond.wait()
                 if self._closed:
+                    self._retire_running()
                     return
                 if self._gathering():
                     continue
@@ -389,6 +411,7 @@ class Engine:
                         if s.finish is not None and s.cached < self.max_seq_len:
                             s.pad = s.cached + 1 - len(s.prompt) - len(s.generated)
                             batch.append(s)
+                self._stepping = True  # from here to the next boundary only this thread touches the batch
             self._iter_start = time.thread_time()
             try:
                 self._iteration(batch)
@@ -530,6 +553,7 @@ class Engine:
                 [seqs[r].generated for r in live],
                 [seqs[r].params for r in live],
                 [seqs[r].generator for r in live],
+                isolate=True,  # one request's failure ends that request, not its batch
             )
             if live
             else []
@@ -537,7 +561,10 @@ class Engine:
         for s, n in zip(seqs, sizes):
             s.cached += n
         for row, choice in zip(live, choices):
-            self._emit(seqs[row], choice)
+            if isinstance(choice, Exception):
+                self._fail(seqs[row], choice)
+            else:
+                self._emit(seqs[row], choice)
 
     def _rows(self, seqs: list[_Seq]):
         """Decode only: one row per sequence, one token each; every row reads keys 0 … L−1 (its own, then masked)."""
@@ -618,6 +645,18 @@ class Engine:
         if seq.finish is not None and self.policy == "continuous":
             with self._cond:
                 self._retire(seq)
+
+    def _fail(self, seq: _Seq, err: BaseException) -> None:
+        """End ``seq`` alone with ``err`` (``handle.result()`` raises it); its ``on_token`` hears ``"error"``."""
+        with self._cond:
+            if seq.handle.done():
+                return
+            seq.handle._error = err
+            seq.finish = "error"
+            self._retire(seq, error=True)
+        if seq.on_token is not None:
+            with contextlib.suppress(Exception):  # the request already failed: a broken callback adds nothing
+                seq.on_token(TokenEvent(seq.handle.request_id, len(seq.generated), None, None, [], "error"))
 
     def _retire(self, seq: _Seq, *, error: bool = False) -> None:
         """Finish ``seq``: free its blocks and slot now, deliver its result (caller holds the lock)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -172,16 +173,16 @@ def test_seeded_sampling_is_reproducible_alone_and_in_company(model):
         [h.result(TIMEOUT) for h in crowd]
 
 
-def test_cancel_frees_slot_and_blocks_at_once(model):
+def test_cancel_frees_slot_and_blocks_at_the_step_boundary(model):
     gate = threading.Event()
     with Engine(model, block_size=8, max_batch=2) as eng:
         h = eng.submit(prompts([30])[0], greedy(90), on_token=lambda e: gate.set())
         assert gate.wait(TIMEOUT)
         assert eng.stats()["blocks_used"] >= 4  # 30 prompt tokens + 1 = 4 blocks of 8
         assert eng.cancel(h) is True
+        r = h.result(TIMEOUT)  # freed by the engine's own thread at the end of the step in flight
         s = eng.stats()
         assert s["blocks_used"] == 0 and s["running"] == 0 and s["kv_bytes_reserved"] == 0
-        r = h.result(TIMEOUT)
         assert r.finish_reason == "cancelled" and len(r.token_ids) < 90
         assert eng.cancel(h) is False
         waiting = [eng.submit(prompts([4])[0], greedy(50)) for _ in range(4)]
@@ -310,3 +311,84 @@ def test_a_held_burst_gives_the_same_schedule_every_time(model):
         steps[policy] = len(eng.timeline)
     assert timelines[0] == timelines[1]
     assert steps["static"] > steps["continuous"]  # static waits for the longest of each pair
+
+
+def _storm_round(eng, ps, doomed, delays, max_tokens=24, during=None):
+    """Submit every prompt from its own thread; the ``doomed`` ones cancel after ``delays[i]`` s; ``during()`` runs
+    while the threads do. The handles."""
+    handles, errors = [None] * len(ps), []
+
+    def client(i):
+        try:
+            handles[i] = eng.submit(ps[i], greedy(max_tokens))
+            if i in doomed:
+                time.sleep(delays[i])
+                eng.cancel(handles[i])
+            handles[i].result(TIMEOUT)
+        except Exception as err:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(ps))]
+    for t in threads:
+        t.start()
+    if during is not None:
+        during()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not errors, errors[0]
+    return handles
+
+
+@pytest.mark.slow
+def test_a_storm_of_cancels_from_other_threads_breaks_no_other_request(model):
+    """32 requests, each cancelled at a random moment by another thread or left alone, over several rounds: the
+    engine alone touches its sequences' blocks (cancel() queues to the step boundary), so no step ever reads a block
+    table emptied under it; every uncancelled request gets its exact tokens and every block comes back."""
+    import random
+
+    rng = random.Random(0)
+    ps = prompts([rng.randint(1, 40) for _ in range(32)], seed=11)
+    refs = [reference(model, p, 24) for p in ps]
+    with Engine(model, block_size=4, max_batch=16, max_step_tokens=64) as eng:
+        for _ in range(4):
+            doomed = {i for i in range(len(ps)) if rng.random() < 0.5}
+            handles = _storm_round(eng, ps, doomed, {i: rng.uniform(0.0, 0.05) for i in doomed})
+            for i, h in enumerate(handles):
+                r = h.result(TIMEOUT)
+                if r.finish_reason != "cancelled":
+                    assert r.token_ids == refs[i] and r.finish_reason == "length"
+                else:
+                    assert i in doomed and r.token_ids == refs[i][: len(r.token_ids)]
+            s = eng.stats()
+            assert s["blocks_used"] == 0 and s["running"] == s["waiting"] == 0
+            assert eng.allocator.free == eng.allocator.num_blocks
+
+
+def test_a_request_whose_sampling_fails_ends_alone(model, monkeypatch):
+    """A request that fails in its third sampling step, in a running batch of other requests sent from other
+    threads: it alone ends with the error; the others finish with their exact tokens."""
+    import course_utils.sampling as sampling
+
+    real = sampling.sample_token
+
+    def flaky(logits, generated, params, generator=None):
+        if params.seed == 666 and len(generated) == 2:
+            raise RuntimeError("boom")
+        return real(logits, generated, params, generator)
+
+    monkeypatch.setattr(sampling, "sample_token", flaky)
+    ps = prompts([3, 17, 8, 30, 5, 12], seed=4)
+    refs = [reference(model, p, 20) for p in ps]
+    with Engine(model, block_size=8, max_batch=8) as eng:
+        bad = []
+
+        def inject():  # joins the batch the other threads' requests are running in
+            time.sleep(0.01)
+            bad.append(eng.submit(ps[0], SamplingParams(max_tokens=20, temperature=0.7, seed=666)))
+
+        handles = _storm_round(eng, ps, set(), {}, max_tokens=20, during=inject)
+        with pytest.raises(RuntimeError, match="failed in the engine") as err:
+            bad[0].result(TIMEOUT)
+        assert "boom" in repr(err.value.__cause__)
+        assert [h.result(TIMEOUT).token_ids for h in handles] == refs
+        assert eng.stats()["blocks_used"] == 0

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+import pickle
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.sampling import SamplingParams, penalized_logits, sample_token, sample_tokens
+from course_utils.sampling import SamplingError, SamplingParams, penalized_logits, sample_token, sample_tokens
 
 
 def test_penalties_follow_openai_formula():
@@ -132,3 +135,126 @@ def test_batched_sampling_equals_row_by_row():
     assert [c.top_logprobs for c in batch] == [c.top_logprobs for c in one]
     with pytest.raises(ValueError, match="one generated"):
         sample_tokens(logits, generated[:2], params, [None] * 5)
+
+
+# ----------------------------------------------------------------------------------------------- one SamplingParams
+def test_params_are_keyword_only_and_frozen():
+    with pytest.raises(TypeError):
+        SamplingParams(16, 0.0)  # positional: a new field could silently shift the others
+    p = SamplingParams(temperature=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.temperature = 1.0
+    assert p.replace(seed=3).seed == 3 and p.seed is None
+    with pytest.raises(SamplingError, match="top_k") as err:
+        p.replace(top_k=-1)
+    assert err.value.field == "top_k"
+
+
+def test_cache_key_holds_every_field_so_none_can_be_forgotten():
+    names = [f.name for f in dataclasses.fields(SamplingParams)]
+    base = SamplingParams()
+    assert [k for k, _ in base.cache_key()] == names
+    other = {
+        "max_tokens": 3,
+        "temperature": 0.5,
+        "top_p": 0.5,
+        "top_k": 4,
+        "seed": 1,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.1,
+        "logit_bias": {5: 1.0},
+        "logprobs": 2,
+        "stop": ("x",),
+        "stop_token_ids": (7,),
+    }
+    assert set(other) == set(names)  # a new field must be added here too: the test then checks it
+    for name, value in other.items():
+        changed = base.replace(**{name: value})
+        assert changed.cache_key() != base.cache_key(), name
+        hash(changed.cache_key())
+    assert (
+        SamplingParams(logit_bias={1: 1.0, 2: 2.0}).cache_key()
+        == SamplingParams(logit_bias={2: 2.0, 1: 1.0}).cache_key()
+    )
+
+
+def test_requests_make_their_params_in_one_method():
+    from course_utils.serving import protocol
+
+    body = dict(model="m", prompt="hi", temperature=0.3, top_p=0.9, top_k=5, seed=4, stop=["a", "b"], logprobs=2)
+    body.update(presence_penalty=0.5, frequency_penalty=-0.5, logit_bias={"3": -100})
+    p = protocol.parse(protocol.CompletionRequest, body).to_sampling_params(stop_token_ids=[9])
+    assert p == SamplingParams(
+        max_tokens=16,
+        temperature=0.3,
+        top_p=0.9,
+        top_k=5,
+        seed=4,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        logit_bias={3: -100.0},
+        logprobs=2,
+        stop=("a", "b"),
+        stop_token_ids=(9,),
+    )
+    chat = dict(model="m", messages=[{"role": "user", "content": "x"}], logprobs=True, top_logprobs=3, stop="z")
+    c = protocol.parse(protocol.ChatCompletionRequest, {**chat, "max_completion_tokens": 7}).to_sampling_params(50)
+    assert (c.max_tokens, c.logprobs, c.stop, c.temperature, c.top_k) == (7, 3, ("z",), 1.0, 0)
+    plain = protocol.parse(protocol.ChatCompletionRequest, {**chat, "logprobs": False, "top_logprobs": None})
+    assert plain.to_sampling_params(50).max_tokens == 50 and plain.to_sampling_params(50).logprobs is None
+
+
+def test_gen_request_reads_through_to_its_params():
+    from course_utils.serving import GenRequest
+
+    short = GenRequest([1, 2], 5, 0.0, seed=3, stop_token_ids=(4,), top_logprobs=2)
+    full = GenRequest(
+        [1, 2], sampling=SamplingParams(max_tokens=5, temperature=0.0, seed=3, stop_token_ids=[4], logprobs=2)
+    )
+    assert short == full and (short.max_tokens, short.seed, short.top_logprobs, short.top_p) == (5, 3, 2, 1.0)
+    with pytest.raises(TypeError, match="not both"):
+        GenRequest([1], 5, sampling=SamplingParams())
+    with pytest.raises(AttributeError):
+        short.max_tokens = 7
+    assert copy.deepcopy(short) == short and pickle.loads(pickle.dumps(short)) == short
+    with pytest.raises(SamplingError, match="max_tokens"):
+        GenRequest([1], 0)
+
+
+# ----------------------------------------------------------------------------------------------- tiny values
+TINY = [1e-300, 5e-324, 1e-46]  # all three are 0 in float32
+
+
+@pytest.mark.parametrize("tiny", TINY)
+def test_tiny_temperature_and_top_p_act_as_their_limits(tiny):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 300, generator=g) * 5
+    for row in logits:
+        best = int(row.argmax())
+        for kw in (dict(temperature=tiny), dict(top_p=tiny), dict(temperature=tiny, top_p=tiny, top_k=3)):
+            assert sample_token(row, [], SamplingParams(**kw), g).token_id == best, kw
+        pen = SamplingParams(temperature=tiny, presence_penalty=2.0, logit_bias={7: 100})
+        assert sample_token(row, [7], pen, g).token_id == int(penalized_logits(row, [7], pen).argmax())
+    rows = sample_tokens(logits, [[]] * 8, [SamplingParams(top_p=tiny)] * 8, [g] * 8)
+    assert [c.token_id for c in rows] == logits.argmax(-1).tolist()
+
+
+def test_no_nan_reaches_multinomial(monkeypatch):
+    seen = []
+    real = torch.multinomial
+
+    def spy(probs, *a, **kw):
+        seen.append(bool(torch.isfinite(probs).all()) and float(probs.sum()) > 0)
+        return real(probs, *a, **kw)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    logits = torch.tensor([3.0, 1.0, -2.0, 3.0 - 1e-3])
+    for t in [*TINY, 1e-30, 0.01, 2.0]:
+        for top_p in [*TINY, 1e-30, 0.5, 1.0]:
+            sample_token(logits, [], SamplingParams(temperature=t, top_p=top_p), torch.Generator().manual_seed(1))
+    assert seen and all(seen)
+
+
+def test_nan_logits_are_a_clear_error_not_a_sample():
+    with pytest.raises(ValueError, match="NaN"):
+        sample_token(torch.tensor([0.0, math.nan]), [], SamplingParams(), torch.Generator())

@@ -25,7 +25,8 @@ from .backends import EmbeddingBackend
 from .metrics import Metrics, RequestLog
 from .protocol import ApiError, error_body
 from .routes import router
-from .scheduler import Batcher, default_scheduler
+from .scheduler import DEFAULT_MAX_QUEUE, Batcher, default_scheduler
+from .transport import server_config
 
 log = logging.getLogger("course_utils.serving")
 
@@ -223,6 +224,7 @@ def create_app(
     failed_auth_per_s: float = 1.0,
     failed_auth_burst: float = 10,
     scheduler_factory=None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
 ):
     """The FastAPI app serving ``models`` (``{name: backend}``, a backend, or a list of backends).
 
@@ -237,7 +239,8 @@ def create_app(
     ``scheduler_factory(backend)``: how requests are scheduled (default: continuous batching with
     :class:`~.scheduler.EngineScheduler` for a course GPT, the static :class:`Batcher` for other backends). Each request
     writes one JSON line to the ``course_utils.serving.requests`` logger (and ``log_path``) and to
-    ``app.state.request_log``.
+    ``app.state.request_log``. ``max_queue``: requests waiting per model (default schedulers); one more is a 503
+    with ``Retry-After`` (load shedding).
     """
     models = as_models(models)
     auth = Auth(api_keys, failed_per_s=failed_auth_per_s, failed_burst=failed_auth_burst)
@@ -255,9 +258,11 @@ def create_app(
     if scheduler_factory is not None and not callable(scheduler_factory):
         raise TypeError(f"scheduler_factory must be a function backend -> scheduler, got {scheduler_factory!r}")
     embedders = _as_embedders(embeddings)
-    if scheduler_factory is None:
-        Batcher(models[next(iter(models))], max_batch=max_batch, max_wait_ms=max_wait_ms)  # checks the settings
-    make = scheduler_factory or (lambda b: default_scheduler(b, max_batch=max_batch, max_wait_ms=max_wait_ms))
+    if scheduler_factory is None:  # checks the settings
+        Batcher(models[next(iter(models))], max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    make = scheduler_factory or (
+        lambda b: default_scheduler(b, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    )
     schedulers = {name: make(b) for name, b in models.items()}
     metrics = Metrics(log_window)
     server = Server(
@@ -311,17 +316,21 @@ def _as_embedders(embeddings) -> dict:
 
 
 @contextlib.contextmanager
-def start_server(app, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 30.0, log_level: str = "warning"):
+def start_server(
+    app, host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 30.0, log_level: str = "warning", **limits
+):
     """Run ``app`` with uvicorn in a background thread; yield its base URL (``http://127.0.0.1:PORT``).
 
-    ``port=0`` picks a free port. The server is shut down when the ``with`` block ends, also on an exception.
+    ``port=0`` picks a free port. ``limits``: the connection limits of :func:`.transport.server_config` (header
+    and keep-alive timeouts, header size, connections). The server is shut down when the ``with`` block ends,
+    also on an exception.
     """
     import uvicorn
 
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be an int in [0, 65535], got {port!r}")
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2
+    config = server_config(
+        app, host, port, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2, **limits
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

@@ -13,15 +13,17 @@ returns ``False`` the row is cancelled (its client went away) and decoding stops
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..sampling import SamplingParams, sample_token
+from ..sampling import DEFAULT_MAX_TOKENS, SamplingParams, sample_token
 from ..validate import check_int
 
 log = logging.getLogger("course_utils.serving")
@@ -41,34 +43,66 @@ class ByteTokenizer:
         return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
 
 
-@dataclass
 class GenRequest:
-    """One generation job: token ids in, up to ``max_tokens`` ids out, sampled with OpenAI's parameters."""
+    """One generation job: token ids in, up to ``sampling.max_tokens`` ids out, sampled with ``sampling``
+    (a :class:`~course_utils.sampling.SamplingParams`, the one place a request's settings live).
 
-    prompt_ids: list[int]
-    max_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    top_logprobs: int = 0  # alternatives reported per token
-    stop_token_ids: tuple[int, ...] = ()  # e.g. the chat template's END_OF_TURN: finish_reason "stop"
+    ``GenRequest(ids, sampling=params)``; the short form ``GenRequest(ids, max_tokens, temperature, top_p, seed,
+    **other_sampling_fields)`` builds the params (greedy by default). Every field of the params reads through:
+    ``req.max_tokens``, ``req.seed``, … (read-only).
+    """
 
-    def params(self) -> SamplingParams:
-        """The request's :class:`~course_utils.sampling.SamplingParams` (validated there)."""
-        return SamplingParams(
-            self.max_tokens,
-            self.temperature,
-            1.0 if self.top_p is None else self.top_p,
-            self.seed,
-            self.presence_penalty,
-            self.frequency_penalty,
-            dict(self.logit_bias),
-            self.top_logprobs or None,
-            tuple(self.stop_token_ids),
-        )
+    __slots__ = ("prompt_ids", "sampling")
+
+    def __init__(
+        self,
+        prompt_ids,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        *,
+        sampling: SamplingParams | None = None,
+        **fields,
+    ):
+        if sampling is None:
+            if "top_logprobs" in fields:  # the older name of `logprobs` (0 meant none)
+                fields["logprobs"] = fields.pop("top_logprobs") or None
+            top_p = 1.0 if top_p is None else top_p
+            sampling = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, **fields)
+        elif not isinstance(sampling, SamplingParams):
+            raise TypeError(f"sampling must be SamplingParams, got {type(sampling).__name__}")
+        elif fields or (max_tokens, temperature, top_p, seed) != (DEFAULT_MAX_TOKENS, 0.0, None, None):
+            raise TypeError("pass either sampling=SamplingParams(...) or the sampling fields, not both")
+        object.__setattr__(self, "prompt_ids", list(prompt_ids))
+        object.__setattr__(self, "sampling", sampling)
+
+    def __getattr__(self, name):  # only reached for names that are not slots: the sampling fields
+        if name in _SAMPLING_FIELDS:
+            return getattr(self.sampling, name)
+        raise AttributeError(f"GenRequest has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError("GenRequest is read-only: build a new one (sampling.replace(...) for other settings)")
+
+    @property
+    def top_logprobs(self) -> int:
+        """Alternatives reported per token (0 when none)."""
+        return self.sampling.logprobs or 0
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GenRequest) and (self.prompt_ids, self.sampling) == (other.prompt_ids, other.sampling)
+
+    __hash__ = None
+
+    def __reduce__(self):  # copy and pickle rebuild through __init__ (setting attributes is refused)
+        return (functools.partial(GenRequest, sampling=self.sampling), (list(self.prompt_ids),))
+
+    def __repr__(self) -> str:
+        return f"GenRequest({len(self.prompt_ids)} prompt tokens, {self.sampling!r})"
+
+
+_SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 
 
 @dataclass
@@ -94,7 +128,7 @@ class OneRequest:
     def generate(
         self,
         prompt,
-        max_tokens: int = 16,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
         seed: int | None = None,
         top_p: float | None = None,
@@ -118,8 +152,6 @@ def check_requests(reqs, max_context: int) -> None:
             raise TypeError(f"reqs must hold GenRequest objects, got {type(r).__name__}")
         if not r.prompt_ids:
             raise ValueError("prompt_ids must hold at least one token")
-        if not isinstance(r.max_tokens, int) or r.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an int >= 1, got {r.max_tokens!r}")
         if len(r.prompt_ids) + r.max_tokens > max_context:
             raise ValueError(
                 f"prompt ({len(r.prompt_ids)} tokens) + max_tokens ({r.max_tokens}) exceeds the "
@@ -174,7 +206,8 @@ class GPTBackend(OneRequest):
 
     @torch.no_grad()
     def generate_batch(self, reqs: list[GenRequest], on_token: Callable | None = None) -> list:
-        """Generate for every request in one batch; ``on_token(row, id, logprob, top)`` is called as tokens appear."""
+        """Generate for every request in one batch; ``on_token(row, id, logprob, top)`` is called as tokens appear.
+        A request whose sampling fails gets its exception in its place in the result list; the others go on."""
         check_requests(reqs, self.max_context)
         longest = max(len(r.prompt_ids) for r in reqs)
         steps = max(r.max_tokens for r in reqs)
@@ -217,15 +250,20 @@ class _Row:
     """One request's decoding state inside a static batch."""
 
     def __init__(self, req: GenRequest):
-        self.req, self.params = req, req.params()
-        self.out, self.lps, self.tops, self.finish = [], [], [], None
+        self.req, self.params = req, req.sampling
+        self.out, self.lps, self.tops, self.finish, self.error = [], [], [], None, None
         self.gen = None if req.seed is None else torch.Generator().manual_seed(req.seed)
 
     def step(self, b, logits, on_token) -> int:
         if self.finish is not None:
             return 0  # a finished row rides along until the longest one is done (static batching's waste)
-        choice = sample_token(logits, self.out, self.params, self.gen)
-        top = dict(choice.top_logprobs) if self.req.top_logprobs else None
+        try:
+            choice = sample_token(logits, self.out, self.params, self.gen)
+        except Exception as err:  # this request fails alone (a server error, not the client's); the batch goes on
+            self.error, self.finish = RuntimeError(f"sampling failed for this request: {err}"), "error"
+            self.error.__cause__ = err
+            return 0
+        top = dict(choice.top_logprobs) if self.params.logprobs else None
         self.out.append(choice.token_id)
         self.lps.append(choice.logprob)
         self.tops.append(top)
@@ -233,12 +271,14 @@ class _Row:
             self.finish = "cancelled"  # nobody waits for this row any more: stop computing it
         elif choice.token_id in self.params.stop_token_ids:
             self.finish = "stop"
-        elif len(self.out) >= self.req.max_tokens:
+        elif len(self.out) >= self.params.max_tokens:
             self.finish = "length"
         return choice.token_id
 
-    def result(self, tokenizer) -> Generation:
-        tops = self.tops if self.req.top_logprobs else None
+    def result(self, tokenizer) -> Generation | Exception:
+        if self.error is not None:
+            return self.error
+        tops = self.tops if self.params.logprobs else None
         return Generation(
             self.out, self.lps, tokenizer.decode(self.out), len(self.req.prompt_ids), self.finish or "length", tops
         )

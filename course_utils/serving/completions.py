@@ -9,11 +9,11 @@ model, every sampling setting and the API key's client (one tenant never receive
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from dataclasses import dataclass, field
 
 from ..chat import END_OF_TURN, END_OF_TURN_ID
+from ..sampling import MAX_SEED, SamplingError
 from . import protocol
 from .backends import GenRequest
 from .generation import Choice, Delta, collect, merge, run_choice
@@ -70,37 +70,26 @@ def prompt_ids(backend, prompt, param: str = "prompt") -> list[int]:
     return ids
 
 
-def sampling_requests(body, ids_list, *, max_tokens, top_logprobs, stop_token_ids=(), vocab_size=None):
-    """``n`` :class:`GenRequest` per prompt; choice ``j`` uses ``seed + j``. A ``logit_bias`` id outside the
-    vocabulary is this request's 400 (found later, it would fail every request batched with it)."""
-    n = body.n or 1
-    bias = {int(k): float(v) for k, v in (body.logit_bias or {}).items()}
-    if vocab_size is not None and bias and max(bias) >= vocab_size:
-        raise ApiError(
-            400,
-            f"'logit_bias' holds token id {max(bias)}, outside the vocabulary [0, {vocab_size})",
-            param="logit_bias",
-        )
-    temperature = 1.0 if body.temperature is None else body.temperature
-    reqs = []
-    for ids in ids_list:
-        for j in range(n):
-            seed = None if body.seed is None else (body.seed + j) % (protocol.MAX_SEED + 1)
-            reqs.append(
-                GenRequest(
-                    ids,
-                    max_tokens,
-                    temperature,
-                    body.top_p,
-                    seed,
-                    body.presence_penalty or 0.0,
-                    body.frequency_penalty or 0.0,
-                    bias,
-                    top_logprobs or 0,
-                    tuple(stop_token_ids),
-                )
-            )
-    return reqs
+def sampling_requests(body, ids_list, *, max_tokens, top_logprobs=None, stop_token_ids=(), vocab_size=None):
+    """``n`` :class:`GenRequest` per prompt, every one carrying the request's ``body.to_sampling_params(max_tokens)``
+    (``max_tokens``: the budget when the request names none); choice ``j`` samples with ``seed + j``.
+
+    A ``logit_bias`` id outside the vocabulary is this request's 400 (found later, it would fail the request in
+    the middle of a batch). ``top_logprobs``, when given, must be what the request asks for (a caller's check).
+    """
+    params = body.to_sampling_params(max_tokens, stop_token_ids=stop_token_ids)
+    if top_logprobs is not None and (params.logprobs or 0) != top_logprobs:
+        raise ValueError(f"top_logprobs={top_logprobs} disagrees with the request's {params.logprobs}")
+    if vocab_size is not None:
+        try:
+            params.check_vocab(vocab_size)
+        except SamplingError as err:
+            raise ApiError(400, f"'{err.field}' {str(err).split(' ', 1)[1]}", param=err.field) from None
+    choices = []
+    for j in range(body.n or 1):
+        seed = None if params.seed is None else (params.seed + j) % (MAX_SEED + 1)
+        choices.append(params if seed == params.seed else params.replace(seed=seed))
+    return [GenRequest(ids, sampling=p) for ids in ids_list for p in choices]
 
 
 def check_budget(backend, ids_list, max_tokens: int, limit: int, param: str) -> None:
@@ -121,20 +110,19 @@ def chat_stops(backend) -> tuple[list[str], tuple[int, ...]]:
 
 
 # ----------------------------------------------------------------------------------------------- running
-def _scope(job: Job, req: GenRequest, text: str) -> dict:
-    """The cache scope of one choice: the model, the client, the stop strings and EVERY sampling setting of ``req``
-    (read from its fields, so a new setting is in the key without editing this), plus the prompt's token ids when
-    its text does not give them back (ids that decode alike, e.g. two invalid bytes, must not share an answer)."""
-    # TODO(SamplingParams): key on SamplingParams' own cache key once GenRequest carries one, instead of its fields
-    settings = {f.name: getattr(req, f.name) for f in dataclasses.fields(req) if f.name != "prompt_ids"}
+def cache_scope(job: Job, req: GenRequest, text: str) -> dict:
+    """What a cached answer is keyed on besides the prompt text: the model, the client, the endpoint, the text-level
+    stops (the request's and the chat template's), every sampling setting (``SamplingParams.cache_key()``, so a
+    field added there is part of the key without an edit here), and the prompt's token ids when its text does not
+    give them back (ids that decode alike, e.g. two invalid bytes, must not share an answer)."""
     ids = list(req.prompt_ids)
     exact = job.backend.tokenizer.encode(text) == ids
     return {
         "model": job.model,
         "client": job.client,
         "chat": job.chat,
-        "stops": job.stops,
-        "settings": settings,
+        "stops": list(job.stops),
+        "sampling": req.sampling.cache_key(),
         "prompt_ids": None if exact else ids,
     }
 
@@ -144,7 +132,7 @@ async def _choice(job: Job, i: int):
     req, text = job.reqs[i], job.prompt_texts[i // job.n]
     cacheable = job.cache is not None and (req.temperature == 0 or req.seed is not None)
     if cacheable:
-        scope = _scope(job, req, text)
+        scope = cache_scope(job, req, text)
         hit = await asyncio.to_thread(job.cache.get, text, scope)
         job.cache_hits.append(hit is not None)
         if hit is not None:

@@ -7,8 +7,9 @@
 - :func:`run_choice` — submit one request, feed its tokens through a :class:`TextStream`, yield the deltas; on a
   stop string the request is cancelled at once (the scheduler frees its slot), as it is when the awaiting task
   is cancelled (the client went away).
-- :func:`scheduler_errors` — a backend's exceptions as OpenAI errors (FaultError → 429/503 with ``Retry-After``,
-  ValueError → 400, anything else → 500 with the traceback in the server log only).
+- :func:`scheduler_errors` — a backend's exceptions as OpenAI errors (a full queue → 503 with ``Retry-After``,
+  FaultError → 429/503 with ``Retry-After``, ValueError → 400, anything else → 500 with the traceback in the
+  server log only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from .backends import Generation, GenRequest
 from .faults import FaultError
 from .protocol import ApiError
+from .scheduler import QueueFull
 
 log = logging.getLogger("course_utils.serving")
 
@@ -44,18 +46,26 @@ class TextStream:
         self.tokenizer, self.stops, self.index = tokenizer, [s for s in stops if s], index
         self.ids: list[int] = []
         self.pending: list = []
+        self.starts: list[int] = []  # where each pending token's text starts in the decoded text
+        self.text = ""  # the decoded text so far
         self.sent = 0  # characters released so far
+        self.dropped = 0  # tokens after a stop string: computed, but neither returned nor counted
         self.stopped = False
 
     def push(self, tok: int, logprob: float = 0.0, top=None) -> Delta | None:
+        self.starts.append(len(self.text.rstrip("\ufffd")))  # a byte that completes a character starts with it
         self.ids.append(int(tok))
         self.pending.append((int(tok), logprob, top))
-        text = self.tokenizer.decode(self.ids)
+        text = self.text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             return None
         hits = [i for i in (text.find(s, self.sent) for s in self.stops) if i >= 0]
         if hits:
             self.stopped = True
+            # the tokens whose text starts at or after the stop string are not part of the answer: their logprobs
+            # and their count go too, so logprobs and usage agree with the text returned (as vLLM's do)
+            keep = sum(start < min(hits) for start in self.starts)
+            self.dropped, self.pending, self.starts = len(self.pending) - keep, self.pending[:keep], self.starts[:keep]
             return self._release(text, min(hits))
         hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         return self._release(text, len(text) - hold)
@@ -63,15 +73,17 @@ class TextStream:
     def _release(self, text: str, upto: int) -> Delta | None:
         if upto <= self.sent and not self.stopped:
             return None
-        delta = Delta(self.index, text[self.sent : max(upto, self.sent)], self.pending)
-        self.sent, self.pending = max(upto, self.sent), []
+        n = sum(start < upto for start in self.starts)  # a token whose text is all held back waits with it
+        delta = Delta(self.index, text[self.sent : max(upto, self.sent)], self.pending[:n])
+        self.sent, self.pending, self.starts = max(upto, self.sent), self.pending[n:], self.starts[n:]
         return delta
 
     def finish(self, finish_reason: str) -> Delta:
-        """What is left (text held back for a stop string that never came), marked as the last delta."""
+        """What is left (text held back for a stop string that never came), marked as the last delta; its
+        ``completion_tokens`` counts the tokens of the answer (not those after a stop string)."""
         rest = "" if self.stopped else self.tokenizer.decode(self.ids)[self.sent :]
-        out = Delta(self.index, rest, [] if self.stopped else self.pending, finish_reason, len(self.ids))
-        self.pending = []
+        out = Delta(self.index, rest, [] if self.stopped else self.pending, finish_reason, len(self.ids) - self.dropped)
+        self.pending, self.starts = [], []
         return out
 
 
@@ -80,6 +92,10 @@ def scheduler_errors():
     """Map what a backend raises to the HTTP error a client should see."""
     try:
         yield
+    except QueueFull as err:  # load shedding: this model's queue is full
+        seconds = max(1, math.ceil(err.retry_after))
+        headers = {"Retry-After": str(seconds), "retry-after-ms": str(int(err.retry_after * 1000))}
+        raise ApiError(503, str(err), code="server_overloaded", type_="server_error", headers=headers) from None
     except FaultError as err:
         headers = {}
         if err.retry_after is not None:

@@ -19,15 +19,25 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-MAX_SEED = 2**63 - 1
-MAX_N = 8  # choices per prompt: each one is a full generation
-MAX_STOP = 4
-MAX_TOP_LOGPROBS = 20
+from ..sampling import (  # the limits live with SamplingParams; re-exported here for the schemas' users
+    DEFAULT_MAX_TOKENS,
+    MAX_LOGIT_BIAS,
+    MAX_N,
+    MAX_PENALTY,
+    MAX_SEED,
+    MAX_STOP,
+    MAX_TEMPERATURE,
+    MAX_TOP_LOGPROBS,
+    SamplingError,
+    SamplingParams,
+)
+
 MAX_EMBEDDING_INPUTS = 256  # inputs per embeddings request (OpenAI allows 2,048; our CPU embedder is slower)
 SYSTEM_FINGERPRINT = "fp_course_utils"
 
 Float = Annotated[float, Field(allow_inf_nan=False)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-MAX_PENALTY, le=MAX_PENALTY, allow_inf_nan=False)]
+Bias = Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
@@ -117,8 +127,9 @@ class _Sampling(_Request):
     """Fields shared by completions and chat completions (OpenAI's names and ranges)."""
 
     model: Annotated[str, Field(min_length=1)]
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = 1.0
+    temperature: Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)] | None = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None  # vLLM's extension: -1, 0 or null = every token
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = 1
     seed: Seed | None = None
     stop: (
@@ -130,7 +141,7 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = 0.0
     frequency_penalty: Penalty | None = 0.0
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None = None
+    logit_bias: dict[str, Bias] | None = None
     user: str | None = None
 
     @field_validator("logit_bias")
@@ -144,6 +155,37 @@ class _Sampling(_Request):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    def max_new_tokens(self, default: int) -> tuple[int, str]:
+        """The token budget and the field it came from."""
+        return (default if self.max_tokens is None else self.max_tokens), "max_tokens"
+
+    def requested_logprobs(self) -> int | None:
+        """``None``: no log-probabilities; ``k``: each token's and its ``k`` most likely alternatives."""
+        return self.logprobs
+
+    def to_sampling_params(self, default_max_tokens: int = DEFAULT_MAX_TOKENS, *, stop_token_ids=()) -> SamplingParams:
+        """This request's one :class:`~course_utils.sampling.SamplingParams` (as vLLM's requests make theirs).
+
+        ``default_max_tokens``: the budget when the request names none; ``stop_token_ids``: the model's own stops
+        (a chat template's end of turn). An invalid combination is a 400 naming the field.
+        """
+        try:
+            return SamplingParams(
+                max_tokens=self.max_new_tokens(default_max_tokens)[0],
+                temperature=1.0 if self.temperature is None else self.temperature,
+                top_p=1.0 if self.top_p is None else self.top_p,
+                top_k=max(self.top_k or 0, 0),
+                seed=self.seed,
+                presence_penalty=self.presence_penalty or 0.0,
+                frequency_penalty=self.frequency_penalty or 0.0,
+                logit_bias=dict(self.logit_bias or {}),
+                logprobs=self.requested_logprobs(),
+                stop=tuple(self.stops()),
+                stop_token_ids=tuple(stop_token_ids),
+            )
+        except SamplingError as err:
+            raise ApiError(400, str(err), param=err.field) from None
+
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
@@ -156,7 +198,7 @@ class CompletionRequest(_Sampling):
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=32)]
         | Annotated[list[TokenIds], Field(min_length=1, max_length=32)]
     )
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    max_tokens: Annotated[int, Field(ge=1)] | None = DEFAULT_MAX_TOKENS
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     echo: bool | None = False
 
@@ -269,6 +311,9 @@ class ChatCompletionRequest(_Sampling):
         if self.max_tokens is not None:
             return self.max_tokens, "max_tokens"
         return default, "max_tokens"
+
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class EmbeddingRequest(_Request):

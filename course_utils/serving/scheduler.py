@@ -5,6 +5,10 @@ request is done; continuous batching as in Orca/vLLM admits new requests at ever
 A scheduler has ``start()``, ``stop()``, ``batch_sizes`` and ``await submit(req, stream)``: ``stream`` (an
 ``asyncio.Queue``) receives ``(token_id, logprob, top)`` as tokens appear and ``None`` at the end; cancelling the
 awaiting task withdraws a request that has not started.
+
+Back-pressure: each scheduler (one per model) holds at most ``max_queue`` requests waiting for a slot; one more is
+refused at once with :class:`QueueFull` (the server answers 503 with ``Retry-After``), so under a flood a fresh
+request learns in milliseconds to come back later instead of waiting behind hundreds of others.
 """
 
 from __future__ import annotations
@@ -17,6 +21,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .backends import Generation, GenRequest
+
+DEFAULT_MAX_QUEUE = 64  # requests waiting for a slot, per model
+
+
+class QueueFull(RuntimeError):
+    """The model's queue is full: come back after ``retry_after`` seconds (HTTP 503 with ``Retry-After``)."""
+
+    def __init__(self, model: str, limit: int, retry_after: float = 1.0):
+        super().__init__(f"the model {model!r} has {limit} requests waiting, its limit; retry after {retry_after:g}s")
+        self.limit, self.retry_after = limit, retry_after
+
+
+def _check_max_queue(max_queue) -> int:
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
+        raise ValueError(f"max_queue must be an int >= 0 (requests waiting per model), got {max_queue!r}")
+    return max_queue
 
 
 @dataclass
@@ -33,12 +53,13 @@ class Batcher:
     ``max_batch=1`` is one-at-a-time serving. While a batch runs, new requests wait in the queue.
     """
 
-    def __init__(self, backend, *, max_batch: int = 8, max_wait_ms: float = 5.0):
+    def __init__(self, backend, *, max_batch: int = 8, max_wait_ms: float = 5.0, max_queue: int = DEFAULT_MAX_QUEUE):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
         if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or not 0 <= max_wait_ms < 1e6:
             raise ValueError(f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
         self.backend, self.max_batch, self.max_wait_ms = backend, max_batch, float(max_wait_ms)
+        self.max_queue = _check_max_queue(max_queue)
         self.batch_sizes: Counter = Counter()
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
@@ -64,6 +85,10 @@ class Batcher:
     async def submit(self, req: GenRequest, stream: asyncio.Queue | None = None) -> Generation:
         if self._queue is None:
             raise RuntimeError("Batcher.start() has not run (is the app running under its lifespan?)")
+        if self._queue.qsize() >= self.max_queue:
+            if stream is not None:
+                stream.put_nowait(None)  # end of stream: the awaiting task says how it ended
+            raise QueueFull(self.backend.name, self.max_queue)
         p = _Pending(req, asyncio.get_running_loop().create_future(), stream)
         await self._queue.put(p)
         return await p.future
@@ -136,14 +161,20 @@ class EngineScheduler:
         block_size: int = 16,
         num_blocks: int | None = None,
         policy: str = "continuous",
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         if not hasattr(backend, "model") or not hasattr(backend, "tokenizer"):
             raise TypeError(f"backend must serve a course GPT (have .model), got {type(backend).__name__}")
         self.backend, self.options = (
             backend,
-            dict(max_batch=max_batch, block_size=block_size, num_blocks=num_blocks, policy=policy),
+            dict(
+                max_batch=max_batch,
+                block_size=block_size,
+                num_blocks=num_blocks,
+                policy=policy,
+            ),
         )
-        self.max_batch = max_batch
+        self.max_batch, self.max_queue = max_batch, _check_max_queue(max_queue)
         self.engine = None
         self.batch_sizes: Counter = Counter()
 
@@ -166,19 +197,21 @@ class EngineScheduler:
                 stream.put_nowait(None)  # end of stream, also after a fault or a cancellation
 
     async def _run(self, req: GenRequest, stream: asyncio.Queue | None) -> Generation:
+        if self.engine.stats()["waiting"] >= self.max_queue:
+            raise QueueFull(self.backend.name, self.max_queue)
         await self._inject_fault()
         loop = asyncio.get_running_loop()
         finished = loop.create_future()
 
         def on_token(ev):  # the engine's thread
             if ev.token_id is not None and stream is not None:
-                top = dict(ev.top_logprobs) if req.top_logprobs else None
+                top = dict(ev.top_logprobs) if req.sampling.logprobs else None
                 loop.call_soon_threadsafe(stream.put_nowait, (ev.token_id, ev.logprob, top))
             if ev.finish_reason is not None:
                 loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
 
         self.batch_sizes[self.engine.stats()["running"] + 1] += 1
-        handle = self.engine.submit(req.prompt_ids, req.params(), on_token)  # ValueError: the request is refused
+        handle = self.engine.submit(req.prompt_ids, req.sampling, on_token)  # ValueError: the request is refused
         try:
             while not handle.done():
                 await asyncio.wait({finished}, timeout=self.POLL_S)
@@ -186,7 +219,7 @@ class EngineScheduler:
         except BaseException:
             self.engine.cancel(handle)  # the client went away (or a stop string ended it): free slot and blocks
             raise
-        tops = [dict(t) for t in res.top_logprobs] if req.top_logprobs else None
+        tops = [dict(t) for t in res.top_logprobs] if req.sampling.logprobs else None
         return Generation(
             res.token_ids,
             res.logprobs,
@@ -208,8 +241,8 @@ class EngineScheduler:
             raise fault
 
 
-def default_scheduler(backend, *, max_batch: int = 8, max_wait_ms: float = 5.0):
+def default_scheduler(backend, *, max_batch: int = 8, max_wait_ms: float = 5.0, max_queue: int = DEFAULT_MAX_QUEUE):
     """Continuous batching (:class:`EngineScheduler`) for a course GPT, else the static :class:`Batcher`."""
     if hasattr(backend, "model") and hasattr(backend.model, "blocks"):
-        return EngineScheduler(backend, max_batch=max_batch)
-    return Batcher(backend, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        return EngineScheduler(backend, max_batch=max_batch, max_queue=max_queue)
+    return Batcher(backend, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
