@@ -14,6 +14,7 @@ import math
 from .app import create_app
 from .auth import MIN_KEY_LENGTH, RateLimit
 from .backends import load_backend
+from .scheduler import DEFAULT_MAX_QUEUE
 
 
 def _api_key(value: str) -> str:
@@ -78,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
         help="how long the static batcher gathers a batch (backends other than a course GPT)",
     )
     p.add_argument("--rate", type=_positive(float), default=None, help="requests per second per key (burst = 2x)")
+    p.add_argument(
+        "--max-queue", type=_positive(int), default=DEFAULT_MAX_QUEUE, help="waiting requests per model; more get 503"
+    )
     return p
 
 
@@ -89,6 +93,8 @@ def main(argv=None) -> None:
     if args.checkpoint is not None and len(names) != 1:
         parser().error("--checkpoint needs exactly one --model")
     import uvicorn
+
+    from .transport import server_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -104,5 +110,7 @@ def main(argv=None) -> None:
         max_wait_ms=args.max_wait_ms,
         embeddings=not args.no_embeddings,
         public_metrics=args.public_metrics,
+        max_queue=args.max_queue,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # The transport's config adds the header timeout, keep-alive and connection limits a bare uvicorn.run lacks.
+    uvicorn.Server(server_config(app, args.host, args.port, log_level="warning")).run()
