@@ -148,6 +148,7 @@ def draw_routing(scene: RoutingScene, view: RoutingView):
     fig.tight_layout()
     return fig
 
+
 # The controls' column keeps its width (flex 0 0 auto): left to shrink, the figure squeezed it to 0 px and the
 # sliders were drawn over and under the figure. The row wraps: where the figure does not fit beside the controls
 # it goes under them, so the controls are always beside or above it.
