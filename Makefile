@@ -19,7 +19,7 @@ STRICT_NBVAL := --nbval --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbv
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor doctor
+.PHONY: venv lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse instructor doctor hub
 
 # Linux gets the CPU build of torch: on the public index torch==$(TORCH_VERSION) is the CUDA build plus ~2 GB of
 # nvidia wheels. A CPU wheel already at hand (a wheelhouse, pip's find-links) is used without asking any index;
@@ -58,7 +58,7 @@ lab: venv
 	$(BIN)/jupyter lab --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
 
 # Lint (ruff, configured in pyproject.toml): errors and formatting; `make test` runs it first.
-LINT_PATHS := course_utils tests benchmarks scripts docs
+LINT_PATHS := course_utils tests benchmarks scripts docs hub
 lint: venv
 	$(BIN)/python -m ruff check $(LINT_PATHS)
 	$(BIN)/python -m ruff format --check $(LINT_PATHS)
@@ -135,3 +135,12 @@ instructor: venv
 	$(PIP) install -q $(OFFLINE_PIP) -r requirements-instructor.txt
 	$(call nbgrader_ui,enable)
 	@touch $(INSTRUCTOR)
+
+# A workshop hub on this machine (docs/instructor_guide.md, "A workshop hub"): JupyterHub for HUB_LEARNERS learners
+# (learner01, learner02, ...) who log in with the room's HUB_PASSWORD; each gets their own copy of the labs, the
+# course's venv as kernel and nbgrader's exchange, all under .hub/. Browsers in the room open http://<this machine>:8000.
+HUB_LEARNERS ?= 25
+hub: venv
+	@test $${#HUB_PASSWORD} -ge 8 || { echo "set the room's password (8+ characters): HUB_PASSWORD=... make hub"; exit 1; }
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements-instructor.txt -r requirements-hub.txt
+	HUB_LEARNERS=$(HUB_LEARNERS) $(BIN)/jupyterhub -f hub/jupyterhub_config.py
