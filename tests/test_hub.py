@@ -6,8 +6,12 @@ first exercise of lab 1 through nbgrader's exchange; each learner fetches it in 
 (right, wrong, or none), runs the lab's check cell in their kernel (through the server's websocket, as JupyterLab
 does) and submits; the instructor collects and autogrades: 1, 0 and 0 points.
 
-Slow (5.5 min on a busy 2-core machine, most of it servers and nbgrader starting): three servers, three kernels,
-ten nbgrader runs.
+The Zero to JupyterHub values file (hub/z2jh/values.yaml) is checked against the chart's values schema (the
+definitions of the keys it uses, vendored in hub/z2jh/values.schema.subset.yaml), and its JupyterHub settings
+against the installed JupyterHub's own traits.
+
+The hub tests are slow (5.5 min on a busy 2-core machine, most of it servers and nbgrader starting up): three
+servers, three kernels, ten nbgrader runs.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hub"))
 from hubctl import running_hub, text_of  # noqa: E402
 
-pytestmark = pytest.mark.slow
-pytest.importorskip("jupyterhub", reason="the workshop hub's packages: pip install -r requirements-hub.txt")
+Z2JH = ROOT / "hub" / "z2jh"
 
 LEARNERS = ("learner01", "learner02", "learner03")
 ASSIGNMENT = "ch01"
@@ -61,6 +64,7 @@ def nbgrader(cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
+    pytest.importorskip("jupyterhub", reason="the workshop hub's packages: pip install -r requirements-hub.txt")
     with running_hub(tmp_path_factory.mktemp("hub"), learners=len(LEARNERS)) as h:
         yield h
 
@@ -96,6 +100,7 @@ def shell(hub, name: str, kernel: str, *argv: str) -> str:
     return run_in_kernel(hub, name, kernel, code)
 
 
+@pytest.mark.slow
 def test_login_takes_the_rooms_password_and_only_listed_names(hub):
     assert hub.login("learner01", hub.password).cookies
     with pytest.raises(requests.HTTPError):
@@ -104,6 +109,7 @@ def test_login_takes_the_rooms_password_and_only_listed_names(hub):
         hub.login("someone-else", hub.password)
 
 
+@pytest.mark.slow
 def test_three_learners_fetch_solve_check_submit_and_are_autograded(hub, course):
     for name in LEARNERS:  # all three start at once, as a room does
         hub.start_server(name, wait=False)
@@ -151,3 +157,39 @@ def test_three_learners_fetch_solve_check_submit_and_are_autograded(hub, course)
         max_score = gb.find_assignment(ASSIGNMENT).max_score
     assert max_score == 1
     assert scores == {"learner01": 1, "learner02": 0, "learner03": 0}
+
+
+def _z2jh():
+    import jsonschema
+    import yaml
+
+    values = yaml.safe_load((Z2JH / "values.yaml").read_text())
+    schema = yaml.safe_load((Z2JH / "values.schema.subset.yaml").read_text())
+    return values, jsonschema.Draft7Validator(schema)
+
+
+def test_z2jh_values_follow_the_charts_schema():
+    values, validator = _z2jh()
+    assert [e.message for e in validator.iter_errors(values)] == []
+    # the check catches what a typo or a wrong unit in the file would be
+    typo = {**values, "singleuser": {**values["singleuser"], "memory": {"limt": "2G"}}}
+    assert any("'limt' was unexpected" in e.message for e in validator.iter_errors(typo))
+    wrong = {**values, "cull": {"enabled": True, "timeout": "1h"}}
+    assert any(list(e.path) == ["cull", "timeout"] for e in validator.iter_errors(wrong))
+    # and the chart's own definitions of these keys came along (not a schema that accepts anything)
+    assert validator.schema["additionalProperties"] is False and "cull" in validator.schema["properties"]
+
+
+def test_z2jh_hub_config_names_real_jupyterhub_settings():
+    """hub.config is passed to JupyterHub as traitlets config: every Class.trait in it must exist."""
+    pytest.importorskip("jupyterhub", reason="the workshop hub's packages: pip install -r requirements-hub.txt")
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.auth import Authenticator
+    from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+
+    classes = {c.__name__: c for c in (JupyterHub, Authenticator, SharedPasswordAuthenticator)}
+    values, _ = _z2jh()
+    for cls, traits in values["hub"]["config"].items():
+        assert cls in classes, f"hub.config.{cls}: not a class the course configures"
+        config_traits = classes[cls].class_traits(config=True)
+        assert set(traits) <= set(config_traits), f"hub.config.{cls}: {set(traits) - set(config_traits)}"
