@@ -292,12 +292,18 @@ def test_lab_pages_show_the_exercise_and_hints_never_the_solution(tmp_path, no_k
     assert problems == [f"01_a_lab.html: shows a line of its solution: {SOLUTION_LINE!r}"]
 
 
-def test_every_page_links_its_notebook_for_download_and_colab(tmp_path, no_kernel):
+def built_with_a_lab(tmp_path):
+    """The stored course plus chapter 1's lab, built with no problem: (course folder, site folder)."""
     root = stored_course(tmp_path / "course")
     (root / "labs").mkdir()
     write(lab_notebook(), root / "labs" / "01_b_lab.ipynb")
     out, problems = build(tmp_path, root)
     assert problems == []
+    return root, out
+
+
+def test_every_page_links_its_notebook_for_download_and_colab(tmp_path, no_kernel):
+    root, out = built_with_a_lab(tmp_path)
     for rel in ("notebooks/00_intro.ipynb", "notebooks/01_b.ipynb", "labs/01_b_lab.ipynb"):
         page = (out / f"{Path(rel).stem}.html").read_text()
         download = re.search(r'<a class="course-download"[^>]* href="([^"]+)"', page)
@@ -310,11 +316,7 @@ def test_every_page_links_its_notebook_for_download_and_colab(tmp_path, no_kerne
 
 
 def test_search_index_covers_every_page_and_search_page_loads_it(tmp_path, no_kernel):
-    root = stored_course(tmp_path / "course")
-    (root / "labs").mkdir()
-    write(lab_notebook(), root / "labs" / "01_b_lab.ipynb")
-    out, problems = build(tmp_path, root)
-    assert problems == []
+    root, out = built_with_a_lab(tmp_path)
     rows = _index_rows(out)
     pages = {p.name for p in out.glob("*.html")} - {site_build.SEARCH_PAGE}
     assert {r[0] for r in rows} == pages, "every page is in the index"
