@@ -117,6 +117,13 @@ def test_course_site_works_offline(course_site, offline):
     assert page.url.endswith("/03_tiny_gpt.html") and page.title().startswith("03 · ")
     page.locator(".MathJax_CHTML").first.wait_for(timeout=30_000)
     assert page.locator(".jp-RenderedImage img").count() >= 1 and page.evaluate(LOADED_IMAGES) == []
+    # search from the page's search box: the prebuilt index answers in the browser, with links to the sections
+    page.locator(".course-map .course-search input").first.fill("expert capacity")
+    page.keyboard.press("Enter")
+    page.wait_for_load_state("load")
+    hits = page.locator("#course-results .course-hit a")
+    hits.first.wait_for()
+    assert hits.count() >= 3 and "04_moe_layer.html#" in hits.evaluate_all("as => as.map(a => a.href).join(' ')")
     assert seen == {"aborted": [], "failed": []}, "the pages asked for something the site does not hold"
 
 
