@@ -21,7 +21,7 @@ STRICT_NBVAL := --nbval --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbv
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv test-venv python-check lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse wheelhouse-macos wheelhouse-windows instructor doctor
+.PHONY: venv test-venv python-check lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse wheelhouse-macos wheelhouse-windows instructor doctor hub
 
 # The course needs Python 3.11 or 3.12 (numpy 2.4 and transformers 5 have no release for 3.10; macOS's own
 # python3 is 3.9): checked before a venv is made, with the one-line fix, instead of failing deep inside pip.
@@ -65,9 +65,10 @@ $(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
 
 venv: $(STAMP)
 
-# The test tools (pytest, hypothesis, playwright, ruff, ...) on top of the course's venv: `make test` & co only.
-$(TEST_STAMP): $(STAMP) requirements-test.txt
-	$(PIP) install -q $(OFFLINE_PIP) -r requirements-test.txt
+# The test tools (pytest, hypothesis, playwright, ruff, ...) on top of the course's venv: `make test` & co only;
+# the hub's packages too, so that its test (tests/test_hub.py) runs instead of skipping.
+$(TEST_STAMP): $(STAMP) requirements-test.txt requirements-hub.txt
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements-test.txt -r requirements-hub.txt
 	@touch $(TEST_STAMP)
 
 test-venv: $(TEST_STAMP)
@@ -77,7 +78,7 @@ lab: venv
 	$(BIN)/jupyter lab --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
 
 # Lint (ruff, configured in pyproject.toml): errors and formatting; `make test` runs it first.
-LINT_PATHS := course_utils tests benchmarks scripts docs
+LINT_PATHS := course_utils tests benchmarks scripts docs hub
 lint: test-venv
 	$(BIN)/python -m ruff check $(LINT_PATHS)
 	$(BIN)/python -m ruff format --check $(LINT_PATHS)
@@ -142,12 +143,13 @@ site: venv
 # docs/instructor_guide.md); once wheelhouse/ holds them, the install steps above read only from it. On Linux the
 # CPU torch goes in first, so that torch==X resolves to it instead of the CUDA build. wheelhouse/site-assets/ gets
 # the site's pinned MathJax and widget manager, which `make site` then finds there.
-wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt python-check
+wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt requirements-hub.txt python-check
 	@if [ "$$(uname -s)" = Linux ]; then \
 		$(PY) -m pip download -q --no-deps --no-index --dest $(WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
 	$(PY) docs/site/site_assets.py fetch --dest $(WHEELHOUSE)/site-assets
-	$(PY) -m pip download --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt setuptools
+	$(PY) -m pip download --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt \
+		-r requirements-hub.txt setuptools
 
 # The same wheels for the room's Macs (macOS 14+, Apple Silicon) or Windows laptops, downloaded from any machine:
 # `make wheelhouse-windows WHEEL_PY=3.12`. Hand the folder out as wheelhouse/ on those machines.
@@ -162,3 +164,12 @@ instructor: venv
 	$(PIP) install -q $(OFFLINE_PIP) -r requirements-instructor.txt
 	$(call nbgrader_ui,enable)
 	@touch $(INSTRUCTOR)
+
+# A workshop hub on this machine (docs/instructor_guide.md, "A workshop hub"): JupyterHub for HUB_LEARNERS learners
+# (learner01, learner02, ...) who log in with the room's HUB_PASSWORD; each gets their own copy of the labs, the
+# course's venv as kernel and nbgrader's exchange, all under .hub/. Browsers in the room open http://<this machine>:8000.
+HUB_LEARNERS ?= 25
+hub: venv
+	@test $${#HUB_PASSWORD} -ge 8 || { echo "set the room's password (8+ characters): HUB_PASSWORD=... make hub"; exit 1; }
+	$(PIP) install -q $(OFFLINE_PIP) -r requirements-instructor.txt -r requirements-hub.txt
+	HUB_LEARNERS=$(HUB_LEARNERS) $(BIN)/jupyterhub -f hub/jupyterhub_config.py

@@ -149,6 +149,13 @@ def draw_routing(scene: RoutingScene, view: RoutingView):
     return fig
 
 
+# The controls' column keeps its width (flex 0 0 auto): left to shrink, the figure squeezed it to 0 px and the
+# sliders were drawn over and under the figure. The row wraps: where the figure does not fit beside the controls
+# it goes under them, so the controls are always beside or above it.
+CONTROLS_LAYOUT = {"flex": "0 0 auto", "min_width": "max-content"}
+UI_LAYOUT = {"flex_flow": "row wrap", "align_items": "flex-start"}
+
+
 def _control(widgets, kind, default, low, high, step, description):
     if kind == "bool":
         w = widgets.Checkbox(value=default, description=description)
@@ -181,5 +188,5 @@ def routing_explorer(scene: RoutingScene | None = None, *, display=None):
 
     controls = {name: _control(widgets, *spec) for name, spec in ROUTING_CONTROLS.items()}
     output = widgets.interactive_output(update, controls)
-    ui = widgets.HBox([widgets.VBox(list(controls.values())), output])
+    ui = widgets.HBox([widgets.VBox(list(controls.values()), layout=CONTROLS_LAYOUT), output], layout=UI_LAYOUT)
     return ui, update

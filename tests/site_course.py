@@ -57,12 +57,15 @@ def write(nb, path: Path) -> Path:
 
 
 def tiny_course(root: Path) -> Path:
-    """Two chapters (01 links to 02, a lab and a picture; 02 links back), a README and a picture."""
+    """Two chapters (01 links to 02, a lab and a picture; 02 links back), the lab and its solution, a README and a
+    picture."""
     (root / "notebooks").mkdir(parents=True)
     (root / "labs").mkdir()
     (root / "docs" / "img").mkdir(parents=True)
     (root / "docs" / "img" / "01_a.png").write_bytes(PNG)
-    (root / "labs" / "01_a_lab.ipynb").write_text("{}")
+    write(lab_notebook(), root / "labs" / "01_a_lab.ipynb")
+    (root / "solutions").mkdir()
+    write(lab_notebook(solved=True), root / "solutions" / "01_a_lab.ipynb")
     a = new_notebook(
         cells=[
             new_markdown_cell(
@@ -77,6 +80,27 @@ def tiny_course(root: Path) -> Path:
     write(b, root / "notebooks" / "02_b.ipynb")
     (root / "README.md").write_text("# Tiny course\n\nStart with [A](notebooks/01_a.ipynb).\n")
     return root
+
+
+SOLUTION_LINE = "return sorted(words, key=len)[-1]"
+
+
+def lab_notebook(*, solved: bool = False):
+    """A lab as labs/ holds it (the exercise text, a hint, a stub), or its solution (``solved``)."""
+    body = (
+        f"    ### BEGIN SOLUTION\n    # task: return the longest word\n    {SOLUTION_LINE}\n    ### END SOLUTION"
+        if solved
+        else '    # Exercise 1.1 — return the longest word\n    raise NotImplementedError("Exercise 1.1")'
+    )
+    return new_notebook(
+        cells=[
+            new_markdown_cell(
+                "# 01 · Lab: the longest word\n\n## Exercise 1.1\n\n<details><summary>Hint 1</summary>Sort by length."
+                "</details>"
+            ),
+            new_code_cell(f"def longest(words):\n{body}"),
+        ]
+    )
 
 
 def stored_lesson(title: str, *, figure: bool = True):

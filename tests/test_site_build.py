@@ -7,12 +7,24 @@ the network or the real MathJax; the browser tests in tests/e2e/test_site.py ope
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-from site_course import fake_assets, site_assets, site_build, stored_lesson, tiny_course, write
+from site_course import (
+    ROOT,
+    SOLUTION_LINE,
+    fake_assets,
+    lab_notebook,
+    site_assets,
+    site_build,
+    stored_lesson,
+    tiny_course,
+    write,
+)
 
 from course_utils.nbtools import colab_url
 
@@ -203,7 +215,7 @@ def test_site_links_are_rewritten_and_checked(tmp_path):
     assert problems == []
     a = (out / "01_a.html").read_text()
     assert 'href="02_b.html#Part-two"' in a and 'src="_static/docs/img/01_a.png"' in a
-    assert f'href="{site_build.repo_url()[0]}/blob/' in a, "a link to a lab goes to the repository"
+    assert 'href="01_a_lab.html"' in a, "a link to a lab goes to its lab page"
     assert "42" in a, "a notebook without stored outputs is executed"
     assert 'href="01_a.html"' in (out / "index.html").read_text()
 
@@ -254,3 +266,98 @@ def test_a_live_widget_runs_once_and_its_state_is_on_the_page(tmp_path):
     assert "'_static/widgets/dist/embed-amd.js'" in page and "unpkg.com" not in page
     assert site_build.WIDGET_NOTE in page, "the reader is told the widget shows what was saved"
     assert list((tmp_path / "cache").glob("01_slider.*.widgets.ipynb")), "the run is cached"
+
+
+def _index_rows(out):
+    script = (out / site_build.SEARCH_INDEX).read_text()
+    assert script.startswith("window.COURSE_SEARCH = ") and script.rstrip().endswith(";")
+    return json.loads(script.removeprefix("window.COURSE_SEARCH = ").rstrip().rstrip(";"))
+
+
+def test_lab_pages_show_the_exercise_and_hints_never_the_solution(tmp_path, no_kernel):
+    root = tiny_course(tmp_path / "course")
+    (root / "notebooks" / "01_a.ipynb").write_text(nbformat.writes(stored_lesson("01 · A")))
+    out, problems = build(tmp_path, root)
+    assert problems == []
+    lab = (out / "01_a_lab.html").read_text()
+    shown = " ".join(t for _, _, t in site_build.page_text(lab))
+    assert "Exercise 1.1" in shown and "Hint 1" in shown and "NotImplementedError" in shown
+    assert "sorted(words" not in shown, "the solution's code is not on the lab page"
+    assert 'href="01_a_lab.html"' in (out / "index.html").read_text(), "the home page's table links the lab"
+    assert '<a href="01_a_lab.html">' in (out / "02_b.html").read_text(), "every page's map lists the labs"
+
+    # a lab that shows its solution (say labs/ was rebuilt from the wrong notebook) fails the build
+    write(lab_notebook(solved=True), root / "labs" / "01_a_lab.ipynb")
+    out, problems = build(tmp_path, root)
+    assert problems == [f"01_a_lab.html: shows a line of its solution: {SOLUTION_LINE!r}"]
+
+
+def built_with_a_lab(tmp_path):
+    """The stored course plus chapter 1's lab, built with no problem: (course folder, site folder)."""
+    root = stored_course(tmp_path / "course")
+    (root / "labs").mkdir()
+    write(lab_notebook(), root / "labs" / "01_b_lab.ipynb")
+    out, problems = build(tmp_path, root)
+    assert problems == []
+    return root, out
+
+
+def test_every_page_links_its_notebook_for_download_and_colab(tmp_path, no_kernel):
+    root, out = built_with_a_lab(tmp_path)
+    for rel in ("notebooks/00_intro.ipynb", "notebooks/01_b.ipynb", "labs/01_b_lab.ipynb"):
+        page = (out / f"{Path(rel).stem}.html").read_text()
+        download = re.search(r'<a class="course-download"[^>]* href="([^"]+)"', page)
+        assert download, f"{rel}: no download link"
+        assert (out / download.group(1)).read_bytes() == (root / rel).read_bytes(), "the notebook as committed"
+        assert f'<a class="course-colab" href="{colab_url(rel)}">Open in Colab</a>' in page
+    # the link check covers the download links: a missing copy is a broken link
+    (out / "_downloads" / "labs" / "01_b_lab.ipynb").unlink()
+    assert site_build.check_links(out) == ["01_b_lab.html: <a href='_downloads/labs/01_b_lab.ipynb'> -> missing file"]
+
+
+def test_search_index_covers_every_page_and_search_page_loads_it(tmp_path, no_kernel):
+    root, out = built_with_a_lab(tmp_path)
+    rows = _index_rows(out)
+    pages = {p.name for p in out.glob("*.html")} - {site_build.SEARCH_PAGE}
+    assert {r[0] for r in rows} == pages, "every page is in the index"
+    by_heading = {(r[0], r[3]): r for r in rows}
+    assert "Sort by length." in by_heading[("01_b_lab.html", "Exercise 1.1")][4], "hints are searchable"
+    assert "stored output, not a fresh run" in " ".join(r[4] for r in rows if r[0] == "01_b.html"), "outputs too"
+    assert not any("Download this notebook" in r[4] for r in rows), "the page's chrome is not indexed"
+    anchors = {r[1] for r in rows if r[0] == "01_b_lab.html" and r[1]}
+    assert anchors and all(f'id="{a}"' in (out / "01_b_lab.html").read_text() for a in anchors)
+    search = (out / site_build.SEARCH_PAGE).read_text()
+    assert f'<script src="{site_build.SEARCH_INDEX}"></script>' in search and "_static/search.js" in search
+    assert 'action="search.html"' in (out / "00_intro.html").read_text(), "every page has the search box"
+
+
+def test_a_stored_warning_or_stderr_output_fails_the_build(tmp_path, no_kernel):
+    root = stored_course(tmp_path / "course")
+    nb = stored_lesson("02 · Sea")
+    nb.cells[3].outputs.append(
+        nbformat.v4.new_output("stream", name="stderr", text="[transformers] You tried to access ...\n")
+    )
+    write(nb, root / "notebooks" / "02_c.ipynb")
+    nb = stored_lesson("01 · Bee")
+    nb.cells[3].outputs[0].text = "x.py:3: FutureWarning: `foo` is deprecated\n"
+    write(nb, root / "notebooks" / "01_b.ipynb")
+    out, problems = build(tmp_path, root)
+    assert problems == [
+        "notebooks/01_b.ipynb: cell 2: x.py:3: FutureWarning: `foo` is deprecated (a warning or stderr in a stored "
+        "output)",
+        "notebooks/02_c.ipynb: cell 2: [transformers] You tried to access ... (a warning or stderr in a stored output)",
+    ]
+
+
+@pytest.mark.slow
+def test_the_course_site_has_lab_pages_search_and_downloads_and_no_problems(tmp_path, no_kernel):
+    """The real course with stand-in assets, every lesson as stored (no kernel): no broken link, no stored warning,
+    no solution line on a lab page; every lab has a page, every page is in the search index."""
+    out, problems = build(tmp_path, ROOT, widgets=False)
+    assert problems == [], "\n".join(problems)
+    labs = sorted(p.stem for p in (ROOT / "labs").glob("*.ipynb"))
+    assert labs and all((out / f"{lab}.html").is_file() for lab in labs)
+    assert {r[0] for r in _index_rows(out)} == {p.name for p in out.glob("*.html")} - {site_build.SEARCH_PAGE}
+    for lab in labs:
+        solution = ROOT / "solutions" / f"{lab}.ipynb"
+        assert site_build.solution_lines(nbformat.read(str(solution), as_version=4)), f"{lab}: nothing to look for"

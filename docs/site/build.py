@@ -9,15 +9,22 @@ to draw the widget. What ran is cached in .cache/site/ by a hash of the notebook
 a notebook that `make e2e` already ran in the browser (test-artifacts/executed/) with the same cells is taken from
 there instead.
 
-Every page has its chapter's title, the chapter map and previous/next links; the Colab set-up cell and the Colab
-badge are left out (the page links to Colab instead). MathJax, require.js and the widget manager are copied into
-_static/ from pinned, sha256-checked npm tarballs (docs/site/site_assets.py), so the site works with no network.
+Every page has its chapter's title, the chapter map (chapters, then labs) with a search box, previous/next links, a
+link to download its notebook (the committed .ipynb, copied to _downloads/) and a link to open it in Colab; the
+Colab set-up cell and the Colab badge are left out. Lab pages are built from labs/ (exercise text, hints and the
+stubs a learner fills in), never from solutions/: a solution line found on a lab page fails the build. Search runs
+in the page with no server: every section of every page is in _static/search_index.js (built here), which
+_static/search.js (a few lines, no library) reads on search.html.
 
-Links are rewritten for the site: a link to another lesson notebook goes to its page, an image is copied next to
-the pages, a link to any other file of the repository (a lab, a solution, a module) goes to that file on GitHub.
+MathJax, require.js and the widget manager are copied into _static/ from pinned, sha256-checked npm tarballs
+(docs/site/site_assets.py), so the site works with no network.
+
+Links are rewritten for the site: a link to another lesson notebook or to a lab goes to its page, an image is copied
+next to the pages, a link to any other file of the repository (a solution, a module) goes to that file on GitHub.
 Finally every page is checked, and a problem fails the build (exit 1) with the page and target: a broken internal
 link, anchor or image; a script or stylesheet from another host (a CDN) or missing from _static/; fewer figures
-than the lesson's stored outputs hold. The number of figures per page is printed.
+than the lesson's stored outputs hold; a lesson output that is a warning or went to stderr (a library's warning
+belongs fixed in the lesson, not shown to every reader). The number of figures per page is printed.
 
 Only packages from requirements.txt are used (nbclient, nbconvert, mistune come with nbconvert). Jupyter Book 2
 was tried and does not build offline: its HTML theme is fetched from the network at build time.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
+import json
 import os
 import re
 import shutil
@@ -57,7 +65,9 @@ COURSE_CSS = """.course-map{font:14px/1.4 system-ui,sans-serif;margin:0 0 1rem}
 .course-map ul{list-style:none;padding-left:0}
 .course-map li{margin:.3rem 0}.course-note{font:14px system-ui,sans-serif;background:#fff8e1;padding:.5rem .8rem}
 .course-map a[aria-current]{font-weight:bold;color:inherit;text-decoration:none}
-.course-colab{font:14px system-ui,sans-serif}
+.course-links{font:14px system-ui,sans-serif;display:flex;gap:1.2rem;flex-wrap:wrap;margin:.5rem 0}
+.course-search input{width:100%;box-sizing:border-box;padding:.3rem;font:inherit}
+.course-map-head{font-weight:bold;margin:.8rem 0 .2rem}.course-hit{margin:0 0 1rem}.course-hit p{margin:.2rem 0}
 .course-pager{display:flex;justify-content:space-between;gap:1rem;font:15px system-ui,sans-serif;margin:1rem 0}
 @media (min-width:75rem){body{padding-left:17rem!important}.course-map{position:fixed;left:0;top:0;bottom:0;
 width:15rem;overflow:auto;padding:1rem;border-right:1px solid #ddd;background:#fafafa}}"""
@@ -68,6 +78,17 @@ WIDGET_NOTE = (
 STYLE = f"""<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
 line-height:1.5}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}
 img{{max-width:100%}}code,pre{{background:#f5f5f5}}{COURSE_CSS}</style>"""
+
+
+DOWNLOADS = "_downloads"  # the notebooks as committed, for the pages' download links
+SEARCH_PAGE = "search.html"
+SEARCH_INDEX = "_static/search_index.js"  # window.COURSE_SEARCH = [[page, anchor, page title, heading, text], ...]
+SEARCH_JS = Path(__file__).resolve().parent / "search.js"
+# A stored output that is a library's warning: Python's "...Warning: message" and logging's "WARNING".
+WARNING_TEXT = re.compile(r"\b\w*Warning: |\bWARNING\b")
+# A solution line worth looking for on a lab page: code, long enough not to be shared boilerplate.
+SOLUTION_REGION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
+MIN_SOLUTION_LINE = 20
 
 
 def repo_url() -> tuple[str, str]:
@@ -255,7 +276,7 @@ def notebook_html(nb, course: dict[str, str] | None = None, title: str | None = 
     page = site_cells(nb)
     if title:
         page.metadata["title"] = title
-    course = course or {"css": COURSE_CSS, "map": "", "pager": "", "note": ""}
+    course = course or {"css": COURSE_CSS, "map": "", "pager": "", "note": "", "links": ""}
     body, _ = exporter.from_notebook_node(page, resources={"course": course})
     return body
 
@@ -295,20 +316,33 @@ def chapter_order(notebooks) -> list[Path]:
     return sorted(notebooks, key=lambda p: (chapter_number(p) is None, chapter_number(p) or 0, Path(p).name))
 
 
-def course_chrome(chapters: list[tuple[str, str]], current: int | None, extra: list[tuple[str, str]] = ()) -> dict:
+SEARCH_BOX = (
+    f'<form class="course-search" role="search" action="{SEARCH_PAGE}"><input type="search" name="q" '
+    'placeholder="Search the course" aria-label="Search the course"></form>'
+)
+
+
+def course_chrome(
+    chapters: list[tuple[str, str]],
+    current: int | None,
+    extra: list[tuple[str, str]] = (),
+    labs: list[tuple[str, str]] = (),
+) -> dict:
     """The chapter map and the previous/next links of page ``current`` (an index into ``chapters``, a list of
     (page file, title) in chapter order; ``None`` for a page that is not a chapter). ``extra``: more (file, title)
-    links under the map (the guides)."""
+    links under the map (the guides); ``labs``: the lab pages (file, title), listed under the chapters."""
     e = html.escape
     items = []
     for i, (href, title) in enumerate(chapters):
         here = ' class="current"' if i == current else ""
         aria = ' aria-current="page"' if i == current else ""
         items.append(f'<li{here}><a href="{e(href)}"{aria}>{e(title)}</a></li>')
+    lab_items = "".join(f'<li><a href="{e(href)}">{e(title)}</a></li>' for href, title in labs)
+    lab_list = f'<p class="course-map-head">Labs</p><ul>{lab_items}</ul>' if labs else ""
     more = "".join(f'<p><a href="{e(href)}">{e(title)}</a></p>' for href, title in extra)
     nav = (
-        '<nav class="course-map" aria-label="Chapters"><p><a href="index.html">Course home</a></p>'
-        f"<ul>{''.join(items)}</ul>{more}</nav>"
+        f'<nav class="course-map" aria-label="Chapters">{SEARCH_BOX}<p><a href="index.html">Course home</a></p>'
+        f"<ul>{''.join(items)}</ul>{lab_list}{more}</nav>"
     )
     pager = ""
     if current is not None:
@@ -318,7 +352,7 @@ def course_chrome(chapters: list[tuple[str, str]], current: int | None, extra: l
             nxt = chapters[current + 1]
             links.append(f'<a rel="next" href="{e(nxt[0])}">{e(nxt[1])} →</a>')
         pager = f'<nav class="course-pager" aria-label="Previous and next chapter">{"".join(links)}</nav>'
-    return {"css": COURSE_CSS, "map": nav, "pager": pager, "note": ""}
+    return {"css": COURSE_CSS, "map": nav, "pager": pager, "note": "", "links": ""}
 
 
 def _mark_current(chrome: dict, href: str) -> dict:
@@ -327,8 +361,112 @@ def _mark_current(chrome: dict, href: str) -> dict:
     return chrome
 
 
-def _colab_link(rel: str) -> str:
-    return f'<p class="course-colab"><a href="{html.escape(colab_url(rel))}">Open this chapter in Colab</a></p>'
+def notebook_links(rel: str) -> str:
+    """The links above a notebook's page: download the notebook as committed (``rel``, copied by :func:`build`
+    to _downloads/) and open it in Colab."""
+    e = html.escape
+    return (
+        '<nav class="course-links" aria-label="This notebook">'
+        f'<a class="course-download" href="{e(DOWNLOADS)}/{e(rel)}" download>Download this notebook (.ipynb)</a>'
+        f'<a class="course-colab" href="{e(colab_url(rel))}">Open in Colab</a></nav>'
+    )
+
+
+def stored_warnings(nb) -> list[str]:
+    """The code cells whose outputs print a warning or write to stderr: "cell N: first line" (N counts code
+    cells from 1, as a reader of the notebook does)."""
+    found = []
+    for n, cell in enumerate((c for c in nb.cells if c.cell_type == "code"), 1):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.get("output_type") == "stream" else out.get("data", {}).get("text/plain")
+            text = "".join(text) if isinstance(text, list) else text or ""
+            if (out.get("output_type") == "stream" and out.get("name") == "stderr") or WARNING_TEXT.search(text):
+                first = next((ln for ln in text.splitlines() if ln.strip()), "(empty)")
+                found.append(f"cell {n}: {first[:160]}")
+    return found
+
+
+def solution_lines(nb) -> set[str]:
+    """The code lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` of a solution notebook that a lab
+    page must not show: code (an inline comment cut off), at least :data:`MIN_SOLUTION_LINE` characters, and
+    found nowhere else in the notebook (a line the lab gives, or a hint quotes, is no leak)."""
+    inside, outside = set(), []
+    for cell in nb.cells:
+        regions = SOLUTION_REGION.findall(cell.source) if cell.cell_type == "code" else []
+        for region in regions:
+            inside |= {ln.split("  #", 1)[0].strip() for ln in region.splitlines()}
+        outside.append(SOLUTION_REGION.sub("", cell.source))
+    given = " ".join(" ".join(outside).split())
+    code = {ln for ln in inside if len(ln) >= MIN_SOLUTION_LINE and not ln.startswith("#")}
+    return {ln for ln in code if " ".join(ln.split()) not in given}
+
+
+class _Text(HTMLParser):
+    """A page's sections as a reader sees them: (heading id, heading, text), leaving out scripts, styles, the
+    chapter map and pagers, and the math's MathJax source."""
+
+    SKIP = {"script", "style", "nav", "form", "head"}
+    HEADINGS = {"h1", "h2", "h3"}
+    BLOCKS = {"p", "div", "li", "td", "th", "summary", "pre", "br", "tr", "h4", "h5", "h6"}  # a word ends there
+
+    def __init__(self):
+        super().__init__()
+        self.sections = [["", "", []]]  # [anchor, heading, text parts]
+        self._skip, self._heading = 0, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.BLOCKS:
+            self.handle_data(" ")
+        if tag in self.SKIP:
+            self._skip += 1
+        elif tag in self.HEADINGS and not self._skip:
+            self._heading = [dict(attrs).get("id") or "", []]
+
+    def handle_endtag(self, tag):
+        if tag in self.BLOCKS:
+            self.handle_data(" ")
+        if tag in self.SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif tag in self.HEADINGS and self._heading is not None:
+            anchor, parts = self._heading
+            self.sections.append([anchor, " ".join("".join(parts).replace("¶", "").split()), []])
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._skip:
+            return
+        (self._heading[1] if self._heading is not None else self.sections[-1][2]).append(data)
+
+
+def page_text(text: str) -> list[tuple[str, str, str]]:
+    """A page's sections: (anchor, heading, text with whitespace collapsed)."""
+    p = _Text()
+    p.feed(text)
+    return [(a, h, " ".join("".join(parts).split())) for a, h, parts in p.sections if h or "".join(parts).strip()]
+
+
+def search_index(out: Path, titles: dict[str, str]) -> list[list[str]]:
+    """Every section of every page named in ``titles`` (page file -> page title): [page, anchor, page title,
+    heading, text]."""
+    rows = []
+    for page, title in titles.items():
+        for anchor, heading, text in page_text((out / page).read_text(encoding="utf-8")):
+            rows.append([page, anchor, title, heading or title, text])
+    return rows
+
+
+def search_page(index_rows: list, chrome: dict) -> tuple[str, str]:
+    """(the index script, search.html): the search box's results are computed in the page by _static/search.js
+    from the prebuilt index."""
+    index = "window.COURSE_SEARCH = " + json.dumps(index_rows, ensure_ascii=False, separators=(",", ":")) + ";\n"
+    body = (
+        '<h1>Search</h1><form role="search" action="search.html"><input type="search" name="q" id="course-q" '
+        'aria-label="Search the course"> <button>Search</button></form><p id="course-count"></p>'
+        '<div id="course-results"></div>'
+        f'<script src="{SEARCH_INDEX}"></script><script src="_static/search.js"></script>'
+    )
+    head = f"<meta charset='utf-8'><title>Search</title>{STYLE}"
+    return index, f"<!DOCTYPE html><html><head>{head}</head><body>{chrome['map']}<main>{body}</main></body></html>"
 
 
 def figures_in(nb) -> int:
@@ -368,19 +506,27 @@ def build(
     except assets.AssetError as err:
         raise BuildError(str(err)) from None
     notebooks = chapter_order((root / "notebooks").glob("*.ipynb"))
-    pages = {nb.relative_to(root).as_posix(): f"{nb.stem}.html" for nb in notebooks}
+    lab_paths = chapter_order((root / "labs").glob("*.ipynb"))
+    pages = {nb.relative_to(root).as_posix(): f"{nb.stem}.html" for nb in [*notebooks, *lab_paths]}
     md_pages = [p for p in PAGES if (root / p).is_file()]
     pages.update({p: ("index.html" if p == "README.md" else Path(p).stem + ".html") for p in md_pages})
     site = Site(root, out, pages)
     sources = [nbformat.read(str(p), as_version=4) for p in notebooks]
+    lab_sources = [nbformat.read(str(p), as_version=4) for p in lab_paths]
     chapters = [(f"{p.stem}.html", title_of(nb, p.stem)) for p, nb in zip(notebooks, sources)]
+    labs = [(f"{p.stem}.html", title_of(nb, p.stem)) for p, nb in zip(lab_paths, lab_sources)]
     guides = [(pages[p], title_of_markdown(root / p)) for p in md_pages if p != "README.md"]
     problems, rows = [], []
+    for path in [*notebooks, *lab_paths]:  # the notebooks as committed, for the download links
+        rel = path.relative_to(root).as_posix()
+        (out / DOWNLOADS / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / DOWNLOADS / rel)
+    lab_of = {chapter_number(p): p.relative_to(root).as_posix() for p in lab_paths}  # the index links a lab
     for i, (path, source) in enumerate(zip(notebooks, sources)):
         nb, how = lesson(path, cache, timeout, executed, widgets=widgets)
         rel = path.relative_to(root).as_posix()
-        chrome = course_chrome(chapters, i, guides)
-        chrome["map"] += _colab_link(rel)
+        chrome = course_chrome(chapters, i, guides, labs)
+        chrome["links"] = notebook_links(rel)
         if "widgets" in nb.metadata:
             chrome["note"] = WIDGET_NOTE
         text = site.rewrite(notebook_html(nb, chrome, chapters[i][1]), rel)
@@ -389,21 +535,48 @@ def build(
         print(f"{pages[rel]}: {shown} figure(s), {how}", flush=True)
         if shown < stored:
             problems.append(f"{pages[rel]}: {shown} figure(s) on the page, {stored} in the lesson's stored outputs")
+        problems += [f"{rel}: {w} (a warning or stderr in a stored output)" for w in stored_warnings(nb)]
         picture = f"docs/img/{path.stem}.png" if (root / f"docs/img/{path.stem}.png").is_file() else None
         img = f'<img src="{picture}" alt="" width="160">' if picture else ""
-        rows.append(f"| [{chapters[i][1]}]({rel}) | {img} |")
-    table = "\n".join(["## Chapters", "", "| chapter | picture |", "|---|---|", *rows])
+        lab_cell = f"[lab]({lab_of[chapter_number(path)]})" if chapter_number(path) in lab_of else ""
+        rows.append(f"| [{chapters[i][1]}]({rel}) | {lab_cell} | {img} |")
+    for path, source, (href, title) in zip(lab_paths, lab_sources, labs):
+        rel = path.relative_to(root).as_posix()
+        chrome = _mark_current(course_chrome(chapters, None, guides, labs), href)
+        chrome["links"] = notebook_links(rel)
+        text = site.rewrite(notebook_html(source, chrome, title), rel)
+        (out / href).write_text(text, encoding="utf-8")
+        problems += leaked_solutions(root / "solutions" / path.name, text, href)
+        print(f"{href}: lab, from {rel}", flush=True)
+    table = "\n".join(["## Chapters", "", "| chapter | lab | picture |", "|---|---|---|", *rows])
     readme = (root / "README.md").read_text(encoding="utf-8") if (root / "README.md").is_file() else "# The course\n"
     index = f"{readme}\n\n{table}\n"
-    home = _mark_current(course_chrome(chapters, None, guides), "index.html")
+    home = _mark_current(course_chrome(chapters, None, guides, labs), "index.html")
     (out / "index.html").write_text(
         site.rewrite(markdown_html(index, title_of_markdown(root / "README.md"), home), "README.md"), encoding="utf-8"
     )
     for p, (href, title) in zip([p for p in md_pages if p != "README.md"], guides):
         text = (root / p).read_text(encoding="utf-8")
-        chrome = _mark_current(course_chrome(chapters, None, guides), href)
+        chrome = _mark_current(course_chrome(chapters, None, guides, labs), href)
         (out / href).write_text(site.rewrite(markdown_html(text, title, chrome), p), encoding="utf-8")
+    titles = {"index.html": "Course home", **dict(chapters), **dict(labs), **dict(guides)}
+    script, page = search_page(search_index(out, titles), course_chrome(chapters, None, guides, labs))
+    (out / SEARCH_INDEX).write_text(script, encoding="utf-8")
+    shutil.copyfile(SEARCH_JS, out / "_static" / "search.js")
+    (out / SEARCH_PAGE).write_text(page, encoding="utf-8")
     return problems + check_links(out)
+
+
+def leaked_solutions(solution: Path, text: str, href: str) -> list[str]:
+    """A lab page (``text``) must show none of its solution notebook's solution lines: one problem per line found."""
+    if not solution.is_file():
+        return []
+    shown = "\n".join(t for _, _, t in page_text(text))
+    shown = " ".join(shown.split())
+    leaked = sorted(
+        ln for ln in solution_lines(nbformat.read(str(solution), as_version=4)) if " ".join(ln.split()) in shown
+    )
+    return [f"{href}: shows a line of its solution: {ln!r}" for ln in leaked]
 
 
 def title_of_markdown(path: Path) -> str:

@@ -22,6 +22,16 @@ from site_course import site_assets, site_build, tiny_course
 from course_utils.net import free_port
 
 WIDGET_LESSON = "02_attention"  # figures, math and two sliders; ~20 s to run for the widgets' state
+EXPLORER_LESSON = "04_moe_layer"  # the routing explorer: five sliders and a checkbox beside a wide figure
+# Each control of a widget box of controls (a VBox of sliders/checkboxes): is the element drawn at its centre the
+# control itself (or a part of it)? A control hidden under or over a figure answers False.
+CONTROLS_ON_TOP = """() => [...document.querySelectorAll(
+    '.widget-vbox > .widget-slider, .widget-vbox > .widget-checkbox')].map(c => {
+  c.scrollIntoView({block: 'center'});
+  const r = c.getBoundingClientRect();
+  const hit = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+  return [c.textContent.trim() || c.className, r.width > 0 && hit !== null && c.contains(hit)];
+})"""
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 LOADED_IMAGES = (
     "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))"
@@ -47,7 +57,7 @@ def course_site(tmp_path_factory):
     """The course's site, built once and served on 127.0.0.1: its base URL."""
     _assets_or_fail()
     out = tmp_path_factory.mktemp("site")
-    problems = site_build.build(ROOT, out, widgets={WIDGET_LESSON})
+    problems = site_build.build(ROOT, out, widgets={WIDGET_LESSON, EXPLORER_LESSON})
     assert problems == [], "\n".join(problems)
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), functools.partial(_Quiet, directory=str(out)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -107,7 +117,27 @@ def test_course_site_works_offline(course_site, offline):
     assert page.url.endswith("/03_tiny_gpt.html") and page.title().startswith("03 · ")
     page.locator(".MathJax_CHTML").first.wait_for(timeout=30_000)
     assert page.locator(".jp-RenderedImage img").count() >= 1 and page.evaluate(LOADED_IMAGES) == []
+    # search from the page's search box: the prebuilt index answers in the browser, with links to the sections
+    page.locator(".course-map .course-search input").first.fill("expert capacity")
+    page.keyboard.press("Enter")
+    page.wait_for_load_state("load")
+    hits = page.locator("#course-results .course-hit a")
+    hits.first.wait_for()
+    assert hits.count() >= 3 and "04_moe_layer.html#" in hits.evaluate_all("as => as.map(a => a.href).join(' ')")
     assert seen == {"aborted": [], "failed": []}, "the pages asked for something the site does not hold"
+
+
+def test_explorer_controls_are_not_covered_by_its_figure(course_site, page):
+    """Chapter 4's routing explorer at 1280 and 1600 px: every slider and the checkbox is the element at its own
+    centre (its column once shrank to 0 px and the figure was drawn over the controls)."""
+    page.goto(f"{course_site}/{EXPLORER_LESSON}.html")
+    page.locator(".widget-vbox > .widget-checkbox").first.wait_for(timeout=30_000)
+    for width in (1280, 1600):
+        page.set_viewport_size({"width": width, "height": 900})
+        controls = page.evaluate(CONTROLS_ON_TOP)
+        assert len(controls) >= 6, f"expected the explorer's 5 sliders and checkbox, found {controls}"
+        covered = [name for name, visible in controls if not visible]
+        assert not covered, f"at {width} px these controls are covered by something else: {covered}"
 
 
 def test_site_pages_load_their_images_in_a_browser(tmp_path, page):
