@@ -180,7 +180,7 @@ def test_wheelhouse_covers_every_pin_when_built():
     if not files:
         pytest.skip("wheelhouse/ not built (make wheelhouse)")
     missing = []
-    for req in ("requirements.txt", "requirements-instructor.txt", "requirements-test.txt"):
+    for req in ("requirements.txt", "requirements-instructor.txt", "requirements-test.txt", "requirements-hub.txt"):
         for line in (ROOT / req).read_text().splitlines():
             line = line.split("#")[0].strip()
             if line:
