@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from course_utils.stats import bootstrap_ci, format_ci, intervals_overlap, paired_bootstrap_diff, wilson_interval
+from course_utils.stats import (
+    bootstrap_ci,
+    compare_paired,
+    format_ci,
+    intervals_overlap,
+    mcnemar_exact,
+    paired_bootstrap_diff,
+    wilson_interval,
+)
 
 
 def test_wilson_matches_textbook_values():
@@ -89,3 +97,46 @@ def test_format_and_overlap():
     assert intervals_overlap((0.1, 0.3), (0.3, 0.5)) and not intervals_overlap((0.1, 0.2), (0.3, 0.5))
     with pytest.raises(ValueError, match="interval"):
         intervals_overlap((0.3, 0.1), (0.0, 1.0))
+
+
+def test_mcnemar_exact_matches_binomial_tail():
+    # 10 discordant items split 9/1: two-sided tail 2 * (1 + 10) / 1024
+    assert mcnemar_exact(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_exact(1, 9) == mcnemar_exact(9, 1)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    with pytest.raises(ValueError, match="a_only"):
+        mcnemar_exact(-1, 3)
+
+
+def test_compare_paired_binary_uses_mcnemar_and_sees_what_overlap_hides():
+    # 80 items: both right on 50, A alone right on 12, B alone on 1, both wrong on 17.
+    a = np.array([1] * 50 + [1] * 12 + [0] * 1 + [0] * 17)
+    b = np.array([1] * 50 + [0] * 12 + [1] * 1 + [0] * 17)
+    r = compare_paired(a, b, names=("RAG", "FT"))
+    assert r.test == "exact McNemar" and (r.a_only, r.b_only) == (12, 1)
+    assert r.p_value < 0.01 and r.verdict == "RAG better" and r.shown
+    # The separate Wilson intervals overlap, yet the paired test shows the difference.
+    assert intervals_overlap(wilson_interval(int(a.sum()), 80), wilson_interval(int(b.sum()), 80))
+    assert "RAG better" in str(r) and "McNemar" in str(r)
+    swapped = compare_paired(b, a, names=("FT", "RAG"))
+    assert swapped.verdict == "RAG better" and swapped.p_value == r.p_value
+
+
+def test_compare_paired_not_shown_is_not_no_difference():
+    a = np.array([1, 0, 1, 0, 1, 1, 0, 1])
+    b = np.array([0, 1, 1, 0, 1, 0, 1, 1])
+    r = compare_paired(a, b)
+    assert r.verdict == "not shown" and not r.shown and r.p_value > 0.05
+
+
+def test_compare_paired_continuous_uses_bootstrap():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, 60)
+    r = compare_paired(base + 0.05, base, names=("new", "old"))
+    assert r.test == "paired bootstrap" and r.verdict == "new better" and r.low > 0
+    same = compare_paired(base, base[rng.permutation(60)])
+    assert same.verdict == "not shown"
+    with pytest.raises(ValueError, match="same items"):
+        compare_paired([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="alpha"):
+        compare_paired([0.1, 0.2], [0.1, 0.3], alpha=0.7)
