@@ -9,9 +9,12 @@ is what "A beats B" needs.
 
 Verdicts come from ``compare_paired(a, b)``: two methods scored on the *same* items. 0/1 scores (accuracy) get
 the exact McNemar test (McNemar 1947; exact binomial form on the discordant pairs, as in Dietterich 1998), other
-scores (recall@k, reciprocal ranks) a paired bootstrap. The verdict is "A better", "B better" or "not shown" at a
-stated α. Overlapping per-method intervals never mean "no difference": a difference that the test does not
-detect is *not shown* on this sample, which is a statement about the sample size as much as the methods.
+scores (recall@k, reciprocal ranks, per-seed losses) a paired bootstrap — or, for at most ``EXACT_SIGN_FLIP_MAX``
+items, the exact sign-flip (paired permutation) test, since a bootstrap p-value on a handful of items is not a
+test (with 2 seeds that agree in sign every resample does, and the bootstrap would claim p = 0). The verdict is
+"A better", "B better" or "not shown" at a stated α. Overlapping per-method intervals never mean
+"no difference": a difference that the test does not detect is *not shown* on this sample, which is a statement
+about the sample size as much as the methods.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ __all__ = [
     "format_ci",
     "intervals_overlap",
     "mcnemar_exact",
+    "sign_flip_exact",
+    "EXACT_SIGN_FLIP_MAX",
     "PairedComparison",
     "compare_paired",
 ]
@@ -166,6 +171,26 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+# Up to this many items, non-0/1 scores get the exact sign-flip test (2^n sign patterns, 4,096 at most).
+EXACT_SIGN_FLIP_MAX = 12
+
+
+def sign_flip_exact(diffs: Sequence[float]) -> float:
+    """Two-sided exact p-value of the paired permutation (sign-flip) test of ``mean(diffs) == 0``.
+
+    Under "no difference" each item's difference is as likely to have either sign, so the p-value is the share of
+    the ``2**n`` sign patterns whose mean is at least as far from 0 as the observed one. With ``n`` items it is never
+    below ``2 / 2**n`` (0.5 for two seeds): a test on two seeds cannot show anything at α = 0.05.
+    """
+    d = _as_values(diffs, "diffs")
+    if d.size > 20:
+        raise ValueError(f"diffs must have at most 20 items for the exact test, got {d.size}")
+    signs = 1 - 2 * ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1)  # every ±1 pattern, one per row
+    means = np.abs(signs @ d) / d.size
+    observed = abs(float(d.mean()))
+    return float(np.mean(means >= observed - 1e-12 * max(1.0, observed)))
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     """The result of ``compare_paired``: what to print next to a verdict."""
@@ -179,7 +204,7 @@ class PairedComparison:
     low: float  # paired interval of diff at level 1 - alpha
     high: float
     p_value: float
-    test: str  # "exact McNemar" or "paired bootstrap"
+    test: str  # "exact McNemar", "exact sign-flip" or "paired bootstrap"
     alpha: float
     a_only: int | None = None  # discordant counts (0/1 scores only)
     b_only: int | None = None
@@ -220,7 +245,8 @@ def compare_paired(
     """Compare two methods scored on the same items; the course's one source of verdicts.
 
     ``a[i]`` and ``b[i]`` are the two methods' scores on item ``i``. All-0/1 scores use the exact McNemar test
-    (``mcnemar_exact``); any other scores a paired bootstrap of the mean difference, whose p-value is twice the
+    (``mcnemar_exact``); other scores on at most ``EXACT_SIGN_FLIP_MAX`` items the exact sign-flip test
+    (``sign_flip_exact``), and on more items a paired bootstrap of the mean difference, whose p-value is twice the
     smaller share of resampled differences on either side of 0. The interval is the paired bootstrap interval of
     ``mean(a) - mean(b)`` at level ``1 - alpha`` in both cases. Seeded, so a notebook prints the same verdict on
     every run and machine.
@@ -243,6 +269,8 @@ def compare_paired(
     if binary:
         a_only, b_only = int(np.sum(d > 0)), int(np.sum(d < 0))
         p, test = mcnemar_exact(a_only, b_only), "exact McNemar"
+    elif d.size <= EXACT_SIGN_FLIP_MAX:
+        p, test = sign_flip_exact(d), "exact sign-flip"
     else:
         # Shift-free bootstrap p-value: how often the resampled mean difference lands on the other side of 0.
         p = min(1.0, 2.0 * min(float(np.mean(boot <= 0)), float(np.mean(boot >= 0))))

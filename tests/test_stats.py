@@ -10,6 +10,7 @@ from course_utils.stats import (
     intervals_overlap,
     mcnemar_exact,
     paired_bootstrap_diff,
+    sign_flip_exact,
     wilson_interval,
 )
 
@@ -140,3 +141,22 @@ def test_compare_paired_continuous_uses_bootstrap():
         compare_paired([0.1, 0.2], [0.1])
     with pytest.raises(ValueError, match="alpha"):
         compare_paired([0.1, 0.2], [0.1, 0.3], alpha=0.7)
+
+
+def test_sign_flip_exact_enumerates_sign_patterns():
+    # 3 positive differences: only the all-plus and all-minus patterns are as extreme, 2 of 8
+    assert sign_flip_exact([0.1, 0.2, 0.3]) == pytest.approx(2 / 8)
+    assert sign_flip_exact([0.04, 0.05]) == 1.0 / 2  # two seeds: the smallest possible p is 0.5
+    assert sign_flip_exact([0.1, -0.1]) == 1.0
+    with pytest.raises(ValueError, match="at most 20"):
+        sign_flip_exact(np.ones(21))
+
+
+def test_compare_paired_few_items_is_exact_not_bootstrap():
+    # Two seeds that agree in sign: every bootstrap resample agrees too (p = 0), which is not evidence.
+    r = compare_paired([3.23, 3.32], [3.20, 3.28], names=("dense", "MoE"))
+    assert r.test == "exact sign-flip" and r.p_value == 0.5 and r.verdict == "not shown"
+    assert "sign-flip" in str(r)
+    # Twelve items all favouring A: p = 2 / 4096, shown.
+    big = compare_paired(np.arange(12) + 1.0, np.arange(12) + 0.5, names=("A", "B"))
+    assert big.test == "exact sign-flip" and big.p_value == pytest.approx(2 / 4096) and big.verdict == "A better"
