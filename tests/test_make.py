@@ -221,3 +221,18 @@ def test_make_lab_serves_the_course_folder():
     args = shlex.split(lab, comments=True)
     assert "--LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb" in args, args
     assert not [a for a in args[2:] if not a.startswith("-")], f"no file argument: {args}"
+
+
+def _lesson_checks(target):
+    """The strict lesson checks (strict --nbval on notebooks/) that `make -n target` would run, as the kernel
+    setting each one forces ('native' when none)."""
+    calls = [c for line in _dry_run("-o", ".venv/.installed-stamp", target) for c in re.split(r";|\|\|", line)]
+    checks = [c for c in calls if "--nbval " in c and "notebooks" in c.split("course_utils.outputs", 1)[-1]]
+    return [(re.search(r"ATEN_CPU_CAPABILITY=(\w+)", c) or [None, "native"])[1] for c in checks]
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "amd64"), reason="kernel settings are x86-64's")
+def test_make_test_checks_the_lessons_under_two_kernel_settings_and_test_kernels_under_three():
+    # Stored outputs must hold on any CPU: torch's kernels (ATEN_CPU_CAPABILITY) round float sums differently.
+    assert _lesson_checks("test") == ["native", "avx2"]
+    assert sorted(_lesson_checks("test-kernels")) == ["avx2", "default", "native"]
