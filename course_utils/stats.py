@@ -208,14 +208,14 @@ class PairedComparison:
     alpha: float
     a_only: int | None = None  # discordant counts (0/1 scores only)
     b_only: int | None = None
+    lower_is_better: bool = False  # scores are losses: a negative diff favours A
 
     @property
     def verdict(self) -> str:
         """'A better', 'B better' (with the methods' names) or 'not shown'."""
-        if self.p_value < self.alpha and self.diff > 0:
-            return f"{self.name_a} better"
-        if self.p_value < self.alpha and self.diff < 0:
-            return f"{self.name_b} better"
+        a_ahead = self.diff < 0 if self.lower_is_better else self.diff > 0
+        if self.p_value < self.alpha and self.diff != 0:
+            return f"{self.name_a if a_ahead else self.name_b} better"
         return "not shown"
 
     @property
@@ -225,11 +225,13 @@ class PairedComparison:
 
     def __str__(self) -> str:
         counts = f", discordant {self.a_only}/{self.b_only}" if self.a_only is not None else ""
+        lower = ", lower is better" if self.lower_is_better else ""
         level = round(100 * (1 - self.alpha))
         return (
             f"{self.name_a} {self.mean_a:.3f} vs {self.name_b} {self.mean_b:.3f}: "
             f"diff {self.diff:+.3f} [{self.low:+.3f}, {self.high:+.3f}] ({level}% paired), "
-            f"{self.test} p = {self.p_value:.2g}{counts} (n = {self.n}) → {self.verdict} at α = {self.alpha:g}"
+            f"{self.test} p = {self.p_value:.2g}{counts} (n = {self.n}{lower})"
+            f" → {self.verdict} at α = {self.alpha:g}"
         )
 
 
@@ -241,6 +243,7 @@ def compare_paired(
     alpha: float = 0.05,
     n_resamples: int = 2000,
     seed: int = 0,
+    lower_is_better: bool = False,
 ) -> PairedComparison:
     """Compare two methods scored on the same items; the course's one source of verdicts.
 
@@ -249,9 +252,11 @@ def compare_paired(
     (``sign_flip_exact``), and on more items a paired bootstrap of the mean difference, whose p-value is twice the
     smaller share of resampled differences on either side of 0. The interval is the paired bootstrap interval of
     ``mean(a) - mean(b)`` at level ``1 - alpha`` in both cases. Seeded, so a notebook prints the same verdict on
-    every run and machine.
+    every run and machine. ``lower_is_better=True`` for losses: then a negative difference favours A.
     """
     alpha = _check_level(alpha)
+    if not isinstance(lower_is_better, bool):
+        raise TypeError(f"lower_is_better must be a bool, got {type(lower_is_better).__name__}")
     if alpha >= 0.5:
         raise ValueError(f"alpha must be below 0.5, got {alpha!r}")
     if len(names) != 2 or not all(isinstance(x, str) for x in names):
@@ -289,4 +294,5 @@ def compare_paired(
         alpha,
         a_only,
         b_only,
+        lower_is_better,
     )

@@ -160,3 +160,13 @@ def test_compare_paired_few_items_is_exact_not_bootstrap():
     # Twelve items all favouring A: p = 2 / 4096, shown.
     big = compare_paired(np.arange(12) + 1.0, np.arange(12) + 0.5, names=("A", "B"))
     assert big.test == "exact sign-flip" and big.p_value == pytest.approx(2 / 4096) and big.verdict == "A better"
+
+
+def test_compare_paired_lower_is_better_for_losses():
+    rng = np.random.default_rng(3)
+    loss_b = rng.uniform(2, 3, 40)
+    r = compare_paired(loss_b - 0.1, loss_b, names=("MoE", "dense"), lower_is_better=True)
+    assert r.diff < 0 and r.verdict == "MoE better" and "lower is better" in str(r)
+    assert compare_paired(loss_b - 0.1, loss_b, names=("MoE", "dense")).verdict == "dense better"
+    with pytest.raises(TypeError, match="lower_is_better"):
+        compare_paired(loss_b, loss_b, lower_is_better="yes")
