@@ -44,6 +44,16 @@ def test_a_cell_declares_its_own_tolerance_with_a_tag():
             outputs.cell_rtol(trained)
 
 
+def test_lesson_tolerance_tags_are_well_formed_and_modest():
+    declared = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code" and outputs.cell_rtol(cell) != outputs.RTOL:
+                declared[(path.name, i)] = outputs.cell_rtol(cell)
+    assert declared, "chapter 2's trained-heads table declares its tolerance"
+    assert all(r <= 0.1 for r in declared.values()), declared  # a wider one would hide real changes
+
+
 def test_run_dependent_rules_tag_timings_and_widgets_only():
     assert outputs.is_run_dependent("t0 = time.perf_counter()\nf()\nprint(time.perf_counter() - t0)")
     assert outputs.is_run_dependent("interact(update, n=widgets.IntSlider(3))")
