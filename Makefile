@@ -18,10 +18,18 @@ PYTEST_ARGS ?=
 # Lessons are stored and checked with inline figures at 72 dpi (the figure's size in pixels is printed text).
 LESSONS_ENV := MPLBACKEND=module://matplotlib_inline.backend_inline COURSE_FIGURE_DPI=72
 STRICT_NBVAL := --nbval --nbval-cell-timeout=600 --nbval-sanitize-with tests/nbval_sanitize.cfg -p course_utils.outputs
+# Stored lesson outputs must hold on any CPU: torch picks its CPU kernels by instruction set, and each rounds float
+# sums differently. ATEN_CPU_CAPABILITY forces a set (x86-64 only): `make test` checks the lessons with the native
+# kernels and with avx2 (~2.5 min each), `make test-kernels` with native, avx2 and default (no SIMD).
+LESSON_KERNELS ?= $(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),native avx2,native)
+ALL_KERNELS := $(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),native avx2 default,native)
+lesson_checks = $(foreach k,$(1),echo "strict lesson check, CPU kernels: $(k)"; \
+	$(if $(filter native,$(k)),,ATEN_CPU_CAPABILITY=$(k)) $(LESSONS_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile \
+	$(STRICT_NBVAL) $(wildcard notebooks) $(PYTEST_ARGS) || rc=1;)
 LAB_ARGS ?=
 E2E_SKIPPED := SKIPPED e2e: chromium not found (apt-get install chromium)
 
-.PHONY: venv test-venv python-check lab lint test outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse wheelhouse-macos wheelhouse-windows instructor doctor hub
+.PHONY: venv test-venv python-check lab lint test test-kernels outputs test-fast labs check-labs sync benchmarks notebook-times clean e2e site wheelhouse wheelhouse-macos wheelhouse-windows instructor doctor hub
 
 # The course needs Python 3.11 or 3.12 (numpy 2.4 and transformers 5 have no release for 3.10; macOS's own
 # python3 is 3.9): checked before a venv is made, with the one-line fix, instead of failing deep inside pip.
@@ -91,9 +99,13 @@ lint: test-venv
 test: test-venv lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax --nbval-cell-timeout=600 \
 		tests $(wildcard solutions) $(PYTEST_ARGS); rc=$$?; \
-	$(LESSONS_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile $(STRICT_NBVAL) $(wildcard notebooks) \
-		$(PYTEST_ARGS) || rc=1; \
+	$(call lesson_checks,$(LESSON_KERNELS)) \
 	command -v chromium >/dev/null 2>&1 || echo "$(E2E_SKIPPED)"; exit $$rc
+
+# The strict lesson check under every kernel setting of this CPU (native, avx2, default on x86-64).
+test-kernels: export COURSE_THREADS := 1
+test-kernels: venv
+	@rc=0; $(call lesson_checks,$(ALL_KERNELS)) exit $$rc
 
 # Lessons ship executed: run every lesson top to bottom (seeded, one thread) and store its outputs in place,
 # figures as small palette PNGs, and each one's run time in docs/chapter_times.json, which README's chapter map and

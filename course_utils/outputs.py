@@ -15,8 +15,10 @@ Three pieces, one per job:
   makes nbval's comparison tolerant where it must be and nowhere else: progress-bar widgets are left out on both
   sides, and two texts match when they are equal except for decimal numbers and percentages that agree within
   :data:`RTOL` (or one unit of the last printed digit); integers must be equal, and so must everything else
-  (words, number of outputs, the order of lines). Run-dependent text (temp paths, addresses, PIDs, ports,
-  durations) is replaced first, on both sides, by the sanitizer file ``tests/nbval_sanitize.cfg``.
+  (words, number of outputs, the order of lines). A cell whose numbers come from training inside the lesson declares
+  its own tolerance with a tag ``rtol-<fraction>`` (:func:`cell_rtol`; e.g. ``rtol-0.05``), so the allowance is
+  written where the reader sees the number, not hidden in a sanitizer. Run-dependent text (temp paths, addresses,
+  PIDs, ports, durations) is replaced first, on both sides, by the sanitizer file ``tests/nbval_sanitize.cfg``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ __all__ = [
     "LIVE_WIDGET",
     "IGNORE_TAG",
     "RTOL",
+    "RTOL_TAG",
+    "cell_rtol",
     "is_run_dependent",
     "tag_notebook",
     "texts_match",
@@ -55,6 +59,8 @@ IGNORE_TAG = "nbval-ignore-output"
 # Two printed numbers agree when they differ by at most this fraction (or one unit of their last printed digit):
 # float sums differ in the last bits across CPUs, and a few hundred training steps grow that to ~0.1%.
 RTOL = 0.02
+# A cell tag "rtol-0.05" declares that cell's tolerance (numbers from training inside the lesson; see cell_rtol).
+RTOL_TAG = re.compile(r"^rtol-(0?\.\d+|1(?:\.0*)?)$")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 FIGURE_DPI = 72
 
@@ -122,6 +128,19 @@ def _numbers_match(a: str, b: str, rtol: float, percent: bool = False) -> bool:
     return abs(x - y) <= max(rtol * max(abs(x), abs(y)), 1.01 * max(_unit(a), _unit(b)))
 
 
+def cell_rtol(cell) -> float:
+    """The tolerance of a cell: its ``rtol-<fraction>`` tag (at most one, a fraction in (0, 1]), else :data:`RTOL`.
+
+    A tag that looks like a tolerance but is malformed (``rtol-5%``, ``rtol-2``) or a second one raises ValueError,
+    so a typo cannot silently fall back to the default."""
+    tags = [t for t in (cell.get("metadata", {}).get("tags") or []) if isinstance(t, str) and t.startswith("rtol-")]
+    if not tags:
+        return RTOL
+    if len(tags) > 1 or not RTOL_TAG.match(tags[0]) or float(tags[0][5:]) <= 0:
+        raise ValueError(f"cell tags must hold one tolerance 'rtol-<fraction in (0, 1]>', got {tags}")
+    return float(tags[0][5:])
+
+
 def texts_match(ref: str, test: str, rtol: float = RTOL) -> bool:
     """Equal texts, except that decimal numbers (and percentages) may differ by ``rtol`` (relative) or one unit of
     their last printed digit; integers must be equal."""
@@ -182,8 +201,9 @@ def pytest_configure(config):
         if ref_texts.keys() != test_texts.keys() or any(len(ref_texts[k]) != len(test_texts[k]) for k in ref_texts):
             self.comparison_traceback = saved
             return False
+        rtol = cell_rtol(self.cell)
         ok = all(
-            texts_match(r, t) if isinstance(r, str) and isinstance(t, str) else r == t
+            texts_match(r, t, rtol) if isinstance(r, str) and isinstance(t, str) else r == t
             for k in ref_texts
             for r, t in zip(ref_texts[k], test_texts[k])
         )

@@ -370,3 +370,18 @@ def test_python_and_os_requirements_are_stated_the_same_everywhere():
         assert "macOS 14" in text and "Apple Silicon" in text and "Intel Mac" in text, doc
         assert "macosx_10_9_x86_64" not in text, f"{doc}: Intel Macs cannot install torch 2.13"
         assert "python -m course_utils.doctor" in text, doc
+
+
+def _lesson_checks(target):
+    """The strict lesson checks (strict --nbval on notebooks/) that `make -n target` would run, as the kernel
+    setting each one forces ('native' when none)."""
+    calls = [c for line in _dry_run("-o", ".venv/.installed-stamp", target) for c in re.split(r";|\|\|", line)]
+    checks = [c for c in calls if "--nbval " in c and "notebooks" in c.split("course_utils.outputs", 1)[-1]]
+    return [(re.search(r"ATEN_CPU_CAPABILITY=(\w+)", c) or [None, "native"])[1] for c in checks]
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "amd64"), reason="kernel settings are x86-64's")
+def test_make_test_checks_the_lessons_under_two_kernel_settings_and_test_kernels_under_three():
+    # Stored outputs must hold on any CPU: torch's kernels (ATEN_CPU_CAPABILITY) round float sums differently.
+    assert _lesson_checks("test") == ["native", "avx2"]
+    assert sorted(_lesson_checks("test-kernels")) == ["avx2", "default", "native"]

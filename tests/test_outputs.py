@@ -31,6 +31,29 @@ def test_texts_match_tolerates_float_noise_but_not_changes():
         outputs.texts_match(None, "x")
 
 
+def test_a_cell_declares_its_own_tolerance_with_a_tag():
+    trained = new_code_cell("print(score)")
+    assert outputs.cell_rtol(trained) == outputs.RTOL  # no tag: the default
+    trained.metadata["tags"] = ["nbval-ignore-output", "rtol-0.05"]
+    assert outputs.cell_rtol(trained) == 0.05
+    assert outputs.texts_match("induction 0.85", "induction 0.81", outputs.cell_rtol(trained))
+    assert not outputs.texts_match("induction 0.85", "induction 0.81")  # 5% off: only with the declared tolerance
+    for bad in (["rtol-5%"], ["rtol-2"], ["rtol-0"], ["rtol-0.05", "rtol-0.1"]):
+        trained.metadata["tags"] = bad
+        with pytest.raises(ValueError, match="tolerance"):
+            outputs.cell_rtol(trained)
+
+
+def test_lesson_tolerance_tags_are_well_formed_and_modest():
+    declared = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code" and outputs.cell_rtol(cell) != outputs.RTOL:
+                declared[(path.name, i)] = outputs.cell_rtol(cell)
+    assert declared, "chapter 2's trained-heads table declares its tolerance"
+    assert all(r <= 0.1 for r in declared.values()), declared  # a wider one would hide real changes
+
+
 def test_run_dependent_rules_tag_timings_and_widgets_only():
     assert outputs.is_run_dependent("t0 = time.perf_counter()\nf()\nprint(time.perf_counter() - t0)")
     assert outputs.is_run_dependent("interact(update, n=widgets.IntSlider(3))")

@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from course_utils.stats import bootstrap_ci, format_ci, intervals_overlap, paired_bootstrap_diff, wilson_interval
+from course_utils.stats import (
+    bootstrap_ci,
+    compare_paired,
+    format_ci,
+    intervals_overlap,
+    mcnemar_exact,
+    paired_bootstrap_diff,
+    sign_flip_exact,
+    wilson_interval,
+)
 
 
 def test_wilson_matches_textbook_values():
@@ -89,3 +98,75 @@ def test_format_and_overlap():
     assert intervals_overlap((0.1, 0.3), (0.3, 0.5)) and not intervals_overlap((0.1, 0.2), (0.3, 0.5))
     with pytest.raises(ValueError, match="interval"):
         intervals_overlap((0.3, 0.1), (0.0, 1.0))
+
+
+def test_mcnemar_exact_matches_binomial_tail():
+    # 10 discordant items split 9/1: two-sided tail 2 * (1 + 10) / 1024
+    assert mcnemar_exact(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_exact(1, 9) == mcnemar_exact(9, 1)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    with pytest.raises(ValueError, match="a_only"):
+        mcnemar_exact(-1, 3)
+
+
+def test_compare_paired_binary_uses_mcnemar_and_sees_what_overlap_hides():
+    # 80 items: both right on 50, A alone right on 12, B alone on 1, both wrong on 17.
+    a = np.array([1] * 50 + [1] * 12 + [0] * 1 + [0] * 17)
+    b = np.array([1] * 50 + [0] * 12 + [1] * 1 + [0] * 17)
+    r = compare_paired(a, b, names=("RAG", "FT"))
+    assert r.test == "exact McNemar" and (r.a_only, r.b_only) == (12, 1)
+    assert r.p_value < 0.01 and r.verdict == "RAG better" and r.shown
+    # The separate Wilson intervals overlap, yet the paired test shows the difference.
+    assert intervals_overlap(wilson_interval(int(a.sum()), 80), wilson_interval(int(b.sum()), 80))
+    assert "RAG better" in str(r) and "McNemar" in str(r)
+    swapped = compare_paired(b, a, names=("FT", "RAG"))
+    assert swapped.verdict == "RAG better" and swapped.p_value == r.p_value
+
+
+def test_compare_paired_not_shown_is_not_no_difference():
+    a = np.array([1, 0, 1, 0, 1, 1, 0, 1])
+    b = np.array([0, 1, 1, 0, 1, 0, 1, 1])
+    r = compare_paired(a, b)
+    assert r.verdict == "not shown" and not r.shown and r.p_value > 0.05
+
+
+def test_compare_paired_continuous_uses_bootstrap():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, 60)
+    r = compare_paired(base + 0.05, base, names=("new", "old"))
+    assert r.test == "paired bootstrap" and r.verdict == "new better" and r.low > 0
+    same = compare_paired(base, base[rng.permutation(60)])
+    assert same.verdict == "not shown"
+    with pytest.raises(ValueError, match="same items"):
+        compare_paired([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="alpha"):
+        compare_paired([0.1, 0.2], [0.1, 0.3], alpha=0.7)
+
+
+def test_sign_flip_exact_enumerates_sign_patterns():
+    # 3 positive differences: only the all-plus and all-minus patterns are as extreme, 2 of 8
+    assert sign_flip_exact([0.1, 0.2, 0.3]) == pytest.approx(2 / 8)
+    assert sign_flip_exact([0.04, 0.05]) == 1.0 / 2  # two seeds: the smallest possible p is 0.5
+    assert sign_flip_exact([0.1, -0.1]) == 1.0
+    with pytest.raises(ValueError, match="at most 20"):
+        sign_flip_exact(np.ones(21))
+
+
+def test_compare_paired_few_items_is_exact_not_bootstrap():
+    # Two seeds that agree in sign: every bootstrap resample agrees too (p = 0), which is not evidence.
+    r = compare_paired([3.23, 3.32], [3.20, 3.28], names=("dense", "MoE"))
+    assert r.test == "exact sign-flip" and r.p_value == 0.5 and r.verdict == "not shown"
+    assert "sign-flip" in str(r)
+    # Twelve items all favouring A: p = 2 / 4096, shown.
+    big = compare_paired(np.arange(12) + 1.0, np.arange(12) + 0.5, names=("A", "B"))
+    assert big.test == "exact sign-flip" and big.p_value == pytest.approx(2 / 4096) and big.verdict == "A better"
+
+
+def test_compare_paired_lower_is_better_for_losses():
+    rng = np.random.default_rng(3)
+    loss_b = rng.uniform(2, 3, 40)
+    r = compare_paired(loss_b - 0.1, loss_b, names=("MoE", "dense"), lower_is_better=True)
+    assert r.diff < 0 and r.verdict == "MoE better" and "lower is better" in str(r)
+    assert compare_paired(loss_b - 0.1, loss_b, names=("MoE", "dense")).verdict == "dense better"
+    with pytest.raises(TypeError, match="lower_is_better"):
+        compare_paired(loss_b, loss_b, lower_is_better="yes")
