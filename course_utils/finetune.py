@@ -88,6 +88,9 @@ __all__ = [
     "study_bits",
     "study_compare",
     "study_share",
+    "study_cell",
+    "STUDY_CLAIMS",
+    "study_claim",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -651,7 +654,7 @@ KNOWLEDGE_FINETUNES = {
     "LoRA": {"lr": 1e-2, "r": 8, "alpha": 16},
     "RAFT": {"lr": 3e-3},
 }
-KNOWLEDGE_STOPPING = {"steps": 2000, "batch_size": 16, "eval_every": 25, "patience": 6}
+KNOWLEDGE_STOPPING = {"steps": 2000, "batch_size": 16, "eval_every": 25, "patience": 4}
 RAFT_K, RAFT_ORACLE_SHARE = 4, 0.8  # statements per training prompt; share of prompts that contain the answer
 
 
@@ -1045,3 +1048,58 @@ def study_share(study: dict, method: str, split: str) -> dict:
     if out:
         out["pooled"] = (sum(k for k, _ in out.values()), sum(n for _, n in out.values()))
     return out
+
+
+# The claims ledger: each claim is "A beats B" on the same questions, as (method, split) sources of study_bits.
+STUDY_CLAIMS = {
+    "RAG for missing knowledge (eval phrasing)": (("RAG", "eval"), ("full fine-tune", "eval")),
+    "RAG for missing knowledge (unseen phrasing)": (("RAG", "unseen"), ("full fine-tune", "unseen")),
+    "fine-tuning beats dynamic few-shot (eval)": (("full fine-tune", "eval"), ("dynamic few-shot", "eval")),
+    "fine-tuning beats dynamic few-shot (unseen)": (("full fine-tune", "unseen"), ("dynamic few-shot", "unseen")),
+    "fine-tuned weights go stale (old value: full FT vs RAG)": (("full fine-tune", "old"), ("RAG", "old")),
+    "fine-tuned facts transfer only partly (trained vs unseen)": (
+        ("full fine-tune", "trained"),
+        ("full fine-tune", "unseen@trained"),
+    ),
+    "fine-tuning wears down reading (base vs full FT, among 4)": (
+        ("base", "reading 3"),
+        ("full fine-tune", "reading 3"),
+    ),
+    "closed-book fine-tune + RAG beats RAG (eval)": (("full fine-tune + RAG", "eval"), ("RAG", "eval")),
+    "RAFT + RAG beats RAG (eval)": (("RAFT + RAG", "eval"), ("RAG", "eval")),
+    "RAFT + RAG beats RAG (unseen)": (("RAFT + RAG", "unseen"), ("RAG", "unseen")),
+    "fine-tune to change format (compliance: LoRA vs few-shot)": (
+        ("format LoRA", "compliance"),
+        ("behaviour: few-shot", "compliance"),
+    ),
+}
+_CLAIM_VERDICT = {"A": "holds", "B": "does not hold", "not shown": "not shown"}
+
+
+def study_claim(study: dict, a: tuple[str, str], b: tuple[str, str], *, alpha: float = 0.05) -> dict:
+    """The claim "A beats B" judged by :func:`study_compare`: ``verdict`` (pooled: ``holds`` / ``does not hold`` /
+    ``not shown``), ``per_seed`` (each seed's verdict), ``agree`` (e.g. ``"holds 2/2"``, or both verdicts with
+    their counts when the seeds disagree) and ``pooled`` (the :class:`~course_utils.stats.PairedComparison`)."""
+    res = study_compare(study, a, b, alpha=alpha)
+
+    def word(c) -> str:
+        return _CLAIM_VERDICT["not shown" if not c.shown else ("A" if c.diff > 0 else "B")]
+
+    per_seed = {s: word(c) for s, c in res.items() if s != "pooled"}
+    said = list(per_seed.values())
+    agree = ", ".join(f"{v} {said.count(v)}/{len(said)}" for v in dict.fromkeys(said))
+    return {"verdict": word(res["pooled"]), "per_seed": per_seed, "agree": agree, "pooled": res["pooled"]}
+
+
+def study_cell(study: dict, method: str, split: str) -> str:
+    """``'62% [54%, 69%] (60% / 64%)'``: the pooled share with its 95% Wilson interval, then each seed's share
+    (``'—'`` when the study has no such result)."""
+    from .stats import wilson_interval
+
+    got = study_share(study, method, split)
+    if not got:
+        return "—"
+    k, n = got["pooled"]
+    lo, hi = wilson_interval(k, n)
+    each = " / ".join(f"{got[s][0] / got[s][1]:.0%}" for s in study["meta"]["seeds"] if s in got)
+    return f"{k / n:.0%} [{lo:.0%}, {hi:.0%}] ({each})"
