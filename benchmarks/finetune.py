@@ -7,11 +7,9 @@ memory. Each configuration runs in a fresh subprocess; "peak memory" is the peak
 (ru_maxrss) minus its size right before training, i.e. what the optimizer states, gradients and activations add.
 Ratios are against full fine-tuning, measured in the same run.
 
-Part 2 — the knowledge task of chapter 7 with the notebook's protocol (30 people, 120 questions per phrasing, 50
-changed facts): accuracy with 95% intervals on the eval and unseen phrasings, how often the old value of a changed
-fact comes back, and prompt tokens per query, for zero-shot, few-shot, dynamic few-shot (MiniLM), RAG (MiniLM dense
-index), full / LoRA fine-tuning to convergence (closed book) and each fine-tune + RAG. The fine-tunes are shared
-with the notebook through the course cache (a cold run trains them: a few minutes on one core).
+Part 2 — the knowledge task of chapter 7, read from the shipped study (``course_utils/assets/ch7_study.json``;
+``scripts/study_ch7.py`` retrains it: 3 worlds x 2 training seeds): each method's accuracy on the trained, eval and
+unseen phrasings and how often the old value of a changed fact comes back, pooled with its 95% interval and per seed.
 """
 
 from __future__ import annotations
