@@ -66,6 +66,8 @@ __all__ = [
     "cached_finetune",
     "reading_prompts",
     "knowledge_finetune",
+    "raft_example",
+    "raft_texts",
     "KNOWLEDGE_FINETUNES",
     "KNOWLEDGE_STOPPING",
     "greedy_answers",
@@ -81,6 +83,14 @@ __all__ = [
     "behaviour_texts",
     "score_behaviour",
     "knowledge_accuracy",
+    "STUDY",
+    "load_study",
+    "study_bits",
+    "study_compare",
+    "study_share",
+    "study_cell",
+    "STUDY_CLAIMS",
+    "study_claim",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -511,6 +521,7 @@ def finetune(
     val_answer_only: bool | None = None,
     probe_texts: Sequence[str] | None = None,
     step_callback=None,
+    extra_metrics: Callable[[nn.Module], dict] | None = None,
 ) -> dict:
     """Train the parameters of ``model`` that require grad on ``texts`` (one sample each), with
     :func:`course_utils.train.train` (AdamW without weight decay, warm-up then cosine, clipping at 1).
@@ -521,7 +532,8 @@ def finetune(
     ``val_answer_only``, default ``answer_only``) and on ``probe_texts`` (default: as many training texts, for the
     gap) is measured every ``eval_every`` steps; ``patience`` stops training once that many
     evaluations in a row did not improve it, and ``restore_best`` (default: on when ``patience`` is set) keeps the
-    weights of the best evaluation. ``steps`` is then the maximum.
+    weights of the best evaluation. ``steps`` is then the maximum. ``extra_metrics(model)`` (a dict of numbers) is
+    recorded at every evaluation too (e.g. accuracy on the trained questions), under its own keys.
     Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ..., "steps": steps run,
     "eval_step", "val_loss", "eval_train_loss": the evaluations (empty without val_texts), "best_step"}``.
     """
@@ -551,11 +563,16 @@ def finetune(
     )
     val_mask = answer_only if val_answer_only is None else val_answer_only
 
+    extra_keys: set[str] = set()
+
     def eval_fn(model):
-        return {
+        out = {
             "val_loss": text_loss(model, val_texts, answer_only=val_mask),
             "eval_train_loss": text_loss(model, train_probe, answer_only=val_mask),
         }
+        extra = extra_metrics(model) if extra_metrics is not None else {}
+        extra_keys.update(extra)
+        return out | extra
 
     restore = patience is not None if restore_best is None else restore_best
     hist = train(
@@ -580,7 +597,7 @@ def finetune(
     )
     seconds = hist["time"][-1] if hist["time"] else 0.0
     run = hist["stopped_step"]
-    return {
+    return {k: hist[k] for k in sorted(extra_keys)} | {
         "loss": hist["train_loss"],
         "seconds": seconds,
         "seconds_per_step": seconds / max(1, run),
@@ -604,8 +621,8 @@ def cached_finetune(model: nn.Module, texts: Sequence[str], *, recompute: bool =
 
     from .data import cache_dir
 
-    settings = {
-        k: (list(v) if isinstance(v, (list, tuple)) else v)
+    settings = {  # a callable (extra_metrics) enters the key by its name
+        k: (list(v) if isinstance(v, (list, tuple)) else getattr(v, "__qualname__", "fn") if callable(v) else v)
         for k, v in kwargs.items()
         if k not in ("progress", "desc", "step_callback")
     }
@@ -630,41 +647,106 @@ def cached_finetune(model: nn.Module, texts: Sequence[str], *, recompute: bool =
     return dict(hist, cached=False)
 
 
-# chapter 7's knowledge fine-tunes: learning rates (LoRA's higher, as usual for adapters) and the stopping rule
-KNOWLEDGE_FINETUNES = {"full fine-tune": {"lr": 3e-3}, "LoRA": {"lr": 1e-2, "r": 8, "alpha": 16}}
-KNOWLEDGE_STOPPING = {"steps": 2000, "batch_size": 16, "eval_every": 25, "patience": 6}
+# chapter 7's knowledge fine-tunes: learning rates (LoRA's higher, as usual for adapters) and the stopping rule.
+# "RAFT" is a full fine-tune whose Q/A examples carry retrieved statements in their prompts (Zhang et al., 2024).
+KNOWLEDGE_FINETUNES = {
+    "full fine-tune": {"lr": 3e-3},
+    "LoRA": {"lr": 1e-2, "r": 8, "alpha": 16},
+    "RAFT": {"lr": 5e-4},  # lower: at 3e-3 the first steps cost the base model its reading (val loss 0.09 -> 0.56)
+}
+KNOWLEDGE_STOPPING = {"steps": 2000, "batch_size": 16, "eval_every": 25, "patience": 4}
+RAFT_K, RAFT_ORACLE_SHARE = 4, 0.8  # statements per training prompt; share of prompts that contain the answer
+
+
+def raft_example(fact, question: str, retrieve: Callable[[str, int], list[str]], *, oracle: bool, k: int = RAFT_K):
+    """One RAFT training prompt: ``k`` retrieved statements, then ``question``. With ``oracle=False`` the fact's own
+    statements are removed (only distractors: the answer must come from memory), as in Zhang et al. (2024)."""
+    own = {fact.statement(0), fact.statement(1)}
+    found = retrieve(question, k + 2)
+    facts = found[:k] if oracle else [s for s in found if s not in own][:k]
+    return rag_prompt(question, facts)
+
+
+def raft_texts(world, retrieve, fact_ids: Sequence[int], *, seed: int = 0) -> list:
+    """RAFT fine-tuning data: every statement (both phrasings) plus, for each fact in ``fact_ids``, a
+    ``(prompt with retrieved statements, answer)`` pair trained on the answer only; a seeded
+    :data:`RAFT_ORACLE_SHARE` of the prompts hold the fact's statement, the rest only distractors."""
+    rng = random.Random(f"raft:{seed}")
+    pairs = []
+    for i in fact_ids:
+        f = world.facts[i]
+        prompt = raft_example(f, f.question("train"), retrieve, oracle=rng.random() < RAFT_ORACLE_SHARE)
+        pairs.append((prompt, f" {f.value}\n"))
+    return world.statements(None) + pairs
 
 
 def knowledge_finetune(
-    base: nn.Module, world, kind: str, *, val_fraction: float = 0.2, recompute: bool = False, progress: bool = True
+    base: nn.Module,
+    world,
+    kind: str,
+    *,
+    seed: int = 0,
+    retrieve: Callable[[str, int], list[str]] | None = None,
+    val_fraction: float = 0.2,
+    recompute: bool = False,
+    cache: bool = True,
+    progress: bool = True,
 ) -> tuple[nn.Module, dict]:
-    """Chapter 7's knowledge fine-tune of a copy of ``base`` on ``world``, ``kind`` ``"full fine-tune"`` or ``"LoRA"``
-    (r = 8, α = 16 on every projection), trained to convergence.
+    """Chapter 7's knowledge fine-tune of a copy of ``base`` on ``world``: ``kind`` ``"full fine-tune"``, ``"LoRA"``
+    (r = 8, α = 16 on every projection) or ``"RAFT"`` (full, with ``retrieve``-d statements in its Q/A prompts).
 
-    Data: :func:`knowledge_split`. Early stopping on the loss of the held-out train-phrasing answers
-    (:data:`KNOWLEDGE_STOPPING`: an evaluation every 25 steps, patience 6, best weights restored); the curve's
-    "train" side is the same loss on as many trained Q/A pairs. Cached by :func:`cached_finetune` (``recompute``
-    retrains). Returns the model and the history.
+    Data: :func:`knowledge_split` (RAFT: :func:`raft_texts` on the same facts). Early stopping on the loss of the
+    held-out train-phrasing answers (:data:`KNOWLEDGE_STOPPING`: an evaluation every 25 steps, patience 6, best
+    weights restored) — *not* training until the trained questions are all answered: the history's
+    ``trained_acc`` / ``val_acc`` record, at every evaluation, the accuracy on the trained and on the held-out
+    questions (in the training format), so the two can be compared. ``seed`` sets the batch order and LoRA's random
+    ``A``. Cached by :func:`cached_finetune` unless ``cache=False`` (``recompute`` retrains). Returns the model and
+    the history.
     """
     if kind not in KNOWLEDGE_FINETUNES:
         raise ValueError(f"kind must be one of {sorted(KNOWLEDGE_FINETUNES)}, got {kind!r}")
+    if kind == "RAFT" and retrieve is None:
+        raise ValueError("kind='RAFT' needs retrieve=<function (question, k) -> statements>")
     split = knowledge_split(world, val_fraction=val_fraction)
     held = set(split["val_facts"])
-    trained_qa = [f"Q: {q}\nA: {a}\n" for i, (q, a) in enumerate(world.qa_pairs("train")) if i not in held]
+    trained_ids = [i for i in range(len(world.facts)) if i not in held]
+    pairs = world.qa_pairs("train")
+    if kind == "RAFT":
+        rng = random.Random(f"raft-val:{seed}")
+        texts = raft_texts(world, retrieve, trained_ids, seed=seed)
+        val = [
+            f"{raft_example(world.facts[i], pairs[i][0], retrieve, oracle=rng.random() < RAFT_ORACLE_SHARE)} "
+            f"{pairs[i][1]}\n"
+            for i in split["val_facts"]
+        ]
+        ask = [(i, rag_prompt(pairs[i][0], retrieve(pairs[i][0], RAFT_K))) for i in range(len(pairs))]
+    else:
+        texts, val = split["train"], split["val"]
+        ask = [(i, few_shot_prompt([], pairs[i][0])) for i in range(len(pairs))]
+    probe = [f"{p} {pairs[i][1]}\n" for i, p in ask if i not in held][: len(val)]
+
+    def accuracy_on_questions(model):
+        hits = greedy_exact_match(model, [p for _, p in ask], [pairs[i][1] for i, _ in ask])
+        seen = [h for (i, _), h in zip(ask, hits) if i not in held]
+        return {"trained_acc": sum(seen) / len(seen), "val_acc": (sum(hits) - sum(seen)) / len(held)}
+
     settings = dict(KNOWLEDGE_FINETUNES[kind])
     model = copy.deepcopy(base)
     if kind == "LoRA":
-        torch.manual_seed(0)  # the adapters' random A: the same model (and cache entry) whatever ran before
+        torch.manual_seed(seed)  # the adapters' random A: the same model (and cache entry) whatever ran before
         apply_lora(model, r=settings.pop("r"), alpha=settings.pop("alpha"))
-    hist = cached_finetune(
+    run = cached_finetune if cache else finetune
+    hist = run(
         model,
-        split["train"],
-        val_texts=split["val"],
+        texts,
+        val_texts=val,
         val_answer_only=True,
-        probe_texts=trained_qa[: len(split["val"])],
-        recompute=recompute,
+        probe_texts=probe,
+        extra_metrics=accuracy_on_questions,
+        seed=seed,
         progress=progress,
         desc=kind,
+        **({"recompute": recompute} if cache else {}),
         **settings,
         **KNOWLEDGE_STOPPING,
     )
@@ -875,3 +957,149 @@ def knowledge_accuracy(
     prompts = knowledge_prompts(method, world, questions, k=k, embed=embed, retrieve=retrieve)
     hits = greedy_exact_match(model, prompts, answers)
     return {"accuracy": sum(hits) / len(hits), "tokens_per_query": sum(map(len, prompts)) / len(prompts), "hits": hits}
+
+
+# ----------------------------------------------------------------------------------------------- the shipped study
+STUDY = ASSETS / "ch7_study.json"  # scripts/study_ch7.py: per-question results over worlds x training seeds
+
+
+def load_study(path: str | Path = STUDY, *, verify: bool = True) -> dict:
+    """The multi-world, multi-seed results of ``scripts/study_ch7.py`` (SHA-256 checked against the sidecar)."""
+    from .model import verify_sha256
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `python scripts/study_ch7.py` to rebuild it")
+    if verify:
+        verify_sha256(path, path.with_name(path.name + ".sha256"), rebuild="python scripts/study_ch7.py")
+    return json.loads(path.read_text())
+
+
+def study_bits(study: dict, method: str, split: str, seed: int, world: int) -> list[int] | None:
+    """Per-question 0/1 results of ``method`` on ``split`` for one training ``seed`` and ``world`` (None if absent).
+
+    ``method``: a prompting method (:data:`PROMPT_METHODS`, the same for every seed), a knowledge fine-tune
+    (``"full fine-tune"``, ``"LoRA"``, ``"RAFT"``: closed book) or one ``+ " + RAG"``, ``"base"`` (reading test
+    only), ``"format LoRA"`` or ``"behaviour: <prompting method>"`` / ``"behaviour: reference"``. ``split``:
+    ``eval``, ``unseen``, ``trained``, ``new``, ``old``; ``reading 0`` / ``reading 3`` (distractors);
+    ``compliance`` / ``correct``; ``recall`` / ``plain`` for the behaviour reference. ``"unseen@trained"`` is the
+    unseen phrasing on the trained facts only (paired with ``trained``).
+    """
+    prompting, w = study["prompting"].get(str(world), {}), str(world)
+    if split == "unseen@trained":
+        held = set(knowledge_split(_study_world(study, world))["val_facts"])
+        full = study_bits(study, method, "unseen", seed, world)
+        return None if full is None else [h for i, h in enumerate(full) if i not in held]
+    if split.startswith("reading"):
+        src = study["prompting"].get("reading") if method == "base" else study["runs"].get(f"{w}/{seed}/{method}")
+        bits = (src if method == "base" else (src or {}).get("reading", {})) if src else None
+        bits = None if bits is None else bits.get(split.split()[1])
+    elif method.startswith("behaviour: "):
+        bits = prompting.get("behaviour", {}).get(method[len("behaviour: ") :], {}).get(split)
+    elif method == "format LoRA":
+        bits = study["behaviour"].get(str(seed), {}).get(w, {}).get(split)
+    elif method in PROMPT_METHODS:
+        bits = prompting.get(method, {}).get(split)
+    else:
+        kind, rag = (method[: -len(" + RAG")], "rag") if method.endswith(" + RAG") else (method, "closed")
+        bits = study["runs"].get(f"{w}/{seed}/{kind}", {}).get(rag, {}).get(split)
+    return None if bits is None else [int(c) for c in bits]
+
+
+def _study_world(study: dict, world: int):
+    from .world import make_world
+
+    return make_world(world, study["meta"]["n_entities"])
+
+
+def study_compare(study: dict, a: tuple[str, str], b: tuple[str, str], *, alpha: float = 0.05) -> dict:
+    """``compare_paired`` of two ``(method, split)`` sources on the same questions: one comparison per training seed
+    (the worlds pooled: their questions are different) and one ``"pooled"`` over every seed (discordant pairs
+    pooled; a prompting method's questions then count once per seed). Only (seed, world) cells where both sources
+    exist are used. Returns ``{seed: PairedComparison, ..., "pooled": PairedComparison}``."""
+    from .stats import compare_paired
+
+    per_seed: dict = {}
+    for seed in study["meta"]["seeds"]:
+        xs, ys = [], []
+        for world in study["meta"]["worlds"]:
+            x, y = study_bits(study, *a, seed, world), study_bits(study, *b, seed, world)
+            if x is not None and y is not None:
+                xs, ys = xs + x, ys + y
+        if xs:
+            per_seed[seed] = (xs, ys)
+    if not per_seed:
+        raise ValueError(f"the study holds no results for both {a} and {b}")
+    names = (a[0], b[0]) if a[0] != b[0] else (f"{a[0]} ({a[1]})", f"{b[0]} ({b[1]})")
+    out = {s: compare_paired(x, y, names=names, alpha=alpha) for s, (x, y) in per_seed.items()}
+    xs = [v for x, _ in per_seed.values() for v in x]
+    ys = [v for _, y in per_seed.values() for v in y]
+    out["pooled"] = compare_paired(xs, ys, names=names, alpha=alpha)
+    return out
+
+
+def study_share(study: dict, method: str, split: str) -> dict:
+    """Accuracy of one source: ``{seed: (hits, n), ..., "pooled": (hits, n)}`` over the study's worlds."""
+    out = {}
+    for seed in study["meta"]["seeds"]:
+        bits = [b for w in study["meta"]["worlds"] for b in (study_bits(study, method, split, seed, w) or [])]
+        if bits:
+            out[seed] = (sum(bits), len(bits))
+    if out:
+        out["pooled"] = (sum(k for k, _ in out.values()), sum(n for _, n in out.values()))
+    return out
+
+
+# The claims ledger: each claim is "A beats B" on the same questions, as (method, split) sources of study_bits.
+STUDY_CLAIMS = {
+    "RAG for missing knowledge (eval phrasing)": (("RAG", "eval"), ("full fine-tune", "eval")),
+    "RAG for missing knowledge (unseen phrasing)": (("RAG", "unseen"), ("full fine-tune", "unseen")),
+    "fine-tuning beats dynamic few-shot (eval)": (("full fine-tune", "eval"), ("dynamic few-shot", "eval")),
+    "fine-tuning beats dynamic few-shot (unseen)": (("full fine-tune", "unseen"), ("dynamic few-shot", "unseen")),
+    "fine-tuned weights go stale (old value: full FT vs RAG)": (("full fine-tune", "old"), ("RAG", "old")),
+    "fine-tuned facts transfer only partly (trained vs unseen)": (
+        ("full fine-tune", "trained"),
+        ("full fine-tune", "unseen@trained"),
+    ),
+    "fine-tuning wears down reading (base vs full FT, among 4)": (
+        ("base", "reading 3"),
+        ("full fine-tune", "reading 3"),
+    ),
+    "closed-book fine-tune + RAG beats RAG (eval)": (("full fine-tune + RAG", "eval"), ("RAG", "eval")),
+    "RAFT + RAG beats RAG (eval)": (("RAFT + RAG", "eval"), ("RAG", "eval")),
+    "RAFT + RAG beats RAG (unseen)": (("RAFT + RAG", "unseen"), ("RAG", "unseen")),
+    "fine-tune to change format (compliance: LoRA vs few-shot)": (
+        ("format LoRA", "compliance"),
+        ("behaviour: few-shot", "compliance"),
+    ),
+}
+_CLAIM_VERDICT = {"A": "holds", "B": "does not hold", "not shown": "not shown"}
+
+
+def study_claim(study: dict, a: tuple[str, str], b: tuple[str, str], *, alpha: float = 0.05) -> dict:
+    """The claim "A beats B" judged by :func:`study_compare`: ``verdict`` (pooled: ``holds`` / ``does not hold`` /
+    ``not shown``), ``per_seed`` (each seed's verdict), ``agree`` (e.g. ``"holds 2/2"``, or both verdicts with
+    their counts when the seeds disagree) and ``pooled`` (the :class:`~course_utils.stats.PairedComparison`)."""
+    res = study_compare(study, a, b, alpha=alpha)
+
+    def word(c) -> str:
+        return _CLAIM_VERDICT["not shown" if not c.shown else ("A" if c.diff > 0 else "B")]
+
+    per_seed = {s: word(c) for s, c in res.items() if s != "pooled"}
+    said = list(per_seed.values())
+    agree = ", ".join(f"{v} {said.count(v)}/{len(said)}" for v in dict.fromkeys(said))
+    return {"verdict": word(res["pooled"]), "per_seed": per_seed, "agree": agree, "pooled": res["pooled"]}
+
+
+def study_cell(study: dict, method: str, split: str) -> str:
+    """``'62% [54%, 69%] (60% / 64%)'``: the pooled share with its 95% Wilson interval, then each seed's share
+    (``'—'`` when the study has no such result)."""
+    from .stats import wilson_interval
+
+    got = study_share(study, method, split)
+    if not got:
+        return "—"
+    k, n = got["pooled"]
+    lo, hi = wilson_interval(k, n)
+    each = " / ".join(f"{got[s][0] / got[s][1]:.0%}" for s in study["meta"]["seeds"] if s in got)
+    return f"{k / n:.0%} [{lo:.0%}, {hi:.0%}] ({each})"

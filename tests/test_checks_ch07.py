@@ -260,19 +260,35 @@ def world():
     return make_world(seed=0, n_entities=20)
 
 
-def test_prompt_budget_rejects_the_reference_rag(world):  # 100% but 196 characters per question
+def test_prompt_budget_rejects_the_reference_rag(world):  # right on both phrasings? no: 196 characters
     retrieve = ft.fact_retriever(world.statements(0))
     assert_check_rejects(
         ch07.check_prompt_budget,
         lambda q: ft.rag_prompt(q, retrieve(q, 4)),
-        match=r"100\.0% .* 196 prompt characters.*over the budget",
+        match=r"over the budget",
     )
 
 
-def test_prompt_budget_rejects_one_bm25_fact(world):  # within budget, but BM25's first fact is often the wrong one
+def test_prompt_budget_rejects_the_trivial_one_statement_prompt(world):
+    # the premise: BM25's best statement over all statements meets the eval target (80/80 at 89 characters) ...
+    retrieve = ft.fact_retriever(world.statements(None))
+    pairs = world.qa_pairs("eval")
+    hits = ft.greedy_exact_match(
+        ft.load_base_model(), [ft.rag_prompt(q, retrieve(q, 1)) for q, _ in pairs], [a for _, a in pairs]
+    )
+    assert sum(hits) / len(hits) >= ch07.PROMPT_TARGET
+    # ... so the check must fail it on the unseen phrasing, which the base model reads badly
+    assert_check_rejects(
+        ch07.check_prompt_budget,
+        lambda q: ft.rag_prompt(q, retrieve(q, 1)),
+        match=r"eval phrasing 80/80 .*below the target on the unseen phrasing",
+    )
+
+
+def test_prompt_budget_rejects_one_bm25_fact_of_one_phrasing(world):  # the person, not the fact
     retrieve = ft.fact_retriever(world.statements(0))
     assert_check_rejects(
-        ch07.check_prompt_budget, lambda q: ft.rag_prompt(q, retrieve(q, 1)), match=r"below the target"
+        ch07.check_prompt_budget, lambda q: ft.rag_prompt(q, retrieve(q, 1)), match=r"below the target on the eval"
     )
 
 
@@ -280,10 +296,28 @@ def test_prompt_budget_rejects_a_prompt_without_answer_slot():
     assert_check_rejects(ch07.check_prompt_budget, lambda q: f"Q: {q}\nA: ", match=r"ending with 'A:'")
 
 
-def test_prompt_budget_accepts_the_right_fact(world, capsys):
-    fact_of = {q: f for (q, _), f in zip(world.qa_pairs("eval"), world.facts)}
+def test_prompt_budget_rejects_the_right_fact_asked_as_is(world):  # reading alone does not carry the unseen phrasing
+    fact_of = {q: f for s in ("eval", "unseen") for (q, _), f in zip(world.qa_pairs(s), world.facts)}
+    assert_check_rejects(
+        ch07.check_prompt_budget,
+        lambda q: ft.rag_prompt(q, [fact_of[q].statement(0)]),
+        match=r"below the target on the unseen phrasing",
+    )
 
-    def oracle(question):  # reads the world's facts directly: what passing looks like, not a design
-        return f"{fact_of[question].statement(0)}\nQ: {question}\nA:"
 
-    assert_check_accepts(ch07.check_prompt_budget, oracle, capsys)
+@pytest.mark.slow
+def test_prompt_budget_accepts_a_rewrite_to_a_known_phrasing(world, capsys):
+    # a real design: ask each question in the nearest phrasing the model knows (same person, MiniLM similarity),
+    # then give it BM25's best statement; it uses question texts only, never the answers
+    from course_utils import rag
+
+    retrieve = ft.fact_retriever(world.statements(None))
+    known = [q for q, _ in world.qa_pairs("eval")]
+    embed = ft.memo_embed(lambda texts: rag.embed(list(texts)))
+
+    def make_prompt(question):
+        mine = [(t, "") for t in known if any(e in question and e in t for e in world.entities)]
+        asked = ft.select_examples_by_similarity(question, mine, 1, embed)[0][0]
+        return ft.rag_prompt(asked, retrieve(asked, 1))
+
+    assert_check_accepts(ch07.check_prompt_budget, make_prompt, capsys)

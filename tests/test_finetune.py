@@ -448,3 +448,97 @@ def test_reading_prompts_hold_the_fact_and_distractors():
         ft.reading_prompts(w, n_distractors=4)
     with pytest.raises(ValueError, match="kind"):
         ft.knowledge_finetune(tiny_gpt(), w, "QLoRA")
+
+
+# --- RAFT, accuracy during fine-tuning, the shipped study ------------------------------------------------------
+def test_raft_texts_hold_the_oracle_in_most_prompts_and_only_distractors_in_the_rest():
+    from course_utils.world import make_world
+
+    w = make_world(5, 10)
+    retrieve = ft.fact_retriever(w.statements(None))
+    ids = list(range(len(w.facts)))
+    texts = ft.raft_texts(w, retrieve, ids, seed=0)
+    statements, pairs = texts[: 2 * len(w.facts)], texts[2 * len(w.facts) :]
+    assert statements == w.statements(None) and len(pairs) == len(ids)
+    with_oracle = 0
+    for (prompt, answer), f in zip(pairs, w.facts):
+        assert answer == f" {f.value}\n" and prompt.endswith(f"Q: {f.question('train')}\nA:")
+        assert prompt.count("\n") == 1 + ft.RAFT_K + 1  # "Facts:", k statements, the question
+        with_oracle += f.statement(0) in prompt or f.statement(1) in prompt
+    assert 0.6 * len(ids) <= with_oracle < len(ids)  # ~80% oracle, and some prompts without it
+    assert ft.raft_texts(w, retrieve, ids, seed=0) == texts  # seeded
+    with pytest.raises(ValueError, match="retrieve"):
+        ft.knowledge_finetune(tiny_gpt(), w, "RAFT")
+
+
+def test_finetune_records_extra_metrics_at_every_evaluation():
+    model = tiny_gpt()
+    calls = []
+
+    def metric(m):
+        calls.append(m.training)
+        return {"probe": float(len(calls))}
+
+    hist = ft.finetune(
+        model, TEXTS, steps=6, lr=1e-3, val_texts=TEXTS, eval_every=2, progress=False, extra_metrics=metric
+    )
+    assert hist["probe"] == [1.0, 2.0, 3.0, 4.0] and hist["eval_step"] == [0, 2, 4, 6] and not any(calls)
+    assert "probe" not in ft.finetune(tiny_gpt(), TEXTS, steps=2, lr=1e-3, val_texts=TEXTS, progress=False)
+
+
+def _fake_study():
+    from course_utils.world import make_world
+
+    n = len(make_world(0, 2).facts)  # 8 facts
+    held = set(ft.knowledge_split(make_world(0, 2))["val_facts"])
+    rag = "1" * n
+    runs = {
+        f"0/{s}/full fine-tune": {
+            "closed": {"eval": "0" * n, "unseen": "01" * (n // 2), "trained": "1" * (n - len(held))},
+            "rag": {"eval": "0" * n},
+            "reading": {"3": "0" * 5},
+        }
+        for s in (0, 1)
+    }
+    return {
+        "meta": {"worlds": [0], "seeds": [0, 1], "n_entities": 2},
+        "prompting": {"0": {"RAG": {"eval": rag}}, "reading": {"3": "1" * 5}},
+        "runs": runs,
+        "behaviour": {},
+    }
+
+
+def test_study_bits_and_shares_read_the_per_question_results():
+    study = _fake_study()
+    assert ft.study_bits(study, "RAG", "eval", 1, 0) == [1] * 8  # prompting: the same for every seed
+    assert ft.study_bits(study, "full fine-tune + RAG", "eval", 0, 0) == [0] * 8
+    assert ft.study_bits(study, "base", "reading 3", 0, 0) == [1] * 5
+    assert ft.study_bits(study, "LoRA", "eval", 0, 0) is None
+    held = set(ft.knowledge_split(__import__("course_utils.world").world.make_world(0, 2))["val_facts"])
+    unseen = [0, 1] * 4
+    assert ft.study_bits(study, "full fine-tune", "unseen@trained", 0, 0) == [
+        h for i, h in enumerate(unseen) if i not in held
+    ]
+    assert ft.study_share(study, "RAG", "eval") == {0: (8, 8), 1: (8, 8), "pooled": (16, 16)}
+
+
+def test_study_compare_gives_a_paired_verdict_per_seed_and_pooled():
+    study = _fake_study()
+    res = ft.study_compare(study, ("RAG", "eval"), ("full fine-tune", "eval"))
+    assert set(res) == {0, 1, "pooled"}
+    assert res[0].a_only == 8 and res[0].b_only == 0 and res[0].verdict == "RAG better"  # p = 2/256
+    assert res["pooled"].n == 16 and res["pooled"].a_only == 16
+    with pytest.raises(ValueError, match="no results"):
+        ft.study_compare(study, ("LoRA", "eval"), ("RAG", "eval"))
+
+
+def test_load_study_checks_its_sidecar(tmp_path):
+    import json
+
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(_fake_study()))
+    (tmp_path / "study.json.sha256").write_text(ft.sha256_of(path) + "\n")
+    assert ft.load_study(path)["meta"]["seeds"] == [0, 1]
+    path.write_text(json.dumps(_fake_study() | {"extra": 1}))
+    with pytest.raises(Exception, match="(?i)sha|checksum|hash"):
+        ft.load_study(path)

@@ -407,60 +407,69 @@ def check_finetune_with_lora(finetune_with_lora) -> None:
     passed(name, len(cases), "base untouched, adapters only, loss down")
 
 
-PROMPT_TARGET = 0.90  # held-out accuracy the open exercise asks for
+PROMPT_TARGET = 0.90  # accuracy the open exercise asks for, on each phrasing
 PROMPT_BUDGET = 100  # mean prompt characters (= tokens: the model reads characters); reference RAG k=4 uses 196
+# measured on make_world(seed=0, n_entities=20): what a one-statement prompt gets without any design
+_TRIVIAL = "BM25 top-1 statement: eval phrasing 80/80, unseen phrasing 35/80 at 89 characters"
 
 
 @exercise("7.8")
 def check_prompt_budget(make_prompt, *, world_seed: int = 0) -> None:
     """Open exercise: ``make_prompt(question) -> str`` for the chapter's base model. Passes when greedy exact match on
-    the 80 held-out questions of ``make_world(seed=0, n_entities=20)`` reaches :data:`PROMPT_TARGET` with prompts of
-    at most :data:`PROMPT_BUDGET` characters on average."""
+    the 80 questions of ``make_world(seed=0, n_entities=20)`` reaches :data:`PROMPT_TARGET` in the *eval* phrasing
+    **and** in the *unseen* phrasing (which the base model never met in training: it reads it badly), with prompts of
+    at most :data:`PROMPT_BUDGET` characters on average. The trivial one-statement prompt (BM25's best statement)
+    meets the eval target but not the unseen one, so passing takes a design."""
     from course_utils.finetune import greedy_exact_match, load_base_model
-    from course_utils.stats import wilson_interval
     from course_utils.world import make_world
 
     name = "check_prompt_budget"
     world = make_world(seed=world_seed, n_entities=20)
-    pairs = world.qa_pairs("eval")
-    prompts = []
-    for question, _ in pairs:
-        inputs = {"question": question}
-        p = call(name, make_prompt, question, inputs=inputs)
-        if not isinstance(p, str) or not p.endswith("A:"):
-            fail(
-                name,
-                f"a prompt must be a str ending with 'A:' (the model writes the answer after it), got {p!r}"[:200],
-                inputs=inputs,
-                hint="finish like few_shot_prompt does: f'Q: {question}\\nA:'",
-            )
-        if len(p) > 300:
-            fail(
-                name,
-                f"a prompt of {len(p)} characters: the model's context is 384 and the answer needs room",
-                inputs=inputs,
-            )
-        prompts.append(p)
-    chars = sum(map(len, prompts)) / len(prompts)
-    hits = greedy_exact_match(load_base_model(), prompts, [a for _, a in pairs])
-    k, n = sum(hits), len(hits)
-    low, high = wilson_interval(k, n)
+    base = load_base_model()
+    reports, below, lengths = [], [], []
+    for split in ("eval", "unseen"):
+        pairs = world.qa_pairs(split)
+        prompts = []
+        for question, _ in pairs:
+            inputs = {"question": question}
+            p = call(name, make_prompt, question, inputs=inputs)
+            if not isinstance(p, str) or not p.endswith("A:"):
+                fail(
+                    name,
+                    f"a prompt must be a str ending with 'A:' (the model writes the answer after it), got {p!r}"[:200],
+                    inputs=inputs,
+                    hint="finish like few_shot_prompt does: f'Q: {question}\\nA:'",
+                )
+            if len(p) > 300:
+                fail(
+                    name,
+                    f"a prompt of {len(p)} characters: the model's context is 384 and the answer needs room",
+                    inputs=inputs,
+                )
+            prompts.append(p)
+        lengths += map(len, prompts)
+        k = sum(greedy_exact_match(base, prompts, [a for _, a in pairs]))
+        reports.append(f"{split} phrasing {k}/{len(pairs)} = {k / len(pairs):.1%}")
+        if k / len(pairs) < PROMPT_TARGET:
+            below.append(split)
+    chars = sum(lengths) / len(lengths)
     report = (
-        f"held-out accuracy {k}/{n} = {k / n:.1%} (95% CI {low:.0%}-{high:.0%}) with {chars:.0f} prompt "
-        f"characters per question; target >= {PROMPT_TARGET:.0%} with <= {PROMPT_BUDGET}"
+        f"{', '.join(reports)} with {chars:.0f} prompt characters per question; target >= {PROMPT_TARGET:.0%} on "
+        f"each phrasing with <= {PROMPT_BUDGET}"
     )
     if chars > PROMPT_BUDGET:
         fail(
             name,
             f"{report}: over the budget",
-            hint="the reference RAG prompt (4 retrieved facts) takes 196 "
-            "characters; fewer, better-chosen facts take less",
+            hint="the reference RAG prompt (4 retrieved facts) takes 196 characters; one well-chosen fact takes ~90",
         )
-    if k / n < PROMPT_TARGET:
+    if below:
         fail(
             name,
-            f"{report}: below the target",
-            hint="with one fact the model reads well when it is the *right* "
-            "fact: improve the retrieval, not the prompt's length",
+            f"{report}: below the target on the {' and '.join(below)} phrasing ({_TRIVIAL})",
+            hint="the base model reads the phrasings it was pretrained on; an unseen question can be turned into "
+            "one of those before it is asked"
+            if "unseen" in below
+            else "with one statement, everything rides on retrieving the *right* one",
         )
-    passed(name, n, f"{report} (reference RAG: 100% with 196)")
+    passed(name, 2 * len(world.facts), f"{report} ({_TRIVIAL})")
