@@ -352,6 +352,98 @@ _BLOCK_HINT = (
 )
 
 
+def _block_variant(
+    block,
+    x: torch.Tensor,
+    *,
+    attn_residual: bool = True,
+    ffn_residual: bool = True,
+    post_norm: bool = False,
+    rope_on_v: bool = False,
+    scale_dim: str = "head_dim",
+    ffn_gain: str = "ffn_norm",
+) -> torch.Tensor:
+    """The block written out, with one switch per common mistake; all defaults = the right block."""
+    import torch.nn.functional as F
+
+    from ..attention import apply_rope, repeat_kv, rope_frequencies
+    from ..model import rms_norm, swiglu
+
+    a, (B, T, d) = block.attn, x.shape
+    gains = {"attn_norm": block.attn_norm.weight, "ffn_norm": block.ffn_norm.weight}
+
+    def norm(h, gain):
+        return rms_norm(h, gains[gain], block.attn_norm.eps)
+
+    def attention(h):
+        q, k, v = (
+            F.linear(h, w.weight).view(B, T, n, a.head_dim).transpose(1, 2)
+            for w, n in ((a.q_proj, a.n_heads), (a.k_proj, a.n_kv_heads), (a.v_proj, a.n_kv_heads))
+        )
+        cos, sin = rope_frequencies(a.head_dim, T)  # the checks' blocks use the default base, 10000
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if rope_on_v:
+            v = apply_rope(v, cos, sin)
+        k, v = repeat_kv(k, a.n_rep), repeat_kv(v, a.n_rep)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(a.head_dim if scale_dim == "head_dim" else d)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        return F.linear((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1), a.o_proj.weight)
+
+    def ffn(h):
+        return swiglu(h, block.ffn.w1.weight, block.ffn.w3.weight, block.ffn.w2.weight)
+
+    if post_norm:  # the 2017 transformer's order: normalize after each residual sum
+        x = norm(x + attention(x), "attn_norm")
+        return norm(x + ffn(x), "ffn_norm")
+    h = attention(norm(x, "attn_norm"))
+    x = x + h if attn_residual else h
+    h = ffn(norm(x, ffn_gain))
+    return x + h if ffn_residual else h
+
+
+# each common mistake: (the switch that reproduces it, what to tell the learner)
+_BLOCK_MISTAKES = [
+    (
+        dict(attn_residual=False),
+        "your output equals the block WITHOUT the residual around attention (x = attn(norm(x)) instead of "
+        "x = x + attn(norm(x)))",
+    ),
+    (
+        dict(ffn_residual=False),
+        "your output equals the block WITHOUT the residual around the feed-forward layer (the block returns "
+        "SwiGLU(norm(x)) instead of x + SwiGLU(norm(x)))",
+    ),
+    (
+        dict(post_norm=True),
+        "your output equals a POST-norm block (norm(x + attn(x)), as in the 2017 transformer); Llama-style "
+        "blocks are pre-norm: x + attn(norm(x)), the residual stream itself is never normalized",
+    ),
+    (
+        dict(rope_on_v=True),
+        "your output equals a block that rotates the VALUES with RoPE too; RoPE turns q and k only (it encodes "
+        "positions in the scores q·k, values carry content)",
+    ),
+    (
+        dict(scale_dim="d_model"),
+        "your output equals attention scaled by 1/√d_model; the scores are scaled by 1/√head_dim (the size of "
+        "the vectors each dot product sums over)",
+    ),
+    (
+        dict(ffn_gain="attn_norm"),
+        "your output equals a block that reuses attn_norm's gain before the feed-forward layer; each sub-layer "
+        "has its own RMSNorm: use block.ffn_norm's gain there",
+    ),
+]
+
+
+def _name_block_mistake(name: str, block, x: torch.Tensor, got: torch.Tensor, inputs: dict) -> None:
+    """Fail with the mistake's name when ``got`` equals one of the known wrong blocks."""
+    with torch.no_grad():
+        for switches, what in _BLOCK_MISTAKES:
+            if torch.allclose(got, _block_variant(block, x, **switches), atol=1e-4, rtol=1e-4):
+                fail(name, what, inputs=inputs, hint=_BLOCK_HINT)
+
+
 @exercise("3.6")
 def check_block_forward(block_forward) -> None:
     """``block_forward(block, x) -> [B, T, d_model]`` with the weights of a ``course_utils.model.Block``."""
@@ -380,6 +472,7 @@ def check_block_forward(block_forward) -> None:
             )
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
+        _name_block_mistake(name, block, x, got, inputs)
         if T > 2:  # find the mistake by its symptom, then say it in words
             with torch.no_grad():
                 later = x.clone()
@@ -406,7 +499,7 @@ def check_block_forward(block_forward) -> None:
                         hint="apply your apply_rope to q and to k (each [B, H, T, head_dim]) before the scores",
                     )
         compare(name, got, want, inputs=inputs, atol=1e-4, rtol=1e-4, hint=_BLOCK_HINT)
-    passed(name, len(cases), "causal, position-aware, pre-norm")
+    passed(name, len(cases), "causal, position-aware, pre-norm, residuals and norms in place")
 
 
 def _gpt(seed: int, **overrides):
@@ -531,13 +624,26 @@ def check_lr_schedule(lr_schedule) -> None:
         dict(lr=1.0, warmup=0, steps=20, min_lr_ratio=0.0),
         dict(lr=0.5, warmup=4, steps=9, min_lr_ratio=0.2),
         dict(lr=2e-4, warmup=5, steps=5, min_lr_ratio=0.1),
+        dict(lr=1.0, warmup=3, steps=4, min_lr_ratio=0.1),  # one step after warm-up: steps - 1 - warmup == 0
     ]
+    one_after = (
+        "when steps == warmup + 1 the one step after warm-up is both the cosine's start and its end: "
+        "(step − warmup) / (steps − 1 − warmup) is 0/0 there; guard the denominator (at least 1), so progress is 0 "
+        "and that step keeps lr"
+    )
     for kw in settings:
         # warm-up first, then the end point, then the cosine in between: the first wrong step names the part
         order = list(range(kw["warmup"])) + [kw["steps"] - 1] + list(range(kw["warmup"], kw["steps"] - 1))
         for step in order:
             inputs = {"step": step, **kw}
-            got = call(name, lr_schedule, step, kw["lr"], kw["warmup"], kw["steps"], kw["min_lr_ratio"], inputs=inputs)
+            try:
+                got = lr_schedule(step, kw["lr"], kw["warmup"], kw["steps"], kw["min_lr_ratio"])
+            except ZeroDivisionError as err:
+                fail(name, f"your function raised ZeroDivisionError: {err}", inputs=inputs, hint=one_after)
+            except Exception:  # call() reports it (and a stub) with the learner's line
+                got = call(
+                    name, lr_schedule, step, kw["lr"], kw["warmup"], kw["steps"], kw["min_lr_ratio"], inputs=inputs
+                )
             want = lr_at(step, **kw)
             if isinstance(got, torch.Tensor):
                 got = float(got)
@@ -545,7 +651,9 @@ def check_lr_schedule(lr_schedule) -> None:
                 fail(name, f"expected a number, got {type(got).__name__}", inputs=inputs)
             if abs(got - want) <= 1e-9 + 1e-6 * abs(want):
                 continue
-            if step < kw["warmup"]:
+            if kw["steps"] == kw["warmup"] + 1 and step == kw["warmup"]:
+                hint = one_after
+            elif step < kw["warmup"]:
                 hint = (
                     "warm-up is linear and step 0 already trains: lr · (step + 1) / warmup, reaching lr at the "
                     "last warm-up step"
@@ -706,20 +814,35 @@ def check_trained_gpt(model, *, target: float = 4.2) -> None:
 
 
 class _CountingData:
-    """The corpus, counting the training tokens drawn through ``get_batch`` (everything else passes through)."""
+    """The corpus, counting the tokens drawn through ``get_batch`` per split (everything else passes through)."""
 
     def __init__(self, data):
-        self._data, self.train_tokens = data, 0
+        self._data, self.train_tokens, self.other_tokens = data, 0, {}
 
     def get_batch(self, split, batch_size, block_size, generator=None, **kwargs):
         if split == "train":
             self.train_tokens += batch_size * block_size
+        else:  # counted, not refused: the check then says what it saw instead of the learner's code crashing
+            self.other_tokens[split] = self.other_tokens.get(split, 0) + batch_size * block_size
         return self._data.get_batch(split, batch_size, block_size, generator, **kwargs)
 
     def __getattr__(self, name):
         if name == "ids":  # the raw token tensors would bypass the count
             raise AttributeError("draw training tokens with data.get_batch(...): the budget counts them there")
         return getattr(self._data, name)
+
+
+def fail_if_not_train_only(name: str, data: _CountingData) -> None:
+    """An open exercise is scored on the validation split: drawing from any other split than 'train' fails."""
+    if data.other_tokens:
+        split, n = next(iter(data.other_tokens.items()))
+        fail(
+            name,
+            f"your function drew {n:,} tokens from the {split!r} split (only 'train' may be used): a model that has "
+            f"seen (or was chosen on) the validation text is scored on data it knows",
+            hint="draw every batch with data.get_batch('train', ...); to watch progress, look at the training loss "
+            "or hold out part of the training batches yourself",
+        )
 
 
 # the lab's own run (Exercise 3.10's loop): 119,104 parameters x 300 steps x 16 x 64 tokens, x 6 FLOPs per pair
@@ -744,6 +867,7 @@ def check_train_within_budget(
     model = call(name, train_within_budget, data, budget_flops, inputs={"budget_flops": budget_flops})
     if not isinstance(model, GPT):
         fail(name, f"expected train_within_budget to return a course_utils.model.GPT, got {type(model).__name__}")
+    fail_if_not_train_only(name, data)
     n_params = model.param_counts()["total"]
     used = 6 * n_params * data.train_tokens
     spent = f"{n_params:,} parameters × {data.train_tokens:,} tokens × 6 = {used:.3g} FLOPs"

@@ -286,7 +286,7 @@ def check_beat_moe_recipe(train_moe, *, target: float = MOE_RECIPE_VAL, token_bu
     """Open exercise: ``train_moe(data) -> GPT``, an MoE model with at most the recipe's active parameters, trained
     on at most ``token_budget`` training tokens, must reach a validation loss below the recipe's ``target``."""
     from ..data import corpus_dataset
-    from .ch03 import _CountingData
+    from .ch03 import _CountingData, fail_if_not_train_only
 
     name = "check_beat_moe_recipe"
     data = _CountingData(corpus_dataset())
@@ -308,6 +308,7 @@ def check_beat_moe_recipe(train_moe, *, target: float = MOE_RECIPE_VAL, token_bu
             hint="more experts are free (total parameters and router weights do not count); wider "
             "experts, more experts per token or a wider model are not",
         )
+    fail_if_not_train_only(name, data)
     if data.train_tokens == 0:
         fail(
             name,
