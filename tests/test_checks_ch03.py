@@ -509,3 +509,81 @@ def test_train_within_budget_check():
 
     lab = GPTConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
     assert LAB_RUN_FLOPS == 6 * GPT(lab).param_counts()["total"] * 300 * 16 * 64
+
+
+# ----------------------------------------------------------------------------------------------- AdamW, initialisation
+from course_utils.checks import check_adamw_step, check_init_weights  # noqa: E402
+
+
+def _adamw(*, coupled=False, bias_correction=True, eps_inside=False, decay=True):
+    def adamw_step(param, grad, exp_avg, exp_avg_sq, step, *, lr, betas, eps, weight_decay):
+        b1, b2 = betas
+        if coupled:
+            grad = grad + weight_decay * param
+        elif decay:
+            param = param - lr * weight_decay * param
+        exp_avg = torch.lerp(exp_avg, grad, 1 - b1)  # written differently: lerp and addcmul
+        exp_avg_sq = torch.addcmul(exp_avg_sq * b2, grad, grad, value=1 - b2)
+        c1, c2 = (1 - b1**step, 1 - b2**step) if bias_correction else (1.0, 1.0)
+        denom = (exp_avg_sq / c2 + eps).sqrt() if eps_inside else exp_avg_sq.sqrt() / math.sqrt(c2) + eps
+        return torch.addcdiv(param, exp_avg, denom, value=-lr / c1), exp_avg, exp_avg_sq
+
+    return adamw_step
+
+
+def test_adamw_step_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_adamw_step, _adamw(), capsys)
+
+
+def test_adamw_step_check():
+    assert_check_rejects(check_adamw_step, _adamw(coupled=True), match="L2 regularisation")
+    assert_check_rejects(check_adamw_step, _adamw(bias_correction=False), match="leaves out the bias correction")
+    assert_check_rejects(check_adamw_step, _adamw(eps_inside=True), match="inside the square root")
+    assert_check_rejects(check_adamw_step, _adamw(decay=False), match=r"param after step 1")
+
+    def decay_without_lr(param, grad, exp_avg, exp_avg_sq, step, *, lr, betas, eps, weight_decay):
+        return _adamw(decay=False)(param * (1 - weight_decay), grad, exp_avg, exp_avg_sq, step, lr=lr, betas=betas,
+                                   eps=eps, weight_decay=weight_decay)  # fmt: skip
+
+    assert_check_rejects(check_adamw_step, decay_without_lr, match=r"θ·\(1 − λ\)")
+
+
+def _gpt2_init(*, residual_scaling=True, uniform=False):
+    def init_weights(model):
+        L = model.config.n_layers
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() == 1:
+                    p.fill_(1.0)
+                    continue
+                std = (
+                    0.02 / math.sqrt(2 * L)
+                    if residual_scaling and name.endswith(("o_proj.weight", "w2.weight"))
+                    else 0.02
+                )
+                if uniform:  # the right std, the wrong shape: U(-a, a) has std a/√3
+                    p.uniform_(-std * math.sqrt(3), std * math.sqrt(3))
+                else:
+                    torch.nn.init.normal_(p, 0.0, std)
+
+    return init_weights
+
+
+def test_init_weights_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_init_weights, _gpt2_init(), capsys)
+
+
+def test_init_weights_check():
+    from course_utils.model import RMSNorm
+
+    def pytorch_default(model):  # what nn.Linear / nn.Embedding / RMSNorm do on their own
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                module.reset_parameters()
+            elif isinstance(module, RMSNorm):
+                torch.nn.init.ones_(module.weight)
+
+    assert_check_rejects(check_init_weights, pytorch_default, match=r"std .* expected 0.02(.*\n)*.*PyTorch's defaults")
+    assert_check_rejects(check_init_weights, _gpt2_init(residual_scaling=False), match=r"residual stream need")
+    assert_check_rejects(check_init_weights, _gpt2_init(uniform=True), match=r"does not look normal")
+    assert_check_rejects(check_init_weights, lambda model: None, match=r"should be all ones|std")

@@ -21,6 +21,8 @@ __all__ = [
     "check_train_step",
     "check_trained_gpt",
     "check_train_within_budget",
+    "check_adamw_step",
+    "check_init_weights",
 ]
 
 
@@ -892,3 +894,168 @@ def check_train_within_budget(
             "learns more per FLOP",
         )
     passed(name, 1, f"validation loss {val:.3f} < {target} with {used / budget_flops:.0%} of the budget ({spent})")
+
+
+# ----------------------------------------------------------------------------------------------- under the hood
+def _adamw_variant(p, g, m, v, t, *, lr, betas, eps, weight_decay, **mistake) -> tuple:
+    """One AdamW step in float64, written out; each keyword of ``mistake`` switches on one common error."""
+    b1, b2 = betas
+    if mistake.get("coupled"):  # L2 regularisation: the decay goes through the gradient, and so through Adam
+        g = g + weight_decay * p
+    elif mistake.get("decay_without_lr"):
+        p = p * (1 - weight_decay)
+    else:
+        p = p * (1 - lr * weight_decay)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    bc1, bc2 = (1.0, 1.0) if mistake.get("no_bias_correction") else (1 - b1**t, 1 - b2**t)
+    if mistake.get("eps_inside_sqrt"):
+        denom = (v / bc2 + eps).sqrt()
+    elif mistake.get("eps_before_correction"):
+        denom = (v.sqrt() + eps) / math.sqrt(bc2)
+    else:
+        denom = (v / bc2).sqrt() + eps
+    return p - lr * (m / bc1) / denom, m, v
+
+
+_ADAMW_MISTAKES = {
+    "coupled": "your step adds weight_decay·θ to the gradient (L2 regularisation, Adam's coupled decay): the decay "
+    "then goes through m and v and is divided by √v̂ like the gradient. AdamW decouples it: θ ← θ − lr·λ·θ, "
+    "apart from the Adam step",
+    "decay_without_lr": "your decay is θ ← θ·(1 − λ): PyTorch's AdamW (and the paper's schedule multiplier) scales "
+    "it by the learning rate, θ ← θ·(1 − lr·λ)",
+    "no_bias_correction": "your step leaves out the bias correction: m and v start at 0, so early on they "
+    "underestimate; divide by 1 − β1^t and 1 − β2^t (t counts from 1)",
+    "eps_inside_sqrt": "your ε sits inside the square root, √(v̂ + ε); PyTorch adds it after: √v̂ + ε (with tiny "
+    "gradients the two differ by orders of magnitude)",
+    "eps_before_correction": "your ε is added before the bias correction, (√v + ε)/√(1 − β2^t); PyTorch adds it to "
+    "the corrected root: √(v / (1 − β2^t)) + ε",
+}
+
+_ADAMW_HINT = (
+    "θ ← θ·(1 − lr·λ); m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²; m̂ = m/(1 − β1^t); v̂ = v/(1 − β2^t); "
+    "θ ← θ − lr·m̂/(√v̂ + ε), with t = 1 on the first step"
+)
+
+
+def _same_triple(got, want) -> bool:
+    """(param, exp_avg, exp_avg_sq) equal to float64 rounding."""
+    return all(
+        isinstance(x, torch.Tensor) and x.shape == y.shape and torch.allclose(x.double(), y, rtol=1e-7, atol=1e-12)
+        for x, y in zip(got, want)
+    )
+
+
+@exercise("3.12")
+def check_adamw_step(adamw_step) -> None:
+    """``adamw_step(param, grad, exp_avg, exp_avg_sq, step, *, lr, betas, eps, weight_decay)`` ->
+    ``(param, exp_avg, exp_avg_sq)``, compared after every step with ``torch.optim.AdamW`` run on the same gradients.
+    """
+    name = "check_adamw_step"
+    g = _gen(40)
+    settings = [  # (what it shows, hyper-parameters, gradient scale)
+        ("decay and bias correction", dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1), 1.0),
+        ("ε with tiny gradients", dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.01), 1e-7),
+        ("no decay, other betas", dict(lr=3e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.0), 0.5),
+    ]
+    n = 0
+    for what, hp, scale in settings:
+        p0 = torch.randn(4, 5, generator=g, dtype=torch.float64)
+        grads = [torch.randn(4, 5, generator=g, dtype=torch.float64) * scale for _ in range(5)]
+        ref = p0.clone().requires_grad_(True)
+        opt = torch.optim.AdamW([ref], **hp)
+        p, m, v = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+        for t, grad in enumerate(grads, start=1):
+            inputs = {"case": what, "step": t, **hp}
+            before = (p.clone(), m.clone(), v.clone())
+            got = call(name, adamw_step, p.clone(), grad.clone(), m.clone(), v.clone(), t, inputs=inputs, **hp)
+            if not isinstance(got, tuple) or len(got) != 3:
+                fail(name, f"expected a tuple (param, exp_avg, exp_avg_sq), got {type(got).__name__}", inputs=inputs,
+                     hint="return the three updated tensors")  # fmt: skip
+            ref.grad = grad.clone()
+            opt.step()
+            state = opt.state[ref]
+            want = (ref.detach(), state["exp_avg"], state["exp_avg_sq"])
+            if not _same_triple(got, want):
+                for mistake, message in _ADAMW_MISTAKES.items():
+                    wrong = _adamw_variant(before[0], grad, before[1], before[2], t, **hp, **{mistake: True})
+                    if _same_triple(got, wrong) and not _same_triple(wrong, want):
+                        fail(name, message, inputs=inputs, hint=_ADAMW_HINT)
+                for i, label in ((1, "exp_avg (m)"), (2, "exp_avg_sq (v)"), (0, "param")):  # the moments first
+                    compare(name, got[i], want[i], inputs=inputs, what=f"{label} after step {t}", atol=1e-12,
+                            rtol=1e-7, hint=_ADAMW_HINT)  # fmt: skip
+            p, m, v = (x.detach().clone().double() for x in got)
+            n += 1
+    passed(name, n, "equal to torch.optim.AdamW after every step")
+
+
+def _init_expectations(model) -> dict:
+    """name -> (expected std, or None for a gain of ones) for every parameter of a dense GPT."""
+    residual = 0.02 / math.sqrt(2 * model.config.n_layers)
+    out = {}
+    for pname, p in model.named_parameters():
+        if p.dim() == 1:
+            out[pname] = None
+        elif pname.endswith(("o_proj.weight", "w2.weight")):
+            out[pname] = residual
+        else:
+            out[pname] = 0.02
+    return out
+
+
+@exercise("3.13")
+def check_init_weights(init_weights) -> None:
+    """``init_weights(model)`` re-initialises a dense ``course_utils.model.GPT`` in place, as GPT-2/nanoGPT do:
+    matrices and the (tied) embedding ~ N(0, 0.02²), the projections into the residual stream (``o_proj``, ``w2``)
+    ~ N(0, (0.02/√(2·n_layers))²), norm gains 1. Judged by statistics with tolerances, from a fixed seed."""
+    from ..model import GPT
+
+    name = "check_init_weights"
+    n = 0
+    for over in (dict(n_layers=4, d_model=64, vocab_size=512), dict(n_layers=2, d_model=48, vocab_size=300)):
+        torch.manual_seed(0)
+        model = GPT(_tiny_config(**{**over, "n_heads": 4, "n_kv_heads": 2}))
+        with torch.no_grad():  # start from something else: an init that does nothing must fail
+            for p in model.parameters():
+                p.uniform_(-1.0, 1.0)
+        inputs = {"n_layers": model.config.n_layers, "d_model": model.config.d_model}
+        torch.manual_seed(1)
+        call(name, init_weights, model, inputs=inputs)
+        residual = 0.02 / math.sqrt(2 * model.config.n_layers)
+        for pname, want in _init_expectations(model).items():
+            p = dict(model.named_parameters())[pname].detach().double()
+            where = {**inputs, "parameter": pname, "shape": tuple(p.shape)}
+            if want is None:
+                if not torch.equal(p, torch.ones_like(p)):
+                    fail(name, f"{pname} should be all ones (a norm's gain starts as the identity)", inputs=where,
+                         hint="set every RMSNorm weight to 1")  # fmt: skip
+                continue
+            std, mean = float(p.std()), float(p.mean())
+            kurtosis = float(((p - p.mean()) ** 4).mean() / p.var(unbiased=False) ** 2)
+            if abs(std - want) > 0.08 * want:
+                if want == residual and abs(std - 0.02) < 0.08 * 0.02:
+                    problem = (
+                        f"{pname} has std {std:.4f} = 0.02: the projections that write into the residual stream "
+                        f"need 0.02/√(2·n_layers) = {residual:.4f}"
+                    )
+                    hint = (
+                        "each block adds two of them (o_proj, w2) to the residual stream: shrink their std by "
+                        "√(2·n_layers)"
+                    )
+                else:
+                    problem = f"{pname} has std {std:.4g}, expected {want:.4g}"
+                    hint = (
+                        "PyTorch's defaults (Kaiming-uniform for nn.Linear, N(0, 1) for nn.Embedding) are not "
+                        "GPT-2's: draw every matrix from N(0, 0.02²), the residual projections with the smaller std"
+                    )
+                fail(name, problem, inputs=where, hint=hint)
+            if abs(mean) > 5 * want / math.sqrt(p.numel()):
+                fail(name, f"{pname} has mean {mean:.3g}, expected 0", inputs=where, hint="a normal with mean 0")
+            if not 2.4 < kurtosis < 3.6:
+                fail(name, f"{pname} does not look normal (kurtosis {kurtosis:.2f}; a normal has 3, a uniform 1.8)",
+                     inputs=where, hint="nn.init.normal_(tensor, mean=0.0, std=...), not uniform_")  # fmt: skip
+            n += 1
+        if model.lm_head.weight is not model.tok_emb.weight:
+            fail(name, "the output layer is no longer tied to the embedding", inputs=inputs,
+                 hint="initialise the parameters in place (nn.init.normal_ on p); do not assign new ones")  # fmt: skip
+    passed(name, n, "N(0, 0.02²), residual projections / √(2·n_layers), gains 1")
