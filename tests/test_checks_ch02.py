@@ -197,8 +197,25 @@ def _gqa_no_validation(q, k, v, is_causal=False):
     return F.scaled_dot_product_attention(q, ref.repeat_kv(k, n_rep), ref.repeat_kv(v, n_rep), is_causal=is_causal)
 
 
+def _gqa_bottom_right(q, k, v, is_causal=False):
+    """The KV-cache alignment: query i sees keys j <= i + Lk - Lq. Same as top-left whenever Lq == Lk."""
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    mask = ref.causal_mask(Lq, Lk, offset=Lk - Lq) if is_causal else None
+    return _gqa_loop(q, k, v) if mask is None else _gqa_masked(q, k, v, mask)
+
+
+def _gqa_masked(q, k, v, mask):
+    if q.shape[1] % k.shape[1]:
+        raise ValueError("heads")
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
 def test_grouped_query_attention_check(capsys):
     assert_check_accepts(check_grouped_query_attention, _gqa_loop, capsys)
+    # the bottom-right mask passes every square case and fails the 3-queries-5-keys one, naming the convention
+    assert_check_rejects(
+        check_grouped_query_attention, _gqa_bottom_right, match=r"bottom-right aligned(.*\n)*.*top-left aligned"
+    )
     assert_check_rejects(check_grouped_query_attention, _gqa_tiled, match=r"output: \d+ of \d+ values differ")
     assert_check_rejects(
         check_grouped_query_attention, _gqa_ignores_causal, match=r"is_causal=True.*\n(.*\n)*.*mask keys"

@@ -207,7 +207,7 @@ def _heads(t, n):
     return t.view(B, T, n, -1).permute(0, 2, 1, 3)
 
 
-def _attention(block, h, *, causal=True, rope=True):
+def _attention(block, h, *, causal=True, rope=True, rope_v=False, scale=None):
     a = block.attn
     q, k, v = (
         _heads(torch.einsum("btd,od->bto", h, w.weight), n)
@@ -215,8 +215,10 @@ def _attention(block, h, *, causal=True, rope=True):
     )
     if rope:
         q, k = _rope_ref(q), _rope_ref(k)
+    if rope_v:
+        v = _rope_ref(v)
     k, v = repeat_kv(k, a.n_rep), repeat_kv(v, a.n_rep)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     return torch.einsum("bto,do->btd", out.permute(0, 2, 1, 3).flatten(2), a.o_proj.weight)
 
 
@@ -263,10 +265,39 @@ def test_block_forward_check():
         x = x + _attention(block, rms_norm(x, block.attn_norm.weight))
         return _ffn(block, rms_norm(x, block.ffn_norm.weight))
 
+    def forgets_first_residual(block, x):
+        x = _attention(block, rms_norm(x, block.attn_norm.weight))
+        return x + _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    def rope_on_values(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight), rope_v=True)
+        return x + _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    def scaled_by_d_model(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight), scale=block.attn.d_model**-0.5)
+        return x + _ffn(block, rms_norm(x, block.ffn_norm.weight))
+
+    def one_norm_for_both(block, x):
+        x = x + _attention(block, rms_norm(x, block.attn_norm.weight))
+        return x + _ffn(block, rms_norm(x, block.attn_norm.weight))
+
     assert_check_rejects(check_block_forward, no_causal_mask, match="sees the future")
     assert_check_rejects(check_block_forward, no_rope, match="apply_rope to q and to k")
-    assert_check_rejects(check_block_forward, post_norm, match="values differ")
-    assert_check_rejects(check_block_forward, forgets_second_residual, match="x \\+ SwiGLU")
+    # each common mistake is named, not reported as "N values differ"
+    assert_check_rejects(check_block_forward, post_norm, match="POST-norm block")
+    assert_check_rejects(check_block_forward, forgets_second_residual, match="WITHOUT the residual around the feed")
+    assert_check_rejects(check_block_forward, forgets_first_residual, match="WITHOUT the residual around attention")
+    assert_check_rejects(check_block_forward, rope_on_values, match="rotates the VALUES")
+    assert_check_rejects(check_block_forward, scaled_by_d_model, match="scaled by 1/√d_model")
+    assert_check_rejects(check_block_forward, one_norm_for_both, match="reuses attn_norm's gain")
+
+
+def test_block_variants_default_to_the_reference_block():
+    from course_utils.checks.ch03 import _block, _block_variant
+
+    block, x = _block(3, n_heads=4, n_kv_heads=2), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(_block_variant(block, x), block(x)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_gpt_forward_check_accepts_a_right_answer(capsys):
@@ -347,6 +378,22 @@ def test_lr_schedule_check():
     assert_check_rejects(check_lr_schedule, warmup_from_zero, match="step 0 already trains")
     assert_check_rejects(check_lr_schedule, decays_to_zero, match="not at 0")
     assert_check_rejects(check_lr_schedule, cosine_from_step_zero, match="progress = ")
+
+    def unguarded_denominator(step, lr, warmup, steps, min_lr_ratio=0.1):  # 0/0 when steps == warmup + 1
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        if steps <= warmup:
+            return lr
+        progress = (step - warmup) / (steps - 1 - warmup)
+        return lr * (min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * progress)) / 2)
+
+    def last_step_is_the_floor(step, lr, warmup, steps, min_lr_ratio=0.1):  # right everywhere but that one step
+        if step == steps - 1 and steps > warmup:
+            return lr * min_lr_ratio
+        return lr_schedule(step, lr, warmup, steps, min_lr_ratio)
+
+    assert_check_rejects(check_lr_schedule, unguarded_denominator, match=r"ZeroDivisionError(.*\n)*.*steps == warmup")
+    assert_check_rejects(check_lr_schedule, last_step_is_the_floor, match=r"steps=4(.*\n)*.*keeps lr")
 
 
 def _make_train_step(*, zero=True, clip=True, schedule=True, loss_after=False):
@@ -439,6 +486,15 @@ def test_train_within_budget_check():
         return tiny(data)
 
     assert_check_rejects(check_train_within_budget, untrained, match="no training tokens")
+
+    def trains_on_val(data, budget_flops):  # the score's own split: counted and refused, even a few batches
+        model, gen = tiny(data), torch.Generator().manual_seed(0)
+        opt = configure_optimizer(model, lr=1e-2, weight_decay=0.0)
+        for split in ("train", "val", "val"):
+            train_step(model, opt, *data.get_batch(split, 8, 64, gen), 1e-2)
+        return model
+
+    assert_check_rejects(check_train_within_budget, trains_on_val, match=r"1,024 tokens from the 'val' split")
     assert_check_rejects(check_train_within_budget, returns_history, match="expected train_within_budget to return")
     assert_check_rejects(check_train_within_budget, reads_raw_tokens, match="draw training tokens with")
     with pytest.raises(CheckFailed, match="over the budget"):  # 2 steps of 64 x 64 tokens on a 1e6-FLOP budget
@@ -453,3 +509,81 @@ def test_train_within_budget_check():
 
     lab = GPTConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
     assert LAB_RUN_FLOPS == 6 * GPT(lab).param_counts()["total"] * 300 * 16 * 64
+
+
+# ----------------------------------------------------------------------------------------------- AdamW, initialisation
+from course_utils.checks import check_adamw_step, check_init_weights  # noqa: E402
+
+
+def _adamw(*, coupled=False, bias_correction=True, eps_inside=False, decay=True):
+    def adamw_step(param, grad, exp_avg, exp_avg_sq, step, *, lr, betas, eps, weight_decay):
+        b1, b2 = betas
+        if coupled:
+            grad = grad + weight_decay * param
+        elif decay:
+            param = param - lr * weight_decay * param
+        exp_avg = torch.lerp(exp_avg, grad, 1 - b1)  # written differently: lerp and addcmul
+        exp_avg_sq = torch.addcmul(exp_avg_sq * b2, grad, grad, value=1 - b2)
+        c1, c2 = (1 - b1**step, 1 - b2**step) if bias_correction else (1.0, 1.0)
+        denom = (exp_avg_sq / c2 + eps).sqrt() if eps_inside else exp_avg_sq.sqrt() / math.sqrt(c2) + eps
+        return torch.addcdiv(param, exp_avg, denom, value=-lr / c1), exp_avg, exp_avg_sq
+
+    return adamw_step
+
+
+def test_adamw_step_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_adamw_step, _adamw(), capsys)
+
+
+def test_adamw_step_check():
+    assert_check_rejects(check_adamw_step, _adamw(coupled=True), match="L2 regularisation")
+    assert_check_rejects(check_adamw_step, _adamw(bias_correction=False), match="leaves out the bias correction")
+    assert_check_rejects(check_adamw_step, _adamw(eps_inside=True), match="inside the square root")
+    assert_check_rejects(check_adamw_step, _adamw(decay=False), match=r"param after step 1")
+
+    def decay_without_lr(param, grad, exp_avg, exp_avg_sq, step, *, lr, betas, eps, weight_decay):
+        return _adamw(decay=False)(param * (1 - weight_decay), grad, exp_avg, exp_avg_sq, step, lr=lr, betas=betas,
+                                   eps=eps, weight_decay=weight_decay)  # fmt: skip
+
+    assert_check_rejects(check_adamw_step, decay_without_lr, match=r"θ·\(1 − λ\)")
+
+
+def _gpt2_init(*, residual_scaling=True, uniform=False):
+    def init_weights(model):
+        L = model.config.n_layers
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() == 1:
+                    p.fill_(1.0)
+                    continue
+                std = (
+                    0.02 / math.sqrt(2 * L)
+                    if residual_scaling and name.endswith(("o_proj.weight", "w2.weight"))
+                    else 0.02
+                )
+                if uniform:  # the right std, the wrong shape: U(-a, a) has std a/√3
+                    p.uniform_(-std * math.sqrt(3), std * math.sqrt(3))
+                else:
+                    torch.nn.init.normal_(p, 0.0, std)
+
+    return init_weights
+
+
+def test_init_weights_check_accepts_a_right_answer(capsys):
+    assert_check_accepts(check_init_weights, _gpt2_init(), capsys)
+
+
+def test_init_weights_check():
+    from course_utils.model import RMSNorm
+
+    def pytorch_default(model):  # what nn.Linear / nn.Embedding / RMSNorm do on their own
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                module.reset_parameters()
+            elif isinstance(module, RMSNorm):
+                torch.nn.init.ones_(module.weight)
+
+    assert_check_rejects(check_init_weights, pytorch_default, match=r"std .* expected 0.02(.*\n)*.*PyTorch's defaults")
+    assert_check_rejects(check_init_weights, _gpt2_init(residual_scaling=False), match=r"residual stream need")
+    assert_check_rejects(check_init_weights, _gpt2_init(uniform=True), match=r"does not look normal")
+    assert_check_rejects(check_init_weights, lambda model: None, match=r"should be all ones|std")

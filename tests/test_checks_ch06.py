@@ -263,10 +263,29 @@ def corpus():
 def test_retrieval_design_rejects_plain_bm25(corpus):
     chunks, bm25, _ = corpus
 
-    def bm25_search(question, k):  # recall@5 0.734: below the target
+    def bm25_search(question, k):  # below the target on the held-out half
         return [chunks[i] for i, _ in bm25._ranked(question, k)]
 
-    assert_check_rejects(check_retrieval_design, bm25_search, match=r"recall@5 = 0\.7\d\d .*below the target 0\.93")
+    assert_check_rejects(
+        check_retrieval_design, bm25_search, match=r"recall@5 = 0\.\d+, MRR = .* 47 held-out questions: recall@5 below"
+    )
+
+
+def test_retrieval_design_rejects_the_right_topic_ranked_last(corpus):
+    chunks, _, topics = corpus
+    first_chunk, every_topic = {}, []
+    for c in chunks:
+        if c.doc_id not in first_chunk:
+            first_chunk[c.doc_id] = c
+            every_topic.append(c.doc_id)
+
+    def right_topic_last(question, k):  # recall@5 = 1.0, but the answer sits in 5th place
+        wrong = [t for t in every_topic if t not in topics[question]][: k - 1]
+        return [first_chunk[t] for t in wrong] + [first_chunk[topics[question][0]]]
+
+    assert_check_rejects(
+        check_retrieval_design, right_topic_last, match=r"recall@5 = 1\.000, MRR = 0\.200 .*ranked low"
+    )
 
 
 def test_retrieval_design_rejects_whole_documents():

@@ -274,6 +274,18 @@ def test_ttl_cache_rejects_the_first_match():
     assert_check_rejects(check_ttl_cache, _ttl_variant(first), match=r"less similar entry answered")
 
 
+def test_ttl_cache_rejects_an_unnormalised_query():
+    def stored_normalised_only(self, vector):  # right for unit queries only: q·k/|k| is not the cosine
+        q = np.asarray(vector, float)
+        live = [(float(v @ q), value) for t, v, value in self.entries if self.clock() - t <= self.ttl_s]
+        if not live:
+            return None
+        sim, value = max(live, key=lambda p: p[0])
+        return value if sim >= self.threshold else None
+
+    assert_check_rejects(check_ttl_cache, _ttl_variant(stored_normalised_only), match=r"query's length is 0.5")
+
+
 def test_ttl_cache_rejects_expiry_checked_after_choosing():
     def best_then_expire(self, vector):
         q = np.asarray(vector, float) / np.linalg.norm(vector)
@@ -322,6 +334,8 @@ class GatewayClient:
         retry=True,
         breaker=True,
         fallback=True,
+        retry_on=(openai.RateLimitError, openai.InternalServerError),  # 429 and 5xx: faults, not bugs
+        jitter="full",
     ):
         self.client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
         self.models = list(models) if fallback else list(models)[:1]
@@ -331,8 +345,10 @@ class GatewayClient:
             max_delay=max_delay,
             rng=rng,
             sleep=sleep,
-            retry_on=(openai.APIStatusError,),
+            retry_on=retry_on,
+            jitter=jitter,
         )
+        self.fallback_on = (*retry_on, CircuitOpenError)
         self.breakers = {
             m: CircuitBreaker(failure_threshold if breaker else 10**9, reset_timeout_s, clock=clock)
             for m in self.models
@@ -344,8 +360,8 @@ class GatewayClient:
             return lambda: self.breakers[m].call(lambda: retry_call(ask, **self.kw)).choices[0].text
 
         try:
-            return call_with_fallback(*(one(m) for m in self.models), errors=(openai.APIStatusError, CircuitOpenError))
-        except (openai.APIStatusError, CircuitOpenError) as err:
+            return call_with_fallback(*(one(m) for m in self.models), errors=self.fallback_on)
+        except self.fallback_on as err:
             raise RuntimeError("every model failed") from err
 
 
@@ -367,6 +383,41 @@ def test_resilient_client_rejects_no_breaker():
 
 def test_resilient_client_rejects_no_fallback():
     assert_check_rejects(check_resilient_client, _variant(fallback=False), match=r"second model was healthy|answered")
+
+
+def test_resilient_client_rejects_retrying_client_errors():
+    # retries every HTTP error: a 401 (bad key) is sent max_attempts times, to each model
+    wrong = _variant(retry_on=(openai.APIStatusError,))
+    assert_check_rejects(check_resilient_client, wrong, match=r"answered 401 and your client sent it \d+ requests")
+
+
+def test_resilient_client_rejects_waits_without_jitter():
+    assert_check_rejects(check_resilient_client, _variant(jitter="none"), match=r"no jitter")
+
+
+def test_resilient_client_rejects_never_waiting():
+    def no_sleep(*a, sleep=None, **kw):  # retries at once: the check's sleep is never called
+        return GatewayClient(*a, sleep=lambda s: None, **kw)
+
+    assert_check_rejects(check_resilient_client, no_sleep, match=r"without ever calling self.sleep")
+
+
+def test_resilient_client_rejects_waits_beyond_the_cap():
+    def long_waits(*a, sleep=None, **kw):
+        return GatewayClient(*a, sleep=lambda s: sleep(s + kw["max_delay"]), **kw)
+
+    assert_check_rejects(check_resilient_client, long_waits, match=r"outside \[0, max_delay")
+
+
+def test_resilient_client_rejects_silence_when_both_models_are_down():
+    class Quiet(GatewayClient):
+        def complete(self, prompt, max_tokens=4):
+            try:
+                return super().complete(prompt, max_tokens)
+            except RuntimeError:
+                return ""  # swallows the failure: the caller cannot tell it from an empty answer
+
+    assert_check_rejects(check_resilient_client, Quiet, match=r"both models down, complete returned ''")
 
 
 def test_resilient_client_rejects_a_breaker_that_never_closes():

@@ -371,7 +371,21 @@ def _gqa_cases():
             _randn(1, 3, 7, 4, seed=112),
             False,
         ),
+        (  # Lq < Lk: top-left (query i sees keys 0..i) and bottom-right (0..i+2) alignments differ here
+            "4 query heads, 2 kv heads, 3 queries, 5 keys, causal",
+            _randn(1, 4, 3, 8, seed=115),
+            _randn(1, 2, 5, 8, seed=116),
+            _randn(1, 2, 5, 8, seed=117),
+            True,
+        ),
     ]
+
+
+_GQA_CAUSAL_CONVENTION = (
+    "the course's causal mask is top-left aligned, as torch's is_causal and your causal_mask(Lq, Lk): query i sees "
+    "keys j <= i, whatever Lk is (with 3 queries and 5 keys, query 0 sees key 0 only); bottom-right alignment "
+    "(j <= i + Lk - Lq) is what decoding with a KV cache needs (chapter 3), not what is_causal means"
+)
 
 
 @exercise("2.7")
@@ -384,6 +398,18 @@ def check_grouped_query_attention(fn) -> None:
         inputs = {"case": what, "q": q, "k": k, "v": v, "is_causal": causal}
         got = call(name, fn, q, k, v, is_causal=causal, inputs=inputs)
         want = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        Lq, Lk = q.shape[-2], k.shape[-2]
+        if causal and Lq != Lk and isinstance(got, torch.Tensor) and got.shape == want.shape:
+            shifted = ref.causal_mask(Lq, Lk, offset=Lk - Lq)
+            bottom_right = F.scaled_dot_product_attention(q, k, v, attn_mask=shifted, enable_gqa=True)
+            if torch.allclose(got, bottom_right, atol=1e-8, rtol=1e-6):
+                fail(
+                    name,
+                    f"with {Lq} queries and {Lk} keys your causal mask is bottom-right aligned: query 0 saw keys "
+                    f"0..{Lk - Lq}",
+                    inputs=inputs,
+                    hint=_GQA_CAUSAL_CONVENTION,
+                )
         compare(
             name,
             got,
@@ -393,7 +419,8 @@ def check_grouped_query_attention(fn) -> None:
             atol=1e-8,
             rtol=1e-6,
             hint="give every query head its kv head with repeat_kv (n_rep = H_q / H_kv), then plain attention; "
-            "with is_causal, mask keys after the query (top-left aligned, like causal_mask)",
+            "with is_causal, mask keys after the query (top-left aligned: query i sees keys j <= i, as torch's "
+            "is_causal and causal_mask(Lq, Lk) with no offset)",
         )
     q, k = _randn(1, 6, 3, 8, seed=113), _randn(1, 4, 3, 8, seed=114)
     inputs = {"q": q, "k": k, "v": k}

@@ -21,6 +21,8 @@ __all__ = [
     "check_train_step",
     "check_trained_gpt",
     "check_train_within_budget",
+    "check_adamw_step",
+    "check_init_weights",
 ]
 
 
@@ -352,6 +354,98 @@ _BLOCK_HINT = (
 )
 
 
+def _block_variant(
+    block,
+    x: torch.Tensor,
+    *,
+    attn_residual: bool = True,
+    ffn_residual: bool = True,
+    post_norm: bool = False,
+    rope_on_v: bool = False,
+    scale_dim: str = "head_dim",
+    ffn_gain: str = "ffn_norm",
+) -> torch.Tensor:
+    """The block written out, with one switch per common mistake; all defaults = the right block."""
+    import torch.nn.functional as F
+
+    from ..attention import apply_rope, repeat_kv, rope_frequencies
+    from ..model import rms_norm, swiglu
+
+    a, (B, T, d) = block.attn, x.shape
+    gains = {"attn_norm": block.attn_norm.weight, "ffn_norm": block.ffn_norm.weight}
+
+    def norm(h, gain):
+        return rms_norm(h, gains[gain], block.attn_norm.eps)
+
+    def attention(h):
+        q, k, v = (
+            F.linear(h, w.weight).view(B, T, n, a.head_dim).transpose(1, 2)
+            for w, n in ((a.q_proj, a.n_heads), (a.k_proj, a.n_kv_heads), (a.v_proj, a.n_kv_heads))
+        )
+        cos, sin = rope_frequencies(a.head_dim, T)  # the checks' blocks use the default base, 10000
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if rope_on_v:
+            v = apply_rope(v, cos, sin)
+        k, v = repeat_kv(k, a.n_rep), repeat_kv(v, a.n_rep)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(a.head_dim if scale_dim == "head_dim" else d)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        return F.linear((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1), a.o_proj.weight)
+
+    def ffn(h):
+        return swiglu(h, block.ffn.w1.weight, block.ffn.w3.weight, block.ffn.w2.weight)
+
+    if post_norm:  # the 2017 transformer's order: normalize after each residual sum
+        x = norm(x + attention(x), "attn_norm")
+        return norm(x + ffn(x), "ffn_norm")
+    h = attention(norm(x, "attn_norm"))
+    x = x + h if attn_residual else h
+    h = ffn(norm(x, ffn_gain))
+    return x + h if ffn_residual else h
+
+
+# each common mistake: (the switch that reproduces it, what to tell the learner)
+_BLOCK_MISTAKES = [
+    (
+        dict(attn_residual=False),
+        "your output equals the block WITHOUT the residual around attention (x = attn(norm(x)) instead of "
+        "x = x + attn(norm(x)))",
+    ),
+    (
+        dict(ffn_residual=False),
+        "your output equals the block WITHOUT the residual around the feed-forward layer (the block returns "
+        "SwiGLU(norm(x)) instead of x + SwiGLU(norm(x)))",
+    ),
+    (
+        dict(post_norm=True),
+        "your output equals a POST-norm block (norm(x + attn(x)), as in the 2017 transformer); Llama-style "
+        "blocks are pre-norm: x + attn(norm(x)), the residual stream itself is never normalized",
+    ),
+    (
+        dict(rope_on_v=True),
+        "your output equals a block that rotates the VALUES with RoPE too; RoPE turns q and k only (it encodes "
+        "positions in the scores q·k, values carry content)",
+    ),
+    (
+        dict(scale_dim="d_model"),
+        "your output equals attention scaled by 1/√d_model; the scores are scaled by 1/√head_dim (the size of "
+        "the vectors each dot product sums over)",
+    ),
+    (
+        dict(ffn_gain="attn_norm"),
+        "your output equals a block that reuses attn_norm's gain before the feed-forward layer; each sub-layer "
+        "has its own RMSNorm: use block.ffn_norm's gain there",
+    ),
+]
+
+
+def _name_block_mistake(name: str, block, x: torch.Tensor, got: torch.Tensor, inputs: dict) -> None:
+    """Fail with the mistake's name when ``got`` equals one of the known wrong blocks."""
+    with torch.no_grad():
+        for switches, what in _BLOCK_MISTAKES:
+            if torch.allclose(got, _block_variant(block, x, **switches), atol=1e-4, rtol=1e-4):
+                fail(name, what, inputs=inputs, hint=_BLOCK_HINT)
+
+
 @exercise("3.6")
 def check_block_forward(block_forward) -> None:
     """``block_forward(block, x) -> [B, T, d_model]`` with the weights of a ``course_utils.model.Block``."""
@@ -380,6 +474,7 @@ def check_block_forward(block_forward) -> None:
             )
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
+        _name_block_mistake(name, block, x, got, inputs)
         if T > 2:  # find the mistake by its symptom, then say it in words
             with torch.no_grad():
                 later = x.clone()
@@ -406,7 +501,7 @@ def check_block_forward(block_forward) -> None:
                         hint="apply your apply_rope to q and to k (each [B, H, T, head_dim]) before the scores",
                     )
         compare(name, got, want, inputs=inputs, atol=1e-4, rtol=1e-4, hint=_BLOCK_HINT)
-    passed(name, len(cases), "causal, position-aware, pre-norm")
+    passed(name, len(cases), "causal, position-aware, pre-norm, residuals and norms in place")
 
 
 def _gpt(seed: int, **overrides):
@@ -531,13 +626,26 @@ def check_lr_schedule(lr_schedule) -> None:
         dict(lr=1.0, warmup=0, steps=20, min_lr_ratio=0.0),
         dict(lr=0.5, warmup=4, steps=9, min_lr_ratio=0.2),
         dict(lr=2e-4, warmup=5, steps=5, min_lr_ratio=0.1),
+        dict(lr=1.0, warmup=3, steps=4, min_lr_ratio=0.1),  # one step after warm-up: steps - 1 - warmup == 0
     ]
+    one_after = (
+        "when steps == warmup + 1 the one step after warm-up is both the cosine's start and its end: "
+        "(step − warmup) / (steps − 1 − warmup) is 0/0 there; guard the denominator (at least 1), so progress is 0 "
+        "and that step keeps lr"
+    )
     for kw in settings:
         # warm-up first, then the end point, then the cosine in between: the first wrong step names the part
         order = list(range(kw["warmup"])) + [kw["steps"] - 1] + list(range(kw["warmup"], kw["steps"] - 1))
         for step in order:
             inputs = {"step": step, **kw}
-            got = call(name, lr_schedule, step, kw["lr"], kw["warmup"], kw["steps"], kw["min_lr_ratio"], inputs=inputs)
+            try:
+                got = lr_schedule(step, kw["lr"], kw["warmup"], kw["steps"], kw["min_lr_ratio"])
+            except ZeroDivisionError as err:
+                fail(name, f"your function raised ZeroDivisionError: {err}", inputs=inputs, hint=one_after)
+            except Exception:  # call() reports it (and a stub) with the learner's line
+                got = call(
+                    name, lr_schedule, step, kw["lr"], kw["warmup"], kw["steps"], kw["min_lr_ratio"], inputs=inputs
+                )
             want = lr_at(step, **kw)
             if isinstance(got, torch.Tensor):
                 got = float(got)
@@ -545,7 +653,9 @@ def check_lr_schedule(lr_schedule) -> None:
                 fail(name, f"expected a number, got {type(got).__name__}", inputs=inputs)
             if abs(got - want) <= 1e-9 + 1e-6 * abs(want):
                 continue
-            if step < kw["warmup"]:
+            if kw["steps"] == kw["warmup"] + 1 and step == kw["warmup"]:
+                hint = one_after
+            elif step < kw["warmup"]:
                 hint = (
                     "warm-up is linear and step 0 already trains: lr · (step + 1) / warmup, reaching lr at the "
                     "last warm-up step"
@@ -706,20 +816,35 @@ def check_trained_gpt(model, *, target: float = 4.2) -> None:
 
 
 class _CountingData:
-    """The corpus, counting the training tokens drawn through ``get_batch`` (everything else passes through)."""
+    """The corpus, counting the tokens drawn through ``get_batch`` per split (everything else passes through)."""
 
     def __init__(self, data):
-        self._data, self.train_tokens = data, 0
+        self._data, self.train_tokens, self.other_tokens = data, 0, {}
 
     def get_batch(self, split, batch_size, block_size, generator=None, **kwargs):
         if split == "train":
             self.train_tokens += batch_size * block_size
+        else:  # counted, not refused: the check then says what it saw instead of the learner's code crashing
+            self.other_tokens[split] = self.other_tokens.get(split, 0) + batch_size * block_size
         return self._data.get_batch(split, batch_size, block_size, generator, **kwargs)
 
     def __getattr__(self, name):
         if name == "ids":  # the raw token tensors would bypass the count
             raise AttributeError("draw training tokens with data.get_batch(...): the budget counts them there")
         return getattr(self._data, name)
+
+
+def fail_if_not_train_only(name: str, data: _CountingData) -> None:
+    """An open exercise is scored on the validation split: drawing from any other split than 'train' fails."""
+    if data.other_tokens:
+        split, n = next(iter(data.other_tokens.items()))
+        fail(
+            name,
+            f"your function drew {n:,} tokens from the {split!r} split (only 'train' may be used): a model that has "
+            f"seen (or was chosen on) the validation text is scored on data it knows",
+            hint="draw every batch with data.get_batch('train', ...); to watch progress, look at the training loss "
+            "or hold out part of the training batches yourself",
+        )
 
 
 # the lab's own run (Exercise 3.10's loop): 119,104 parameters x 300 steps x 16 x 64 tokens, x 6 FLOPs per pair
@@ -744,6 +869,7 @@ def check_train_within_budget(
     model = call(name, train_within_budget, data, budget_flops, inputs={"budget_flops": budget_flops})
     if not isinstance(model, GPT):
         fail(name, f"expected train_within_budget to return a course_utils.model.GPT, got {type(model).__name__}")
+    fail_if_not_train_only(name, data)
     n_params = model.param_counts()["total"]
     used = 6 * n_params * data.train_tokens
     spent = f"{n_params:,} parameters × {data.train_tokens:,} tokens × 6 = {used:.3g} FLOPs"
@@ -768,3 +894,168 @@ def check_train_within_budget(
             "learns more per FLOP",
         )
     passed(name, 1, f"validation loss {val:.3f} < {target} with {used / budget_flops:.0%} of the budget ({spent})")
+
+
+# ----------------------------------------------------------------------------------------------- under the hood
+def _adamw_variant(p, g, m, v, t, *, lr, betas, eps, weight_decay, **mistake) -> tuple:
+    """One AdamW step in float64, written out; each keyword of ``mistake`` switches on one common error."""
+    b1, b2 = betas
+    if mistake.get("coupled"):  # L2 regularisation: the decay goes through the gradient, and so through Adam
+        g = g + weight_decay * p
+    elif mistake.get("decay_without_lr"):
+        p = p * (1 - weight_decay)
+    else:
+        p = p * (1 - lr * weight_decay)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    bc1, bc2 = (1.0, 1.0) if mistake.get("no_bias_correction") else (1 - b1**t, 1 - b2**t)
+    if mistake.get("eps_inside_sqrt"):
+        denom = (v / bc2 + eps).sqrt()
+    elif mistake.get("eps_before_correction"):
+        denom = (v.sqrt() + eps) / math.sqrt(bc2)
+    else:
+        denom = (v / bc2).sqrt() + eps
+    return p - lr * (m / bc1) / denom, m, v
+
+
+_ADAMW_MISTAKES = {
+    "coupled": "your step adds weight_decay·θ to the gradient (L2 regularisation, Adam's coupled decay): the decay "
+    "then goes through m and v and is divided by √v̂ like the gradient. AdamW decouples it: θ ← θ − lr·λ·θ, "
+    "apart from the Adam step",
+    "decay_without_lr": "your decay is θ ← θ·(1 − λ): PyTorch's AdamW (and the paper's schedule multiplier) scales "
+    "it by the learning rate, θ ← θ·(1 − lr·λ)",
+    "no_bias_correction": "your step leaves out the bias correction: m and v start at 0, so early on they "
+    "underestimate; divide by 1 − β1^t and 1 − β2^t (t counts from 1)",
+    "eps_inside_sqrt": "your ε sits inside the square root, √(v̂ + ε); PyTorch adds it after: √v̂ + ε (with tiny "
+    "gradients the two differ by orders of magnitude)",
+    "eps_before_correction": "your ε is added before the bias correction, (√v + ε)/√(1 − β2^t); PyTorch adds it to "
+    "the corrected root: √(v / (1 − β2^t)) + ε",
+}
+
+_ADAMW_HINT = (
+    "θ ← θ·(1 − lr·λ); m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²; m̂ = m/(1 − β1^t); v̂ = v/(1 − β2^t); "
+    "θ ← θ − lr·m̂/(√v̂ + ε), with t = 1 on the first step"
+)
+
+
+def _same_triple(got, want) -> bool:
+    """(param, exp_avg, exp_avg_sq) equal to float64 rounding."""
+    return all(
+        isinstance(x, torch.Tensor) and x.shape == y.shape and torch.allclose(x.double(), y, rtol=1e-7, atol=1e-12)
+        for x, y in zip(got, want)
+    )
+
+
+@exercise("3.12")
+def check_adamw_step(adamw_step) -> None:
+    """``adamw_step(param, grad, exp_avg, exp_avg_sq, step, *, lr, betas, eps, weight_decay)`` ->
+    ``(param, exp_avg, exp_avg_sq)``, compared after every step with ``torch.optim.AdamW`` run on the same gradients.
+    """
+    name = "check_adamw_step"
+    g = _gen(40)
+    settings = [  # (what it shows, hyper-parameters, gradient scale)
+        ("decay and bias correction", dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1), 1.0),
+        ("ε with tiny gradients", dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.01), 1e-7),
+        ("no decay, other betas", dict(lr=3e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.0), 0.5),
+    ]
+    n = 0
+    for what, hp, scale in settings:
+        p0 = torch.randn(4, 5, generator=g, dtype=torch.float64)
+        grads = [torch.randn(4, 5, generator=g, dtype=torch.float64) * scale for _ in range(5)]
+        ref = p0.clone().requires_grad_(True)
+        opt = torch.optim.AdamW([ref], **hp)
+        p, m, v = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+        for t, grad in enumerate(grads, start=1):
+            inputs = {"case": what, "step": t, **hp}
+            before = (p.clone(), m.clone(), v.clone())
+            got = call(name, adamw_step, p.clone(), grad.clone(), m.clone(), v.clone(), t, inputs=inputs, **hp)
+            if not isinstance(got, tuple) or len(got) != 3:
+                fail(name, f"expected a tuple (param, exp_avg, exp_avg_sq), got {type(got).__name__}", inputs=inputs,
+                     hint="return the three updated tensors")  # fmt: skip
+            ref.grad = grad.clone()
+            opt.step()
+            state = opt.state[ref]
+            want = (ref.detach(), state["exp_avg"], state["exp_avg_sq"])
+            if not _same_triple(got, want):
+                for mistake, message in _ADAMW_MISTAKES.items():
+                    wrong = _adamw_variant(before[0], grad, before[1], before[2], t, **hp, **{mistake: True})
+                    if _same_triple(got, wrong) and not _same_triple(wrong, want):
+                        fail(name, message, inputs=inputs, hint=_ADAMW_HINT)
+                for i, label in ((1, "exp_avg (m)"), (2, "exp_avg_sq (v)"), (0, "param")):  # the moments first
+                    compare(name, got[i], want[i], inputs=inputs, what=f"{label} after step {t}", atol=1e-12,
+                            rtol=1e-7, hint=_ADAMW_HINT)  # fmt: skip
+            p, m, v = (x.detach().clone().double() for x in got)
+            n += 1
+    passed(name, n, "equal to torch.optim.AdamW after every step")
+
+
+def _init_expectations(model) -> dict:
+    """name -> (expected std, or None for a gain of ones) for every parameter of a dense GPT."""
+    residual = 0.02 / math.sqrt(2 * model.config.n_layers)
+    out = {}
+    for pname, p in model.named_parameters():
+        if p.dim() == 1:
+            out[pname] = None
+        elif pname.endswith(("o_proj.weight", "w2.weight")):
+            out[pname] = residual
+        else:
+            out[pname] = 0.02
+    return out
+
+
+@exercise("3.13")
+def check_init_weights(init_weights) -> None:
+    """``init_weights(model)`` re-initialises a dense ``course_utils.model.GPT`` in place, as GPT-2/nanoGPT do:
+    matrices and the (tied) embedding ~ N(0, 0.02²), the projections into the residual stream (``o_proj``, ``w2``)
+    ~ N(0, (0.02/√(2·n_layers))²), norm gains 1. Judged by statistics with tolerances, from a fixed seed."""
+    from ..model import GPT
+
+    name = "check_init_weights"
+    n = 0
+    for over in (dict(n_layers=4, d_model=64, vocab_size=512), dict(n_layers=2, d_model=48, vocab_size=300)):
+        torch.manual_seed(0)
+        model = GPT(_tiny_config(**{**over, "n_heads": 4, "n_kv_heads": 2}))
+        with torch.no_grad():  # start from something else: an init that does nothing must fail
+            for p in model.parameters():
+                p.uniform_(-1.0, 1.0)
+        inputs = {"n_layers": model.config.n_layers, "d_model": model.config.d_model}
+        torch.manual_seed(1)
+        call(name, init_weights, model, inputs=inputs)
+        residual = 0.02 / math.sqrt(2 * model.config.n_layers)
+        for pname, want in _init_expectations(model).items():
+            p = dict(model.named_parameters())[pname].detach().double()
+            where = {**inputs, "parameter": pname, "shape": tuple(p.shape)}
+            if want is None:
+                if not torch.equal(p, torch.ones_like(p)):
+                    fail(name, f"{pname} should be all ones (a norm's gain starts as the identity)", inputs=where,
+                         hint="set every RMSNorm weight to 1")  # fmt: skip
+                continue
+            std, mean = float(p.std()), float(p.mean())
+            kurtosis = float(((p - p.mean()) ** 4).mean() / p.var(unbiased=False) ** 2)
+            if abs(std - want) > 0.08 * want:
+                if want == residual and abs(std - 0.02) < 0.08 * 0.02:
+                    problem = (
+                        f"{pname} has std {std:.4f} = 0.02: the projections that write into the residual stream "
+                        f"need 0.02/√(2·n_layers) = {residual:.4f}"
+                    )
+                    hint = (
+                        "each block adds two of them (o_proj, w2) to the residual stream: shrink their std by "
+                        "√(2·n_layers)"
+                    )
+                else:
+                    problem = f"{pname} has std {std:.4g}, expected {want:.4g}"
+                    hint = (
+                        "PyTorch's defaults (Kaiming-uniform for nn.Linear, N(0, 1) for nn.Embedding) are not "
+                        "GPT-2's: draw every matrix from N(0, 0.02²), the residual projections with the smaller std"
+                    )
+                fail(name, problem, inputs=where, hint=hint)
+            if abs(mean) > 5 * want / math.sqrt(p.numel()):
+                fail(name, f"{pname} has mean {mean:.3g}, expected 0", inputs=where, hint="a normal with mean 0")
+            if not 2.4 < kurtosis < 3.6:
+                fail(name, f"{pname} does not look normal (kurtosis {kurtosis:.2f}; a normal has 3, a uniform 1.8)",
+                     inputs=where, hint="nn.init.normal_(tensor, mean=0.0, std=...), not uniform_")  # fmt: skip
+            n += 1
+        if model.lm_head.weight is not model.tok_emb.weight:
+            fail(name, "the output layer is no longer tied to the embedding", inputs=inputs,
+                 hint="initialise the parameters in place (nn.init.normal_ on p); do not assign new ones")  # fmt: skip
+    passed(name, n, "N(0, 0.02²), residual projections / √(2·n_layers), gains 1")

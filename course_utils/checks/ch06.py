@@ -269,23 +269,28 @@ def check_mrr(mrr) -> None:
     passed(name, len(cases))
 
 
-RECALL_TARGET = 0.93  # the open exercise's target; the reference dense index reaches 0.915, the hybrid 0.904
+# The open exercise is scored on the held-out half of the 94 questions (rag.split_questions: 47 and 47, by a hash
+# of the ids), so that a design tuned on the dev half is measured on questions it was not tuned on. Measured on the
+# held-out half (2026-12-07): reference dense recall@5 0.957 (45/47), MRR 0.799; hybrid RRF 0.915, MRR 0.769.
+RECALL_TARGET = 0.97  # 46 of 47 held-out questions: above both references
+MRR_TARGET = 0.75  # order counts too: a design that finds the topic but ranks it low does not pass
 CONTEXT_BUDGET = 640  # cl100k tokens for the top 5: what five of the reference's 128-token chunks take
 
 
 @exercise("6.7")
 def check_retrieval_design(search, k: int = 5) -> None:
     """Open exercise: ``search(question, k)`` -> up to ``k`` passages (objects with ``.doc_id`` and ``.text``, e.g.
-    :class:`course_utils.rag.Chunk`), best first. Passes when recall@5 on the chapter's 94 labelled questions
-    reaches :data:`RECALL_TARGET` with the ``k`` passages' texts within :data:`CONTEXT_BUDGET` tokens in all."""
+    :class:`course_utils.rag.Chunk`), best first. Scored on the held-out half of the chapter's labelled questions
+    only: passes when recall@5 reaches :data:`RECALL_TARGET` and MRR :data:`MRR_TARGET`, with the ``k`` passages'
+    texts within :data:`CONTEXT_BUDGET` tokens in all."""
     from tqdm.auto import tqdm
 
-    from ..rag import load_questions, recall_at_k
+    from ..rag import load_questions, mrr, recall_at_k, split_questions
     from ..tokenization import get_encoding
 
     name = "check_retrieval_design"
     enc = get_encoding()
-    questions = load_questions()
+    _, questions = split_questions(load_questions())  # the held-out half: design on the dev half
     ranked, worst = [], 0
     for q in tqdm(questions, desc="your search", unit="question"):
         inputs = {"question": q.text, "k": k}
@@ -317,17 +322,26 @@ def check_retrieval_design(search, k: int = 5) -> None:
                 f"enough that {k} of them fit in {CONTEXT_BUDGET} tokens",
             )
         ranked.append([h.doc_id for h in hits])
-    score = recall_at_k(ranked, [q.topics for q in questions], k)
+    relevant = [q.topics for q in questions]
+    score, order = recall_at_k(ranked, relevant, k), mrr(ranked, relevant)
+    scores = f"recall@{k} = {score:.3f}, MRR = {order:.3f} on the {len(questions)} held-out questions"
     if score < RECALL_TARGET:
         fail(
             name,
-            f"recall@{k} = {score:.3f} on {len(questions)} questions, below the target {RECALL_TARGET}",
+            f"{scores}: recall@{k} below the target {RECALL_TARGET}",
             hint="ideas: fuse BM25 and dense rankings, let one document take at most one of the k places, "
-            "prefix chunks with their title, try other chunk sizes and overlaps",
+            "prefix chunks with their title, try other chunk sizes and overlaps; compare designs on the dev half",
+        )
+    if order < MRR_TARGET:
+        fail(
+            name,
+            f"{scores}: MRR below the target {MRR_TARGET} — the right topic is found but ranked low",
+            hint="the passages go best first: a model reads the top of the context most reliably; keep the "
+            "fused order when you fill the k places",
         )
     passed(
         name,
         len(questions),
-        f"your recall@{k} = {score:.3f} (target {RECALL_TARGET}; reference dense 0.915, "
-        f"hybrid 0.904); largest context {worst} tokens (budget {CONTEXT_BUDGET})",
+        f"{scores} (targets {RECALL_TARGET} and {MRR_TARGET}; reference dense 0.957 / 0.799, hybrid 0.915 / 0.769); "
+        f"largest context {worst} tokens (budget {CONTEXT_BUDGET})",
     )

@@ -366,13 +366,18 @@ def check_ttl_cache(TTLSemanticCache) -> None:
         ([(0.0, poor, "poor"), (0.0, good * 0.01, "good")], 60.0, 0.9, 1.0, "good"),  # cosine ignores length
         ([(0.0, good, "good")], 60.0, 0.95, 1.0, None),  # below the threshold
         ([], 60.0, 0.5, 0.0, None),  # empty
+        # a query that is not a unit vector: a raw dot product with it is not the cosine
+        ([(0.0, good, "good")], 60.0, 0.9, 1.0, "good", 0.5),  # q·k = 0.46 < 0.9, cosine 0.92 >= 0.9
+        ([(0.0, poor, "poor")], 60.0, 0.9, 1.0, None, 4.0),  # q·k = 3.2 >= 0.9, cosine 0.80 < 0.9
     ]
-    for stored, ttl, thr, at, expected in cases:
+    for stored, ttl, thr, at, expected, *query_length in cases:
+        length = query_length[0] if query_length else 1.0
         inputs = {
             "stored (time, value)": [(t, v) for t, _, v in stored],
             "ttl_s": ttl,
             "threshold": thr,
             "query at": at,
+            "query length": length,
         }
         now = [0.0]
         cache = call(name, TTLSemanticCache, thr, ttl, lambda: now[0], inputs=inputs)  # noqa: B023 (this case's clock)
@@ -380,11 +385,13 @@ def check_ttl_cache(TTLSemanticCache) -> None:
             now[0] = t
             call(name, cache.put, vec.copy(), value, inputs=inputs)
         now[0] = at
-        got = call(name, cache.get, q.copy(), inputs=inputs)
+        got = call(name, cache.get, q * length, inputs=inputs)
         if got != expected:
             why = ""
             expired = {v for t, _, v in stored if at - t > ttl}
-            if got in expired:
+            if length != 1.0:
+                why = f": the query's length is {length:g}; a similarity that changes with it is not the cosine"
+            elif got in expired:
                 why = f": an expired entry answered (older than ttl_s = {ttl:g} s at time {at:g})"
             elif expected == "best" and got == "good":
                 why = ": a less similar entry answered — look at every live entry and keep the most similar"
@@ -397,7 +404,7 @@ def check_ttl_cache(TTLSemanticCache) -> None:
                 hint="among entries with now - stored_at <= ttl_s, take the highest cosine similarity "
                 "(normalise both vectors); answer only if it is >= threshold",
             )
-    passed(name, len(cases), "best live match, TTL, threshold")
+    passed(name, len(cases), "best live match, TTL, threshold, cosine of vectors of any length")
 
 
 @exercise("8.8")
@@ -506,6 +513,128 @@ def _dead_model_phases(name, client, primary, backup, settings, now, ask) -> tup
     return reached, n_down
 
 
+def _refusing_app(status: int, hits: list):
+    """A server whose every completion request is refused with ``status`` (401 bad key, 422 bad request)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    def refuse() -> JSONResponse:
+        hits.append(status)
+        kind = "authentication_error" if status == 401 else "invalid_request_error"
+        return JSONResponse({"error": {"message": f"refused ({status})", "type": kind}}, status_code=status)
+
+    return app
+
+
+def _client_errors_propagate(name, ResilientClient, settings, waits, now) -> int:
+    """Capstone phase 0: a 401 or 422 is the caller's bug, not a fault; one request, no wait, the error raised."""
+    import random
+
+    import openai
+
+    from ..serving import start_server
+
+    for status in (401, 422):
+        hits: list = []
+        inputs = {"server answers": status, **settings}
+        with start_server(_refusing_app(status, hits)) as url:
+            client = call(name, ResilientClient, url, ["primary", "backup"], rng=random.Random(0), sleep=waits.append,
+                          clock=lambda: now[0], inputs=inputs, **settings)  # fmt: skip
+            n_waits = len(waits)
+            try:
+                client.complete("q?", max_tokens=4)
+            except openai.APIStatusError as err:
+                raised = err.status_code
+            except NotImplementedError as err:
+                fail(name, f"complete still raises NotImplementedError({err})", hint="write complete()")
+            except Exception as err:  # noqa: BLE001 - the learner's choice of error: name it
+                raised = type(err).__name__
+            else:
+                raised = None
+        if len(hits) > 1 or len(waits) > n_waits:
+            fail(
+                name,
+                f"the server answered {status} and your client sent it {len(hits)} requests "
+                f"({len(waits) - n_waits} waits): {status} says the request itself is wrong, another try or "
+                "another model gets the same answer",
+                inputs=inputs,
+                hint="retry (and fall back) only on 429/500/502/503/504; any other openai.APIStatusError "
+                "propagates at once",
+            )
+        if raised != status:
+            fail(
+                name,
+                f"after a {status}, complete {'returned' if raised is None else f'raised {raised}'} instead of "
+                f"letting the openai.APIStatusError ({status}) propagate",
+                inputs=inputs,
+                hint="re-raise an error whose status_code is not retryable: the caller must see that its key or "
+                "its request is wrong",
+            )
+    return 2
+
+
+def _waits_are_jittered(name, waits, settings) -> None:
+    """Capstone: the client waited between tries, with full jitter, each wait in [0, max_delay]."""
+    cap = settings["max_delay"]
+    if not waits:
+        fail(
+            name,
+            "200 requests at 20% faults, and your client retried without ever calling self.sleep: retries at once "
+            "hit a busy server again at the worst moment",
+            inputs=settings,
+            hint="between two tries of a model, self.sleep(full_jitter_delay(attempt, base_delay, max_delay, rng))",
+        )
+    outside = [w for w in waits if not 0.0 <= w <= cap]
+    if outside:
+        fail(
+            name,
+            f"a wait of {outside[0]:.4g} s is outside [0, max_delay = {cap:g}]",
+            inputs=settings,
+            hint="full jitter draws uniformly from [0, min(max_delay, base_delay·2^(attempt−1))]",
+        )
+    fixed = {min(cap, settings["base_delay"] * 2.0**k) for k in range(32)}
+    if all(any(abs(w - f) < 1e-12 for f in fixed) for w in waits):
+        fail(
+            name,
+            f"all {len(waits)} waits are exactly the exponential steps {sorted(fixed)[:4]}...: no jitter, so clients "
+            "that failed together retry together",
+            inputs=settings,
+            hint="draw each wait uniformly from [0, cap] with self.rng (your full_jitter_delay, 8.4)",
+        )
+
+
+def _both_down(name, client, primary, backup, settings, now) -> None:
+    """Capstone: with every model failing, complete raises the documented RuntimeError."""
+    import openai
+
+    primary.error_rate = backup.error_rate = 1.0
+    now[0] += settings["reset_timeout_s"] + 1
+    inputs = {"phase": "both models down", **settings}
+    try:
+        got = client.complete("q-down?", max_tokens=4)
+    except RuntimeError:
+        return
+    except openai.APIStatusError as err:
+        fail(
+            name,
+            f"with both models down, complete let openai's {type(err).__name__} ({err.status_code}) escape",
+            inputs=inputs,
+            hint="when every model failed (or was skipped), raise RuntimeError: the documented error callers catch",
+        )
+    except Exception as err:  # noqa: BLE001 - name the learner's error
+        fail(name, f"with both models down, complete raised {type(err).__name__}: {err}", inputs=inputs,
+             hint="when every model failed (or was skipped), raise RuntimeError")  # fmt: skip
+    fail(
+        name,
+        f"with both models down, complete returned {got!r} instead of raising RuntimeError",
+        inputs=inputs,
+        hint="a caller cannot tell an empty answer from a failure: raise RuntimeError when every model failed",
+    )
+
+
 @exercise("8.10")
 def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
     """Capstone: ``ResilientClient(url, models, *, max_attempts, base_delay, max_delay, failure_threshold,
@@ -516,6 +645,8 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
     2. The first model down (100% faults): every request answered by the second; the circuit breaker keeps the
        calls that reach the dead model to a handful.
     3. The first model back: after ``reset_timeout_s`` the client tries it again and it answers.
+    4. Both models down: ``RuntimeError``. And before all that: a 401 or 422 is sent once and propagates; the
+       waits between tries are full-jitter draws within [0, ``max_delay``].
     """
     import random
 
@@ -531,6 +662,7 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
     def ask(client, i, phase):
         return _ask_resilient(name, echo, client, i, phase)
 
+    n_refused = _client_errors_propagate(name, ResilientClient, settings, waits, now)
     with start_server(app) as url:
         client = call(
             name,
@@ -555,11 +687,13 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
                 hint="retry each model up to max_attempts times with full-jitter waits, then fall back to the next "
                 "model; 0.2^6 of requests fail both",
             )
+        _waits_are_jittered(name, waits, settings)
         rate = answered / n_requests
         reached, n_down = _dead_model_phases(name, client, primary, backup, settings, now, ask)
+        _both_down(name, client, primary, backup, settings, now)
     passed(
         name,
-        n_requests + n_down + 5,
+        n_refused + n_requests + n_down + 5 + 1,
         f"{rate:.1%} answered at 20% faults; the dead model reached {reached} times in {n_down} requests; "
         f"{sum(waits):.2f} s of backoff in all",
     )
