@@ -31,6 +31,7 @@ from .world import ATTRIBUTES, _name, make_world
 __all__ = [
     "AsciiTokenizer",
     "ServedTokenizer",
+    "smollm2_tokenizer",
     "SERVED_MODELS",
     "load_served_model",
     "load_chat_model",
@@ -110,13 +111,13 @@ class ServedTokenizer:
         return self.template(turns)
 
 
-def _load_smollm2():
+def smollm2_tokenizer() -> ServedTokenizer:
+    """SmolLM2's tokenizer as served: ChatML, stopping at ``<|im_end|>`` (its EOS) or ``<|endoftext|>``."""
     from . import smollm2
 
     bpe = smollm2.load_tokenizer()
-    stops = (bpe.special_tokens["<|im_end|>"], bpe.special_tokens["<|endoftext|>"])  # end of turn; end of text
-    tokenizer = ServedTokenizer(bpe, smollm2.chat_prompt, "<|im_end|>", stops, "smollm2-bpe")
-    return smollm2.load_model(SMOLLM2_CONTEXT), tokenizer
+    stops = (bpe.special_tokens["<|im_end|>"], bpe.special_tokens["<|endoftext|>"])
+    return ServedTokenizer(bpe, smollm2.chat_prompt, "<|im_end|>", stops, "smollm2-bpe")
 
 
 def load_served_model(name: str = "tiny-gpt"):
@@ -128,7 +129,9 @@ def load_served_model(name: str = "tiny-gpt"):
     if name not in SERVED_MODELS:
         raise ValueError(f"name must be one of {sorted(SERVED_MODELS)}, got {name!r}")
     if name == "smollm2":
-        return _load_smollm2()
+        from .smollm2 import load_model
+
+        return load_model(SMOLLM2_CONTEXT), smollm2_tokenizer()
     path, record, rebuild = SERVED_MODELS[name]
     verify_sha256(path, record, rebuild=rebuild)
     return load_checkpoint(path, rebuild=rebuild), AsciiTokenizer()  # weights and config against their sidecars
