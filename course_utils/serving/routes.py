@@ -228,8 +228,9 @@ async def chat_completions(
     req = protocol.parse(protocol.ChatCompletionRequest, body)
     server = server_of(request)
     backend = server.backend(req.model)
+    render = getattr(backend.tokenizer, "apply_chat_template", render_chat)  # a model's own template (SmolLM2's)
     try:
-        text = render_chat([{"role": m.template_role(), "content": m.content} for m in req.messages])
+        text = render([{"role": m.template_role(), "content": m.content} for m in req.messages])
     except (ValueError, TypeError) as err:
         raise ApiError(400, str(err), param="messages") from None
     ids = cmp.prompt_ids(backend, text, "messages")
