@@ -367,6 +367,7 @@ class GPT(nn.Module):
         caches: list | None = None,
         attn_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        last_only: bool = False,
     ):
         """Logits [B, T, vocab] for token ids ``idx`` [B, T]; with ``targets`` [B, T] also the mean cross-entropy.
 
@@ -375,8 +376,12 @@ class GPT(nn.Module):
         broadcasting to ``[B, H, T, L]``) is combined with the causal mask in every layer, e.g. a padding mask
         ``[B, 1, 1, L]``. ``positions`` [B, T] gives each row its own absolute positions (ragged sequences; with
         :class:`~course_utils.attention.PagedKVCache` caches, as :class:`course_utils.batching.Engine` does).
+        ``last_only=True`` returns the logits of the last position only, [B, 1, vocab]: all that generation needs, and
+        the output layer is the model's largest matrix when the vocabulary is large (SmolLM2: 28 M of 135 M).
         """
         self._check_idx(idx, caches, positions)
+        if last_only and targets is not None:
+            raise ValueError("last_only=True gives one position's logits: it cannot compute a loss over targets")
         if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
             raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, got {getattr(targets, 'shape', None)}")
         x = self.drop(self.tok_emb(idx.long()))
@@ -385,7 +390,7 @@ class GPT(nn.Module):
             x, aux = block(x, cache=None if caches is None else caches[i], attn_mask=attn_mask, positions=positions)
             if aux is not None:
                 self.last_moe_aux.append(aux)
-        logits = self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x[:, -1:] if last_only else x))
         loss = None
         if targets is not None:
             # at least float32 (half-precision logits lose the loss), float64 kept (the lab's checks compare in it)
@@ -428,7 +433,7 @@ class GPT(nn.Module):
             caches = self.new_caches() if use_cache else None
             out, step_input = idx.long(), idx.long()
             for _ in range(max_new_tokens):
-                logits, _ = self(step_input if use_cache else out, caches=caches)
+                logits, _ = self(step_input if use_cache else out, caches=caches, last_only=True)
                 nxt = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
                 out = torch.cat([out, nxt[:, None]], dim=1)
                 step_input = nxt[:, None]

@@ -204,3 +204,16 @@ def test_greedy_generation_equals_transformers_token_for_token(reference, ours):
     answer = tok.decode(got[0, ids.shape[1] :].tolist())
     assert answer.startswith("The capital of France is Paris.<|im_end|>")
     assert math.isclose(sum(p.numel() for p in model.parameters()), 134_515_008)
+
+
+def test_last_only_logits_are_the_last_position_of_the_full_logits():
+    """GPT.generate asks for the last position's logits only (SmolLM2's output layer is 28 M of its 135 M weights)."""
+    torch.manual_seed(0)
+    tiny = GPT(GPTConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2)).eval()
+    idx = torch.randint(0, 64, (3, 7))
+    with torch.no_grad():
+        full, last = tiny(idx)[0], tiny(idx, last_only=True)[0]
+    assert last.shape == (3, 1, 64)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="last_only"):
+        tiny(idx, idx, last_only=True)
