@@ -162,8 +162,7 @@ wheelhouse: requirements.txt requirements-nodeps.txt requirements-instructor.txt
 		$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; fi
 	$(PY) docs/site/site_assets.py fetch --dest $(WHEELHOUSE)/site-assets
 	$(PY) -m pip download -q --no-deps --dest $(WHEELHOUSE) -r requirements-nodeps.txt
-	$(PY) -m pip download --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt \
-		-r requirements-hub.txt setuptools
+	$(PY) -m pip download --dest $(WHEELHOUSE) --find-links $(WHEELHOUSE) -r requirements.txt -r requirements-instructor.txt -r requirements-test.txt -r requirements-hub.txt setuptools
 
 # The same wheels for the room's Macs (macOS 14+, Apple Silicon) or Windows laptops, downloaded from any machine:
 # `make wheelhouse-windows WHEEL_PY=3.12`. Hand the folder out as wheelhouse/ on those machines.

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from course_utils import finetune as ft  # noqa: E402
 from course_utils import rag  # noqa: E402
-from course_utils.model import sha256_of  # noqa: E402
+from course_utils.model import sha256_of, write_sha256  # noqa: E402
 from course_utils.world import make_world, update_world  # noqa: E402
 
 OUT = ROOT / "course_utils" / "assets" / "ch7_study.json"
@@ -157,7 +157,7 @@ def save(data: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
-    path.with_name(path.name + ".sha256").write_text(sha256_of(path) + "\n")
+    write_sha256(path)  # "<sha256>  <name>", the sha256sum format every loader checks
 
 
 def run(path: Path, fresh: bool, worlds, seeds, kinds, behaviour: bool = True, prompting: bool = True) -> dict:

@@ -537,7 +537,7 @@ def test_load_study_checks_its_sidecar(tmp_path):
 
     path = tmp_path / "study.json"
     path.write_text(json.dumps(_fake_study()))
-    (tmp_path / "study.json.sha256").write_text(ft.sha256_of(path) + "\n")
+    (tmp_path / "study.json.sha256").write_text(f"{ft.sha256_of(path)}  study.json\n")
     assert ft.load_study(path)["meta"]["seeds"] == [0, 1]
     path.write_text(json.dumps(_fake_study() | {"extra": 1}))
     with pytest.raises(Exception, match="(?i)sha|checksum|hash"):
