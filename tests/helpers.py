@@ -30,3 +30,14 @@ def assert_check_accepts(check, right_impl, capsys=None) -> None:
     if capsys is not None:
         out = capsys.readouterr().out
         assert "✅" in out and check.__name__ in out, out
+
+
+def tiny_gpt_backend(name: str = "tiny-gpt"):
+    """A seeded, untrained 2-layer GPT behind the server's backend: what the API tests serve (answers are ids)."""
+    import torch
+
+    from course_utils.model import GPT, GPTConfig
+    from course_utils.serving import GPTBackend
+
+    torch.manual_seed(0)
+    return GPTBackend(GPT(GPTConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=128)), name=name)

@@ -13,10 +13,10 @@ import httpx
 import openai
 import pytest
 import torch
+from helpers import tiny_gpt_backend
 
 from course_utils.chat import END_OF_TURN, render_chat
-from course_utils.model import GPT, GPTConfig
-from course_utils.serving import GenRequest, GPTBackend, create_app, start_server
+from course_utils.serving import GenRequest, create_app, start_server
 
 KEY = "sk-course-compat-0001"
 MODEL = "tiny-gpt"
@@ -27,8 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.
 
 @pytest.fixture(scope="module")
 def backend():
-    torch.manual_seed(0)
-    return GPTBackend(GPT(GPTConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=128)), name=MODEL)
+    return tiny_gpt_backend(MODEL)
 
 
 @pytest.fixture(scope="module")
