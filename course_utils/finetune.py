@@ -1068,6 +1068,8 @@ STUDY_CLAIMS = {
     "closed-book fine-tune + RAG beats RAG (eval)": (("full fine-tune + RAG", "eval"), ("RAG", "eval")),
     "RAFT + RAG beats RAG (eval)": (("RAFT + RAG", "eval"), ("RAG", "eval")),
     "RAFT + RAG beats RAG (unseen)": (("RAFT + RAG", "unseen"), ("RAG", "unseen")),
+    "full fine-tune beats LoRA (eval)": (("full fine-tune", "eval"), ("LoRA", "eval")),
+    "full fine-tune beats LoRA (trained)": (("full fine-tune", "trained"), ("LoRA", "trained")),
     "fine-tune to change format (compliance: LoRA vs few-shot)": (
         ("format LoRA", "compliance"),
         ("behaviour: few-shot", "compliance"),

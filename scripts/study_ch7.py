@@ -14,10 +14,10 @@ rerun skips the units already there (``--fresh`` starts over). One thread per pr
         nice -n 10 python scripts/study_ch7.py            # 18 knowledge fine-tunes + 2 format LoRAs
     python scripts/study_ch7.py --summary                  # print the summary of the shipped file
 
-Each fine-tune is a few hundred steps of ~35 ms (one quiet core; the knowledge fine-tunes stopped at 225-475 steps).
+Each fine-tune is a few hundred steps of ~35 ms (one quiet core; the knowledge fine-tunes stopped at 100-625 steps).
 Side by side: one ``--out`` per process (``--worlds 0 --seeds 1 --kinds RAFT --no-prompting --no-behaviour`` ...),
-then ``--merge part.json ...`` writes the shipped file. The shipped file holds what fitted in the CPU time of a busy
-shared machine (its ``meta`` lists the worlds, seeds and kinds); a plain rerun adds the missing units.
+then ``--merge part.json ...`` writes the shipped file. The shipped file holds every unit (its ``meta`` lists the
+worlds, seeds and kinds); on a partial file a plain rerun adds the missing units.
 """
 
 from __future__ import annotations

@@ -542,3 +542,20 @@ def test_load_study_checks_its_sidecar(tmp_path):
     path.write_text(json.dumps(_fake_study() | {"extra": 1}))
     with pytest.raises(Exception, match="(?i)sha|checksum|hash"):
         ft.load_study(path)
+
+
+def test_study_claims_compare_lora_with_the_full_fine_tune():
+    claims = {c: (a[0], b[0]) for c, (a, b) in ft.STUDY_CLAIMS.items()}
+    assert ("full fine-tune", "LoRA") in claims.values()
+    study = _fake_study()
+    n = len(study["runs"]["0/0/full fine-tune"]["closed"]["eval"])
+    for s in (0, 1):  # a LoRA that answers every eval question the full fine-tune misses
+        study["runs"][f"0/{s}/LoRA"] = {"closed": {"eval": "1" * n}}
+    c = ft.study_claim(study, *ft.STUDY_CLAIMS["full fine-tune beats LoRA (eval)"])
+    assert c["verdict"] == "does not hold" and c["agree"] == "does not hold 2/2"
+
+
+def test_every_study_claim_has_results_in_the_shipped_study():
+    study = ft.load_study()
+    for claim, (a, b) in ft.STUDY_CLAIMS.items():
+        assert ft.study_claim(study, a, b)["pooled"].n > 0, claim
