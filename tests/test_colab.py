@@ -181,7 +181,8 @@ def test_colab_installs_what_colab_lacks_and_the_course_pins_that_must_fit_toget
 SIM = Path(__file__).resolve().parent / "colab_sim"
 WELCOME = "notebooks/00_welcome.ipynb"
 CHAPTER = "notebooks/01_tokenization.ipynb"  # the quickest chapter lesson (9 s)
-TINY_GPT = "notebooks/03_tiny_gpt.ipynb"  # trains a model: torch and the course's training code (79 s)
+TINY_GPT = "notebooks/03_tiny_gpt.ipynb"  # trains a model: torch and the course's training code (118 s)
+FINETUNE = "notebooks/07_finetune_vs_prompt.ipynb"  # reads the shipped study, retrains one fine-tune (peft too)
 COLAB_TRANSFORMERS = "4.57.1"  # Colab's preinstalled transformers before 5.x: the bootstrap must upgrade it
 # What Colab's image reports before the bootstrap (metadata only: the code that runs is this environment's, which
 # is all pip can give here): its own torch build, and a transformers, sentence-transformers and peft older than
@@ -360,7 +361,7 @@ def colab(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("relpath", [WELCOME, CHAPTER, TINY_GPT])
+@pytest.mark.parametrize("relpath", [WELCOME, CHAPTER, TINY_GPT, FINETUNE])
 def test_notebook_runs_in_a_simulated_colab_vm(relpath, colab):
     """The notebook, unchanged except for the clone's folder (see ColabRuntime.notebook), runs top to bottom in a
     fresh simulated Colab VM: its bootstrap cell really clones the course, "installs" what Colab lacks and the
