@@ -41,3 +41,18 @@ def tiny_gpt_backend(name: str = "tiny-gpt"):
 
     torch.manual_seed(0)
     return GPTBackend(GPT(GPTConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=128)), name=name)
+
+
+def fail_sampling_at(monkeypatch, *, seed: int, step: int) -> None:
+    """Make ``sample_token`` raise for the request with ``seed`` when it samples its ``step``-th token (0-based):
+    one tenant's request failing inside a running batch."""
+    import course_utils.sampling as sampling
+
+    real = sampling.sample_token
+
+    def flaky(logits, generated, params, generator=None):
+        if params.seed == seed and len(generated) == step:
+            raise RuntimeError("boom")
+        return real(logits, generated, params, generator)
+
+    monkeypatch.setattr(sampling, "sample_token", flaky)

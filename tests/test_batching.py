@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fail_sampling_at
 
 from course_utils.attention import PagedKVCache
 from course_utils.batching import Engine, RequestHandle
@@ -367,16 +368,7 @@ def test_a_storm_of_cancels_from_other_threads_breaks_no_other_request(model):
 def test_a_request_whose_sampling_fails_ends_alone(model, monkeypatch):
     """A request that fails in its third sampling step, in a running batch of other requests sent from other
     threads: it alone ends with the error; the others finish with their exact tokens."""
-    import course_utils.sampling as sampling
-
-    real = sampling.sample_token
-
-    def flaky(logits, generated, params, generator=None):
-        if params.seed == 666 and len(generated) == 2:
-            raise RuntimeError("boom")
-        return real(logits, generated, params, generator)
-
-    monkeypatch.setattr(sampling, "sample_token", flaky)
+    fail_sampling_at(monkeypatch, seed=666, step=2)
     ps = prompts([3, 17, 8, 30, 5, 12], seed=4)
     refs = [reference(model, p, 20) for p in ps]
     with Engine(model, block_size=8, max_batch=8) as eng:

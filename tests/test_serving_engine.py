@@ -12,7 +12,7 @@ import time
 import httpx
 import openai
 import pytest
-from helpers import tiny_gpt_backend
+from helpers import fail_sampling_at, tiny_gpt_backend
 
 from course_utils.serving import create_app, start_server
 
@@ -108,16 +108,7 @@ def test_tiny_sampling_values_from_one_tenant_fail_no_one(url, backend, field):
 
 
 def test_a_request_whose_sampling_fails_ends_alone_over_http(url, backend, monkeypatch):
-    import course_utils.sampling as sampling
-
-    real = sampling.sample_token
-
-    def flaky(logits, generated, params, generator=None):
-        if params.seed == 666 and len(generated) == 3:
-            raise RuntimeError("boom")
-        return real(logits, generated, params, generator)
-
-    monkeypatch.setattr(sampling, "sample_token", flaky)
+    fail_sampling_at(monkeypatch, seed=666, step=3)
     calls, refs = others(url, backend)
     bad = lambda: client(url, A).completions.create(model=MODEL, prompt="x", max_tokens=24, seed=666)  # noqa: E731
     out = in_threads([*calls[:3], bad, *calls[3:]])
