@@ -95,7 +95,7 @@ lint: test-venv
 # The whole suite: unit tests, lab sync, every notebook in notebooks/ and solutions/ run top to bottom (nbval).
 # Solutions run --nbval-lax (their cells assert); lessons run strict: each cell's output must match the output
 # stored by `make outputs` (numbers within 2%, run-dependent text sanitized, timing cells tagged
-# nbval-ignore-output; see course_utils/outputs.py). The browser tests (tests/e2e) run when `chromium` is on
+# nbval-ignore-output; see course_utils/course/outputs.py). The browser tests (tests/e2e) run when `chromium` is on
 # PATH; otherwise one visible SKIPPED line says so.
 test: test-venv lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax --nbval-cell-timeout=600 \

@@ -2,7 +2,10 @@
 
 Each chapter's reference implementation lives in a module here (``tokenization``, ``attention``, ``model``,
 ``moe``, ...). Notebooks import it instead of pasting code again; solution notebooks may re-derive a piece for
-teaching, and a test proves the two agree.
+teaching, and a test proves the two agree. The folders hold the rest: :mod:`course_utils.course` (the course's
+own tooling: labs, stored outputs, progress, doctor, widgets), :mod:`course_utils.serving` (chapter 8's server and
+engine) and :mod:`course_utils.gateway` (the client side of serving). Modules that moved into a folder keep their
+old import path (:mod:`course_utils._moved`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import random
 import socket
 import sys
 
+from . import _moved
 from .validate import positive_int
+
+_moved.install()
 
 # transformers imports torchao when it is installed; torchao then logs that its CUDA-only kernels cannot load on a
 # CPU machine, and registers enums that torch's pytree warns about. Harmless, but it floods every notebook's stderr

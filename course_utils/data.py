@@ -100,7 +100,7 @@ CPYTHON_SNAPSHOT = Path(__file__).resolve().parent / "assets" / "corpus_cpython.
 @functools.lru_cache(maxsize=1)
 def cpython_snapshot() -> dict:
     """The snapshot (sha256-checked): ``{"python": version, "prose": {topic: text}, "code": {file: text}}``."""
-    from .model import verify_sha256  # torch-free at import: the model module is loaded only when data is read
+    from .checkpoints import verify_sha256  # torch-free at import: the model module is loaded only when data is read
 
     verify_sha256(CPYTHON_SNAPSHOT, rebuild="python scripts/snapshot_corpus.py (on CPython 3.11.7)")
     return json.loads(lzma.decompress(CPYTHON_SNAPSHOT.read_bytes()).decode("utf-8"))

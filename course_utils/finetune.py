@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import sha256_of  # re-exported: the pretraining scripts and tests read it from here
+from .checkpoints import sha256_of  # re-exported: the pretraining scripts and tests read it from here
 
 __all__ = [
     "VOCAB_SIZE",
@@ -426,7 +426,7 @@ def base_config():
 
 def load_base_model(path: str | Path = BASE_CHECKPOINT, *, verify: bool = True):
     """The pretrained base model from ``scripts/pretrain_ch7.py``; its SHA-256 must match ``<path>.sha256``."""
-    from .model import load_checkpoint, verify_sha256
+    from .checkpoints import load_checkpoint, verify_sha256
 
     path = Path(path)
     if not path.exists():
@@ -965,7 +965,7 @@ STUDY = ASSETS / "ch7_study.json"  # scripts/study_ch7.py: per-question results 
 
 def load_study(path: str | Path = STUDY, *, verify: bool = True) -> dict:
     """The multi-world, multi-seed results of ``scripts/study_ch7.py`` (SHA-256 checked against the sidecar)."""
-    from .model import verify_sha256
+    from .checkpoints import verify_sha256
 
     path = Path(path)
     if not path.exists():

@@ -40,8 +40,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .checkpoints import load_checkpoint, verify_sha256
 from .data import DOMAINS
-from .model import GPT, GPTConfig, load_checkpoint, verify_sha256
+from .model import GPT, GPTConfig
 from .moe import MoELayer
 from .plotting import COLORS
 from .train import train

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from . import rag
-from .model import verify_sha256
+from .checkpoints import verify_sha256
 from .stats import compare_paired, wilson_interval
 
 __all__ = [

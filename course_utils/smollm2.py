@@ -38,8 +38,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import load_checkpoint, save_checkpoint, sha256_of, verify_sha256, write_sha256
 from .data import cache_dir
-from .model import GPT, GPTConfig, load_checkpoint, save_checkpoint, sha256_of, verify_sha256, write_sha256
+from .model import GPT, GPTConfig
 from .tokenization import BPETokenizer
 
 __all__ = [

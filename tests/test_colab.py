@@ -172,7 +172,7 @@ def test_colab_installs_what_colab_lacks_and_the_course_pins_that_must_fit_toget
     unclassified = set(course) - COLAB_SHIPS - DEV_ONLY - set(colab) - {"torchao"}
     assert not unclassified, (
         f"{sorted(unclassified)}: new in requirements.txt; add to requirements-colab.txt if "
-        "Colab lacks it, else to COLAB_OWN or NOT_IN_COLAB in course_utils/doctor.py"
+        "Colab lacks it, else to COLAB_OWN or NOT_IN_COLAB in course_utils/course/doctor.py"
     )
 
 

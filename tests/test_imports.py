@@ -27,6 +27,14 @@ for name in names:
         importlib.import_module(name)
     except Exception as err:
         print(f"FAILED {name}: {type(err).__name__}: {err}")
+from course_utils._moved import MOVED
+for name in sorted(MOVED):  # the old paths of moved modules, each first in a fresh package too
+    for loaded in [m for m in sys.modules if m == "course_utils" or m.startswith("course_utils.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        print(f"FAILED {name}: {type(err).__name__}: {err}")
 print("checked", len(names))
 """
 

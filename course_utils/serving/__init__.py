@@ -53,7 +53,7 @@ _ADDER_NAMES = frozenset(
 
 def __getattr__(name: str):
     if name in _ADDER_NAMES:  # bound once, all together, as an eager import would have bound them
-        adder = importlib.import_module("course_utils.adder")
+        adder = importlib.import_module("course_utils.serving.adder")
         globals().update({n: getattr(adder, n) for n in _ADDER_NAMES})
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..sampling import DEFAULT_MAX_TOKENS, SamplingParams, sample_token
 from ..validate import check_int
+from .sampling import DEFAULT_MAX_TOKENS, SamplingParams, sample_token
 
 log = logging.getLogger("course_utils.serving")
 
@@ -331,8 +331,9 @@ def load_backend(
     model called ``name`` (``tiny-gpt``, ``course-chat``: :data:`course_utils.served_models.SERVED_MODELS`,
     sha256-checked). A seeded untrained GPT over bytes (it answers noise, but every piece of the server works) only
     with ``allow_untrained=True`` and a name that is not a trained model."""
-    from ..model import GPT, GPTConfig, load_checkpoint
-    from ..served_models import SERVED_MODELS, load_served_model
+    from ..checkpoints import load_checkpoint
+    from ..model import GPT, GPTConfig
+    from .models import SERVED_MODELS, load_served_model
 
     if checkpoint is not None:
         model = load_checkpoint(checkpoint, warn_unchecked=True)  # its records checked whenever present
@@ -355,7 +356,7 @@ def _tokenizer_for(vocab_size: int):
     """Bytes for a byte-level model, chapter 7's characters for a 128-id model, else chapter 1's corpus BPE of the
     model's vocabulary size."""
     from ..data import corpus_tokenizer
-    from ..served_models import AsciiTokenizer
+    from .models import AsciiTokenizer
 
     if vocab_size == AsciiTokenizer.vocab_size:
         return AsciiTokenizer()

@@ -13,11 +13,11 @@ import json
 from dataclasses import dataclass, field
 
 from ..chat import END_OF_TURN, END_OF_TURN_ID
-from ..sampling import MAX_SEED, SamplingError
 from . import protocol
 from .backends import GenRequest
 from .generation import Choice, Delta, collect, merge, run_choice
 from .protocol import ApiError
+from .sampling import MAX_SEED, SamplingError
 
 
 @dataclass

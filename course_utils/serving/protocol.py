@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..sampling import (  # the limits live with SamplingParams; re-exported here for the schemas' users
+from .sampling import (  # the limits live with SamplingParams; re-exported here for the schemas' users
     DEFAULT_MAX_TOKENS,
     MAX_LOGIT_BIAS,
     MAX_N,

@@ -179,7 +179,7 @@ class EngineScheduler:
         self.batch_sizes: Counter = Counter()
 
     async def start(self) -> None:
-        from ..batching import Engine
+        from .engine import Engine
 
         self.engine = Engine(self.backend.model, **self.options)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .validate import check_int, check_number, nonnegative_float, positive_float, positive_int, probability
+from ..validate import check_int, check_number, nonnegative_float, positive_float, positive_int, probability
 
 __all__ = [
     "SemanticCache",

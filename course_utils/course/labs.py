@@ -44,8 +44,8 @@ from pathlib import Path
 
 import nbformat
 
-from . import nbtools
-from .nbtools import BEGIN, END, sync_notebook  # the markers are re-exported: docs and tests import them here
+from .. import nbtools
+from ..nbtools import BEGIN, END, sync_notebook  # the markers are re-exported: docs and tests import them here
 
 __all__ = [
     "BEGIN",

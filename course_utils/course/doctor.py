@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import in_colab
-from .model import verify_sha256
-from .smollm2 import PIP_INSTALL, gguf_path, verify_gguf
-from .tokenization import get_encoding
+from .. import in_colab
+from ..checkpoints import verify_sha256
+from ..smollm2 import PIP_INSTALL, gguf_path, verify_gguf
+from ..tokenization import get_encoding
 
 __all__ = [
     "Finding",
@@ -38,8 +38,8 @@ __all__ = [
     "torchao_status",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = Path(__file__).resolve().parent / "assets"
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 # Colab brings its own builds of these; the course only needs them to be importable there.
 COLAB_OWN = {
     "torch",

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .validate import nonnegative_float, positive_float, positive_int
+from ..validate import nonnegative_float, positive_float, positive_int
 
 __all__ = ["cascade_outcome", "pick_cascade_threshold", "cascade_curve", "fit_logistic", "predict_logistic"]
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .validate import check_number, positive_float
+from ..validate import check_number, positive_float
 
 __all__ = ["TokenBucket"]
 

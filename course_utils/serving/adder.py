@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .serving.backends import ByteTokenizer, GenRequest, GPTBackend
+from .backends import ByteTokenizer, GenRequest, GPTBackend
 
 __all__ = [
     "ADDER_CONFIGS",
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # Two GPTs of different sizes that add numbers: a task whose answers can be checked, for the model cascade.
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 ADDER_CONFIGS = {  # name -> (GPTConfig kwargs, training steps)
     "adder-small": (dict(vocab_size=256, d_model=16, n_layers=2, n_heads=2, max_seq_len=32), 8000),
     "adder-large": (dict(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=32), 3000),
@@ -108,8 +108,8 @@ class AdditionData:
 
 def train_adder(name: str, *, seed: int = 0, steps: int | None = None, progress: bool = False):
     """Train one of :data:`ADDER_CONFIGS` from scratch (seeded; about a minute for the large one on 2 cores)."""
-    from .model import GPT, GPTConfig
-    from .train import train
+    from ..model import GPT, GPTConfig
+    from ..train import train
 
     if name not in ADDER_CONFIGS:
         raise ValueError(f"name must be one of {sorted(ADDER_CONFIGS)}, got {name!r}")
@@ -138,7 +138,7 @@ def build_adders(directory: str | Path = ASSETS, names=tuple(ADDER_CONFIGS)) -> 
 
     ``python -c "from course_utils.adder import build_adders; print(build_adders())"`` rebuilds them.
     """
-    from .model import save_checkpoint, sha256_of
+    from ..checkpoints import save_checkpoint, sha256_of
 
     digests = {}
     for name in names:
@@ -155,7 +155,7 @@ def build_adders(directory: str | Path = ASSETS, names=tuple(ADDER_CONFIGS)) -> 
 def load_adder(name: str, *, verify: bool = True) -> GPTBackend:
     """The committed adder checkpoint as a backend: weights and config checked against their sidecar sha256
     records (a changed ``rope_base`` is as wrong as a changed weight), safetensors, never pickle."""
-    from .model import load_checkpoint
+    from ..checkpoints import load_checkpoint
 
     if name not in ADDER_CONFIGS:
         raise ValueError(f"name must be one of {sorted(ADDER_CONFIGS)}, got {name!r}")

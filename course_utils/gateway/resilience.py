@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .validate import check_int, nonnegative_float, positive_float
+from ..validate import check_int, nonnegative_float, positive_float
 
 __all__ = [
     "RetryableError",

@@ -278,7 +278,7 @@ def compress_outputs(nb) -> None:
                 out["execution_count"] = count
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Each lesson's run time, committed: the only source of the README's chapter map times and the instructor guide's
 # (`python docs/site/guide_chapters.py --write` writes both from it; tests/test_chapter_times.py compares them).
 TIMES_FILE = ROOT / "docs" / "chapter_times.json"

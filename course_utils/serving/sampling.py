@@ -38,7 +38,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .model import sample_next_token
+from ..model import sample_next_token
 
 __all__ = [
     "SamplingParams",

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import torch
 
-from .moe import apply_capacity, expert_capacity, route
-from .plotting import COLORS, label
-from .tokenization import get_encoding
-from .validate import check_int, check_number, nonnegative_float, positive_float
+from ..moe import apply_capacity, expert_capacity, route
+from ..plotting import COLORS, label
+from ..tokenization import get_encoding
+from ..validate import check_int, check_number, nonnegative_float, positive_float
 
 __all__ = [
     "RoutingScene",

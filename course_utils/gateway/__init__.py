@@ -16,6 +16,7 @@ the modules above.
 
 from __future__ import annotations
 
+from ..timing import percentile
 from .caches import (
     INTENTS,
     PARAPHRASES,
@@ -37,7 +38,6 @@ from .resilience import (
     retry_after_of,
     retry_call,
 )
-from .timing import percentile
 
 __all__ = [
     "RetryableError",

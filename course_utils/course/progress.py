@@ -28,9 +28,9 @@ from pathlib import Path
 
 import nbformat
 
+from ..nbtools import chapter_number, check_calls  # the course's conventions, defined once
+from ..validate import check_int
 from .labs import BACKUP_DIR, chapter_arg
-from .nbtools import chapter_number, check_calls  # the course's conventions, defined once
-from .validate import check_int
 
 __all__ = ["CheckResult", "LabReport", "lab_progress", "progress", "format_table", "main"]
 
