@@ -4,8 +4,10 @@ For each token x the layer computes
 
     y = shared(x) + Σ_{e ∈ TopK(x)} g_e(x) · FFN_e(x)
 
-where ``FFN_e`` are ``num_experts`` SwiGLU MLPs and the router picks the ``top_k`` of them per token. The pieces, in
-the order a token meets them:
+where ``FFN_e`` are ``num_experts`` SwiGLU MLPs and the router picks the ``top_k`` of them per token. Every option
+(E, k, the router's kind, capacity, shared experts, dispatch) lives in one frozen :class:`MoEConfig` that each piece
+reads whole; a new option is a field there, the line that uses it, and its test. The pieces, in the order a token
+meets them:
 
 1. **route** – router logits ``x Wᵣᵀ`` → scores (softmax: Mixtral, Qwen, OLMoE; sigmoid: DeepSeek-V3) → top-k →
    optionally renormalise the k weights (``norm_topk_prob``) and scale them (``routed_scaling_factor``).
