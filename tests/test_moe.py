@@ -605,7 +605,7 @@ def test_the_short_forms_build_the_same_config():
     with pytest.raises(ValueError, match="config.num_experts is 4"):
         moe.route(logits, moe.MoEConfig(4, 2))
     with pytest.raises(ValueError, match="unknown MoE options"):
-        MoELayer(16, 32, 8, 2, temperature=2.0)
+        MoELayer(16, 32, 8, 2, bogus_option=2.0)
 
 
 def test_the_config_is_frozen_and_the_layer_keeps_no_copies_of_it():
