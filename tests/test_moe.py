@@ -7,8 +7,10 @@ from dataclasses import FrozenInstanceError, fields, replace
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from course_utils import moe
+from course_utils import distributed, moe
+from course_utils.model import GPT, GPTConfig
 from course_utils.moe import MoELayer
 
 transformers = pytest.importorskip("transformers")
@@ -490,8 +492,6 @@ def test_every_option_has_a_non_default_value_in_these_tests():
 @pytest.fixture(scope="module")
 def one_rank_group():
     """A one-process gloo group, so that ExpertParallelMoE.forward (all-to-alls included) runs in this process."""
-    import torch.distributed as dist
-
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
     dist.destroy_process_group()
@@ -513,9 +513,6 @@ def _routes_like_the_layer(layer, shard, x) -> bool:
 
 @pytest.mark.parametrize("option", list(NON_DEFAULT))
 def test_an_option_reaches_every_reader_of_the_config(option, one_rank_group, tmp_path):
-    from course_utils import distributed
-    from course_utils.model import GPT, GPTConfig
-
     config = replace(BASE, **NON_DEFAULT[option])
     x = torch.randn(13, 16, generator=torch.Generator().manual_seed(7))
     torch.manual_seed(0)
@@ -560,8 +557,6 @@ def test_an_option_reaches_every_reader_of_the_config(option, one_rank_group, tm
 def test_the_check_catches_a_shard_that_routes_the_old_way(monkeypatch):
     # Before the config was passed whole, the shard routed with hand-copied fields (and simulate with none):
     # routing with the defaults must fail the comparison above for every option that changes the routing.
-    from course_utils import distributed
-
     def old_way(self, x):
         logits = self.router(x)
         return (logits, *moe.route(logits, self.config.top_k))
