@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from .moe import MoELayer, route, swiglu_expert
+from .moe import MoEConfig, MoELayer, swiglu_expert
 from .net import free_port
 from .validate import check_int, positive_float, positive_int
 
@@ -65,36 +65,42 @@ def dispatch_plan(topk_idx: torch.Tensor, num_experts: int, world_size: int) -> 
     return order, send_counts
 
 
+def _check_supported(layer: MoELayer) -> None:
+    if layer.config.capacity_factor is not None or layer.shared_expert is not None:
+        raise ValueError("this teaching version supports layers without capacity_factor and shared experts")
+
+
 class ExpertParallelMoE(nn.Module):
-    """The rank-local part of a :class:`~course_utils.moe.MoELayer`: the router and this rank's experts only."""
+    """The rank-local part of a :class:`~course_utils.moe.MoELayer`: the router and this rank's experts only.
+
+    It routes with the layer's own code and config (nothing copied field by field), so it routes as the layer does
+    for every :class:`~course_utils.moe.MoEConfig` option.
+    """
 
     def __init__(self, layer: MoELayer, rank: int, world_size: int):
         super().__init__()
-        if layer.capacity_factor is not None or layer.shared_expert is not None:
-            raise ValueError("this teaching version supports layers without capacity_factor and shared experts")
+        _check_supported(layer)
         shards = expert_shards(layer.num_experts, world_size)
         self.shard = shards[check_int("rank", rank, 0, world_size - 1)]
         self.rank, self.world_size = rank, world_size
-        self.num_experts, self.top_k = layer.num_experts, layer.top_k
-        self.route_kwargs = dict(
-            score_func=layer.score_func,
-            norm_topk_prob=layer.norm_topk_prob,
-            bias=layer.expert_bias,
-            n_group=layer.n_group,
-            topk_group=layer.topk_group,
-            routed_scaling_factor=layer.routed_scaling_factor,
-        )
-        self.router = layer.router
+        # the replicated router: the layer's config, router, noise and selection bias (shared, not copied)
+        self.config, self.router, self.noise = layer.config, layer.router, layer.noise
+        self.register_buffer("expert_bias", layer.expert_bias)
+        self.train(layer.training)  # training mode decides jitter and noise, as in the layer
         sl = slice(self.shard.start, self.shard.stop)
         self.gate_up_proj = nn.Parameter(layer.gate_up_proj.detach()[sl].clone())
         self.down_proj = nn.Parameter(layer.down_proj.detach()[sl].clone())
 
+    # The layer's routing methods themselves (not copies): they read .config, .router, .noise and .expert_bias.
+    router_logits = MoELayer.router_logits
+    select_experts = MoELayer.select_experts
+
     def forward(self, x: torch.Tensor, group=None) -> tuple[torch.Tensor, dict]:
         """x [T, d_model] (this rank's tokens) → (y [T, d_model], communication stats)."""
-        T, k = x.shape[0], self.top_k
-        topk_weight, topk_idx = route(self.router(x), k, **self.route_kwargs)
+        T, k = x.shape[0], self.config.top_k
+        _, topk_weight, topk_idx = self.select_experts(x)
         expert = topk_idx.reshape(-1)  # token-slot t·k + j → expert
-        order, send_counts = dispatch_plan(topk_idx, self.num_experts, self.world_size)  # grouped by owning rank
+        order, send_counts = dispatch_plan(topk_idx, self.config.num_experts, self.world_size)  # by owning rank
         recv_counts = torch.empty_like(send_counts)
         dist.all_to_all_single(recv_counts, send_counts, group=group)  # 1) who sends how many rows to whom
         send_split, recv_split = send_counts.tolist(), recv_counts.tolist()
@@ -139,12 +145,13 @@ def simulate_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int, 
     layer's output for all of ``x``; raises ``RuntimeError`` when a rank receives a token for an expert it does
     not own (a wrong plan).
     """
+    _check_supported(layer)
     shards = expert_shards(layer.num_experts, world_size)
     k = layer.top_k
     chunks = x.chunk(world_size)
     outbox, routes = [], []
-    for xr in chunks:  # every rank routes its own tokens and plans what goes where
-        weight, idx = route(layer.router(xr), k)
+    for xr in chunks:  # every rank routes its own tokens (as the layer does) and plans what goes where
+        _, weight, idx = layer.select_experts(xr)
         order, counts = plan(idx, layer.num_experts, world_size)
         expert = idx.reshape(-1)[order]
         outbox.append((xr[order // k].split(counts.tolist()), expert.split(counts.tolist()), counts))
@@ -169,6 +176,23 @@ def simulate_expert_parallel(layer: MoELayer, x: torch.Tensor, world_size: int, 
     return torch.cat(out)
 
 
+def _spec(layer: MoELayer, x: torch.Tensor) -> dict:
+    """What the workers need to rebuild ``layer``: widths, its whole config (as a dict), weights, mode, and x."""
+    return {
+        "widths": (layer.d_model, layer.d_ff),
+        "config": layer.config.to_dict(),
+        "state": layer.state_dict(),
+        "training": layer.training,
+        "x": x.detach(),
+    }
+
+
+def _layer_from_spec(spec: dict) -> MoELayer:
+    layer = MoELayer(*spec["widths"], MoEConfig(**spec["config"]))
+    layer.load_state_dict(spec["state"])
+    return layer.train(spec["training"])
+
+
 @dataclass
 class EPStats:
     world_size: int
@@ -183,9 +207,7 @@ def _worker(rank: int, world_size: int, port: int, folder: str, repeats: int) ->
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
     try:
         spec = torch.load(Path(folder) / "spec.pt", weights_only=True)
-        layer = MoELayer(**spec["config"])
-        layer.load_state_dict(spec["state"])
-        part = ExpertParallelMoE(layer, rank, world_size)
+        part = ExpertParallelMoE(_layer_from_spec(spec), rank, world_size)
         x = spec["x"].chunk(world_size)[rank]
         with torch.no_grad():
             dist.barrier()
@@ -212,19 +234,8 @@ def run_expert_parallel(
     if x.shape[0] < world_size:
         raise ValueError(f"need at least world_size={world_size} tokens, got {x.shape[0]}")
     expert_shards(layer.num_experts, world_size)  # validates divisibility before any process starts
-    config = dict(
-        d_model=layer.d_model,
-        d_ff=layer.d_ff,
-        num_experts=layer.num_experts,
-        top_k=layer.top_k,
-        score_func=layer.score_func,
-        norm_topk_prob=layer.norm_topk_prob,
-        n_group=layer.n_group,
-        topk_group=layer.topk_group,
-        routed_scaling_factor=layer.routed_scaling_factor,
-    )
     with tempfile.TemporaryDirectory() as folder:
-        torch.save({"config": config, "state": layer.state_dict(), "x": x.detach()}, Path(folder) / "spec.pt")
+        torch.save(_spec(layer, x), Path(folder) / "spec.pt")
         t0 = time.perf_counter()
         ctx = mp.start_processes(
             _worker,

@@ -263,8 +263,8 @@ class Block(nn.Module):
         )
         self.ffn_norm = RMSNorm(c.d_model, c.norm_eps)
         if c.ffn == "moe":
-            # from_value: a config whose .moe was replaced by a dict after it was built still works
-            self.ffn = MoELayer(c.d_model, c.d_ff, **MoEConfig.from_value(c.moe, "config.moe").to_dict())
+            # the typed config, passed whole; from_value: a .moe replaced by a dict after the config was built works
+            self.ffn = MoELayer(c.d_model, c.d_ff, MoEConfig.from_value(c.moe, "config.moe"))
         else:
             self.ffn = SwiGLU(c.d_model, c.d_ff, c.dropout)
         self.is_moe = c.ffn == "moe"

@@ -4,8 +4,10 @@ For each token x the layer computes
 
     y = shared(x) + Σ_{e ∈ TopK(x)} g_e(x) · FFN_e(x)
 
-where ``FFN_e`` are ``num_experts`` SwiGLU MLPs and the router picks the ``top_k`` of them per token. The pieces, in
-the order a token meets them:
+where ``FFN_e`` are ``num_experts`` SwiGLU MLPs and the router picks the ``top_k`` of them per token. Every option
+(E, k, the router's kind, capacity, shared experts, dispatch) lives in one frozen :class:`MoEConfig` that each piece
+reads whole; a new option is a field there, the line that uses it, and its test. The pieces, in the order a token
+meets them:
 
 1. **route** – router logits ``x Wᵣᵀ`` → scores (softmax: Mixtral, Qwen, OLMoE; sigmoid: DeepSeek-V3) → top-k →
    optionally renormalise the k weights (``norm_topk_prob``) and scale them (``routed_scaling_factor``).
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -40,6 +42,7 @@ __all__ = [
     "MoEConfig",
     "MoELayer",
     "route",
+    "router_logits",
     "expert_capacity",
     "apply_capacity",
     "load_balancing_loss",
@@ -59,6 +62,134 @@ __all__ = [
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
+# ================================================================================================ the options
+@dataclass(frozen=True)
+class MoEConfig:
+    """Every option of a MoE layer but its widths, validated once, when built; frozen (``dataclasses.replace``
+    makes a changed copy).
+
+    The one object :func:`route`, :class:`MoELayer`, :meth:`MoELayer.from_hf`, the expert-parallel layer
+    (:mod:`course_utils.distributed`) and ``GPTConfig(ffn="moe", moe=...)`` read: a new option is a field here plus
+    the line of the router that uses it. A dict with the same keys is accepted where a config is stored
+    (:meth:`from_value`), and the config reads like a read-only mapping (``cfg["top_k"]``, ``MoELayer(d, f, **cfg)``).
+    """
+
+    num_experts: int  # E
+    top_k: int  # k experts per token
+    _: KW_ONLY  # the options by name only
+    # routing: scores, choice and weights (route)
+    score_func: str = "softmax"  # "softmax" (Mixtral, Qwen, OLMoE) or "sigmoid" (DeepSeek-V3)
+    norm_topk_prob: bool = True  # renormalise the k weights to sum to 1
+    n_group: int = 1  # DeepSeek-V3 group-limited routing: experts in n_group groups ...
+    topk_group: int = 1  # ... of which the topk_group best may be chosen from
+    routed_scaling_factor: float = 1.0  # DeepSeek-V3: the k weights are multiplied by it
+    # the router's logits (router_logits)
+    router_fp32: bool = False  # DeepSeek-V3 computes its router logits in float32 whatever the model's dtype
+    router_jitter: float = 0.0  # Switch: the router's input × U(1-j, 1+j) in training
+    noisy_gating: bool = False  # Shazeer 2017: logits + N(0,1)·softplus(x W_noise) in training
+    # capacity, shared experts, dispatch
+    capacity_factor: float | None = None  # Switch: ceil(cf · T · k / E) slots per expert; None = no dropping
+    num_shared_experts: int = 0  # always-on experts: one SwiGLU of width shared_d_ff ...
+    shared_d_ff: int | None = None  # ... default num_shared_experts · d_ff
+    shared_expert_gate: bool = False  # Qwen2-MoE: a per-token sigmoid gate on the shared expert
+    dispatch: str = "auto"  # a key of DISPATCHERS, or "auto" = grouped_mm where it works, else sorted
+
+    def __post_init__(self):
+        check_int("num_experts", self.num_experts, 1)
+        check_int("top_k", self.top_k, 1, self.num_experts)
+        if self.score_func not in ("softmax", "sigmoid"):
+            raise ValueError(f"score_func must be 'softmax' or 'sigmoid', got {self.score_func!r}")
+        check_int("n_group", self.n_group, 1, self.num_experts)
+        if self.num_experts % self.n_group:
+            raise ValueError(
+                f"num_experts ({self.num_experts}) must be divisible by n_group, got n_group={self.n_group}"
+            )
+        check_int("topk_group", self.topk_group, 1, self.n_group)
+        per_group = self.num_experts // self.n_group
+        if self.top_k > self.topk_group * per_group:
+            raise ValueError(
+                f"top_k must be <= topk_group · experts per group = {self.topk_group * per_group}, "
+                f"got top_k={self.top_k}"
+            )
+        rsf = self.routed_scaling_factor
+        if isinstance(rsf, bool) or not isinstance(rsf, (int, float)) or not math.isfinite(rsf) or rsf <= 0:
+            raise ValueError(f"routed_scaling_factor must be a finite number > 0, got {rsf!r}")
+        if not isinstance(self.router_jitter, (int, float)) or not 0.0 <= self.router_jitter < 1.0:
+            raise ValueError(f"router_jitter must be in [0, 1), got {self.router_jitter!r}")
+        cf = self.capacity_factor
+        if cf is not None and (
+            isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf) or not cf > 0
+        ):
+            raise ValueError(f"capacity_factor must be a finite number > 0 or None, got {cf!r}")
+        check_int("num_shared_experts", self.num_shared_experts, 0)
+        if self.shared_d_ff is not None:
+            check_int("shared_d_ff", self.shared_d_ff, 1)
+        if self.shared_expert_gate and not self.num_shared_experts:
+            raise ValueError("shared_expert_gate=True needs num_shared_experts >= 1")
+        if self.dispatch != "auto" and self.dispatch not in DISPATCHERS:
+            raise ValueError(f"dispatch must be 'auto' or one of {sorted(DISPATCHERS)}, got {self.dispatch!r}")
+
+    @classmethod
+    def from_value(cls, value, name: str = "moe") -> MoEConfig:
+        """A :class:`MoEConfig` from a MoEConfig or a dict of its fields (unknown keys are an error)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"{name} must be a MoEConfig or a dict of its fields, got {type(value).__name__}")
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            known = [f.name for f in fields(cls)]
+            raise ValueError(f"{name} has unknown MoE options {sorted(unknown)}; known: {known}")
+        if not {"num_experts", "top_k"} <= set(value):
+            raise ValueError(f"{name} needs num_experts and top_k, got {value!r}")
+        return cls(**value)
+
+    @classmethod
+    def from_short_form(cls, first: str, value, options: dict, name: str) -> MoEConfig:
+        """The one adapter from the keyword forms of chapter 4 to a config.
+
+        ``route(logits, 2, norm_topk_prob=False)`` and ``MoELayer(16, 32, 8, 2, score_func="sigmoid")`` name the
+        options one by one; ``value`` is the positional argument (``first`` says which field it is: ``"top_k"``
+        for route, ``"num_experts"`` for MoELayer) — or a whole MoEConfig, in which case there may be no options.
+        """
+        if isinstance(value, cls):
+            if options:
+                raise TypeError(
+                    f"{name}: pass a MoEConfig or its fields as keywords, not both (got {sorted(options)}); "
+                    "dataclasses.replace(config, ...) changes a field"
+                )
+            return value
+        if value is not None:
+            if first in options:
+                raise TypeError(f"{name} got {first} twice (positionally and as a keyword)")
+            options = {first: value, **options}
+        return cls.from_value(options, name)
+
+    # read-only mapping access, for code written when the options were a dict
+    def keys(self):
+        return [f.name for f in fields(self)]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self.keys() else default
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # ================================================================================================ routing
 def _check_logits(name: str, logits) -> int:
     """The number of experts of router logits ``[tokens, experts]`` (a floating-point tensor)."""
@@ -73,17 +204,13 @@ def _check_logits(name: str, logits) -> int:
 
 
 def route(
-    logits: torch.Tensor,
-    top_k: int,
-    *,
-    score_func: str = "softmax",
-    norm_topk_prob: bool = True,
-    bias: torch.Tensor | None = None,
-    n_group: int = 1,
-    topk_group: int = 1,
-    routed_scaling_factor: float = 1.0,
+    logits: torch.Tensor, config: MoEConfig | int | None = None, *, bias: torch.Tensor | None = None, **options
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Router logits [T, E] → (topk_weight [T, k], topk_idx [T, k]), best expert first.
+    """Router logits [T, E] → (topk_weight [T, k], topk_idx [T, k]), best expert first, as ``config`` says.
+
+    ``config`` is a :class:`MoEConfig` (what the layer passes), or — chapter 4's short form — ``top_k`` with the
+    options as keywords: ``route(logits, 2, norm_topk_prob=False)`` builds ``MoEConfig(num_experts=E, top_k=2,
+    norm_topk_prob=False)``. ``bias`` [E] is DeepSeek-V3's selection bias (state, not an option).
 
     - Mixtral: softmax, top-k, renormalise (``norm_topk_prob=True``) — the same as a softmax over the k kept logits.
     - Qwen2/3-MoE, OLMoE: ``norm_topk_prob=False`` keeps the k softmax probabilities as they are (they sum to < 1).
@@ -93,35 +220,45 @@ def route(
       weights are renormalised and multiplied by ``routed_scaling_factor``.
     """
     num_experts = _check_logits("logits", logits)
-    check_int("top_k", top_k, 1, num_experts)
-    if score_func not in ("softmax", "sigmoid"):
-        raise ValueError(f"score_func must be 'softmax' or 'sigmoid', got {score_func!r}")
-    check_int("n_group", n_group, 1, num_experts)
-    if num_experts % n_group:
-        raise ValueError(f"n_group ({n_group}) must divide the number of experts ({num_experts})")
-    check_int("topk_group", topk_group, 1, n_group)
-    positive_float("routed_scaling_factor", routed_scaling_factor)
+    if not isinstance(config, MoEConfig):
+        options.setdefault("num_experts", num_experts)
+    cfg = MoEConfig.from_short_form("top_k", config, options, "route")
+    if cfg.num_experts != num_experts:
+        raise ValueError(f"logits has {num_experts} experts (columns), config.num_experts is {cfg.num_experts}")
     if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (num_experts,)):
         raise ValueError(f"bias must be a tensor of shape ({num_experts},), got {getattr(bias, 'shape', bias)!r}")
-    scores = logits.float().softmax(dim=-1) if score_func == "softmax" else logits.float().sigmoid()
+    scores = logits.float().softmax(dim=-1) if cfg.score_func == "softmax" else logits.float().sigmoid()
     choice = scores if bias is None else scores + bias  # in the bias's dtype if wider, as transformers does
-    if n_group > 1:
-        per_group = num_experts // n_group
-        grouped = choice.view(-1, n_group, per_group)
+    if cfg.n_group > 1:
+        per_group = num_experts // cfg.n_group
+        grouped = choice.view(-1, cfg.n_group, per_group)
         group_score = grouped.topk(min(2, per_group), dim=-1).values.sum(dim=-1)  # [T, n_group]
-        best_groups = group_score.topk(topk_group, dim=-1).indices
+        best_groups = group_score.topk(cfg.topk_group, dim=-1).indices
         allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best_groups, True)
         choice = choice.masked_fill(~allowed.repeat_interleave(per_group, dim=1), float("-inf"))
     # The k weights are summed in the order transformers sums them (sorted for softmax routers, topk's unsorted
     # order for DeepSeek-V3's sigmoid router), so that from_hf is exact to the last bit; then best first.
-    topk_idx = choice.topk(top_k, dim=-1, sorted=score_func == "softmax").indices
+    topk_idx = choice.topk(cfg.top_k, dim=-1, sorted=cfg.score_func == "softmax").indices
     topk_weight = scores.gather(1, topk_idx)
-    if norm_topk_prob:
+    if cfg.norm_topk_prob:
         topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)  # eps: sigmoid scores can all be ~0
-    if score_func != "softmax":
+    if cfg.score_func != "softmax":
         order = choice.gather(1, topk_idx).argsort(dim=-1, descending=True, stable=True)
         topk_idx, topk_weight = topk_idx.gather(1, order), topk_weight.gather(1, order)
-    return topk_weight * routed_scaling_factor, topk_idx
+    return topk_weight * cfg.routed_scaling_factor, topk_idx
+
+
+def router_logits(
+    x: torch.Tensor, router: nn.Linear, config: MoEConfig, noise: nn.Linear | None = None, training: bool = False
+) -> torch.Tensor:
+    """Router logits [T, E] = x Wᵣᵀ for flat tokens x [T, d_model], with ``config``'s jitter/noise in training."""
+    if training and config.router_jitter > 0:
+        x = x * torch.empty_like(x).uniform_(1.0 - config.router_jitter, 1.0 + config.router_jitter)
+    # float32 logits (DeepSeek-V3): in bf16 the router's rounding alone can change which experts a token gets
+    logits = F.linear(x.float(), router.weight.float()) if config.router_fp32 else router(x)
+    if training and noise is not None:
+        logits = logits + torch.randn_like(logits) * F.softplus(noise(x))
+    return logits
 
 
 def expert_choice_routing(logits: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,180 +498,52 @@ DISPATCHERS = {
 }
 
 
-# ================================================================================================ the options
-@dataclass
-class MoEConfig:
-    """The options of a :class:`MoELayer` (everything but its widths), validated when built.
-
-    ``GPTConfig(ffn="moe", moe=MoEConfig(num_experts=8, top_k=2))`` — a dict with the same keys is accepted
-    and converted (:meth:`from_value`), so saved configs and ``moe=dict(...)`` keep working. It also reads like
-    a read-only mapping (``cfg["top_k"]``, ``cfg.get("top_k")``, ``MoELayer(d, f, **cfg)``).
-    """
-
-    num_experts: int
-    top_k: int
-    score_func: str = "softmax"
-    norm_topk_prob: bool = True
-    num_shared_experts: int = 0
-    shared_d_ff: int | None = None
-    shared_expert_gate: bool = False
-    n_group: int = 1
-    topk_group: int = 1
-    routed_scaling_factor: float = 1.0
-    capacity_factor: float | None = None
-    router_jitter: float = 0.0
-    noisy_gating: bool = False
-    dispatch: str = "auto"
-    router_fp32: bool = False  # DeepSeek-V3 computes its router logits in float32 whatever the model's dtype
-
-    def __post_init__(self):
-        check_int("num_experts", self.num_experts, 1)
-        check_int("top_k", self.top_k, 1, self.num_experts)
-        if self.score_func not in ("softmax", "sigmoid"):
-            raise ValueError(f"score_func must be 'softmax' or 'sigmoid', got {self.score_func!r}")
-        check_int("num_shared_experts", self.num_shared_experts, 0)
-        if self.shared_d_ff is not None:
-            check_int("shared_d_ff", self.shared_d_ff, 1)
-        check_int("n_group", self.n_group, 1, self.num_experts)
-        if self.num_experts % self.n_group:
-            raise ValueError(
-                f"num_experts ({self.num_experts}) must be divisible by n_group, got n_group={self.n_group}"
-            )
-        check_int("topk_group", self.topk_group, 1, self.n_group)
-        per_group = self.num_experts // self.n_group
-        if self.top_k > self.topk_group * per_group:
-            raise ValueError(
-                f"top_k must be <= topk_group · experts per group = {self.topk_group * per_group}, "
-                f"got top_k={self.top_k}"
-            )
-        rsf = self.routed_scaling_factor
-        if isinstance(rsf, bool) or not isinstance(rsf, (int, float)) or not math.isfinite(rsf) or rsf <= 0:
-            raise ValueError(f"routed_scaling_factor must be a finite number > 0, got {rsf!r}")
-        cf = self.capacity_factor
-        if cf is not None and (
-            isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf) or not cf > 0
-        ):
-            raise ValueError(f"capacity_factor must be a finite number > 0 or None, got {cf!r}")
-        if not isinstance(self.router_jitter, (int, float)) or not 0.0 <= self.router_jitter < 1.0:
-            raise ValueError(f"router_jitter must be in [0, 1), got {self.router_jitter!r}")
-        if self.dispatch != "auto" and self.dispatch not in DISPATCHERS:
-            raise ValueError(f"dispatch must be 'auto' or one of {sorted(DISPATCHERS)}, got {self.dispatch!r}")
-        if self.shared_expert_gate and not self.num_shared_experts:
-            raise ValueError("shared_expert_gate=True needs num_shared_experts >= 1")
-
-    @classmethod
-    def from_value(cls, value, name: str = "moe") -> MoEConfig:
-        """A :class:`MoEConfig` from a MoEConfig or a dict of its fields (unknown keys are an error)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict):
-            raise TypeError(f"{name} must be a MoEConfig or a dict of its fields, got {type(value).__name__}")
-        unknown = set(value) - {f.name for f in fields(cls)}
-        if unknown:
-            known = [f.name for f in fields(cls)]
-            raise ValueError(f"{name} has unknown MoE options {sorted(unknown)}; known: {known}")
-        if not {"num_experts", "top_k"} <= set(value):
-            raise ValueError(f"{name} needs num_experts and top_k, got {value!r}")
-        return cls(**value)
-
-    # read-only mapping access, for code written when the options were a dict
-    def keys(self):
-        return [f.name for f in fields(self)]
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def __contains__(self, key) -> bool:
-        return key in self.keys()
-
-    def __getitem__(self, key: str):
-        if key not in self.keys():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default=None):
-        return getattr(self, key) if key in self.keys() else default
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 # ================================================================================================ the layer
+# The options that decide the layer's weights: from_hf reads them from the block, options may not override them.
+_WEIGHT_SHAPING = frozenset({"num_experts", "num_shared_experts", "shared_d_ff", "shared_expert_gate"})
+
+
 class MoELayer(nn.Module):
     """A drop-in feed-forward block: ``y, aux = layer(x)`` with x of shape (..., d_model).
 
-    Options (keyword-only) cover Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3 and the classic papers:
-    ``score_func`` ("softmax" | "sigmoid"), ``norm_topk_prob``, ``num_shared_experts`` (one SwiGLU of width
-    ``shared_d_ff``, default ``num_shared_experts · d_ff``), ``shared_expert_gate`` (Qwen2-MoE's per-token sigmoid
-    gate on it), ``n_group``/``topk_group``/``routed_scaling_factor`` (DeepSeek-V3), ``capacity_factor`` (Switch;
-    None = no dropping), ``router_jitter`` (Switch: multiply the router's input by U(1-j, 1+j) in training),
-    ``noisy_gating`` (Shazeer 2017: add N(0,1)·softplus(x W_noise) to the logits in training), ``dispatch`` (a key
-    of :data:`DISPATCHERS`, or "auto" = grouped_mm where it works, else sorted), ``router_fp32`` (DeepSeek-V3:
-    router logits in float32 whatever the layer's dtype).
+    ``MoELayer(d_model, d_ff, config)`` with a :class:`MoEConfig` (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3 and
+    the classic papers' options: see its fields). The layer keeps that one object as ``self.config`` and every
+    part reads it from there. Chapter 4's short form ``MoELayer(d_model, d_ff, num_experts, top_k, **options)``
+    (options: MoEConfig's fields by name) builds the config in :meth:`MoEConfig.from_short_form`.
     """
 
     def __init__(
-        self,
-        d_model: int,
-        d_ff: int,
-        num_experts: int,
-        top_k: int,
-        *,
-        score_func: str = "softmax",
-        norm_topk_prob: bool = True,
-        num_shared_experts: int = 0,
-        shared_d_ff: int | None = None,
-        shared_expert_gate: bool = False,
-        n_group: int = 1,
-        topk_group: int = 1,
-        routed_scaling_factor: float = 1.0,
-        capacity_factor: float | None = None,
-        router_jitter: float = 0.0,
-        noisy_gating: bool = False,
-        dispatch: str = "auto",
-        router_fp32: bool = False,
+        self, d_model: int, d_ff: int, config: MoEConfig | int | None = None, top_k: int | None = None, **options
     ):
         super().__init__()
         check_int("d_model", d_model, 1)
         check_int("d_ff", d_ff, 1)
-        # One place validates the options: the same dataclass GPTConfig(ffn="moe", moe=...) holds.
-        self.config = MoEConfig(
-            num_experts,
-            top_k,
-            score_func=score_func,
-            norm_topk_prob=norm_topk_prob,
-            num_shared_experts=num_shared_experts,
-            shared_d_ff=shared_d_ff,
-            shared_expert_gate=shared_expert_gate,
-            n_group=n_group,
-            topk_group=topk_group,
-            routed_scaling_factor=routed_scaling_factor,
-            capacity_factor=capacity_factor,
-            router_jitter=router_jitter,
-            noisy_gating=noisy_gating,
-            dispatch=dispatch,
-            router_fp32=router_fp32,
-        )
-        self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
-        self.score_func, self.norm_topk_prob = score_func, norm_topk_prob
-        self.n_group, self.topk_group, self.routed_scaling_factor = n_group, topk_group, routed_scaling_factor
-        self.capacity_factor, self.router_jitter, self.dispatch = capacity_factor, router_jitter, dispatch
-        self.router_fp32 = router_fp32
+        if top_k is not None:
+            options["top_k"] = top_k
+        self.config = MoEConfig.from_short_form("num_experts", config, options, "MoELayer")
+        self.d_model, self.d_ff = d_model, d_ff
+        c = self.config
 
-        self.router = nn.Linear(d_model, num_experts, bias=False)
-        self.noise = nn.Linear(d_model, num_experts, bias=False) if noisy_gating else None
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * d_ff, d_model))  # [gate (w1); up (w3)]
-        self.down_proj = nn.Parameter(torch.empty(num_experts, d_model, d_ff))  # w2
+        self.router = nn.Linear(d_model, c.num_experts, bias=False)
+        self.noise = nn.Linear(d_model, c.num_experts, bias=False) if c.noisy_gating else None
+        self.gate_up_proj = nn.Parameter(torch.empty(c.num_experts, 2 * d_ff, d_model))  # [gate (w1); up (w3)]
+        self.down_proj = nn.Parameter(torch.empty(c.num_experts, d_model, d_ff))  # w2
         # DeepSeek-V3's selection-only bias: a buffer, moved by update_expert_bias, never by gradients.
-        self.register_buffer("expert_bias", torch.zeros(num_experts))
+        self.register_buffer("expert_bias", torch.zeros(c.num_experts))
         self.shared_expert = self.shared_gate = None
-        if num_shared_experts:
-            self.shared_expert = SwiGLU(d_model, shared_d_ff or num_shared_experts * d_ff)
-            self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_expert_gate else None
+        if c.num_shared_experts:
+            self.shared_expert = SwiGLU(d_model, c.shared_d_ff or c.num_shared_experts * d_ff)
+            self.shared_gate = nn.Linear(d_model, 1, bias=False) if c.shared_expert_gate else None
         self.reset_parameters()
+
+    # the two sizes every caller asks for, read from the config (never copied)
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    @property
+    def top_k(self) -> int:
+        return self.config.top_k
 
     def reset_parameters(self) -> None:
         # Each expert starts like an nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -546,13 +555,16 @@ class MoELayer(nn.Module):
     # -------------------------------------------------------------------------------------------- forward
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [T, E] for flat tokens x [T, d_model], with jitter/noise in training mode."""
-        if self.training and self.router_jitter > 0:
-            x = x * torch.empty_like(x).uniform_(1.0 - self.router_jitter, 1.0 + self.router_jitter)
-        # float32 logits (DeepSeek-V3): in bf16 the router's rounding alone can change which experts a token gets
-        logits = F.linear(x.float(), self.router.weight.float()) if self.router_fp32 else self.router(x)
-        if self.training and self.noise is not None:
-            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
-        return logits
+        return router_logits(x, self.router, self.config, self.noise, self.training)
+
+    def select_experts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The router, start to end, for flat tokens x [T, d_model]: (logits [T, E], topk_weight, topk_idx [T, k]).
+
+        The expert-parallel layer runs this very method (it holds the same router, noise, bias and config).
+        """
+        logits = self.router_logits(x)
+        topk_weight, topk_idx = route(logits, self.config, bias=self.expert_bias)
+        return logits, topk_weight, topk_idx
 
     def forward(self, x: torch.Tensor):
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.d_model:
@@ -562,23 +574,14 @@ class MoELayer(nn.Module):
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         shape = x.shape
         x = x.reshape(-1, self.d_model)
-        logits = self.router_logits(x)
-        topk_weight, topk_idx = route(
-            logits,
-            self.top_k,
-            score_func=self.score_func,
-            norm_topk_prob=self.norm_topk_prob,
-            bias=self.expert_bias,
-            n_group=self.n_group,
-            topk_group=self.topk_group,
-            routed_scaling_factor=self.routed_scaling_factor,
-        )
+        logits, topk_weight, topk_idx = self.select_experts(x)
+        c = self.config
         keep = None
-        if self.capacity_factor is not None:
-            capacity = expert_capacity(x.shape[0], self.top_k, self.num_experts, self.capacity_factor)
-            keep = apply_capacity(topk_idx, self.num_experts, capacity)
+        if c.capacity_factor is not None:
+            capacity = expert_capacity(x.shape[0], c.top_k, c.num_experts, c.capacity_factor)
+            keep = apply_capacity(topk_idx, c.num_experts, capacity)
         weight = topk_weight.to(x.dtype)
-        dispatch = self.dispatch if self.dispatch != "auto" else "grouped_mm"
+        dispatch = c.dispatch if c.dispatch != "auto" else "grouped_mm"
         y = DISPATCHERS[dispatch](x, topk_idx, weight, self.gate_up_proj, self.down_proj, keep)
         if self.shared_expert is not None:
             shared = self.shared_expert(x)
@@ -618,7 +621,7 @@ class MoELayer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={self.num_experts}, top_k={self.top_k}, "
-            f"score_func={self.score_func!r}, capacity_factor={self.capacity_factor}"
+            f"score_func={self.config.score_func!r}, capacity_factor={self.config.capacity_factor}"
         )
 
     # -------------------------------------------------------------------------------------------- transformers
@@ -627,7 +630,8 @@ class MoELayer(nn.Module):
         """Copy a transformers MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3) into a MoELayer.
 
         The result computes the same function: same routing, same weights (the fused ``gate_up_proj`` /
-        ``down_proj`` tensors are copied as they are). ``options`` (e.g. ``dispatch=``) are passed on.
+        ``down_proj`` tensors are copied as they are). ``options`` (e.g. ``dispatch=``, ``top_k=``) are
+        :class:`MoEConfig` fields that override what is read from the block, except those that shape the weights.
         Mixtral's ``router_jitter_noise`` is not copied: transformers multiplies the experts' input by the noise
         too, while ``router_jitter`` here follows Switch Transformer and jitters only the router's input.
         """
@@ -640,27 +644,30 @@ class MoELayer(nn.Module):
         if act is not None and type(act).__name__ not in ("SiLU", "SiLUActivation"):
             raise ValueError(f"only SiLU experts (SwiGLU) are supported, got {type(experts.act_fn).__name__}")
         num_experts, two_i, d_model = experts.gate_up_proj.shape
+        structural = sorted(set(options) & _WEIGHT_SHAPING)
+        if structural:
+            raise ValueError(f"from_hf reads {structural} from the block's weights; options may not change them")
         is_deepseek = hasattr(gate, "e_score_correction_bias")
-        kwargs = dict(
-            score_func="sigmoid" if is_deepseek else "softmax",
-            norm_topk_prob=bool(getattr(gate, "norm_topk_prob", True)),
+        shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None)
+        read = dict(
+            num_experts=num_experts, top_k=gate.top_k, norm_topk_prob=bool(getattr(gate, "norm_topk_prob", True))
         )
         if is_deepseek:
-            kwargs.update(
+            read.update(
+                score_func="sigmoid",
                 n_group=gate.num_group,
                 topk_group=gate.topk_group,
                 router_fp32=True,
                 routed_scaling_factor=float(gate.routed_scaling_factor),
             )
-        shared = getattr(block, "shared_expert", None) or getattr(block, "shared_experts", None)
         if shared is not None:
-            kwargs.update(
+            read.update(
                 num_shared_experts=1,
                 shared_d_ff=shared.gate_proj.out_features,
                 shared_expert_gate=getattr(block, "shared_expert_gate", None) is not None,
             )
-        kwargs.update(options)
-        layer = cls(d_model, two_i // 2, num_experts, gate.top_k, **kwargs)
+        config = MoEConfig.from_value(read | options, "from_hf options")  # built once, from the block and options
+        layer = cls(d_model, two_i // 2, config)
         with torch.no_grad():
             layer.router.weight.copy_(gate.weight)
             layer.gate_up_proj.copy_(experts.gate_up_proj)

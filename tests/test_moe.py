@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import FrozenInstanceError, fields, replace
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from course_utils import moe
+from course_utils import distributed, moe
+from course_utils.model import GPT, GPTConfig
 from course_utils.moe import MoELayer
 
 transformers = pytest.importorskip("transformers")
@@ -453,3 +456,160 @@ def test_routed_scaling_factor_and_capacity_must_be_finite():
             MoELayer(8, 8, 4, 2, routed_scaling_factor=bad)
         with pytest.raises(ValueError, match="capacity_factor"):
             MoELayer(8, 8, 4, 2, capacity_factor=bad)
+
+
+# ---------------------------------------------------------------------------------------------- the one config
+# A value other than the default for every MoEConfig field (with what it needs to be valid). A new option must be
+# added here: the tests below then show that the layer, the model's Block, the expert-parallel shard, the workers'
+# spec and from_hf all see it (and route as the layer does) — a place that drops it fails here.
+NON_DEFAULT = {
+    "num_experts": dict(num_experts=16),
+    "top_k": dict(top_k=3),
+    "score_func": dict(score_func="sigmoid"),
+    "norm_topk_prob": dict(norm_topk_prob=False),
+    "n_group": dict(n_group=4),
+    "topk_group": dict(n_group=4, topk_group=2),
+    "routed_scaling_factor": dict(routed_scaling_factor=2.5),
+    "router_fp32": dict(router_fp32=True),
+    "router_jitter": dict(router_jitter=0.2),
+    "noisy_gating": dict(noisy_gating=True),
+    "capacity_factor": dict(capacity_factor=0.5),
+    "num_shared_experts": dict(num_shared_experts=1),
+    "shared_d_ff": dict(num_shared_experts=1, shared_d_ff=24),
+    "shared_expert_gate": dict(num_shared_experts=1, shared_expert_gate=True),
+    "dispatch": dict(dispatch="per_expert"),
+}
+BASE = moe.MoEConfig(num_experts=8, top_k=2)
+
+
+def test_every_option_has_a_non_default_value_in_these_tests():
+    missing = {f.name for f in fields(moe.MoEConfig)} - set(NON_DEFAULT)
+    assert not missing, f"add a non-default value for {sorted(missing)} to NON_DEFAULT (tests/test_moe.py)"
+    for name, changes in NON_DEFAULT.items():
+        assert getattr(replace(BASE, **changes), name) != getattr(BASE, name), name
+
+
+@pytest.fixture(scope="module")
+def one_rank_group():
+    """A one-process gloo group, so that ExpertParallelMoE.forward (all-to-alls included) runs in this process."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _routes_like_the_layer(layer, shard, x) -> bool:
+    """The shard's routing equals the layer's, in both modes (jitter and noise drawn from the same seed)."""
+    for training in (False, True):
+        layer.train(training), shard.train(training)
+        torch.manual_seed(0)
+        want = layer.select_experts(x)
+        torch.manual_seed(0)
+        got = shard.select_experts(x)
+        if not all(torch.equal(a, b) for a, b in zip(want, got)):
+            return False
+    layer.eval(), shard.eval()
+    return True
+
+
+@pytest.mark.parametrize("option", list(NON_DEFAULT))
+def test_an_option_reaches_every_reader_of_the_config(option, one_rank_group, tmp_path):
+    config = replace(BASE, **NON_DEFAULT[option])
+    x = torch.randn(13, 16, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(0)
+    layer = MoELayer(16, 32, config).eval()
+    with torch.no_grad():
+        layer.router.weight.mul_(3)
+        layer.expert_bias.normal_(0.0, 0.3)  # the selection bias travels too
+    assert layer.config is config
+    # the model: Block passes the config whole, from a MoEConfig or from the dict a checkpoint stores
+    for moe_value in (config, config.to_dict()):
+        gpt_cfg = GPTConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, d_ff=32, ffn="moe", moe=moe_value)
+        assert GPT(gpt_cfg).blocks[0].ffn.config == config
+    # the workers of run_expert_parallel rebuild the layer from a saved spec
+    torch.save(distributed._spec(layer, x), tmp_path / "spec.pt")
+    rebuilt = distributed._layer_from_spec(torch.load(tmp_path / "spec.pt", weights_only=True))
+    assert rebuilt.config == config and not rebuilt.training
+    with torch.no_grad():
+        want = layer(x)[0]
+        assert torch.equal(rebuilt(x)[0], want)
+    # expert parallelism: refused loudly where unsupported, else it routes and computes as the layer does
+    if config.capacity_factor is not None or config.num_shared_experts:
+        with pytest.raises(ValueError, match="capacity_factor and shared experts"):
+            distributed.ExpertParallelMoE(layer, 0, 2)
+        with pytest.raises(ValueError, match="capacity_factor and shared experts"):
+            distributed.simulate_expert_parallel(layer, x, 2, distributed.dispatch_plan)
+    else:
+        assert _routes_like_the_layer(layer, distributed.ExpertParallelMoE(layer, 1, 2), x)
+        with torch.no_grad():
+            got = distributed.simulate_expert_parallel(layer, x, 2, distributed.dispatch_plan)
+            one_rank = distributed.ExpertParallelMoE(layer, 0, 1)(x)[0]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(one_rank, want, atol=1e-5, rtol=1e-5)
+    # from_hf: an option overrides what the block says, except those the block's weights decide
+    changes = NON_DEFAULT[option]
+    if set(changes) & moe._WEIGHT_SHAPING:
+        with pytest.raises(ValueError, match="from the block's weights"):
+            MoELayer.from_hf(mixtral(8, 2), **changes)
+    else:
+        assert MoELayer.from_hf(mixtral(8, 2), **changes).config == config
+
+
+def test_the_check_catches_a_shard_that_routes_the_old_way(monkeypatch):
+    # Before the config was passed whole, the shard routed with hand-copied fields (and simulate with none):
+    # routing with the defaults must fail the comparison above for every option that changes the routing.
+    def old_way(self, x):
+        logits = self.router(x)
+        return (logits, *moe.route(logits, self.config.top_k))
+
+    monkeypatch.setattr(distributed.ExpertParallelMoE, "select_experts", old_way)
+    x = torch.randn(13, 16, generator=torch.Generator().manual_seed(7))
+    for option in ("score_func", "norm_topk_prob", "n_group", "routed_scaling_factor", "noisy_gating"):
+        torch.manual_seed(0)
+        layer = MoELayer(16, 32, replace(BASE, **NON_DEFAULT[option])).eval()
+        with torch.no_grad():
+            layer.router.weight.mul_(3)
+        assert not _routes_like_the_layer(layer, distributed.ExpertParallelMoE(layer, 0, 2), x), option
+
+
+def test_the_short_forms_build_the_same_config():
+    config = moe.MoEConfig(8, 2, score_func="sigmoid", routed_scaling_factor=2.5)
+    for layer in (
+        MoELayer(16, 32, config),
+        MoELayer(16, 32, 8, 2, score_func="sigmoid", routed_scaling_factor=2.5),  # chapter 4's form
+        MoELayer(d_model=16, d_ff=32, num_experts=8, top_k=2, score_func="sigmoid", routed_scaling_factor=2.5),
+        MoELayer(16, 32, **config),  # the config read as a mapping
+    ):
+        assert layer.config == config and (layer.num_experts, layer.top_k) == (8, 2)
+    logits = torch.randn(5, 8, generator=torch.Generator().manual_seed(8))
+    want = moe.route(logits, config)
+    for got in (
+        moe.route(logits, 2, score_func="sigmoid", routed_scaling_factor=2.5),
+        moe.route(logits, top_k=2, score_func="sigmoid", routed_scaling_factor=2.5),
+    ):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(TypeError, match="not both"):
+        MoELayer(16, 32, config, norm_topk_prob=False)
+    with pytest.raises(TypeError, match="not both"):
+        moe.route(logits, config, top_k=3)
+    with pytest.raises(TypeError, match="num_experts twice"):
+        MoELayer(16, 32, 8, 2, num_experts=8)
+    with pytest.raises(TypeError, match="top_k twice"):
+        moe.route(logits, 2, top_k=2)
+    with pytest.raises(ValueError, match="needs num_experts and top_k"):
+        moe.route(logits)
+    with pytest.raises(ValueError, match="config.num_experts is 4"):
+        moe.route(logits, moe.MoEConfig(4, 2))
+    with pytest.raises(ValueError, match="unknown MoE options"):
+        MoELayer(16, 32, 8, 2, bogus_option=2.0)
+
+
+def test_the_config_is_frozen_and_the_layer_keeps_no_copies_of_it():
+    layer = MoELayer(16, 32, 8, 2, capacity_factor=1.0)
+    with pytest.raises(FrozenInstanceError):
+        layer.config.top_k = 3
+    copies = set(vars(layer)) & {f.name for f in fields(moe.MoEConfig)}
+    assert not copies, f"MoELayer copies config fields onto self: {sorted(copies)}"
+    with pytest.raises(AttributeError):
+        layer.top_k = 3  # read-only views of the config
+    with pytest.raises(ValueError, match="from the block's weights"):
+        MoELayer.from_hf(mixtral(8, 2), num_experts=4)
