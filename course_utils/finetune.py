@@ -493,6 +493,8 @@ class FinetuneConfig(TrainConfig):
     - ``val_answer_only``: the same for the validation and probe losses (default: ``answer_only``);
     - ``restore_best`` defaults to on when ``patience`` is set.
 
+    Both defaults are settled when the config is built (a ``dataclasses.replace`` copy keeps them).
+
     ``block_size`` and ``eval_iters`` are unused: each sample is one text, and the validation texts are scored whole.
     """
 
