@@ -296,15 +296,13 @@ def bench_quantization(train_steps: int) -> dict:
     import copy
 
     from course_utils.data import corpus_dataset
-    from course_utils.train import train
+    from course_utils.train import TrainConfig, train
 
     data = corpus_dataset(512)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=512, d_model=128, n_layers=4, n_heads=4, max_seq_len=128))
-    train(
-        model,
-        data,
-        train_steps,
+    config = TrainConfig(
+        steps=train_steps,
         lr=3e-3,
         warmup=20,
         batch_size=16,
@@ -314,6 +312,7 @@ def bench_quantization(train_steps: int) -> dict:
         seed=0,
         progress=False,
     )
+    train(model, data, config)
     base = val_loss(model, data)
     out = {"steps": train_steps, "fp32": base}
     for label, bits, group in (("int8", 8, None), ("int4_g32", 4, 32)):

@@ -19,12 +19,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import random
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoints import sha256_of  # re-exported: the pretraining scripts and tests read it from here
+from .train import History, TrainConfig, TrainHooks, train
+from .validate import ArgumentTypeError
 
 __all__ = [
     "VOCAB_SIZE",
@@ -61,6 +65,7 @@ __all__ = [
     "BASE_CHECKPOINT",
     "load_base_model",
     "sha256_of",
+    "FinetuneConfig",
     "finetune",
     "text_loss",
     "cached_finetune",
@@ -478,8 +483,44 @@ def text_loss(model: nn.Module, texts: Sequence[str], *, answer_only: bool = Fal
     return total / count
 
 
-def _check_finetune_args(texts, steps, val_texts, patience) -> None:
-    """:func:`finetune`'s checks on what to train on: a ValueError naming the argument."""
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(TrainConfig):
+    """:func:`finetune`'s settings: a :class:`~course_utils.train.TrainConfig` (validated the same way) with
+    fine-tuning's defaults — no weight decay, β₂ = 0.999, a 10-step warm-up, an evaluation every 25 steps — and
+    ``lr`` required, plus where the loss counts:
+
+    - ``answer_only``: on ``(prompt, completion)`` pairs and on strings, the loss counts only the answer;
+    - ``val_answer_only``: the same for the validation and probe losses (default: ``answer_only``);
+    - ``restore_best`` defaults to on when ``patience`` is set.
+
+    Both defaults are settled when the config is built (a ``dataclasses.replace`` copy keeps them).
+
+    ``block_size`` and ``eval_iters`` are unused: each sample is one text, and the validation texts are scored whole.
+    """
+
+    lr: float = dataclasses.field()  # required: a bare annotation would inherit TrainConfig's default
+    warmup: int = 10
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eval_every: int | None = 25
+    restore_best: bool | None = None
+    desc: str = "fine-tuning"
+    answer_only: bool = False
+    val_answer_only: bool | None = None
+
+    def __post_init__(self):
+        if self.restore_best is None:  # frozen: set through object, once, before the checks
+            object.__setattr__(self, "restore_best", self.patience is not None)
+        if self.val_answer_only is None:
+            object.__setattr__(self, "val_answer_only", self.answer_only)
+        for f in ("answer_only", "val_answer_only"):
+            if not isinstance(getattr(self, f), bool):
+                raise ArgumentTypeError(f"FinetuneConfig.{f} must be True or False, got {getattr(self, f)!r}")
+        super().__post_init__()
+
+
+def _check_finetune_args(texts, val_texts, config, hooks) -> None:
+    """:func:`finetune`'s checks on what to train on: a ValueError/TypeError naming the argument."""
 
     def _ok(t) -> bool:
         if isinstance(t, tuple):
@@ -491,60 +532,47 @@ def _check_finetune_args(texts, steps, val_texts, patience) -> None:
             "texts must be a non-empty list of strings (each at least 2 characters) or of "
             "(prompt, completion) pairs of non-empty strings"
         )
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(config, FinetuneConfig):
+        raise ArgumentTypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
     if val_texts is not None and (
         isinstance(val_texts, str) or not val_texts or not all(isinstance(t, str) and len(t) > 1 for t in val_texts)
     ):
         raise ValueError("val_texts must be None or a non-empty list of strings (each at least 2 characters)")
-    if patience is not None and val_texts is None:
-        raise ValueError("patience (early stopping) needs val_texts to measure a validation loss on")
+    if (config.patience is not None or config.restore_best) and val_texts is None:
+        raise ValueError("patience (early stopping) and restore_best need val_texts to measure a validation loss on")
+    if hooks is not None and (not isinstance(hooks, TrainHooks) or hooks.loss_fn is not None):
+        raise ValueError("hooks must be a TrainHooks without loss_fn (finetune draws its batches from texts)")
 
 
 def finetune(
     model: nn.Module,
-    texts: Sequence[str],
+    texts: Sequence,
+    config: FinetuneConfig,
     *,
-    steps: int,
-    lr: float,
-    batch_size: int = 16,
-    answer_only: bool = False,
-    warmup: int = 10,
-    seed: int = 0,
-    progress: bool = True,
-    desc: str = "fine-tuning",
     val_texts: Sequence[str] | None = None,
-    eval_every: int = 25,
-    patience: int | None = None,
-    min_delta: float = 0.0,
-    restore_best: bool | None = None,
-    val_answer_only: bool | None = None,
     probe_texts: Sequence[str] | None = None,
-    step_callback=None,
-    extra_metrics: Callable[[nn.Module], dict] | None = None,
-) -> dict:
-    """Train the parameters of ``model`` that require grad on ``texts`` (one sample each), with
-    :func:`course_utils.train.train` (AdamW without weight decay, warm-up then cosine, clipping at 1).
+    hooks: TrainHooks | None = None,
+) -> History:
+    """Train the parameters of ``model`` that require grad on ``texts`` (one sample each) with the course's one
+    loop, :func:`course_utils.train.train`, as ``config`` (:class:`FinetuneConfig`) says; returns its
+    :class:`~course_utils.train.History` (``history.trainable``: the parameters trained).
 
     An item of ``texts`` is a string, or a ``(prompt, completion)`` pair whose loss counts the completion only.
+    Samples are drawn epoch by epoch in an order seeded by ``config.seed``.
 
-    Samples are drawn epoch by epoch in a seeded order. With ``val_texts``, the loss on them (answers only if
-    ``val_answer_only``, default ``answer_only``) and on ``probe_texts`` (default: as many training texts, for the
-    gap) is measured every ``eval_every`` steps; ``patience`` stops training once that many
-    evaluations in a row did not improve it, and ``restore_best`` (default: on when ``patience`` is set) keeps the
-    weights of the best evaluation. ``steps`` is then the maximum. ``extra_metrics(model)`` (a dict of numbers) is
-    recorded at every evaluation too (e.g. accuracy on the trained questions), under its own keys.
-    Returns ``{"loss": [...], "seconds": wall time, "trainable": count, "seconds_per_step": ..., "steps": steps run,
-    "eval_step", "val_loss", "eval_train_loss": the evaluations (empty without val_texts), "best_step"}``.
+    With ``val_texts``, the loss on them (``val_loss``) and on ``probe_texts`` (``eval_train_loss``; default: as many
+    training texts, for the gap) is measured every ``config.eval_every`` steps, and ``config.patience`` can stop
+    training early; without them nothing is evaluated. ``hooks.eval_fn(model)``, if given, returns more numbers
+    recorded at every evaluation under their own keys (e.g. accuracy on the trained questions); ``hooks.on_step``
+    and ``hooks.on_eval`` are :func:`~course_utils.train.train`'s.
     """
-    from .train import train
-
-    _check_finetune_args(texts, steps, val_texts, patience)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    _check_finetune_args(texts, val_texts, config, hooks)
+    hooks = hooks or TrainHooks()
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("model has no trainable parameters (all requires_grad=False)")
-    rng = random.Random(seed)
+    rng = random.Random(config.seed)
     order: list[int] = []
+    batch_size, answer_only = config.batch_size, config.answer_only
 
     def loss_fn(model, step):
         nonlocal order
@@ -559,75 +587,50 @@ def finetune(
     train_probe = (
         list(probe_texts)
         if probe_texts is not None
-        else random.Random(f"probe:{seed}").sample(list(texts), min(len(texts), len(val_texts or ())))
+        else random.Random(f"probe:{config.seed}").sample(list(texts), min(len(texts), len(val_texts or ())))
     )
-    val_mask = answer_only if val_answer_only is None else val_answer_only
-
-    extra_keys: set[str] = set()
 
     def eval_fn(model):
         out = {
-            "val_loss": text_loss(model, val_texts, answer_only=val_mask),
-            "eval_train_loss": text_loss(model, train_probe, answer_only=val_mask),
+            "val_loss": text_loss(model, val_texts, answer_only=config.val_answer_only),
+            "eval_train_loss": text_loss(model, train_probe, answer_only=config.val_answer_only),
         }
-        extra = extra_metrics(model) if extra_metrics is not None else {}
-        extra_keys.update(extra)
-        return out | extra
+        return out | (hooks.eval_fn(model) if hooks.eval_fn is not None else {})
 
-    restore = patience is not None if restore_best is None else restore_best
-    hist = train(
-        model,
-        None,
-        steps,
-        lr=lr,
-        warmup=warmup,
-        weight_decay=0.0,
-        betas=(0.9, 0.999),
-        grad_clip=1.0,
-        seed=seed,
-        progress=progress,
-        desc=desc,
-        loss_fn=loss_fn,
-        eval_fn=eval_fn if val_texts is not None else None,
-        eval_every=eval_every if val_texts is not None else None,
-        patience=patience,
-        min_delta=min_delta,
-        restore_best=restore,
-        step_callback=step_callback,
-    )
-    seconds = hist["time"][-1] if hist["time"] else 0.0
-    run = hist["stopped_step"]
-    return {k: hist[k] for k in sorted(extra_keys)} | {
-        "loss": hist["train_loss"],
-        "seconds": seconds,
-        "seconds_per_step": seconds / max(1, run),
-        "trainable": sum(p.numel() for p in params),
-        "steps": run,
-        "eval_step": hist["eval_step"],
-        "val_loss": hist["val_loss"],
-        "eval_train_loss": hist["eval_train_loss"],
-        "best_step": hist["best_step"],
-    }
+    if val_texts is None:
+        config = dataclasses.replace(config, eval_every=None)
+    return train(model, None, config, hooks=dataclasses.replace(hooks, loss_fn=loss_fn, eval_fn=eval_fn))
 
 
-def cached_finetune(model: nn.Module, texts: Sequence[str], *, recompute: bool = False, **kwargs) -> dict:
+def cached_finetune(
+    model: nn.Module,
+    texts: Sequence,
+    config: FinetuneConfig,
+    *,
+    val_texts: Sequence[str] | None = None,
+    probe_texts: Sequence[str] | None = None,
+    hooks: TrainHooks | None = None,
+    recompute: bool = False,
+) -> History:
     """:func:`finetune`, with its result (the trained weights and the history) kept under the course cache.
 
-    The key is a hash of the starting weights, ``texts`` and every keyword argument, so any change retrains. A
-    cache hit loads the weights into ``model`` and returns the stored history with ``cached=True`` (its
-    ``seconds`` are those of the run that made it); ``recompute=True`` always trains (and refreshes the cache).
+    The key is a hash of the starting weights, ``texts``, ``val_texts``, ``probe_texts``, every setting of
+    ``config`` but the display ones and the name of ``hooks.eval_fn``, so any change retrains. A cache hit loads
+    the weights into ``model`` and returns the stored history with ``cached=True`` (its ``time`` is that of the
+    run that made it); ``recompute=True`` always trains (and refreshes the cache).
     """
     from safetensors.torch import load_file, save_file
 
     from .data import cache_dir
 
-    settings = {  # a callable (extra_metrics) enters the key by its name
-        k: (list(v) if isinstance(v, (list, tuple)) else getattr(v, "__qualname__", "fn") if callable(v) else v)
-        for k, v in kwargs.items()
-        if k not in ("progress", "desc", "step_callback")
-    }
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "desc")}
+    settings["eval_fn"] = getattr(hooks and hooks.eval_fn, "__qualname__", None)  # a function enters by its name
+    texts_key = [list(t) if isinstance(t, tuple) else t for t in texts]
     key = hashlib.sha256(
-        json.dumps({"texts": list(texts), "settings": settings, "version": 1}, sort_keys=True).encode()
+        json.dumps(
+            {"texts": texts_key, "val": val_texts, "probe": probe_texts, "settings": settings, "version": 2},
+            sort_keys=True,
+        ).encode()
     )
     for name, t in model.state_dict().items():
         key.update(name.encode())
@@ -638,13 +641,13 @@ def cached_finetune(model: nn.Module, texts: Sequence[str], *, recompute: bool =
     if path.exists() and side.exists() and not recompute:
         model.load_state_dict(load_file(str(path)))
         model.eval()
-        return dict(json.loads(side.read_text()), cached=True)
-    hist = finetune(model, texts, **kwargs)
+        return dataclasses.replace(History.from_dict(json.loads(side.read_text())), cached=True)
+    hist = finetune(model, texts, config, val_texts=val_texts, probe_texts=probe_texts, hooks=hooks)
     folder.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share memory (the tied embedding and output weights)
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
-    side.write_text(json.dumps(hist))
-    return dict(hist, cached=False)
+    side.write_text(json.dumps(hist.to_dict()))
+    return hist
 
 
 # chapter 7's knowledge fine-tunes: learning rates (LoRA's higher, as usual for adapters) and the stopping rule.
@@ -691,12 +694,12 @@ def knowledge_finetune(
     recompute: bool = False,
     cache: bool = True,
     progress: bool = True,
-) -> tuple[nn.Module, dict]:
+) -> tuple[nn.Module, History]:
     """Chapter 7's knowledge fine-tune of a copy of ``base`` on ``world``: ``kind`` ``"full fine-tune"``, ``"LoRA"``
     (r = 8, α = 16 on every projection) or ``"RAFT"`` (full, with ``retrieve``-d statements in its Q/A prompts).
 
     Data: :func:`knowledge_split` (RAFT: :func:`raft_texts` on the same facts). Early stopping on the loss of the
-    held-out train-phrasing answers (:data:`KNOWLEDGE_STOPPING`: an evaluation every 25 steps, patience 6, best
+    held-out train-phrasing answers (:data:`KNOWLEDGE_STOPPING`: an evaluation every 25 steps, patience 4, best
     weights restored) — *not* training until the trained questions are all answered: the history's
     ``trained_acc`` / ``val_acc`` record, at every evaluation, the accuracy on the trained and on the held-out
     questions (in the training format), so the two can be compared. ``seed`` sets the batch order and LoRA's random
@@ -735,21 +738,14 @@ def knowledge_finetune(
     if kind == "LoRA":
         torch.manual_seed(seed)  # the adapters' random A: the same model (and cache entry) whatever ran before
         apply_lora(model, r=settings.pop("r"), alpha=settings.pop("alpha"))
-    run = cached_finetune if cache else finetune
-    hist = run(
-        model,
-        texts,
-        val_texts=val,
-        val_answer_only=True,
-        probe_texts=probe,
-        extra_metrics=accuracy_on_questions,
-        seed=seed,
-        progress=progress,
-        desc=kind,
-        **({"recompute": recompute} if cache else {}),
-        **settings,
-        **KNOWLEDGE_STOPPING,
+    config = FinetuneConfig(
+        **settings, **KNOWLEDGE_STOPPING, val_answer_only=True, seed=seed, progress=progress, desc=kind
     )
+    data = dict(val_texts=val, probe_texts=probe, hooks=TrainHooks(eval_fn=accuracy_on_questions))
+    if cache:
+        hist = cached_finetune(model, texts, config, recompute=recompute, **data)
+    else:
+        hist = finetune(model, texts, config, **data)
     return model, hist
 
 

@@ -9,7 +9,7 @@ Building the models
 
 Balance during training (hooks on every ``MoELayer``, so :func:`course_utils.train.train` needs no change)
 - :func:`attach_loss_free_balancing` — DeepSeek-V3's bias update after every training forward pass.
-- :class:`ExpertLoadRecorder` — a ``train(callback=...)`` that records each expert's share of the training
+- :class:`ExpertLoadRecorder` — a ``TrainHooks(on_eval=...)`` that records each expert's share of the training
   token-slots between two evaluations (the load heatmap), per layer.
 - :func:`utilisation_entropy`, :func:`dead_experts` — one number each for how evenly the load is spread.
 
@@ -45,7 +45,7 @@ from .data import DOMAINS
 from .model import GPT, GPTConfig
 from .moe import MoELayer
 from .plotting import COLORS
-from .train import train
+from .train import TrainConfig, TrainHooks, train
 from .validate import check_int, nonnegative_float, positive_float, positive_int
 
 __all__ = [
@@ -158,7 +158,7 @@ def attach_loss_free_balancing(model, gamma: float = 1e-3) -> list:
 
 
 class ExpertLoadRecorder:
-    """A :func:`course_utils.train.train` callback that records the expert load over training.
+    """A :func:`course_utils.train.train` hook (``TrainHooks.on_eval``) that records the expert load over training.
 
     Forward hooks add up ``tokens_per_expert`` of every *training* forward pass; each evaluation (when ``train``
     calls the recorder) closes an interval. ``loads`` is a list over intervals of [layers][experts] fractions of
@@ -180,7 +180,7 @@ class ExpertLoadRecorder:
 
         return hook
 
-    def __call__(self, history: dict) -> None:
+    def __call__(self, history) -> None:
         if not history["step"]:  # the evaluation at step 0 closes no interval
             return
         total = self._counts.sum(dim=1, keepdim=True).clamp_min(1)
@@ -387,7 +387,8 @@ def run_variant(
 
     ``result`` holds the training ``history``, and for MoE variants the ``load`` record
     (:class:`ExpertLoadRecorder`: ``steps``, ``loads`` [intervals][layers][experts]). Everything else (optimiser,
-    schedule, batches) is :func:`course_utils.train.train`'s, seeded by ``seed`` — identical across variants.
+    schedule, batches) is :func:`course_utils.train.train`'s, seeded by ``seed`` — identical across variants;
+    ``train_kwargs`` are the other :class:`~course_utils.train.TrainConfig` fields (``lr``, ``batch_size``, ...).
     """
     if name not in VARIANTS:
         raise ValueError(f"name must be one of {sorted(VARIANTS)}, got {name!r}")
@@ -395,9 +396,8 @@ def run_variant(
     model = build_model(kind, seed, config)
     recorder = ExpertLoadRecorder(model) if kind == "moe" else None
     handles = attach_loss_free_balancing(model, gamma) if gamma else []
-    history = train(
-        model, data, steps, seed=seed, aux_loss_coef=coef, callback=recorder, progress=progress, **train_kwargs
-    )
+    settings = TrainConfig(steps=steps, seed=seed, aux_loss_coef=coef, progress=progress, **train_kwargs)
+    history = train(model, data, settings, hooks=TrainHooks(on_eval=recorder))
     result = {"name": name, "seed": seed, "steps": steps, "params": model.param_counts(), "history": history}
     if recorder is not None:
         recorder.remove()

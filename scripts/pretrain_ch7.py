@@ -33,13 +33,14 @@ from course_utils.data import course_corpus
 from course_utils.finetune import (
     BASE_CHECKPOINT,
     GPT_META,
+    FinetuneConfig,
     TextStream,
     base_config,
     finetune,
     reading_comprehension_text,
 )
 from course_utils.model import GPT, load_checkpoint, save_checkpoint, write_sha256
-from course_utils.train import train
+from course_utils.train import TrainConfig, TrainHooks, train
 
 
 def build_text(seed: int, n_docs: int, corpus_chars: int) -> tuple[str, str]:
@@ -116,9 +117,7 @@ def stage2(model, meta: dict, args) -> None:
     data_seed = args.seed + 7 if args.sft_data_seed is None else args.sft_data_seed
     samples = [d for d in reading_comprehension_text(data_seed, 20_000) if len(d) < limit]
     model.train()
-    hist = finetune(
-        model,
-        samples,
+    config = FinetuneConfig(
         steps=args.sft_steps,
         lr=args.sft_lr,
         batch_size=args.sft_batch_size,
@@ -126,6 +125,7 @@ def stage2(model, meta: dict, args) -> None:
         seed=args.seed,
         desc="stage 2",
     )
+    hist = finetune(model, samples, config)
     # a resumed run keeps the earlier stage-2 runs in `stage2_history`, so the checkpoint says how it was made
     history = list(meta.get("stage2_history", []))
     if "sft_steps" in meta and not history:
@@ -136,20 +136,20 @@ def stage2(model, meta: dict, args) -> None:
             sft_lr=args.sft_lr,
             sft_batch_size=args.sft_batch_size,
             sft_data_seed=data_seed,
-            sft_final_loss=round(hist["loss"][-1], 4),
+            sft_final_loss=round(hist["train_loss"][-1], 4),
         )
     )
     meta = dict(
         meta,
         sft_steps=sum(h["sft_steps"] for h in history),
         stage2_history=history,
-        sft_final_loss=round(hist["loss"][-1], 4),
+        sft_final_loss=round(hist["train_loss"][-1], 4),
     )
     path = save_checkpoint(model, args.out, meta=meta, sha256=True)  # + the sidecars of weights and config
     write_sha256(path, path.with_suffix(".sha256"))  # the record finetune.load_base_model reads today
     print(
-        f"saved {path} after stage 2 ({args.sft_steps} steps, {hist['seconds']:.0f} s): loss "
-        f"{hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}",
+        f"saved {path} after stage 2 ({args.sft_steps} steps, {hist.seconds:.0f} s): loss "
+        f"{hist['train_loss'][0]:.3f} -> {hist['train_loss'][-1]:.3f}",
         flush=True,
     )
 
@@ -189,10 +189,8 @@ def stage1(args):
             return args.stop_after is not None and done >= args.stop_after
         return False
 
-    train(
-        model,
-        data,
-        args.steps,
+    config = TrainConfig(
+        steps=args.steps,
         lr=args.lr,
         warmup=100,
         batch_size=args.batch_size,
@@ -201,10 +199,10 @@ def stage1(args):
         weight_decay=0.1,
         seed=args.seed,
         eval_every=None,
-        step_callback=every_step,
         progress=False,
         desc="stage 1",
     )
+    train(model, data, config, hooks=TrainHooks(on_step=every_step))
     model.train()
     return model, saved["meta"]
 

@@ -46,6 +46,7 @@ def one_run(name: str, seed: int, steps: int, out_dir: str) -> dict:
     t0 = time.perf_counter()
     model, result = run_variant(name, data, steps=steps, seed=seed, progress=False, **TRAIN)
     result["wall_s"] = time.perf_counter() - t0
+    result["history"] = result["history"].to_dict()  # JSON-ready, the keys the notebook reads
     result["domain_val_loss"] = domain_losses(model, data)
     if name == "moe_aux0.01" and seed == 0:
         save_checkpoint(

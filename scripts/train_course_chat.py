@@ -19,7 +19,7 @@ import time
 import torch
 
 from course_utils import seed_everything
-from course_utils.finetune import finetune, load_base_model
+from course_utils.finetune import FinetuneConfig, finetune, load_base_model
 from course_utils.model import save_checkpoint
 from course_utils.served_models import CHAT_CHECKPOINT, chat_accuracy, training_pairs
 
@@ -45,15 +45,10 @@ def main() -> None:
         f"[{before['low']:.1%}, {before['high']:.1%}] on {args.eval} held-out conversations"
     )
     t0 = time.perf_counter()
-    hist = finetune(
-        model,
-        training_pairs(args.examples, seed=args.seed),
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        desc="chat tuning",
+    config = FinetuneConfig(
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, desc="chat tuning"
     )
+    hist = finetune(model, training_pairs(args.examples, seed=args.seed), config)
     acc = chat_accuracy(model, args.eval)
     print(
         f"course-chat: {acc['accuracy']:.1%} [{acc['low']:.1%}, {acc['high']:.1%}] on {args.eval} held-out "
@@ -70,7 +65,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "examples": args.examples,
         "seed": args.seed,
-        "final_loss": round(sum(hist["loss"][-20:]) / 20, 4),
+        "final_loss": round(sum(hist["train_loss"][-20:]) / 20, 4),
         "heldout_accuracy": round(acc["accuracy"], 4),
         "heldout_n": args.eval,
         "heldout_interval95": [round(acc["low"], 4), round(acc["high"], 4)],

@@ -187,7 +187,7 @@ def lora_then_finetune(base, texts, steps, lr, r=8, alpha=16):
     import copy
 
     model = ft.apply_lora(copy.deepcopy(base), r, alpha, ft.DEFAULT_TARGETS)
-    ft.finetune(model, texts, steps=steps, lr=lr, batch_size=4, progress=False)
+    ft.finetune(model, texts, ft.FinetuneConfig(steps=steps, lr=lr, batch_size=4, progress=False))
     return model
 
 
@@ -214,7 +214,7 @@ def test_finetune_with_lora_accepts_a_hand_written_loop(capsys):
 def test_finetune_with_lora_rejects_training_the_base_in_place():
     def no_copy(base, texts, steps, lr, r=8, alpha=16):
         model = ft.apply_lora(base, r, alpha, ft.DEFAULT_TARGETS)
-        ft.finetune(model, texts, steps=steps, lr=lr, batch_size=4, progress=False)
+        ft.finetune(model, texts, ft.FinetuneConfig(steps=steps, lr=lr, batch_size=4, progress=False))
         return model
 
     assert_check_rejects(ch07.check_finetune_with_lora, no_copy, match=r"base model was modified")
@@ -225,7 +225,7 @@ def test_finetune_with_lora_rejects_a_full_fine_tune():
 
     def full(base, texts, steps, lr, r=8, alpha=16):
         model = copy.deepcopy(base)
-        ft.finetune(model, texts, steps=steps, lr=lr, batch_size=4, progress=False)
+        ft.finetune(model, texts, ft.FinetuneConfig(steps=steps, lr=lr, batch_size=4, progress=False))
         return model
 
     assert_check_rejects(ch07.check_finetune_with_lora, full, match=r"no LoRALinear layers")
@@ -246,7 +246,7 @@ def test_finetune_with_lora_rejects_wrong_targets():
 
     def attention_only(base, texts, steps, lr, r=8, alpha=16):
         model = ft.apply_lora(copy.deepcopy(base), r, alpha, ["q_proj", "v_proj"])
-        ft.finetune(model, texts, steps=steps, lr=lr, batch_size=4, progress=False)
+        ft.finetune(model, texts, ft.FinetuneConfig(steps=steps, lr=lr, batch_size=4, progress=False))
         return model
 
     assert_check_rejects(ch07.check_finetune_with_lora, attention_only, match=r"expected every one of")

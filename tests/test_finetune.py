@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn as nn
 
 from course_utils import finetune as ft
 from course_utils.model import GPT, GPTConfig
+from course_utils.train import History, TrainConfig, TrainHooks, train
 
 
 class Tiny(nn.Module):
@@ -243,8 +245,9 @@ def test_finetune_lora_learns_and_only_adapters_change():
         model.tok_emb.weight.normal_(0, 1)
     ft.apply_lora(model, r=4, alpha=16)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    hist = ft.finetune(model, TEXTS, steps=60, lr=2e-2, batch_size=2, progress=False)
-    assert sum(hist["loss"][-5:]) / 5 < 0.5 * hist["loss"][0]
+    hist = ft.finetune(model, TEXTS, ft.FinetuneConfig(steps=60, lr=2e-2, batch_size=2, progress=False))
+    assert isinstance(hist, History) and hist.tokens == []  # the shared type; finetune's batches are whole texts
+    assert sum(hist["train_loss"][-5:]) / 5 < 0.5 * hist["train_loss"][0]
     assert hist["trainable"] == ft.count_parameters(model)["trainable"]
     for n, p in model.named_parameters():
         if n in frozen:
@@ -253,11 +256,11 @@ def test_finetune_lora_learns_and_only_adapters_change():
 
 def test_full_finetune_memorises_and_greedy_answers():
     model = tiny_gpt()
-    hist = ft.finetune(model, TEXTS, steps=60, lr=1e-2, batch_size=2, progress=False)
+    hist = ft.finetune(model, TEXTS, ft.FinetuneConfig(steps=60, lr=1e-2, batch_size=2, progress=False))
     assert hist["trainable"] == ft.count_parameters(model)["total"]
     assert ft.greedy_answers(model, ["Q: Where does Ann live?\nA:"], max_new_tokens=8) == [" Rome"]
     with pytest.raises(ValueError, match="no trainable"):
-        ft.finetune(ft.apply_lora(tiny_gpt(), 2, 4).requires_grad_(False), TEXTS, steps=1, lr=1e-3)
+        ft.finetune(ft.apply_lora(tiny_gpt(), 2, 4).requires_grad_(False), TEXTS, ft.FinetuneConfig(steps=1, lr=1e-3))
 
 
 def test_answer_only_masks_prompt():
@@ -318,7 +321,7 @@ def test_shipped_base_model_reads_from_its_prompt():
 
 def test_greedy_exact_match_agrees_with_decoding():
     model = tiny_gpt()
-    ft.finetune(model, TEXTS, steps=60, lr=1e-2, batch_size=2, progress=False)
+    ft.finetune(model, TEXTS, ft.FinetuneConfig(steps=60, lr=1e-2, batch_size=2, progress=False))
     prompts = ["Q: Where does Ann live?\nA:", "Q: What pet does Bo keep?\nA:", "Q: Where does Bo live?\nA:"]
     decoded = ft.greedy_answers(model, prompts, max_new_tokens=8)
     for answers in (["Rome", "owl", "Rome"], ["Rome", "cat", "Oslo"], [d.strip() for d in decoded]):
@@ -354,33 +357,36 @@ def test_finetune_early_stopping_restores_the_best_weights():
     # `patience` evaluations and the restored weights are the starting ones
     model = tiny_gpt()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    hist = ft.finetune(
-        model,
-        TEXTS,
-        val_texts=TEXTS[:1],
-        steps=100,
-        lr=1e-2,
-        batch_size=2,
-        eval_every=5,
-        patience=2,
-        min_delta=100.0,
-        progress=False,
-    )
-    assert hist["steps"] == 10 and hist["eval_step"] == [0, 5, 10] and hist["best_step"] == 0
-    assert len(hist["loss"]) == 10 and hist["val_loss"][-1] < hist["val_loss"][0]  # it learned, then rolled back
+    config = ft.FinetuneConfig(steps=100, lr=1e-2, batch_size=2, eval_every=5, patience=2, min_delta=100.0)
+    assert config.restore_best is True  # on by default with patience
+    hist = ft.finetune(model, TEXTS, dataclasses.replace(config, progress=False), val_texts=TEXTS[:1])
+    assert hist["stopped_step"] == 10 and hist["eval_step"] == [0, 5, 10] and hist["best_step"] == 0
+    assert len(hist["train_loss"]) == 10 and hist["val_loss"][-1] < hist["val_loss"][0]  # it learned, then rolled back
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
 
 
 def test_finetune_validation_curve_and_bad_arguments():
     model = tiny_gpt()
-    hist = ft.finetune(model, TEXTS, val_texts=TEXTS, steps=20, lr=1e-2, batch_size=2, eval_every=10, progress=False)
-    assert hist["eval_step"] == [0, 10, 20] and hist["steps"] == 20 and hist["best_step"] == 20
+    config = ft.FinetuneConfig(steps=20, lr=1e-2, batch_size=2, eval_every=10, progress=False)
+    hist = ft.finetune(model, TEXTS, config, val_texts=TEXTS)
+    assert hist["eval_step"] == [0, 10, 20] and hist["stopped_step"] == 20 and hist["best_step"] == 20
     assert hist["val_loss"][-1] == pytest.approx(ft.text_loss(model, TEXTS))  # no restore without patience
     assert hist["eval_train_loss"] == pytest.approx(hist["val_loss"])  # the probe is the same two texts
+    config = ft.FinetuneConfig(steps=5, lr=1e-2, progress=False)
     with pytest.raises(ValueError, match="val_texts"):
-        ft.finetune(tiny_gpt(), TEXTS, steps=5, lr=1e-2, patience=2, progress=False)
+        ft.finetune(tiny_gpt(), TEXTS, dataclasses.replace(config, patience=2))
     with pytest.raises(ValueError, match="val_texts"):
-        ft.finetune(tiny_gpt(), TEXTS, steps=5, lr=1e-2, val_texts="Q: x\nA: y\n", progress=False)
+        ft.finetune(tiny_gpt(), TEXTS, config, val_texts="Q: x\nA: y\n")
+    with pytest.raises(TypeError, match="config must be a FinetuneConfig"):
+        ft.finetune(tiny_gpt(), TEXTS, TrainConfig(steps=5))  # a TrainConfig has train's defaults, not fine-tuning's
+    with pytest.raises(ValueError, match="loss_fn"):
+        ft.finetune(tiny_gpt(), TEXTS, config, hooks=TrainHooks(loss_fn=lambda m, step: 0.0))
+    with pytest.raises(TypeError, match="'lr'"):
+        ft.FinetuneConfig(steps=5)  # no default learning rate: fine-tuning's depends on the model and method
+    with pytest.raises(TypeError, match="FinetuneConfig.answer_only"):
+        ft.FinetuneConfig(steps=5, lr=1e-2, answer_only="yes")
+    with pytest.raises(ValueError, match="FinetuneConfig.steps"):
+        ft.FinetuneConfig(steps=0, lr=1e-2)
 
 
 def test_text_loss_counts_only_scored_characters():
@@ -423,16 +429,20 @@ def test_base_model_never_saw_the_unseen_phrasing():
 
 def test_cached_finetune_reuses_the_trained_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
-    kw = dict(steps=8, lr=1e-2, batch_size=2, val_texts=TEXTS, eval_every=4, progress=False)
+    config = ft.FinetuneConfig(steps=8, lr=1e-2, batch_size=2, eval_every=4, progress=False)
     first_model, again_model = tiny_gpt(), tiny_gpt()
-    first = ft.cached_finetune(first_model, TEXTS, **kw)
-    again = ft.cached_finetune(again_model, TEXTS, **kw)
-    assert first["cached"] is False and again["cached"] is True and again["loss"] == first["loss"]
+    first = ft.cached_finetune(first_model, TEXTS, config, val_texts=TEXTS)
+    again = ft.cached_finetune(again_model, TEXTS, config, val_texts=TEXTS)
+    assert first["cached"] is False and again["cached"] is True and isinstance(again, History)
+    assert again.train_loss == first.train_loss and again.val_loss == first.val_loss
+    assert again.stopped_step == first.stopped_step == 8 and again.trainable == first.trainable
     assert all(torch.equal(v, first_model.state_dict()[k]) for k, v in again_model.state_dict().items())
-    other = ft.cached_finetune(tiny_gpt(), TEXTS, **dict(kw, lr=2e-2))  # another setting: trained, not looked up
-    fresh = ft.cached_finetune(tiny_gpt(seed=1), TEXTS, **kw)  # other starting weights: trained too
-    assert other["cached"] is False and fresh["cached"] is False
-    assert ft.cached_finetune(tiny_gpt(), TEXTS, recompute=True, **kw)["cached"] is False
+    # another setting, other starting weights, other validation texts: trained, not looked up
+    other = ft.cached_finetune(tiny_gpt(), TEXTS, dataclasses.replace(config, lr=2e-2), val_texts=TEXTS)
+    fresh = ft.cached_finetune(tiny_gpt(seed=1), TEXTS, config, val_texts=TEXTS)
+    val = ft.cached_finetune(tiny_gpt(), TEXTS, config, val_texts=TEXTS[:1])
+    assert other["cached"] is False and fresh["cached"] is False and val["cached"] is False
+    assert ft.cached_finetune(tiny_gpt(), TEXTS, config, val_texts=TEXTS, recompute=True)["cached"] is False
 
 
 def test_reading_prompts_hold_the_fact_and_distractors():
@@ -479,11 +489,37 @@ def test_finetune_records_extra_metrics_at_every_evaluation():
         calls.append(m.training)
         return {"probe": float(len(calls))}
 
-    hist = ft.finetune(
-        model, TEXTS, steps=6, lr=1e-3, val_texts=TEXTS, eval_every=2, progress=False, extra_metrics=metric
-    )
+    config = ft.FinetuneConfig(steps=6, lr=1e-3, eval_every=2, progress=False)
+    hist = ft.finetune(model, TEXTS, config, val_texts=TEXTS, hooks=TrainHooks(eval_fn=metric))
     assert hist["probe"] == [1.0, 2.0, 3.0, 4.0] and hist["eval_step"] == [0, 2, 4, 6] and not any(calls)
-    assert "probe" not in ft.finetune(tiny_gpt(), TEXTS, steps=2, lr=1e-3, val_texts=TEXTS, progress=False)
+    assert hist.metrics == {"probe": [1.0, 2.0, 3.0, 4.0]} and len(hist["val_loss"]) == 4
+    assert "probe" not in ft.finetune(tiny_gpt(), TEXTS, dataclasses.replace(config, steps=2), val_texts=TEXTS)
+
+
+def test_finetune_config_is_a_train_config_with_fine_tuning_defaults():
+    config = ft.FinetuneConfig(steps=5, lr=1e-2)
+    assert isinstance(config, TrainConfig) and (config.weight_decay, config.betas) == (0.0, (0.9, 0.999))
+    assert (config.warmup, config.eval_every, config.restore_best, config.val_answer_only) == (10, 25, False, False)
+    assert ft.FinetuneConfig(steps=5, lr=1e-2, answer_only=True).val_answer_only is True
+
+
+def test_finetune_runs_the_course_loop_with_the_same_losses():
+    # finetune is train() with a loss_fn over whole texts: the same seeded batch order by hand gives the same losses
+    import random
+
+    config = ft.FinetuneConfig(steps=4, lr=1e-2, batch_size=1, progress=False)
+    hist = ft.finetune(tiny_gpt(), TEXTS, config)
+    rng, order = random.Random(config.seed), []
+
+    def loss_fn(model, step):
+        nonlocal order
+        if not order:
+            order = list(range(len(TEXTS)))
+            rng.shuffle(order)
+        return model(*ft._batch([TEXTS[order.pop(0)]], False))[1]
+
+    by_hand = train(tiny_gpt(), None, dataclasses.replace(config, eval_every=None), hooks=TrainHooks(loss_fn=loss_fn))
+    assert hist.train_loss == by_hand.train_loss and hist.grad_norm == by_hand.grad_norm
 
 
 def _fake_study():

@@ -394,7 +394,7 @@ def check_finetune_with_lora(finetune_with_lora) -> None:
                 name,
                 "every adapter still has B = 0: the model was never trained",
                 inputs=inputs,
-                hint="run ft.finetune(model, texts, steps=steps, lr=lr) on the adapted copy",
+                hint="run ft.finetune(model, texts, ft.FinetuneConfig(steps=steps, lr=lr)) on the adapted copy",
             )
         loss_after = _mean_loss(model, _FACTS)
         if not loss_after < loss_before - 0.05:

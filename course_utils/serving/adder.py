@@ -109,17 +109,15 @@ class AdditionData:
 def train_adder(name: str, *, seed: int = 0, steps: int | None = None, progress: bool = False):
     """Train one of :data:`ADDER_CONFIGS` from scratch (seeded; about a minute for the large one on 2 cores)."""
     from ..model import GPT, GPTConfig
-    from ..train import train
+    from ..train import TrainConfig, train
 
     if name not in ADDER_CONFIGS:
         raise ValueError(f"name must be one of {sorted(ADDER_CONFIGS)}, got {name!r}")
     cfg, default_steps = ADDER_CONFIGS[name]
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**cfg))
-    train(
-        model,
-        AdditionData(),
-        steps or default_steps,
+    config = TrainConfig(
+        steps=steps or default_steps,
         lr=3e-3,
         warmup=50,
         batch_size=64,
@@ -130,6 +128,7 @@ def train_adder(name: str, *, seed: int = 0, steps: int | None = None, progress:
         seed=seed,
         progress=progress,
     )
+    train(model, AdditionData(), config)
     return model.eval()
 
 
