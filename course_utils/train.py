@@ -18,7 +18,9 @@ import math
 import time
 
 import torch
+from tqdm.auto import tqdm
 
+from .plotting import label, use_course_style
 from .validate import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 __all__ = ["lr_at", "configure_optimizer", "evaluate", "train_step", "train", "LiveLossPlot"]
@@ -256,7 +258,6 @@ def train(
 
     Batches are drawn from a generator seeded with ``seed``, so a seeded model trains the same way each run.
     """
-    from tqdm.auto import tqdm
 
     _check_train_args(
         model,
@@ -337,8 +338,6 @@ class LiveLossPlot:
         display: bool = True,
     ):
         import matplotlib.pyplot as plt
-
-        from .plotting import label, use_course_style
 
         use_course_style()
         self.fig, self.ax = plt.subplots()

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 __all__ = ["CheckFailed", "fail", "call", "compare", "passed", "describe", "exercise", "EXERCISE_OF"]
 
 EXERCISE_OF: dict[str, str] = {}  # check name -> "N.M", filled by @exercise
@@ -94,8 +97,6 @@ def _short(value: Any, limit: int) -> str:
 def describe(value: Any, limit: int = 120) -> str:
     """A short, readable description of an input or output for a failure message: shapes and a few values."""
     try:
-        import torch
-
         if isinstance(value, torch.Tensor):
             flat = value.detach().flatten()[:6].tolist()
             body = "[" + ", ".join(_num(v) if isinstance(v, float) else repr(v) for v in flat)
@@ -104,8 +105,6 @@ def describe(value: Any, limit: int = 120) -> str:
     except ImportError:  # pragma: no cover - torch is a hard requirement of the course
         pass
     try:
-        import numpy as np
-
         if isinstance(value, np.ndarray):
             return f"array(shape={value.shape}, dtype={value.dtype})"
     except ImportError:  # pragma: no cover
@@ -150,8 +149,6 @@ def call(check: str, fn: Callable, *args, inputs: dict | None = None, **kwargs):
 
 def _is_tensor(x) -> bool:
     try:
-        import torch
-
         return isinstance(x, torch.Tensor)
     except ImportError:  # pragma: no cover
         return False
@@ -159,8 +156,6 @@ def _is_tensor(x) -> bool:
 
 def _is_array(x) -> bool:
     try:
-        import numpy as np
-
         return isinstance(x, np.ndarray)
     except ImportError:  # pragma: no cover
         return False
@@ -168,7 +163,6 @@ def _is_array(x) -> bool:
 
 def _compare_arrays(got, expected, what, atol, rtol, check_dtype):
     """Return a description of the first difference between two tensors/arrays, or None."""
-    import numpy as np
 
     if _is_tensor(expected) and not _is_tensor(got):
         return f"{what}: expected a torch.Tensor, got {type(got).__name__}"

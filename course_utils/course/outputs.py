@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import nbformat
+from PIL import Image
 
 __all__ = [
     "RUN_DEPENDENT",
@@ -235,7 +236,6 @@ def _flat_texts(cell, outputs, skip_compare) -> dict:
 # ---- storing outputs -------------------------------------------------------------------------------------------
 def _recompress_png(b64: str) -> str:
     """A matplotlib PNG as a 256-colour palette PNG: about 3x smaller, indistinguishable for line plots."""
-    from PIL import Image
 
     raw = base64.b64decode(b64)
     img = Image.open(io.BytesIO(raw))
