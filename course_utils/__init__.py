@@ -17,7 +17,7 @@ import socket
 import sys
 
 from . import _moved
-from .plotting import figure_dpi
+from .plotting import apply_figure_dpi
 from .validate import positive_int
 
 _moved.install()
@@ -53,8 +53,8 @@ def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and PyTorch so that a notebook gives the same numbers on every run."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    import numpy as np
-    import torch
+    import numpy as np  # noqa: PLC0415 — see setup
+    import torch  # noqa: PLC0415 — see setup
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -68,7 +68,8 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
     runs two notebooks at once on two cores and sets ``COURSE_THREADS=1``: two kernels with two threads each
     oversubscribe the cores, and small-tensor training then runs many times slower.
     """
-    import torch
+    # `course_utils` runs before every submodule, the course's tooling (labs, outputs) too, which needs no torch (~1 s)
+    import torch  # noqa: PLC0415 — deferred for the tooling, as above
 
     seed_everything(seed)
     if threads is None:
@@ -77,9 +78,7 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
     positive_int("threads", threads)
     torch.set_num_threads(threads)
     if os.environ.get("COURSE_FIGURE_DPI"):  # `make outputs`: figures stored in the notebooks stay small
-        import matplotlib as mpl
-
-        mpl.rcParams["figure.dpi"] = figure_dpi()
+        apply_figure_dpi()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not quiet:
         where = "Colab" if in_colab() else "local"

@@ -30,6 +30,14 @@ import random
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
+
+import torch
+
+from .checksums import verify_sha256
+from .tokenization import BPETokenizer
+from .validate import check_number, positive_int
+from .world import ATTRIBUTES, Fact, World, make_world, update_world
 
 __all__ = [
     "CorpusDoc",
@@ -56,15 +64,6 @@ __all__ = [
     "make_world",
     "update_world",
 ]
-
-from pydoc_data.topics import topics
-
-import torch
-
-from .checkpoints import verify_sha256
-from .tokenization import BPETokenizer  # noqa: E402
-from .validate import check_number, positive_int  # noqa: E402
-from .world import ATTRIBUTES, Fact, World, make_world, update_world  # noqa: E402
 
 DOMAINS = ("prose", "code", "arithmetic")
 # Small, self-contained, idiomatic modules; ~400 KB together.

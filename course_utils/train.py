@@ -337,7 +337,7 @@ class LiveLossPlot:
         reference: dict | None = None,
         display: bool = True,
     ):
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415 — matplotlib (~1.5 s with pyplot) for a live plot only
 
         use_course_style()
         self.fig, self.ax = plt.subplots()
@@ -347,7 +347,7 @@ class LiveLossPlot:
         self._handle = None
         if display:
             try:
-                from IPython.display import display as ipy_display
+                from IPython.display import display as ipy_display  # noqa: PLC0415 — IPython (~0.7 s) only inside a notebook
 
                 self._handle = ipy_display(self.fig, display_id=True)
             except ImportError:  # pragma: no cover - IPython ships with Jupyter

@@ -250,3 +250,36 @@ def passed(check: str, n_cases: int, note: str = "") -> None:
     extra = f" — {note}" if note else ""
     number = EXERCISE_OF.get(check)
     print(f"✅ {check} passed ({f'Exercise {number}, ' if number else ''}{n_cases} cases){extra}")
+
+
+# shared by chapters 3 and 5's open training exercises
+class CountingData:
+    """The corpus, counting the tokens drawn through ``get_batch`` per split (everything else passes through)."""
+
+    def __init__(self, data):
+        self._data, self.train_tokens, self.other_tokens = data, 0, {}
+
+    def get_batch(self, split, batch_size, block_size, generator=None, **kwargs):
+        if split == "train":
+            self.train_tokens += batch_size * block_size
+        else:  # counted, not refused: the check then says what it saw instead of the learner's code crashing
+            self.other_tokens[split] = self.other_tokens.get(split, 0) + batch_size * block_size
+        return self._data.get_batch(split, batch_size, block_size, generator, **kwargs)
+
+    def __getattr__(self, name):
+        if name == "ids":  # the raw token tensors would bypass the count
+            raise AttributeError("draw training tokens with data.get_batch(...): the budget counts them there")
+        return getattr(self._data, name)
+
+
+def fail_if_not_train_only(name: str, data: CountingData) -> None:
+    """An open exercise is scored on the validation split: drawing from any other split than 'train' fails."""
+    if data.other_tokens:
+        split, n = next(iter(data.other_tokens.items()))
+        fail(
+            name,
+            f"your function drew {n:,} tokens from the {split!r} split (only 'train' may be used): a model that has "
+            f"seen (or was chosen on) the validation text is scored on data it knows",
+            hint="draw every batch with data.get_batch('train', ...); to watch progress, look at the training loss "
+            "or hold out part of the training batches yourself",
+        )

@@ -15,7 +15,7 @@ from ..attention import apply_rope, repeat_kv, rope_frequencies
 from ..data import corpus_dataset
 from ..model import GPT, Block, GPTConfig, rms_norm, swiglu
 from ..train import configure_optimizer, evaluate, lr_at
-from ._core import call, compare, exercise, fail, passed
+from ._core import CountingData, call, compare, exercise, fail, fail_if_not_train_only, passed
 
 __all__ = [
     "check_rms_norm",
@@ -799,38 +799,6 @@ def check_trained_gpt(model, *, target: float = 4.2) -> None:
     passed(name, 1, f"validation loss {val:.3f} < {target} nats/token (uniform guess {uniform:.3f})")
 
 
-class _CountingData:
-    """The corpus, counting the tokens drawn through ``get_batch`` per split (everything else passes through)."""
-
-    def __init__(self, data):
-        self._data, self.train_tokens, self.other_tokens = data, 0, {}
-
-    def get_batch(self, split, batch_size, block_size, generator=None, **kwargs):
-        if split == "train":
-            self.train_tokens += batch_size * block_size
-        else:  # counted, not refused: the check then says what it saw instead of the learner's code crashing
-            self.other_tokens[split] = self.other_tokens.get(split, 0) + batch_size * block_size
-        return self._data.get_batch(split, batch_size, block_size, generator, **kwargs)
-
-    def __getattr__(self, name):
-        if name == "ids":  # the raw token tensors would bypass the count
-            raise AttributeError("draw training tokens with data.get_batch(...): the budget counts them there")
-        return getattr(self._data, name)
-
-
-def fail_if_not_train_only(name: str, data: _CountingData) -> None:
-    """An open exercise is scored on the validation split: drawing from any other split than 'train' fails."""
-    if data.other_tokens:
-        split, n = next(iter(data.other_tokens.items()))
-        fail(
-            name,
-            f"your function drew {n:,} tokens from the {split!r} split (only 'train' may be used): a model that has "
-            f"seen (or was chosen on) the validation text is scored on data it knows",
-            hint="draw every batch with data.get_batch('train', ...); to watch progress, look at the training loss "
-            "or hold out part of the training batches yourself",
-        )
-
-
 # the lab's own run (Exercise 3.10's loop): 119,104 parameters x 300 steps x 16 x 64 tokens, x 6 FLOPs per pair
 LAB_RUN_FLOPS = 6 * 119_104 * 300 * 16 * 64
 
@@ -846,7 +814,7 @@ def check_train_within_budget(
     """
 
     name = "check_train_within_budget"
-    data = _CountingData(corpus_dataset())
+    data = CountingData(corpus_dataset())
     model = call(name, train_within_budget, data, budget_flops, inputs={"budget_flops": budget_flops})
     if not isinstance(model, GPT):
         fail(name, f"expected train_within_budget to return a course_utils.model.GPT, got {type(model).__name__}")

@@ -19,8 +19,7 @@ from ..distributed import dispatch_plan, simulate_expert_parallel  # re-exported
 from ..model import GPT, GPTConfig
 from ..moe import MoELayer, load_balancing_loss, router_z_loss
 from ..train import configure_optimizer, evaluate, lr_at, train_step
-from ._core import call, compare, exercise, fail, passed
-from .ch03 import _CountingData, fail_if_not_train_only
+from ._core import CountingData, call, compare, exercise, fail, fail_if_not_train_only, passed
 
 __all__ = [
     "check_swap_ffn_for_moe",
@@ -295,7 +294,7 @@ def check_beat_moe_recipe(train_moe, *, target: float = MOE_TARGET, token_budget
     loss below ``target``: below the recipe's best seed, not just below its seed-0 number."""
 
     name = "check_beat_moe_recipe"
-    data = _CountingData(corpus_dataset())
+    data = CountingData(corpus_dataset())
     torch.manual_seed(MOE_CHECK_SEED)  # a function that draws from torch's global generator is reproducible too
     inputs = {"token_budget": token_budget, "seed": MOE_CHECK_SEED}
     model = call(name, train_moe, data, MOE_CHECK_SEED, inputs=inputs)

@@ -506,8 +506,8 @@ def _dead_model_phases(name, client, primary, backup, settings, now, ask) -> tup
 
 def _refusing_app(status: int, hits: list):
     """A server whose every completion request is refused with ``status`` (401 bad key, 422 bad request)."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI  # noqa: PLC0415 — FastAPI (~2 s) for the capstone only, not every chapter-8 check
+    from fastapi.responses import JSONResponse  # noqa: PLC0415 — as above
 
     app = FastAPI()
 
@@ -523,9 +523,9 @@ def _refusing_app(status: int, hits: list):
 def _client_errors_propagate(name, ResilientClient, settings, waits, now) -> int:
     """Capstone phase 0: a 401 or 422 is the caller's bug, not a fault; one request, no wait, the error raised."""
 
-    import openai
+    import openai  # noqa: PLC0415 — openai (~3 s) for the capstone only
 
-    from ..serving import start_server
+    from ..serving import start_server  # noqa: PLC0415 — serving's __init__ imports FastAPI (~2 s): capstone only
 
     for status in (401, 422):
         hits: list = []
@@ -598,7 +598,7 @@ def _waits_are_jittered(name, waits, settings) -> None:
 
 def _both_down(name, client, primary, backup, settings, now) -> None:
     """Capstone: with every model failing, complete raises the documented RuntimeError."""
-    import openai
+    import openai  # noqa: PLC0415 — openai (~3 s) for the capstone only
 
     primary.error_rate = backup.error_rate = 1.0
     now[0] += settings["reset_timeout_s"] + 1
@@ -639,7 +639,7 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
        waits between tries are full-jitter draws within [0, ``max_delay``].
     """
 
-    from ..serving import EchoBackend, FaultInjector, create_app, start_server
+    from ..serving import EchoBackend, FaultInjector, create_app, start_server  # noqa: PLC0415 — serving's __init__ imports FastAPI (~2 s): capstone only
 
     name = "check_resilient_client"
     settings = dict(max_attempts=3, base_delay=0.01, max_delay=0.1, failure_threshold=5, reset_timeout_s=30.0)
@@ -696,7 +696,7 @@ def cascade_data(split: str):
     1,000 seeded sums: ``"val"`` (seed 101, for designing) or ``"test"`` (seed 202, what the open check scores).
     Confidence = mean log-probability of the small model's answer tokens; costs in small-model calls (parameters)."""
 
-    from ..serving import addition_problems, answer_additions, load_adder
+    from ..serving import addition_problems, answer_additions, load_adder  # noqa: PLC0415 — serving's __init__ imports FastAPI (~2 s): cascade checks only
 
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")

@@ -181,12 +181,21 @@ def _comparable(outputs) -> list:
     return keep
 
 
+def _nbval_plugin():
+    """nbval's plugin module, or None when nbval is not installed."""
+    try:
+        import nbval.plugin  # noqa: PLC0415 — nbval loads jupyter_client (seconds): `outputs tag` never needs it
+    except ImportError:
+        return None
+    return nbval.plugin
+
+
 def pytest_configure(config):
     """Make strict nbval compare numbers with a tolerance and leave progress-bar widgets out (see module doc)."""
-    try:
-        from nbval.plugin import IPyNbCell
-    except ImportError:  # nbval not installed: nothing to patch
+    plugin = _nbval_plugin()
+    if plugin is None:  # nbval not installed: nothing to patch
         return
+    IPyNbCell = plugin.IPyNbCell
     if getattr(IPyNbCell.compare_outputs, "_course_tolerant", False):
         return
     original = IPyNbCell.compare_outputs
@@ -216,11 +225,9 @@ def pytest_configure(config):
 
 
 def _flat_texts(cell, outputs, skip_compare) -> dict:
-    from nbval.plugin import transform_streams_for_comparison
-
     skip = skip_compare or cell.parent.skip_compare
     flat: dict[str, list] = {}
-    for out in transform_streams_for_comparison(outputs):
+    for out in _nbval_plugin().transform_streams_for_comparison(outputs):
         for key, value in out.items():
             if key in skip:
                 continue
@@ -316,7 +323,7 @@ def record_run_time(path: Path, seconds: float, times_file: Path = TIMES_FILE) -
 
 def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     """Execute ``path`` in a fresh kernel (its own folder as working directory) and store its outputs in place."""
-    from nbclient import NotebookClient
+    from nbclient import NotebookClient  # noqa: PLC0415 — a kernel client (seconds to import), for `outputs store` only
 
     path = Path(path)
     if path.suffix != ".ipynb" or not path.is_file():

@@ -166,7 +166,7 @@ def lab_progress(lab: Path, *, root: Path, timeout: int = 600) -> LabReport:
         checks = _check_cells(nb, m)
         if not checks:
             return LabReport(rel, [], "it has no check cells (`from course_utils.checks import check_...`)")
-        from nbclient import NotebookClient
+        from nbclient import NotebookClient  # noqa: PLC0415 — a kernel client (seconds to import), only to run a lab
 
         # Run where the lab lives, so relative paths resolve as they do for the learner; only the copy is executed.
         client = NotebookClient(
