@@ -507,7 +507,7 @@ def _dead_model_phases(name, client, primary, backup, settings, now, ask) -> tup
 def _refusing_app(status: int, hits: list):
     """A server whose every completion request is refused with ``status`` (401 bad key, 422 bad request)."""
     from fastapi import FastAPI  # noqa: PLC0415 — FastAPI (~2 s) for the capstone only, not every chapter-8 check
-    from fastapi.responses import JSONResponse  # noqa: PLC0415 — as above
+    from fastapi.responses import JSONResponse  # noqa: PLC0415 — FastAPI, for the capstone only
 
     app = FastAPI()
 

@@ -37,6 +37,8 @@ from pathlib import Path
 import nbformat
 from PIL import Image
 
+from ..nbtools import notebook_client
+
 __all__ = [
     "RUN_DEPENDENT",
     "LIVE_WIDGET",
@@ -323,8 +325,6 @@ def record_run_time(path: Path, seconds: float, times_file: Path = TIMES_FILE) -
 
 def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     """Execute ``path`` in a fresh kernel (its own folder as working directory) and store its outputs in place."""
-    from nbclient import NotebookClient  # noqa: PLC0415 — a kernel client (seconds to import), for `outputs store` only
-
     path = Path(path)
     if path.suffix != ".ipynb" or not path.is_file():
         raise ValueError(f"path must be an existing .ipynb file, got {str(path)!r}")
@@ -334,9 +334,7 @@ def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     text = path.read_text(encoding="utf-8")
     nb = nbformat.reads(text, as_version=4)
     t0 = time.perf_counter()
-    NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent.resolve())}}
-    ).execute()
+    notebook_client(nb, path.parent.resolve(), timeout).execute()
     record_run_time(path, time.perf_counter() - t0)
     compress_outputs(nb)
     # The same metadata as `nbtools.sync` writes, so that `nbtools sync --check` still passes.
