@@ -17,6 +17,7 @@ import socket
 import sys
 
 from . import _moved
+from .plotting import apply_figure_dpi
 from .validate import positive_int
 
 _moved.install()
@@ -48,13 +49,20 @@ def is_online(host: str = "pypi.org", port: int = 443, timeout: float = 1.0) -> 
         return False
 
 
+def _torch_and_numpy():
+    """torch and numpy, imported on first use: ``course_utils`` runs before every submodule, the course's tooling
+    (labs, outputs, progress) included, which needs neither (torch costs ~1 s)."""
+    import numpy  # noqa: PLC0415 — the tooling never needs it (see the docstring)
+    import torch  # noqa: PLC0415 — the tooling never needs it (see the docstring)
+
+    return torch, numpy
+
+
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and PyTorch so that a notebook gives the same numbers on every run."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    import numpy as np
-    import torch
-
+    torch, np = _torch_and_numpy()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -67,8 +75,7 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
     runs two notebooks at once on two cores and sets ``COURSE_THREADS=1``: two kernels with two threads each
     oversubscribe the cores, and small-tensor training then runs many times slower.
     """
-    import torch
-
+    torch, _ = _torch_and_numpy()
     seed_everything(seed)
     if threads is None:
         env = os.environ.get("COURSE_THREADS", "")
@@ -76,11 +83,7 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False):
     positive_int("threads", threads)
     torch.set_num_threads(threads)
     if os.environ.get("COURSE_FIGURE_DPI"):  # `make outputs`: figures stored in the notebooks stay small
-        import matplotlib as mpl
-
-        from .plotting import figure_dpi
-
-        mpl.rcParams["figure.dpi"] = figure_dpi()
+        apply_figure_dpi()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not quiet:
         where = "Colab" if in_colab() else "local"

@@ -2,18 +2,20 @@
 and the ``sha256sum``-format sidecars that every shipped file (checkpoint, results, data) is checked against.
 
 - :func:`save_checkpoint` / :func:`load_checkpoint` — a :class:`~course_utils.model.GPT` to files and back.
-- :func:`sha256_of`, :func:`write_sha256`, :func:`read_sha256`, :func:`verify_sha256` — a file's digest, its
-  ``<path>.sha256`` record, and the check that names the command rebuilding a stale or corrupted file.
+- :func:`sha256_of`, :func:`write_sha256`, :func:`read_sha256`, :func:`verify_sha256` — re-exported from
+  :mod:`course_utils.checksums`, where the data modules import them without importing the model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
+from .checksums import read_sha256, record_of, sha256_of, verify_sha256, write_sha256  # re-exported: old home
 from .model import GPT, GPTConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "sha256_of", "write_sha256", "read_sha256", "verify_sha256"]
@@ -24,7 +26,6 @@ def save_checkpoint(model: GPT, path: str | Path, *, meta: dict | None = None, s
 
     ``sha256=True`` also writes both files' sidecar ``.sha256`` records (:func:`write_sha256`), which
     ``load_checkpoint(path, rebuild=...)`` checks: shipped checkpoints are saved this way."""
-    from safetensors.torch import save_file
 
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a GPT, got {type(model).__name__}")
@@ -57,7 +58,6 @@ def load_checkpoint(
     saved without them (``save_checkpoint``'s default) loads, with one warning if ``warn_unchecked`` (what a
     server does: ``load_backend(name, checkpoint)``).
     """
-    from safetensors.torch import load_file
 
     path = Path(path)
     side = path.with_suffix(".json")
@@ -68,9 +68,9 @@ def load_checkpoint(
         raise FileNotFoundError(f"expected {path} and {side} (written by save_checkpoint)")
     if rebuild is None:
         how = f"save_checkpoint({path.name!r}, sha256=True) again, or restore the original files"
-        missing = [p.name for p in (path, side) if not _record_of(p, None).exists()]
+        missing = [p.name for p in (path, side) if not record_of(p, None).exists()]
         for p in (path, side):
-            if _record_of(p, None).exists():
+            if record_of(p, None).exists():
                 verify_sha256(p, rebuild=how)
         if missing and warn_unchecked:
             warnings.warn(
@@ -87,60 +87,3 @@ def load_checkpoint(
     model.load_state_dict(state, strict=True)
     model.eval()
     return model
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _record_of(path: Path, record) -> Path:
-    return Path(str(path) + ".sha256") if record is None else Path(record)
-
-
-def write_sha256(path: str | Path, record: str | Path | None = None) -> Path:
-    """Write ``"<sha256>  <name>"`` (the ``sha256sum`` format) to ``record`` (default ``<path>.sha256``)."""
-    path = Path(path)
-    record = _record_of(path, record)
-    record.write_text(f"{sha256_of(path)}  {path.name}\n")
-    return record
-
-
-def read_sha256(record: str | Path, name: str) -> str:
-    """The lower-case hex digest a ``sha256sum``-format ``record`` gives for the file called ``name``.
-
-    As ``sha256sum -c`` reads it: ``<64 hex digits> [*]<file name>``, hex in either case. The name binds the digest
-    to its file: a record (with its file) copied to another name is refused, so two checkpoints swapped together
-    with their sidecars do not pass. An empty or malformed record is a ``ValueError`` saying what it should hold.
-    """
-    record = Path(record)
-    line = next((ln for ln in record.read_text().splitlines() if ln.strip()), "")
-    digest, _, recorded = line.strip().partition(" ")
-    recorded = recorded.strip().removeprefix("*")  # sha256sum's binary-mode marker
-    if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not recorded:
-        shown = repr(line[:80]) if line else "empty"
-        raise ValueError(f"{record.name} is {shown}: expected '<64 hex digits>  {name}' (sha256sum's format)")
-    if recorded != name:
-        raise ValueError(f"{record.name} records the file {recorded[:80]!r}, not {name!r}: renamed or swapped files")
-    return digest.lower()
-
-
-def verify_sha256(path: str | Path, record: str | Path | None = None, *, rebuild: str) -> Path:
-    """``path`` if its SHA-256 equals the one in ``record`` (default ``<path>.sha256``, read by
-    :func:`read_sha256`); otherwise an error that says how to ``rebuild`` the file. Shipped checkpoints and results
-    are checked before anything reads them."""
-    path = Path(path)
-    record = _record_of(path, record)
-    if not path.exists() or not record.exists():
-        raise FileNotFoundError(f"{path.name} or its {record.name} is missing: run `{rebuild}` to rebuild it")
-    try:
-        expected = read_sha256(record, path.name)
-    except ValueError as err:
-        raise ValueError(f"{err} (rebuild it with `{rebuild}`)") from None
-    got = sha256_of(path)
-    if got != expected:
-        raise ValueError(
-            f"{path.name}: sha256 {got[:12]}… does not match the recorded {expected[:12]}… "
-            f"(corrupted or replaced; rebuild it with `{rebuild}`)"
-        )
-    return path

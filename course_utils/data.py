@@ -30,6 +30,14 @@ import random
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
+
+import torch
+
+from .checksums import verify_sha256
+from .tokenization import BPETokenizer
+from .validate import check_number, positive_int
+from .world import ATTRIBUTES, Fact, World, make_world, update_world
 
 __all__ = [
     "CorpusDoc",
@@ -56,10 +64,6 @@ __all__ = [
     "make_world",
     "update_world",
 ]
-
-from .tokenization import BPETokenizer  # noqa: E402
-from .validate import check_number, positive_int  # noqa: E402
-from .world import ATTRIBUTES, Fact, World, make_world, update_world  # noqa: E402
 
 DOMAINS = ("prose", "code", "arithmetic")
 # Small, self-contained, idiomatic modules; ~400 KB together.
@@ -100,7 +104,6 @@ CPYTHON_SNAPSHOT = Path(__file__).resolve().parent / "assets" / "corpus_cpython.
 @functools.lru_cache(maxsize=1)
 def cpython_snapshot() -> dict:
     """The snapshot (sha256-checked): ``{"python": version, "prose": {topic: text}, "code": {file: text}}``."""
-    from .checkpoints import verify_sha256  # torch-free at import: the model module is loaded only when data is read
 
     verify_sha256(CPYTHON_SNAPSHOT, rebuild="python scripts/snapshot_corpus.py (on CPython 3.11.7)")
     return json.loads(lzma.decompress(CPYTHON_SNAPSHOT.read_bytes()).decode("utf-8"))
@@ -120,7 +123,6 @@ def code_documents() -> list[CorpusDoc]:
 
 def running_python_documents() -> dict:
     """What the snapshot holds, read from the running interpreter (``scripts/snapshot_corpus.py`` writes it)."""
-    from pydoc_data.topics import topics
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     return {
@@ -242,7 +244,6 @@ class TokenDataset:
     """
 
     def __init__(self, tokenizer, train_docs: list[CorpusDoc], val_docs: list[CorpusDoc]):
-        import torch
 
         if EOT not in getattr(tokenizer, "special_tokens", {}):
             raise ValueError(f"tokenizer must have the special token {EOT!r} (see corpus_tokenizer)")
@@ -291,7 +292,6 @@ class TokenDataset:
         With ``with_domains=True`` also returns ``d`` [B, T], the domain index (into :data:`DOMAINS`) of each
         input token. ``generator`` (a seeded ``torch.Generator``) makes the batches reproducible.
         """
-        import torch
 
         self._check_split(split)
         for name, value in (("batch_size", batch_size), ("block_size", block_size)):

@@ -32,10 +32,21 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from .checkpoints import sha256_of  # re-exported: the pretraining scripts and tests read it from here
+from .checkpoints import (
+    load_checkpoint,
+    sha256_of,  # re-exported: the pretraining scripts and tests read it from here
+    verify_sha256,
+)
+from .data import cache_dir
+from .model import GPTConfig
+from .rag import BM25Index, Document
+from .stats import compare_paired, wilson_interval
 from .train import History, TrainConfig, TrainHooks, train
 from .validate import ArgumentTypeError
+from .world import make_world
 
 __all__ = [
     "VOCAB_SIZE",
@@ -251,7 +262,6 @@ def reading_comprehension_text(seed: int, n_examples: int, *, n_entities: int = 
     questions answerable from it. This teaches the base model to *answer from context*, which RAG and few-shot
     prompting rely on; it never sees the ``{"answer": ...}`` format of the behaviour task.
     """
-    from .world import make_world
 
     rng = random.Random(f"rc:{seed}")
     docs = []
@@ -424,14 +434,12 @@ def count_parameters(model: nn.Module) -> dict:
 # ----------------------------------------------------------------------------------------------- the base model
 def base_config():
     """The chapter's base model: a character-level chapter-3 GPT, small enough to fine-tune on a laptop CPU."""
-    from .model import GPTConfig
 
     return GPTConfig(vocab_size=VOCAB_SIZE, d_model=64, n_layers=4, n_heads=4, max_seq_len=384)
 
 
 def load_base_model(path: str | Path = BASE_CHECKPOINT, *, verify: bool = True):
     """The pretrained base model from ``scripts/pretrain_ch7.py``; its SHA-256 must match ``<path>.sha256``."""
-    from .checkpoints import load_checkpoint, verify_sha256
 
     path = Path(path)
     if not path.exists():
@@ -619,9 +627,6 @@ def cached_finetune(
     the weights into ``model`` and returns the stored history with ``cached=True`` (its ``time`` is that of the
     run that made it); ``recompute=True`` always trains (and refreshes the cache).
     """
-    from safetensors.torch import load_file, save_file
-
-    from .data import cache_dir
 
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("progress", "desc")}
     settings["eval_fn"] = getattr(hooks and hooks.eval_fn, "__qualname__", None)  # a function enters by its name
@@ -758,7 +763,6 @@ def greedy_answers(
     One prompt at a time with a KV cache: prompts of different lengths need no padding, and decoding stops as
     soon as the answer's line ends (a short answer costs a few steps, not ``max_new_tokens``).
     """
-    from tqdm.auto import tqdm
 
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
@@ -821,7 +825,6 @@ PROMPT_METHODS = ("zero-shot", "few-shot", "dynamic few-shot", "RAG")
 def fact_retriever(statements: Sequence[str], index=None) -> Callable[[str, int], list[str]]:
     """``retrieve(question, k)`` over one-statement documents with a chapter-6 index from
     :mod:`course_utils.rag` (default ``BM25Index()``; ``DenseIndex()`` for MiniLM embeddings)."""
-    from .rag import BM25Index, Document
 
     index = BM25Index() if index is None else index
     index.add([Document(str(i), "", s) for i, s in enumerate(statements)])
@@ -961,7 +964,6 @@ STUDY = ASSETS / "ch7_study.json"  # scripts/study_ch7.py: per-question results 
 
 def load_study(path: str | Path = STUDY, *, verify: bool = True) -> dict:
     """The multi-world, multi-seed results of ``scripts/study_ch7.py`` (SHA-256 checked against the sidecar)."""
-    from .checkpoints import verify_sha256
 
     path = Path(path)
     if not path.exists():
@@ -1003,7 +1005,6 @@ def study_bits(study: dict, method: str, split: str, seed: int, world: int) -> l
 
 
 def _study_world(study: dict, world: int):
-    from .world import make_world
 
     return make_world(world, study["meta"]["n_entities"])
 
@@ -1013,7 +1014,6 @@ def study_compare(study: dict, a: tuple[str, str], b: tuple[str, str], *, alpha:
     (the worlds pooled: their questions are different) and one ``"pooled"`` over every seed (discordant pairs
     pooled; a prompting method's questions then count once per seed). Only (seed, world) cells where both sources
     exist are used. Returns ``{seed: PairedComparison, ..., "pooled": PairedComparison}``."""
-    from .stats import compare_paired
 
     per_seed: dict = {}
     for seed in study["meta"]["seeds"]:
@@ -1092,7 +1092,6 @@ def study_claim(study: dict, a: tuple[str, str], b: tuple[str, str], *, alpha: f
 def study_cell(study: dict, method: str, split: str) -> str:
     """``'62% [54%, 69%] (60% / 64%)'``: the pooled share with its 95% Wilson interval, then each seed's share
     (``'—'`` when the study has no such result)."""
-    from .stats import wilson_interval
 
     got = study_share(study, method, split)
     if not got:

@@ -205,5 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
+def notebook_client(nb, folder: str | Path, timeout: int, **options):
+    """An nbclient client that runs ``nb`` in a ``python3`` kernel with ``folder`` as its working directory (as the
+    learner runs it, so relative paths resolve); ``options`` go to nbclient (``allow_errors=True``, ...)."""
+    from nbclient import NotebookClient  # noqa: PLC0415 — a Jupyter kernel client (seconds): only to run a notebook
+
+    return NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}}, **options
+    )
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["use_course_style", "label", "COLORS", "figure_dpi"]
+from cycler import cycler
+
+__all__ = ["use_course_style", "label", "COLORS", "figure_dpi", "apply_figure_dpi"]
 
 # Colour-blind-safe palette (Okabe & Ito, 2008), used in this order by every chapter.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -16,12 +18,22 @@ def figure_dpi() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else 100
 
 
+def _rc_params():
+    """matplotlib's settings. tokenization and train import this module for COLORS and ``label``, so matplotlib
+    (~0.8 s) is imported only once a plot is styled."""
+    import matplotlib  # noqa: PLC0415 — matplotlib costs ~0.8 s; plot-free chapter code imports this module
+
+    return matplotlib.rcParams
+
+
+def apply_figure_dpi() -> None:
+    """Set matplotlib's figure dpi to :func:`figure_dpi` (``course_utils.setup`` under `make outputs`)."""
+    _rc_params()["figure.dpi"] = figure_dpi()
+
+
 def use_course_style() -> None:
     """Apply the course's matplotlib style (readable sizes, light grid, the palette above)."""
-    import matplotlib as mpl
-    from cycler import cycler
-
-    mpl.rcParams.update(
+    _rc_params().update(
         {
             "figure.figsize": (7.0, 4.0),
             "figure.dpi": figure_dpi(),

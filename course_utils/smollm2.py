@@ -36,7 +36,10 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from gguf import GGUFReader
+from gguf.quants import dequantize
 
 from .checkpoints import load_checkpoint, save_checkpoint, sha256_of, verify_sha256, write_sha256
 from .data import cache_dir
@@ -144,10 +147,6 @@ def byte_to_unicode() -> dict[int, str]:
 
 def _read_gguf(path: Path):
     """``(metadata, {name: float32 array [out, in]}, tokens, token types, merges)`` of the GGUF file."""
-    import numpy as np
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
     reader = GGUFReader(str(path))
     lists = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
     meta = {

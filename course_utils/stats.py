@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -49,7 +50,6 @@ def _check_level(level: float) -> float:
 
 
 def _z(level: float) -> float:
-    from statistics import NormalDist
 
     return Z95 if level == 0.95 else NormalDist().inv_cdf(0.5 + level / 2)
 

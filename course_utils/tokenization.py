@@ -11,12 +11,19 @@
 from __future__ import annotations
 
 import heapq
+import html
 import json
 import numbers
+import operator
 import os
 import warnings
 from collections import Counter
 from pathlib import Path
+
+import regex
+import tiktoken
+
+from .plotting import COLORS
 
 __all__ = [
     "get_encoding",
@@ -52,7 +59,6 @@ def get_encoding(name: str = "cl100k_base"):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name in _cache:
         return _cache[name]
-    import tiktoken
 
     enc = None
     if os.environ.get("COURSE_OFFLINE") != "1" or name not in OFFLINE_FALLBACKS:
@@ -103,7 +109,6 @@ def _require_str(value, name: str) -> None:
 
 
 def _compile(pattern):
-    import regex  # the stdlib `re` has no \p{L} classes nor possessive quantifiers
 
     return None if pattern is None else regex.compile(pattern)
 
@@ -534,7 +539,6 @@ class BPETokenizer:
             )
         if not allowed:
             return self.encode_ordinary(text)
-        import regex
 
         # longest first, so that a special token that contains another one wins
         split = regex.compile("(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")")
@@ -605,8 +609,6 @@ class BPETokenizer:
 def _as_int(i) -> int:
     """Accept numpy/torch integer scalars as ids; reject anything else with a clear TypeError."""
     try:
-        import operator
-
         return operator.index(i)
     except TypeError:
         raise TypeError(f"ids must be ints, got {type(i).__name__} ({i!r})") from None
@@ -670,9 +672,6 @@ def tokens_html(text: str, tokenizer=None, max_tokens: int = 2000) -> str:
     ``·``, tabs as ``→`` and newlines as ``↵``, because where the whitespace goes is half of what a tokenizer
     does; bytes that are only part of a character are drawn as ``�``.
     """
-    import html
-
-    from .plotting import COLORS
 
     _require_str(text, "text")
     tokenizer = get_encoding("cl100k_base") if tokenizer is None else tokenizer

@@ -142,3 +142,31 @@ def test_no_function_over_80_lines():
     assert not new, f"functions over {MAX_FUNCTION_LINES} lines (split them): {new}"
     fixed = set(KNOWN_LONG_FUNCTIONS) - set(found)
     assert not fixed, f"no longer over the limit, remove from KNOWN_LONG_FUNCTIONS: {sorted(fixed)}"
+
+
+MAX_DEFERRED_PLACES = 10  # CONTRIBUTING: function-level imports of heavy optional libraries, outside the checks
+
+
+def deferred_imports() -> dict[tuple[str, str], list[str]]:
+    """(file, function) -> the reasons of its function-level imports (the text after `noqa: PLC0415 —`)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    _, _, reason = lines[node.lineno - 1].partition("noqa: PLC0415")
+                    key = (path.relative_to(PACKAGE).as_posix(), fn.name)
+                    found.setdefault(key, []).append(reason.strip(" —-"))
+    return found
+
+
+def test_deferred_imports_are_few_and_each_says_why():
+    found = deferred_imports()
+    assert found, "the scan finds none: it no longer sees function-level imports"
+    unexplained = {k: r for k, r in found.items() if not all(len(x) > 8 for x in r)}
+    assert not unexplained, f"a function-level import without `# noqa: PLC0415 — <reason>`: {unexplained}"
+    outside_checks = sorted(k for k in found if not k[0].startswith("checks/"))
+    assert len(outside_checks) <= MAX_DEFERRED_PLACES, f"{len(outside_checks)} places defer imports: {outside_checks}"

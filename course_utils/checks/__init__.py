@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 from ._core import CheckFailed
 
@@ -30,15 +31,22 @@ def _gather() -> dict:
     return found
 
 
+def _home_of(name: str) -> str | None:
+    """The chapter module whose ``__all__`` lists ``name``, found by reading the sources (no chapter is imported)."""
+    for path in sorted(Path(__file__).parent.glob("ch*.py")):
+        if f'"{name}"' in path.read_text(encoding="utf-8"):
+            return path.stem
+    return None
+
+
 def __getattr__(name: str):
-    # Lazy: importing one check must not import every chapter's heavy dependencies (transformers, faiss).
-    if name.startswith("check_"):
-        for mod in pkgutil.iter_modules(__path__):
-            if mod.name.startswith("ch"):
-                module = importlib.import_module(f"{__name__}.{mod.name}")
-                if name in getattr(module, "__all__", ()):
-                    globals()[name] = getattr(module, name)
-                    return globals()[name]
+    # Lazy: importing one check imports its chapter's module only, not every chapter's dependencies.
+    home = _home_of(name) if name.startswith("check_") else None
+    if home is not None:
+        module = importlib.import_module(f"{__name__}.{home}")
+        if name in getattr(module, "__all__", ()):
+            globals()[name] = getattr(module, name)
+            return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 __all__ = ["CheckFailed", "fail", "call", "compare", "passed", "describe", "exercise", "EXERCISE_OF"]
 
 EXERCISE_OF: dict[str, str] = {}  # check name -> "N.M", filled by @exercise
@@ -94,8 +97,6 @@ def _short(value: Any, limit: int) -> str:
 def describe(value: Any, limit: int = 120) -> str:
     """A short, readable description of an input or output for a failure message: shapes and a few values."""
     try:
-        import torch
-
         if isinstance(value, torch.Tensor):
             flat = value.detach().flatten()[:6].tolist()
             body = "[" + ", ".join(_num(v) if isinstance(v, float) else repr(v) for v in flat)
@@ -104,8 +105,6 @@ def describe(value: Any, limit: int = 120) -> str:
     except ImportError:  # pragma: no cover - torch is a hard requirement of the course
         pass
     try:
-        import numpy as np
-
         if isinstance(value, np.ndarray):
             return f"array(shape={value.shape}, dtype={value.dtype})"
     except ImportError:  # pragma: no cover
@@ -150,8 +149,6 @@ def call(check: str, fn: Callable, *args, inputs: dict | None = None, **kwargs):
 
 def _is_tensor(x) -> bool:
     try:
-        import torch
-
         return isinstance(x, torch.Tensor)
     except ImportError:  # pragma: no cover
         return False
@@ -159,8 +156,6 @@ def _is_tensor(x) -> bool:
 
 def _is_array(x) -> bool:
     try:
-        import numpy as np
-
         return isinstance(x, np.ndarray)
     except ImportError:  # pragma: no cover
         return False
@@ -168,7 +163,6 @@ def _is_array(x) -> bool:
 
 def _compare_arrays(got, expected, what, atol, rtol, check_dtype):
     """Return a description of the first difference between two tensors/arrays, or None."""
-    import numpy as np
 
     if _is_tensor(expected) and not _is_tensor(got):
         return f"{what}: expected a torch.Tensor, got {type(got).__name__}"
@@ -256,3 +250,36 @@ def passed(check: str, n_cases: int, note: str = "") -> None:
     extra = f" — {note}" if note else ""
     number = EXERCISE_OF.get(check)
     print(f"✅ {check} passed ({f'Exercise {number}, ' if number else ''}{n_cases} cases){extra}")
+
+
+# shared by chapters 3 and 5's open training exercises
+class CountingData:
+    """The corpus, counting the tokens drawn through ``get_batch`` per split (everything else passes through)."""
+
+    def __init__(self, data):
+        self._data, self.train_tokens, self.other_tokens = data, 0, {}
+
+    def get_batch(self, split, batch_size, block_size, generator=None, **kwargs):
+        if split == "train":
+            self.train_tokens += batch_size * block_size
+        else:  # counted, not refused: the check then says what it saw instead of the learner's code crashing
+            self.other_tokens[split] = self.other_tokens.get(split, 0) + batch_size * block_size
+        return self._data.get_batch(split, batch_size, block_size, generator, **kwargs)
+
+    def __getattr__(self, name):
+        if name == "ids":  # the raw token tensors would bypass the count
+            raise AttributeError("draw training tokens with data.get_batch(...): the budget counts them there")
+        return getattr(self._data, name)
+
+
+def fail_if_not_train_only(name: str, data: CountingData) -> None:
+    """An open exercise is scored on the validation split: drawing from any other split than 'train' fails."""
+    if data.other_tokens:
+        split, n = next(iter(data.other_tokens.items()))
+        fail(
+            name,
+            f"your function drew {n:,} tokens from the {split!r} split (only 'train' may be used): a model that has "
+            f"seen (or was chosen on) the validation text is scored on data it knows",
+            hint="draw every batch with data.get_batch('train', ...); to watch progress, look at the training loss "
+            "or hold out part of the training batches yourself",
+        )

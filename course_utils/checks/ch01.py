@@ -3,6 +3,22 @@ GPT-4's pre-splitting and special tokens compared with tiktoken's ``cl100k_base`
 
 from __future__ import annotations
 
+import regex
+
+from .. import tokenization as ref
+from ..data import course_corpus
+from ..tokenization import (
+    GPT2_SPLIT_PATTERN,
+    GPT4_SPLIT_PATTERN,
+    bpe_with_ranks,
+    decode_bytes,
+    encode_with_merges,
+    get_encoding,
+    get_stats,
+    merge,
+    train_bpe_naive,
+    vocab_from_merges,
+)
 from ._core import call, compare, describe, exercise, fail, passed
 
 __all__ = [
@@ -36,13 +52,12 @@ def _same_as_reference(name: str, fn, reference, cases, hint: str, note: str = "
 @exercise("1.1")
 def check_get_stats(get_stats) -> None:
     """``get_stats(ids) -> {pair: count}`` for adjacent pairs (overlapping pairs count: [5, 5, 5] has two)."""
-    from course_utils.tokenization import get_stats as ref
 
     cases = [[1, 2, 1, 2, 3], [5, 5, 5], [], [7], list(b"hello world"), list("naïve 🤖".encode())]
     _same_as_reference(
         "check_get_stats",
         get_stats,
-        ref,
+        ref.get_stats,
         [((ids,), {"ids": ids}) for ids in cases],
         hint="every adjacent pair counts, even overlapping ones ([5, 5, 5] has (5, 5) twice): look at each "
         "element with the next one and add 1 for that pair",
@@ -52,7 +67,6 @@ def check_get_stats(get_stats) -> None:
 @exercise("1.2")
 def check_merge(merge) -> None:
     """``merge(ids, pair, idx)`` replaces each non-overlapping occurrence, scanning left to right."""
-    from course_utils.tokenization import merge as ref
 
     cases = [
         ([1, 2, 3, 1, 2], (1, 2), 99),
@@ -66,7 +80,7 @@ def check_merge(merge) -> None:
     _same_as_reference(
         "check_merge",
         merge,
-        ref,
+        ref.merge,
         [(c, dict(zip(("ids", "pair", "idx"), c))) for c in cases],
         hint="scan left to right: where the pair starts, emit the new id and jump past both; elsewhere copy "
         "one id and step once (the last id too)",
@@ -80,7 +94,6 @@ def check_train_bpe(train_bpe) -> None:
     Ties between equally frequent pairs may be broken either way, so the check replays your merges and verifies
     that each one was a most frequent pair at its step and got the next id.
     """
-    from course_utils.tokenization import get_stats, merge, train_bpe_naive
 
     name = "check_train_bpe"
     cases = [("aaabdaaabac", 259), (_TRAIN_TEXT, 256 + 30), ("hello", 256), ("abcabcabc", 258)]
@@ -121,7 +134,6 @@ def check_train_bpe(train_bpe) -> None:
 
 
 def _trained_merges():
-    from course_utils.tokenization import train_bpe_naive
 
     return train_bpe_naive(_TRAIN_TEXT, 256 + 40)
 
@@ -129,7 +141,6 @@ def _trained_merges():
 @exercise("1.4")
 def check_encode(encode) -> None:
     """``encode(text, merges) -> ids``: apply the learned merges, earliest learned first, to the UTF-8 bytes."""
-    from course_utils.tokenization import encode_with_merges
 
     merges = _trained_merges()
     texts = ["the cat sat on the mat", "the hat", "ünïcödé 東京 🤖", "1234", "zzz never seen", "t", ""]
@@ -150,7 +161,6 @@ def check_encode(encode) -> None:
 @exercise("1.5")
 def check_decode(decode) -> None:
     """``decode(ids, vocab) -> str``: join the tokens' bytes first, then decode UTF-8 with errors="replace"."""
-    from course_utils.tokenization import decode_bytes, encode_with_merges, vocab_from_merges
 
     merges = _trained_merges()
     vocab = vocab_from_merges(merges)
@@ -170,9 +180,6 @@ def check_decode(decode) -> None:
 @exercise("1.6")
 def check_encode_with_ranks(encode_with_ranks) -> None:
     """``encode_with_ranks(piece: bytes, ranks) -> ids``: tiktoken's rule, merge the lowest-rank pair first."""
-    import regex
-
-    from course_utils.tokenization import GPT4_SPLIT_PATTERN, bpe_with_ranks, get_encoding
 
     # "abcd": lowest rank first gives [a, bcd]; merging left to right would give [abc, d]
     toy = {bytes([i]): i for i in range(256)} | {b"bc": 256, b"ab": 257, b"bcd": 258, b"cd": 259, b"abc": 260}
@@ -193,7 +200,6 @@ def check_encode_with_ranks(encode_with_ranks) -> None:
 
 def _replay(name: str, got, chunks: list[list[int]], inputs: dict, hint: str) -> None:
     """Fail unless each merge in ``got`` was a most frequent pair *within the chunks* at its step, with the next id."""
-    from course_utils.tokenization import get_stats, merge
 
     for step, (pair, idx) in enumerate(got.items()):
         if idx != 256 + step:
@@ -228,9 +234,6 @@ def check_train_bpe_regex(train_bpe_regex) -> None:
     Ties may be broken either way: the check replays your merges on the chunks and verifies each was a most
     frequent pair there, at its step.
     """
-    import regex
-
-    from course_utils.tokenization import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, train_bpe_naive
 
     name = "check_train_bpe_regex"
     cases = [
@@ -280,9 +283,6 @@ def check_gpt4_encode(gpt4_encode) -> None:
     """``gpt4_encode(text, ranks, special_tokens, pattern) -> ids`` equals tiktoken's
     ``cl100k_base.encode(text, allowed_special="all")``: special tokens first, then the split pattern, then
     rank-based BPE of each chunk."""
-    import regex  # noqa: F401 - the learner's code needs it; fail early with a clear ImportError otherwise
-
-    from course_utils.tokenization import GPT4_SPLIT_PATTERN, get_encoding
 
     name = "check_gpt4_encode"
     enc = get_encoding("cl100k_base")
@@ -327,7 +327,6 @@ HELD_OUT_CHARS = 30_000  # the last characters of the course corpus; train only 
 
 def held_out_text() -> str:
     """The open exercise's test text: the last :data:`HELD_OUT_CHARS` characters of the course corpus."""
-    from course_utils.data import course_corpus
 
     return course_corpus()[-HELD_OUT_CHARS:]
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
+import torch.nn.functional as F
 
-from ._core import call, compare, exercise, fail, passed
+from .. import attention as ref_attention
+from .. import model as ref_model
+from .. import train as ref_train
+from ..attention import apply_rope, repeat_kv, rope_frequencies
+from ..data import corpus_dataset
+from ..model import GPT, Block, GPTConfig, rms_norm, swiglu
+from ..train import configure_optimizer, evaluate, lr_at
+from ._core import CountingData, call, compare, exercise, fail, fail_if_not_train_only, passed
 
 __all__ = [
     "check_rms_norm",
@@ -43,7 +52,6 @@ def _against_reference(name: str, fn, reference, cases: list[dict], hint: str, a
 @exercise("3.1")
 def check_rms_norm(rms_norm) -> None:
     """``rms_norm(x, weight, eps=1e-6)`` over the last dimension."""
-    from ..model import rms_norm as ref
 
     g = _gen(0)
     cases = [
@@ -56,7 +64,7 @@ def check_rms_norm(rms_norm) -> None:
     _against_reference(
         "check_rms_norm",
         rms_norm,
-        ref,
+        ref_model.rms_norm,
         cases,
         hint="divide x by sqrt(mean(x**2, last dim) + eps), then multiply by weight; "
         "unlike LayerNorm, RMSNorm subtracts no mean",
@@ -66,12 +74,10 @@ def check_rms_norm(rms_norm) -> None:
 @exercise("3.2")
 def check_apply_rope(apply_rope) -> None:
     """``apply_rope(x, offset=0, base=10000.0)`` on ``x`` [..., T, head_dim], rotate-half layout."""
-    from ..attention import apply_rope as ref_apply
-    from ..attention import rope_frequencies
 
     def ref(x, offset, base):
         cos, sin = rope_frequencies(x.shape[-1], offset + x.shape[-2], base)
-        return ref_apply(x, cos, sin, offset)
+        return ref_attention.apply_rope(x, cos, sin, offset)
 
     g = _gen(1)
     cases = [
@@ -94,7 +100,6 @@ def check_apply_rope(apply_rope) -> None:
 @exercise("3.3")
 def check_swiglu(swiglu) -> None:
     """``swiglu(x, w1, w3, w2)`` = ``(silu(x w1ᵀ) * x w3ᵀ) w2ᵀ``."""
-    from ..model import swiglu as ref
 
     g = _gen(2)
     cases = [
@@ -109,7 +114,7 @@ def check_swiglu(swiglu) -> None:
     _against_reference(
         "check_swiglu",
         swiglu,
-        ref,
+        ref_model.swiglu,
         cases,
         atol=1e-4,
         hint="the gate w1 goes through SiLU, the up projection w3 does not; multiply them "
@@ -120,7 +125,6 @@ def check_swiglu(swiglu) -> None:
 @exercise("3.4")
 def check_kv_cache_step(kv_cache_step) -> None:
     """``kv_cache_step(q, k_new, v_new, k_cache, v_cache) -> (out, k_cache, v_cache)``."""
-    from ..model import kv_cache_step as ref
 
     name = "check_kv_cache_step"
     g = _gen(3)
@@ -141,7 +145,7 @@ def check_kv_cache_step(kv_cache_step) -> None:
                 inputs=inputs,
                 hint="return the attention output and the two updated caches",
             )
-        want = ref(q[:, :, sl], k[:, :, sl], v[:, :, sl], kc, vc)
+        want = ref_model.kv_cache_step(q[:, :, sl], k[:, :, sl], v[:, :, sl], kc, vc)
         compare(
             name, got[1], want[1], inputs=inputs, what="k_cache", hint="append the new keys along the time axis (dim 2)"
         )
@@ -286,7 +290,6 @@ def check_sample_next_token(sample_next_token) -> None:
             )
         n_cases += 1
     # the same seed must give the same tokens as GPT.generate: draw with the generator, in vocabulary order
-    from ..model import sample_next_token as ref
 
     batch = torch.randn(64, 10, generator=_gen(5)) * 1.5
     for kw in (dict(temperature=1.0, top_k=None, top_p=None), dict(temperature=0.8, top_k=6, top_p=0.9)):
@@ -302,7 +305,7 @@ def check_sample_next_token(sample_next_token) -> None:
                 inputs=inputs,
                 hint="pass generator=generator to torch.multinomial, so that a seed reproduces a generation",
             )
-        want = ref(batch.clone(), generator=_gen(99), **kw)
+        want = ref_model.sample_next_token(batch.clone(), generator=_gen(99), **kw)
         if not torch.equal(torch.as_tensor(first).long(), want):
             n_diff = int((torch.as_tensor(first).long() != want).sum())
             fail(
@@ -320,7 +323,6 @@ def check_sample_next_token(sample_next_token) -> None:
 
 # ----------------------------------------------------------------------------------------------- the model, written out
 def _tiny_config(**overrides):
-    from ..model import GPTConfig
 
     base = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
     return GPTConfig(**{**base, **overrides})
@@ -340,7 +342,6 @@ def _visible_weights(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _block(seed: int, **overrides):
-    from ..model import Block
 
     torch.manual_seed(seed)
     return _visible_weights(Block(_tiny_config(**overrides)), seed)
@@ -366,10 +367,6 @@ def _block_variant(
     ffn_gain: str = "ffn_norm",
 ) -> torch.Tensor:
     """The block written out, with one switch per common mistake; all defaults = the right block."""
-    import torch.nn.functional as F
-
-    from ..attention import apply_rope, repeat_kv, rope_frequencies
-    from ..model import rms_norm, swiglu
 
     a, (B, T, d) = block.attn, x.shape
     gains = {"attn_norm": block.attn_norm.weight, "ffn_norm": block.ffn_norm.weight}
@@ -505,7 +502,6 @@ def check_block_forward(block_forward) -> None:
 
 
 def _gpt(seed: int, **overrides):
-    from ..model import GPT
 
     torch.manual_seed(seed)
     return _visible_weights(GPT(_tiny_config(**overrides)), seed)
@@ -563,7 +559,6 @@ def check_gpt_forward(gpt_forward) -> None:
 @exercise("3.8")
 def check_next_token_loss(next_token_loss) -> None:
     """``next_token_loss(logits [B, T, V], tokens [B, T]) -> scalar``: mean cross-entropy of next-token prediction."""
-    import torch.nn.functional as F
 
     name = "check_next_token_loss"
     g = _gen(7)
@@ -618,7 +613,6 @@ def check_next_token_loss(next_token_loss) -> None:
 @exercise("3.9")
 def check_lr_schedule(lr_schedule) -> None:
     """``lr_schedule(step, lr, warmup, steps, min_lr_ratio=0.1) -> float``: linear warm-up, then cosine decay."""
-    from ..train import lr_at
 
     name = "check_lr_schedule"
     settings = [
@@ -677,13 +671,8 @@ def _lr_of(opt) -> list[float]:
 
 def _twin_models():
     """Two identical float64 copies of a tiny GPT with their optimizers (Adam eps 1e-6), for check_train_step."""
-    import copy
-
-    from ..train import configure_optimizer
 
     torch.manual_seed(30)
-    from ..attention import rope_frequencies
-    from ..model import GPT
 
     mine = GPT(_tiny_config()).double()
     for block in mine.blocks:  # the RoPE table is stored in float32: rebuild it at float64's precision
@@ -717,8 +706,6 @@ def check_train_step(train_step) -> None:
     Runs the learner's step and :func:`course_utils.train.train_step` side by side, in float64 and from the same
     seed, on copies of one model, and compares the loss, the learning rate and every weight after each step.
     """
-    from ..train import lr_at
-    from ..train import train_step as ref_step
 
     name = "check_train_step"
     g = _gen(8)
@@ -741,7 +728,7 @@ def check_train_step(train_step) -> None:
             inputs = {"tokens": tokens, "step": step, "grad_clip": clip, **schedule}
             got = call(name, train_step, mine, opts[0], tokens.clone(), step, grad_clip=clip, inputs=inputs, **schedule)
             rate = lr_at(step, **schedule)
-            want, _, _ = ref_step(ref, opts[1], tokens[:, :-1], tokens[:, 1:], rate, grad_clip=clip)
+            want, _, _ = ref_train.train_step(ref, opts[1], tokens[:, :-1], tokens[:, 1:], rate, grad_clip=clip)
             if isinstance(got, torch.Tensor):
                 got = float(got.detach()) if got.numel() == 1 else got
             if not isinstance(got, float):
@@ -787,9 +774,6 @@ def check_train_step(train_step) -> None:
 
 def check_trained_gpt(model, *, target: float = 4.2) -> None:
     """The learner's trained model: its validation loss on the course corpus must be below ``target`` nats/token."""
-    from ..data import corpus_dataset
-    from ..model import GPT
-    from ..train import evaluate
 
     name = "check_trained_gpt"
     if not isinstance(model, GPT):
@@ -815,38 +799,6 @@ def check_trained_gpt(model, *, target: float = 4.2) -> None:
     passed(name, 1, f"validation loss {val:.3f} < {target} nats/token (uniform guess {uniform:.3f})")
 
 
-class _CountingData:
-    """The corpus, counting the tokens drawn through ``get_batch`` per split (everything else passes through)."""
-
-    def __init__(self, data):
-        self._data, self.train_tokens, self.other_tokens = data, 0, {}
-
-    def get_batch(self, split, batch_size, block_size, generator=None, **kwargs):
-        if split == "train":
-            self.train_tokens += batch_size * block_size
-        else:  # counted, not refused: the check then says what it saw instead of the learner's code crashing
-            self.other_tokens[split] = self.other_tokens.get(split, 0) + batch_size * block_size
-        return self._data.get_batch(split, batch_size, block_size, generator, **kwargs)
-
-    def __getattr__(self, name):
-        if name == "ids":  # the raw token tensors would bypass the count
-            raise AttributeError("draw training tokens with data.get_batch(...): the budget counts them there")
-        return getattr(self._data, name)
-
-
-def fail_if_not_train_only(name: str, data: _CountingData) -> None:
-    """An open exercise is scored on the validation split: drawing from any other split than 'train' fails."""
-    if data.other_tokens:
-        split, n = next(iter(data.other_tokens.items()))
-        fail(
-            name,
-            f"your function drew {n:,} tokens from the {split!r} split (only 'train' may be used): a model that has "
-            f"seen (or was chosen on) the validation text is scored on data it knows",
-            hint="draw every batch with data.get_batch('train', ...); to watch progress, look at the training loss "
-            "or hold out part of the training batches yourself",
-        )
-
-
 # the lab's own run (Exercise 3.10's loop): 119,104 parameters x 300 steps x 16 x 64 tokens, x 6 FLOPs per pair
 LAB_RUN_FLOPS = 6 * 119_104 * 300 * 16 * 64
 
@@ -860,12 +812,9 @@ def check_train_within_budget(
     Compute is counted as ``6 · N · D`` (Kaplan et al., 2020): ``N`` the model's parameters (tied weights once),
     ``D`` the training tokens the function drew through ``data.get_batch``. Machine-independent, unlike seconds.
     """
-    from ..data import corpus_dataset
-    from ..model import GPT
-    from ..train import evaluate
 
     name = "check_train_within_budget"
-    data = _CountingData(corpus_dataset())
+    data = CountingData(corpus_dataset())
     model = call(name, train_within_budget, data, budget_flops, inputs={"budget_flops": budget_flops})
     if not isinstance(model, GPT):
         fail(name, f"expected train_within_budget to return a course_utils.model.GPT, got {type(model).__name__}")
@@ -1008,7 +957,6 @@ def check_init_weights(init_weights) -> None:
     """``init_weights(model)`` re-initialises a dense ``course_utils.model.GPT`` in place, as GPT-2/nanoGPT do:
     matrices and the (tied) embedding ~ N(0, 0.02²), the projections into the residual stream (``o_proj``, ``w2``)
     ~ N(0, (0.02/√(2·n_layers))²), norm gains 1. Judged by statistics with tolerances, from a fixed seed."""
-    from ..model import GPT
 
     name = "check_init_weights"
     n = 0

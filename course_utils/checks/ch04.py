@@ -239,8 +239,8 @@ def check_deepseek_v3_router(deepseek_v3_router) -> None:
 
 
 def _mixtral_block(E, k, H, I, seed):
-    from transformers import MixtralConfig
-    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+    from transformers import MixtralConfig  # noqa: PLC0415 — transformers takes ~3 s to import; only this check compares with Mixtral
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock  # noqa: PLC0415 — the same transformers import
 
     config = MixtralConfig(
         hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=k, router_jitter_noise=0.0

@@ -14,10 +14,12 @@ from dataclasses import asdict
 import torch
 
 from .. import moe_lm
+from ..data import corpus_dataset
 from ..distributed import dispatch_plan, simulate_expert_parallel  # re-exported: tests import it here
 from ..model import GPT, GPTConfig
 from ..moe import MoELayer, load_balancing_loss, router_z_loss
-from ._core import call, compare, exercise, fail, passed
+from ..train import configure_optimizer, evaluate, lr_at, train_step
+from ._core import CountingData, call, compare, exercise, fail, fail_if_not_train_only, passed
 
 __all__ = [
     "check_swap_ffn_for_moe",
@@ -247,7 +249,6 @@ MOE_CHECK_SEED = 0
 
 def reference_moe_recipe(data, seed: int = 0) -> GPT:
     """Train the lab's MoE (``moe_lm.moe_config(moe_lm.BASE_CONFIG)``) with :data:`MOE_RECIPE`, from ``seed``."""
-    from ..train import configure_optimizer, lr_at, train_step
 
     r = MOE_RECIPE
     torch.manual_seed(seed)
@@ -269,7 +270,6 @@ def reference_moe_recipe(data, seed: int = 0) -> GPT:
 
 def moe_val_loss(model, data) -> float:
     """The score of the open exercise: mean cross-entropy over 20 seeded validation batches of 16 x 64 tokens."""
-    from ..train import evaluate
 
     return evaluate(model, data, "val", iters=20, batch_size=16, block_size=min(64, model.config.max_seq_len))
 
@@ -292,11 +292,9 @@ def check_beat_moe_recipe(train_moe, *, target: float = MOE_TARGET, token_budget
     """Open exercise: ``train_moe(data, seed) -> GPT``, an MoE model with at most the recipe's active parameters,
     trained on at most ``token_budget`` training tokens from ``seed`` (fixed by the check), must reach a validation
     loss below ``target``: below the recipe's best seed, not just below its seed-0 number."""
-    from ..data import corpus_dataset
-    from .ch03 import _CountingData, fail_if_not_train_only
 
     name = "check_beat_moe_recipe"
-    data = _CountingData(corpus_dataset())
+    data = CountingData(corpus_dataset())
     torch.manual_seed(MOE_CHECK_SEED)  # a function that draws from torch's global generator is reproducible too
     inputs = {"token_budget": token_budget, "seed": MOE_CHECK_SEED}
     model = call(name, train_moe, data, MOE_CHECK_SEED, inputs=inputs)

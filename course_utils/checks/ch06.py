@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from .. import rag as ref
+from ..rag import load_questions, mrr, recall_at_k, split_questions
+from ..tokenization import get_encoding
 from ._core import call, compare, exercise, fail, passed
 
 __all__ = [
@@ -29,8 +33,6 @@ _TEXT = (
 def check_chunk_text(chunk_text) -> None:
     """``chunk_text(text, chunk_size, overlap)``: token windows of ``chunk_size``, each ``chunk_size - overlap``
     tokens after the previous one, stopping at the first window that reaches the end."""
-    from ..rag import chunk_text as ref
-    from ..tokenization import get_encoding
 
     name = "check_chunk_text"
     n = len(get_encoding().encode(_TEXT))
@@ -47,7 +49,7 @@ def check_chunk_text(chunk_text) -> None:
     for text, size, overlap in cases:
         inputs = {"text": text, "chunk_size": size, "overlap": overlap}
         got = call(name, chunk_text, text, size, overlap, inputs=inputs)
-        expected = ref(text, size, overlap)
+        expected = ref.chunk_text(text, size, overlap)
         if isinstance(got, list) and len(got) > len(expected) and got[: len(expected)] == expected:
             fail(
                 name,
@@ -104,7 +106,6 @@ def _bm25_cases():
 @exercise("6.2")
 def check_bm25_scores(bm25_scores) -> None:
     """``bm25_scores(query_tokens, docs_tokens, k1, b)``: BM25 (Lucene variant) of the query against every doc."""
-    from ..rag import bm25_scores as ref
 
     name = "check_bm25_scores"
     cases = _bm25_cases()
@@ -114,7 +115,7 @@ def check_bm25_scores(bm25_scores) -> None:
         compare(
             name,
             np.asarray(got, dtype=float) if isinstance(got, (list, np.ndarray)) else got,
-            ref(query, docs, k1=k1, b=b),
+            ref.bm25_scores(query, docs, k1=k1, b=b),
             inputs=inputs,
             what="scores",
             atol=1e-6,
@@ -127,7 +128,6 @@ def check_bm25_scores(bm25_scores) -> None:
 @exercise("6.3")
 def check_cosine_top_k(cosine_top_k) -> None:
     """``cosine_top_k(query, matrix, k)`` -> (indices, similarities) of the k most cosine-similar rows."""
-    from ..rag import cosine_top_k as ref
 
     name = "check_cosine_top_k"
     rng = np.random.default_rng(6)
@@ -139,7 +139,7 @@ def check_cosine_top_k(cosine_top_k) -> None:
         got = call(name, cosine_top_k, q, m, k, inputs=inputs)
         if not isinstance(got, tuple) or len(got) != 2:
             fail(name, f"expected a tuple (indices, similarities), got {type(got).__name__}", inputs=inputs)
-        idx, sims = ref(q, m, k)
+        idx, sims = ref.cosine_top_k(q, m, k)
         compare(
             name,
             [int(i) for i in np.asarray(got[0]).ravel()],
@@ -164,7 +164,6 @@ def check_cosine_top_k(cosine_top_k) -> None:
 def check_reciprocal_rank_fusion(reciprocal_rank_fusion) -> None:
     """``reciprocal_rank_fusion(rankings, k=60)`` -> [(item, score), ...] best first, score = Σ 1/(k + rank);
     items with equal scores keep the order in which they were first seen (list by list, best first)."""
-    from ..rag import reciprocal_rank_fusion as ref
 
     name = "check_reciprocal_rank_fusion"
     cases = [
@@ -179,7 +178,7 @@ def check_reciprocal_rank_fusion(reciprocal_rank_fusion) -> None:
     for rankings, k in cases:
         inputs = {"rankings": rankings, "k": k}
         got = call(name, reciprocal_rank_fusion, rankings, k=k, inputs=inputs)
-        expected = ref(rankings, k=k)
+        expected = ref.reciprocal_rank_fusion(rankings, k=k)
         got = [tuple(pair) for pair in got] if isinstance(got, list) else got
         if isinstance(got, list) and sorted(map(repr, got)) == sorted(map(repr, expected)) and got != expected:
             fail(
@@ -212,7 +211,6 @@ _TWO_HITS_RELEVANT = [{"b", "c"}, {"p"}, {"w", "t"}]
 @exercise("6.5")
 def check_recall_at_k(recall_at_k) -> None:
     """``recall_at_k(rankings, relevant, k)``: the fraction of questions with a relevant id in their top k."""
-    from ..rag import recall_at_k as ref
 
     name = "check_recall_at_k"
     cases = [(_RANKINGS, _RELEVANT, k) for k in (1, 2, 3, 10)] + [([["a"]], [{"a"}], 1), ([["b", "a"]], [{"a"}], 1)]
@@ -220,7 +218,7 @@ def check_recall_at_k(recall_at_k) -> None:
     for rankings, relevant, k in cases:
         inputs = {"rankings": rankings, "relevant": relevant, "k": k}
         got = call(name, recall_at_k, rankings, relevant, k, inputs=inputs)
-        expected = ref(rankings, relevant, k)
+        expected = ref.recall_at_k(rankings, relevant, k)
         if isinstance(got, (int, float)) and got > 1 + 1e-9:
             fail(
                 name,
@@ -245,7 +243,6 @@ def check_recall_at_k(recall_at_k) -> None:
 @exercise("6.6")
 def check_mrr(mrr) -> None:
     """``mrr(rankings, relevant)``: mean over questions of 1/rank of the first relevant result (0 when none)."""
-    from ..rag import mrr as ref
 
     name = "check_mrr"
     cases = [
@@ -260,7 +257,7 @@ def check_mrr(mrr) -> None:
         compare(
             name,
             got,
-            ref(rankings, relevant),
+            ref.mrr(rankings, relevant),
             inputs=inputs,
             what="MRR",
             atol=1e-9,
@@ -283,10 +280,6 @@ def check_retrieval_design(search, k: int = 5) -> None:
     :class:`course_utils.rag.Chunk`), best first. Scored on the held-out half of the chapter's labelled questions
     only: passes when recall@5 reaches :data:`RECALL_TARGET` and MRR :data:`MRR_TARGET`, with the ``k`` passages'
     texts within :data:`CONTEXT_BUDGET` tokens in all."""
-    from tqdm.auto import tqdm
-
-    from ..rag import load_questions, mrr, recall_at_k, split_questions
-    from ..tokenization import get_encoding
 
     name = "check_retrieval_design"
     enc = get_encoding()

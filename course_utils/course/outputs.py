@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 import nbformat
+from PIL import Image
+
+from ..nbtools import notebook_client
 
 __all__ = [
     "RUN_DEPENDENT",
@@ -180,12 +183,21 @@ def _comparable(outputs) -> list:
     return keep
 
 
+def _nbval_plugin():
+    """nbval's plugin module, or None when nbval is not installed."""
+    try:
+        import nbval.plugin  # noqa: PLC0415 — nbval loads jupyter_client (seconds): `outputs tag` never needs it
+    except ImportError:
+        return None
+    return nbval.plugin
+
+
 def pytest_configure(config):
     """Make strict nbval compare numbers with a tolerance and leave progress-bar widgets out (see module doc)."""
-    try:
-        from nbval.plugin import IPyNbCell
-    except ImportError:  # nbval not installed: nothing to patch
+    plugin = _nbval_plugin()
+    if plugin is None:  # nbval not installed: nothing to patch
         return
+    IPyNbCell = plugin.IPyNbCell
     if getattr(IPyNbCell.compare_outputs, "_course_tolerant", False):
         return
     original = IPyNbCell.compare_outputs
@@ -215,11 +227,9 @@ def pytest_configure(config):
 
 
 def _flat_texts(cell, outputs, skip_compare) -> dict:
-    from nbval.plugin import transform_streams_for_comparison
-
     skip = skip_compare or cell.parent.skip_compare
     flat: dict[str, list] = {}
-    for out in transform_streams_for_comparison(outputs):
+    for out in _nbval_plugin().transform_streams_for_comparison(outputs):
         for key, value in out.items():
             if key in skip:
                 continue
@@ -235,7 +245,6 @@ def _flat_texts(cell, outputs, skip_compare) -> dict:
 # ---- storing outputs -------------------------------------------------------------------------------------------
 def _recompress_png(b64: str) -> str:
     """A matplotlib PNG as a 256-colour palette PNG: about 3x smaller, indistinguishable for line plots."""
-    from PIL import Image
 
     raw = base64.b64decode(b64)
     img = Image.open(io.BytesIO(raw))
@@ -316,8 +325,6 @@ def record_run_time(path: Path, seconds: float, times_file: Path = TIMES_FILE) -
 
 def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     """Execute ``path`` in a fresh kernel (its own folder as working directory) and store its outputs in place."""
-    from nbclient import NotebookClient
-
     path = Path(path)
     if path.suffix != ".ipynb" or not path.is_file():
         raise ValueError(f"path must be an existing .ipynb file, got {str(path)!r}")
@@ -327,9 +334,7 @@ def store_outputs(path: str | Path, *, timeout: int = 600) -> Path:
     text = path.read_text(encoding="utf-8")
     nb = nbformat.reads(text, as_version=4)
     t0 = time.perf_counter()
-    NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent.resolve())}}
-    ).execute()
+    notebook_client(nb, path.parent.resolve(), timeout).execute()
     record_run_time(path, time.perf_counter() - t0)
     compress_outputs(nb)
     # The same metadata as `nbtools.sync` writes, so that `nbtools sync --check` still passes.

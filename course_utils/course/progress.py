@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 
-from ..nbtools import chapter_number, check_calls  # the course's conventions, defined once
+from ..nbtools import chapter_number, check_calls, notebook_client  # the course's conventions, defined once
 from ..validate import check_int
 from .labs import BACKUP_DIR, chapter_arg
 
@@ -166,16 +166,8 @@ def lab_progress(lab: Path, *, root: Path, timeout: int = 600) -> LabReport:
         checks = _check_cells(nb, m)
         if not checks:
             return LabReport(rel, [], "it has no check cells (`from course_utils.checks import check_...`)")
-        from nbclient import NotebookClient
-
         # Run where the lab lives, so relative paths resolve as they do for the learner; only the copy is executed.
-        client = NotebookClient(
-            nb,
-            timeout=timeout,
-            kernel_name="python3",
-            allow_errors=True,
-            resources={"metadata": {"path": str(lab.parent)}},
-        )
+        client = notebook_client(nb, lab.parent, timeout, allow_errors=True)
         client.log = _QUIET  # nbclient's and jupyter_client's log lines are for developers, not learners
         try:
             with warnings.catch_warnings():  # e.g. DeprecationWarnings from the Jupyter stack

@@ -172,10 +172,10 @@ def routing_explorer(scene: RoutingScene | None = None, *, display=None):
     ``update(**controls)`` draws the figure for one setting (through ``display``, default IPython's), prints
     and returns the summary line; call it once in a plain cell so the notebook's test runs the code path.
     """
-    import ipywidgets as widgets  # imported here: only the interactive UI needs it
+    import ipywidgets as widgets  # noqa: PLC0415 — ipywidgets (~1 s) for the interactive UI only
 
     if display is None:
-        from IPython.display import display
+        from IPython.display import display  # noqa: PLC0415 — IPython (~0.7 s) only inside a notebook
     scene = scene if scene is not None else routing_scene()
 
     def update(**controls) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import load_checkpoint, save_checkpoint, sha256_of
+from ..model import GPT, GPTConfig
+from ..train import TrainConfig, train
 from .backends import ByteTokenizer, GenRequest, GPTBackend
 
 __all__ = [
@@ -108,8 +111,6 @@ class AdditionData:
 
 def train_adder(name: str, *, seed: int = 0, steps: int | None = None, progress: bool = False):
     """Train one of :data:`ADDER_CONFIGS` from scratch (seeded; about a minute for the large one on 2 cores)."""
-    from ..model import GPT, GPTConfig
-    from ..train import TrainConfig, train
 
     if name not in ADDER_CONFIGS:
         raise ValueError(f"name must be one of {sorted(ADDER_CONFIGS)}, got {name!r}")
@@ -137,7 +138,6 @@ def build_adders(directory: str | Path = ASSETS, names=tuple(ADDER_CONFIGS)) -> 
 
     ``python -c "from course_utils.adder import build_adders; print(build_adders())"`` rebuilds them.
     """
-    from ..checkpoints import save_checkpoint, sha256_of
 
     digests = {}
     for name in names:
@@ -154,7 +154,6 @@ def build_adders(directory: str | Path = ASSETS, names=tuple(ADDER_CONFIGS)) -> 
 def load_adder(name: str, *, verify: bool = True) -> GPTBackend:
     """The committed adder checkpoint as a backend: weights and config checked against their sidecar sha256
     records (a changed ``rope_base`` is as wrong as a changed weight), safetensors, never pickle."""
-    from ..checkpoints import load_checkpoint
 
     if name not in ADDER_CONFIGS:
         raise ValueError(f"name must be one of {sorted(ADDER_CONFIGS)}, got {name!r}")

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +23,7 @@ from . import completions as cmp
 from . import protocol
 from .auth import Auth, RateLimit, RateLimiter
 from .backends import EmbeddingBackend
+from .embeddings import router as embeddings_router
 from .metrics import Metrics, RequestLog
 from .protocol import ApiError, error_body
 from .routes import router
@@ -296,7 +298,6 @@ def create_app(
     app.state.cache = cache
     _install_error_handlers(app)
     app.include_router(router)
-    from .embeddings import router as embeddings_router
 
     app.include_router(embeddings_router)
     return app
@@ -325,7 +326,6 @@ def start_server(
     and keep-alive timeouts, header size, connections). The server is shut down when the ``with`` block ends,
     also on an exception.
     """
-    import uvicorn
 
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be an int in [0, 65535], got {port!r}")

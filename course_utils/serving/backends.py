@@ -23,7 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import load_checkpoint
+from ..data import corpus_tokenizer
+from ..model import GPT, GPTConfig
+from ..rag import DEFAULT_MODEL, embed, load_model
 from ..validate import check_int
+from .models import SERVED_MODELS, AsciiTokenizer, load_served_model
 from .sampling import DEFAULT_MAX_TOKENS, SamplingParams, sample_token
 
 log = logging.getLogger("course_utils.serving")
@@ -308,7 +313,6 @@ class EmbeddingBackend:
     """Chapter 6's sentence embedder (:func:`course_utils.rag.embed`): unit-length vectors, loaded on first use."""
 
     def __init__(self, name: str | None = None):
-        from ..rag import DEFAULT_MODEL
 
         self.name = name or DEFAULT_MODEL
         self.model_name = DEFAULT_MODEL
@@ -316,7 +320,6 @@ class EmbeddingBackend:
 
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """The vectors and the number of tokens the model read (its own tokenizer, special tokens included)."""
-        from ..rag import embed, load_model
 
         vecs = embed(texts, self.model_name, cache=False)
         tokens = sum(len(ids) for ids in load_model(self.model_name).tokenizer(texts)["input_ids"])
@@ -331,9 +334,6 @@ def load_backend(
     model called ``name`` (``tiny-gpt``, ``course-chat``: :data:`course_utils.served_models.SERVED_MODELS`,
     sha256-checked). A seeded untrained GPT over bytes (it answers noise, but every piece of the server works) only
     with ``allow_untrained=True`` and a name that is not a trained model."""
-    from ..checkpoints import load_checkpoint
-    from ..model import GPT, GPTConfig
-    from .models import SERVED_MODELS, load_served_model
 
     if checkpoint is not None:
         model = load_checkpoint(checkpoint, warn_unchecked=True)  # its records checked whenever present
@@ -355,8 +355,6 @@ def load_backend(
 def _tokenizer_for(vocab_size: int):
     """Bytes for a byte-level model, chapter 7's characters for a 128-id model, else chapter 1's corpus BPE of the
     model's vocabulary size."""
-    from ..data import corpus_tokenizer
-    from .models import AsciiTokenizer
 
     if vocab_size == AsciiTokenizer.vocab_size:
         return AsciiTokenizer()

@@ -11,10 +11,13 @@ import ipaddress
 import logging
 import math
 
+import uvicorn
+
 from .app import create_app
 from .auth import MIN_KEY_LENGTH, RateLimit
 from .backends import load_backend
 from .scheduler import DEFAULT_MAX_QUEUE
+from .transport import server_config
 
 
 def _api_key(value: str) -> str:
@@ -92,9 +95,6 @@ def main(argv=None) -> None:
     names = args.model or ["tiny-gpt"]
     if args.checkpoint is not None and len(names) != 1:
         parser().error("--checkpoint needs exactly one --model")
-    import uvicorn
-
-    from .transport import server_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -23,10 +23,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..chat import END_OF_TURN, chat_example, render_chat
-from ..finetune import VOCAB_SIZE, decode, encode
+from .. import smollm2
+from ..chat import END_OF_TURN, _content_of, chat_example, render_chat
+from ..checkpoints import load_checkpoint, verify_sha256
+from ..finetune import VOCAB_SIZE, decode, encode, greedy_answers
+from ..smollm2 import load_model
 from ..stats import wilson_interval  # re-exported: tests and scripts import it from here
 from ..world import ATTRIBUTES, _name, make_world
+from .sampling import SamplingParams
 
 __all__ = [
     "AsciiTokenizer",
@@ -99,7 +103,6 @@ class ServedTokenizer:
     def apply_chat_template(self, messages) -> str:
         """The prompt for OpenAI-style ``messages``, checked as the course template checks them (roles, text
         parts); a message may not write a special token itself (it would forge a turn: prompt injection)."""
-        from ..chat import _content_of
 
         if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, (list, tuple)) or not messages:
             raise ValueError("messages must be a non-empty list of message objects")
@@ -113,7 +116,6 @@ class ServedTokenizer:
 
 def smollm2_tokenizer() -> ServedTokenizer:
     """SmolLM2's tokenizer as served: ChatML, stopping at ``<|im_end|>`` (its EOS) or ``<|endoftext|>``."""
-    from .. import smollm2
 
     bpe = smollm2.load_tokenizer()
     stops = (bpe.special_tokens["<|im_end|>"], bpe.special_tokens["<|endoftext|>"])
@@ -124,13 +126,10 @@ def load_served_model(name: str = "tiny-gpt"):
     """``(model, tokenizer)`` for a served model name (see :data:`SERVED_MODELS`); the checkpoint's weights and
     config are sha256-checked. ``smollm2`` is imported and loaded only here (seconds: the server starts fast
     for the other models)."""
-    from ..checkpoints import load_checkpoint, verify_sha256
 
     if name not in SERVED_MODELS:
         raise ValueError(f"name must be one of {sorted(SERVED_MODELS)}, got {name!r}")
     if name == "smollm2":
-        from ..smollm2 import load_model
-
         return load_model(SMOLLM2_CONTEXT), smollm2_tokenizer()
     path, record, rebuild = SERVED_MODELS[name]
     verify_sha256(path, record, rebuild=rebuild)
@@ -198,7 +197,6 @@ def chat_accuracy(model, n: int = 200, *, seed: int = 0, progress: bool = False)
 
     Returns ``{"accuracy", "low", "high", "n", "examples": [(question, answer, prediction), ...]}``.
     """
-    from ..finetune import greedy_answers
 
     convs = chat_examples(n, seed=seed, split="eval")
     prompts = [render_chat(m) for m, _ in convs]
@@ -217,7 +215,6 @@ def training_pairs(n: int, *, seed: int = 0) -> list[tuple[str, str]]:
 def mixed_workload(n: int, *, seed: int = 0, lengths=(16, 32, 64, 128, 256)) -> list:
     """``n`` jobs ``(prompt_ids, SamplingParams)``: a one-line chat question, greedy, ``max_tokens`` drawn from
     ``lengths`` (no stop token, so every request generates exactly its ``max_tokens``: a known, mixed load)."""
-    from .sampling import SamplingParams
 
     rng = random.Random(f"workload:{seed}")
     tok = AsciiTokenizer()

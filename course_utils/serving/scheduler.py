@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .backends import Generation, GenRequest
+from .engine import Engine
 
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a slot, per model
 
@@ -179,7 +180,6 @@ class EngineScheduler:
         self.batch_sizes: Counter = Counter()
 
     async def start(self) -> None:
-        from .engine import Engine
 
         self.engine = Engine(self.backend.model, **self.options)
 

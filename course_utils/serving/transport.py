@@ -13,6 +13,7 @@ its first byte (or after the connection opened), as nginx's ``client_header_time
 from __future__ import annotations
 
 import h11
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = ["HeaderTimeoutProtocol", "server_config", "HEADER_TIMEOUT_S", "KEEP_ALIVE_S", "MAX_HEADER_BYTES"]
@@ -71,7 +72,6 @@ def server_config(
     **uvicorn_options,
 ):
     """A ``uvicorn.Config`` for ``app`` with the limits above (each checked; more options pass through)."""
-    import uvicorn
 
     for name, value in (("header_timeout_s", header_timeout_s), ("keep_alive_s", keep_alive_s)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86_400:
