@@ -447,6 +447,17 @@ def _name_block_mistake(name: str, block, x: torch.Tensor, got: torch.Tensor, in
                 fail(name, what, inputs=inputs, hint=_BLOCK_HINT)
 
 
+def _expect_shape(name: str, got, want: torch.Tensor, what: str, inputs: dict, hint: str) -> None:
+    """Fail unless ``got`` is a tensor of ``want``'s shape; ``what`` names that shape for the learner."""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        fail(
+            name,
+            f"expected {what.format(shape=tuple(want.shape))}, got {getattr(got, 'shape', type(got).__name__)}",
+            inputs=inputs,
+            hint=hint,
+        )
+
+
 @exercise("3.6")
 def check_block_forward(block_forward) -> None:
     """``block_forward(block, x) -> [B, T, d_model]`` with the weights of a ``course_utils.model.Block``."""
@@ -465,14 +476,8 @@ def check_block_forward(block_forward) -> None:
         with torch.no_grad():
             want = block(x)[0]
             got = call(name, block_forward, block, x.clone(), inputs=inputs)
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            fail(
-                name,
-                f"expected a tensor of shape {tuple(want.shape)} (same as x), got "
-                f"{getattr(got, 'shape', type(got).__name__)}",
-                inputs=inputs,
-                hint="a block maps [B, T, d_model] to [B, T, d_model]; merge the heads back before o_proj",
-            )
+        hint = "a block maps [B, T, d_model] to [B, T, d_model]; merge the heads back before o_proj"
+        _expect_shape(name, got, want, "a tensor of shape {shape} (same as x)", inputs, hint)
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
         _name_block_mistake(name, block, x, got, inputs)
@@ -530,14 +535,8 @@ def check_gpt_forward(gpt_forward) -> None:
         hook.remove()
         with torch.no_grad():
             got = call(name, gpt_forward, model, idx.clone(), inputs=inputs)
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            fail(
-                name,
-                f"expected logits of shape {tuple(want.shape)} = [B, T, vocab_size], got "
-                f"{getattr(got, 'shape', type(got).__name__)}",
-                inputs=inputs,
-                hint="one row of logits per position: the last hidden state times the embedding matrix transposed",
-            )
+        hint = "one row of logits per position: the last hidden state times the embedding matrix transposed"
+        _expect_shape(name, got, want, "logits of shape {shape} = [B, T, vocab_size]", inputs, hint)
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
         W = model.tok_emb.weight
@@ -1201,14 +1200,7 @@ def check_runs_smollm2(gpt_forward, model=None) -> None:
     with torch.no_grad():
         want = model(idx)[0]
         got = call(name, gpt_forward, model, idx.clone(), inputs=inputs)
-    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-        fail(
-            name,
-            f"expected logits of shape {tuple(want.shape)} = [B, T, vocab_size], got "
-            f"{getattr(got, 'shape', type(got).__name__)}",
-            inputs=inputs,
-            hint=_SMOLLM2_HINT,
-        )
+    _expect_shape(name, got, want, "logits of shape {shape} = [B, T, vocab_size]", inputs, _SMOLLM2_HINT)
     err = (got.double() - want.double()).abs().max().item()
     same_argmax = torch.equal(got.argmax(-1), want.argmax(-1))
     if err <= 1e-4 and same_argmax:
