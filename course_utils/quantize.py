@@ -15,12 +15,15 @@ unpacking costs time on CPU.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .model import verify_sha256
 from .validate import check_int, positive_int
 
 __all__ = [
@@ -34,10 +37,15 @@ __all__ = [
     "quantize_model",
     "fake_quantize_experts_",
     "model_nbytes",
+    "stored_nbytes",
+    "SMOLLM2_RESULTS",
+    "load_smollm2_results",
     "QMAX",
 ]
 
 QMAX = {8: 127, 4: 7}
+# Chapter 8's SmolLM2-135M quantization study (bytes and held-out perplexity per variant), shipped by a script.
+SMOLLM2_RESULTS = Path(__file__).resolve().parent / "assets" / "ch8_smollm2_quant.json"
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -209,6 +217,33 @@ def model_nbytes(model: nn.Module) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
+
+
+def _tensor_nbytes(t: torch.Tensor) -> int:
+    """Bytes a tensor stores; a tensor subclass (torchao's quantized weights) by the plain tensors it holds."""
+    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_nbytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def stored_nbytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s state dict, what a checkpoint stores: shared (tied) tensors count once, buffers that
+    are not saved (RoPE tables, recomputed from the config) not at all, torchao's quantized weights by their parts."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    seen, total = set(), 0
+    for t in module.state_dict(keep_vars=True).values():
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += _tensor_nbytes(t)
+    return total
+
+
+def load_smollm2_results(path: str | Path = SMOLLM2_RESULTS) -> dict:
+    """Chapter 8's SmolLM2 quantization results (sha256-checked): ``meta`` and one entry per variant with its
+    bytes, perplexity and per-chunk mean NLL (``scripts/quant_smollm2.py`` rebuilds them)."""
+    return json.loads(verify_sha256(path, rebuild="python scripts/quant_smollm2.py").read_text(encoding="utf-8"))
 
 
 @torch.no_grad()

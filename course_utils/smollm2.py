@@ -60,6 +60,7 @@ __all__ = [
     "gguf_to_rotate_half",
     "load_model",
     "load_into",
+    "weights_path",
     "load_tokenizer",
     "chat_prompt",
     "byte_to_unicode",
@@ -304,6 +305,12 @@ def load_into(model: torch.nn.Module, state: dict | None = None) -> torch.nn.Mod
         )
     model.load_state_dict(state, strict=True)
     return model
+
+
+def weights_path() -> Path:
+    """The verified float32 checkpoint (safetensors) of the cache, built first if missing: what :func:`load_model`
+    reads (a lab check compares a learner's model with it tensor by tensor)."""
+    return _cached("model.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer, chat

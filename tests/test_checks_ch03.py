@@ -1,6 +1,7 @@
 """Chapter-3 lab checks accept the reference and reject plausible wrong implementations."""
 
 import contextlib
+import functools
 import io
 import math
 
@@ -587,3 +588,109 @@ def test_init_weights_check():
     assert_check_rejects(check_init_weights, _gpt2_init(residual_scaling=False), match=r"residual stream need")
     assert_check_rejects(check_init_weights, _gpt2_init(uniform=True), match=r"does not look normal")
     assert_check_rejects(check_init_weights, lambda model: None, match=r"should be all ones|std")
+
+
+# ----------------------------------------------------------------------------------------------- a real LLM (3.14)
+# SmolLM2-135M written out as a learner would, independently of the check's own variants, with one switch per
+# plausible mistake: the RoPE table computed by hand, heads repeated with repeat_interleave, norms with each eps.
+from course_utils import smollm2  # noqa: E402
+from course_utils.checks import check_runs_smollm2  # noqa: E402
+from course_utils.model import GPT, GPTConfig  # noqa: E402
+
+
+def _rope_by_hand(t, base, interleaved=False):
+    T, d = t.shape[-2], t.shape[-1]
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    cos, sin = angles.cos().to(t.dtype), angles.sin().to(t.dtype)
+    if interleaved:  # pairs (2i, 2i+1)
+        a, b = t[..., 0::2], t[..., 1::2]
+        return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+    a, b = t.chunk(2, dim=-1)  # pairs (i, i + d/2)
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+
+
+def smollm2_forward(model, idx, *, base=None, interleaved=False, tile_kv=False, layer_norm=False, eps=None, head=True):
+    base = model.config.rope_base if base is None else base
+
+    def norm(x, module):
+        e = module.eps if eps is None else eps
+        if layer_norm:
+            return F.layer_norm(x, x.shape[-1:], module.weight, eps=e)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + e) * module.weight
+
+    x = F.embedding(idx, model.tok_emb.weight)
+    for block in model.blocks:
+        a, h = block.attn, norm(x, block.attn_norm)
+        q, k, v = (
+            _heads(h @ w.weight.T, n)
+            for w, n in ((a.q_proj, a.n_heads), (a.k_proj, a.n_kv_heads), (a.v_proj, a.n_kv_heads))
+        )
+        q, k = _rope_by_hand(q, base, interleaved), _rope_by_hand(k, base, interleaved)
+        k, v = (t.repeat(1, a.n_rep, 1, 1) if tile_kv else t.repeat_interleave(a.n_rep, dim=1) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + out.permute(0, 2, 1, 3).flatten(2) @ a.o_proj.weight.T
+        x = x + _ffn(block, norm(x, block.ffn_norm))
+    x = norm(x, model.norm)
+    return x @ model.tok_emb.weight.T if head else x
+
+
+@pytest.fixture(scope="module")
+def smollm2_model():
+    """SmolLM2's weights in the course GPT, loaded once for this module (540 MB, a few seconds)."""
+    return smollm2.load_model(max_seq_len=64)
+
+
+@pytest.mark.slow
+def test_runs_smollm2_check_accepts_a_right_answer(smollm2_model, capsys):
+    def check(forward):
+        check_runs_smollm2(forward, smollm2_model)
+
+    check.__name__ = "check_runs_smollm2"
+    assert_check_accepts(check, smollm2_forward, capsys)
+
+
+@pytest.mark.slow
+def test_smollm2_variants_default_to_the_reference_model(smollm2_model):
+    from course_utils.checks.ch03 import _smollm2_variant
+
+    idx = torch.tensor([[1, 504, 2143, 30, 28, 3, 9, 1111]])
+    with torch.no_grad():
+        torch.testing.assert_close(_smollm2_variant(smollm2_model, idx), smollm2_model(idx)[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_runs_smollm2_check_names_each_mistake(smollm2_model):
+    def check_runs_smollm2_shared(forward):  # the module's weights, not a fresh load per case
+        check_runs_smollm2(forward, smollm2_model)
+
+    check_runs_smollm2_shared.__name__ = "check_runs_smollm2"
+    mistakes = {
+        "RoPE base 10,000": dict(base=10000.0),  # the lab's apply_rope default, not passed down
+        "ADJACENT pairs": dict(interleaved=True),
+        "TILED": dict(tile_kv=True),
+        "LayerNorm": dict(layer_norm=True),
+        "WITHOUT eps": dict(eps=0.0),
+        "eps 1e-6": dict(eps=1e-6),
+    }
+    for match, switches in mistakes.items():
+        wrong = functools.partial(smollm2_forward, **switches)
+        assert_check_rejects(check_runs_smollm2_shared, wrong, match=match)
+
+    # forgets the output layer (the tied embedding): hidden states come back, not logits
+    no_head = functools.partial(smollm2_forward, head=False)
+    assert_check_rejects(check_runs_smollm2_shared, no_head, match=r"expected logits of shape \(1, \d+, 49152\)")
+
+
+@pytest.mark.slow
+def test_runs_smollm2_check_loads_by_itself_and_rejects_tiled_kv_heads():
+    assert_check_rejects(check_runs_smollm2, functools.partial(smollm2_forward, tile_kv=True), match="TILED")
+
+
+@pytest.mark.slow
+def test_runs_smollm2_check_rejects_a_model_that_is_not_smollm2():
+    with pytest.raises(CheckFailed, match="expected a course_utils.model.GPT"):
+        check_runs_smollm2(smollm2_forward, torch.nn.Linear(2, 2))
+    with pytest.raises(CheckFailed, match="config differs.*rope_base"):
+        check_runs_smollm2(smollm2_forward, GPT(GPTConfig(**{**vars(smollm2.smollm2_config(64)), "rope_base": 1e4})))
+    with pytest.raises(CheckFailed, match="blocks.0.* is not SmolLM2's|tok_emb.weight is not SmolLM2's"):
+        check_runs_smollm2(smollm2_forward, GPT(smollm2.smollm2_config(64)))  # built, never loaded

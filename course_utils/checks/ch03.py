@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from .. import attention as ref_attention
 from .. import model as ref_model
+from .. import smollm2
 from .. import train as ref_train
 from ..attention import apply_rope, repeat_kv, rope_frequencies
 from ..data import corpus_dataset
@@ -32,6 +35,7 @@ __all__ = [
     "check_train_within_budget",
     "check_adamw_step",
     "check_init_weights",
+    "check_runs_smollm2",
 ]
 
 
@@ -443,6 +447,17 @@ def _name_block_mistake(name: str, block, x: torch.Tensor, got: torch.Tensor, in
                 fail(name, what, inputs=inputs, hint=_BLOCK_HINT)
 
 
+def _expect_shape(name: str, got, want: torch.Tensor, what: str, inputs: dict, hint: str) -> None:
+    """Fail unless ``got`` is a tensor of ``want``'s shape; ``what`` names that shape for the learner."""
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        fail(
+            name,
+            f"expected {what.format(shape=tuple(want.shape))}, got {getattr(got, 'shape', type(got).__name__)}",
+            inputs=inputs,
+            hint=hint,
+        )
+
+
 @exercise("3.6")
 def check_block_forward(block_forward) -> None:
     """``block_forward(block, x) -> [B, T, d_model]`` with the weights of a ``course_utils.model.Block``."""
@@ -461,14 +476,8 @@ def check_block_forward(block_forward) -> None:
         with torch.no_grad():
             want = block(x)[0]
             got = call(name, block_forward, block, x.clone(), inputs=inputs)
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            fail(
-                name,
-                f"expected a tensor of shape {tuple(want.shape)} (same as x), got "
-                f"{getattr(got, 'shape', type(got).__name__)}",
-                inputs=inputs,
-                hint="a block maps [B, T, d_model] to [B, T, d_model]; merge the heads back before o_proj",
-            )
+        hint = "a block maps [B, T, d_model] to [B, T, d_model]; merge the heads back before o_proj"
+        _expect_shape(name, got, want, "a tensor of shape {shape} (same as x)", inputs, hint)
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
         _name_block_mistake(name, block, x, got, inputs)
@@ -525,14 +534,8 @@ def check_gpt_forward(gpt_forward) -> None:
         hook.remove()
         with torch.no_grad():
             got = call(name, gpt_forward, model, idx.clone(), inputs=inputs)
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            fail(
-                name,
-                f"expected logits of shape {tuple(want.shape)} = [B, T, vocab_size], got "
-                f"{getattr(got, 'shape', type(got).__name__)}",
-                inputs=inputs,
-                hint="one row of logits per position: the last hidden state times the embedding matrix transposed",
-            )
+        hint = "one row of logits per position: the last hidden state times the embedding matrix transposed"
+        _expect_shape(name, got, want, "logits of shape {shape} = [B, T, vocab_size]", inputs, hint)
         if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
             continue
         W = model.tok_emb.weight
@@ -1007,3 +1010,160 @@ def check_init_weights(init_weights) -> None:
             fail(name, "the output layer is no longer tied to the embedding", inputs=inputs,
                  hint="initialise the parameters in place (nn.init.normal_ on p); do not assign new ones")  # fmt: skip
     passed(name, n, "N(0, 0.02²), residual projections / √(2·n_layers), gains 1")
+
+
+# ----------------------------------------------------------------------------------------------- a real LLM
+SMOLLM2_QUESTION = "What is the capital of France? Answer in one word."
+_SMOLLM2_HINT = (
+    "your gpt_forward must run SmolLM2 exactly as course_utils.model.GPT does: RoPE at model.config.rope_base "
+    "(100,000) in the rotate-half layout, each key/value head repeated n_rep times in a row (repeat_interleave), "
+    "RMSNorm with each norm's own eps, the tied embedding as the output layer"
+)
+
+
+def _smollm2_variant(
+    model, idx: torch.Tensor, *, rope_base=None, interleaved=False, kv_tiled=False, layer_norm=False, eps=None
+) -> torch.Tensor:
+    """SmolLM2's logits written out, with one switch per plausible mistake; all defaults = the right model."""
+    c, (B, T) = model.config, idx.shape
+    hd, e = c.head_dim, c.norm_eps if eps is None else eps
+    cos, sin = rope_frequencies(hd, T, c.rope_base if rope_base is None else rope_base)
+
+    def norm(h, gain):  # written out: rms_norm refuses eps = 0, one of the mistakes shown
+        if layer_norm:
+            return F.layer_norm(h, h.shape[-1:], gain, eps=e)
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + e) * gain
+
+    def rope(t):
+        if not interleaved:
+            return apply_rope(t, cos, sin)
+        pairs = t.unflatten(-1, (hd // 2, 2))  # pair i = dimensions (2i, 2i+1): GPT-J's and llama.cpp's layout
+        c_, s_ = cos[:, : hd // 2], sin[:, : hd // 2]
+        a, b = pairs[..., 0], pairs[..., 1]
+        return torch.stack([a * c_ - b * s_, b * c_ + a * s_], dim=-1).flatten(-2)
+
+    x = model.tok_emb.weight[idx]
+    for block in model.blocks:
+        at, h = block.attn, norm(x, block.attn_norm.weight)
+        q, k, v = (
+            F.linear(h, w.weight).view(B, T, n, hd).transpose(1, 2)
+            for w, n in ((at.q_proj, at.n_heads), (at.k_proj, at.n_kv_heads), (at.v_proj, at.n_kv_heads))
+        )
+        q, k = rope(q), rope(k)
+        k, v = (t.repeat(1, at.n_rep, 1, 1) if kv_tiled else repeat_kv(t, at.n_rep) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+        x = x + F.linear(out, at.o_proj.weight)
+        x = x + swiglu(norm(x, block.ffn_norm.weight), block.ffn.w1.weight, block.ffn.w3.weight, block.ffn.w2.weight)
+    return F.linear(norm(x, model.norm.weight), model.tok_emb.weight)
+
+
+# each plausible mistake on the real model: (the switch that reproduces it, what to tell the learner)
+_SMOLLM2_MISTAKES = [
+    (
+        dict(rope_base=10000.0),
+        "your logits equal SmolLM2 run with RoPE base 10,000 (apply_rope's default); SmolLM2 was trained with "
+        "base 100,000 (model.config.rope_base): pass it down to your apply_rope",
+    ),
+    (
+        dict(interleaved=True),
+        "your logits equal RoPE on ADJACENT pairs (2i, 2i+1), the interleaved layout of GPT-J and llama.cpp's "
+        "kernel; the course and Hugging Face pair dimension i with i + d/2 (rotate-half), and smollm2.load_into "
+        "already regrouped the GGUF's query/key rows for that layout",
+    ),
+    (
+        dict(kv_tiled=True),
+        "your logits equal grouped-query attention with the key/value heads TILED (heads 0,1,2,0,1,2,...: "
+        ".repeat); query head h reads key/value head h // n_rep, so each K/V head is repeated n_rep times in a "
+        "row (0,0,0,1,1,1,2,2,2: repeat_interleave)",
+    ),
+    (
+        dict(layer_norm=True),
+        "your logits equal SmolLM2 with LayerNorm (the mean subtracted) where it has RMSNorm",
+    ),
+    (
+        dict(eps=0.0),
+        "your logits equal SmolLM2 with RMSNorm WITHOUT eps; use each norm's own eps (block.attn_norm.eps, "
+        "1e-5 for SmolLM2) inside the square root",
+    ),
+    (
+        dict(eps=1e-6),
+        "your logits equal SmolLM2 with RMSNorm eps 1e-6 (rms_norm's default); SmolLM2's norms use 1e-5: pass "
+        "each norm's own eps (block.attn_norm.eps, block.ffn_norm.eps, model.norm.eps)",
+    ),
+]
+
+
+def _check_smollm2_model(name: str, model) -> None:
+    """``model`` must be a course GPT with SmolLM2's config and, tensor for tensor, SmolLM2's weights."""
+    if not isinstance(model, GPT):
+        fail(
+            name,
+            f"expected a course_utils.model.GPT holding SmolLM2, got {type(model).__name__}",
+            hint="GPT(smollm2_config(...)), then smollm2.load_into(model)",
+        )
+    want = asdict(smollm2.smollm2_config(max_seq_len=model.config.max_seq_len))
+    wrong = {k: (v, want[k]) for k, v in asdict(model.config).items() if k in want and v != want[k]}
+    if wrong:
+        fail(
+            name,
+            f"model.config differs from SmolLM2's (field: (yours, SmolLM2's)): {wrong}",
+            hint="build the model from smollm2_config(), which says what SmolLM2 is",
+        )
+    state = model.state_dict()
+    with safe_open(str(smollm2.weights_path()), framework="pt") as f:
+        for key in f.keys():
+            if key not in state or not torch.equal(state[key], f.get_tensor(key)):
+                fail(
+                    name,
+                    f"model's {key} is not SmolLM2's (did the weights load?)",
+                    hint="smollm2.load_into(model) copies every SmolLM2 tensor into a GPT built from smollm2_config()",
+                )
+
+
+@exercise("3.14")
+def check_runs_smollm2(gpt_forward, model=None) -> None:
+    """``gpt_forward(model, idx)`` on SmolLM2-135M-Instruct's weights must give ``GPT``'s logits (max abs ≤ 1e-4)
+    and the same greedy next token at every position of a chat prompt. ``model``: the learner's SmolLM2 GPT
+    (Exercise 3.14; its config and every tensor are checked), or None to load the course's."""
+    name = "check_runs_smollm2"
+    if model is None:
+        model = smollm2.load_model(max_seq_len=64)
+    _check_smollm2_model(name, model)
+    tok = smollm2.load_tokenizer()
+    prompt = smollm2.chat_prompt([{"role": "user", "content": SMOLLM2_QUESTION}])
+    idx = torch.tensor([tok.encode(prompt, allowed_special="all")])
+    inputs = {"prompt": prompt, "idx": idx}
+    model.eval()
+    with torch.no_grad():
+        want = model(idx)[0]
+        got = call(name, gpt_forward, model, idx.clone(), inputs=inputs)
+    _expect_shape(name, got, want, "logits of shape {shape} = [B, T, vocab_size]", inputs, _SMOLLM2_HINT)
+    err = (got.double() - want.double()).abs().max().item()
+    same_argmax = torch.equal(got.argmax(-1), want.argmax(-1))
+    if err <= 1e-4 and same_argmax:
+        answer = tok.decode([int(want[0, -1].argmax())])
+        passed(
+            name,
+            1,
+            f"{idx.shape[1]} positions of a chat prompt: max |yours − GPT| ≤ 1e-4, the same greedy next "
+            f"token everywhere; SmolLM2's first answer token: {answer!r}",
+        )
+        return
+    closest = (math.inf, "")
+    with torch.no_grad():  # the known mistake closest to the learner's logits, if one is close
+        for switches, what in _SMOLLM2_MISTAKES:
+            closest = min(closest, ((got - _smollm2_variant(model, idx, **switches)).abs().max().item(), what))
+            if closest[0] <= 1e-4:  # the mistakes lie ≥ 3e-3 apart: this one it is
+                break
+    if closest[0] <= 1e-3:
+        fail(name, closest[1], inputs=inputs, hint=_SMOLLM2_HINT)
+    where = (got - want).abs().amax(-1)[0]
+    first = int((where > 1e-4).nonzero()[0]) if bool((where > 1e-4).any()) else None
+    fail(
+        name,
+        f"max |your logits − GPT's| = {err:.3g} (the tolerance is 1e-4), greedy next tokens "
+        f"{'equal' if same_argmax else 'differ'}; the first position off is {first}"
+        + (" (position 0 agrees: RoPE does nothing there, so look at positions)" if first not in (None, 0) else ""),
+        inputs=inputs,
+        hint=_SMOLLM2_HINT,
+    )
