@@ -12,12 +12,9 @@ import openai
 import pytest
 import torch
 from helpers import tiny_gpt_backend
+from test_openai_compat import KEY, MESSAGES, MODEL, sync  # the compat tests' server settings and client
 
 from course_utils.serving import create_app, start_server
-
-KEY = "sk-course-compat-0001"
-MODEL = "tiny-gpt"
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
@@ -25,13 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.
 @pytest.fixture(scope="module")
 def backend():
     return tiny_gpt_backend(MODEL)
-
-
-def sync(url, key=KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, timeout=30.0, max_retries=0)
-
-
-MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Capital of Veltria?"}]
 
 
 def test_embeddings_serve_chapter_6s_model(backend):
