@@ -210,3 +210,23 @@ def test_a_notebook_kernel_shows_the_box():
     assert error.ename == "CheckFailed" and len(error.traceback) <= 8, shown
     assert "Exercise 1.1" in error.traceback[0] and "input: ids=" in shown and "hint:" in shown
     assert "_core.py" not in shown and "ch01.py" not in shown
+
+
+def test_two_chapters_defining_one_check_name_is_an_import_error_naming_both(tmp_path, monkeypatch):
+    import sys
+
+    import course_utils.checks as checks
+
+    for n in ("98", "99"):
+        (tmp_path / f"ch{n}.py").write_text(f"__all__ = ['check_twice']\n\n\ndef check_twice(fn):\n    return {n}\n")
+    monkeypatch.setattr(checks, "__path__", [str(tmp_path)])  # the package finds only these two chapters
+    try:
+        with pytest.raises(ImportError, match=r"check_twice is defined in two chapters \(.*ch98.*ch99\)"):
+            checks.all_checks()
+        (tmp_path / "ch99.py").write_text("__all__ = ['check_once']\n\n\ndef check_once(fn):\n    return 99\n")
+        del sys.modules["course_utils.checks.ch99"]
+        assert set(checks.all_checks()) == {"check_twice", "check_once"}
+    finally:
+        for n in ("98", "99"):
+            sys.modules.pop(f"course_utils.checks.ch{n}", None)
+            checks.__dict__.pop(f"ch{n}", None)

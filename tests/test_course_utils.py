@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import course_utils
-from course_utils import data, plotting, tokenization
+from course_utils import data, tokenization
 
 
 def test_setup_seeds_everything_and_reports(capsys):
@@ -61,21 +61,6 @@ def test_get_encoding_bad_names():
         tokenization.get_encoding(100)
     with pytest.raises(ValueError, match="unknown encoding name 'nope'"):
         tokenization.get_encoding("nope")
-
-
-def test_plot_label_requires_title_and_units():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plotting.use_course_style()
-    fig, ax = plt.subplots()
-    plotting.label(ax, "Loss", "step", "loss [nats]")
-    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("Loss", "step", "loss [nats]")
-    with pytest.raises(ValueError, match="ylabel"):
-        plotting.label(ax, "Loss", "step", " ")
-    plt.close(fig)
 
 
 def test_corpus_is_deterministic_and_mixes_domains():

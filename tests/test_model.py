@@ -16,7 +16,6 @@ from course_utils.model import (
     rms_norm,
     sample_next_token,
     save_checkpoint,
-    swiglu,
 )
 
 
@@ -28,31 +27,6 @@ def tiny(**kw) -> GPT:
 
 
 # ----------------------------------------------------------------------------------------------- pieces
-def test_rms_norm_equals_torch():
-    x, w = torch.randn(3, 5, 16), torch.randn(16)
-    torch.testing.assert_close(rms_norm(x, w, 1e-6), F.rms_norm(x, (16,), w, eps=1e-6))
-    torch.testing.assert_close(RMSNorm(16)(x), F.rms_norm(x, (16,), eps=1e-6))
-    y = rms_norm(x + 5.0)  # no mean subtraction: the output keeps the input's (shifted) mean
-    assert y.mean() > 0.5 and torch.allclose(y.pow(2).mean(-1), torch.ones(3, 5), atol=1e-4)
-
-
-def test_swiglu_equals_transformers_llama_mlp():
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaMLP
-
-    torch.manual_seed(0)
-    ours = SwiGLU(16, 40)
-    theirs = LlamaMLP(
-        LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=4, hidden_act="silu", mlp_bias=False)
-    )
-    theirs.gate_proj.weight.data.copy_(ours.w1.weight)  # w1 = gate, w3 = up, w2 = down (Llama/Mixtral naming)
-    theirs.up_proj.weight.data.copy_(ours.w3.weight)
-    theirs.down_proj.weight.data.copy_(ours.w2.weight)
-    x = torch.randn(2, 7, 16)
-    torch.testing.assert_close(ours(x), theirs(x))
-    torch.testing.assert_close(swiglu(x, ours.w1.weight, ours.w3.weight, ours.w2.weight), theirs(x))
-
-
 def test_kv_cache_step_equals_full_causal_attention():
     q, k, v = (torch.randn(2, 3, 9, 8, dtype=torch.float64) for _ in range(3))
     full = F.scaled_dot_product_attention(q, k, v, is_causal=True)

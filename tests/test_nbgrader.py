@@ -131,7 +131,7 @@ def test_nbgrader_round_trip(tmp_path, name):
 
 @pytest.mark.slow
 def test_nbgrader_round_trip_on_a_scratch_lab(tmp_path):
-    from test_progress import SCRATCH_CHECKS, _check, _exercise
+    from course.test_progress import SCRATCH_CHECKS, _check, _exercise  # tests/course/test_progress.py
 
     sol = new_notebook(
         cells=[

@@ -100,3 +100,41 @@ def test_repository_url_is_written_in_exactly_one_source_file():
             if nbtools.REPO_URL in path.read_text(encoding="utf-8", errors="ignore"):
                 hits.append(path.relative_to(ROOT).as_posix())
     assert hits == ["course_utils/nbtools.py"], hits
+
+
+LESSONS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+LONGEST_CELL = 40  # "≲ 25 lines" is the aim; a few measured set-ups run longer, none beyond this
+
+
+@pytest.mark.parametrize("path", LESSONS + SOLUTIONS, ids=_ids(LESSONS + SOLUTIONS))
+def test_notebooks_open_with_their_title_then_a_seeded_setup(path):
+    cells = nbformat.read(str(path), as_version=4).cells[2:]  # after the badge and the bootstrap
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith(f"# {path.name[:2]} · "), cells[0].source
+    firsts = [c.source for c in cells if c.cell_type == "code"][:2]
+    assert any(re.search(r"\bsetup\(seed=0\b", s) for s in firsts), f"{path.name}: no course_utils.setup(seed=0)"
+
+
+@pytest.mark.parametrize("path", ALL, ids=_ids(ALL))
+def test_code_cells_stay_short(path):
+    long = [
+        (i, len(c.source.splitlines()))
+        for i, c in enumerate(nbformat.read(str(path), as_version=4).cells)
+        if c.cell_type == "code" and c.metadata.get("tags", []) != [nbtools.BOOTSTRAP_TAG]
+        if len(c.source.splitlines()) > LONGEST_CELL
+    ]
+    assert not long, f"{path.name}: code cells over {LONGEST_CELL} lines (cell, lines): {long}"
+
+
+def test_progress_bars_come_from_tqdm_auto():
+    """tqdm.auto draws a widget in Jupyter and text elsewhere; plain tqdm prints a new line per update in a notebook."""
+    plain = re.compile(r"^\s*(?:from tqdm import|import tqdm\s*$)|\btqdm\.tqdm\(", re.M)
+    sources = [(p.name, c.source) for p in ALL for c in nbformat.read(str(p), as_version=4).cells]
+    sources += [(p.name, p.read_text(encoding="utf-8")) for p in (ROOT / "course_utils").rglob("*.py")]
+    assert not [name for name, source in sources if plain.search(source)]
+
+
+def test_the_welcome_map_lists_every_lesson():
+    welcome = nbformat.read(str(ROOT / "notebooks" / "00_welcome.ipynb"), as_version=4)
+    table = next(c.source for c in welcome.cells if c.source.startswith("## The map"))
+    rows = set(re.findall(r"^\| (\d\d) \|", table, re.M))
+    assert rows == {p.name[:2] for p in LESSONS} - {"00"}

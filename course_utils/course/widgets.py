@@ -11,7 +11,7 @@ bias update. Three layers, so that tests need no browser:
 
 To change the explorer: the controls are :data:`ROUTING_CONTROLS` (name → slider settings; the names are the
 keyword arguments of :func:`explore_routing`), the computation is :func:`explore_routing`, the drawing is
-:func:`draw_routing`; ``tests/test_widgets.py`` covers all three.
+:func:`draw_routing`; ``tests/course/test_widgets.py`` covers all three.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 from course_utils import labs, nbtools
 from course_utils.nbtools import code, md, write_notebook
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOLUTION_PATHS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
 # Chapters whose labs are not yet rewritten with task lines, spec + graded hints and "Exercise N.M" headings.
