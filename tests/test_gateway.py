@@ -7,26 +7,68 @@ import random
 import numpy as np
 import pytest
 
-from course_utils.gateway import (
+import course_utils.gateway as facade
+from course_utils.gateway import caches, cascade, ratelimit, resilience
+from course_utils.gateway.caches import (
     INTENTS,
-    CircuitBreaker,
-    CircuitOpenError,
     ExactCache,
-    RetryableError,
     SemanticCache,
-    TokenBucket,
-    backoff_delay,
-    call_with_fallback,
+    intent_text,
+    paraphrase_stream,
+    simulate_cache,
+    tail_intent,
+)
+from course_utils.gateway.cascade import (
     cascade_curve,
     cascade_outcome,
     fit_logistic,
-    paraphrase_stream,
     pick_cascade_threshold,
     predict_logistic,
+)
+from course_utils.gateway.ratelimit import TokenBucket
+from course_utils.gateway.resilience import (
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryableError,
+    backoff_delay,
+    call_with_fallback,
     retry_after_of,
     retry_call,
-    simulate_cache,
 )
+from course_utils.timing import percentile
+
+
+def test_facade_reexports_the_modules_own_objects():
+    """Notebooks and learners import ``course_utils.gateway``; the library imports its modules: both see one object."""
+    homes = {
+        caches: (
+            "INTENTS",
+            "PARAPHRASES",
+            "ExactCache",
+            "SemanticCache",
+            "intent_text",
+            "paraphrase_stream",
+            "simulate_cache",
+            "tail_intent",
+        ),
+        cascade: ("cascade_curve", "cascade_outcome", "fit_logistic", "pick_cascade_threshold", "predict_logistic"),
+        ratelimit: ("TokenBucket",),
+        resilience: (
+            "CircuitBreaker",
+            "CircuitOpenError",
+            "RetryableError",
+            "backoff_delay",
+            "call_with_fallback",
+            "retry_after_of",
+            "retry_call",
+        ),
+    }
+    named = [n for names in homes.values() for n in names] + ["percentile"]
+    assert sorted(named) == sorted(facade.__all__)  # a new name in the facade needs a home here too
+    for module, names in homes.items():
+        for n in names:
+            assert getattr(facade, n) is getattr(module, n), n
+    assert facade.percentile is percentile
 
 
 class FakeClock:
@@ -303,8 +345,6 @@ def test_paraphrase_stream_is_seeded_zipfian_and_labelled():
 
 
 def test_paraphrase_stream_long_tail():
-    from course_utils.gateway import intent_text, tail_intent
-
     stream = paraphrase_stream(4000, seed=0, tail_fraction=0.5)
     tail = [i for _, i in stream if i >= len(INTENTS)]
     assert 0.45 < len(tail) / len(stream) < 0.55

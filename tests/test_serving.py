@@ -19,7 +19,8 @@ import openai
 import pytest
 import torch
 
-from course_utils.gateway import ExactCache, RetryableError, retry_call
+from course_utils.gateway.caches import ExactCache
+from course_utils.gateway.resilience import RetryableError, retry_call
 from course_utils.model import GPT, GPTConfig
 from course_utils.serving import (
     Batcher,
@@ -395,7 +396,7 @@ def test_concurrent_clients_each_get_their_own_answer_and_are_batched(backend):
     results = [None] * len(prompts)
     with start_server(app) as url:
         c = client(url, key="unused", max_retries=0)
-        engine = app.state.batchers["tiny-gpt"].engine
+        engine = app.state.server.schedulers["tiny-gpt"].engine
 
         def worker(i):
             r = c.completions.create(model="tiny-gpt", prompt=prompts[i], max_tokens=8, temperature=0)
@@ -464,7 +465,7 @@ def test_openai_clients_own_retries_honour_retry_after_ms(backend):
         c = client(url, key="unused", max_retries=6)
         for _ in range(10):
             assert c.completions.create(model="tiny-gpt", prompt="x", max_tokens=1).choices[0].text is not None
-        retries = [r["retries"] for r in app.state.request_log]
+        retries = [r["retries"] for r in app.state.server.request_log]
     assert max(retries) >= 1  # the client said (x-stainless-retry-count) that it was retrying
 
 
@@ -526,7 +527,7 @@ def test_server_cache_hits_identical_greedy_requests_only_in_scope(backend):
         )
         o = c.completions.create(model="other", prompt="cache me", max_tokens=6, temperature=0)
         c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=1.0)  # sampled: no cache
-        hits = [r["cache_hit"] for r in app.state.request_log]
+        hits = [r["cache_hit"] for r in app.state.server.request_log]
     assert a.choices[0].text == b.choices[0].text == s
     assert o.choices[0].text == GPTBackend(tiny_gpt(seed=1)).generate("cache me", 6).text  # not tiny-gpt's answer
     assert hits == [False, True, True, False, None]
@@ -806,7 +807,7 @@ def test_cache_is_scoped_per_api_key(backend):
         for key in (KEY, OTHER_KEY, OTHER_KEY):
             r = h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
             assert r.status_code == 200
-        hits = [r["cache_hit"] for r in app.state.request_log]
+        hits = [r["cache_hit"] for r in app.state.server.request_log]
     assert hits == [False, False, True]  # bob never receives alice's cached answer
 
 
@@ -835,7 +836,7 @@ def test_cache_keys_on_exact_text_ids_and_every_setting_with_stats_per_key(backe
         with httpx.Client(timeout=10) as h:
             snap = h.get(url + "/metrics", headers=HEADERS).json()
             prom = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS).text
-    assert [r["cache_hit"] for r in list(app.state.request_log)[: len(asks)]] == [hit for *_, hit in asks]
+    assert [r["cache_hit"] for r in list(app.state.server.request_log)[: len(asks)]] == [hit for *_, hit in asks]
     lower = backend.generate("hello world", max_tokens=4).text
     assert texts[1] == lower  # its own answer, not "Hello World"'s
     assert texts[3] == texts[0]
@@ -883,12 +884,12 @@ def test_a_client_that_leaves_is_cancelled_and_never_computed(backend):
         assert gated.started.wait(20)  # the first request occupies the only slot
         with pytest.raises(httpx.ReadTimeout):  # the second waits in the queue; its client gives up
             httpx.post(url + "/v1/completions", json=body, timeout=0.5)
-        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.server.request_log))
         gated.release.set()
         first.join(timeout=30)
-        _wait_for(lambda: len(app.state.request_log) == 2)
+        _wait_for(lambda: len(app.state.server.request_log) == 2)
     assert gated.calls == 1  # the abandoned request was dropped from the queue, not computed
-    assert sorted(r["status"] for r in app.state.request_log) == [200, 499]
+    assert sorted(r["status"] for r in app.state.server.request_log) == [200, 499]
 
 
 def test_a_stream_whose_client_leaves_stops_decoding(backend):
@@ -903,7 +904,7 @@ def test_a_stream_whose_client_leaves_stops_decoding(backend):
             json={"model": "tiny-gpt", "prompt": "abcdef", "max_tokens": 200, "stream": True},
         ) as r:
             next(r.iter_lines())  # one event, then hang up
-        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
+        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.server.request_log))
         time.sleep(0.3)
     assert gated.tokens < 100  # 200 tokens take 10 s; the row was cancelled soon after the client left
 
@@ -924,11 +925,11 @@ def test_aborted_and_stalled_uploads(backend, caplog):
     )
     with start_server(app) as url:
         _raw(url, head, wait_reply=False)  # the client hangs up mid-body
-        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.server.request_log))
         stalled = _raw(url, head, wait_reply=True)  # the body never completes: dropped after body_timeout_s
     assert stalled.startswith(b"HTTP/1.1 408")
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
-    aborted = [r for r in app.state.request_log if r["status"] == 499]
+    aborted = [r for r in app.state.server.request_log if r["status"] == 499]
     assert len(aborted) == 1 and aborted[0]["endpoint"] == "/v1/completions"
 
 
@@ -944,7 +945,7 @@ def test_continuous_batching_frees_a_leaving_clients_slot_and_blocks():
     torch.manual_seed(0)
     slow = _SlowGPT(GPTConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=96))
     app = create_app({"tiny-gpt": GPTBackend(slow)}, max_wait_ms=0)
-    scheduler = app.state.batchers["tiny-gpt"]
+    scheduler = app.state.server.schedulers["tiny-gpt"]
     assert type(scheduler).__name__ == "EngineScheduler"  # a course GPT is served with continuous batching
     with start_server(app) as url:
         with httpx.stream(
@@ -954,7 +955,7 @@ def test_continuous_batching_frees_a_leaving_clients_slot_and_blocks():
             json={"model": "tiny-gpt", "prompt": "abc", "max_tokens": 90, "stream": True},
         ) as r:
             next(r.iter_lines())  # one event, then hang up (90 tokens take >= 4.5 s)
-        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
+        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.server.request_log))
         _wait_for(lambda: scheduler.engine.stats()["running"] == 0)
         stats = scheduler.engine.stats()
     assert stats["blocks_used"] == 0 and stats["tokens_generated"] < 90

@@ -151,7 +151,7 @@ def check_dequantize(dequantize) -> None:
 @exercise("8.3")
 def check_backoff_delays(backoff_delays) -> None:
     """``backoff_delays(n, base_delay, max_delay) -> [n waits]`` without jitter: ``min(max, base · 2^(i-1))``."""
-    from course_utils.gateway import backoff_delay
+    from ..gateway.resilience import backoff_delay
 
     name = "check_backoff_delays"
     cases = [(5, 0.1, 10.0), (8, 0.1, 1.0), (1, 0.5, 2.0), (0, 0.1, 1.0), (12, 0.25, 3.0)]
@@ -412,7 +412,7 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     """``pick_cascade_threshold(confidence, small_correct, large_correct, target_accuracy) -> float``."""
     import numpy as np
 
-    from course_utils.gateway import pick_cascade_threshold as ref
+    from ..gateway.cascade import pick_cascade_threshold as ref
 
     name = "check_pick_cascade_threshold"
     rng = np.random.default_rng(8)
@@ -737,7 +737,7 @@ def check_cascade_policy(threshold_for) -> None:
     validation sums for 96% of the large model's accuracy) and costs less per query."""
     import numpy as np
 
-    from ..gateway import cascade_outcome, pick_cascade_threshold
+    from ..gateway.cascade import cascade_outcome, pick_cascade_threshold
 
     name = "check_cascade_policy"
     _, s_val, c_val, l_val, _ = cascade_data("val")

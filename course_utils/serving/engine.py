@@ -699,7 +699,7 @@ def run_clients(
     :attr:`Engine.cpu_seconds`, steady on a machine shared with other work); latency in forward passes
     (``p50_steps``, ``p95_steps``: the same on every machine, blind to what a pass costs); ``tokens``, the engine's
     ``stats()`` and the results in job order."""
-    from ..gateway import percentile
+    from ..timing import percentile
 
     if n_clients is not None and (isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1):
         raise ValueError(f"n_clients must be a positive int or None (a burst), got {n_clients!r}")

@@ -20,9 +20,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..validate import check_number, nonnegative_int, positive_int
 from .backends import Generation, GenRequest
 
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a slot, per model
+MAX_WAIT_MS = 1e6  # a gathering window beyond ~17 minutes is a typo (and overflows asyncio's timeouts far later)
 
 
 class QueueFull(RuntimeError):
@@ -31,12 +33,6 @@ class QueueFull(RuntimeError):
     def __init__(self, model: str, limit: int, retry_after: float = 1.0):
         super().__init__(f"the model {model!r} has {limit} requests waiting, its limit; retry after {retry_after:g}s")
         self.limit, self.retry_after = limit, retry_after
-
-
-def _check_max_queue(max_queue) -> int:
-    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
-        raise ValueError(f"max_queue must be an int >= 0 (requests waiting per model), got {max_queue!r}")
-    return max_queue
 
 
 @dataclass
@@ -54,12 +50,9 @@ class Batcher:
     """
 
     def __init__(self, backend, *, max_batch: int = 8, max_wait_ms: float = 5.0, max_queue: int = DEFAULT_MAX_QUEUE):
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
-        if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or not 0 <= max_wait_ms < 1e6:
-            raise ValueError(f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
-        self.backend, self.max_batch, self.max_wait_ms = backend, max_batch, float(max_wait_ms)
-        self.max_queue = _check_max_queue(max_queue)
+        self.backend, self.max_batch = backend, positive_int("max_batch", max_batch)
+        self.max_wait_ms = check_number("max_wait_ms", max_wait_ms, 0, MAX_WAIT_MS, high_open=True)
+        self.max_queue = nonnegative_int("max_queue", max_queue)
         self.batch_sizes: Counter = Counter()
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
@@ -174,7 +167,7 @@ class EngineScheduler:
                 policy=policy,
             ),
         )
-        self.max_batch, self.max_queue = max_batch, _check_max_queue(max_queue)
+        self.max_batch, self.max_queue = max_batch, nonnegative_int("max_queue", max_queue)
         self.engine = None
         self.batch_sizes: Counter = Counter()
 
