@@ -58,6 +58,14 @@ POLICIES = {
 }
 
 
+def gather_wait_s(waiting: int, max_batch: int, oldest_at: float, max_wait_s: float, now: float) -> float:
+    """Static batching's one rule, shared by :class:`Engine`'s ``policy="static"`` and the server's
+    :class:`~course_utils.serving.scheduler.Batcher`: seconds to keep gathering before a batch starts — 0 once
+    ``max_batch`` requests wait or the oldest (arrived at ``oldest_at``, a ``perf_counter`` time) has waited
+    ``max_wait_s``. Once started, a static batch takes nobody in until it ends."""
+    return 0.0 if waiting >= max_batch else max(0.0, oldest_at + max_wait_s - now)
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """One step of one request, given to ``on_token`` from the engine's thread.
@@ -428,9 +436,11 @@ class Engine:
 
     def _gathering(self) -> bool:
         """Static policy: wait (up to ``max_wait_ms`` after the oldest arrival) for a full batch before starting."""
-        if self.policy != "static" or self._running or len(self._waiting) >= self.max_batch:
+        if self.policy != "static" or self._running:
             return False
-        left = self._waiting[0].submitted_at + self.max_wait_s - time.perf_counter()
+        left = gather_wait_s(
+            len(self._waiting), self.max_batch, self._waiting[0].submitted_at, self.max_wait_s, time.perf_counter()
+        )
         if left <= 0:
             return False
         self._cond.wait(left)

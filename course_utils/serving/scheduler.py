@@ -1,6 +1,14 @@
 """Scheduling requests onto a backend: :class:`Batcher` gathers requests for up to ``max_wait_ms`` (or until
 ``max_batch``) and runs them as one batch in a worker thread ("static" batching: the batch runs until its longest
 request is done; continuous batching as in Orca/vLLM admits new requests at every decode step instead).
+:class:`EngineScheduler` puts a course GPT's requests on :class:`~course_utils.serving.engine.Engine`.
+
+Static batching has one rule in the package, :func:`~course_utils.serving.engine.gather_wait_s` (start when
+``max_batch`` requests wait or the oldest has waited ``max_wait_ms``; nobody joins a batch in flight), applied at
+two levels on purpose: :class:`Batcher` hands each gathered batch to any backend's ``generate_batch`` (the echo
+and fault-injecting backends, the adders, a model without the engine), while ``Engine(policy="static")`` is the
+same rule inside the engine, so that chapter 8 compares static and continuous batching with the same KV cache,
+forward pass and sampler.
 
 A scheduler has ``start()``, ``stop()``, ``batch_sizes`` and ``await submit(req, stream)``: ``stream`` (an
 ``asyncio.Queue``) receives ``(token_id, logprob, top)`` as tokens appear and ``None`` at the end; cancelling the
@@ -22,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ..validate import check_number, nonnegative_int, positive_int
 from .backends import Generation, GenRequest
+from .engine import Engine, gather_wait_s
 
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a slot, per model
 MAX_WAIT_MS = 1e6  # a gathering window beyond ~17 minutes is a typo (and overflows asyncio's timeouts far later)
@@ -87,14 +96,14 @@ class Batcher:
         return await p.future
 
     async def _gather(self) -> list[_Pending]:
-        loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        deadline = loop.time() + self.max_wait_ms / 1000
-        while len(batch) < self.max_batch:
-            if not self._queue.empty():
+        while True:
+            while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-                continue
-            left = deadline - loop.time()
+            # the engine's static policy decides with the same rule: a full batch, or the oldest waited max_wait_ms
+            left = gather_wait_s(
+                len(batch), self.max_batch, batch[0].enqueued, self.max_wait_ms / 1000, time.perf_counter()
+            )
             if left <= 0:
                 break
             try:
@@ -136,7 +145,7 @@ class Batcher:
 
 
 class EngineScheduler:
-    """Continuous batching: requests join and leave a :class:`course_utils.batching.Engine`'s running batch at every
+    """Continuous batching: requests join and leave a :class:`~.engine.Engine`'s running batch at every
     decode step, their KV cache in fixed-size blocks freed the moment they finish or their client leaves.
 
     Same interface as :class:`Batcher`. A :class:`~course_utils.serving.FaultInjector` in front of the model still
@@ -172,8 +181,6 @@ class EngineScheduler:
         self.batch_sizes: Counter = Counter()
 
     async def start(self) -> None:
-        from .engine import Engine
-
         self.engine = Engine(self.backend.model, **self.options)
 
     async def stop(self) -> None:
