@@ -15,11 +15,11 @@ from course_utils.serving.engine import Engine, gather_wait_s
 from course_utils.serving.sampling import SamplingParams
 
 
-def test_gather_wait_s_starts_on_a_full_batch_or_an_old_enough_request():
-    assert gather_wait_s(4, 4, oldest_at=10.0, max_wait_s=5.0, now=10.0) == 0.0  # full: start now
-    assert gather_wait_s(1, 4, oldest_at=10.0, max_wait_s=5.0, now=12.0) == pytest.approx(3.0)
-    assert gather_wait_s(1, 4, oldest_at=10.0, max_wait_s=5.0, now=16.0) == 0.0  # the oldest waited long enough
-    assert gather_wait_s(2, 4, oldest_at=10.0, max_wait_s=0.0, now=10.0) == 0.0  # no gathering window
+def test_gather_wait_s_starts_on_a_full_batch_or_a_closed_window():
+    assert gather_wait_s(4, 4, opened_at=10.0, max_wait_s=5.0, now=10.0) == 0.0  # full: start now
+    assert gather_wait_s(1, 4, opened_at=10.0, max_wait_s=5.0, now=12.0) == pytest.approx(3.0)
+    assert gather_wait_s(1, 4, opened_at=10.0, max_wait_s=5.0, now=16.0) == 0.0  # the window has closed
+    assert gather_wait_s(2, 4, opened_at=10.0, max_wait_s=0.0, now=10.0) == 0.0  # no gathering window
 
 
 def _spy(monkeypatch, module):

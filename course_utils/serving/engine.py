@@ -58,12 +58,13 @@ POLICIES = {
 }
 
 
-def gather_wait_s(waiting: int, max_batch: int, oldest_at: float, max_wait_s: float, now: float) -> float:
+def gather_wait_s(waiting: int, max_batch: int, opened_at: float, max_wait_s: float, now: float) -> float:
     """Static batching's one rule, shared by :class:`Engine`'s ``policy="static"`` and the server's
     :class:`~course_utils.serving.scheduler.Batcher`: seconds to keep gathering before a batch starts — 0 once
-    ``max_batch`` requests wait or the oldest (arrived at ``oldest_at``, a ``perf_counter`` time) has waited
-    ``max_wait_s``. Once started, a static batch takes nobody in until it ends."""
-    return 0.0 if waiting >= max_batch else max(0.0, oldest_at + max_wait_s - now)
+    ``max_batch`` requests wait or ``max_wait_s`` has passed since the window opened at ``opened_at`` (a
+    ``perf_counter`` time: the oldest arrival for the engine, the Batcher's first pick for the server). Once
+    started, a static batch takes nobody in until it ends."""
+    return 0.0 if waiting >= max_batch else max(0.0, opened_at + max_wait_s - now)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ request is done; continuous batching as in Orca/vLLM admits new requests at ever
 :class:`EngineScheduler` puts a course GPT's requests on :class:`~course_utils.serving.engine.Engine`.
 
 Static batching has one rule in the package, :func:`~course_utils.serving.engine.gather_wait_s` (start when
-``max_batch`` requests wait or the oldest has waited ``max_wait_ms``; nobody joins a batch in flight), applied at
-two levels on purpose: :class:`Batcher` hands each gathered batch to any backend's ``generate_batch`` (the echo
-and fault-injecting backends, the adders, a model without the engine), while ``Engine(policy="static")`` is the
-same rule inside the engine, so that chapter 8 compares static and continuous batching with the same KV cache,
-forward pass and sampler.
+``max_batch`` requests wait or ``max_wait_ms`` has passed since the window opened; nobody joins a batch in
+flight), applied at two levels on purpose: :class:`Batcher` hands each gathered batch to any backend's
+``generate_batch`` (the echo and fault-injecting backends, the adders, a model without the engine), while
+``Engine(policy="static")`` is the same rule inside the engine, so that chapter 8 compares static and continuous
+batching with the same KV cache, forward pass and sampler.
 
 A scheduler has ``start()``, ``stop()``, ``batch_sizes`` and ``await submit(req, stream)``: ``stream`` (an
 ``asyncio.Queue``) receives ``(token_id, logprob, top)`` as tokens appear and ``None`` at the end; cancelling the
@@ -33,7 +33,7 @@ from .backends import Generation, GenRequest
 from .engine import Engine, gather_wait_s
 
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a slot, per model
-MAX_WAIT_MS = 1e6  # a gathering window beyond ~17 minutes is a typo (and overflows asyncio's timeouts far later)
+MAX_WAIT_MS = 1e6  # a gathering window of ~17 minutes or more is a typo, not a setting
 
 
 class QueueFull(RuntimeError):
@@ -97,13 +97,13 @@ class Batcher:
 
     async def _gather(self) -> list[_Pending]:
         batch = [await self._queue.get()]
+        # the window opens at this first pick, not at the oldest arrival as in the engine: requests that queued
+        # while the last batch ran would otherwise start at once, without the clients that batch just answered
+        opened = time.perf_counter()
         while True:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            # the engine's static policy decides with the same rule: a full batch, or the oldest waited max_wait_ms
-            left = gather_wait_s(
-                len(batch), self.max_batch, batch[0].enqueued, self.max_wait_ms / 1000, time.perf_counter()
-            )
+            left = gather_wait_s(len(batch), self.max_batch, opened, self.max_wait_ms / 1000, time.perf_counter())
             if left <= 0:
                 break
             try:
