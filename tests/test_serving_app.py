@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import openai
+import pytest
 
 from course_utils.serving import EchoBackend, create_app, start_server
 from course_utils.serving.app import Server
@@ -22,3 +23,10 @@ def test_app_state_is_the_server_and_nothing_else():
     log = list(server.request_log)  # a snapshot of the last records, in order
     assert len(server.request_log) == len(log) == 3
     assert [r["status"] for r in log] == [200, 200, 200] and all(r["model"] == "echo" for r in log)
+
+
+def test_start_server_refuses_a_bad_port_naming_it():
+    app = create_app({"echo": EchoBackend("echo")})
+    for port, err in ((70_000, ValueError), (-1, ValueError), ("80", TypeError), (True, TypeError)):
+        with pytest.raises(err, match="port"), start_server(app, port=port):
+            pass

@@ -314,8 +314,7 @@ def start_server(
     """
     import uvicorn
 
-    if not isinstance(port, int) or not 0 <= port < 65536:
-        raise ValueError(f"port must be an int in [0, 65535], got {port!r}")
+    check_int("port", port, 0, 65535)
     config = server_config(
         app, host, port, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2, **limits
     )
