@@ -139,7 +139,7 @@ def _fresh_behind(backend, max_queue: int, n_queued: int, body: dict) -> dict:
         start_server(app) as url,
         httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as http,
     ):
-        engine = app.state.batchers["gpt"].engine
+        engine = app.state.server.schedulers["gpt"].engine
 
         def one():
             t = time.perf_counter()

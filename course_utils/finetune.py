@@ -42,7 +42,7 @@ from .checkpoints import (
 )
 from .data import cache_dir
 from .model import GPTConfig
-from .rag import BM25Index, Document
+from .rag import BM25Index, Document, assemble_prompt
 from .stats import compare_paired, wilson_interval
 from .train import History, TrainConfig, TrainHooks, train
 from .validate import ArgumentTypeError
@@ -140,7 +140,8 @@ def _check_pairs(name: str, pairs) -> list[tuple[str, str]]:
 
 
 def build_prompt(question: str, *, facts: Sequence[str] = (), examples: Sequence[tuple[str, str]] = ()) -> str:
-    """The one prompt layout of the chapter: an optional ``Facts:`` block, then Q/A examples, then the question.
+    """The one prompt layout of the chapter: an optional ``Facts:`` block, then Q/A examples, then the question
+    (laid out by chapter 6's :func:`course_utils.rag.assemble_prompt`, with ``Q:``/``A:`` cues and single newlines).
 
     ::
 
@@ -157,9 +158,9 @@ def build_prompt(question: str, *, facts: Sequence[str] = (), examples: Sequence
         raise ValueError(f"question must be a non-empty string, got {question!r}")
     if isinstance(facts, str) or not all(isinstance(f, str) for f in facts):
         raise TypeError("facts must be a sequence of strings (one fact per line)")
-    head = "Facts:\n" + "".join(f"{f}\n" for f in facts) if len(facts) else ""
-    shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in _check_pairs("examples", examples))
-    return f"{head}{shots}Q: {question}\nA:"
+    head = ["Facts:\n" + "\n".join(facts)] if len(facts) else []
+    pairs = _check_pairs("examples", examples)
+    return assemble_prompt(question, head, examples=pairs, cue=("Q:", "A:"), gap="\n")  # chapter 6's layout
 
 
 def few_shot_prompt(examples: Sequence[tuple[str, str]], question: str) -> str:

@@ -22,12 +22,12 @@ from course_utils.checks import (
     check_ttl_cache,
 )
 from course_utils.checks.ch08 import cascade_data, check_cascade_policy
-from course_utils.gateway import (
+from course_utils.gateway.cascade import pick_cascade_threshold
+from course_utils.gateway.resilience import (
     CircuitBreaker,
     CircuitOpenError,
     backoff_delay,
     call_with_fallback,
-    pick_cascade_threshold,
     retry_call,
 )
 from course_utils.quantize import absmax_quantize, group_dequantize

@@ -170,6 +170,17 @@ def test_prompts_layout():
         ft.few_shot_prompt(ex, "  ")
 
 
+def test_build_prompt_is_chapter_6s_layout_with_facts_and_examples(monkeypatch):
+    # the stored outputs of notebook 07 show these strings: the layout must not move by a character
+    ex = [("Where does Ann live?", "Rome")]
+    want = "Facts:\nAnn lives in Rome.\n\nQ: Where does Ann live?\nA: Rome\nQ: Who?\nA:"
+    assert ft.build_prompt("Who?", facts=["Ann lives in Rome.", ""], examples=ex) == want
+    assert ft.build_prompt("Who?", facts=[], examples=[]) == "Q: Who?\nA:"
+    calls = []  # one home: the prompt is assembled by rag.assemble_prompt, not by a second template here
+    monkeypatch.setattr(ft, "assemble_prompt", lambda *a, **kw: calls.append((a, kw)) or "spied")
+    assert ft.build_prompt("Who?", examples=ex) == "spied" and calls[0][1]["cue"] == ("Q:", "A:")
+
+
 @pytest.mark.parametrize(
     "pred,ref,ok",
     [

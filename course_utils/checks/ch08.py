@@ -13,8 +13,8 @@ import random
 import numpy as np
 import torch
 
-from .. import gateway
-from ..gateway import backoff_delay, cascade_outcome, pick_cascade_threshold
+from ..gateway.cascade import cascade_outcome, pick_cascade_threshold
+from ..gateway.resilience import backoff_delay
 from ..quantize import absmax_quantize, group_dequantize
 from ._core import call, compare, describe, exercise, fail, passed
 
@@ -419,7 +419,7 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     ]
     for c, s, l, target in cases:
         inputs = {"n": len(c), "target_accuracy": target}
-        expected = gateway.pick_cascade_threshold(c, s, l, target)
+        expected = pick_cascade_threshold(c, s, l, target)
         got = call(name, pick_cascade_threshold, c.copy(), s.copy(), l.copy(), target, inputs=inputs)
         if not isinstance(got, (int, float, np.floating)) or not (
             got == expected or (math.isclose(got, expected) and math.isfinite(got))

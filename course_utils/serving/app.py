@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..validate import check_int, nonnegative_float, positive_float, positive_int
 from . import completions as cmp
 from . import protocol
 from .auth import Auth, RateLimit, RateLimiter
@@ -52,19 +52,6 @@ def as_models(models) -> dict:
                     f"models[{name!r}] must be a backend with {attr} (e.g. GPTBackend), got {type(backend).__name__}"
                 )
     return out
-
-
-def _positive(name: str, value, *, integer: bool = False, minimum: float = 0.0, closed: bool = False) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if (
-        isinstance(value, bool)
-        or not ok_type
-        or not math.isfinite(value)
-        or value < minimum
-        or (value == minimum and not closed)
-    ):
-        kind = "an int" if integer else "a finite number"
-        raise ValueError(f"{name} must be {kind} {'>=' if closed else '>'} {minimum:g}, got {value!r}")
 
 
 class Server:
@@ -241,18 +228,21 @@ def create_app(
     ``scheduler_factory(backend)``: how requests are scheduled (default: continuous batching with
     :class:`~.scheduler.EngineScheduler` for a course GPT, the static :class:`Batcher` for other backends). Each request
     writes one JSON line to the ``course_utils.serving.requests`` logger (and ``log_path``) and to
-    ``app.state.request_log``. ``max_queue``: requests waiting per model (default schedulers); one more is a 503
-    with ``Retry-After`` (load shedding).
+    ``app.state.server.request_log`` (iterable: the last ``log_window`` records). ``max_queue``: requests waiting
+    per model (default schedulers); one more is a 503 with ``Retry-After`` (load shedding).
+
+    ``app.state.server`` (a :class:`Server`) is the app's one piece of state: its ``models``, ``schedulers``,
+    ``request_log``, ``cache``, ``auth`` and limits are what the routes read, and what a test or notebook inspects.
     """
     models = as_models(models)
     auth = Auth(api_keys, failed_per_s=failed_auth_per_s, failed_burst=failed_auth_burst)
     limiter = RateLimiter(rate_limit)
-    _positive("max_body_bytes", max_body_bytes, integer=True, minimum=256, closed=True)
-    _positive("max_tokens_limit", max_tokens_limit, integer=True, minimum=1, closed=True)
-    _positive("body_timeout_s", body_timeout_s)
-    _positive("max_batch", max_batch, integer=True, minimum=1, closed=True)
-    _positive("max_wait_ms", max_wait_ms, closed=True)
-    _positive("log_window", log_window, integer=True, minimum=1, closed=True)
+    check_int("max_body_bytes", max_body_bytes, 256)
+    positive_int("max_tokens_limit", max_tokens_limit)
+    positive_float("body_timeout_s", body_timeout_s)
+    positive_int("max_batch", max_batch)
+    nonnegative_float("max_wait_ms", max_wait_ms)
+    positive_int("log_window", log_window)
     if not isinstance(public_metrics, bool):
         raise TypeError(f"public_metrics must be a bool, got {type(public_metrics).__name__}")
     if cache is not None and not all(callable(getattr(cache, m, None)) for m in ("get", "put")):
@@ -292,10 +282,7 @@ def create_app(
                 await s.stop()
 
     app = FastAPI(title="course_utils.serving", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = server
-    app.state.models, app.state.batchers, app.state.metrics = models, schedulers, metrics
-    app.state.request_log = server.request_log.records
-    app.state.cache = cache
+    app.state.server = server  # the one handle on the app's state: models, schedulers, request_log, cache, ...
     _install_error_handlers(app)
     app.include_router(router)
 
@@ -327,8 +314,7 @@ def start_server(
     also on an exception.
     """
 
-    if not isinstance(port, int) or not 0 <= port < 65536:
-        raise ValueError(f"port must be an int in [0, 65535], got {port!r}")
+    check_int("port", port, 0, 65535)
     config = server_config(
         app, host, port, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=2, **limits
     )

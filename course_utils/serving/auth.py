@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from ..gateway import TokenBucket
+from ..gateway.ratelimit import TokenBucket
 from ..validate import check_number, positive_float
 from .protocol import ApiError
 

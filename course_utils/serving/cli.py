@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import math
 
 import uvicorn
 
+from ..validate import check_int, check_number
 from .app import create_app
 from .auth import MIN_KEY_LENGTH, RateLimit
 from .backends import load_backend
@@ -32,9 +32,12 @@ def _positive(kind, *, allow_zero: bool = False):
             number = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not a {'whole ' if kind is int else ''}number") from None
-        if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-            raise argparse.ArgumentTypeError(f"must be finite and {'>= 0' if allow_zero else '> 0'}, got {value}")
-        return number
+        try:  # validate's range check; argparse puts the flag's name in front of the message
+            if kind is int:
+                return check_int("the value", number, 0 if allow_zero else 1)
+            return check_number("the value", number, 0, low_open=not allow_zero)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention import PagedKVCache
-from ..gateway import percentile
+from ..timing import percentile
 from .sampling import SamplingParams, TokenChoice, sample_tokens
 
 __all__ = ["Engine", "RequestHandle", "TokenEvent", "EngineResult", "BlockAllocator", "run_clients", "POLICIES"]
@@ -57,6 +57,15 @@ POLICIES = {
     "static": {"policy": "static"},
     "one-at-a-time": {"policy": "continuous", "max_batch": 1},
 }
+
+
+def gather_wait_s(waiting: int, max_batch: int, opened_at: float, max_wait_s: float, now: float) -> float:
+    """Static batching's one rule, shared by :class:`Engine`'s ``policy="static"`` and the server's
+    :class:`~course_utils.serving.scheduler.Batcher`: seconds to keep gathering before a batch starts — 0 once
+    ``max_batch`` requests wait or ``max_wait_s`` has passed since the window opened at ``opened_at`` (a
+    ``perf_counter`` time: the oldest arrival for the engine, the Batcher's first pick for the server). Once
+    started, a static batch takes nobody in until it ends."""
+    return 0.0 if waiting >= max_batch else max(0.0, opened_at + max_wait_s - now)
 
 
 @dataclass(frozen=True)
@@ -429,9 +438,11 @@ class Engine:
 
     def _gathering(self) -> bool:
         """Static policy: wait (up to ``max_wait_ms`` after the oldest arrival) for a full batch before starting."""
-        if self.policy != "static" or self._running or len(self._waiting) >= self.max_batch:
+        if self.policy != "static" or self._running:
             return False
-        left = self._waiting[0].submitted_at + self.max_wait_s - time.perf_counter()
+        left = gather_wait_s(
+            len(self._waiting), self.max_batch, self._waiting[0].submitted_at, self.max_wait_s, time.perf_counter()
+        )
         if left <= 0:
             return False
         self._cond.wait(left)

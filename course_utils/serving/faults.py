@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from ..validate import nonnegative_float, probability
 from .backends import GenRequest, OneRequest
 
 
@@ -51,10 +52,8 @@ class FaultInjector(OneRequest):
         self.calls = 0
 
     def _check(self) -> None:
-        if not isinstance(self.error_rate, (int, float)) or not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"error_rate must be in [0, 1], got {self.error_rate!r}")
-        if not isinstance(self.latency_s, (int, float)) or self.latency_s < 0:
-            raise ValueError(f"latency_s must be a number >= 0, got {self.latency_s!r}")
+        probability("error_rate", self.error_rate)
+        nonnegative_float("latency_s", self.latency_s)
 
     def __getattr__(self, name):  # name, tokenizer, max_context, ... come from the wrapped backend
         if name == "backend":

@@ -10,7 +10,7 @@ import threading
 from collections import Counter, deque
 from pathlib import Path
 
-from ..gateway import percentile
+from ..timing import percentile
 
 request_log = logging.getLogger("course_utils.serving.requests")
 
@@ -149,6 +149,12 @@ class RequestLog:
     def __init__(self, metrics: Metrics, window: int, path: str | Path | None = None):
         self.metrics, self.records = metrics, deque(maxlen=window)
         self.path = Path(path) if path is not None else None
+
+    def __iter__(self):
+        return iter(list(self.records))  # a snapshot: the server's threads may append while a reader loops
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def write(self, rec: dict) -> None:
         self.metrics.record(rec)

@@ -16,10 +16,12 @@ The order of operations follows OpenAI's documentation of the parameters:
 
        logit[j] -= frequency_penalty * c[j] + presence_penalty * (c[j] > 0)
 
-3. ``temperature == 0`` takes the argmax (greedy; the first id on a tie); otherwise the logits are divided by the
-   temperature, ``top_k`` keeps the k most likely tokens, ``top_p`` keeps the smallest set of most likely tokens
-   whose probability reaches ``top_p``, and one token is drawn with the request's generator
-   (:func:`course_utils.model.sample_next_token` does step 3's work).
+3. the draw, which is chapter 3's :func:`course_utils.model.sample_next_token` itself (there is one sampler in the
+   course): ``temperature == 0`` takes the argmax (greedy; the first id on a tie); otherwise the logits are divided
+   by the temperature, ``top_k`` keeps the k most likely tokens, ``top_p`` keeps the smallest set of most likely
+   tokens whose probability reaches ``top_p``, and one token is drawn with the request's generator. With no bias
+   and no penalties, :func:`sample_token` picks the token ``sample_next_token`` picks from the same logits and
+   generator; this module adds only steps 1–2 and the log-probabilities below.
 
 **Which log-probabilities are reported.** ``logprob`` and ``top_logprobs`` come from the model's own distribution,
 ``log_softmax(logits)`` at temperature 1, *before* bias, penalties, temperature and top-p (vLLM's default,
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import sample_next_token
+from ..validate import ArgumentTypeError, check_int, check_number
 
 __all__ = [
     "SamplingParams",
@@ -87,30 +90,21 @@ class _SamplingTypeError(SamplingError, TypeError):
 _TINY_TOP_P = float(torch.finfo(torch.float32).tiny)
 
 
-def _number(name: str, value, lo: float, hi: float, *, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise _SamplingTypeError(name, f"{name} must be a number, got {value!r}")
-    if value < lo or value > hi or (lo_open and value == lo):
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        raise SamplingError(name, f"{name} must be in {interval}, got {value!r}")
-    return float(value)
-
-
-def _int(name: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _SamplingTypeError(name, f"{name} must be an int, got {value!r}")
-    if not lo <= value <= hi:
-        raise SamplingError(name, f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    return value
+def _field(name: str, check, value, *bounds, param: str | None = None, **options):
+    """``check(name, value, ...)`` from :mod:`course_utils.validate` (the one copy of every range check), its
+    error re-raised as a :class:`SamplingError` whose ``field`` is ``param`` or ``name`` (the server's 400)."""
+    try:
+        return check(name, value, *bounds, **options)
+    except ArgumentTypeError as err:
+        raise _SamplingTypeError(param or name, str(err)) from None
+    except ValueError as err:
+        raise SamplingError(param or name, str(err)) from None
 
 
 def _token_ids(name: str, ids) -> tuple[int, ...]:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple, set, frozenset)):
         raise _SamplingTypeError(name, f"{name} must be a list of token ids, got {type(ids).__name__}")
-    for t in ids:
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise SamplingError(name, f"{name} must hold token ids (ints >= 0), got {t!r}")
-    return tuple(ids)
+    return tuple(_field(name, check_int, t, 0) for t in ids)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,14 +130,14 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
-        _int("max_tokens", self.max_tokens, 1, MAX_TOKENS)
-        _number("temperature", self.temperature, 0.0, MAX_TEMPERATURE)
-        _number("top_p", self.top_p, 0.0, 1.0, lo_open=True)
-        _int("top_k", self.top_k, 0, MAX_TOKENS)
+        _field("max_tokens", check_int, self.max_tokens, 1, MAX_TOKENS)
+        _field("temperature", check_number, self.temperature, 0.0, MAX_TEMPERATURE)
+        _field("top_p", check_number, self.top_p, 0.0, 1.0, low_open=True)
+        _field("top_k", check_int, self.top_k, 0, MAX_TOKENS)
         if self.seed is not None:
-            _int("seed", self.seed, 0, MAX_SEED)
-        _number("presence_penalty", self.presence_penalty, -MAX_PENALTY, MAX_PENALTY)
-        _number("frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
+            _field("seed", check_int, self.seed, 0, MAX_SEED)
+        _field("presence_penalty", check_number, self.presence_penalty, -MAX_PENALTY, MAX_PENALTY)
+        _field("frequency_penalty", check_number, self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
         if not isinstance(self.logit_bias, dict):
             raise _SamplingTypeError(
                 "logit_bias", f"logit_bias must be a dict {{token_id: bias}}, got {type(self.logit_bias).__name__}"
@@ -152,12 +146,11 @@ class SamplingParams:
         for key, value in self.logit_bias.items():
             # JSON object keys are strings: "42" is token 42, as in OpenAI's API
             tok = int(key) if isinstance(key, str) and key.isdigit() else key
-            if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
-                raise SamplingError("logit_bias", f"logit_bias keys must be token ids (ints >= 0), got {key!r}")
-            bias[tok] = _number(f"logit_bias[{key!r}]", value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+            tok = _field("logit_bias keys (token ids)", check_int, tok, 0, param="logit_bias")
+            bias[tok] = _field(f"logit_bias[{key!r}]", check_number, value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
         object.__setattr__(self, "logit_bias", bias)
         if self.logprobs is not None:
-            _int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
+            _field("logprobs", check_int, self.logprobs, 0, MAX_TOP_LOGPROBS)
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
         if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
             raise _SamplingTypeError("stop", f"stop must be a list of non-empty strings, got {self.stop!r:.80}")
@@ -237,8 +230,7 @@ def sample_token(
         raise ValueError(f"logits must be a 1-D tensor [vocab], got {getattr(logits, 'shape', type(logits).__name__)}")
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-    adjusted = penalized_logits(logits, generated, params)
-    token = int(adjusted.argmax()) if params.temperature == 0 else _draw(adjusted, params, generator)
+    token = _draw(penalized_logits(logits, generated, params), params, generator)
     logp = F.log_softmax(logits.float(), dim=-1)
     top: list[tuple[int, float]] = []
     if params.logprobs:
@@ -248,14 +240,19 @@ def sample_token(
 
 
 def _draw(adjusted: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token drawn from ``adjusted`` [V] at the params' temperature, top-k and top-p; defined for every
-    accepted value: a temperature or top_p too small for float32 (1e-46, 1e-300, 5e-324) acts as its limit, the
-    argmax (greedy) and the top-1 token, instead of dividing by zero into inf − inf = NaN."""
-    # the best token at exactly 0 and the others <= 0, divided in float64: x / T is then 0 or a negative number
-    # (or -inf), never NaN, so softmax is always defined, and a vanishing T leaves the argmax alone
-    scaled = ((adjusted.double() - adjusted.max()) / params.temperature).float()
+    """Chapter 3's draw (:func:`course_utils.model.sample_next_token`: greedy, or temperature, top-k, top-p and one
+    multinomial draw with ``generator``) on ``adjusted`` [V]; the only thing added is that the temperature is
+    applied here first, in float64, so that every accepted value is defined: a temperature or top_p too small for
+    float32 (1e-46, 1e-300, 5e-324) acts as its limit, the argmax (greedy) and the top-1 token, instead of dividing
+    by zero into inf − inf = NaN. For ordinary settings the token is the one ``sample_next_token`` draws from the
+    same logits and generator (tests/test_sampling.py checks it)."""
+    temperature, scaled = params.temperature, adjusted
+    if temperature > 0:
+        # the best token at exactly 0 and the others <= 0, divided in float64: x / T is then 0 or a negative number
+        # (or -inf), never NaN, so softmax is always defined, and a vanishing T leaves the argmax alone
+        scaled, temperature = ((adjusted.double() - adjusted.max()) / temperature).float(), 1.0
     top_p = None if params.top_p >= 1.0 else max(params.top_p, _TINY_TOP_P)
-    return int(sample_next_token(scaled[None], 1.0, params.top_k or None, top_p, generator)[0])
+    return int(sample_next_token(scaled[None], temperature, params.top_k or None, top_p, generator)[0])
 
 
 def sample_tokens(

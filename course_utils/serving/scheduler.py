@@ -1,6 +1,14 @@
 """Scheduling requests onto a backend: :class:`Batcher` gathers requests for up to ``max_wait_ms`` (or until
 ``max_batch``) and runs them as one batch in a worker thread ("static" batching: the batch runs until its longest
 request is done; continuous batching as in Orca/vLLM admits new requests at every decode step instead).
+:class:`EngineScheduler` puts a course GPT's requests on :class:`~course_utils.serving.engine.Engine`.
+
+Static batching has one rule in the package, :func:`~course_utils.serving.engine.gather_wait_s` (start when
+``max_batch`` requests wait or ``max_wait_ms`` has passed since the window opened; nobody joins a batch in
+flight), applied at two levels on purpose: :class:`Batcher` hands each gathered batch to any backend's
+``generate_batch`` (the echo and fault-injecting backends, the adders, a model without the engine), while
+``Engine(policy="static")`` is the same rule inside the engine, so that chapter 8 compares static and continuous
+batching with the same KV cache, forward pass and sampler.
 
 A scheduler has ``start()``, ``stop()``, ``batch_sizes`` and ``await submit(req, stream)``: ``stream`` (an
 ``asyncio.Queue``) receives ``(token_id, logprob, top)`` as tokens appear and ``None`` at the end; cancelling the
@@ -20,10 +28,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..validate import check_number, nonnegative_int, positive_int
 from .backends import Generation, GenRequest
-from .engine import Engine
+from .engine import Engine, gather_wait_s
 
 DEFAULT_MAX_QUEUE = 64  # requests waiting for a slot, per model
+MAX_WAIT_MS = 1e6  # a gathering window of ~17 minutes or more is a typo, not a setting
 
 
 class QueueFull(RuntimeError):
@@ -32,12 +42,6 @@ class QueueFull(RuntimeError):
     def __init__(self, model: str, limit: int, retry_after: float = 1.0):
         super().__init__(f"the model {model!r} has {limit} requests waiting, its limit; retry after {retry_after:g}s")
         self.limit, self.retry_after = limit, retry_after
-
-
-def _check_max_queue(max_queue) -> int:
-    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
-        raise ValueError(f"max_queue must be an int >= 0 (requests waiting per model), got {max_queue!r}")
-    return max_queue
 
 
 @dataclass
@@ -55,12 +59,9 @@ class Batcher:
     """
 
     def __init__(self, backend, *, max_batch: int = 8, max_wait_ms: float = 5.0, max_queue: int = DEFAULT_MAX_QUEUE):
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
-        if not isinstance(max_wait_ms, (int, float)) or isinstance(max_wait_ms, bool) or not 0 <= max_wait_ms < 1e6:
-            raise ValueError(f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
-        self.backend, self.max_batch, self.max_wait_ms = backend, max_batch, float(max_wait_ms)
-        self.max_queue = _check_max_queue(max_queue)
+        self.backend, self.max_batch = backend, positive_int("max_batch", max_batch)
+        self.max_wait_ms = check_number("max_wait_ms", max_wait_ms, 0, MAX_WAIT_MS, high_open=True)
+        self.max_queue = nonnegative_int("max_queue", max_queue)
         self.batch_sizes: Counter = Counter()
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
@@ -95,14 +96,14 @@ class Batcher:
         return await p.future
 
     async def _gather(self) -> list[_Pending]:
-        loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        deadline = loop.time() + self.max_wait_ms / 1000
-        while len(batch) < self.max_batch:
-            if not self._queue.empty():
+        # the window opens at this first pick, not at the oldest arrival as in the engine: requests that queued
+        # while the last batch ran would otherwise start at once, without the clients that batch just answered
+        opened = time.perf_counter()
+        while True:
+            while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-                continue
-            left = deadline - loop.time()
+            left = gather_wait_s(len(batch), self.max_batch, opened, self.max_wait_ms / 1000, time.perf_counter())
             if left <= 0:
                 break
             try:
@@ -144,7 +145,7 @@ class Batcher:
 
 
 class EngineScheduler:
-    """Continuous batching: requests join and leave a :class:`course_utils.batching.Engine`'s running batch at every
+    """Continuous batching: requests join and leave a :class:`~.engine.Engine`'s running batch at every
     decode step, their KV cache in fixed-size blocks freed the moment they finish or their client leaves.
 
     Same interface as :class:`Batcher`. A :class:`~course_utils.serving.FaultInjector` in front of the model still
@@ -175,12 +176,11 @@ class EngineScheduler:
                 policy=policy,
             ),
         )
-        self.max_batch, self.max_queue = max_batch, _check_max_queue(max_queue)
+        self.max_batch, self.max_queue = max_batch, nonnegative_int("max_queue", max_queue)
         self.engine = None
         self.batch_sizes: Counter = Counter()
 
     async def start(self) -> None:
-
         self.engine = Engine(self.backend.model, **self.options)
 
     async def stop(self) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import socket
 
+import openai
 import pytest
 from helpers import KEY
 
-from course_utils.serving import create_app, start_server
+from course_utils.serving import EchoBackend, create_app, start_server
+from course_utils.serving.app import Server
+from course_utils.serving.metrics import RequestLog
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
@@ -53,3 +56,25 @@ def test_create_app_rejects_bad_arguments(backend):
 def test_create_app_refuses_bad_settings_naming_them(backend, kw, name):
     with pytest.raises((ValueError, TypeError), match=name):
         create_app({"m": backend}, api_keys=[KEY], **kw)
+
+
+def test_app_state_is_the_server_and_nothing_else():
+    app = create_app({"echo": EchoBackend("echo")})
+    assert set(app.state._state) == {"server"}  # no second name for models, schedulers, metrics, log or cache
+    server = app.state.server
+    assert isinstance(server, Server) and isinstance(server.request_log, RequestLog)
+    assert set(server.models) == set(server.schedulers) == {"echo"}
+    with start_server(app) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+        for i in range(3):
+            c.completions.create(model="echo", prompt=f"hi {i}", max_tokens=2)
+    log = list(server.request_log)  # a snapshot of the last records, in order
+    assert len(server.request_log) == len(log) == 3
+    assert [r["status"] for r in log] == [200, 200, 200] and all(r["model"] == "echo" for r in log)
+
+
+def test_start_server_refuses_a_bad_port_naming_it():
+    app = create_app({"echo": EchoBackend("echo")})
+    for port, err in ((70_000, ValueError), (-1, ValueError), ("80", TypeError), (True, TypeError)):
+        with pytest.raises(err, match="port"), start_server(app, port=port):
+            pass

@@ -63,7 +63,7 @@ def test_server_cache_hits_identical_greedy_requests_only_in_scope(backend):
         )
         o = c.completions.create(model="other", prompt="cache me", max_tokens=6, temperature=0)
         c.completions.create(model="tiny-gpt", prompt="cache me", max_tokens=6, temperature=1.0)  # sampled: no cache
-        hits = [r["cache_hit"] for r in app.state.request_log]
+        hits = [r["cache_hit"] for r in app.state.server.request_log]
     assert a.choices[0].text == b.choices[0].text == s
     assert o.choices[0].text == GPTBackend(tiny_gpt(seed=1)).generate("cache me", 6).text  # not tiny-gpt's answer
     assert hits == [False, True, True, False, None]
@@ -76,7 +76,7 @@ def test_cache_is_scoped_per_api_key(backend):
         for key in (KEY, OTHER_KEY, OTHER_KEY):
             r = h.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
             assert r.status_code == 200
-        hits = [r["cache_hit"] for r in app.state.request_log]
+        hits = [r["cache_hit"] for r in app.state.server.request_log]
     assert hits == [False, False, True]  # bob never receives alice's cached answer
 
 
@@ -105,7 +105,7 @@ def test_cache_keys_on_exact_text_ids_and_every_setting_with_stats_per_key(backe
         with httpx.Client(timeout=10) as h:
             snap = h.get(url + "/metrics", headers=HEADERS).json()
             prom = h.get(url + "/metrics", params={"format": "prometheus"}, headers=HEADERS).text
-    assert [r["cache_hit"] for r in list(app.state.request_log)[: len(asks)]] == [hit for *_, hit in asks]
+    assert [r["cache_hit"] for r in list(app.state.server.request_log)[: len(asks)]] == [hit for *_, hit in asks]
     lower = backend.generate("hello world", max_tokens=4).text
     assert texts[1] == lower  # its own answer, not "Hello World"'s
     assert texts[3] == texts[0]

@@ -45,7 +45,7 @@ def client(url, key) -> openai.OpenAI:
 
 
 def engine(app):
-    return app.state.batchers[MODEL].engine
+    return app.state.server.schedulers[MODEL].engine
 
 
 def wait_idle(app, timeout=TIMEOUT) -> dict:

@@ -95,12 +95,12 @@ def test_a_client_that_leaves_is_cancelled_and_never_computed(backend):
         assert gated.started.wait(20)  # the first request occupies the only slot
         with pytest.raises(httpx.ReadTimeout):  # the second waits in the queue; its client gives up
             httpx.post(url + "/v1/completions", json=body, timeout=0.5)
-        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.server.request_log))
         gated.release.set()
         first.join(timeout=30)
-        _wait_for(lambda: len(app.state.request_log) == 2)
+        _wait_for(lambda: len(app.state.server.request_log) == 2)
     assert gated.calls == 1  # the abandoned request was dropped from the queue, not computed
-    assert sorted(r["status"] for r in app.state.request_log) == [200, 499]
+    assert sorted(r["status"] for r in app.state.server.request_log) == [200, 499]
 
 
 def test_a_stream_whose_client_leaves_stops_decoding(backend):
@@ -115,6 +115,6 @@ def test_a_stream_whose_client_leaves_stops_decoding(backend):
             json={"model": "tiny-gpt", "prompt": "abcdef", "max_tokens": 200, "stream": True},
         ) as r:
             next(r.iter_lines())  # one event, then hang up
-        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.request_log))
+        _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.server.request_log))
         time.sleep(0.3)
     assert gated.tokens < 100  # 200 tokens take 10 s; the row was cancelled soon after the client left

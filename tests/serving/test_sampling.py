@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import pickle
 
@@ -11,7 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import course_utils.serving.sampling as sampling_module
+from course_utils.model import sample_next_token
 from course_utils.sampling import SamplingError, SamplingParams, penalized_logits, sample_token, sample_tokens
+from course_utils.serving import protocol
+from course_utils.serving.sampling import MAX_SEED, MAX_TEMPERATURE, MAX_TOKENS
+from course_utils.validate import ArgumentTypeError, check_int, check_number
 
 
 def test_penalties_follow_openai_formula():
@@ -258,3 +264,67 @@ def test_no_nan_reaches_multinomial(monkeypatch):
 def test_nan_logits_are_a_clear_error_not_a_sample():
     with pytest.raises(ValueError, match="NaN"):
         sample_token(torch.tensor([0.0, math.nan]), [], SamplingParams(), torch.Generator())
+
+
+# ---------------------------------------------------------------- one sampler, one set of validators (issue #28)
+_DRAWS = [dict(temperature=1.0), dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.8),
+          dict(temperature=0.9, top_k=8, top_p=0.6), dict(temperature=0.0)]  # fmt: skip
+
+
+def _chapter3_draw(row, kw, seed, temperature=None):
+    t = kw["temperature"] if temperature is None else temperature
+    gen = torch.Generator().manual_seed(seed)
+    return int(sample_next_token(row[None], t, kw.get("top_k"), kw.get("top_p"), gen)[0])
+
+
+@pytest.mark.parametrize("kw", _DRAWS, ids=str)
+def test_sample_token_draws_what_chapter_3_draws(kw):
+    """Without bias or penalties, serving's sampler is chapter 3's ``sample_next_token`` with the same generator:
+    the same token for every seed (the draw lives in one place; serving only adds bias, penalties, logprobs)."""
+    logits = torch.randn(40, 64, generator=torch.Generator().manual_seed(28)) * 2
+    params = SamplingParams(**kw)
+    for seed, row in enumerate(logits):
+        got = sample_token(row, [], params, torch.Generator().manual_seed(seed)).token_id
+        assert got == _chapter3_draw(row, kw, seed), (kw, seed)
+
+
+def test_the_same_draw_test_tells_a_different_sampler_apart():
+    # the comparison above can fail: a sampler that ignores top_k, or the temperature, draws other tokens
+    logits = torch.randn(40, 64, generator=torch.Generator().manual_seed(28)) * 2
+    params = SamplingParams(temperature=0.7, top_k=5)
+    ours = [sample_token(row, [], params, torch.Generator().manual_seed(s)).token_id for s, row in enumerate(logits)]
+    assert ours != [_chapter3_draw(row, dict(temperature=0.7), s) for s, row in enumerate(logits)]  # no top_k
+    assert ours != [_chapter3_draw(row, dict(temperature=0.7, top_k=5), s, 2.0) for s, row in enumerate(logits)]
+
+
+@pytest.mark.parametrize(
+    "kw,check",
+    [
+        (dict(temperature=2.5), lambda: check_number("temperature", 2.5, 0.0, MAX_TEMPERATURE)),
+        (dict(top_p=0.0), lambda: check_number("top_p", 0.0, 0.0, 1.0, low_open=True)),
+        (dict(max_tokens=True), lambda: check_int("max_tokens", True, 1, MAX_TOKENS)),
+        (dict(seed=-1), lambda: check_int("seed", -1, 0, MAX_SEED)),
+        (dict(stop_token_ids=[3, -2]), lambda: check_int("stop_token_ids", -2, 0)),
+    ],
+)
+def test_sampling_errors_are_validates_errors_naming_the_field(kw, check):
+    """SamplingParams' range checks are course_utils.validate's: the same message, as a SamplingError naming the
+    field (and a TypeError too where validate's is one)."""
+    with pytest.raises(ValueError) as want:
+        check()
+    with pytest.raises(SamplingError) as got:
+        SamplingParams(**kw)
+    assert str(got.value) == str(want.value)
+    assert got.value.field == next(iter(kw))
+    assert isinstance(got.value, TypeError) == isinstance(want.value, ArgumentTypeError)
+
+
+def test_the_limits_are_defined_once_in_sampling():
+    """protocol's schemas import the limits (MAX_SEED, MAX_TOP_LOGPROBS, ...) from sampling; none is defined twice."""
+    limits = [name for name in sampling_module.__all__ if name.startswith(("MAX_", "DEFAULT_"))]
+    assert {"MAX_SEED", "MAX_TOP_LOGPROBS"} <= set(limits)
+    source = inspect.getsource(protocol)
+    for name in limits:
+        assert f"\n{name} =" not in source, name
+        if hasattr(protocol, name):
+            assert getattr(protocol, name) is getattr(sampling_module, name), name

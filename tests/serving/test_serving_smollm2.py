@@ -67,7 +67,7 @@ def test_the_template_refuses_messages_that_write_special_tokens():
 @pytest.mark.slow
 def test_the_official_client_gets_paris_plain_and_streamed(served):
     url, backend, app = served
-    assert isinstance(app.state.batchers["smollm2"], EngineScheduler)  # continuous batching, the course's engine
+    assert isinstance(app.state.server.schedulers["smollm2"], EngineScheduler)  # continuous batching: the engine
     assert backend.max_context == 2048
     c = client(url)
     r = c.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=20)

@@ -19,9 +19,9 @@ def test_aborted_and_stalled_uploads(backend, caplog):
     )
     with start_server(app) as url:
         _raw(url, head, wait_reply=False)  # the client hangs up mid-body
-        _wait_for(lambda: any(r["status"] == 499 for r in app.state.request_log))
+        _wait_for(lambda: any(r["status"] == 499 for r in app.state.server.request_log))
         stalled = _raw(url, head, wait_reply=True)  # the body never completes: dropped after body_timeout_s
     assert stalled.startswith(b"HTTP/1.1 408")
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
-    aborted = [r for r in app.state.request_log if r["status"] == 499]
+    aborted = [r for r in app.state.server.request_log if r["status"] == 499]
     assert len(aborted) == 1 and aborted[0]["endpoint"] == "/v1/completions"
