@@ -24,8 +24,11 @@ rerun skips both. Side by side (one thread each), then assemble::
     PYTHONPATH=. nice -n 10 python scripts/study_ch7_smollm2.py --part lora --seeds 0 --threads 1 &
     ...; python scripts/study_ch7_smollm2.py --write
 
-Run time (measured on a shared, busy 2-core machine, see the asset's ``meta.seconds``): about 20 minutes of
-CPU per LoRA seed (training and 230 answers) and 10 for the prompting part; a plain run does everything.
+Run time, measured for the shipped file (one world, LoRA seed 0; ``meta.seconds``): about 11 CPU-minutes in all —
+the 384 prompting answers 382 CPU-s (~1 s each, one thread), the LoRA 50 CPU-s (frozen states + 80 steps) and its
+230 answers ~3 CPU-min. On a quiet 2-core machine that should be ~6 minutes of wall time (estimated, not
+measured); on the shared, busy machine that made it (load 10-17 on 2 cores) it took 26 minutes of wall time, the
+LoRA training 283 s (0.28 steps/s). A second seed (``--seeds 0 1``) adds ~4 CPU-minutes.
 """
 
 from __future__ import annotations
@@ -326,7 +329,7 @@ def write(path: Path = rag_llm.CH7_ASSET) -> dict:
             "optimizer": "course_utils.train.train: AdamW, no weight decay, warm-up then cosine, clipping at 1",
         },
         "seconds": seconds,
-        "threads": "1 per process (two processes side by side on a shared 2-core machine)",
+        "threads": "1 per process; 2-4 processes side by side on a shared 2-core machine (load 10-17)",
         "torch": torch.__version__,
         "machine": platform.machine(),
         "bits": "per-question hits in the world's fact order ('1' right); 'trained': the trained facts only, "
