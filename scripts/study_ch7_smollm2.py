@@ -24,11 +24,11 @@ rerun skips both. Side by side (one thread each), then assemble::
     PYTHONPATH=. nice -n 10 python scripts/study_ch7_smollm2.py --part lora --seeds 0 --threads 1 &
     ...; python scripts/study_ch7_smollm2.py --write
 
-Run time, measured for the shipped file (one world, LoRA seed 0; ``meta.seconds``): about 11 CPU-minutes in all —
-the 384 prompting answers 382 CPU-s (~1 s each, one thread), the LoRA 50 CPU-s (frozen states + 80 steps) and its
-230 answers ~3 CPU-min. On a quiet 2-core machine that should be ~6 minutes of wall time (estimated, not
-measured); on the shared, busy machine that made it (load 10-17 on 2 cores) it took 26 minutes of wall time, the
-LoRA training 283 s (0.28 steps/s). A second seed (``--seeds 0 1``) adds ~4 CPU-minutes.
+Run time, measured for the shipped file (world 0, LoRA seeds 0 and 1; ``meta.seconds``): about 14 CPU-minutes in
+all — the 384 prompting answers 382 CPU-s (~1 s each, one thread), each LoRA 43-50 CPU-s (frozen states + 80 steps)
+and each seed's 230 answers ~3 CPU-min. Wall time depends on the machine's load: on the shared 2-core machine at
+load 10-17 the prompting took 26 minutes (two processes) and seed 0's training 283 s (0.28 steps/s); at load ~3,
+seed 1's training took 30 s (2.7 steps/s) and its 230 answers under 3 minutes (three processes).
 """
 
 from __future__ import annotations
