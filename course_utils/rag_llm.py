@@ -16,6 +16,7 @@ Scoring rules, stated once:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from . import rag
@@ -32,6 +33,12 @@ __all__ = [
     "rag_vs_closed_book",
     "hijack_rates",
     "defence_vs_none",
+    "CH7_ASSET",
+    "CH7_REBUILD",
+    "CH7_INSTRUCTION",
+    "CH7_CLAIMS",
+    "names_value",
+    "load_ch7_results",
 ]
 
 ASSET = Path(__file__).resolve().parent / "assets" / "ch6_smollm2.json"
@@ -87,3 +94,45 @@ def defence_vs_none(results: dict) -> dict:
     """Each defence against "none" on the same attacks (paired, exact McNemar; lower hijack rate is better)."""
     col = {d: [a["defences"][d]["hijacked"] for a in results["attacks"]] for d in DEFENCES}
     return {d: compare_paired(col[d], col["none"], names=(d, "none"), lower_is_better=True) for d in DEFENCES[1:]}
+
+
+# ----------------------------------------------------------------------------------------------- chapter 7
+# Chapter 7 with SmolLM2: scripts/study_ch7_smollm2.py writes this file in the schema of chapter 7's toy study
+# (``finetune.load_study``), so ``finetune.study_claim`` / ``study_cell`` judge both models with one code path.
+CH7_ASSET = ASSET.with_name("ch7_smollm2.json")
+CH7_REBUILD = "python scripts/study_ch7_smollm2.py"
+# Put before the chapter's prompt in the user turn: an instruct model otherwise answers in long sentences.
+CH7_INSTRUCTION = "Answer with the answer only, in a few words."
+# Chapter 7's claims that both models can be judged on: "A beats B", each a (method, split) of finetune.study_bits.
+# The fine-tune is LoRA on both sides (SmolLM2 was not fully fine-tuned: its LoRA is the affordable one on a CPU).
+CH7_CLAIMS = {
+    "RAG for missing knowledge (eval: RAG vs LoRA)": (("RAG", "eval"), ("LoRA", "eval")),
+    "RAG for missing knowledge (unseen: RAG vs LoRA)": (("RAG", "unseen"), ("LoRA", "unseen")),
+    "LoRA beats dynamic few-shot (eval)": (("LoRA", "eval"), ("dynamic few-shot", "eval")),
+    "LoRA beats dynamic few-shot (unseen)": (("LoRA", "unseen"), ("dynamic few-shot", "unseen")),
+    "LoRA's facts transfer only partly (trained vs unseen)": (("LoRA", "trained"), ("LoRA", "unseen@trained")),
+    "LoRA + RAG beats RAG (eval)": (("LoRA + RAG", "eval"), ("RAG", "eval")),
+    "dynamic few-shot beats few-shot (eval)": (("dynamic few-shot", "eval"), ("few-shot", "eval")),
+    "few-shot beats zero-shot (eval)": (("few-shot", "eval"), ("zero-shot", "eval")),
+    "RAG beats dynamic few-shot (unseen)": (("RAG", "unseen"), ("dynamic few-shot", "unseen")),
+}
+
+
+def names_value(answer: str, value: str, values) -> int:
+    """1 if ``answer`` names ``value`` and no other of the attribute's ``values``, else 0.
+
+    Both sides are lower-cased and split into words (letters only), so case, punctuation and a full sentence
+    around the value do not matter ("Vela Dorrin lives in Quessa." names ``Quessa``); an answer that lists
+    several of the candidate values scores 0, so copying every retrieved statement is not rewarded."""
+    if not isinstance(answer, str):
+        raise TypeError(f"answer must be a str, got {type(answer).__name__}")
+    if value not in values:
+        raise ValueError(f"value {value!r} is not one of the attribute's values {list(values)}")
+    words = set(re.findall(r"[a-z]+", answer.lower()))
+    named = {v for v in values if set(re.findall(r"[a-z]+", v.lower())) <= words}
+    return int(named == {value})
+
+
+def load_ch7_results(path: str | Path = CH7_ASSET) -> dict:
+    """SmolLM2's chapter-7 study, after checking it against its ``.sha256`` sidecar."""
+    return json.loads(verify_sha256(path, rebuild=CH7_REBUILD).read_text(encoding="utf-8"))
