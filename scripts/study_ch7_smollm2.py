@@ -51,8 +51,8 @@ from rag_smollm2 import greedy  # noqa: E402  chapter 6's greedy ChatML answer, 
 
 from course_utils import finetune as ft  # noqa: E402
 from course_utils import rag, rag_llm, smollm2  # noqa: E402
-from course_utils.model import write_sha256  # noqa: E402
-from course_utils.train import train  # noqa: E402
+from course_utils.checksums import write_sha256  # noqa: E402
+from course_utils.train import TrainConfig, TrainHooks, train  # noqa: E402
 from course_utils.world import make_world  # noqa: E402
 
 CACHE = ROOT / ".cache" / "ch7_smollm2"
@@ -203,10 +203,8 @@ def lora_model(s: Setting, seed: int) -> tuple[torch.nn.Module, dict]:
             return top_loss(model, [states[i] for i in idx], [items[i] for i in idx])
 
         model.train()
-        h = train(
-            model,
-            None,
-            LORA["steps"],
+        config = TrainConfig(
+            steps=LORA["steps"],
             lr=LORA["lr"],
             warmup=LORA["warmup"],
             weight_decay=0.0,
@@ -214,10 +212,9 @@ def lora_model(s: Setting, seed: int) -> tuple[torch.nn.Module, dict]:
             grad_clip=1.0,
             seed=seed,
             progress=False,
-            loss_fn=loss_fn,
-            eval_fn=None,
             eval_every=None,
         )
+        h = train(model, None, config, hooks=TrainHooks(loss_fn=loss_fn))
         loss = h["train_loss"]
         hist = {
             "cpu_seconds": round(time.process_time() - c0),  # the frozen states and the steps, all threads
