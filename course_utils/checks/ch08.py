@@ -13,6 +13,7 @@ import random
 import numpy as np
 import torch
 
+from ..gateway import cascade as ref_cascade
 from ..gateway.cascade import cascade_outcome, pick_cascade_threshold
 from ..gateway.resilience import backoff_delay
 from ..quantize import absmax_quantize, group_dequantize
@@ -419,7 +420,7 @@ def check_pick_cascade_threshold(pick_cascade_threshold) -> None:
     ]
     for c, s, l, target in cases:
         inputs = {"n": len(c), "target_accuracy": target}
-        expected = pick_cascade_threshold(c, s, l, target)
+        expected = ref_cascade.pick_cascade_threshold(c, s, l, target)
         got = call(name, pick_cascade_threshold, c.copy(), s.copy(), l.copy(), target, inputs=inputs)
         if not isinstance(got, (int, float, np.floating)) or not (
             got == expected or (math.isclose(got, expected) and math.isfinite(got))
