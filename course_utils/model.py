@@ -155,6 +155,16 @@ def sample_next_token(
     keeps the k largest, then ``top_p`` keeps the smallest set of most likely tokens whose probabilities sum to at
     least ``top_p`` (the token that crosses the threshold is kept), and one token is drawn from what is left.
     """
+    _check_logits(logits)
+    temperature = nonnegative_float("temperature (0 = greedy)", temperature)
+    if top_k is not None:
+        positive_int("top_k (or None)", top_k)
+    if top_p is not None:
+        check_number("top_p (or None)", top_p, 0, 1, low_open=True)
+    return _pick(logits, temperature, top_k, top_p, generator)
+
+
+def _check_logits(logits) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         got = getattr(logits, "shape", type(logits).__name__)
         raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {got}")
@@ -162,11 +172,10 @@ def sample_next_token(
         raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if torch.isnan(logits).any() or torch.isposinf(logits).any():  # -inf is a masked token; NaN/+inf sample garbage
         raise ValueError("logits hold NaN or +inf (the model diverged or the input was bad); -inf masks are fine")
-    temperature = nonnegative_float("temperature (0 = greedy)", temperature)
-    if top_k is not None:
-        positive_int("top_k (or None)", top_k)
-    if top_p is not None:
-        check_number("top_p (or None)", top_p, 0, 1, low_open=True)
+
+
+def _pick(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """:func:`sample_next_token` on arguments it has checked (:meth:`GPT.generate` checks them once per call)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -420,9 +429,11 @@ class GPT(nn.Module):
         try:
             caches = self.new_caches() if use_cache else None
             out, step_input = idx.long(), idx.long()
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 logits, _ = self(step_input if use_cache else out, caches=caches, last_only=True)
-                nxt = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+                if step == 0:  # the prompt's logits are checked (NaN, +inf); later steps come from the same weights
+                    _check_logits(logits[:, -1, :])
+                nxt = _pick(logits[:, -1, :], temperature, top_k, top_p, generator)
                 out = torch.cat([out, nxt[:, None]], dim=1)
                 step_input = nxt[:, None]
         finally:
