@@ -428,14 +428,17 @@ class GPT(nn.Module):
         self.eval()
         try:
             caches = self.new_caches() if use_cache else None
-            out, step_input = idx.long(), idx.long()
-            for step in range(max_new_tokens):
-                logits, _ = self(step_input if use_cache else out, caches=caches, last_only=True)
-                if step == 0:  # the prompt's logits are checked (NaN, +inf); later steps come from the same weights
-                    _check_logits(logits[:, -1, :])
-                nxt = _pick(logits[:, -1, :], temperature, top_k, top_p, generator)
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                step_input = nxt[:, None]
+            B, T = idx.shape
+            out = idx.new_empty(B, T + max_new_tokens, dtype=torch.long)  # filled step by step, never re-copied
+            out[:, :T] = idx
+            with torch.inference_mode():  # no autograd bookkeeping on any operation (lighter than no_grad)
+                for step in range(max_new_tokens):
+                    end = T + step  # tokens so far
+                    step_input = out[:, end - 1 : end] if use_cache and step else out[:, :end]
+                    logits, _ = self(step_input, caches=caches, last_only=True)
+                    if step == 0:  # the prompt's logits are checked (NaN, +inf); later steps use the same weights
+                        _check_logits(logits[:, -1, :])
+                    out[:, end] = _pick(logits[:, -1, :], temperature, top_k, top_p, generator)
         finally:
             self.train(was_training)
         return out
