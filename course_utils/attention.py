@@ -12,8 +12,8 @@ What lives here, each written so the maths reads off the code:
 * Rotary position embeddings (Su et al., 2021) in the rotate-half layout used by Llama / Hugging Face:
   :func:`rope_frequencies`, :func:`apply_rope`.
 * :class:`KVCache` and :class:`MultiHeadAttention` (causal, optional RoPE, grouped-query, KV cache), the block
-  chapter 3's GPT is built from; :class:`PagedKVCache` (chapter 8) keeps the keys/values of a batch of ragged
-  sequences in fixed-size blocks, with per-row ``positions``.
+  chapter 3's GPT is built from. The serving engine's paged, packed attention is chapter 8's, in
+  :mod:`course_utils.serving.paged` (``PagedKVCache`` stays importable from here).
 
 Shapes follow PyTorch: ``q`` is ``[..., Lq, d]``, ``k`` is ``[..., Lk, d]``, ``v`` is ``[..., Lk, dv]``; a model's
 tensors are ``[B, H, T, head_dim]``.
@@ -21,6 +21,7 @@ tensors are ``[B, H, T, head_dim]``.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 import weakref
@@ -44,7 +45,7 @@ __all__ = [
     "rotate_half",
     "apply_rope",
     "KVCache",
-    "PagedKVCache",
+    "combine_masks",
     "MultiHeadAttention",
     "TensorMemoryTracker",
     "ATTENTION_METHODS",
@@ -114,6 +115,19 @@ def _as_additive(attn_mask, target_shape, dtype) -> torch.Tensor:
     if attn_mask.dtype == torch.bool:
         return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(~attn_mask, float("-inf"))
     return attn_mask.to(dtype)
+
+
+def combine_masks(allowed: torch.Tensor, attn_mask, target_shape, dtype) -> torch.Tensor:
+    """The boolean mask ``allowed`` (e.g. causal) and a caller's ``attn_mask``: bool, both must allow; float, added.
+
+    ``attn_mask`` is checked against ``target_shape`` (the scores' ``[B, H, Lq, Lk]``); ``None`` leaves ``allowed``.
+    """
+    if attn_mask is None:
+        return allowed
+    _check_mask(attn_mask, target_shape)
+    if attn_mask.dtype == torch.bool:
+        return allowed & attn_mask
+    return _as_additive(allowed, allowed.shape, dtype) + attn_mask.to(dtype)
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -252,37 +266,18 @@ def rope_frequencies(
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def _check_positions(positions, B: int, T: int, limit: int) -> torch.Tensor:
-    """``positions`` as a LongTensor ``[B, T]`` of ints in ``[0, limit)``, else a ValueError/TypeError."""
-    if not isinstance(positions, torch.Tensor):
-        raise TypeError(f"positions must be a LongTensor [B, T] or None, got {type(positions).__name__}")
-    if positions.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"positions must hold integer positions, got dtype {positions.dtype}")
-    if tuple(positions.shape) != (B, T):
-        raise ValueError(f"positions must have shape [B={B}, T={T}], got {tuple(positions.shape)}")
-    if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= limit):
-        raise ValueError(
-            f"positions must lie in [0, {limit}) (max_seq_len), got {int(positions.min())}..{int(positions.max())}"
-        )
-    return positions.long()
-
-
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """``[x1, x2] → [−x2, x1]`` on the last axis: a 90° turn of every pair ``(x[i], x[i + d/2])``."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rope(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int = 0, *, positions: torch.Tensor | None = None
-) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Rotate ``x`` ``[B, H, T, head_dim]`` by the angles of positions ``offset … offset+T−1``.
-
-    ``positions`` (LongTensor ``[B, T]``) instead gives every row its own positions: a batch of sequences of
-    different lengths, each decoding at its own position (continuous batching).
 
     ``x·cos + rotate_half(x)·sin`` turns each pair by its position's angle, so after RoPE the dot product of a
     query at position ``m`` and a key at position ``n`` depends on ``m − n`` only, and norms are unchanged.
+    (Rows at different positions, as a serving engine batches them: :func:`course_utils.serving.paged.rope_at`.)
     """
     _check_tensor("x", x, min_dim=2)
     for name, t in (("cos", cos), ("sin", sin)):
@@ -292,11 +287,6 @@ def apply_rope(
             f"cos and sin must be [max_seq_len, head_dim] with head_dim = x's last axis: x {tuple(x.shape)}, "
             f"cos {tuple(cos.shape)}, sin {tuple(sin.shape)}"
         )
-    if positions is not None:
-        pos = _check_positions(positions, x.shape[0], x.shape[-2], cos.shape[0])
-        c = cos[pos].to(x.dtype)[:, None]  # [B, 1, T, head_dim]: the same angle for every head
-        s = sin[pos].to(x.dtype)[:, None]
-        return x * c + rotate_half(x) * s
     offset = nonnegative_int("offset", offset)
     T = x.shape[-2]
     if offset + T > cos.shape[0]:
@@ -375,88 +365,6 @@ class KVCache:
         return f"KVCache(length={self._length}, shape={shape})"
 
 
-class PagedKVCache:
-    """Keys and values of one layer for a batch of sequences, stored in fixed-size blocks of a shared pool.
-
-    The idea of PagedAttention (Kwon et al., 2023, vLLM): the cache is one pool of ``num_blocks × block_size``
-    slots per layer, ``k_pool``/``v_pool`` ``[slots, H_kv, head_dim]``; a sequence owns a list of blocks (its
-    *block table*), so position ``p`` lives in slot ``table[p // block_size] · block_size + p % block_size``. Memory
-    is taken one block at a time as a sequence grows and given back the moment it finishes.
-
-    One instance describes one forward pass: ``write_slots`` ``[B, T]`` are the slots of the ``T`` new positions of
-    every row, ``read_slots`` ``[B, L]`` the slots of positions ``0 … L−1`` (rows shorter than ``L`` point past
-    their end at any slot; the position mask hides them). :meth:`update` stores the new keys/values and returns
-    every row's keys/values in position order ``[B, H_kv, L, head_dim]`` — a gather, where vLLM's kernel reads
-    the blocks in place. Used with ``positions`` in :meth:`MultiHeadAttention.forward`; the block tables are kept
-    by :class:`course_utils.batching.Engine`.
-
-    ``key_positions`` (LongTensor ``[B, L]``, optional) gives the position of every key that ``read_slots`` reads,
-    for a *packed* batch: several sequences' tokens concatenated in one row, each reading its own keys (the
-    causal mask then compares these positions; an ``attn_mask`` keeps the sequences apart). Without it, key ``j``
-    is at position ``j``. ``groups`` (optional, with ``key_positions``): ``(q_start, q_end, k_start, k_end)``
-    ranges that cover the packed row, queries in a range attending only keys in its range — Orca's *selective
-    batching*: the linear layers run over every token at once, attention runs per group (e.g. all decoding
-    sequences together, each prompt alone), so no query is scored against another sequence's keys.
-    """
-
-    def __init__(
-        self,
-        k_pool: torch.Tensor,
-        v_pool: torch.Tensor,
-        write_slots: torch.Tensor,
-        read_slots: torch.Tensor,
-        key_positions: torch.Tensor | None = None,
-        groups: list[tuple[int, int, int, int]] | None = None,
-    ):
-        for name, t in (("k_pool", k_pool), ("v_pool", v_pool)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 3:
-                raise ValueError(
-                    f"{name} must be a 3-D tensor [slots, H_kv, head_dim], got {getattr(t, 'shape', type(t).__name__)}"
-                )
-        if k_pool.shape != v_pool.shape:
-            raise ValueError(
-                f"k_pool and v_pool must have the same shape, got {tuple(k_pool.shape)} and {tuple(v_pool.shape)}"
-            )
-        for name, t in (("write_slots", write_slots), ("read_slots", read_slots)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype != torch.long:
-                raise ValueError(f"{name} must be a LongTensor [B, T], got {getattr(t, 'shape', type(t).__name__)}")
-        if write_slots.shape[0] != read_slots.shape[0]:
-            raise ValueError(
-                f"write_slots and read_slots must have the same batch size, got "
-                f"{write_slots.shape[0]} and {read_slots.shape[0]}"
-            )
-        if key_positions is not None and (
-            not isinstance(key_positions, torch.Tensor) or key_positions.shape != read_slots.shape
-        ):
-            raise ValueError(
-                f"key_positions must be a LongTensor shaped like read_slots {tuple(read_slots.shape)}, got "
-                f"{getattr(key_positions, 'shape', type(key_positions).__name__)}"
-            )
-        self.k_pool, self.v_pool = k_pool, v_pool
-        self.write_slots, self.read_slots, self.key_positions = write_slots, read_slots, key_positions
-        if groups and (key_positions is None or groups[-1][1] != write_slots.shape[1]):
-            raise ValueError("groups need key_positions and must cover every new token of the packed row")
-        self.groups = groups
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k``/``v`` ``[B, H_kv, T, d]`` in their slots; return all keys/values ``[B, H_kv, L, d]``."""
-        B, H, T, d = k.shape
-        if v.shape != k.shape or tuple(self.write_slots.shape) != (B, T) or self.k_pool.shape[1:] != (H, d):
-            raise ValueError(
-                f"k/v {tuple(k.shape)}/{tuple(v.shape)} do not fit write_slots "
-                f"{tuple(self.write_slots.shape)} and the pool's [slots, H_kv, d] = "
-                f"{list(self.k_pool.shape)}"
-            )
-        slots, read = self.write_slots.reshape(-1), self.read_slots.reshape(-1)
-        L = self.read_slots.shape[1]
-        # index_copy_/index_select: the same as pool[slots] = … / pool[read], about 5× faster on the CPU (advanced
-        # indexing takes a general path; this gather is the largest cost of a small model's decode step)
-        self.k_pool.index_copy_(0, slots, k.transpose(1, 2).reshape(B * T, H, d).to(self.k_pool.dtype))
-        self.v_pool.index_copy_(0, slots, v.transpose(1, 2).reshape(B * T, H, d).to(self.v_pool.dtype))
-        keys = self.k_pool.index_select(0, read).view(B, L, H, d).transpose(1, 2)
-        return keys, self.v_pool.index_select(0, read).view(B, L, H, d).transpose(1, 2)
-
-
 # --------------------------------------------------------------------------------------------- the module
 class MultiHeadAttention(nn.Module):
     """Causal multi-head attention with optional RoPE, grouped-query heads and a KV cache.
@@ -515,94 +423,57 @@ class MultiHeadAttention(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        cache: KVCache | PagedKVCache | None = None,
+        cache: KVCache | None = None,
         attn_mask: torch.Tensor | None = None,
         return_weights: bool = False,
-        positions: torch.Tensor | None = None,
     ):
         """``x`` ``[B, T, d_model]`` → ``[B, T, d_model]`` (and the weights ``[B, H, T, L]`` if asked).
 
         With a ``cache``, ``x`` holds positions ``cache.length … cache.length+T−1``; they attend to every cached
         position and causally to each other. ``attn_mask`` (bool, True = may attend, or float, added) broadcasts
         to ``[B, H, T, L]`` with ``L`` the number of keys (cached + new) and is combined with the causal mask,
-        e.g. a padding mask ``[B, 1, 1, L]``.
-
-        ``positions`` (LongTensor ``[B, T]``) gives each row's own absolute positions — ragged sequences decoding
-        together. RoPE then rotates by them, and the causal mask becomes "key position ≤ query position", where
-        the keys are the new tokens (no cache, key ``j`` at ``positions[:, j]``) or the cached ones in position
-        order (key ``j`` at position ``j``; a :class:`PagedKVCache` needs ``positions``).
+        e.g. a padding mask ``[B, 1, 1, L]``. A cache of another kind that brings its own attention (``attend``:
+        chapter 8's paged cache, :mod:`course_utils.serving.paged`) computes the layer's attention itself.
         """
-        _check_tensor("x", x, min_dim=0)
+        _check_tensor("x", x, min_dim=0)  # a float tensor, else a TypeError
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be [B, T, d_model={self.d_model}], got shape {tuple(x.shape)}")
-        if cache is not None and not isinstance(cache, (KVCache, PagedKVCache)):
-            raise TypeError(f"cache must be a KVCache, a PagedKVCache or None, got {type(cache).__name__}")
-        if isinstance(cache, PagedKVCache) and positions is None:
-            raise ValueError("a PagedKVCache needs positions [B, T] (each row's absolute positions)")
+        if cache is not None and not isinstance(cache, KVCache):
+            if not callable(getattr(cache, "attend", None)):
+                raise TypeError(f"cache must be a KVCache, a cache with its own attend(), or None, got {cache!r}")
+            return cache.attend(self, x, attn_mask)  # the serving engine's attention path, not this chapter's
         B, T, _ = x.shape
-        if positions is not None:
-            positions = _check_positions(positions, B, T, self.max_seq_len)
-        offset = cache.length if isinstance(cache, KVCache) and positions is None else 0
-        if self.rope and positions is None and offset + T > self.max_seq_len:  # (positions: checked above)
+        offset = 0 if cache is None else cache.length  # absolute position of x's first token
+        if offset + T > self.max_seq_len:
             raise ValueError(f"positions up to {offset + T} exceed max_seq_len={self.max_seq_len}")
 
         q = split_heads(self.q_proj(x), self.n_heads)  # [B, H, T, hd]
         k = split_heads(self.k_proj(x), self.n_kv_heads)  # [B, H_kv, T, hd]
         v = split_heads(self.v_proj(x), self.n_kv_heads)
         if self.rope:
-            q = apply_rope(q, self.rope_cos, self.rope_sin, offset, positions=positions)
-            k = apply_rope(k, self.rope_cos, self.rope_sin, offset, positions=positions)
+            q = apply_rope(q, self.rope_cos, self.rope_sin, offset)
+            k = apply_rope(k, self.rope_cos, self.rope_sin, offset)
         if cache is not None:
             k, v = cache.update(k, v)  # all positions so far, [B, H_kv, offset+T, hd]
-        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)
         L = k.shape[2]
 
         # Causality: new query i (absolute position offset+i) sees keys 0..offset+i, i.e. bottom-right aligned.
-        mask, is_causal = None, False
-        if attn_mask is not None:
-            _check_mask(attn_mask, (B, self.n_heads, T, L))  # type and shape, early
-        if positions is not None:
-            if cache is None:
-                key_pos = positions
-            elif isinstance(cache, PagedKVCache) and cache.key_positions is not None:
-                key_pos = cache.key_positions  # a packed batch: each key at its own sequence's position
-            else:
-                key_pos = torch.arange(L, device=x.device)[None, :]
-            mask = (key_pos[:, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, L]
-            if attn_mask is not None:
-                if attn_mask.dtype == torch.bool:
-                    mask = mask & attn_mask
-                else:
-                    mask = _as_additive(mask, mask.shape, q.dtype) + attn_mask.to(q.dtype)
-        elif attn_mask is None and offset == 0:
-            is_causal = T > 1  # the common case: let the fused kernel build the triangle
-        elif T > 1 or attn_mask is not None:
-            mask = causal_mask(T, L, offset=L - T, device=x.device)
-            if attn_mask is not None:
-                if attn_mask.dtype == torch.bool:
-                    mask = mask & attn_mask
-                else:
-                    mask = _as_additive(mask, mask.shape, q.dtype) + attn_mask.to(q.dtype)
+        is_causal = attn_mask is None and offset == 0 and T > 1  # the common case: the fused kernel builds it
+        mask = None  # one new token and no attn_mask: it may see every key, no mask at all
+        if not is_causal and (T > 1 or attn_mask is not None):
+            mask = combine_masks(
+                causal_mask(T, L, offset=L - T, device=x.device), attn_mask, (B, self.n_heads, T, L), q.dtype
+            )
         dropout_p = self.dropout if self.training else 0.0
+        gqa = self.n_rep > 1  # each key/value head serves n_rep query heads (repeat_kv, without the copy)
 
         if return_weights:
-            out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+            out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
             if dropout_p:
-                out = F.dropout(weights, dropout_p, training=True) @ v
-        elif isinstance(cache, PagedKVCache) and cache.groups:  # a packed batch: attention per group (see there)
-            out = torch.cat(
-                [
-                    F.scaled_dot_product_attention(
-                        q[:, :, qa:qb], k[:, :, ka:kb], v[:, :, ka:kb], mask[..., qa:qb, ka:kb]
-                    )
-                    for qa, qb, ka, kb in cache.groups
-                ],
-                dim=2,
-            )
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
-        out = self.o_proj(merge_heads(out))
-        return (out, weights) if return_weights else out
+                out = F.dropout(weights, dropout_p, training=True) @ repeat_kv(v, self.n_rep)
+            return self.o_proj(merge_heads(out)), weights
+        out = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa)
+        return self.o_proj(merge_heads(out))
 
 
 # ------------------------------------------------------------------------------------------- cost of context
@@ -696,3 +567,11 @@ def attention_cost(
             best = min(best, time.perf_counter() - start)
     scores_bytes = batch * n_heads * n * n * torch.tensor([], dtype=dtype).element_size()
     return {"method": method, "n": n, "seconds": best, "peak_bytes": tracker.peak, "scores_bytes": scores_bytes}
+
+
+def __getattr__(name: str):
+    """``PagedKVCache`` moved to the serving engine's attention path (:mod:`course_utils.serving.paged`, which
+    imports this module); ``from course_utils.attention import PagedKVCache`` keeps working."""
+    if name == "PagedKVCache":
+        return importlib.import_module("course_utils.serving.paged").PagedKVCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -155,6 +155,16 @@ def sample_next_token(
     keeps the k largest, then ``top_p`` keeps the smallest set of most likely tokens whose probabilities sum to at
     least ``top_p`` (the token that crosses the threshold is kept), and one token is drawn from what is left.
     """
+    _check_logits(logits)
+    temperature = nonnegative_float("temperature (0 = greedy)", temperature)
+    if top_k is not None:
+        positive_int("top_k (or None)", top_k)
+    if top_p is not None:
+        check_number("top_p (or None)", top_p, 0, 1, low_open=True)
+    return _pick(logits, temperature, top_k, top_p, generator)
+
+
+def _check_logits(logits) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         got = getattr(logits, "shape", type(logits).__name__)
         raise ValueError(f"logits must be a 2-D tensor [batch, vocab], got {got}")
@@ -162,11 +172,10 @@ def sample_next_token(
         raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if torch.isnan(logits).any() or torch.isposinf(logits).any():  # -inf is a masked token; NaN/+inf sample garbage
         raise ValueError("logits hold NaN or +inf (the model diverged or the input was bad); -inf masks are fine")
-    temperature = nonnegative_float("temperature (0 = greedy)", temperature)
-    if top_k is not None:
-        positive_int("top_k (or None)", top_k)
-    if top_p is not None:
-        check_number("top_p (or None)", top_p, 0, 1, low_open=True)
+
+
+def _pick(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """:func:`sample_next_token` on arguments it has checked (:meth:`GPT.generate` checks them once per call)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -276,9 +285,8 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         *,
         attn_mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
     ):
-        a = self.attn(self.attn_norm(x), cache=cache, attn_mask=attn_mask, positions=positions)
+        a = self.attn(self.attn_norm(x), cache=cache, attn_mask=attn_mask)
         x = x + self.resid_dropout(a)
         aux = None
         if self.is_moe:
@@ -325,7 +333,7 @@ class GPT(nn.Module):
         """One empty KV cache per layer, for :meth:`forward` (``caches=``) and :meth:`generate`."""
         return [KVCache() for _ in self.blocks]
 
-    def _check_idx(self, idx, caches, positions=None) -> int:
+    def _check_idx(self, idx, caches) -> int:
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             got = getattr(idx, "shape", type(idx).__name__)
             raise ValueError(f"idx must be a 2-D tensor [batch, time] of token ids, got {got}")
@@ -339,11 +347,9 @@ class GPT(nn.Module):
         past = 0
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
-        if positions is not None:  # each row at its own positions: MultiHeadAttention checks them per row
-            return 0
         if caches is not None:
             if not isinstance(caches[0], KVCache):
-                raise ValueError("paged caches need positions [B, T] (each row's absolute positions)")
+                return 0  # a cache with its own attention (the serving engine's) checks its rows' positions
             past = caches[0].length
         if past + idx.shape[1] > self.config.max_seq_len:
             raise ValueError(
@@ -358,7 +364,6 @@ class GPT(nn.Module):
         *,
         caches: list | None = None,
         attn_mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
         last_only: bool = False,
     ):
         """Logits [B, T, vocab] for token ids ``idx`` [B, T]; with ``targets`` [B, T] also the mean cross-entropy.
@@ -366,12 +371,12 @@ class GPT(nn.Module):
         ``targets`` equal to -1 are ignored. With ``caches`` (from :meth:`new_caches`) the keys/values of earlier
         calls are reused and ``idx`` holds only the new tokens. ``attn_mask`` (bool, True = may attend, or float,
         broadcasting to ``[B, H, T, L]``) is combined with the causal mask in every layer, e.g. a padding mask
-        ``[B, 1, 1, L]``. ``positions`` [B, T] gives each row its own absolute positions (ragged sequences; with
-        :class:`~course_utils.attention.PagedKVCache` caches, as :class:`course_utils.batching.Engine` does).
+        ``[B, 1, 1, L]``. (The serving engine passes caches that carry their own attention path, rows at their own
+        positions included: :mod:`course_utils.serving.paged`.)
         ``last_only=True`` returns the logits of the last position only, [B, 1, vocab]: all that generation needs, and
         the output layer is the model's largest matrix when the vocabulary is large (SmolLM2: 28 M of 135 M).
         """
-        self._check_idx(idx, caches, positions)
+        self._check_idx(idx, caches)
         if last_only and targets is not None:
             raise ValueError("last_only=True gives one position's logits: it cannot compute a loss over targets")
         if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
@@ -379,7 +384,7 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(idx.long()))
         self.last_moe_aux = []
         for i, block in enumerate(self.blocks):
-            x, aux = block(x, cache=None if caches is None else caches[i], attn_mask=attn_mask, positions=positions)
+            x, aux = block(x, cache=None if caches is None else caches[i], attn_mask=attn_mask)
             if aux is not None:
                 self.last_moe_aux.append(aux)
         logits = self.lm_head(self.norm(x[:, -1:] if last_only else x))
@@ -423,12 +428,17 @@ class GPT(nn.Module):
         self.eval()
         try:
             caches = self.new_caches() if use_cache else None
-            out, step_input = idx.long(), idx.long()
-            for _ in range(max_new_tokens):
-                logits, _ = self(step_input if use_cache else out, caches=caches, last_only=True)
-                nxt = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                step_input = nxt[:, None]
+            B, T = idx.shape
+            out = idx.new_empty(B, T + max_new_tokens, dtype=torch.long)  # filled step by step, never re-copied
+            out[:, :T] = idx
+            with torch.inference_mode():  # no autograd bookkeeping on any operation (lighter than no_grad)
+                for step in range(max_new_tokens):
+                    end = T + step  # tokens so far
+                    step_input = out[:, end - 1 : end] if use_cache and step else out[:, :end]
+                    logits, _ = self(step_input, caches=caches, last_only=True)
+                    if step == 0:  # the prompt's logits are checked (NaN, +inf); later steps use the same weights
+                        _check_logits(logits[:, -1, :])
+                    out[:, end] = _pick(logits[:, -1, :], temperature, top_k, top_p, generator)
         finally:
             self.train(was_training)
         return out

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
+import textwrap
 
 import pytest
 import torch
@@ -407,3 +410,44 @@ def test_nan_inputs_are_not_hidden():
     q[0, 1, 0] = float("nan")
     out, _ = scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(3, 3, dtype=torch.bool))
     assert torch.isnan(out[0, 1]).all() and not torch.isnan(out[0, 0]).any()
+
+
+# ------------------------------------------------------------------------------------------ plain chapter code
+def logic_lines(function) -> int:
+    """Lines holding statements in ``function``'s body, its docstring left out (comments and blank lines are not
+    statements); a statement over several lines counts each line it spans."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
+    body = tree.body[1:] if ast.get_docstring(tree) else tree.body
+    lines = set()
+    for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+        if isinstance(node, ast.stmt):
+            lines.update(range(node.lineno, node.end_lineno + 1))
+    return len(lines)
+
+
+def test_chapter_2s_forward_stays_plain():
+    """Issue #28: chapter 2's forward reads as a learner would write it, ≤ 40 lines of logic (chapter 3's KV cache
+    included); the serving engine's paged and packed attention live in course_utils.serving.paged."""
+    assert logic_lines(MultiHeadAttention.forward) <= 40
+    tree = ast.parse(textwrap.dedent(inspect.getsource(MultiHeadAttention.forward)))
+    names = {getattr(n, "id", None) or getattr(n, "attr", None) or getattr(n, "arg", None) for n in ast.walk(tree)}
+    for engine_name in ("positions", "PagedKVCache", "groups", "key_positions", "read_slots"):
+        assert engine_name not in names, f"chapter 2's forward handles the engine's {engine_name!r}"
+
+
+def test_logic_lines_counts_statements_not_comments_or_docstrings():
+    def short(x):
+        """A docstring of
+        two lines."""
+        # a comment
+        y = x + 1
+
+        return y
+
+    def wrapped(x):
+        return max(
+            x,
+            1,
+        )
+
+    assert logic_lines(short) == 2 and logic_lines(wrapped) == 4

@@ -111,6 +111,17 @@ def test_generate_with_and_without_cache_agree():
     assert model.training is False
 
 
+def test_generate_checks_the_prompts_logits_once():
+    """generate checks its sampling arguments and the prompt's logits once, not at every step: still an error."""
+    model = tiny()
+    with torch.no_grad():
+        model.lm_head.weight[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), 3, temperature=0)
+    with pytest.raises(ValueError, match="top_p"):
+        tiny().generate(torch.zeros(1, 2, dtype=torch.long), 3, top_p=1.5)
+
+
 def test_generate_restores_training_mode():
     model = tiny().train()
     model.generate(torch.zeros(1, 1, dtype=torch.long), 2, temperature=0)

@@ -13,13 +13,14 @@ needs 16 tokens waits for its neighbour's 256, and a newcomer waits for the whol
 - a sequence **leaves** the batch in the iteration it finishes (``max_tokens`` reached, a stop token, or
   :meth:`Engine.cancel`), and its slot and memory go to the next request at once.
 
-Sequences in one batch have different lengths, so each row carries its own positions (``positions`` [B, T]
-through :meth:`course_utils.model.GPT.forward`), and each sequence's keys/values live in fixed-size **blocks**
-of one shared pool, found through its *block table* (PagedAttention; Kwon et al., SOSP 2023):
-:class:`~course_utils.attention.PagedKVCache`. Memory grows one block at a time, so at most ``block_size − 1``
-slots per sequence are reserved but unused, instead of a ``max_len`` reservation per request. When the pool
-runs out mid-generation, the most recently admitted sequence is **preempted** (its blocks freed; it re-enters the
-queue and later recomputes its cache from prompt + generated tokens — vLLM's "recompute" preemption).
+Sequences in one batch have different lengths, so each row carries its own positions, and each sequence's
+keys/values live in fixed-size **blocks** of one shared pool, found through its *block table* (PagedAttention;
+Kwon et al., SOSP 2023): :class:`~course_utils.serving.paged.PagedKVCache`, the engine's own attention path
+(:mod:`course_utils.serving.paged`), apart from chapter 2's attention. Memory grows one block at a time, so at
+most ``block_size − 1`` slots per sequence are reserved but unused, instead of a ``max_len`` reservation per
+request. When the pool runs out mid-generation, the most recently admitted sequence is **preempted** (its blocks
+freed; it re-enters the queue and later recomputes its cache from prompt + generated tokens — vLLM's "recompute"
+preemption).
 
 - :class:`Engine` — ``submit(prompt_ids, params, on_token) -> RequestHandle`` (thread-safe; the decode loop runs
   in a background thread), ``cancel``, ``stats``, ``close``; ``policy="static"`` runs the same engine as a static
@@ -28,7 +29,9 @@ queue and later recomputes its cache from prompt + generated tokens — vLLM's "
 - :func:`run_clients` — a closed-loop load (each client thread sends its requests back to back) for the
   benchmark and the notebook: throughput, latency percentiles, KV memory waste.
 
-The forward pass is the model's own (:meth:`~course_utils.model.GPT.forward`); sampling is
+The forward pass is the model's own (:meth:`~course_utils.model.GPT.forward`), given one
+:class:`~course_utils.serving.paged.PagedKVCache` per layer that holds the pass's positions and slots and computes
+each layer's attention (:func:`~course_utils.serving.paged.paged_attention`); sampling is
 :func:`course_utils.sampling.sample_tokens` (each row with its request's own seeded generator).
 """
 
@@ -45,8 +48,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention import PagedKVCache
 from ..timing import percentile
+from .paged import PagedKVCache
 from .sampling import SamplingParams, TokenChoice, sample_tokens
 
 __all__ = ["Engine", "RequestHandle", "TokenEvent", "EngineResult", "BlockAllocator", "run_clients", "POLICIES"]
@@ -554,8 +557,8 @@ class Engine:
         seqs.sort(key=lambda s: chunks[id(s)] > 1)  # decoding sequences first: one attention group (see _packed)
         sizes = [chunks[id(s)] for s in seqs]
         inputs = self._packed(seqs, sizes) if max(sizes) > 1 else self._rows(seqs)
-        idx, positions, caches, mask, last = inputs
-        logits, _ = self.model(idx, caches=caches, positions=positions, attn_mask=mask)
+        idx, caches, mask, last = inputs
+        logits, _ = self.model(idx, caches=caches, attn_mask=mask)  # each cache attends for its layer (see paged)
         rows = logits.flatten(0, 1)[last]
         # a sequence samples once its last pending token went in (a prompt chunked over steps waits for its end)
         live = [r for r, (s, n) in enumerate(zip(seqs, sizes)) if s.finish is None and n == len(s.pending)]
@@ -590,8 +593,8 @@ class Engine:
         write = tables.gather(1, positions // bs) * bs + positions % bs
         j = torch.arange(L)
         read = tables[:, j // bs] * bs + j % bs  # [B, L]: past a row's end this reads padding or scratch, masked
-        caches = [PagedKVCache(k, v, write, read) for k, v in self._pools]
-        return idx, positions, caches, None, torch.arange(B)
+        caches = [PagedKVCache(k, v, write, read, positions=positions) for k, v in self._pools]
+        return idx, caches, None, torch.arange(B)
 
     def _packed(self, seqs: list[_Seq], sizes: list[int]):
         """Prompts and decode tokens in ONE row, no padding (selective batching, Orca; vLLM's packed batches).
@@ -620,10 +623,10 @@ class Engine:
         for c in cuts:
             groups.append((qa, q_end[c], ka, k_end[c]))
             qa, ka = q_end[c], k_end[c]
-        caches = [PagedKVCache(k, v, write, read, key_positions, groups) for k, v in self._pools]
-        last = torch.tensor(q_end) - 1  # each sequence's last new token
         positions = torch.cat([k[s.cached :] for s, k in zip(seqs, keys)])[None]
-        return idx, positions, caches, mask, last
+        caches = [PagedKVCache(k, v, write, read, key_positions, groups, positions=positions) for k, v in self._pools]
+        last = torch.tensor(q_end) - 1  # each sequence's last new token
+        return idx, caches, mask, last
 
     def _emit(self, seq: _Seq, choice: TokenChoice) -> None:
         """Record the sampled token, tell ``on_token``, and retire the sequence if it is done."""

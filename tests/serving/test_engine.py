@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from helpers import fail_sampling_at
 
-from course_utils.attention import PagedKVCache
 from course_utils.batching import Engine, RequestHandle
 from course_utils.model import GPT, GPTConfig
 from course_utils.sampling import SamplingParams
@@ -39,19 +38,6 @@ def greedy(max_tokens, **kw):
 
 def reference(model, prompt, k):
     return model.generate(torch.tensor([prompt]), k, temperature=0)[0, len(prompt) :].tolist()
-
-
-def test_forward_with_positions_equals_plain_forward(model):
-    """Ragged rows through GPT.forward(positions=...) give each row's own logits, as if alone."""
-    a, b = prompts([9, 4])
-    x = torch.zeros(2, 9, dtype=torch.long)
-    x[0], x[1, :4] = torch.tensor(a), torch.tensor(b)
-    pos = torch.arange(9).repeat(2, 1)
-    logits, _ = model(x, positions=pos)
-    alone_a, _ = model(torch.tensor([a]))
-    alone_b, _ = model(torch.tensor([b]))
-    torch.testing.assert_close(logits[0], alone_a[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(logits[1, :4], alone_b[0], atol=1e-5, rtol=1e-5)
 
 
 def test_forward_attn_mask_threads_through_every_layer(model):
@@ -229,16 +215,6 @@ def test_static_policy_same_tokens_but_waits_for_the_batch(model):
     assert rs.finished_at >= rl.first_token_at  # the short one was delivered only when the batch ended
 
 
-def test_paged_cache_roundtrip():
-    pool_k, pool_v = torch.zeros(4 * 2, 1, 2), torch.zeros(4 * 2, 1, 2)
-    k = torch.arange(6.0).reshape(1, 1, 3, 2)
-    # positions 0, 1, 2 of one sequence in blocks [3, 1]: slots 6, 7, 2
-    cache = PagedKVCache(pool_k, pool_v, torch.tensor([[6, 7, 2]]), torch.tensor([[6, 7, 2]]))
-    k_all, v_all = cache.update(k, k + 1)
-    assert torch.equal(k_all, k) and torch.equal(v_all, k + 1)
-    assert torch.equal(pool_k[2, 0], torch.tensor([4.0, 5.0]))
-
-
 def test_bad_input_is_rejected(model):
     with Engine(model) as eng:
         with pytest.raises(ValueError, match="prompt_ids"):
@@ -263,8 +239,6 @@ def test_bad_input_is_rejected(model):
         Engine(model, block_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         Engine(model, policy="static", max_wait_ms=-1)
-    with pytest.raises(ValueError, match="positions"):
-        model(torch.tensor([[1, 2]]), positions=torch.tensor([[0, 500]]))
     assert isinstance(RequestHandle(0), RequestHandle)
 
 
@@ -279,24 +253,6 @@ def test_broken_callback_fails_only_its_request(model):
             bad.result(TIMEOUT)
         assert good.result(TIMEOUT).token_ids == reference(model, [4, 5, 6], 5)
         assert eng.stats()["blocks_used"] == 0
-
-
-def test_attention_with_positions_and_paged_cache_checks_its_inputs(model):
-    attn = model.blocks[0].attn
-    x = torch.zeros(1, 2, attn.d_model)
-    pool = torch.zeros(16, attn.n_kv_heads, attn.head_dim)
-    cache = PagedKVCache(pool, pool.clone(), torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
-    with pytest.raises(ValueError, match="positions"):
-        attn(x, cache=cache)
-    with pytest.raises(ValueError, match="positions must have shape"):
-        attn(x, positions=torch.tensor([[0, 1, 2]]))
-    with pytest.raises(TypeError, match="positions"):
-        attn(x, positions=torch.tensor([[0.0, 1.0]]))
-    with pytest.raises(ValueError, match="paged caches need positions"):
-        model(torch.tensor([[1, 2]]), caches=[cache] * len(model.blocks))
-    # positions 0, 1 through the paged cache give what the plain forward gives
-    out = attn(x, cache=cache, positions=torch.tensor([[0, 1]]))
-    assert torch.allclose(out, attn(x), atol=1e-6)
 
 
 def test_a_held_burst_gives_the_same_schedule_every_time(model):
