@@ -1012,25 +1012,30 @@ def _study_world(study: dict, world: int):
 
 def study_compare(study: dict, a: tuple[str, str], b: tuple[str, str], *, alpha: float = 0.05) -> dict:
     """``compare_paired`` of two ``(method, split)`` sources on the same questions: one comparison per training seed
-    (the worlds pooled: their questions are different) and one ``"pooled"`` over every seed (discordant pairs
-    pooled; a prompting method's questions then count once per seed). Only (seed, world) cells where both sources
-    exist are used. Returns ``{seed: PairedComparison, ..., "pooled": PairedComparison}``."""
+    (the worlds pooled: their questions are different) and one ``"pooled"`` over the seeds, with **one item per
+    question**: each source's score on a question is its mean over the seeds (0, ½ or 1 with two seeds), so a
+    question counts once however many seeds answered it. (Pooling the seeds' 0/1 results instead would count a
+    prompting method's answers, which no training seed changes, once per seed: the same evidence twice, and a
+    p-value too small.) Only (seed, world) cells where both sources exist are used. Returns
+    ``{seed: PairedComparison, ..., "pooled": PairedComparison}``."""
 
     per_seed: dict = {}
+    per_world: dict = {}  # world -> [(x, y) per seed]: the same questions in the same order in every seed
     for seed in study["meta"]["seeds"]:
         xs, ys = [], []
         for world in study["meta"]["worlds"]:
             x, y = study_bits(study, *a, seed, world), study_bits(study, *b, seed, world)
             if x is not None and y is not None:
                 xs, ys = xs + x, ys + y
+                per_world.setdefault(world, []).append((x, y))
         if xs:
             per_seed[seed] = (xs, ys)
     if not per_seed:
         raise ValueError(f"the study holds no results for both {a} and {b}")
     names = (a[0], b[0]) if a[0] != b[0] else (f"{a[0]} ({a[1]})", f"{b[0]} ({b[1]})")
     out = {s: compare_paired(x, y, names=names, alpha=alpha) for s, (x, y) in per_seed.items()}
-    xs = [v for x, _ in per_seed.values() for v in x]
-    ys = [v for _, y in per_seed.values() for v in y]
+    xs = [sum(col) / len(col) for runs in per_world.values() for col in zip(*(x for x, _ in runs))]
+    ys = [sum(col) / len(col) for runs in per_world.values() for col in zip(*(y for _, y in runs))]
     out["pooled"] = compare_paired(xs, ys, names=names, alpha=alpha)
     return out
 

@@ -250,9 +250,9 @@ def compare_paired(
     ``a[i]`` and ``b[i]`` are the two methods' scores on item ``i``. All-0/1 scores use the exact McNemar test
     (``mcnemar_exact``); other scores on at most ``EXACT_SIGN_FLIP_MAX`` items the exact sign-flip test
     (``sign_flip_exact``), and on more items a paired bootstrap of the mean difference, whose p-value is twice the
-    smaller share of resampled differences on either side of 0. The interval is the paired bootstrap interval of
-    ``mean(a) - mean(b)`` at level ``1 - alpha`` in both cases. Seeded, so a notebook prints the same verdict on
-    every run and machine. ``lower_is_better=True`` for losses: then a negative difference favours A.
+    smaller share of resampled differences on either side of 0 (as ``(k + 1) / (R + 1)``: never 0). The interval
+    is the paired bootstrap interval of ``mean(a) - mean(b)`` at level ``1 - alpha`` in both cases. Seeded, so a
+    notebook prints the same verdict on every run and machine. ``lower_is_better=True`` for losses: then a negative difference favours A.
     """
     alpha = _check_level(alpha)
     if not isinstance(lower_is_better, bool):
@@ -277,8 +277,11 @@ def compare_paired(
     elif d.size <= EXACT_SIGN_FLIP_MAX:
         p, test = sign_flip_exact(d), "exact sign-flip"
     else:
-        # Shift-free bootstrap p-value: how often the resampled mean difference lands on the other side of 0.
-        p = min(1.0, 2.0 * min(float(np.mean(boot <= 0)), float(np.mean(boot >= 0))))
+        # Shift-free bootstrap p-value: how often the resampled mean difference lands on the other side of 0,
+        # counted as (k + 1) / (R + 1) (Davison & Hinkley, 1997): R resamples cannot show a p-value below 1 / R,
+        # so a difference that never crossed 0 reports p ≈ 1e-3, not an impossible 0.
+        tail = min(int(np.sum(boot <= 0)), int(np.sum(boot >= 0)))
+        p = min(1.0, 2.0 * (tail + 1) / (n_resamples + 1))
         test = "paired bootstrap"
     return PairedComparison(
         names[0],

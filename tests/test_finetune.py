@@ -574,7 +574,8 @@ def test_study_compare_gives_a_paired_verdict_per_seed_and_pooled():
     res = ft.study_compare(study, ("RAG", "eval"), ("full fine-tune", "eval"))
     assert set(res) == {0, 1, "pooled"}
     assert res[0].a_only == 8 and res[0].b_only == 0 and res[0].verdict == "RAG better"  # p = 2/256
-    assert res["pooled"].n == 16 and res["pooled"].a_only == 16
+    # pooled: one item per question (8), each scored by its mean over the seeds, never a question counted twice
+    assert res["pooled"].n == 8 and res["pooled"].a_only == 8 and res["pooled"].test == "exact McNemar"
     with pytest.raises(ValueError, match="no results"):
         ft.study_compare(study, ("LoRA", "eval"), ("RAG", "eval"))
 
@@ -606,3 +607,18 @@ def test_every_study_claim_has_results_in_the_shipped_study():
     study = ft.load_study()
     for claim, (a, b) in ft.STUDY_CLAIMS.items():
         assert ft.study_claim(study, a, b)["pooled"].n > 0, claim
+
+
+def test_pooled_counts_a_prompting_methods_answers_once():
+    # prompting methods do not depend on the training seed: pooling the seeds' 0/1 results would count each of
+    # their answers twice and halve the p-value; averaged per question, pooled equals one seed's comparison
+    study = ft.load_study()
+    res = ft.study_compare(study, ("dynamic few-shot", "eval"), ("few-shot", "eval"))
+    assert res["pooled"].n == res[0].n == 144
+    assert (res["pooled"].a_only, res["pooled"].b_only, res["pooled"].p_value) == (
+        res[0].a_only,
+        res[0].b_only,
+        res[0].p_value,
+    )
+    mixed = ft.study_compare(study, ("RAG", "eval"), ("LoRA", "eval"))  # LoRA differs by seed: means of 0, ½, 1
+    assert mixed["pooled"].n == 144 and mixed["pooled"].test == "paired bootstrap"

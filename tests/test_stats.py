@@ -170,3 +170,10 @@ def test_compare_paired_lower_is_better_for_losses():
     assert compare_paired(loss_b - 0.1, loss_b, names=("MoE", "dense")).verdict == "dense better"
     with pytest.raises(TypeError, match="lower_is_better"):
         compare_paired(loss_b, loss_b, lower_is_better="yes")
+
+
+def test_a_bootstrap_p_value_is_never_zero():
+    # 200 items, A always better: no resample crosses 0, yet 2000 resamples cannot show p below 1/2000
+    c = compare_paired([1.0] * 100 + [0.5] * 100, [0.0] * 100 + [0.25] * 100)
+    assert c.test == "paired bootstrap" and c.verdict == "A better"
+    assert c.p_value == pytest.approx(2 / 2001)
