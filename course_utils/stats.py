@@ -252,7 +252,8 @@ def compare_paired(
     (``sign_flip_exact``), and on more items a paired bootstrap of the mean difference, whose p-value is twice the
     smaller share of resampled differences on either side of 0 (as ``(k + 1) / (R + 1)``: never 0). The interval
     is the paired bootstrap interval of ``mean(a) - mean(b)`` at level ``1 - alpha`` in both cases. Seeded, so a
-    notebook prints the same verdict on every run and machine. ``lower_is_better=True`` for losses: then a negative difference favours A.
+    notebook prints the same verdict on every run and machine. ``lower_is_better=True`` for losses: then a negative
+    difference favours A.
     """
     alpha = _check_level(alpha)
     if not isinstance(lower_is_better, bool):
