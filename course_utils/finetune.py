@@ -357,7 +357,7 @@ class LoRALinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The effective weight ``W + (α/r)·BA`` (differentiable in A and B), for code that reads ``.weight``
-        directly — e.g. the chapter-3 SwiGLU calls ``F.linear(x, w1.weight)``. (No adapter dropout on this path.)"""
+        directly — e.g. a learner's ``swiglu(x, w1.weight, ...)`` from lab 3. (No adapter dropout on this path.)"""
         return self.base.weight + self.scaling * (self.lora_B @ self.lora_A)
 
     @property

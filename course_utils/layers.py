@@ -84,4 +84,6 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(swiglu(x, self.w1.weight, self.w3.weight, self.w2.weight))
+        # the layers are called, not their weights read, so a swapped-in layer (LoRA, quantized, float16) runs its
+        # own forward; with plain nn.Linear layers this is exactly swiglu(x, w1.weight, w3.weight, w2.weight)
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))

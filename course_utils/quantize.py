@@ -11,6 +11,9 @@ keeps that damage local (the reason GPTQ/AWQ and llama.cpp's Q4_0/Q8_0 blocks us
 float16 (as llama.cpp does), int4 values as ``q + 8`` in a nibble, two per byte. :class:`QuantLinear`
 dequantizes on the fly in ``forward`` — memory is saved, compute is not: without a fused int4 kernel the
 unpacking costs time on CPU.
+
+:class:`Float16Linear` (:func:`float16_weights`) is the variant that saves time here: float16 weights (half the
+bytes, no scales), read by PyTorch's own float16 matrix-vector kernel when one token is decoded.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = [
     "unpack_int4",
     "QuantLinear",
     "quantize_model",
+    "Float16Linear",
+    "float16_weights",
     "fake_quantize_experts_",
     "model_nbytes",
     "stored_nbytes",
@@ -205,6 +210,63 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None = None) -
             setattr(model, name, QuantLinear.from_linear(child, bits, group_size))
         else:
             quantize_model(child, bits, group_size)
+    return model
+
+
+class Float16Linear(nn.Module):
+    """``nn.Linear`` whose weights are stored in float16: half the bytes of float32, no scales.
+
+    Generating one token reads every weight once to do two flops per weight, so decoding is bound by memory
+    traffic, not arithmetic. A single row (batch 1, one new token) goes through float16 end to end: PyTorch's CPU
+    float16 matrix-vector kernel accumulates in float32 and reads half the bytes. Several rows (a prompt, a batch)
+    upcast the weight and run a float32 matrix product: CPUs without float16 arithmetic are slow at float16
+    matrix-matrix products (``benchmarks/smollm2.py`` measures both). Activations stay float32 between layers.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            raise ValueError(f"weight must be a 2-D float tensor (out_features, in_features), got {weight!r:.80}")
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight16", weight.detach().to(torch.float16).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Float16Linear:
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        return cls(linear.weight, linear.bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as float32, for code that reads ``layer.weight`` directly."""
+        return self.weight16.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must end in in_features={self.in_features}, got shape {tuple(x.shape)}")
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if x.numel() == self.in_features:  # one row: a float16 GEMV reading half the bytes
+            return F.linear(x.to(torch.float16), self.weight16).to(x.dtype) + (0 if bias is None else bias)
+        return F.linear(x, self.weight16.to(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def float16_weights(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` in ``model`` (recursively, in place) by a :class:`Float16Linear`; return it.
+
+    As in :func:`quantize_model`, embeddings keep their float32 weights (a lookup reads one row per token) and a
+    linear tied to an embedding (GPT's ``lm_head``) gets its own float16 copy.
+    """
+    if not isinstance(model, nn.Module) or isinstance(model, nn.Linear):
+        raise TypeError(f"model must be an nn.Module holding nn.Linear layers, got {type(model).__name__}")
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, Float16Linear.from_linear(child))
+        else:
+            float16_weights(child)
     return model
 
 

@@ -1,4 +1,4 @@
-"""Rebuild ``course_utils/assets/ch8_smollm2_quant.json``: SmolLM2-135M-Instruct quantized five ways, compared on
+"""Rebuild ``course_utils/assets/ch8_smollm2_quant.json``: SmolLM2-135M-Instruct quantized six ways, compared on
 bytes and held-out perplexity (chapter 8, "Quantization on a real LLM").
 
 Variants, all run in the course's own GPT (``course_utils.smollm2``), float32 activations, one thread:
@@ -10,7 +10,9 @@ Variants, all run in the course's own GPT (``course_utils.smollm2``), float32 ac
 - ``int8/row``, ``int4/g32``, ``int4/row``: the course's ``quantize_model`` (symmetric absmax, float16 scales) applied
   to the fp32 model, i.e. a *re-quantization* of weights that already sit on Q4_1's grid;
 - ``torchao int8``, ``torchao int4/g32``: ``Int8WeightOnlyConfig`` / ``IntxWeightOnlyConfig(int4, PerGroup(32))``,
-  when ``course_utils.doctor.torchao_status()`` says torchao runs here (else the reason is recorded).
+  when ``course_utils.doctor.torchao_status()`` says torchao runs here (else the reason is recorded);
+- ``float16``: ``float16_weights`` (half of fp32's bytes, no scales: the variant that makes generation faster here,
+  see ``benchmarks/smollm2.py``), scored while decoding one token at a time, the path where it computes in float16.
 
 Held-out text: the course corpus's validation documents (``course_utils.data.split_documents()``: CPython 3.11.7's
 Language Reference topics and standard-library sources, never used to train the course's models; SmolLM2 itself may
@@ -20,6 +22,7 @@ Stored per variant: bytes (linear layers and whole model, measured from the stor
 chunk's mean NLL (for ``compare_paired(..., lower_is_better=True)`` against fp32).
 
     PYTHONPATH=. nice -n 10 python scripts/quant_smollm2.py   # 3 min of CPU on one thread (17 min wall at load 12-16)
+    PYTHONPATH=. python scripts/quant_smollm2.py --only float16  # one variant, updated in the shipped file
 """
 
 from __future__ import annotations
@@ -41,9 +44,21 @@ from course_utils import smollm2
 from course_utils.data import split_documents
 from course_utils.doctor import torchao_status
 from course_utils.model import write_sha256
-from course_utils.quantize import SMOLLM2_RESULTS, QuantLinear, quantize_model, stored_nbytes
+from course_utils.quantize import (
+    SMOLLM2_RESULTS,
+    Float16Linear,
+    QuantLinear,
+    float16_weights,
+    quantize_model,
+    stored_nbytes,
+)
 
 CHUNK = 256  # scored predictions per chunk
+FLOAT16_NOTE = (
+    "float16: course_utils.quantize.float16_weights (every projection and the lm_head stored in float16, no "
+    "scales); scored decoding one token at a time through the KV cache, where each layer's input is also rounded "
+    "to float16 (Float16Linear's one-row path), so its perplexity includes that rounding"
+)
 # the GGUF tensors that are the 210 attention/FFN projections of the 30 blocks (what Q4_1 holds)
 LINEAR_GGUF = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight")
 
@@ -82,9 +97,21 @@ def chunk_nll(model, chunks: torch.Tensor) -> list[float]:
     return out
 
 
+@torch.inference_mode()
+def chunk_nll_decoding(model, chunks: torch.Tensor) -> list[float]:
+    """:func:`chunk_nll` the way generation computes it: one token per forward pass, through the KV cache (the path
+    where :class:`~course_utils.quantize.Float16Linear` runs its float16 matrix-vector product)."""
+    out = []
+    for row in chunks:
+        caches = model.new_caches()
+        logits = torch.cat([model(row[None, t : t + 1], caches=caches)[0] for t in range(len(row) - 1)], dim=1)
+        out.append(F.cross_entropy(logits[0].float(), row[1:]).item())
+    return out
+
+
 def linear_nbytes(model) -> int:
     """Bytes of the blocks' projections (the course's QuantLinear or nn.Linear, torchao's weights by their parts)."""
-    mods = [m for m in model.blocks.modules() if isinstance(m, (torch.nn.Linear, QuantLinear))]
+    mods = [m for m in model.blocks.modules() if isinstance(m, (torch.nn.Linear, QuantLinear, Float16Linear))]
     return sum(stored_nbytes(m) for m in mods)
 
 
@@ -131,6 +158,9 @@ def main() -> None:
         "--chunks", type=int, default=24, help="held-out chunks of 256 scored tokens (half prose, half code)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--only", nargs="+", help="measure only these variants and update them in the shipped file (e.g. float16)"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)  # nothing here draws random numbers; seeded for the record
@@ -143,12 +173,17 @@ def main() -> None:
     builders += [(name, lambda m, b=b, g=g: quantize_model(m, b, g)) for name, b, g in ours]
     ao, ao_note = torchao_variants()
     builders += ao
+    builders.append(("float16", float16_weights))
+    if args.only:
+        builders = [b for b in builders if b[0] in args.only]
 
-    variants = {}
+    shipped = json.loads(SMOLLM2_RESULTS.read_text(encoding="utf-8")) if args.only else {"meta": {}, "variants": {}}
+    variants = shipped["variants"]
     for name, build in builders:
         t0 = time.perf_counter()
         model = build(copy.deepcopy(fp32)).eval()
-        nll = chunk_nll(model, chunks)
+        # float16 is measured where it differs from fp32's arithmetic: decoding, one token per pass
+        nll = (chunk_nll_decoding if name == "float16" else chunk_nll)(model, chunks)
         variants[name] = {
             "linear_bytes": linear_nbytes(model),
             "model_bytes": stored_nbytes(model),
@@ -162,6 +197,10 @@ def main() -> None:
             flush=True,
         )
         del model
+    if args.only:  # the other variants and their meta stay as shipped
+        shipped["meta"]["float16_note"] = FLOAT16_NOTE
+        shipped["meta"]["seconds_" + "+".join(args.only)] = round(time.perf_counter() - t_start)
+        return write(shipped)
     g = gguf_bytes(smollm2.gguf_path())
     variants["GGUF Q4_1"] = {
         **{k: g[k] for k in ("linear_bytes", "model_bytes", "file_bytes")},
@@ -185,16 +224,21 @@ def main() -> None:
         "course_note": "the course's int8/int4 re-quantize the dequantized Q4_1 weights; quantize_model also turns "
         "the tied lm_head into a separate quantized copy and keeps the embedding in float32 (so does torchao)",
         "torchao": ao_note if ao else f"skipped: {ao_note}",
+        "float16_note": FLOAT16_NOTE,
         "seed": args.seed,
         "threads": 1,
         "seconds": round(time.perf_counter() - t_start),
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
     }
+    write({"meta": meta, "variants": variants})
+
+
+def write(results: dict) -> None:
     out = SMOLLM2_RESULTS
-    out.write_text(json.dumps({"meta": meta, "variants": variants}, indent=1) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     write_sha256(out)
-    print(f"wrote {out} in {meta['seconds']} s")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Chapter 7's comparison on a real instruct model -> ``course_utils/assets/ch7_smollm2.json`` (+ ``.sha256``).
 
 SmolLM2-135M-Instruct (``course_utils.smollm2``, the course's own GPT holding its weights, float32) answers the
-questions of chapter 7's world 0 (the lesson's world, 48 facts) in the eval and the unseen phrasing:
+questions of chapter 7's worlds 0, 4 and 7 (the toy study's worlds, 48 facts each) in the eval and the unseen
+phrasing:
 
 - by prompting, with chapter 7's prompts (``finetune.knowledge_prompts``: zero-shot = closed book, few-shot,
   dynamic few-shot with MiniLM embeddings, RAG with the chapter's dense retriever, k = 4), each put in one ChatML
@@ -18,17 +19,18 @@ attribute, case and punctuation aside. The file has the schema of the toy study 
 per-question 0/1 strings in the world's fact order, so ``finetune.study_claim`` recomputes every paired verdict.
 
 Resumable: answers go to ``.cache/ch7_smollm2/answers-<part>.jsonl`` and adapters to ``.cache/ch7_smollm2/``; a
-rerun skips both. Side by side (one thread each), then assemble::
+rerun skips both. ``--write`` starts from the shipped file, so a run on more worlds (``--worlds 4 7``) extends it.
+Side by side (one thread each), then assemble::
 
     PYTHONPATH=. nice -n 10 python scripts/study_ch7_smollm2.py --part prompting --threads 1 &
     PYTHONPATH=. nice -n 10 python scripts/study_ch7_smollm2.py --part lora --seeds 0 --threads 1 &
     ...; python scripts/study_ch7_smollm2.py --write
 
-Run time, measured for the shipped file (world 0, LoRA seeds 0 and 1; ``meta.seconds``): about 14 CPU-minutes in
-all — the 384 prompting answers 382 CPU-s (~1 s each, one thread), each LoRA 43-50 CPU-s (frozen states + 80 steps)
-and each seed's 230 answers ~3 CPU-min. Wall time depends on the machine's load: on the shared 2-core machine at
-load 10-17 the prompting took 26 minutes (two processes) and seed 0's training 283 s (0.28 steps/s); at load ~3,
-seed 1's training took 30 s (2.7 steps/s) and its 230 answers under 3 minutes (three processes).
+Run time, measured for the shipped file (``meta.seconds``, CPU seconds of one thread): about 24 CPU-minutes in
+all. World 0 ran first: its 384 prompting answers 382 CPU-s, each LoRA 43-50 CPU-s (frozen states + 80 steps); at
+load 10-17 on the shared 2-core machine the prompting took 26 minutes of wall time. Worlds 4 and 7 were added later
+with ``--worlds 4 7`` in two processes (prompting; LoRA seeds 0 and 1) at load ~2.5: 768 prompting answers in
+327 CPU-s, each LoRA with its 230 answers 136-154 CPU-s, 7 minutes of wall time for both.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from course_utils.train import TrainConfig, TrainHooks, train  # noqa: E402
 from course_utils.world import make_world  # noqa: E402
 
 CACHE = ROOT / ".cache" / "ch7_smollm2"
-WORLDS, SEEDS, N_ENTITIES, K = (0,), (0, 1), 12, 4  # the toy study's sizes; world 0 is the lesson's
+WORLDS, SEEDS, N_ENTITIES, K = (0, 4, 7), (0, 1), 12, 4  # the toy study's sizes; world 0 is the lesson's
 MAX_NEW_TOKENS, MAX_SEQ_LEN = 12, 512
 # LoRA on every projection of the top 4 of 30 blocks only: the 26 frozen blocks below see the same inputs at every
 # step, so their outputs are computed once per training text and each step runs 4 blocks (a CPU budget: on a shared
@@ -290,6 +292,11 @@ def write(path: Path = rag_llm.CH7_ASSET) -> dict:
     """Assemble the part files into the shipped asset, with its ``.sha256`` sidecar."""
     data: dict = {"prompting": {}, "runs": {}, "behaviour": {}, "answers": {}}
     seconds = {}
+    if path.exists():  # the shipped file is the base: a run on more worlds or seeds extends it
+        shipped = json.loads(path.read_text(encoding="utf-8"))
+        for key in data:
+            data[key] = shipped.get(key, {})
+        seconds = shipped["meta"]["seconds"]
     for part in sorted(CACHE.glob("part-*.json")):
         d = json.loads(part.read_text(encoding="utf-8"))
         for w, cells in d["prompting"].items():  # parts may hold different methods of one world
@@ -326,7 +333,8 @@ def write(path: Path = rag_llm.CH7_ASSET) -> dict:
             "optimizer": "course_utils.train.train: AdamW, no weight decay, warm-up then cosine, clipping at 1",
         },
         "seconds": seconds,
-        "threads": "1 per process; 2-4 processes side by side on a shared 2-core machine (load 10-17)",
+        "threads": "1 per process; 2-4 processes side by side on a shared 2-core machine (world 0 at load 10-17, "
+        "worlds 4 and 7 at load ~2.5)",
         "torch": torch.__version__,
         "machine": platform.machine(),
         "bits": "per-question hits in the world's fact order ('1' right); 'trained': the trained facts only, "
@@ -365,6 +373,8 @@ def main() -> None:
                 name = f"lora-{'-'.join(map(str, args.seeds))}"
                 if args.lora_order != list(LORA_ORDER):
                     name += "-" + "-".join(x.replace("/", "_") for x in args.lora_order)
+            if args.worlds != list(WORLDS):  # its own part file, so the shipped worlds' timings stay apart
+                name += "-w" + "-".join(map(str, args.worlds))
             run_part(name, args.worlds, args.seeds, args.methods, args.lora_order)
     if args.write or args.part == "all":
         summary(write())

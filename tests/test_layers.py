@@ -30,6 +30,21 @@ def test_swiglu_equals_transformers_llama_mlp():
     x = torch.randn(2, 7, 16)
     torch.testing.assert_close(ours(x), theirs(x))
     torch.testing.assert_close(swiglu(x, ours.w1.weight, ours.w3.weight, ours.w2.weight), theirs(x))
+    assert torch.equal(ours(x), swiglu(x, ours.w1.weight, ours.w3.weight, ours.w2.weight))  # the same arithmetic
+
+
+def test_swiglu_runs_its_layers_so_a_swapped_in_layer_takes_part():
+    from course_utils.quantize import float16_weights
+
+    torch.manual_seed(0)
+    ffn, x = SwiGLU(16, 40), torch.randn(3, 16)
+    rounded = [getattr(ffn, n).weight.detach().half().float() for n in ("w1", "w3", "w2")]
+    float16_weights(ffn)  # each layer's own forward must run: reading .weight would skip its float16 path
+    assert torch.equal(ffn(x), swiglu(x, *rounded))
+    calls = []
+    ffn.w2.register_forward_hook(lambda *args: calls.append(1))
+    ffn(x)
+    assert calls == [1]
 
 
 def test_rms_norm_of_half_precision_is_computed_in_float32():

@@ -37,7 +37,7 @@ def results():
 
 def test_every_variant_has_bytes_perplexity_and_paired_nlls(results):
     meta, variants = results["meta"], results["variants"]
-    want = {"fp32", "GGUF Q4_1", "int8/row", "int4/g32", "int4/row"}
+    want = {"fp32", "GGUF Q4_1", "int8/row", "int4/g32", "int4/row", "float16"}
     if torchao_status()[0]:
         want |= {"torchao int8", "torchao int4/g32"}
     assert want <= set(variants), sorted(variants)
@@ -61,6 +61,9 @@ def test_bytes_follow_the_formats_arithmetic(results):
     # the course's quantize_model keeps the embedding in float32 and quantizes a copy of the tied head
     head8 = EMBED_PARAMS + 2 * C.vocab_size
     assert v["int8/row"]["model_bytes"] == v["int8/row"]["linear_bytes"] + 4 * (EMBED_PARAMS + NORM_PARAMS) + head8
+    # float16: two bytes per weight, no scales; the embedding stays float32 and the tied head gets a float16 copy
+    assert v["float16"]["linear_bytes"] == 2 * LINEAR_PARAMS
+    assert v["float16"]["model_bytes"] == 2 * (LINEAR_PARAMS + EMBED_PARAMS) + 4 * (EMBED_PARAMS + NORM_PARAMS)
 
 
 def test_the_verdicts_the_lesson_prints(results):
@@ -75,6 +78,8 @@ def test_the_verdicts_the_lesson_prints(results):
     assert vs_fp32("int4/g32").verdict == "fp32 better"
     assert v["int4/row"]["perplexity"] > v["int4/g32"]["perplexity"] > 1.1 * v["fp32"]["perplexity"]
     assert v["GGUF Q4_1"]["model_bytes"] < v["int4/g32"]["model_bytes"]
+    assert abs(v["float16"]["perplexity"] / v["fp32"]["perplexity"] - 1) < 1e-3  # float16 costs nothing visible
+    assert vs_fp32("float16").verdict == "not shown"
 
 
 def test_stored_nbytes_counts_what_a_checkpoint_stores():
@@ -117,3 +122,22 @@ def test_the_shipped_numbers_come_from_the_model_and_the_held_out_windows(result
     finally:
         torch.set_num_threads(threads)
     assert nll == pytest.approx(results["variants"]["fp32"]["chunk_nll"][0], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_float16_is_scored_the_way_it_decodes(results):
+    """The float16 row is scored one token at a time (its float16 path), and that differs from a full pass."""
+    from course_utils.quantize import float16_weights
+
+    script = _script()
+    chunks, _ = script.held_out_chunks(results["meta"]["chunks"])
+    model, threads = float16_weights(smollm2.load_model(max_seq_len=256)), torch.get_num_threads()
+    torch.set_num_threads(1)  # as the script ran
+    try:
+        row = chunks[:1, :65]  # 64 predictions: the first quarter of the shipped window, for time
+        decoded = script.chunk_nll_decoding(model, row)[0]
+        full = script.chunk_nll(model, row)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert decoded != full  # one row at a time really takes the float16 path
+    assert decoded == pytest.approx(full, abs=5e-3)

@@ -1,4 +1,4 @@
-"""course_utils.quantize: absmax int8/int4 quantization, int4 packing, QuantLinear, quantize_model."""
+"""course_utils.quantize: absmax int8/int4 quantization, int4 packing, QuantLinear, quantize_model, float16 weights."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from course_utils.quantize import QuantLinear, model_nbytes, pack_int4, quantize_model, quantize_tensor, unpack_int4
+from course_utils.quantize import (
+    Float16Linear,
+    QuantLinear,
+    float16_weights,
+    model_nbytes,
+    pack_int4,
+    quantize_model,
+    quantize_tensor,
+    unpack_int4,
+)
 
 
 @pytest.fixture
@@ -150,3 +159,54 @@ def test_quantize_model_on_the_course_gpt_keeps_generate_working():
     assert ((got - ref).norm() / ref.norm()) < 0.02
     assert gpt.generate(idx[:, :4], 5, temperature=0.0).shape == (2, 9)
     assert torch.equal(gpt.blocks[0].ffn.w1.weight, gpt.blocks[0].ffn.w1.qweight.dequantize())
+
+
+def test_float16_linear_one_row_runs_in_float16_and_several_rows_in_float32(w):
+    lin = nn.Linear(256, 48)
+    lin.weight.data.copy_(w)
+    f16 = Float16Linear.from_linear(lin)
+    assert f16.weight16.dtype == torch.float16 and f16.weight.dtype == torch.float32
+    rounded = w.half().float()
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
+    # several rows: exactly float32 arithmetic on the rounded weights
+    assert torch.equal(f16(x), nn.functional.linear(x, rounded, lin.bias))
+    # one row: the input is rounded to float16 too, so it is close to the float32 result, not equal
+    one = f16(x[:1])
+    assert one.dtype == torch.float32 and one.shape == (1, 48)
+    ref = nn.functional.linear(x[:1], rounded, lin.bias)
+    assert (one - ref).abs().max() < 2e-3 * ref.abs().max()
+    assert not torch.equal(one, ref)  # the float16 path really ran (a float32 path would be exact)
+    assert torch.allclose(f16(x[:1, None]), one[:, None])  # [1, 1, in]: still one row
+
+
+def test_float16_weights_halves_the_gpt_and_keeps_its_logits():
+    from course_utils.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)).eval()
+    idx = torch.randint(0, 64, (1, 12))
+    before, (ref, _) = model_nbytes(gpt), gpt(idx)
+    float16_weights(gpt)
+    assert not any(isinstance(m, nn.Linear) for m in gpt.modules())
+    assert gpt.tok_emb.weight.dtype == torch.float32  # lookups stay float32; lm_head got its own float16 copy
+    assert model_nbytes(gpt) < 0.9 * before
+    got, _ = gpt(idx)
+    assert ((got - ref).abs().max() / ref.abs().max()) < 5e-3
+    # decoding one token at a time (the float16 path) agrees with the full pass
+    caches = gpt.new_caches()
+    steps = torch.cat([gpt(idx[:, t : t + 1], caches=caches)[0] for t in range(idx.shape[1])], dim=1)
+    assert ((steps - ref).abs().max() / ref.abs().max()) < 5e-3
+    assert gpt.generate(idx[:, :4], 5, temperature=0.0).shape == (1, 9)
+
+
+def test_float16_weights_rejects_bad_input():
+    with pytest.raises(TypeError, match="model must be"):
+        float16_weights("gpt")
+    with pytest.raises(TypeError, match="model must be"):
+        float16_weights(nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="linear must be an nn.Linear"):
+        Float16Linear.from_linear(nn.Conv1d(2, 2, 1))
+    with pytest.raises(ValueError, match="weight must be a 2-D float tensor"):
+        Float16Linear(torch.ones(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="in_features=4"):
+        Float16Linear(torch.ones(3, 4))(torch.ones(2, 5))
