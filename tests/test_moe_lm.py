@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from course_utils import moe_lm
-from course_utils.data import corpus_dataset
+from course_utils.data import DOMAINS, corpus_dataset
 from course_utils.distributed import dispatch_plan
 from course_utils.model import GPT, GPTConfig, MoEConfig
 from course_utils.moe_lm import (
@@ -275,3 +275,21 @@ def test_shipped_results_and_checkpoint_are_verified(tmp_path):
         moe_lm.load_results(bad)
     with pytest.raises(FileNotFoundError, match="train_ch5"):
         moe_lm.load_results(tmp_path / "missing.json")
+
+
+def test_shipped_seeds_decide_the_dense_vs_moe_verdict():
+    """Notebook 05's verdict comes from 20 paired seeds; its first two alone cannot show anything (p >= 0.5)."""
+    from course_utils.stats import compare_paired
+
+    runs = {(r["name"], r["seed"]): r for r in moe_lm.load_results()["runs"]}
+    seeds = sorted(s for name, s in runs if name == "dense" and ("moe_aux0.01", s) in runs)
+    assert seeds == list(range(20))
+    final = {n: [runs[(n, s)]["history"]["val_loss"][-1] for s in seeds] for n in ("dense", "moe_aux0.01")}
+    every = compare_paired(final["dense"], final["moe_aux0.01"], names=("dense", "MoE"), lower_is_better=True)
+    two = compare_paired(final["dense"][:2], final["moe_aux0.01"][:2], names=("dense", "MoE"), lower_is_better=True)
+    assert every.verdict == "MoE better" and two.verdict == "not shown" and two.p_value >= 0.5
+    # seeds 2-19 keep their evaluations and per-domain losses, not the per-step lists
+    assert {"eval_step", "val_loss"} <= set(runs[("dense", 5)]["history"]) and "train_loss" not in runs[("dense", 5)][
+        "history"
+    ]
+    assert "train_loss" in runs[("dense", 0)]["history"] and set(runs[("dense", 5)]["domain_val_loss"]) == set(DOMAINS)
