@@ -10,7 +10,7 @@
 
 The load average is printed beside the table: on a shared machine wall-clock numbers move with other work.
 
-    python benchmarks/serving_smollm2.py [--repeats 3] [--max-tokens 96] [--threads 1]
+    python benchmarks/serving_smollm2.py [--repeats 3] [--max-tokens 96] [--threads 1] [--model smollm2-float16]
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from course_utils.serving.backends import load_backend
 QUESTION = "Explain in three sentences how a language model picks the next word."
 
 
-def streamed_answer(client: openai.OpenAI, max_tokens: int) -> dict:
+def streamed_answer(client: openai.OpenAI, max_tokens: int, model: str = "smollm2") -> dict:
     t0 = time.perf_counter()
     stream = client.chat.completions.create(
-        model="smollm2",
+        model=model,
         messages=[{"role": "user", "content": QUESTION}],
         temperature=0,
         max_tokens=max_tokens,
@@ -55,15 +55,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=1)  # 2 threads on a busy 2-core machine: 8x slower (spin)
+    p.add_argument("--model", choices=("smollm2", "smollm2-float16"), default="smollm2")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     wall, cpu = time.perf_counter(), time.process_time()
-    backend = load_backend("smollm2")
+    backend = load_backend(args.model)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    app = create_app({"smollm2": backend}, embeddings=False)
+    app = create_app({args.model: backend}, embeddings=False)
     with start_server(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=600.0, max_retries=0)
-        runs = [streamed_answer(client, args.max_tokens) for _ in range(args.repeats)]
+        runs = [streamed_answer(client, args.max_tokens, args.model) for _ in range(args.repeats)]
     n = int(statistics.median(r["tokens"] for r in runs))
     prompt = backend.tokenizer.encode(backend.tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}]))
     direct = []
@@ -72,7 +73,7 @@ def main() -> None:
             t0 = time.perf_counter()
             backend.model.generate(torch.tensor([prompt]), n, temperature=0)
             direct.append(n / (time.perf_counter() - t0))
-    print(f"torch threads {args.threads}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"{args.model}; torch threads {args.threads}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"{'what':<36}{'value':>12}")
     print(f"{'load (wall s)':<36}{wall:>12.1f}")
     print(f"{'load (CPU s)':<36}{cpu:>12.1f}")

@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         default=None,
-        help="a model to serve by name: tiny-gpt, course-chat, smollm2 (repeatable; default tiny-gpt)",
+        help="a model to serve by name: tiny-gpt, course-chat, smollm2, smollm2-float16 (repeatable; default tiny-gpt)",
     )
     p.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint from save_checkpoint (one --model)")
     p.add_argument("--untrained", action="store_true", help="serve a seeded untrained GPT if no checkpoint exists")

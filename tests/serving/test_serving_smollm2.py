@@ -133,3 +133,28 @@ def test_served_prompt_logprobs_equal_transformers(served, transformers_model):
     assert [set(t) for t in lp.top_logprobs[1:n]] == [{dec([a]), dec([b])} for a, b in top2]
     # the generated token is transformers' greedy choice after the whole text
     assert lp.tokens[n] == dec([int(want[-1].argmax())])
+
+
+@pytest.mark.slow
+def test_float16_weights_serve_the_same_model(served):
+    """``--model smollm2-float16``: weights stored in float16; its streamed answer and its decoded tokens' logprobs
+    stay within float16's rounding of the float32 model's."""
+    url32, _, _ = served
+    backend = load_backend("smollm2-float16")
+    assert all(m.weight16.dtype == torch.float16 for m in backend.model.modules() if hasattr(m, "weight16"))
+    app = create_app({"smollm2-float16": backend}, embeddings=False)
+    with start_server(app) as url:
+        chunks = list(
+            client(url).chat.completions.create(
+                model="smollm2-float16", messages=QUESTION, temperature=0, max_tokens=20, stream=True, logprobs=True
+            )
+        )
+    answer = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert "Paris" in answer, answer
+    got = [t.logprob for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    r = client(url32).chat.completions.create(
+        model="smollm2", messages=QUESTION, temperature=0, max_tokens=20, logprobs=True
+    )
+    assert answer == r.choices[0].message.content  # the same greedy tokens on this question
+    want = [t.logprob for t in r.choices[0].logprobs.content]
+    assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want)) < 0.05
