@@ -71,8 +71,7 @@ def check_tokens(outputs: dict, hf, n_prompt: int) -> str:
     with torch.no_grad():
         argmax = hf(ours[:, :-1]).logits[:, n_prompt - 1 :].argmax(-1)
     assert torch.equal(argmax, ours[:, n_prompt:]), "the course's greedy tokens are not transformers' argmax"
-    same = (ours == theirs).all(0).long().cumprod(0).sum().item() - n_prompt
-    return f"first {same} of {ours.shape[1] - n_prompt}; all are the argmax of transformers' forward pass"
+    return f"{same_tokens(ours, theirs, n_prompt)}; all are the argmax of transformers' forward pass"
 
 
 def same_tokens(out: torch.Tensor, ref: torch.Tensor, n_prompt: int) -> str:
@@ -126,8 +125,6 @@ def main(argv=None) -> None:
     path = smollm2.gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # exactly --new-tokens tokens on every path
-    model16 = float16_weights(smollm2.load_model())
-    hf16 = copy.deepcopy(hf).to(torch.float16)  # transformers' way to halve the bytes: the whole model in float16
     ids = tok.encode(smollm2.chat_prompt(PROMPT), allowed_special="all")
     n = args.new_tokens
     policies = {
@@ -135,6 +132,8 @@ def main(argv=None) -> None:
         HF: lambda p: hf.generate(p, max_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=2),
     }
     if not args.float32_only:
+        model16 = float16_weights(copy.deepcopy(model))
+        hf16 = copy.deepcopy(hf).to(torch.float16)  # transformers' way to halve the bytes: the whole model in float16
         policies[COURSE16] = lambda p: model16.generate(p, n, temperature=0)
         policies[HF16] = lambda p: hf16.generate(p, max_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=2)
     if args.recompute:

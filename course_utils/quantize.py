@@ -205,11 +205,15 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None = None) -
         positive_int("group_size (or None)", group_size)
     if isinstance(model, nn.Linear):
         raise TypeError("model is itself an nn.Linear: use QuantLinear.from_linear(linear, bits, group_size)")
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.Linear):
-            setattr(model, name, QuantLinear.from_linear(child, bits, group_size))
-        else:
-            quantize_model(child, bits, group_size)
+    return _replace_linears(model, lambda linear: QuantLinear.from_linear(linear, bits, group_size))
+
+
+def _replace_linears(model: nn.Module, make) -> nn.Module:
+    """Replace every ``nn.Linear`` below ``model`` (in place) by ``make(linear)``; return ``model``."""
+    for parent in list(model.modules()):  # listed first: the replacements are not walked into
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, make(child))
     return model
 
 
@@ -262,12 +266,7 @@ def float16_weights(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module) or isinstance(model, nn.Linear):
         raise TypeError(f"model must be an nn.Module holding nn.Linear layers, got {type(model).__name__}")
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.Linear):
-            setattr(model, name, Float16Linear.from_linear(child))
-        else:
-            float16_weights(child)
-    return model
+    return _replace_linears(model, Float16Linear.from_linear)
 
 
 def model_nbytes(model: nn.Module) -> int:

@@ -198,7 +198,8 @@ def main() -> None:
         )
         del model
     if args.only:  # the other variants and their meta stay as shipped
-        shipped["meta"]["float16_note"] = FLOAT16_NOTE
+        if "float16" in args.only:
+            shipped["meta"]["float16_note"] = FLOAT16_NOTE
         shipped["meta"]["seconds_" + "+".join(args.only)] = round(time.perf_counter() - t_start)
         return write(shipped)
     g = gguf_bytes(smollm2.gguf_path())

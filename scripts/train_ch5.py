@@ -92,7 +92,10 @@ def main() -> None:
     runs, kept = RUNS, []
     if args.add_seeds:  # the shipped runs stay as they are; the new seeds are appended
         shipped = json.loads((out / "ch5_results.json").read_text())
-        assert shipped["steps"] == args.steps and shipped["train"] == TRAIN, "the new runs must use the same recipe"
+        if shipped["steps"] != args.steps or shipped["train"] != TRAIN:
+            ap.error(
+                f"--add-seeds trains the shipped recipe ({shipped['steps']} steps, {shipped['train']}), not this one"
+            )
         kept = [r for r in shipped["runs"] if r["seed"] not in args.add_seeds]
         runs = [(name, seed) for seed in args.add_seeds for name in ("dense", "moe_aux0.01")]
     # each worker in its own session: on a shared Linux machine (autogroup scheduling) the runs then get the

@@ -7,6 +7,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from course_utils.checks import CheckFailed
@@ -104,6 +105,13 @@ def _wait_for(predicate, timeout=20.0):
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
+
+
+def stream_then_hang_up(url: str, prompt: str, max_tokens: int, model: str = "tiny-gpt") -> None:
+    """Ask for a streamed completion, read its first event, then close the connection (a client that leaves)."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", timeout=30, json=body) as r:
+        next(r.iter_lines())
 
 
 def _raw(url: str, data: bytes, wait_reply: bool, timeout: float = 10.0) -> bytes:

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from helpers import HEADERS, JSON, KEY, _error, _wait_for
+from helpers import HEADERS, JSON, KEY, _error, _wait_for, stream_then_hang_up
 
 from course_utils.serving import EchoBackend, create_app, start_server
 
@@ -108,13 +108,7 @@ def test_a_stream_whose_client_leaves_stops_decoding(backend):
     gated.release.set()
     app = create_app({"tiny-gpt": gated}, max_wait_ms=0)
     with start_server(app) as url:
-        with httpx.stream(
-            "POST",
-            url + "/v1/completions",
-            timeout=30,
-            json={"model": "tiny-gpt", "prompt": "abcdef", "max_tokens": 200, "stream": True},
-        ) as r:
-            next(r.iter_lines())  # one event, then hang up
+        stream_then_hang_up(url, "abcdef", max_tokens=200)
         _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.server.request_log))
         time.sleep(0.3)
     assert gated.tokens < 100  # 200 tokens take 10 s; the row was cancelled soon after the client left

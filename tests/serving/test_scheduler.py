@@ -6,10 +6,9 @@ import asyncio
 import threading
 import time
 
-import httpx
 import pytest
 import torch
-from helpers import _wait_for, client, tiny_gpt_backend
+from helpers import _wait_for, client, stream_then_hang_up, tiny_gpt_backend
 
 from course_utils.model import GPT, GPTConfig
 from course_utils.serving import Batcher, EchoBackend, GenRequest, GPTBackend, create_app, start_server
@@ -69,13 +68,7 @@ def test_continuous_batching_frees_a_leaving_clients_slot_and_blocks():
     scheduler = app.state.server.schedulers["tiny-gpt"]
     assert type(scheduler).__name__ == "EngineScheduler"  # a course GPT is served with continuous batching
     with start_server(app) as url:
-        with httpx.stream(
-            "POST",
-            url + "/v1/completions",
-            timeout=30,
-            json={"model": "tiny-gpt", "prompt": "abc", "max_tokens": 90, "stream": True},
-        ) as r:
-            next(r.iter_lines())  # one event, then hang up (90 tokens take >= 4.5 s)
+        stream_then_hang_up(url, "abc", max_tokens=90)  # 90 tokens take >= 4.5 s: it leaves mid-answer
         _wait_for(lambda: any(rec["status"] == 499 for rec in app.state.server.request_log))
         _wait_for(lambda: scheduler.engine.stats()["running"] == 0)
         stats = scheduler.engine.stats()
